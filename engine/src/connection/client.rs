@@ -1,0 +1,345 @@
+//! The client endpoint: handshake with retries, then one established connection.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::established::Established;
+use super::{
+    ClientId, ConnectionConfig, ConnectionStats, DisconnectReason, Event, InvalidPacket, SendError,
+    Transmit,
+};
+use crate::Sequence;
+use crate::packet::{DisconnectReasonCode, MAX_PACKET_BYTES, Packet};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Give up connecting after this long without an `Accepted`. Default 5 s.
+    pub connect_timeout: Duration,
+    /// First interval between handshake resends; it grows by half each time, up to
+    /// [`max_resend_interval`](Self::max_resend_interval). Default 100 ms.
+    pub initial_resend_interval: Duration,
+    /// Cap on the handshake resend interval. Default 1 s.
+    pub max_resend_interval: Duration,
+    /// Per-connection settings (must match the server's channels).
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            initial_resend_interval: Duration::from_millis(100),
+            max_resend_interval: Duration::from_secs(1),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// Where the client is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Sending connection requests, waiting for a challenge.
+    Requesting,
+    /// Sending the challenge response, waiting for accepted/denied.
+    Responding,
+    /// Connected with this id.
+    Connected(ClientId),
+    /// Done, for this reason.
+    Disconnected(DisconnectReason),
+}
+
+#[derive(Debug)]
+enum Phase {
+    Handshake {
+        cookie: Option<(u64, u64)>,
+        next_send: Instant,
+        interval: Duration,
+    },
+    Connected {
+        id: ClientId,
+        conn: Box<Established>,
+    },
+    Done(DisconnectReason),
+}
+
+/// The sans-IO client: feed it datagrams and time, drain transmits and events.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    server: SocketAddr,
+    nonce: u64,
+    started: Instant,
+    phase: Phase,
+    events: VecDeque<Event>,
+    invalid_packets: u64,
+}
+
+impl Client {
+    /// Start connecting to `server` at `now`. `seed` makes the connection nonce: give it
+    /// real entropy in production, a constant in tests.
+    pub fn new(config: ClientConfig, server: SocketAddr, now: Instant, seed: u64) -> Self {
+        let nonce = ChaCha8Rng::seed_from_u64(seed).random();
+        let interval = config.initial_resend_interval;
+        Self {
+            config,
+            server,
+            nonce,
+            started: now,
+            phase: Phase::Handshake {
+                cookie: None,
+                next_send: now,
+                interval,
+            },
+            events: VecDeque::new(),
+            invalid_packets: 0,
+        }
+    }
+
+    /// The server's address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Current state.
+    pub fn state(&self) -> ClientState {
+        match &self.phase {
+            Phase::Handshake { cookie: None, .. } => ClientState::Requesting,
+            Phase::Handshake {
+                cookie: Some(_), ..
+            } => ClientState::Responding,
+            Phase::Connected { id, .. } => ClientState::Connected(*id),
+            Phase::Done(r) => ClientState::Disconnected(*r),
+        }
+    }
+
+    /// True once connected and until disconnected.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.phase, Phase::Connected { .. })
+    }
+
+    /// Datagrams from the server's address that were dropped as invalid.
+    pub fn invalid_packets(&self) -> u64 {
+        self.invalid_packets
+    }
+
+    /// Feed one received datagram. Invalid ones are dropped and counted.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if let Err(why) = self.process(now, from, datagram) {
+            self.invalid_packets += 1;
+            if let Phase::Connected { conn, .. } = &mut self.phase {
+                conn.stats.invalid_received += 1;
+            }
+            tracing::trace!(%why, "client dropped datagram");
+        }
+        self.after_connection_io();
+    }
+
+    fn process(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), InvalidPacket> {
+        if from != self.server {
+            return Err(InvalidPacket::Stranger);
+        }
+        let packet = Packet::decode(datagram)?;
+        match (&mut self.phase, packet) {
+            (
+                Phase::Handshake {
+                    cookie, next_send, ..
+                },
+                Packet::Challenge {
+                    client_nonce,
+                    timestamp_ms,
+                    mac,
+                },
+            ) if client_nonce == self.nonce => {
+                if cookie.is_none() {
+                    *cookie = Some((timestamp_ms, mac));
+                    *next_send = now;
+                }
+                Ok(())
+            }
+            (
+                Phase::Handshake { .. },
+                Packet::Accepted {
+                    client_nonce,
+                    client_id,
+                    salt,
+                },
+            ) if client_nonce == self.nonce => {
+                let id = ClientId(client_id);
+                let conn = Box::new(Established::new(
+                    self.server,
+                    salt,
+                    self.config.connection.clone(),
+                    now,
+                ));
+                self.phase = Phase::Connected { id, conn };
+                self.events.push_back(Event::Connected { client_id: id });
+                Ok(())
+            }
+            (
+                Phase::Handshake { .. },
+                Packet::Denied {
+                    client_nonce,
+                    reason,
+                },
+            ) if client_nonce == self.nonce => {
+                self.finish(DisconnectReason::Denied(reason));
+                Ok(())
+            }
+            (Phase::Connected { .. }, Packet::Accepted { client_nonce, .. })
+                if client_nonce == self.nonce =>
+            {
+                // A duplicate of the Accepted we already acted on.
+                Ok(())
+            }
+            (
+                Phase::Connected { conn, .. },
+                p @ (Packet::Payload { .. } | Packet::Disconnect { .. }),
+            ) => conn.handle_packet(now, &p, datagram.len()),
+            (Phase::Done(_), _) => Ok(()),
+            _ => Err(InvalidPacket::UnexpectedKind),
+        }
+    }
+
+    fn finish(&mut self, reason: DisconnectReason) {
+        if !matches!(self.phase, Phase::Done(_)) {
+            self.phase = Phase::Done(reason);
+            self.events.push_back(Event::Disconnected { reason });
+        }
+    }
+
+    /// Move the connection's events out and notice when it has closed.
+    fn after_connection_io(&mut self) {
+        if let Phase::Connected { conn, .. } = &mut self.phase {
+            self.events.extend(conn.events.drain(..));
+            if let Some(reason) = conn.closed_reason() {
+                // The connection already queued its Disconnected event.
+                self.phase = Phase::Done(reason);
+            }
+        }
+    }
+
+    /// Advance timers: handshake resends, keep-alive, loss detection, timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Handshake { .. } => {
+                if now.saturating_duration_since(self.started) >= self.config.connect_timeout {
+                    self.finish(DisconnectReason::ConnectTimedOut);
+                }
+            }
+            Phase::Connected { conn, .. } => conn.handle_timeout(now),
+            Phase::Done(_) => {}
+        }
+        self.after_connection_io();
+    }
+
+    /// Next datagram to send, written to `buf` (at least [`MAX_PACKET_BYTES`] long).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if buf.len() < MAX_PACKET_BYTES {
+            return None;
+        }
+        let len = match &mut self.phase {
+            Phase::Handshake {
+                cookie,
+                next_send,
+                interval,
+            } => {
+                if now < *next_send {
+                    return None;
+                }
+                *next_send = now + *interval;
+                *interval = (*interval * 3 / 2).min(self.config.max_resend_interval);
+                let packet = match *cookie {
+                    None => Packet::ConnectionRequest {
+                        client_nonce: self.nonce,
+                    },
+                    Some((timestamp_ms, mac)) => Packet::ChallengeResponse {
+                        client_nonce: self.nonce,
+                        timestamp_ms,
+                        mac,
+                    },
+                };
+                packet.encode(buf)?
+            }
+            Phase::Connected { conn, .. } => conn.poll_transmit(now, buf)?,
+            Phase::Done(_) => return None,
+        };
+        self.after_connection_io();
+        Some(Transmit {
+            destination: self.server,
+            len,
+        })
+    }
+
+    /// Next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called (or a transmit is ready to poll).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Handshake { next_send, .. } => {
+                Some((*next_send).min(self.started + self.config.connect_timeout))
+            }
+            Phase::Connected { conn, .. } => conn.poll_timeout(),
+            Phase::Done(_) => None,
+        }
+    }
+
+    /// Send an unreliable datagram now, in its own packet; see [`super::Server::send_datagram`].
+    pub fn send_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<Sequence, SendError> {
+        match &mut self.phase {
+            Phase::Connected { conn, .. } => conn.send_datagram(now, datagram),
+            _ => Err(SendError::NotConnected),
+        }
+    }
+
+    /// Queue a message on `channel`.
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        channel: u8,
+        message: &[u8],
+    ) -> Result<(), SendError> {
+        match &mut self.phase {
+            Phase::Connected { conn, .. } => conn.send_message(now, channel, message),
+            _ => Err(SendError::NotConnected),
+        }
+    }
+
+    /// Disconnect cleanly: the next polls send the goodbye (redundantly), then the client
+    /// reports `Disconnected { reason: Requested }`. While still handshaking, stop at once.
+    pub fn disconnect(&mut self) {
+        match &mut self.phase {
+            Phase::Connected { conn, .. } => conn.disconnect(DisconnectReasonCode::Requested),
+            Phase::Handshake { .. } => self.finish(DisconnectReason::Requested),
+            Phase::Done(_) => {}
+        }
+    }
+
+    /// Link figures, once connected.
+    pub fn connection_stats(&self) -> Option<ConnectionStats> {
+        match &self.phase {
+            Phase::Connected { conn, .. } => Some(conn.link_snapshot()),
+            _ => None,
+        }
+    }
+
+    /// Per-channel figures, once connected.
+    pub fn channel_stats(&self, channel: u8) -> Option<crate::channel::ChannelStats> {
+        match &self.phase {
+            Phase::Connected { conn, .. } => conn.channels.stats(channel),
+            _ => None,
+        }
+    }
+}

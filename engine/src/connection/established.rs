@@ -1,0 +1,391 @@
+//! State of one established connection, the same on both sides: acks, estimates, channels,
+//! datagrams, keep-alive and timeout.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{ConnectionConfig, DisconnectReason, Event, InvalidPacket, SendError};
+use crate::channel::Channels;
+use crate::packet::{
+    AckTracker, ConnectedHeader, DisconnectReasonCode, LinkStats, MAX_PACKET_BYTES, Packet,
+    RttEstimator,
+};
+use crate::{Sequence, SequenceBuffer};
+
+/// Payload flag: a datagram section follows.
+const FLAG_DATAGRAM: u8 = 0x01;
+const KNOWN_FLAGS: u8 = FLAG_DATAGRAM;
+/// Bytes of the flags byte plus the datagram length prefix.
+const DATAGRAM_FRAMING_BYTES: usize = 3;
+
+/// Largest datagram [`send_datagram`](super::Client::send_datagram) accepts, in bytes: one
+/// packet's room after the connected header and the datagram framing.
+pub const MAX_DATAGRAM_BYTES: usize =
+    MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES - DATAGRAM_FRAMING_BYTES;
+
+/// RTT assumed before the first sample, for loss timeouts and resends.
+const INITIAL_RTT: Duration = Duration::from_millis(250);
+/// Floor of the jitter allowance in the loss timeout.
+const MIN_JITTER_ALLOWANCE: Duration = Duration::from_millis(25);
+/// Send an ack as soon as this many packets arrived since we last sent anything: the 32
+/// ack bits only reach back 33 packets, so a peer that sends in bursts must hear back often.
+const ACK_EVERY_PACKETS: u32 = 16;
+/// How many packets' fates are remembered to tell datagram-carrying packets apart.
+const DATAGRAM_RECORD_PACKETS: usize = 1024;
+
+/// One live connection's state.
+#[derive(Debug)]
+pub(crate) struct Established {
+    pub(crate) peer: SocketAddr,
+    pub(crate) salt: u32,
+    config: ConnectionConfig,
+    acks: AckTracker,
+    pub(crate) rtt: RttEstimator,
+    pub(crate) stats: LinkStats,
+    pub(crate) channels: Channels,
+    last_received: Instant,
+    last_sent: Instant,
+    received_since_sent: u32,
+    /// Encoded packets built eagerly by `send_datagram`, awaiting `poll_transmit`.
+    queued: VecDeque<Vec<u8>>,
+    carried_datagram: SequenceBuffer<()>,
+    pub(crate) events: VecDeque<Event>,
+    /// Disconnect packets still to send before the connection is gone.
+    goodbyes_left: usize,
+    goodbye_reason: DisconnectReasonCode,
+    closed: Option<DisconnectReason>,
+}
+
+impl Established {
+    pub(crate) fn new(peer: SocketAddr, salt: u32, config: ConnectionConfig, now: Instant) -> Self {
+        let channels = Channels::new(config.channels.clone());
+        Self {
+            peer,
+            salt,
+            config,
+            acks: AckTracker::new(),
+            rtt: RttEstimator::default(),
+            stats: LinkStats::default(),
+            channels,
+            last_received: now,
+            last_sent: now,
+            received_since_sent: 0,
+            queued: VecDeque::new(),
+            carried_datagram: SequenceBuffer::new(DATAGRAM_RECORD_PACKETS),
+            events: VecDeque::new(),
+            goodbyes_left: 0,
+            goodbye_reason: DisconnectReasonCode::Requested,
+            closed: None,
+        }
+    }
+
+    pub(crate) fn rtt_or_default(&self) -> Duration {
+        self.rtt.smoothed_or(INITIAL_RTT)
+    }
+
+    /// How long an unacked packet waits before it is declared lost: one RTT, a jitter
+    /// allowance, and one keep-alive interval (a quiet peer acks at keep-alive pace).
+    fn loss_timeout(&self) -> Duration {
+        self.rtt_or_default()
+            + (self.rtt.jitter() * 4).max(MIN_JITTER_ALLOWANCE)
+            + self.config.keepalive_interval
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    pub(crate) fn closed_reason(&self) -> Option<DisconnectReason> {
+        self.closed
+    }
+
+    /// Handle a decoded packet from the peer (the caller checked the address).
+    pub(crate) fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: &Packet<'_>,
+        datagram_len: usize,
+    ) -> Result<(), InvalidPacket> {
+        if self.closed.is_some() {
+            return Ok(());
+        }
+        match *packet {
+            Packet::Payload { header, payload } => {
+                if header.salt != self.salt {
+                    return Err(InvalidPacket::WrongSalt);
+                }
+                // Parse before committing anything: a bad body must not move acks.
+                let (datagram, channel_section) = split_payload(payload)?;
+                if !self.acks.on_receive(now, header.sequence) {
+                    return Err(InvalidPacket::Replay);
+                }
+                self.last_received = now;
+                self.received_since_sent += 1;
+                self.stats.on_received(now, datagram_len);
+                self.acks.on_ack(
+                    now,
+                    header.ack,
+                    header.ack_bits,
+                    header.ack_delay,
+                    &mut self.rtt,
+                );
+                self.drain_notices(now);
+                if let Some(d) = datagram {
+                    self.events.push_back(Event::Datagram {
+                        sequence: header.sequence,
+                        payload: d.to_vec(),
+                    });
+                }
+                if !channel_section.is_empty() {
+                    if self.channels.read_packet(now, channel_section).is_err() {
+                        self.stats.invalid_received += 1;
+                    }
+                    while let Some((channel, payload)) = self.channels.receive() {
+                        self.events.push_back(Event::Message { channel, payload });
+                    }
+                }
+                Ok(())
+            }
+            Packet::Disconnect { salt, reason } => {
+                if salt != self.salt {
+                    return Err(InvalidPacket::WrongSalt);
+                }
+                self.close(DisconnectReason::Peer(reason));
+                Ok(())
+            }
+            _ => Err(InvalidPacket::UnexpectedKind),
+        }
+    }
+
+    fn drain_notices(&mut self, now: Instant) {
+        while let Some(n) = self.acks.poll_notice() {
+            self.stats.on_notice(n.acked);
+            self.channels.on_delivery(now, n.sequence, n.acked);
+            if self.carried_datagram.remove(n.sequence).is_some() {
+                self.events.push_back(Event::Delivery {
+                    sequence: n.sequence,
+                    acked: n.acked,
+                });
+            }
+        }
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        if now.saturating_duration_since(self.last_received) >= self.config.timeout {
+            self.close(DisconnectReason::TimedOut);
+            return;
+        }
+        self.acks.handle_timeout(now, self.loss_timeout());
+        self.drain_notices(now);
+        self.channels.handle_timeout(now);
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed.is_some() {
+            return None;
+        }
+        if self.goodbyes_left > 0
+            || !self.queued.is_empty()
+            || self.received_since_sent >= ACK_EVERY_PACKETS
+        {
+            return Some(self.last_sent);
+        }
+        let rtt = self.rtt_or_default();
+        [
+            Some(self.last_received + self.config.timeout),
+            Some(self.last_sent + self.config.keepalive_interval),
+            self.acks.next_loss_deadline(self.loss_timeout()),
+            self.channels.poll_timeout(rtt),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Build one packet now carrying `datagram` plus whatever channel messages fit.
+    pub(crate) fn send_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+    ) -> Result<Sequence, SendError> {
+        if self.closed.is_some() || self.goodbyes_left > 0 {
+            return Err(SendError::NotConnected);
+        }
+        if datagram.len() > MAX_DATAGRAM_BYTES {
+            return Err(SendError::DatagramTooLarge(datagram.len()));
+        }
+        let (seq, bytes) = self.build_payload_packet(now, Some(datagram));
+        self.carried_datagram.insert(seq, ());
+        self.queued.push_back(bytes);
+        Ok(seq)
+    }
+
+    pub(crate) fn send_message(
+        &mut self,
+        now: Instant,
+        channel: u8,
+        message: &[u8],
+    ) -> Result<(), SendError> {
+        if self.closed.is_some() || self.goodbyes_left > 0 {
+            return Err(SendError::NotConnected);
+        }
+        self.channels.send(now, channel, message)?;
+        Ok(())
+    }
+
+    /// Start a clean disconnect: the next polls send the goodbye copies, then the
+    /// connection is closed with `reason`.
+    pub(crate) fn disconnect(&mut self, code: DisconnectReasonCode) {
+        if self.closed.is_none() && self.goodbyes_left == 0 {
+            self.goodbyes_left = super::DISCONNECT_REDUNDANCY;
+            self.goodbye_reason = code;
+            self.queued.clear();
+        }
+    }
+
+    fn close(&mut self, reason: DisconnectReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+            self.events.push_back(Event::Disconnected { reason });
+        }
+    }
+
+    /// Next datagram for the peer, written to `buf`.
+    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.closed.is_some() {
+            return None;
+        }
+        if self.goodbyes_left > 0 {
+            self.goodbyes_left -= 1;
+            let p = Packet::Disconnect {
+                salt: self.salt,
+                reason: self.goodbye_reason,
+            };
+            // A disconnect packet is 10 bytes; every caller's buffer holds MAX_PACKET_BYTES.
+            let len = p.encode(buf)?;
+            self.note_sent(now, len);
+            if self.goodbyes_left == 0 {
+                // The side that says goodbye reports that it left by request.
+                self.close(DisconnectReason::Requested);
+            }
+            return Some(len);
+        }
+        if let Some(bytes) = self.queued.pop_front() {
+            let len = bytes.len().min(buf.len());
+            buf[..len].copy_from_slice(&bytes[..len]);
+            self.note_sent(now, len);
+            return Some(len);
+        }
+        let rtt = self.rtt_or_default();
+        let keepalive_due = now.saturating_duration_since(self.last_sent)
+            >= self.config.keepalive_interval
+            || self.received_since_sent >= ACK_EVERY_PACKETS;
+        if self.channels.wants_to_send(now, rtt) || keepalive_due {
+            let (_, bytes) = self.build_payload_packet(now, None);
+            let len = bytes.len().min(buf.len());
+            buf[..len].copy_from_slice(&bytes[..len]);
+            self.note_sent(now, len);
+            return Some(len);
+        }
+        None
+    }
+
+    fn note_sent(&mut self, now: Instant, len: usize) {
+        self.last_sent = now;
+        self.received_since_sent = 0;
+        self.stats.on_sent(now, len);
+    }
+
+    fn build_payload_packet(
+        &mut self,
+        now: Instant,
+        datagram: Option<&[u8]>,
+    ) -> (Sequence, Vec<u8>) {
+        let seq = self.acks.on_send(now);
+        let (ack, ack_bits, ack_delay) = self.acks.ack_fields(now);
+        let mut payload = Vec::with_capacity(MAX_PACKET_BYTES);
+        if let Some(d) = datagram {
+            payload.push(FLAG_DATAGRAM);
+            // MAX_DATAGRAM_BYTES < u16::MAX, checked by the caller.
+            payload.extend_from_slice(&(d.len() as u16).to_le_bytes());
+            payload.extend_from_slice(d);
+        } else {
+            payload.push(0);
+        }
+        let room = MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES - payload.len();
+        let rtt = self.rtt_or_default();
+        let written = self
+            .channels
+            .write_packet(now, seq, rtt, &mut payload, room);
+        if datagram.is_none() && written == 0 {
+            // A bare keep-alive: no flags byte at all.
+            payload.clear();
+        }
+        let header = ConnectedHeader {
+            salt: self.salt,
+            sequence: seq,
+            ack,
+            ack_bits,
+            ack_delay,
+        };
+        let mut out = vec![0u8; MAX_PACKET_BYTES];
+        // The payload was sized to fit MAX_PACKET_BYTES above, so encoding cannot fail;
+        // a zero length would only drop this packet, never corrupt state.
+        let len = Packet::Payload {
+            header,
+            payload: &payload,
+        }
+        .encode(&mut out)
+        .unwrap_or(0);
+        out.truncate(len);
+        (seq, out)
+    }
+
+    pub(crate) fn link_snapshot(&self) -> ConnectionStats {
+        ConnectionStats {
+            rtt: self.rtt.smoothed(),
+            min_rtt: self.rtt.min(),
+            jitter: self.rtt.jitter(),
+            link: self.stats,
+        }
+    }
+}
+
+/// Split a payload into its optional datagram and its channel section.
+fn split_payload(payload: &[u8]) -> Result<(Option<&[u8]>, &[u8]), InvalidPacket> {
+    let Some((&flags, rest)) = payload.split_first() else {
+        return Ok((None, &[]));
+    };
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(InvalidPacket::BadPayload);
+    }
+    if flags & FLAG_DATAGRAM == 0 {
+        return Ok((None, rest));
+    }
+    let (len_bytes, rest) = rest
+        .split_first_chunk::<2>()
+        .ok_or(InvalidPacket::BadPayload)?;
+    let len = usize::from(u16::from_le_bytes(*len_bytes));
+    if len > rest.len() {
+        return Err(InvalidPacket::BadPayload);
+    }
+    let (d, channels) = rest.split_at(len);
+    Ok((Some(d), channels))
+}
+
+/// A connection's quality figures at a moment.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionStats {
+    /// Smoothed round-trip time, once measured.
+    pub rtt: Option<Duration>,
+    /// Smallest round-trip time seen.
+    pub min_rtt: Option<Duration>,
+    /// Round-trip variation (jitter).
+    pub jitter: Duration,
+    /// Traffic counters and loss.
+    pub link: LinkStats,
+}

@@ -1,0 +1,475 @@
+//! The server endpoint: one socket, many clients, stateless handshake.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::cookie::{CookieCheck, CookieJar};
+use super::established::Established;
+use super::{
+    ClientId, ConnectionConfig, ConnectionStats, DisconnectReason, Event, InvalidPacket, SendError,
+    Transmit,
+};
+use crate::Sequence;
+use crate::packet::{DenyReason, DisconnectReasonCode, MAX_PACKET_BYTES, Packet};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most clients connected at once. Default 64.
+    pub max_clients: usize,
+    /// How long a challenge cookie stays valid. Default 10 s: long enough for a slow or
+    /// lossy client to answer, short enough that a captured cookie is soon useless.
+    pub cookie_lifetime: Duration,
+    /// Handshake replies queued before further ones are dropped. Default 4096: a flood cannot
+    /// grow the queue without bound between two drains.
+    pub max_queued_replies: usize,
+    /// Per-connection settings.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_clients: 64,
+            cookie_lifetime: Duration::from_secs(10),
+            max_queued_replies: 4096,
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// Server-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Datagrams received (valid or not).
+    pub packets_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams dropped as invalid, all reasons together.
+    pub invalid_packets: u64,
+    /// Of those: not a packet of this protocol (bad CRC, truncated, oversized, unknown kind).
+    pub invalid_malformed: u64,
+    /// Of those: connected traffic with the wrong session salt.
+    pub invalid_wrong_salt: u64,
+    /// Of those: connected traffic from an address with no connection.
+    pub invalid_unknown_peer: u64,
+    /// Of those: replayed or stale sequences.
+    pub invalid_replay: u64,
+    /// Of those: forged or expired cookies.
+    pub invalid_cookie: u64,
+    /// Of those: kinds a server never receives, or unparsable payloads.
+    pub invalid_other: u64,
+    /// Challenges sent.
+    pub challenges_sent: u64,
+    /// Handshake replies dropped because the reply queue was full.
+    pub replies_dropped: u64,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections denied.
+    pub connections_denied: u64,
+    /// Most clients connected at once.
+    pub clients_peak: u64,
+}
+
+/// The sans-IO server: feed it datagrams and time, drain transmits and events.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    epoch: Instant,
+    rng: ChaCha8Rng,
+    cookies: CookieJar,
+    next_client_id: u32,
+    clients: BTreeMap<ClientId, Client>,
+    by_addr: HashMap<SocketAddr, ClientId>,
+    replies: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<(ClientId, Event)>,
+    /// Where the round-robin of `poll_transmit` resumes.
+    cursor: Option<ClientId>,
+    stats: ServerStats,
+}
+
+#[derive(Debug)]
+struct Client {
+    nonce: u64,
+    conn: Established,
+}
+
+impl Server {
+    /// A server whose clock starts at `now`. `seed` feeds the cookie key and session salts:
+    /// give it real entropy in production (e.g. `rand::random()`), a constant in tests.
+    pub fn new(config: ServerConfig, now: Instant, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let key: [u8; 16] = rng.random();
+        Self {
+            cookies: CookieJar::new(key, config.cookie_lifetime),
+            config,
+            epoch: now,
+            rng,
+            next_client_id: 1,
+            clients: BTreeMap::new(),
+            by_addr: HashMap::new(),
+            replies: VecDeque::new(),
+            events: VecDeque::new(),
+            cursor: None,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// The configuration this server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn count_invalid(&mut self, why: InvalidPacket) {
+        let s = &mut self.stats;
+        s.invalid_packets += 1;
+        match why {
+            InvalidPacket::Malformed(_) => s.invalid_malformed += 1,
+            InvalidPacket::WrongSalt => s.invalid_wrong_salt += 1,
+            InvalidPacket::UnknownPeer => s.invalid_unknown_peer += 1,
+            InvalidPacket::Replay => s.invalid_replay += 1,
+            InvalidPacket::ForgedCookie | InvalidPacket::ExpiredCookie => s.invalid_cookie += 1,
+            InvalidPacket::UnexpectedKind | InvalidPacket::BadPayload | InvalidPacket::Stranger => {
+                s.invalid_other += 1
+            }
+        }
+        tracing::trace!(%why, "dropped datagram");
+    }
+
+    /// Feed one received datagram. Invalid ones are dropped and counted, never a panic.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        if let Err(why) = self.process(now, from, datagram) {
+            if let Some(id) = self.by_addr.get(&from)
+                && let Some(c) = self.clients.get_mut(id)
+            {
+                c.conn.stats.invalid_received += 1;
+            }
+            self.count_invalid(why);
+        }
+        if let Some(&id) = self.by_addr.get(&from) {
+            self.remove_if_closed(id);
+        }
+    }
+
+    fn process(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), InvalidPacket> {
+        let packet = Packet::decode(datagram)?;
+        match packet {
+            Packet::ConnectionRequest { client_nonce } => {
+                let timestamp_ms = self.now_ms(now);
+                let mac = self.cookies.mac(from, client_nonce, timestamp_ms);
+                self.stats.challenges_sent += 1;
+                self.reply(
+                    from,
+                    Packet::Challenge {
+                        client_nonce,
+                        timestamp_ms,
+                        mac,
+                    },
+                );
+                Ok(())
+            }
+            Packet::ChallengeResponse {
+                client_nonce,
+                timestamp_ms,
+                mac,
+            } => {
+                match self
+                    .cookies
+                    .verify(from, client_nonce, timestamp_ms, mac, self.now_ms(now))
+                {
+                    CookieCheck::Valid => {}
+                    CookieCheck::Forged => return Err(InvalidPacket::ForgedCookie),
+                    CookieCheck::Expired => return Err(InvalidPacket::ExpiredCookie),
+                }
+                self.on_verified(now, from, client_nonce);
+                Ok(())
+            }
+            Packet::Payload { .. } | Packet::Disconnect { .. } => {
+                let id = *self.by_addr.get(&from).ok_or(InvalidPacket::UnknownPeer)?;
+                // by_addr and clients are kept in step by `on_verified` and `remove_if_closed`.
+                let client = self
+                    .clients
+                    .get_mut(&id)
+                    .ok_or(InvalidPacket::UnknownPeer)?;
+                client.conn.handle_packet(now, &packet, datagram.len())?;
+                Self::move_events(id, &mut client.conn, &mut self.events);
+                Ok(())
+            }
+            Packet::Challenge { .. } | Packet::Accepted { .. } | Packet::Denied { .. } => {
+                Err(InvalidPacket::UnexpectedKind)
+            }
+        }
+    }
+
+    fn on_verified(&mut self, now: Instant, from: SocketAddr, client_nonce: u64) {
+        if let Some(&id) = self.by_addr.get(&from) {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return;
+            };
+            if c.nonce == client_nonce {
+                // The client has not seen our Accepted yet: say it again.
+                let reply = Packet::Accepted {
+                    client_nonce,
+                    client_id: id.0,
+                    salt: c.conn.salt,
+                };
+                self.reply(from, reply);
+                return;
+            }
+            // A new connection attempt from the same address: the old one is over.
+            c.conn.events.clear();
+            self.events.push_back((
+                id,
+                Event::Disconnected {
+                    reason: DisconnectReason::Replaced,
+                },
+            ));
+            self.clients.remove(&id);
+            self.by_addr.remove(&from);
+        }
+        if self.clients.len() >= self.config.max_clients {
+            self.stats.connections_denied += 1;
+            self.reply(
+                from,
+                Packet::Denied {
+                    client_nonce,
+                    reason: DenyReason::ServerFull,
+                },
+            );
+            return;
+        }
+        let id = ClientId(self.next_client_id);
+        self.next_client_id = self.next_client_id.wrapping_add(1).max(1);
+        let salt = self.rng.random::<u32>();
+        let conn = Established::new(from, salt, self.config.connection.clone(), now);
+        self.clients.insert(
+            id,
+            Client {
+                nonce: client_nonce,
+                conn,
+            },
+        );
+        self.by_addr.insert(from, id);
+        self.stats.connections_accepted += 1;
+        self.stats.clients_peak = self.stats.clients_peak.max(self.clients.len() as u64);
+        self.reply(
+            from,
+            Packet::Accepted {
+                client_nonce,
+                client_id: id.0,
+                salt,
+            },
+        );
+        self.events
+            .push_back((id, Event::Connected { client_id: id }));
+    }
+
+    fn reply(&mut self, to: SocketAddr, packet: Packet<'_>) {
+        if self.replies.len() >= self.config.max_queued_replies {
+            self.stats.replies_dropped += 1;
+            return;
+        }
+        let mut buf = vec![0u8; packet.encoded_len()];
+        // The buffer is exactly the packet's length and replies are far below the maximum.
+        if let Some(n) = packet.encode(&mut buf) {
+            buf.truncate(n);
+            self.replies.push_back((to, buf));
+        }
+    }
+
+    fn move_events(id: ClientId, conn: &mut Established, out: &mut VecDeque<(ClientId, Event)>) {
+        out.extend(conn.events.drain(..).map(|e| (id, e)));
+    }
+
+    /// Remove `id` if its connection has closed (its Disconnected event is already queued).
+    fn remove_if_closed(&mut self, id: ClientId) {
+        if self.clients.get(&id).is_some_and(|c| c.conn.is_closed())
+            && let Some(mut c) = self.clients.remove(&id)
+        {
+            Self::move_events(id, &mut c.conn, &mut self.events);
+            self.by_addr.remove(&c.conn.peer);
+        }
+    }
+
+    /// Advance timers: keep-alives, loss detection, timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for (id, c) in self.clients.iter_mut() {
+            c.conn.handle_timeout(now);
+            Self::move_events(*id, &mut c.conn, &mut self.events);
+        }
+        let closed: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.conn.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.remove_if_closed(id);
+        }
+    }
+
+    /// Next datagram to send, written to `buf` (at least [`MAX_PACKET_BYTES`] long).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if buf.len() < MAX_PACKET_BYTES {
+            return None;
+        }
+        if let Some((to, bytes)) = self.replies.pop_front() {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            self.count_out(bytes.len());
+            return Some(Transmit {
+                destination: to,
+                len: bytes.len(),
+            });
+        }
+        // Round-robin from the cursor so no client's traffic waits behind another's.
+        let start = self.cursor.unwrap_or(ClientId(0));
+        let mut sent = None;
+        for (id, c) in self.clients.range_mut(start..) {
+            if let Some(len) = c.conn.poll_transmit(now, buf) {
+                sent = Some((*id, c.conn.peer, len));
+                break;
+            }
+        }
+        if sent.is_none() {
+            for (id, c) in self.clients.range_mut(..start) {
+                if let Some(len) = c.conn.poll_transmit(now, buf) {
+                    sent = Some((*id, c.conn.peer, len));
+                    break;
+                }
+            }
+        }
+        let Some((id, destination, len)) = sent else {
+            self.cursor = None;
+            return None;
+        };
+        if let Some(c) = self.clients.get_mut(&id) {
+            Self::move_events(id, &mut c.conn, &mut self.events);
+        }
+        self.cursor = Some(ClientId(id.0.wrapping_add(1)));
+        self.count_out(len);
+        self.remove_if_closed(id);
+        Some(Transmit { destination, len })
+    }
+
+    fn count_out(&mut self, len: usize) {
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += len as u64;
+    }
+
+    /// Next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<(ClientId, Event)> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called (or a transmit is ready to poll).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.replies.is_empty() {
+            return Some(self.epoch);
+        }
+        self.clients
+            .values()
+            .filter_map(|c| c.conn.poll_timeout())
+            .min()
+    }
+
+    /// Send an unreliable datagram (e.g. a snapshot part) to `client` now, in its own packet,
+    /// with channel messages filling the rest. Returns the packet's sequence; an
+    /// [`Event::Delivery`] with it reports whether the packet was acked or lost.
+    pub fn send_datagram(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        datagram: &[u8],
+    ) -> Result<Sequence, SendError> {
+        let c = self
+            .clients
+            .get_mut(&client)
+            .ok_or(SendError::UnknownClient)?;
+        c.conn.send_datagram(now, datagram)
+    }
+
+    /// Queue a message on `channel` for `client`.
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        channel: u8,
+        message: &[u8],
+    ) -> Result<(), SendError> {
+        let c = self
+            .clients
+            .get_mut(&client)
+            .ok_or(SendError::UnknownClient)?;
+        c.conn.send_message(now, channel, message)
+    }
+
+    /// Disconnect one client cleanly (it is told, redundantly).
+    pub fn disconnect(&mut self, client: ClientId, code: DisconnectReasonCode) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.conn.disconnect(code);
+        }
+    }
+
+    /// Disconnect every client, telling each the server is shutting down. Keep polling
+    /// transmits until `client_count()` is zero to send the goodbyes.
+    pub fn shutdown(&mut self) {
+        for c in self.clients.values_mut() {
+            c.conn.disconnect(DisconnectReasonCode::ServerShutdown);
+        }
+    }
+
+    /// Connected clients, in id order.
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.clients.keys().copied()
+    }
+
+    /// How many clients are connected (including ones still saying goodbye).
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The address a client connected from.
+    pub fn client_addr(&self, client: ClientId) -> Option<SocketAddr> {
+        self.clients.get(&client).map(|c| c.conn.peer)
+    }
+
+    /// Link figures for one client.
+    pub fn connection_stats(&self, client: ClientId) -> Option<ConnectionStats> {
+        self.clients.get(&client).map(|c| c.conn.link_snapshot())
+    }
+
+    /// Per-channel figures for one client.
+    pub fn channel_stats(
+        &self,
+        client: ClientId,
+        channel: u8,
+    ) -> Option<crate::channel::ChannelStats> {
+        self.clients
+            .get(&client)
+            .and_then(|c| c.conn.channels.stats(channel))
+    }
+
+    /// Server-wide counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+}

@@ -1,0 +1,536 @@
+//! Scenario tests: whole connections through the simulated network with virtual time.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::conditioner::ConditionerConfig;
+use crate::packet::{ConnectedHeader, HANDSHAKE_PACKET_BYTES, MAX_PACKET_BYTES, Packet};
+use crate::sim::Sim;
+
+fn connected_sim(clients: usize, seed: u64) -> Sim {
+    let mut sim = Sim::new(ServerConfig::default(), seed);
+    for _ in 0..clients {
+        sim.add_client(ClientConfig::default());
+    }
+    let ok = sim.run_until_cond(Duration::from_secs(2), |s| {
+        s.clients.iter().all(|c| c.client.is_connected())
+    });
+    assert!(ok, "clients did not connect");
+    sim
+}
+
+fn latency(ms: u64) -> ConditionerConfig {
+    ConditionerConfig {
+        latency: Duration::from_millis(ms),
+        enabled: true,
+        ..ConditionerConfig::off()
+    }
+}
+
+fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
+    events.iter().find_map(|e| match e {
+        Event::Disconnected { reason } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn handshake() {
+    let sim = connected_sim(1, 1);
+    let c = &sim.clients[0];
+    let id = match c.events.first() {
+        Some(Event::Connected { client_id }) => *client_id,
+        other => panic!("expected Connected first, got {other:?}"),
+    };
+    assert_eq!(sim.client_id(0), Some(id));
+    assert_eq!(
+        sim.server_events,
+        vec![(id, Event::Connected { client_id: id })]
+    );
+    assert_eq!(sim.server.client_addr(id), Some(c.addr));
+    assert_eq!(sim.server.stats().invalid_packets, 0);
+}
+
+#[test]
+fn handshake_under_loss() {
+    let mut sim = Sim::new(ServerConfig::default(), 7);
+    for _ in 0..8 {
+        sim.add_client(ClientConfig::default());
+    }
+    sim.set_all_links(ConditionerConfig {
+        loss_pct: 30.0,
+        ..latency(20)
+    });
+    let ok = sim.run_until_cond(Duration::from_secs(5), |s| {
+        s.clients.iter().all(|c| c.client.is_connected())
+    });
+    assert!(ok);
+    // Every client connected exactly once on the server, despite resent handshakes.
+    let connects = sim
+        .server_events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Connected { .. }))
+        .count();
+    assert_eq!(connects, 8);
+    assert_eq!(sim.server.client_count(), 8);
+}
+
+#[test]
+fn sixty_four_clients_on_one_server() {
+    let mut sim = connected_sim(64, 2);
+    assert_eq!(sim.server.client_count(), 64);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(sim.server.client_count(), 64);
+    let ids: std::collections::BTreeSet<_> = (0..64).map(|i| sim.client_id(i).unwrap()).collect();
+    assert_eq!(ids.len(), 64, "client ids are distinct");
+    // Every client can reach the server and back on its own connection.
+    let now = sim.now;
+    for i in 0..64 {
+        let seq = sim.clients[i]
+            .client
+            .send_datagram(now, &[i as u8; 16])
+            .unwrap();
+        let _ = seq;
+    }
+    sim.run_for(Duration::from_millis(50));
+    for i in 0..64 {
+        let id = sim.client_id(i).unwrap();
+        assert!(sim.server_events.iter().any(|(c, e)| *c == id
+            && matches!(e, Event::Datagram { payload, .. } if payload == &vec![i as u8; 16])));
+    }
+}
+
+#[test]
+fn server_full_is_denied_with_a_reason() {
+    let config = ServerConfig {
+        max_clients: 2,
+        ..ServerConfig::default()
+    };
+    let mut sim = Sim::new(config, 3);
+    for _ in 0..3 {
+        sim.add_client(ClientConfig::default());
+    }
+    sim.run_for(Duration::from_secs(1));
+    let connected = sim
+        .clients
+        .iter()
+        .filter(|c| c.client.is_connected())
+        .count();
+    assert_eq!(connected, 2);
+    let denied: Vec<_> = sim
+        .clients
+        .iter()
+        .filter_map(|c| disconnect_reason(&c.events))
+        .collect();
+    assert_eq!(
+        denied,
+        vec![DisconnectReason::Denied(
+            crate::packet::DenyReason::ServerFull
+        )]
+    );
+    assert_eq!(sim.server.stats().connections_denied, 1);
+    assert_eq!(sim.server.client_count(), 2);
+}
+
+#[test]
+fn idle_connection_stays_up_for_ten_minutes() {
+    let mut sim = connected_sim(1, 4);
+    sim.set_all_links(latency(30));
+    sim.run_for(Duration::from_secs(600));
+    assert!(sim.clients[0].client.is_connected());
+    assert_eq!(sim.server.client_count(), 1);
+    assert_eq!(disconnect_reason(&sim.clients[0].events), None);
+    // Keep-alives flowed at about 10 Hz each way.
+    let sent = sim.clients[0]
+        .client
+        .connection_stats()
+        .unwrap()
+        .link
+        .packets_sent;
+    assert!(
+        (5_900..=6_100).contains(&sent),
+        "{sent} keep-alives in 600 s"
+    );
+}
+
+#[test]
+fn silence_times_out_within_the_configured_time() {
+    for timeout_ms in [1_000u64, 5_000] {
+        let mut config = ServerConfig::default();
+        config.connection.timeout = Duration::from_millis(timeout_ms);
+        let mut sim = Sim::new(config.clone(), 5);
+        sim.add_client(ClientConfig {
+            connection: config.connection.clone(),
+            ..ClientConfig::default()
+        });
+        assert!(sim.run_until_cond(Duration::from_secs(1), |s| {
+            s.clients[0].client.is_connected()
+        }));
+        sim.run_for(Duration::from_secs(2));
+        let silence_from = sim.now;
+        sim.clients[0].partitioned = true;
+        let keepalive = config.connection.keepalive_interval;
+        let timed_out = sim
+            .run_until_cond(Duration::from_millis(timeout_ms) + keepalive * 2, |s| {
+                s.server.client_count() == 0 && !s.clients[0].client.is_connected()
+            });
+        assert!(timed_out);
+        let took = sim.now - silence_from;
+        let lo = Duration::from_millis(timeout_ms) - keepalive;
+        let hi = Duration::from_millis(timeout_ms) + keepalive;
+        assert!(took >= lo && took <= hi, "timed out after {took:?}");
+        assert_eq!(
+            disconnect_reason(&sim.clients[0].events),
+            Some(DisconnectReason::TimedOut)
+        );
+        assert!(sim.server_events.iter().any(|(_, e)| *e
+            == Event::Disconnected {
+                reason: DisconnectReason::TimedOut
+            }));
+    }
+}
+
+#[test]
+fn clean_disconnect_is_seen_within_100ms() {
+    let mut sim = connected_sim(2, 6);
+    sim.set_all_links(latency(20));
+    sim.run_for(Duration::from_secs(1));
+    let id0 = sim.client_id(0).unwrap();
+    let start = sim.now;
+    sim.clients[0].client.disconnect();
+    let seen = sim.run_until_cond(Duration::from_millis(100), |s| {
+        s.server_events
+            .iter()
+            .any(|(c, e)| *c == id0 && matches!(e, Event::Disconnected { .. }))
+    });
+    assert!(seen, "server did not see the disconnect within 100 ms");
+    assert!(sim.now - start <= Duration::from_millis(100));
+    assert_eq!(
+        disconnect_reason(&sim.clients[0].events),
+        Some(DisconnectReason::Requested)
+    );
+    assert!(sim.server_events.contains(&(
+        id0,
+        Event::Disconnected {
+            reason: DisconnectReason::Peer(crate::packet::DisconnectReasonCode::Requested)
+        }
+    )));
+    // And the other way: the server shuts down, the remaining client hears it.
+    let start = sim.now;
+    sim.server.shutdown();
+    let seen = sim.run_until_cond(Duration::from_millis(100), |s| {
+        !s.clients[1].client.is_connected()
+    });
+    assert!(seen && sim.now - start <= Duration::from_millis(100));
+    assert_eq!(
+        disconnect_reason(&sim.clients[1].events),
+        Some(DisconnectReason::Peer(
+            crate::packet::DisconnectReasonCode::ServerShutdown
+        ))
+    );
+}
+
+#[test]
+fn connect_gives_up_when_the_server_never_answers() {
+    let mut sim = Sim::new(ServerConfig::default(), 8);
+    sim.add_client(ClientConfig::default());
+    sim.clients[0].partitioned = true;
+    let start = sim.now;
+    let gave_up = sim.run_until_cond(Duration::from_secs(10), |s| {
+        disconnect_reason(&s.clients[0].events).is_some()
+    });
+    assert!(gave_up);
+    assert_eq!(
+        disconnect_reason(&sim.clients[0].events),
+        Some(DisconnectReason::ConnectTimedOut)
+    );
+    let took = sim.now - start;
+    assert!(
+        took >= Duration::from_secs(5) && took <= Duration::from_millis(5_100),
+        "{took:?}"
+    );
+}
+
+/// Send datagrams both ways at 60 Hz for `secs` simulated seconds.
+fn exchange(sim: &mut Sim, secs: u64) {
+    let tick = Duration::from_micros(16_667);
+    for _ in 0..secs * 60 {
+        let now = sim.now;
+        let ids: Vec<_> = sim.server.clients().collect();
+        for id in ids {
+            let _ = sim.server.send_datagram(now, id, &[1; 100]);
+        }
+        for c in &mut sim.clients {
+            let _ = c.client.send_datagram(now, &[2; 20]);
+        }
+        sim.run_for(tick);
+    }
+}
+
+#[test]
+fn rtt_estimate_within_ten_percent_of_simulated_rtt() {
+    let mut sim = connected_sim(1, 9);
+    sim.set_all_links(latency(50));
+    exchange(&mut sim, 10);
+    for rtt in [
+        sim.clients[0]
+            .client
+            .connection_stats()
+            .unwrap()
+            .rtt
+            .unwrap(),
+        sim.server
+            .connection_stats(sim.client_id(0).unwrap())
+            .unwrap()
+            .rtt
+            .unwrap(),
+    ] {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        assert!((90.0..=110.0).contains(&ms), "rtt {ms} ms");
+    }
+    // Keep-alives alone (10 Hz, so acks are held up to 100 ms) still give the right RTT,
+    // because each packet says how long its ack was held.
+    sim.run_for(Duration::from_secs(20));
+    let ms = sim.clients[0]
+        .client
+        .connection_stats()
+        .unwrap()
+        .rtt
+        .unwrap()
+        .as_secs_f64()
+        * 1e3;
+    assert!((90.0..=110.0).contains(&ms), "idle rtt {ms} ms");
+}
+
+#[test]
+fn every_sent_packet_gets_exactly_one_delivery_notice() {
+    for seed in 0..8 {
+        let mut sim = connected_sim(2, 100 + seed);
+        sim.set_all_links(ConditionerConfig {
+            loss_pct: 20.0,
+            ..latency(40)
+        });
+        let mut sent = std::collections::BTreeSet::new();
+        let tick = Duration::from_micros(16_667);
+        for _ in 0..600 {
+            let now = sim.now;
+            if let Ok(s) = sim.clients[0].client.send_datagram(now, &[7; 50]) {
+                assert!(sent.insert(s.0));
+            }
+            sim.run_for(tick);
+        }
+        // Quiesce on a clean link so every outstanding packet is resolved.
+        sim.set_all_links(ConditionerConfig::off());
+        sim.run_for(Duration::from_secs(3));
+        let mut notices = std::collections::BTreeMap::new();
+        for e in &sim.clients[0].events {
+            if let Event::Delivery { sequence, acked } = e {
+                assert!(
+                    notices.insert(sequence.0, *acked).is_none(),
+                    "second notice for {sequence:?}"
+                );
+            }
+        }
+        assert_eq!(
+            notices
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            sent
+        );
+        let lost = notices.values().filter(|a| !**a).count() as f64 / notices.len() as f64;
+        // Loss both ways at 20%: a packet or its every ack may be lost; the share must be
+        // near 20% and well below 50%.
+        assert!(
+            (0.12..0.35).contains(&lost),
+            "seed {seed}: lost share {lost}"
+        );
+        // Link level: every packet (keep-alives too) resolved exactly once.
+        let link = sim.clients[0].client.connection_stats().unwrap().link;
+        assert_eq!(link.packets_acked + link.packets_lost, link.packets_sent);
+    }
+}
+
+#[test]
+fn sequence_wraps_around_with_acks_still_right() {
+    let mut sim = connected_sim(1, 10);
+    sim.set_all_links(latency(5));
+    let id = sim.client_id(0).unwrap();
+    let mut acked = 0u64;
+    let mut lost = 0u64;
+    let mut seen_wrap = false;
+    let mut last = None;
+    // 70,000 datagrams server → client, 4 per millisecond.
+    for _ in 0..17_500 {
+        let now = sim.now;
+        for _ in 0..4 {
+            let s = sim.server.send_datagram(now, id, &[3; 8]).unwrap();
+            if let Some(prev) = last
+                && s.0 < prev
+            {
+                seen_wrap = true;
+            }
+            last = Some(s.0);
+        }
+        sim.run_for(Duration::from_millis(1));
+        for (_, e) in sim.server_events.drain(..) {
+            match e {
+                Event::Delivery { acked: true, .. } => acked += 1,
+                Event::Delivery { acked: false, .. } => lost += 1,
+                _ => {}
+            }
+        }
+    }
+    sim.run_for(Duration::from_secs(1));
+    for (_, e) in sim.server_events.drain(..) {
+        if let Event::Delivery { acked: a, .. } = e {
+            if a { acked += 1 } else { lost += 1 }
+        }
+    }
+    assert!(seen_wrap);
+    assert_eq!(acked + lost, 70_000);
+    assert_eq!(
+        lost, 0,
+        "a lossless link must ack everything across the wrap"
+    );
+    let received = sim.clients[0]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Datagram { .. }))
+        .count();
+    assert_eq!(received, 70_000);
+}
+
+#[test]
+fn no_reply_to_an_unverified_address_is_larger_than_its_request() {
+    let mut sim = Sim::new(ServerConfig::default(), 11);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    for port in 0..1000u16 {
+        let from: SocketAddr = format!("127.0.0.2:{}", 30_000 + port).parse().unwrap();
+        let n = Packet::ConnectionRequest {
+            client_nonce: u64::from(port),
+        }
+        .encode(&mut buf)
+        .unwrap();
+        sim.inject_to_server(from, &buf[..n]);
+        // A forged response with a made-up cookie gets no reply at all.
+        let n = Packet::ChallengeResponse {
+            client_nonce: u64::from(port),
+            timestamp_ms: 0,
+            mac: 12345,
+        }
+        .encode(&mut buf)
+        .unwrap();
+        sim.inject_to_server(from, &buf[..n]);
+    }
+    assert_eq!(sim.stray.len(), 1000, "one challenge per request");
+    assert!(
+        sim.stray
+            .iter()
+            .all(|(_, d)| d.len() <= HANDSHAKE_PACKET_BYTES)
+    );
+    assert_eq!(
+        sim.server.client_count(),
+        0,
+        "no state for unverified addresses"
+    );
+    assert_eq!(sim.server.stats().invalid_cookie, 1000);
+    // Short requests are not answered at all.
+    let n = Packet::Disconnect {
+        salt: 0,
+        reason: crate::packet::DisconnectReasonCode::Requested,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    sim.inject_to_server("127.0.0.3:1".parse().unwrap(), &buf[..n]);
+    assert_eq!(sim.stray.len(), 1000);
+}
+
+#[test]
+fn wrong_protocol_and_wrong_salt_are_dropped_and_counted() {
+    let mut sim = connected_sim(1, 12);
+    let addr = sim.clients[0].addr;
+    let before = sim.server.stats();
+    // Another protocol's packet from the client's own address.
+    let mut foreign = vec![0u8; 64];
+    foreign[4] = 6;
+    sim.inject_to_server(addr, &foreign);
+    // A well-formed payload packet with the wrong salt.
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let header = ConnectedHeader {
+        salt: 0xBAD,
+        sequence: crate::Sequence(500),
+        ack: crate::Sequence(0),
+        ack_bits: 0,
+        ack_delay: 0,
+    };
+    let n = Packet::Payload {
+        header,
+        payload: &[],
+    }
+    .encode(&mut buf)
+    .unwrap();
+    sim.inject_to_server(addr, &buf[..n]);
+    // The same from an address with no connection.
+    sim.inject_to_server("127.0.0.9:9".parse().unwrap(), &buf[..n]);
+    let after = sim.server.stats();
+    assert_eq!(after.invalid_malformed - before.invalid_malformed, 1);
+    assert_eq!(after.invalid_wrong_salt - before.invalid_wrong_salt, 1);
+    assert_eq!(after.invalid_unknown_peer - before.invalid_unknown_peer, 1);
+    assert_eq!(after.invalid_packets - before.invalid_packets, 3);
+    // The real client is unaffected.
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.clients[0].client.is_connected());
+}
+
+#[test]
+fn replayed_packets_are_dropped_and_counted() {
+    let mut sim = connected_sim(1, 13);
+    let addr = sim.clients[0].addr;
+    // Capture one real packet from the client, deliver it, then replay it.
+    let now = sim.now;
+    sim.clients[0].client.send_datagram(now, b"fire").unwrap();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let t = sim.clients[0].client.poll_transmit(now, &mut buf).unwrap();
+    let captured = buf[..t.len].to_vec();
+    sim.inject_to_server(addr, &captured);
+    let before = sim.server.stats();
+    sim.inject_to_server(addr, &captured);
+    sim.inject_to_server("127.0.0.1:40000".parse().unwrap(), &captured);
+    let after = sim.server.stats();
+    assert_eq!(after.invalid_replay - before.invalid_replay, 1);
+    assert_eq!(after.invalid_unknown_peer - before.invalid_unknown_peer, 1);
+    let fires = sim
+        .server_events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Datagram { payload, .. } if payload == b"fire"))
+        .count();
+    assert_eq!(fires, 1, "a replay is never delivered twice");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn random_datagrams_never_panic_either_endpoint(
+        bytes in proptest::collection::vec(any::<u8>(), 0..1500),
+        kind in 0u8..9,
+    ) {
+        let mut sim = Sim::new(ServerConfig::default(), 14);
+        sim.add_client(ClientConfig::default());
+        sim.run_for(Duration::from_millis(50));
+        let mut d = bytes.clone();
+        if d.len() > 4 {
+            d[4] = kind;
+        }
+        let addr = sim.clients[0].addr;
+        sim.inject_to_server(addr, &d);
+        let now = sim.now;
+        let server = sim.server_addr;
+        sim.clients[0].client.handle_datagram(now, server, &d);
+        sim.run_for(Duration::from_millis(50));
+        prop_assert!(sim.clients[0].client.is_connected());
+    }
+}

@@ -1,0 +1,230 @@
+//! A deterministic network in a box: one [`Server`], many [`Client`]s, a seeded
+//! [`Conditioner`] on every link direction, and a virtual clock.
+//!
+//! Tests and benches drive whole connections through it thousands of simulated seconds per
+//! real second; the same seed gives the same run. Applications can use it too, to try their
+//! game logic on a bad network without sockets.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::conditioner::{Conditioner, ConditionerConfig};
+use crate::connection::{Client, ClientConfig, ClientId, Event, Server, ServerConfig};
+use crate::packet::MAX_PACKET_BYTES;
+
+/// Smallest step of the virtual clock when an endpoint asks to be woken "now" again.
+const MIN_STEP: Duration = Duration::from_micros(100);
+
+/// One simulated client with its two link directions.
+#[derive(Debug)]
+pub struct SimClient {
+    /// The sans-IO client.
+    pub client: Client,
+    /// Its (virtual) address.
+    pub addr: SocketAddr,
+    /// Events it produced, oldest first; tests drain this.
+    pub events: Vec<Event>,
+    /// Client → server direction.
+    pub up: Conditioner<Vec<u8>>,
+    /// Server → client direction.
+    pub down: Conditioner<Vec<u8>>,
+    /// While true, everything on both directions is dropped (a partition).
+    pub partitioned: bool,
+}
+
+/// The simulated network.
+#[derive(Debug)]
+pub struct Sim {
+    /// Virtual now.
+    pub now: Instant,
+    /// The server.
+    pub server: Server,
+    /// The server's (virtual) address.
+    pub server_addr: SocketAddr,
+    /// Events the server produced, oldest first; tests drain this.
+    pub server_events: Vec<(ClientId, Event)>,
+    /// The clients, by index.
+    pub clients: Vec<SimClient>,
+    /// Datagrams the server sent to addresses that are not simulated clients (e.g. replies
+    /// to injected handshake packets), with their destinations.
+    pub stray: Vec<(SocketAddr, Vec<u8>)>,
+    seed: u64,
+    buf: Vec<u8>,
+}
+
+impl Sim {
+    /// A network whose server runs `config`; `seed` drives every random choice.
+    pub fn new(config: ServerConfig, seed: u64) -> Self {
+        // The one clock read: a base for virtual time. Nothing below reads it again.
+        let now = Instant::now();
+        Self {
+            now,
+            server: Server::new(config, now, seed),
+            server_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777),
+            server_events: Vec::new(),
+            clients: Vec::new(),
+            stray: Vec::new(),
+            seed,
+            buf: vec![0; MAX_PACKET_BYTES],
+        }
+    }
+
+    /// Add a client that starts connecting now; returns its index.
+    pub fn add_client(&mut self, config: ClientConfig) -> usize {
+        let i = self.clients.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 20_000 + i as u16);
+        let seed = self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.clients.push(SimClient {
+            client: Client::new(config, self.server_addr, self.now, seed),
+            addr,
+            events: Vec::new(),
+            up: Conditioner::new(ConditionerConfig::off(), seed ^ 1),
+            down: Conditioner::new(ConditionerConfig::off(), seed ^ 2),
+            partitioned: false,
+        });
+        i
+    }
+
+    /// Condition both directions of client `i`'s link.
+    pub fn set_link(&mut self, i: usize, up: ConditionerConfig, down: ConditionerConfig) {
+        self.clients[i].up.set_config(up);
+        self.clients[i].down.set_config(down);
+    }
+
+    /// Condition every client's link, both directions alike.
+    pub fn set_all_links(&mut self, config: ConditionerConfig) {
+        for c in &mut self.clients {
+            c.up.set_config(config.clone());
+            c.down.set_config(config.clone());
+        }
+    }
+
+    /// Deliver a raw datagram to the server as if from `from` (for bad-input tests).
+    pub fn inject_to_server(&mut self, from: SocketAddr, datagram: &[u8]) {
+        self.server.handle_datagram(self.now, from, datagram);
+        self.pump();
+    }
+
+    /// Run the network until virtual time `end`.
+    pub fn run_until(&mut self, end: Instant) {
+        loop {
+            self.pump();
+            let next = self.next_wakeup();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = t.max(self.now + MIN_STEP).min(end.max(self.now));
+                    if self.now >= end {
+                        self.now = end;
+                        self.pump();
+                        return;
+                    }
+                }
+                _ => {
+                    self.now = end.max(self.now);
+                    self.pump();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Run the network for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    /// Run until `done(self)` holds or `limit` of virtual time passes; true if it held.
+    pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            let step = (self.now + Duration::from_millis(1)).min(end);
+            self.run_until(step);
+        }
+        done(self)
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let mut t = self.server.poll_timeout();
+        let mut take = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t: Instant| t.min(x)));
+            }
+        };
+        for c in &self.clients {
+            take(c.client.poll_timeout());
+            take(c.up.poll_timeout());
+            take(c.down.poll_timeout());
+        }
+        t
+    }
+
+    /// Process everything due at `now` until nothing moves.
+    pub fn pump(&mut self) {
+        let now = self.now;
+        for _ in 0..10_000 {
+            let mut moved = false;
+            if self.server.poll_timeout().is_some_and(|t| t <= now) {
+                self.server.handle_timeout(now);
+            }
+            while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
+                moved = true;
+                let bytes = self.buf[..t.len].to_vec();
+                match self.clients.iter_mut().find(|c| c.addr == t.destination) {
+                    Some(c) if !c.partitioned => c.down.push(now, bytes, t.len),
+                    Some(_) => {}
+                    None => self.stray.push((t.destination, bytes)),
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_events.push(e);
+            }
+            for c in &mut self.clients {
+                if c.client.poll_timeout().is_some_and(|t| t <= now) {
+                    c.client.handle_timeout(now);
+                }
+                while let Some(t) = c.client.poll_transmit(now, &mut self.buf) {
+                    moved = true;
+                    if !c.partitioned {
+                        c.up.push(now, self.buf[..t.len].to_vec(), t.len);
+                    }
+                }
+                while let Some(d) = c.down.poll(now) {
+                    moved = true;
+                    if !c.partitioned {
+                        c.client.handle_datagram(now, self.server_addr, &d);
+                    }
+                }
+                while let Some(e) = c.client.poll_event() {
+                    c.events.push(e);
+                }
+            }
+            for i in 0..self.clients.len() {
+                while let Some(d) = self.clients[i].up.poll(now) {
+                    moved = true;
+                    if !self.clients[i].partitioned {
+                        let from = self.clients[i].addr;
+                        self.server.handle_datagram(now, from, &d);
+                    }
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// The server-side id of client `i`, once connected.
+    pub fn client_id(&self, i: usize) -> Option<ClientId> {
+        match self.clients[i].client.state() {
+            crate::connection::ClientState::Connected(id) => Some(id),
+            _ => None,
+        }
+    }
+}
