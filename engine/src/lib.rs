@@ -16,6 +16,7 @@ pub mod channel;
 pub mod codec;
 pub mod conditioner;
 pub mod connection;
+pub mod net;
 pub mod packet;
 mod sequence;
 pub mod sim;

@@ -67,6 +67,9 @@ pub struct ServerStats {
     pub invalid_cookie: u64,
     /// Of those: kinds a server never receives, or unparsable payloads.
     pub invalid_other: u64,
+    /// Disconnect packets from addresses with no connection: mostly the redundant copies of
+    /// a goodbye already acted on. Not counted as invalid; they change nothing.
+    pub late_disconnects: u64,
     /// Challenges sent.
     pub challenges_sent: u64,
     /// Handshake replies dropped because the reply queue was full.
@@ -201,6 +204,10 @@ impl Server {
                     CookieCheck::Expired => return Err(InvalidPacket::ExpiredCookie),
                 }
                 self.on_verified(now, from, client_nonce);
+                Ok(())
+            }
+            Packet::Disconnect { .. } if !self.by_addr.contains_key(&from) => {
+                self.stats.late_disconnects += 1;
                 Ok(())
             }
             Packet::Payload { .. } | Packet::Disconnect { .. } => {

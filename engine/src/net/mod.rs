@@ -1,0 +1,378 @@
+//! The tokio driver: owns a `UdpSocket`, feeds the sans-IO core datagrams and time, sends
+//! what it produces, and applies the link [`Conditioner`] in both directions.
+//!
+//! The driver runs inside the application's own loop rather than in a spawned task, so the
+//! game keeps plain `&mut` access to the endpoint:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use snapsync::net::NetServer;
+//! let mut server = NetServer::bind("127.0.0.1:7777".parse().unwrap(), Default::default(), 1).await?;
+//! let tick = std::time::Duration::from_micros(16_667);
+//! let mut next = tokio::time::Instant::now();
+//! loop {
+//!     next += tick;
+//!     server.drive_until(next).await?;        // receive, time out, send until the next tick
+//!     while let Some((client, event)) = server.poll_event() { /* ... */ }
+//!     // simulate, then send snapshots through server.endpoint_mut() ...
+//!     server.flush();
+//! }
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+
+use crate::conditioner::{Conditioner, ConditionerConfig};
+use crate::connection::{
+    Client, ClientConfig, ClientId, DisconnectReason, Event, Server, ServerConfig, Transmit,
+};
+use crate::packet::MAX_PACKET_BYTES;
+
+/// Receive buffer size: larger than any valid packet, so oversized datagrams are seen whole
+/// enough to be counted and dropped rather than silently truncated into something valid.
+const RECV_BUFFER_BYTES: usize = 2048;
+/// Datagrams read per wake-up before yielding to timers, so a flood cannot starve ticks.
+const MAX_RECV_BATCH: usize = 256;
+
+/// What the driver needs from a sans-IO endpoint; implemented by [`Server`] and [`Client`].
+pub trait Endpoint {
+    /// The endpoint's event type.
+    type Event;
+    /// Feed a datagram.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
+    /// Advance timers.
+    fn handle_timeout(&mut self, now: Instant);
+    /// Next datagram to send.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
+    /// Next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// Next timer deadline.
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl Endpoint for Server {
+    type Event = (ClientId, Event);
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        Server::handle_datagram(self, now, from, datagram)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Server::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Server::poll_transmit(self, now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        Server::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Server::poll_timeout(self)
+    }
+}
+
+impl Endpoint for Client {
+    type Event = Event;
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        Client::handle_datagram(self, now, from, datagram)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Client::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Client::poll_transmit(self, now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        Client::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Client::poll_timeout(self)
+    }
+}
+
+/// Socket-level counters (the core keeps the protocol ones).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketStats {
+    /// Datagrams handed to the socket.
+    pub sent: u64,
+    /// Datagrams the socket refused (buffer full, unreachable): lost, as on any network.
+    pub send_errors: u64,
+    /// Datagrams read from the socket.
+    pub received: u64,
+    /// Datagrams larger than any valid packet, dropped before the core saw them.
+    pub oversized: u64,
+}
+
+/// A sans-IO endpoint on a real UDP socket, with a conditioner per direction.
+#[derive(Debug)]
+pub struct Driver<E: Endpoint> {
+    socket: UdpSocket,
+    endpoint: E,
+    inbound: Conditioner<(SocketAddr, Vec<u8>)>,
+    outbound: Conditioner<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<E::Event>,
+    send_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
+    stats: SocketStats,
+}
+
+/// The server on a socket.
+pub type NetServer = Driver<Server>;
+/// A client on a socket.
+pub type NetClient = Driver<Client>;
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl<E: Endpoint> Driver<E> {
+    /// Wrap an endpoint and a bound socket.
+    pub fn new(socket: UdpSocket, endpoint: E, seed: u64) -> Self {
+        Self {
+            socket,
+            endpoint,
+            inbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x1111),
+            outbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x2222),
+            events: VecDeque::new(),
+            send_buf: vec![0; MAX_PACKET_BYTES],
+            recv_buf: vec![0; RECV_BUFFER_BYTES],
+            stats: SocketStats::default(),
+        }
+    }
+
+    /// The sans-IO endpoint, for sends and queries.
+    pub fn endpoint(&self) -> &E {
+        &self.endpoint
+    }
+
+    /// Mutable access to the endpoint; call [`flush`](Self::flush) after sending.
+    pub fn endpoint_mut(&mut self) -> &mut E {
+        &mut self.endpoint
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Condition what this side receives and what it sends. Takes effect for the next packet.
+    pub fn set_conditioner(&mut self, inbound: ConditionerConfig, outbound: ConditionerConfig) {
+        self.inbound.set_config(inbound);
+        self.outbound.set_config(outbound);
+    }
+
+    /// The inbound and outbound conditioners, for their counters.
+    pub fn conditioners(
+        &self,
+    ) -> (
+        &Conditioner<(SocketAddr, Vec<u8>)>,
+        &Conditioner<(SocketAddr, Vec<u8>)>,
+    ) {
+        (&self.inbound, &self.outbound)
+    }
+
+    /// Socket-level counters.
+    pub fn socket_stats(&self) -> SocketStats {
+        self.stats
+    }
+
+    /// The current time as the driver feeds it to the core.
+    pub fn now(&self) -> Instant {
+        now()
+    }
+
+    /// Next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<E::Event> {
+        self.pump_events();
+        self.events.pop_front()
+    }
+
+    fn pump_events(&mut self) {
+        while let Some(e) = self.endpoint.poll_event() {
+            self.events.push_back(e);
+        }
+    }
+
+    /// Send everything the endpoint has ready (through the outbound conditioner), and
+    /// anything the conditioner now releases. Never blocks: a full socket buffer drops the
+    /// datagram, as a congested network would.
+    pub fn flush(&mut self) {
+        let t = now();
+        while let Some(tx) = self.endpoint.poll_transmit(t, &mut self.send_buf) {
+            let bytes = self.send_buf[..tx.len].to_vec();
+            self.outbound.push(t, (tx.destination, bytes), tx.len);
+        }
+        while let Some((to, bytes)) = self.outbound.poll(t) {
+            match self.socket.try_send_to(&bytes, to) {
+                Ok(_) => self.stats.sent += 1,
+                Err(e) => {
+                    self.stats.send_errors += 1;
+                    tracing::debug!(%to, error = %e, "send failed");
+                }
+            }
+        }
+        self.pump_events();
+    }
+
+    fn deliver_inbound(&mut self, t: Instant) {
+        while let Some((from, bytes)) = self.inbound.poll(t) {
+            self.endpoint.handle_datagram(t, from, &bytes);
+        }
+    }
+
+    fn on_datagram(&mut self, t: Instant, len: usize, from: SocketAddr) {
+        self.stats.received += 1;
+        if len > MAX_PACKET_BYTES {
+            self.stats.oversized += 1;
+            // Let the core count it as invalid too, without copying the whole thing.
+            self.endpoint
+                .handle_datagram(t, from, &self.recv_buf[..len]);
+            return;
+        }
+        let bytes = self.recv_buf[..len].to_vec();
+        self.inbound.push(t, (from, bytes), len);
+    }
+
+    fn try_recv_batch(&mut self, t: Instant) {
+        for _ in 0..MAX_RECV_BATCH {
+            match self.socket.try_recv_from(&mut self.recv_buf) {
+                Ok((len, from)) => self.on_datagram(t, len, from),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Run receive, timers and sends until `deadline`, then return (events wait in
+    /// [`poll_event`](Self::poll_event)).
+    pub async fn drive_until(&mut self, deadline: tokio::time::Instant) -> io::Result<()> {
+        loop {
+            // Drain what is already queued first, so a caller that arrives late (deadline
+            // already past) still receives.
+            self.try_recv_batch(now());
+            let t = now();
+            self.deliver_inbound(t);
+            if self.endpoint.poll_timeout().is_some_and(|w| w <= t) {
+                self.endpoint.handle_timeout(t);
+            }
+            self.flush();
+            let t = now();
+            let wake = [
+                self.endpoint.poll_timeout(),
+                self.inbound.poll_timeout(),
+                self.outbound.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|w| tokio::time::Instant::from_std(w.max(t)))
+            .chain(std::iter::once(deadline))
+            .min()
+            .unwrap_or(deadline);
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::select! {
+                r = self.socket.recv_from(&mut self.recv_buf) => {
+                    match r {
+                        Ok((len, from)) => {
+                            let t = now();
+                            self.on_datagram(t, len, from);
+                            self.try_recv_batch(t);
+                        }
+                        // ICMP errors surface here on some platforms; a datagram socket
+                        // carries on.
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::Interrupted
+    )
+}
+
+impl NetServer {
+    /// Bind a server socket at `addr`.
+    pub async fn bind(addr: SocketAddr, config: ServerConfig, seed: u64) -> io::Result<Self> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(Self::new(socket, Server::new(config, now(), seed), seed))
+    }
+
+    /// Tell every client the server is shutting down, send the goodbyes, and wait (at most
+    /// a second) for them to leave the socket.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.endpoint.shutdown();
+        let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.endpoint.client_count() > 0 && tokio::time::Instant::now() < limit {
+            self.flush();
+            self.drive_until(tokio::time::Instant::now() + std::time::Duration::from_millis(5))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why [`NetClient::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be bound or used.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// The server refused or never answered.
+    #[error("could not connect to {server}: {reason}")]
+    Refused {
+        /// Where we tried to connect.
+        server: SocketAddr,
+        /// What happened.
+        reason: DisconnectReason,
+    },
+}
+
+impl NetClient {
+    /// Bind an ephemeral local socket and connect to `server`, waiting until connected or
+    /// until the connect timeout of `config` (default 5 s) has passed.
+    pub async fn connect(
+        server: SocketAddr,
+        config: ClientConfig,
+        seed: u64,
+        conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
+    ) -> Result<Self, ConnectError> {
+        let local: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal address")
+        } else {
+            "[::]:0".parse().expect("literal address")
+        };
+        let socket = UdpSocket::bind(local).await?;
+        let mut driver = Self::new(socket, Client::new(config, server, now(), seed), seed);
+        if let Some((inbound, outbound)) = conditioner {
+            driver.set_conditioner(inbound, outbound);
+        }
+        loop {
+            let step = tokio::time::Instant::now() + std::time::Duration::from_millis(10);
+            driver.drive_until(step).await?;
+            // Leave events queued for the application; only look at the state.
+            match driver.endpoint.state() {
+                crate::ClientState::Connected(_) => return Ok(driver),
+                crate::ClientState::Disconnected(reason) => {
+                    return Err(ConnectError::Refused { server, reason });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
