@@ -93,6 +93,9 @@ impl Endpoint for Client {
     }
 }
 
+/// A conditioner carrying datagrams with their remote address.
+pub type LinkConditioner = Conditioner<(SocketAddr, Vec<u8>)>;
+
 /// Socket-level counters (the core keeps the protocol ones).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SocketStats {
@@ -111,8 +114,8 @@ pub struct SocketStats {
 pub struct Driver<E: Endpoint> {
     socket: UdpSocket,
     endpoint: E,
-    inbound: Conditioner<(SocketAddr, Vec<u8>)>,
-    outbound: Conditioner<(SocketAddr, Vec<u8>)>,
+    inbound: LinkConditioner,
+    outbound: LinkConditioner,
     events: VecDeque<E::Event>,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
@@ -173,6 +176,9 @@ impl<E: Endpoint> Driver<E> {
     ) {
         (&self.inbound, &self.outbound)
     }
+
+    /// A conditioner carrying datagrams with their remote address.
+    pub type LinkConditioner = Conditioner<(SocketAddr, Vec<u8>)>;
 
     /// Socket-level counters.
     pub fn socket_stats(&self) -> SocketStats {

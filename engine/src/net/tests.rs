@@ -60,8 +60,8 @@ async fn loopback_eight_clients_exchange_and_disconnect() {
     }
     // Exchange for a bounded 2 s at 60 Hz.
     let end = Instant::now() + Duration::from_secs(2);
-    let mut echoes = vec![0u64; 8];
-    let mut sent = vec![0u64; 8];
+    let mut echoes = [0u64; 8];
+    let mut sent = [0u64; 8];
     while Instant::now() < end {
         let step = Instant::now() + Duration::from_millis(16);
         for (i, c) in clients.iter_mut().enumerate() {
