@@ -177,9 +177,6 @@ impl<E: Endpoint> Driver<E> {
         (&self.inbound, &self.outbound)
     }
 
-    /// A conditioner carrying datagrams with their remote address.
-    pub type LinkConditioner = Conditioner<(SocketAddr, Vec<u8>)>;
-
     /// Socket-level counters.
     pub fn socket_stats(&self) -> SocketStats {
         self.stats
