@@ -168,12 +168,7 @@ impl<E: Endpoint> Driver<E> {
     }
 
     /// The inbound and outbound conditioners, for their counters.
-    pub fn conditioners(
-        &self,
-    ) -> (
-        &Conditioner<(SocketAddr, Vec<u8>)>,
-        &Conditioner<(SocketAddr, Vec<u8>)>,
-    ) {
+    pub fn conditioners(&self) -> (&LinkConditioner, &LinkConditioner) {
         (&self.inbound, &self.outbound)
     }
 
