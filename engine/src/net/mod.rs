@@ -20,6 +20,8 @@
 //! # }
 //! ```
 
+pub mod frame;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
