@@ -182,7 +182,11 @@ impl Scene for ArenaScene {
     fn step(&mut self, dt: f32) {
         let Some(dt) = usable_dt(dt) else { return };
         // Bouncing bodies are never removed, so they are exactly the first `body_count`.
-        let bouncing = self.bodies.iter_mut().zip(&self.spins).take(self.body_count);
+        let bouncing = self
+            .bodies
+            .iter_mut()
+            .zip(&self.spins)
+            .take(self.body_count);
         for (body, &spin) in bouncing {
             bounce(body, spin, dt);
         }

@@ -20,7 +20,13 @@ impl PlayerInput {
     /// The same command made safe to simulate: axes clamped to `-1..=1`, non-finite axes
     /// read as 0, and the vector shortened to length 1 so diagonals are not faster.
     pub fn sanitized(&self) -> PlayerInput {
-        let axis = |v: f32| if v.is_finite() { v.clamp(-1.0, 1.0) } else { 0.0 };
+        let axis = |v: f32| {
+            if v.is_finite() {
+                v.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        };
         let movement = Vec2::new(axis(self.movement.x), axis(self.movement.y));
         PlayerInput {
             movement: movement.clamp_length_max(1.0),
