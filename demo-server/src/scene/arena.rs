@@ -249,3 +249,139 @@ impl Scene for ArenaScene {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use glam::Vec2;
+
+    use super::*;
+
+    const DT: f32 = 1.0 / 60.0;
+
+    fn input(x: f32, y: f32, jump: bool) -> PlayerInput {
+        PlayerInput {
+            movement: Vec2::new(x, y),
+            jump,
+        }
+    }
+
+    fn position_of(scene: &ArenaScene, entity: u32) -> Vec3 {
+        let index = scene.index_of(entity).expect("entity exists");
+        scene.bodies()[index].position
+    }
+
+    #[test]
+    fn same_seed_same_bodies_after_600_ticks_and_other_seeds_differ() {
+        let run = |seed| {
+            let mut scene = ArenaScene::new(DEFAULT_ARENA_BODIES, seed);
+            scene.add_player(4);
+            for tick in 0..600 {
+                let angle = tick as f32 * 0.01;
+                scene.apply_input(4, &input(angle.cos(), angle.sin(), tick % 90 == 0));
+                scene.step(DT);
+            }
+            scene.bodies().to_vec()
+        };
+        let a = run(21);
+        assert_eq!(a.len(), DEFAULT_ARENA_BODIES + 1);
+        assert_eq!(a, run(21));
+        assert_ne!(a, run(22));
+    }
+
+    #[test]
+    fn an_avatar_moves_the_way_its_input_points() {
+        let mut scene = ArenaScene::new(8, 1);
+        let avatar = scene.add_player(3);
+        assert_eq!(avatar, 8);
+        let start = position_of(&scene, avatar);
+        for _ in 0..60 {
+            scene.apply_input(3, &input(1.0, 0.0, false));
+            scene.step(DT);
+        }
+        let moved = position_of(&scene, avatar) - start;
+        assert!((moved.x - AVATAR_SPEED_M_PER_S).abs() < 0.01, "{moved}");
+        assert_eq!((moved.y, moved.z), (0.0, 0.0));
+
+        let start = position_of(&scene, avatar);
+        for _ in 0..30 {
+            scene.apply_input(3, &input(0.0, -1.0, false));
+            scene.step(DT);
+        }
+        let moved = position_of(&scene, avatar) - start;
+        assert!(
+            (moved.z + 0.5 * AVATAR_SPEED_M_PER_S).abs() < 0.01,
+            "{moved}"
+        );
+        assert!(moved.x.abs() < 1e-6, "{moved}");
+        // It turned to face -Z, where it walks.
+        let index = scene.index_of(avatar).expect("avatar exists");
+        let facing = scene.bodies()[index].rotation * Vec3::Z;
+        assert!(facing.dot(Vec3::NEG_Z) > 0.99, "{facing}");
+    }
+
+    #[test]
+    fn an_avatar_jumps_and_lands() {
+        let mut scene = ArenaScene::new(0, 1);
+        let avatar = scene.add_player(1);
+        scene.apply_input(1, &input(0.0, 0.0, true));
+        scene.step(DT);
+        scene.apply_input(1, &PlayerInput::default());
+        let mut peak = 0.0f32;
+        for _ in 0..120 {
+            scene.step(DT);
+            peak = peak.max(position_of(&scene, avatar).y);
+        }
+        assert!(peak > AVATAR_HALF_EXTENT_M + 1.0, "{peak}");
+        assert_eq!(position_of(&scene, avatar).y, AVATAR_HALF_EXTENT_M);
+    }
+
+    #[test]
+    fn bodies_and_avatars_stay_inside_the_box() {
+        let mut scene = ArenaScene::new(200, 9);
+        scene.add_player(1);
+        let wild = input(f32::NAN, -40.0, true);
+        for _ in 0..1200 {
+            scene.apply_input(1, &wild);
+            scene.step(DT);
+            for body in scene.bodies() {
+                let (p, h) = (body.position, body.half_extent);
+                let wall = ARENA_HALF_WIDTH_M - h;
+                assert!(p.x.abs() <= wall && p.z.abs() <= wall, "{body:?}");
+                assert!(p.y >= h && p.y <= ARENA_HEIGHT_M - h, "{body:?}");
+            }
+        }
+        // Elastic bounces keep the bodies moving instead of settling on the floor.
+        let moving = scene.bodies()[..200]
+            .iter()
+            .filter(|b| b.velocity.length() > 1.0)
+            .count();
+        assert!(moving > 150, "{moving}");
+        // The avatar ran into the -Z wall and stays against it.
+        let avatar = scene.avatar_of(1).expect("connected");
+        let wall = ARENA_HALF_WIDTH_M - AVATAR_HALF_EXTENT_M;
+        assert_eq!(position_of(&scene, avatar).z, -wall);
+    }
+
+    #[test]
+    fn adding_and_removing_players_adds_and_removes_avatars() {
+        let mut scene = ArenaScene::new(10, 2);
+        let a = scene.add_player(5);
+        let b = scene.add_player(9);
+        assert_eq!((a, b), (10, 11));
+        assert_eq!(scene.add_player(5), a, "adding twice keeps the avatar");
+        assert_eq!(scene.bodies().len(), 12);
+
+        scene.remove_player(5);
+        scene.remove_player(5);
+        scene.remove_player(77);
+        let ids: Vec<u32> = scene.bodies().iter().map(|b| b.id).collect();
+        assert_eq!(ids, (0..10).chain([11]).collect::<Vec<_>>());
+        assert_eq!(scene.avatar_of(5), None);
+
+        // A returning player gets a fresh id, never the old one.
+        assert_eq!(scene.add_player(5), 12);
+        scene.step(DT);
+        let ids: Vec<u32> = scene.bodies().iter().map(|b| b.id).collect();
+        assert_eq!(ids, (0..10).chain([11, 12]).collect::<Vec<_>>());
+    }
+}
