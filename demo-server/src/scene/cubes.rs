@@ -57,7 +57,7 @@ const AI_HAUL_REACH: f32 = 0.6;
 const HAUL_RADIUS_M: f32 = 5.0;
 /// Acceleration towards the player cube of a cube being hauled.
 const HAUL_ACCEL_M_PER_S2: f32 = 12.0;
-/// Mean AI jumps per second of ground contact.
+/// How often per second, on average, the AI presses jump (it only takes off from the ground).
 const AI_JUMPS_PER_S: f32 = 0.25;
 
 /// Ground friction as a deceleration of sliding cubes (friction coefficient × g).

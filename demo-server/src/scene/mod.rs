@@ -110,7 +110,8 @@ pub trait Scene: Send {
 
     /// Connects `player` and returns the entity id of the body it controls.
     ///
-    /// Adding a player that is already connected returns the same id again.
+    /// Adding a player that is already connected returns the same id again. In `arena`
+    /// each player gets an avatar of its own; in `cubes` all players share entity 0.
     fn add_player(&mut self, player: u32) -> u32;
 
     /// Disconnects `player`; unknown players are ignored.
