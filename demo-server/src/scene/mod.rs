@@ -100,7 +100,9 @@ impl FromStr for SceneKind {
 }
 
 /// A deterministic world the server advances one fixed tick at a time.
-pub trait Scene: Send {
+///
+/// `Debug` is a supertrait so a server holding a `Box<dyn Scene>` can still derive `Debug`.
+pub trait Scene: Send + fmt::Debug {
     /// Advances the world by one tick of `dt` seconds (non-positive or non-finite `dt` is
     /// ignored; `dt` above 0.1 s is cut to 0.1 s).
     fn step(&mut self, dt: f32);
