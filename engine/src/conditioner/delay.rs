@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One datagram on its way through the link.
 #[derive(Debug)]
@@ -99,9 +99,21 @@ impl<P> DelayLine<P> {
         }
     }
 
-    /// Adds a datagram that comes out at exactly `release`, letting later ones overtake it.
-    pub(crate) fn insert_held_back(&mut self, release: Instant, arrival: Arrival, packet: P) {
-        self.push(release, arrival, packet, false);
+    /// Adds a datagram that comes out `hold` after its in-order release, letting later ones
+    /// overtake it.
+    ///
+    /// Held from its in-order slot, not from its own release: from its own release it could
+    /// come out before earlier datagrams still waiting behind a slow one, which would make
+    /// them the reordered ones.
+    pub(crate) fn insert_held_back(
+        &mut self,
+        release: Instant,
+        hold: Duration,
+        arrival: Arrival,
+        packet: P,
+    ) {
+        let in_order = self.last_release.map_or(release, |last| last.max(release));
+        self.push(in_order + hold, arrival, packet, false);
     }
 
     fn push(&mut self, release: Instant, arrival: Arrival, packet: P, ready: bool) {

@@ -143,8 +143,8 @@ impl<P: Clone> Conditioner<P> {
         let copy = chance(&mut self.rng, self.config.duplicate_pct).then(|| packet.clone());
         let release = departure + self.config.latency + self.jitter();
         if chance(&mut self.rng, self.config.reorder_pct) {
-            let extra = draw_up_to(&mut self.rng, self.config.reorder_window).max(MIN_HOLD);
-            self.line.insert_held_back(release + extra, arrival, packet);
+            let hold = draw_up_to(&mut self.rng, self.config.reorder_window).max(MIN_HOLD);
+            self.line.insert_held_back(release, hold, arrival, packet);
         } else {
             self.line.insert_in_order(release, arrival, packet);
         }
