@@ -99,14 +99,16 @@ impl BandwidthCap {
         let (departure, credit_left) = if credit >= cost {
             (start, credit - cost)
         } else {
-            (start + (cost - credit), Duration::ZERO)
+            // A datagram whose wait overflows `Instant` could never leave: drop it.
+            (start.checked_add(cost - credit)?, Duration::ZERO)
         };
         if departure > now {
-            if self.queued_bytes.saturating_add(bytes) > limit_bytes {
-                return None;
-            }
+            let queued = self
+                .queued_bytes
+                .checked_add(bytes)
+                .filter(|&total| total <= limit_bytes)?;
             self.waiting.push_back((departure, bytes));
-            self.queued_bytes += bytes;
+            self.queued_bytes = queued;
         }
         self.credit = credit_left;
         self.last_departure = Some(departure);

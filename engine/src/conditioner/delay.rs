@@ -113,7 +113,9 @@ impl<P> DelayLine<P> {
         packet: P,
     ) {
         let in_order = self.last_release.map_or(release, |last| last.max(release));
-        self.push(in_order + hold, arrival, packet, false);
+        // Saturating keeps a pathological release time from panicking; it then just isn't held.
+        let release = in_order.checked_add(hold).unwrap_or(in_order);
+        self.push(release, arrival, packet, false);
     }
 
     fn push(&mut self, release: Instant, arrival: Arrival, packet: P, ready: bool) {
@@ -127,7 +129,8 @@ impl<P> DelayLine<P> {
             packet,
         };
         self.next_order += 1;
-        self.bytes += arrival.bytes;
+        // Saturating: `len_bytes` is the caller's word, and a count is not worth a panic.
+        self.bytes = self.bytes.saturating_add(arrival.bytes);
         if ready {
             self.ready.push_back(entry);
         } else {
@@ -152,7 +155,7 @@ impl<P> DelayLine<P> {
         } else {
             None
         }?;
-        self.bytes -= entry.bytes;
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
         Some(entry)
     }
 }

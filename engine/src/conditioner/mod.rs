@@ -141,7 +141,10 @@ impl<P: Clone> Conditioner<P> {
             return;
         };
         let copy = chance(&mut self.rng, self.config.duplicate_pct).then(|| packet.clone());
-        let release = departure + self.config.latency + self.jitter();
+        let Some(release) = self.release_after(departure) else {
+            self.drop_overflow();
+            return;
+        };
         if chance(&mut self.rng, self.config.reorder_pct) {
             let hold = draw_up_to(&mut self.rng, self.config.reorder_window).max(MIN_HOLD);
             self.line.insert_held_back(release, hold, arrival, packet);
@@ -150,9 +153,10 @@ impl<P: Clone> Conditioner<P> {
         }
         if let Some(copy) = copy {
             // The original may have taken the last slot; a copy is never worth an overflow.
-            if self.line.len() < self.config.max_in_flight_packets {
+            if self.line.len() < self.config.max_in_flight_packets
+                && let Some(release) = self.release_after(departure)
+            {
                 self.stats.duplicated += 1;
-                let release = departure + self.config.latency + self.jitter();
                 let arrival = Arrival {
                     is_copy: true,
                     ..arrival
@@ -202,8 +206,11 @@ impl<P: Clone> Conditioner<P> {
         self.stats.dropped_overflow += 1;
     }
 
-    fn jitter(&mut self) -> Duration {
-        draw_up_to(&mut self.rng, self.config.jitter)
+    /// When a datagram leaving the bandwidth queue at `departure` reaches the far end, before
+    /// the in-order rule; `None` only when it would overflow `Instant`.
+    fn release_after(&mut self, departure: Instant) -> Option<Instant> {
+        let delay = self.config.latency + draw_up_to(&mut self.rng, self.config.jitter);
+        departure.checked_add(delay)
     }
 }
 

@@ -450,3 +450,32 @@ fn invalid_config_is_refused_and_the_old_one_kept() {
     assert_eq!(link.config().loss_pct, 5.0);
     assert!(Conditioner::<u64>::new(lossy(-1.0, 0.0), 1).is_err());
 }
+
+#[test]
+fn absurd_sizes_are_dropped_not_panicked_on() {
+    let t0 = Instant::now();
+    let config = ConditionerConfig {
+        bandwidth_kbps: Some(1),
+        queue_limit_bytes: usize::MAX,
+        latency: MAX_DELAY,
+        jitter: MAX_DELAY,
+        duplicate_pct: 100.0,
+        reorder_pct: 100.0,
+        reorder_window: MAX_DELAY,
+        ..on()
+    };
+    let mut link = Conditioner::new(config, 1).unwrap();
+    // The first waits ~2.2 hours for the cap; the second (usize::MAX bytes at 1 kbit/s)
+    // would overflow the byte count of the queue, so it is dropped.
+    link.push(t0, 0, 1_000_000);
+    link.push(t0, 1, usize::MAX);
+    let stats = link.stats();
+    assert_eq!(stats.dropped_overflow, 1);
+    assert_eq!(stats.in_flight_packets, 2, "the first and its copy");
+    // Without a cap, sizes that overflow the byte count still pass.
+    let mut link = Conditioner::new(on(), 1).unwrap();
+    link.push(t0, 0, usize::MAX);
+    link.push(t0, 1, usize::MAX);
+    assert_eq!(link.poll(t0), Some(0));
+    assert_eq!(link.poll(t0), Some(1));
+}
