@@ -4,6 +4,7 @@
 //! datagrams 100 µs apart on virtual time and polls out whatever is due, the way the driver
 //! does. Buffers are recycled so the numbers show the conditioner, not the allocator.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -46,7 +47,30 @@ fn bench_case(c: &mut Criterion, name: &str, config: ConditionerConfig) {
     println!("{name}: {stats:?}");
 }
 
+/// The same loop through a bare `VecDeque`: the floor the `off` case is measured against.
+fn bench_baseline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conditioner");
+    group.throughput(Throughput::Elements(BATCH_PACKETS));
+    let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 7777));
+    let mut queue: VecDeque<Datagram> = VecDeque::new();
+    let mut pool: Vec<Vec<u8>> = (0..64).map(|_| vec![0xA5; DATAGRAM_BYTES]).collect();
+    group.bench_function("baseline_vecdeque", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH_PACKETS {
+                let buf = pool.pop().unwrap_or_else(|| vec![0xA5; DATAGRAM_BYTES]);
+                queue.push_back(black_box((from, buf)));
+                while let Some((addr, buf)) = queue.pop_front() {
+                    black_box(addr);
+                    pool.push(black_box(buf));
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
 fn conditioner(c: &mut Criterion) {
+    bench_baseline(c);
     bench_case(c, "off", ConditionerConfig::off());
     bench_case(
         c,
