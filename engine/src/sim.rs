@@ -78,24 +78,33 @@ impl Sim {
             client: Client::new(config, self.server_addr, self.now, seed),
             addr,
             events: Vec::new(),
-            up: Conditioner::new(ConditionerConfig::off(), seed ^ 1),
-            down: Conditioner::new(ConditionerConfig::off(), seed ^ 2),
+            // The off config always validates.
+            up: Conditioner::new(ConditionerConfig::off(), seed ^ 1).expect("off is valid"),
+            down: Conditioner::new(ConditionerConfig::off(), seed ^ 2).expect("off is valid"),
             partitioned: false,
         });
         i
     }
 
     /// Condition both directions of client `i`'s link.
+    ///
+    /// # Panics
+    /// On a config that fails [`ConditionerConfig::validate`]: a harness set up wrong is a
+    /// bug in the test, not a situation to carry on from.
     pub fn set_link(&mut self, i: usize, up: ConditionerConfig, down: ConditionerConfig) {
-        self.clients[i].up.set_config(up);
-        self.clients[i].down.set_config(down);
+        let c = &mut self.clients[i];
+        if let Err(e) = c.up.set_config(up).and_then(|()| c.down.set_config(down)) {
+            panic!("invalid conditioner config for the simulation: {e}");
+        }
     }
 
     /// Condition every client's link, both directions alike.
+    ///
+    /// # Panics
+    /// On an invalid config, as [`set_link`](Self::set_link).
     pub fn set_all_links(&mut self, config: ConditionerConfig) {
-        for c in &mut self.clients {
-            c.up.set_config(config.clone());
-            c.down.set_config(config.clone());
+        for i in 0..self.clients.len() {
+            self.set_link(i, config.clone(), config.clone());
         }
     }
 

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 
-use crate::conditioner::{Conditioner, ConditionerConfig};
+use crate::conditioner::{Conditioner, ConditionerConfig, ConfigError};
 use crate::connection::{
     Client, ClientConfig, ClientId, DisconnectReason, Event, Server, ServerConfig, Transmit,
 };
@@ -139,8 +139,11 @@ impl<E: Endpoint> Driver<E> {
         Self {
             socket,
             endpoint,
-            inbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x1111),
-            outbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x2222),
+            // The off config always validates.
+            inbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x1111)
+                .expect("off is valid"),
+            outbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x2222)
+                .expect("off is valid"),
             events: VecDeque::new(),
             send_buf: vec![0; MAX_PACKET_BYTES],
             recv_buf: vec![0; RECV_BUFFER_BYTES],
@@ -163,10 +166,17 @@ impl<E: Endpoint> Driver<E> {
         self.socket.local_addr()
     }
 
-    /// Condition what this side receives and what it sends. Takes effect for the next packet.
-    pub fn set_conditioner(&mut self, inbound: ConditionerConfig, outbound: ConditionerConfig) {
-        self.inbound.set_config(inbound);
-        self.outbound.set_config(outbound);
+    /// Condition what this side receives and what it sends. Takes effect for the next
+    /// packet. An invalid setting is refused and the previous one kept.
+    pub fn set_conditioner(
+        &mut self,
+        inbound: ConditionerConfig,
+        outbound: ConditionerConfig,
+    ) -> Result<(), ConfigError> {
+        inbound.validate()?;
+        outbound.validate()?;
+        self.inbound.set_config(inbound)?;
+        self.outbound.set_config(outbound)
     }
 
     /// The inbound and outbound conditioners, for their counters.
@@ -330,6 +340,9 @@ pub enum ConnectError {
     /// The socket could not be bound or used.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
+    /// The conditioner settings are invalid.
+    #[error("bad link simulation: {0}")]
+    Conditioner(ConfigError),
     /// The server refused or never answered.
     #[error("could not connect to {server}: {reason}")]
     Refused {
@@ -357,7 +370,9 @@ impl NetClient {
         let socket = UdpSocket::bind(local).await?;
         let mut driver = Self::new(socket, Client::new(config, server, now(), seed), seed);
         if let Some((inbound, outbound)) = conditioner {
-            driver.set_conditioner(inbound, outbound);
+            driver
+                .set_conditioner(inbound, outbound)
+                .map_err(ConnectError::Conditioner)?;
         }
         loop {
             let step = tokio::time::Instant::now() + std::time::Duration::from_millis(10);

@@ -170,7 +170,9 @@ async fn conditioner_applies_on_real_sockets() {
         .unwrap()
         .link
         .packets_acked;
-    client.set_conditioner(ConditionerConfig::off(), all_lost);
+    client
+        .set_conditioner(ConditionerConfig::off(), all_lost)
+        .unwrap();
     let end = Instant::now() + Duration::from_secs(1);
     while Instant::now() < end {
         let now = client.now();
