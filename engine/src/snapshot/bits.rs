@@ -209,7 +209,10 @@ mod tests {
         // A failed read consumes nothing.
         assert_eq!(r.read_bits(8), Ok(0xff));
         assert_eq!(r.read_bool(), Err(BitsError::Truncated));
-        assert_eq!(BitReader::new(&[]).read_varint(7), Err(BitsError::Truncated));
+        assert_eq!(
+            BitReader::new(&[]).read_varint(7),
+            Err(BitsError::Truncated)
+        );
     }
 
     #[test]

@@ -120,7 +120,11 @@ fn read_axes(
 
 fn position_limits(cfg: &QuantizeConfig) -> ([u32; 3], [u32; 3]) {
     (
-        [cfg.position_bits(0), cfg.position_bits(1), cfg.position_bits(2)],
+        [
+            cfg.position_bits(0),
+            cfg.position_bits(1),
+            cfg.position_bits(2),
+        ],
         [
             cfg.position_steps(0),
             cfg.position_steps(1),
@@ -245,10 +249,7 @@ pub(crate) fn read_entity(
 
     if r.read_bool()? {
         e.transform.velocity = if r.read_bool()? {
-            let b = base
-                .transform
-                .velocity
-                .unwrap_or_else(|| velocity_mid(cfg));
+            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(cfg));
             let steps = cfg.velocity_steps();
             Some(read_axes(
                 r,

@@ -18,7 +18,7 @@ pub const MAX_AXIS_BITS: u32 = 30;
 /// Largest error of a dequantized rotation with the default 9 bits per component, in radians.
 ///
 /// Each of the three coded components is off by at most half a step,
-/// `h = (√2 / (2^9 − 1)) / 2 ≈ 0.00138`, so the three together by at most `√3·h`. The largest
+/// `h = (√2 / 510) / 2 ≈ 0.00139`, so the three together by at most `√3·h`. The largest
 /// component is at least 1/2 and is rebuilt from the other three, which adds at most
 /// `(√3/2)/(1/2) = √3` times their error; the quaternion chord error is then at most
 /// `√(1 + 3)·√3·h = 2√3·h ≈ 0.0048`, and a rotation angle is twice the quaternion angle:
@@ -70,7 +70,7 @@ pub struct QuantizedTransform {
 }
 
 /// Smallest-three rotation: which component is largest (dropped, rebuilt from unit length,
-/// always made non-negative) and the other three in `0..2^rotation_bits`.
+/// always made non-negative) and the other three in `0..=rotation_max()`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizedRotation {
     /// Index (x=0, y=1, z=2, w=3) of the component with the largest magnitude.
@@ -95,7 +95,7 @@ impl QuantizeConfig {
         if !(self.position_resolution_m > 0.0 && self.velocity_resolution_mps > 0.0) {
             return bad("resolutions must be positive");
         }
-        if !(self.max_speed_mps > 0.0) {
+        if self.max_speed_mps.is_nan() || self.max_speed_mps <= 0.0 {
             return bad("max speed must be positive");
         }
         for axis in 0..3 {
@@ -139,9 +139,10 @@ impl QuantizeConfig {
         bits_for(self.velocity_steps())
     }
 
-    /// Largest quantized rotation component.
+    /// Largest quantized rotation component: `2^rotation_bits − 2`, an even number of
+    /// steps, so that a zero component (identity, axis-aligned turns) is exact.
     pub fn rotation_max(&self) -> u32 {
-        (1u32 << self.rotation_bits) - 1
+        (1u32 << self.rotation_bits) - 2
     }
 
     /// Quantize a float transform (positions and velocities are clamped into range; NaN
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(c.position_steps(0), 524_288);
         assert_eq!(c.position_bits(0), 20);
         assert_eq!(c.velocity_bits(), 12);
-        assert_eq!(c.rotation_max(), 511);
+        assert_eq!(c.rotation_max(), 510);
     }
 
     #[test]

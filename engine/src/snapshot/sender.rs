@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use super::SnapshotError;
 use super::bits::{BitWriter, varint_bits};
 use super::part::{
-    self, INDEX_GAP_CHUNK_BITS, ID_GAP_CHUNK_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
+    self, ID_GAP_CHUNK_BITS, INDEX_GAP_CHUNK_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
     PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
@@ -234,10 +234,7 @@ impl SnapshotSender {
                 (c.id, boost)
             })
             .collect();
-        for (c, p) in candidates
-            .iter_mut()
-            .zip(self.priority.accumulate(&boosts))
-        {
+        for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {
             c.priority = p;
         }
 
@@ -272,9 +269,11 @@ impl SnapshotSender {
         }
 
         // Pack in wire order: updates by baseline index, despawns, spawns by id.
-        let mut updates: Vec<&Candidate> = chosen.iter().filter(|c| c.base_index.is_some()).collect();
+        let mut updates: Vec<&Candidate> =
+            chosen.iter().filter(|c| c.base_index.is_some()).collect();
         updates.sort_by_key(|c| c.base_index);
-        let mut spawns: Vec<&Candidate> = chosen.iter().filter(|c| c.base_index.is_none()).collect();
+        let mut spawns: Vec<&Candidate> =
+            chosen.iter().filter(|c| c.base_index.is_none()).collect();
         spawns.sort_by_key(|c| c.id);
 
         let mut parts: Vec<PartContent<'_>> = Vec::new();
@@ -325,8 +324,9 @@ impl SnapshotSender {
                     Some(p) => c.id.0 - p.0 - 1,
                     None => c.id.0,
                 };
-                let mut cost = varint_bits(gap(content.spawns.last().map(|s| s.0)), ID_GAP_CHUNK_BITS)
-                    + c.payload_bits;
+                let mut cost =
+                    varint_bits(gap(content.spawns.last().map(|s| s.0)), ID_GAP_CHUNK_BITS)
+                        + c.payload_bits;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
@@ -442,11 +442,7 @@ impl SnapshotSender {
     fn prune(&mut self, now: Tick) {
         let ring = self.config.ring_ticks;
         let before = self.ring.len();
-        while self
-            .ring
-            .front()
-            .is_some_and(|s| now.0 - s.tick.0 >= ring)
-        {
+        while self.ring.front().is_some_and(|s| now.0 - s.tick.0 >= ring) {
             self.ring.pop_front();
         }
         if self.ring.len() != before {
