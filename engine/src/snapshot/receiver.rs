@@ -73,7 +73,7 @@ pub struct PartInfo {
     pub completed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PendingTick {
     baseline: Option<Tick>,
     received: Vec<bool>,
@@ -82,7 +82,7 @@ struct PendingTick {
 }
 
 /// Decodes one server's snapshot parts; see the module docs of [`crate::snapshot`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotReceiver {
     config: ReceiverConfig,
     composites: BTreeMap<Tick, QuantizedWorld>,

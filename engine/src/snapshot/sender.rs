@@ -65,7 +65,7 @@ pub struct SenderStats {
 }
 
 /// What was sent at one tick, enough to rebuild the composite the client will hold.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SentTick {
     tick: Tick,
     baseline_world: QuantizedWorld,
@@ -87,7 +87,7 @@ struct Candidate {
 }
 
 /// Encodes one client's snapshots; see the module docs of [`crate::snapshot`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SnapshotSender {
     config: SenderConfig,
     ring: VecDeque<SentTick>,
