@@ -1,1 +1,83 @@
-//! (in progress)
+//! Snapshot replication: the server's world reaches each client as small, unordered,
+//! tick-numbered snapshots that are never resent.
+//!
+//! - [`QuantizedWorld::from_world`] turns the game's float [`World`] into integers once per
+//!   tick ([`QuantizeConfig`]); both ends then agree bit for bit.
+//! - One [`SnapshotSender`] per client encodes each tick against the newest tick that client
+//!   has acknowledged in full (its baseline), under a byte budget ranked by a priority
+//!   accumulator, split into parts that each fit one datagram and decode on their own.
+//! - One [`SnapshotReceiver`] per client decodes parts against the baselines it holds and
+//!   keeps the live view; an [`InterpolationBuffer`] turns received ticks into smooth
+//!   render-time transforms.
+//!
+//! The wire format of a part is described in `docs/PROTOCOL.md` and in [`part`]'s source.
+
+mod bits;
+mod interpolation;
+mod part;
+mod priority;
+mod quantize;
+mod receiver;
+mod sender;
+mod world;
+
+#[cfg(test)]
+mod tests;
+
+pub use bits::{BitCounter, BitReader, BitSink, BitWriter, BitsError};
+pub use interpolation::{InterpolationBuffer, InterpolationConfig, InterpolationStats};
+pub use part::MAX_PARTS_PER_SNAPSHOT;
+pub use quantize::{
+    MAX_AXIS_BITS, MAX_ROTATION_ERROR_RAD_9_BITS, QuantizeConfig, QuantizedRotation,
+    QuantizedTransform,
+};
+pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
+pub use sender::{SenderConfig, SenderStats, SnapshotSender};
+pub use world::{EntityId, EntityState, QuantizedEntity, QuantizedWorld, Tick, Transform, World};
+
+/// Why a snapshot part or a config was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bit stream ended early or held an over-long varint.
+    #[error("malformed part: {0}")]
+    Bits(#[from] BitsError),
+    /// A header field is impossible.
+    #[error("bad part header: {0}")]
+    BadHeader(&'static str),
+    /// A count claims more entries than the part or the baseline can hold.
+    #[error("count larger than the part can hold")]
+    CountTooLarge,
+    /// An entity index or id lies outside the baseline or the id space.
+    #[error("entity index out of range")]
+    IndexOutOfRange,
+    /// A quantized value lies outside the configured range.
+    #[error("quantized value out of range")]
+    ValueOutOfRange,
+    /// A spawn names an entity the baseline already holds.
+    #[error("spawn of an entity the baseline already holds")]
+    SpawnExists,
+    /// One entity is both updated and despawned in the same part.
+    #[error("entity both updated and despawned")]
+    Conflict,
+    /// Whole bytes were left after the last entity.
+    #[error("trailing bytes after part")]
+    TrailingBytes,
+    /// The part was encoded against a tick this receiver does not hold.
+    #[error("baseline tick {0} not held")]
+    MissingBaseline(u32),
+    /// The same part of the same tick arrived before.
+    #[error("duplicate part")]
+    Duplicate,
+    /// Part header disagrees with earlier parts of its tick (baseline or part count).
+    #[error("part disagrees with earlier parts of its tick")]
+    Inconsistent,
+    /// The part's tick is too old to be of any use.
+    #[error("tick {0} too old")]
+    TooOld(u32),
+    /// `build` was called with a tick not newer than the previous one.
+    #[error("tick not newer than the last built")]
+    TickNotNewer,
+    /// A configuration value is unusable.
+    #[error("invalid config: {0}")]
+    Config(&'static str),
+}

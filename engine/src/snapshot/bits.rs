@@ -1,0 +1,258 @@
+//! A minimal bit writer and a bit reader that never panics on short input.
+//!
+//! Bits are packed least-significant first into bytes, the way Fiedler's bitpacker does: the
+//! first bit written is bit 0 of byte 0.
+
+use thiserror::Error;
+
+/// Why reading bits failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum BitsError {
+    /// The stream ended before the value.
+    #[error("bit stream truncated")]
+    Truncated,
+    /// A varint ran past 32 bits.
+    #[error("varint too long")]
+    VarintTooLong,
+}
+
+/// Something bits can be written to: a [`BitWriter`], or a [`BitCounter`] that only measures.
+///
+/// The snapshot encoder is written once against this trait, so the sender's size estimate
+/// and the bytes it sends cannot disagree.
+pub trait BitSink {
+    /// Write the low `bits` bits of `value` (`bits` ≤ 32; higher bits of `value` are ignored).
+    fn write_bits(&mut self, value: u32, bits: u32);
+
+    /// Write one bit.
+    fn write_bool(&mut self, value: bool) {
+        self.write_bits(u32::from(value), 1);
+    }
+
+    /// Write `value` as groups of `chunk_bits` bits, each followed by a "more" bit.
+    ///
+    /// Small numbers cost `chunk_bits + 1` bits; the chunk size is chosen per field.
+    fn write_varint(&mut self, mut value: u32, chunk_bits: u32) {
+        loop {
+            self.write_bits(value, chunk_bits);
+            value = value.checked_shr(chunk_bits).unwrap_or(0);
+            self.write_bool(value != 0);
+            if value == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Counts the bits that would be written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BitCounter {
+    /// Bits written so far.
+    pub bits: usize,
+}
+
+impl BitSink for BitCounter {
+    fn write_bits(&mut self, _value: u32, bits: u32) {
+        self.bits += bits as usize;
+    }
+}
+
+/// Appends bit fields to a byte vector.
+#[derive(Debug, Default, Clone)]
+pub struct BitWriter {
+    bytes: Vec<u8>,
+    scratch: u64,
+    scratch_bits: u32,
+}
+
+impl BitWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bits written so far.
+    pub fn bit_len(&self) -> usize {
+        self.bytes.len() * 8 + self.scratch_bits as usize
+    }
+
+    /// Pad with zero bits to a whole byte and return the bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.scratch_bits > 0 {
+            self.bytes.push(self.scratch as u8);
+        }
+        self.bytes
+    }
+}
+
+impl BitSink for BitWriter {
+    fn write_bits(&mut self, value: u32, bits: u32) {
+        debug_assert!(bits <= 32);
+        if bits == 0 {
+            return;
+        }
+        let mask = if bits == 32 {
+            u64::from(u32::MAX)
+        } else {
+            (1u64 << bits) - 1
+        };
+        self.scratch |= (u64::from(value) & mask) << self.scratch_bits;
+        self.scratch_bits += bits;
+        while self.scratch_bits >= 8 {
+            self.bytes.push(self.scratch as u8);
+            self.scratch >>= 8;
+            self.scratch_bits -= 8;
+        }
+    }
+}
+
+/// Bits [`BitSink::write_varint`] spends on `value`.
+pub(crate) fn varint_bits(value: u32, chunk_bits: u32) -> usize {
+    let significant = (32 - value.leading_zeros()).max(1);
+    let chunks = significant.div_ceil(chunk_bits);
+    (chunks * (chunk_bits + 1)) as usize
+}
+
+/// Reads bit fields from a byte slice; every read past the end is an error.
+#[derive(Debug, Clone)]
+pub struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos_bits: usize,
+}
+
+impl<'a> BitReader<'a> {
+    /// A reader at the first bit of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos_bits: 0 }
+    }
+
+    /// Bits not yet read (including the final padding).
+    pub fn remaining_bits(&self) -> usize {
+        (self.bytes.len() * 8).saturating_sub(self.pos_bits)
+    }
+
+    /// Read `bits` bits (≤ 32).
+    pub fn read_bits(&mut self, bits: u32) -> Result<u32, BitsError> {
+        debug_assert!(bits <= 32);
+        if bits as usize > self.remaining_bits() {
+            return Err(BitsError::Truncated);
+        }
+        let mut value = 0u64;
+        let mut got = 0u32;
+        while got < bits {
+            // In bounds: remaining_bits() covered every bit of this loop above.
+            let byte = self.bytes[self.pos_bits / 8];
+            let offset = (self.pos_bits % 8) as u32;
+            let take = (8 - offset).min(bits - got);
+            let chunk = (u64::from(byte) >> offset) & ((1u64 << take) - 1);
+            value |= chunk << got;
+            got += take;
+            self.pos_bits += take as usize;
+        }
+        Ok(value as u32)
+    }
+
+    /// Read one bit.
+    pub fn read_bool(&mut self) -> Result<bool, BitsError> {
+        Ok(self.read_bits(1)? == 1)
+    }
+
+    /// Read a value written by [`BitSink::write_varint`] with the same `chunk_bits`.
+    pub fn read_varint(&mut self, chunk_bits: u32) -> Result<u32, BitsError> {
+        let mut value = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let chunk = self.read_bits(chunk_bits)?;
+            value |= u64::from(chunk) << shift;
+            shift += chunk_bits;
+            if value > u64::from(u32::MAX) {
+                return Err(BitsError::VarintTooLong);
+            }
+            if !self.read_bool()? {
+                return Ok(value as u32);
+            }
+            if shift >= 32 {
+                return Err(BitsError::VarintTooLong);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fields_round_trip_across_byte_edges() {
+        let mut w = BitWriter::new();
+        w.write_bits(0b101, 3);
+        w.write_bits(u32::MAX, 32);
+        w.write_bool(true);
+        w.write_bits(0x1234, 13);
+        w.write_varint(300, 4);
+        assert_eq!(w.bit_len(), 3 + 32 + 1 + 13 + varint_bits(300, 4));
+        let bytes = w.finish();
+        let mut r = BitReader::new(&bytes);
+        assert_eq!(r.read_bits(3), Ok(0b101));
+        assert_eq!(r.read_bits(32), Ok(u32::MAX));
+        assert_eq!(r.read_bool(), Ok(true));
+        assert_eq!(r.read_bits(13), Ok(0x1234 & 0x1fff));
+        assert_eq!(r.read_varint(4), Ok(300));
+        assert!(r.remaining_bits() < 8);
+    }
+
+    #[test]
+    fn truncated_input_is_an_error() {
+        let mut r = BitReader::new(&[0xff]);
+        assert_eq!(r.read_bits(9), Err(BitsError::Truncated));
+        // A failed read consumes nothing.
+        assert_eq!(r.read_bits(8), Ok(0xff));
+        assert_eq!(r.read_bool(), Err(BitsError::Truncated));
+        assert_eq!(
+            BitReader::new(&[]).read_varint(7),
+            Err(BitsError::Truncated)
+        );
+    }
+
+    #[test]
+    fn endless_varint_is_an_error() {
+        let bytes = [0xff; 16];
+        assert_eq!(
+            BitReader::new(&bytes).read_varint(4),
+            Err(BitsError::VarintTooLong)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_fields_round_trip(fields in prop::collection::vec((any::<u32>(), 0u32..=32), 0..40),
+                                    varints in prop::collection::vec((any::<u32>(), 1u32..=8), 0..10)) {
+            let mut w = BitWriter::new();
+            for (v, b) in &fields { w.write_bits(*v, *b); }
+            for (v, c) in &varints { w.write_varint(*v, *c); }
+            let bytes = w.finish();
+            let mut r = BitReader::new(&bytes);
+            for (v, b) in &fields {
+                let mask = if *b == 32 { u32::MAX } else { (1u32 << b) - 1 };
+                prop_assert_eq!(r.read_bits(*b).unwrap(), v & mask);
+            }
+            for (v, c) in &varints {
+                prop_assert_eq!(r.read_varint(*c).unwrap(), *v);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), widths in prop::collection::vec(0u32..=32, 0..64)) {
+            let mut r = BitReader::new(&bytes);
+            for b in widths {
+                let before = r.remaining_bits();
+                match r.read_bits(b) {
+                    Ok(_) => prop_assert_eq!(r.remaining_bits(), before - b as usize),
+                    Err(_) => prop_assert!((b as usize) > before),
+                }
+                let _ = r.read_varint(3);
+            }
+        }
+    }
+}

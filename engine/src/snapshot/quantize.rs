@@ -1,0 +1,404 @@
+//! Float transforms to integers and back: bounded positions, smallest-three rotations,
+//! bounded velocities.
+//!
+//! The server quantizes its own state before encoding, so server and client hold bit-identical
+//! integers and deltas between them are exact.
+
+use std::f64::consts::FRAC_1_SQRT_2;
+
+use glam::{Quat, Vec3};
+
+use super::SnapshotError;
+use super::world::Transform;
+
+/// Largest number of bits one quantized axis may use (keeps every value in a `u32`
+/// and every difference in an `i64` far from overflow).
+pub const MAX_AXIS_BITS: u32 = 30;
+
+/// Largest error of a dequantized rotation with the default 9 bits per component, in radians.
+///
+/// Each of the three coded components is off by at most half a step,
+/// `h = (√2 / 510) / 2 ≈ 0.00139`, so the three together by at most `√3·h`. The largest
+/// component is at least 1/2 and is rebuilt from the other three, which adds at most
+/// `(√3/2)/(1/2) = √3` times their error; the quaternion chord error is then at most
+/// `√(1 + 3)·√3·h = 2√3·h ≈ 0.0048`, and a rotation angle is twice the quaternion angle:
+/// `≤ 4√3·h ≈ 0.0096 rad ≈ 0.55°`. Tests check random quaternions against this bound.
+pub const MAX_ROTATION_ERROR_RAD_9_BITS: f32 = 0.0096;
+
+/// How floats become integers. Both ends of a connection must use the same config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantizeConfig {
+    /// Lower corner of the playable box, in metres (default −512 on every axis).
+    /// Positions outside the box are clamped onto it.
+    pub position_min: Vec3,
+    /// Upper corner of the playable box, in metres (default +512 on every axis).
+    pub position_max: Vec3,
+    /// Position step in metres (default 1/512 m ≈ 2 mm: invisible, and 1024 m at this step
+    /// needs 20 bits per axis).
+    pub position_resolution_m: f32,
+    /// Bits per smallest-three rotation component (default 9: under 0.6° worst case, see
+    /// [`MAX_ROTATION_ERROR_RAD_9_BITS`]).
+    pub rotation_bits: u32,
+    /// Largest speed per axis in m/s (default 32); faster velocities are clamped.
+    pub max_speed_mps: f32,
+    /// Velocity step in m/s (default 1/32: velocity only feeds extrapolation).
+    pub velocity_resolution_mps: f32,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        Self {
+            position_min: Vec3::splat(-512.0),
+            position_max: Vec3::splat(512.0),
+            position_resolution_m: 1.0 / 512.0,
+            rotation_bits: 9,
+            max_speed_mps: 32.0,
+            velocity_resolution_mps: 1.0 / 32.0,
+        }
+    }
+}
+
+/// A quantized transform; every field is in range for the config that produced it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QuantizedTransform {
+    /// Steps from `position_min` on each axis, `0..=position_steps(axis)`.
+    pub position: [u32; 3],
+    /// Smallest-three rotation.
+    pub rotation: QuantizedRotation,
+    /// Steps from `-max_speed_mps` on each axis, `0..=velocity_steps()`.
+    pub velocity: Option<[u32; 3]>,
+}
+
+/// Smallest-three rotation: which component is largest (dropped, rebuilt from unit length,
+/// always made non-negative) and the other three in `0..=rotation_max()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QuantizedRotation {
+    /// Index (x=0, y=1, z=2, w=3) of the component with the largest magnitude.
+    pub largest: u8,
+    /// The other three components in x, y, z, w order.
+    pub smallest: [u16; 3],
+}
+
+fn bits_for(max_value: u32) -> u32 {
+    32 - max_value.leading_zeros()
+}
+
+fn steps(range: f32, resolution: f32) -> u32 {
+    // Saturating cast; validate() rejects configs whose step count is out of range.
+    (f64::from(range) / f64::from(resolution)).round() as u32
+}
+
+impl QuantizeConfig {
+    /// Check the config can be used: positive resolutions, non-empty box, bit widths in range.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        let bad = |why: &'static str| Err(SnapshotError::Config(why));
+        if !(self.position_resolution_m > 0.0 && self.velocity_resolution_mps > 0.0) {
+            return bad("resolutions must be positive");
+        }
+        if self.max_speed_mps.is_nan() || self.max_speed_mps <= 0.0 {
+            return bad("max speed must be positive");
+        }
+        for axis in 0..3 {
+            let range = self.position_max[axis] - self.position_min[axis];
+            if !(range.is_finite() && range > 0.0) {
+                return bad("position box must be non-empty and finite");
+            }
+            if self.position_bits(axis) > MAX_AXIS_BITS {
+                return bad("position box too large for its resolution");
+            }
+        }
+        if self.velocity_bits() > MAX_AXIS_BITS {
+            return bad("velocity range too large for its resolution");
+        }
+        if !(2..=15).contains(&self.rotation_bits) {
+            return bad("rotation bits must be 2..=15");
+        }
+        Ok(())
+    }
+
+    /// Largest quantized position value on `axis` (0, 1 or 2).
+    pub fn position_steps(&self, axis: usize) -> u32 {
+        steps(
+            self.position_max[axis] - self.position_min[axis],
+            self.position_resolution_m,
+        )
+    }
+
+    /// Bits of an absolute position on `axis`.
+    pub fn position_bits(&self, axis: usize) -> u32 {
+        bits_for(self.position_steps(axis))
+    }
+
+    /// Largest quantized velocity value on any axis.
+    pub fn velocity_steps(&self) -> u32 {
+        steps(2.0 * self.max_speed_mps, self.velocity_resolution_mps)
+    }
+
+    /// Bits of an absolute velocity axis.
+    pub fn velocity_bits(&self) -> u32 {
+        bits_for(self.velocity_steps())
+    }
+
+    /// Largest quantized rotation component: `2^rotation_bits − 2`, an even number of
+    /// steps, so that a zero component (identity, axis-aligned turns) is exact.
+    pub fn rotation_max(&self) -> u32 {
+        (1u32 << self.rotation_bits) - 2
+    }
+
+    /// Quantize a float transform (positions and velocities are clamped into range; NaN
+    /// becomes the lowest value, a degenerate rotation becomes identity).
+    pub fn quantize(&self, t: &Transform) -> QuantizedTransform {
+        let mut position = [0u32; 3];
+        for (axis, p) in position.iter_mut().enumerate() {
+            let offset = f64::from(t.position[axis]) - f64::from(self.position_min[axis]);
+            let q = (offset / f64::from(self.position_resolution_m)).round();
+            // `as` saturates and maps NaN to 0; min() keeps it inside the box.
+            *p = (q as u32).min(self.position_steps(axis));
+        }
+        let velocity = t.velocity.map(|v| {
+            let mut out = [0u32; 3];
+            for (axis, o) in out.iter_mut().enumerate() {
+                let offset = f64::from(v[axis]) + f64::from(self.max_speed_mps);
+                let q = (offset / f64::from(self.velocity_resolution_mps)).round();
+                *o = (q as u32).min(self.velocity_steps());
+            }
+            out
+        });
+        QuantizedTransform {
+            position,
+            rotation: self.quantize_rotation(t.rotation),
+            velocity,
+        }
+    }
+
+    /// Turn a quantized transform back into floats.
+    pub fn dequantize(&self, q: &QuantizedTransform) -> Transform {
+        let mut position = Vec3::ZERO;
+        for axis in 0..3 {
+            let v = f64::from(self.position_min[axis])
+                + f64::from(q.position[axis]) * f64::from(self.position_resolution_m);
+            position[axis] = v as f32;
+        }
+        let velocity = q.velocity.map(|qv| {
+            let mut v = Vec3::ZERO;
+            for axis in 0..3 {
+                let f = f64::from(qv[axis]) * f64::from(self.velocity_resolution_mps)
+                    - f64::from(self.max_speed_mps);
+                v[axis] = f as f32;
+            }
+            v
+        });
+        Transform {
+            position,
+            rotation: self.dequantize_rotation(&q.rotation),
+            velocity,
+        }
+    }
+
+    /// Smallest-three quantization; `q` and `-q` give the same result.
+    pub fn quantize_rotation(&self, q: Quat) -> QuantizedRotation {
+        let q = if q.is_finite() && q.length_squared() > 1e-12 {
+            q.normalize()
+        } else {
+            Quat::IDENTITY
+        };
+        let mut c = [
+            f64::from(q.x),
+            f64::from(q.y),
+            f64::from(q.z),
+            f64::from(q.w),
+        ];
+        let mut largest = 0;
+        for i in 1..4 {
+            if c[i].abs() > c[largest].abs() {
+                largest = i;
+            }
+        }
+        // q and -q are the same rotation: make the dropped component non-negative so the
+        // receiver can rebuild it as +sqrt(1 - rest).
+        if c[largest] < 0.0 {
+            c.iter_mut().for_each(|v| *v = -*v);
+        }
+        let max = f64::from(self.rotation_max());
+        let mut smallest = [0u16; 3];
+        let mut k = 0;
+        for (i, v) in c.iter().enumerate() {
+            if i == largest {
+                continue;
+            }
+            let unit = (v + FRAC_1_SQRT_2) / (2.0 * FRAC_1_SQRT_2);
+            // Clamped to 0..=max (< 2^15), so the cast is exact.
+            smallest[k] = (unit * max).round().clamp(0.0, max) as u16;
+            k += 1;
+        }
+        QuantizedRotation {
+            largest: largest as u8,
+            smallest,
+        }
+    }
+
+    /// Rebuild a unit quaternion from smallest-three.
+    pub fn dequantize_rotation(&self, r: &QuantizedRotation) -> Quat {
+        let max = f64::from(self.rotation_max());
+        let mut c = [0f64; 4];
+        let largest = usize::from(r.largest & 3);
+        let mut sum = 0.0;
+        let mut k = 0;
+        for (i, v) in c.iter_mut().enumerate() {
+            if i == largest {
+                continue;
+            }
+            *v = f64::from(r.smallest[k]) / max * 2.0 * FRAC_1_SQRT_2 - FRAC_1_SQRT_2;
+            sum += *v * *v;
+            k += 1;
+        }
+        c[largest] = (1.0 - sum).max(0.0).sqrt();
+        Quat::from_xyzw(c[0] as f32, c[1] as f32, c[2] as f32, c[3] as f32).normalize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn quat_from(a: f32, b: f32, c: f32, d: f32) -> Quat {
+        let q = Quat::from_xyzw(a, b, c, d);
+        if q.length_squared() < 1e-6 {
+            Quat::IDENTITY
+        } else {
+            q.normalize()
+        }
+    }
+
+    #[test]
+    fn default_config_is_valid_and_uses_expected_bits() {
+        let c = QuantizeConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.position_steps(0), 524_288);
+        assert_eq!(c.position_bits(0), 20);
+        assert_eq!(c.velocity_bits(), 12);
+        assert_eq!(c.rotation_max(), 510);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let mut c = QuantizeConfig {
+            position_resolution_m: 0.0,
+            ..QuantizeConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c = QuantizeConfig {
+            position_resolution_m: 1e-9,
+            ..QuantizeConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c = QuantizeConfig {
+            rotation_bits: 16,
+            ..QuantizeConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn out_of_box_and_nan_are_clamped() {
+        let c = QuantizeConfig::default();
+        let t = Transform {
+            position: Vec3::new(1e9, -1e9, f32::NAN),
+            rotation: Quat::from_xyzw(f32::NAN, 0.0, 0.0, 1.0),
+            velocity: Some(Vec3::new(1e9, -1e9, 0.0)),
+        };
+        let q = c.quantize(&t);
+        assert_eq!(q.position, [c.position_steps(0), 0, 0]);
+        assert_eq!(q.velocity.unwrap()[0], c.velocity_steps());
+        assert_eq!(q.velocity.unwrap()[1], 0);
+        assert_eq!(c.dequantize_rotation(&q.rotation), Quat::IDENTITY);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn position_error_is_at_most_half_a_step(
+            x in -512f32..512.0, y in -512f32..512.0, z in -512f32..512.0,
+        ) {
+            let c = QuantizeConfig::default();
+            let t = Transform { position: Vec3::new(x, y, z), ..Transform::default() };
+            let back = c.dequantize(&c.quantize(&t));
+            // Half a step, plus f32 rounding of a value up to 512 (ulp 2^-14).
+            let bound = c.position_resolution_m / 2.0 + 512.0 * f32::EPSILON;
+            for axis in 0..3 {
+                prop_assert!((back.position[axis] - t.position[axis]).abs() <= bound);
+            }
+        }
+
+        #[test]
+        fn velocity_error_is_at_most_half_a_step(x in -32f32..32.0, y in -32f32..32.0) {
+            let c = QuantizeConfig::default();
+            let v = Vec3::new(x, y, 0.0);
+            let t = Transform { velocity: Some(v), ..Transform::default() };
+            let back = c.dequantize(&c.quantize(&t)).velocity.unwrap();
+            let bound = c.velocity_resolution_mps / 2.0 + 32.0 * f32::EPSILON;
+            prop_assert!((back - v).abs().max_element() <= bound);
+        }
+
+        #[test]
+        fn rotation_error_is_within_stated_bound(
+            a in -1f32..1.0, b in -1f32..1.0, cc in -1f32..1.0, d in -1f32..1.0,
+        ) {
+            let c = QuantizeConfig::default();
+            let q = quat_from(a, b, cc, d);
+            let back = c.dequantize_rotation(&c.quantize_rotation(q));
+            prop_assert!(q.angle_between(back) <= MAX_ROTATION_ERROR_RAD_9_BITS,
+                "angle {}", q.angle_between(back));
+        }
+
+        #[test]
+        fn negated_quaternion_quantizes_alike(
+            a in -1f32..1.0, b in -1f32..1.0, cc in -1f32..1.0, d in -1f32..1.0,
+        ) {
+            let c = QuantizeConfig::default();
+            let q = quat_from(a, b, cc, d);
+            let qa = c.quantize_rotation(q);
+            let qb = c.quantize_rotation(-q);
+            // Exactly equal unless the largest two magnitudes tie within rounding.
+            prop_assert!(qa == qb || c.dequantize_rotation(&qa).angle_between(c.dequantize_rotation(&qb)) < 0.01);
+        }
+
+        #[test]
+        fn requantizing_is_stable(
+            a in -1f32..1.0, b in -1f32..1.0, cc in -1f32..1.0, d in -1f32..1.0,
+            x in -500f32..500.0,
+        ) {
+            let c = QuantizeConfig::default();
+            let t = Transform {
+                position: Vec3::new(x, 0.0, -x),
+                rotation: quat_from(a, b, cc, d),
+                velocity: Some(Vec3::new(1.0, 2.0, 3.0)),
+            };
+            let q = c.quantize(&t);
+            prop_assert_eq!(c.quantize(&c.dequantize(&q)).position, q.position);
+            prop_assert_eq!(c.quantize(&c.dequantize(&q)).velocity, q.velocity);
+        }
+    }
+
+    #[test]
+    fn worst_rotation_error_over_many_quaternions() {
+        use rand::{Rng, SeedableRng};
+        let c = QuantizeConfig::default();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut worst = 0f32;
+        for _ in 0..20_000 {
+            let q = quat_from(
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+            );
+            worst = worst.max(q.angle_between(c.dequantize_rotation(&c.quantize_rotation(q))));
+        }
+        assert!(worst <= MAX_ROTATION_ERROR_RAD_9_BITS, "worst {worst}");
+        // The bound is not vacuous: quantization does lose precision.
+        assert!(worst > 0.001, "worst {worst}");
+    }
+}

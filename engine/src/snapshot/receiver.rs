@@ -1,0 +1,286 @@
+//! Client side: decode parts against held baselines, complete composites, keep the live view.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::SnapshotError;
+use super::bits::BitReader;
+use super::part;
+use super::quantize::QuantizeConfig;
+use super::world::{
+    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, normalize_changes,
+};
+
+/// Receiver settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReceiverConfig {
+    /// Must equal the sender's.
+    pub quantize: QuantizeConfig,
+    /// Ticks of completed snapshots kept as possible baselines (default 64, must be at least
+    /// the sender's `ring_ticks`, or the server may pick a baseline this side has dropped).
+    pub ring_ticks: u32,
+    /// The server's tick period (default 1/60 s), for the server-tick estimate.
+    pub tick_interval: Duration,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        Self {
+            quantize: QuantizeConfig::default(),
+            ring_ticks: 64,
+            tick_interval: Duration::from_secs(1) / 60,
+        }
+    }
+}
+
+/// Counters of what happened to received parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    /// Every part handed to [`SnapshotReceiver::read_part`].
+    pub parts_received: u64,
+    /// Parts applied to the live view.
+    pub parts_applied: u64,
+    /// Valid parts older than the newest tick applied: kept for baselines, not applied.
+    pub late_dropped: u64,
+    /// Parts whose baseline this receiver does not hold.
+    pub missing_baseline_dropped: u64,
+    /// Parts that failed to decode or contradicted earlier parts.
+    pub invalid: u64,
+    /// Parts received twice.
+    pub duplicates: u64,
+    /// Parts too old for the ring.
+    pub too_old: u64,
+    /// Ticks all of whose parts arrived (usable as baselines).
+    pub ticks_completed: u64,
+}
+
+/// What one accepted part was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartInfo {
+    /// The part's tick.
+    pub tick: Tick,
+    /// The tick it was encoded against (`None`: a full snapshot).
+    pub baseline: Option<Tick>,
+    /// Index of this part within its tick.
+    pub part_index: u16,
+    /// Number of parts of its tick.
+    pub part_count: u16,
+    /// Entities it set or removed.
+    pub changes: usize,
+    /// True when it was applied to the live view (false: late).
+    pub applied: bool,
+    /// True when it completed its tick.
+    pub completed: bool,
+}
+
+#[derive(Debug, Clone)]
+struct PendingTick {
+    baseline: Option<Tick>,
+    received: Vec<bool>,
+    received_count: usize,
+    changes: Vec<Change>,
+}
+
+/// Decodes one server's snapshot parts; see the module docs of [`crate::snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotReceiver {
+    config: ReceiverConfig,
+    composites: BTreeMap<Tick, QuantizedWorld>,
+    pending: BTreeMap<Tick, PendingTick>,
+    live: BTreeMap<EntityId, QuantizedEntity>,
+    newest: Option<(Tick, Instant)>,
+    stats: ReceiverStats,
+}
+
+impl SnapshotReceiver {
+    /// A receiver; fails when the config is unusable.
+    pub fn new(config: ReceiverConfig) -> Result<Self, SnapshotError> {
+        config.quantize.validate()?;
+        if !(1..=16_383).contains(&config.ring_ticks) {
+            return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
+        }
+        if config.tick_interval.is_zero() {
+            return Err(SnapshotError::Config("tick interval must be positive"));
+        }
+        Ok(Self {
+            config,
+            composites: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            live: BTreeMap::new(),
+            newest: None,
+            stats: ReceiverStats::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ReceiverStats {
+        self.stats
+    }
+
+    /// The newest tick applied to the live view.
+    pub fn newest_tick(&self) -> Option<Tick> {
+        self.newest.map(|(t, _)| t)
+    }
+
+    /// The live view: the newest known state of every entity, by id.
+    pub fn live(&self) -> impl Iterator<Item = (EntityId, &QuantizedEntity)> {
+        self.live.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// The live view as a quantized world.
+    pub fn live_world(&self) -> QuantizedWorld {
+        QuantizedWorld::from_entities(self.live().map(|(id, e)| (id, e.clone())))
+    }
+
+    /// One entity of the live view.
+    pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
+        self.live.get(&id)
+    }
+
+    /// The live view dequantized, by id (what an [`super::InterpolationBuffer`] takes).
+    pub fn transforms(&self) -> Vec<(EntityId, Transform)> {
+        self.live
+            .iter()
+            .map(|(id, e)| (*id, self.config.quantize.dequantize(&e.transform)))
+            .collect()
+    }
+
+    /// The completed snapshot held for `tick`, if any (a possible baseline).
+    pub fn composite(&self, tick: Tick) -> Option<&QuantizedWorld> {
+        self.composites.get(&tick)
+    }
+
+    /// Estimate of the server's current tick: the newest tick received plus the time since
+    /// it arrived, in ticks. `None` before the first part.
+    pub fn estimated_server_tick(&self, now: Instant) -> Option<f64> {
+        self.newest.map(|(t, at)| {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            f64::from(t.0) + elapsed / self.config.tick_interval.as_secs_f64()
+        })
+    }
+
+    /// Decode one received part (untrusted bytes).
+    ///
+    /// On error the part is counted and nothing else changes. A valid part older than the
+    /// newest applied tick is not applied to the live view (`applied == false`) but still
+    /// completes its tick, because the server may choose that tick as a baseline.
+    pub fn read_part(&mut self, now: Instant, bytes: &[u8]) -> Result<PartInfo, SnapshotError> {
+        self.stats.parts_received += 1;
+        let result = self.read_part_inner(now, bytes);
+        if let Err(e) = &result {
+            match e {
+                SnapshotError::MissingBaseline(_) => self.stats.missing_baseline_dropped += 1,
+                SnapshotError::Duplicate => self.stats.duplicates += 1,
+                SnapshotError::TooOld(_) => self.stats.too_old += 1,
+                _ => self.stats.invalid += 1,
+            }
+        }
+        result
+    }
+
+    fn read_part_inner(&mut self, now: Instant, bytes: &[u8]) -> Result<PartInfo, SnapshotError> {
+        let mut r = BitReader::new(bytes);
+        let h = part::read_header(&mut r)?;
+        let ring = self.config.ring_ticks;
+        if let Some((newest, _)) = self.newest
+            && newest.0.saturating_sub(h.tick.0) >= ring
+        {
+            return Err(SnapshotError::TooOld(h.tick.0));
+        }
+        if self.composites.contains_key(&h.tick) {
+            return Err(SnapshotError::Duplicate);
+        }
+        if let Some(p) = self.pending.get(&h.tick) {
+            if p.baseline != h.baseline || p.received.len() != usize::from(h.count) {
+                return Err(SnapshotError::Inconsistent);
+            }
+            // index < count == received.len(), checked by read_header and just above.
+            if p.received[usize::from(h.index)] {
+                return Err(SnapshotError::Duplicate);
+            }
+        }
+        let base = match h.baseline {
+            None => QuantizedWorld::default(),
+            Some(b) => self
+                .composites
+                .get(&b)
+                .cloned()
+                .ok_or(SnapshotError::MissingBaseline(b.0))?,
+        };
+        // Decoded into a fresh vector: nothing is touched until it succeeded.
+        let changes = part::decode_body(&mut r, &base, &self.config.quantize)?;
+
+        let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
+            baseline: h.baseline,
+            received: vec![false; usize::from(h.count)],
+            received_count: 0,
+            changes: Vec::new(),
+        });
+        // Same bounds as the check above (the entry was created with h.count slots).
+        pending.received[usize::from(h.index)] = true;
+        pending.received_count += 1;
+        let completed = pending.received_count == pending.received.len();
+        let applied = self.newest.is_none_or(|(n, _)| h.tick >= n);
+
+        let composite = if completed {
+            let mut all = match self.pending.remove(&h.tick) {
+                Some(p) => p.changes,
+                None => Vec::new(),
+            };
+            all.extend(changes.iter().cloned());
+            normalize_changes(&mut all);
+            let c = base.apply(&all);
+            self.composites.insert(h.tick, c.clone());
+            self.stats.ticks_completed += 1;
+            Some(c)
+        } else {
+            pending.changes.extend(changes.iter().cloned());
+            None
+        };
+
+        if applied {
+            if self.newest.is_none_or(|(n, _)| h.tick > n) {
+                self.newest = Some((h.tick, now));
+            }
+            match &composite {
+                // The newest tick is complete: it is the whole world at that tick.
+                Some(c) => self.live = c.iter().map(|(id, e)| (id, e.clone())).collect(),
+                None => {
+                    for (id, change) in &changes {
+                        match change {
+                            Some(e) => {
+                                self.live.insert(*id, e.clone());
+                            }
+                            None => {
+                                self.live.remove(id);
+                            }
+                        }
+                    }
+                }
+            }
+            self.stats.parts_applied += 1;
+        } else {
+            self.stats.late_dropped += 1;
+        }
+        self.prune();
+        Ok(PartInfo {
+            tick: h.tick,
+            baseline: h.baseline,
+            part_index: h.index,
+            part_count: h.count,
+            changes: changes.len(),
+            applied,
+            completed,
+        })
+    }
+
+    fn prune(&mut self) {
+        let Some((newest, _)) = self.newest else {
+            return;
+        };
+        let ring = self.config.ring_ticks;
+        let keep = |t: &Tick| newest.0.saturating_sub(t.0) < ring;
+        self.composites.retain(|t, _| keep(t));
+        self.pending.retain(|t, _| keep(t));
+    }
+}

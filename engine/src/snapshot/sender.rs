@@ -1,0 +1,453 @@
+//! Server side, one per client: delta against the newest fully acked tick, a byte budget
+//! ranked by the priority accumulator, and the split into independently decodable parts.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::SnapshotError;
+use super::bits::{BitWriter, varint_bits};
+use super::part::{
+    self, ID_GAP_CHUNK_BITS, INDEX_GAP_CHUNK_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
+    PartContent, PartHeader,
+};
+use super::priority::PriorityAccumulator;
+use super::quantize::QuantizeConfig;
+use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
+use crate::Sequence;
+
+/// Sender settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SenderConfig {
+    /// Must equal the receiver's.
+    pub quantize: QuantizeConfig,
+    /// Largest part in bytes (default 1100: one datagram with room for the packet header
+    /// under a 1200-byte path MTU budget). At most 2000.
+    pub max_part_bytes: usize,
+    /// How many ticks of sent history are kept, and so the oldest usable baseline
+    /// (default 64: just over 1 s at 60 Hz). The receiver's ring must be at least as long.
+    pub ring_ticks: u32,
+    /// How much faster a spawn gains priority than a change (default 4), so new entities
+    /// appear promptly under a tight budget.
+    pub spawn_boost: f32,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            quantize: QuantizeConfig::default(),
+            max_part_bytes: 1100,
+            ring_ticks: 64,
+            spawn_boost: 4.0,
+        }
+    }
+}
+
+/// Running totals of what the sender produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Snapshots built (one per `build`).
+    pub snapshots: u64,
+    /// Snapshots built against the empty world (no usable baseline).
+    pub full_snapshots: u64,
+    /// Parts built.
+    pub parts: u64,
+    /// Bytes of all parts built.
+    pub bytes: u64,
+    /// Changed or spawned entities included.
+    pub entities_sent: u64,
+    /// Despawns included.
+    pub despawns_sent: u64,
+    /// Bits of the entity payloads (fields only, no headers or indices).
+    pub entity_payload_bits: u64,
+    /// Entities that differed from the baseline but waited for budget (summed over ticks).
+    pub entities_deferred: u64,
+    /// Entities too large to fit in any part (never sent).
+    pub entities_oversized: u64,
+}
+
+/// What was sent at one tick, enough to rebuild the composite the client will hold.
+#[derive(Debug, Clone)]
+struct SentTick {
+    tick: Tick,
+    baseline_world: QuantizedWorld,
+    /// Included entities, sorted by id: `Some` = new state, `None` = despawn.
+    changes: Vec<Change>,
+    part_acked: Vec<bool>,
+    acked_parts: usize,
+}
+
+/// One entity waiting to be sent.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    id: EntityId,
+    /// Index in the baseline for updates, `None` for spawns.
+    base_index: Option<usize>,
+    world_index: usize,
+    payload_bits: usize,
+    priority: f32,
+}
+
+/// Encodes one client's snapshots; see the module docs of [`crate::snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotSender {
+    config: SenderConfig,
+    ring: VecDeque<SentTick>,
+    part_of_seq: HashMap<Sequence, (Tick, u16)>,
+    acked: Option<(Tick, QuantizedWorld)>,
+    last_tick: Option<Tick>,
+    priority: PriorityAccumulator,
+    stats: SenderStats,
+}
+
+fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
+    let gap = match prev {
+        Some(p) => index - p - 1,
+        None => index,
+    };
+    varint_bits(gap as u32, INDEX_GAP_CHUNK_BITS)
+}
+
+impl SnapshotSender {
+    /// A sender; fails when the config is unusable.
+    pub fn new(config: SenderConfig) -> Result<Self, SnapshotError> {
+        config.quantize.validate()?;
+        if !(64..=2000).contains(&config.max_part_bytes) {
+            return Err(SnapshotError::Config("max part bytes must be 64..=2000"));
+        }
+        if !(1..=16_383).contains(&config.ring_ticks) {
+            return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
+        }
+        Ok(Self {
+            config,
+            ring: VecDeque::new(),
+            part_of_seq: HashMap::new(),
+            acked: None,
+            last_tick: None,
+            priority: PriorityAccumulator::default(),
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// The config in use.
+    pub fn config(&self) -> &SenderConfig {
+        &self.config
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// The newest tick the client holds in full, and the world it holds for it.
+    pub fn acked_baseline(&self) -> Option<(Tick, &QuantizedWorld)> {
+        self.acked.as_ref().map(|(t, w)| (*t, w))
+    }
+
+    /// Scale how fast `id` gains priority for this client (e.g. by distance to the player).
+    pub fn set_priority_weight(&mut self, id: EntityId, weight: f32) {
+        self.priority.set_weight(id, weight);
+    }
+
+    /// Back to the default weight of 1.
+    pub fn clear_priority_weight(&mut self, id: EntityId) {
+        self.priority.clear_weight(id);
+    }
+
+    /// Encode `world` at `tick` for this client within about `budget_bytes`.
+    ///
+    /// Returns the parts (at least one, each ≤ `max_part_bytes`), to be sent one per
+    /// datagram; report each with [`Self::on_part_sent`]. The entity with the highest
+    /// priority is always included even when it alone exceeds the budget, so a tiny budget
+    /// slows replication down but never stops it.
+    pub fn build(
+        &mut self,
+        tick: Tick,
+        world: &QuantizedWorld,
+        budget_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, SnapshotError> {
+        if self.last_tick.is_some_and(|last| tick <= last) {
+            return Err(SnapshotError::TickNotNewer);
+        }
+        self.last_tick = Some(tick);
+        self.prune(tick);
+
+        let cfg = self.config.quantize;
+        let (baseline_tick, baseline) = match &self.acked {
+            Some((t, w)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
+            _ => (None, QuantizedWorld::default()),
+        };
+        let base = baseline.entities();
+        let cur = world.entities();
+
+        // Merge the two sorted entity lists into updates, spawns and despawns.
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut despawns: Vec<usize> = Vec::new();
+        let spawn_base = part::spawn_base();
+        let (mut bi, mut wi) = (0, 0);
+        while bi < base.len() || wi < cur.len() {
+            let b = base.get(bi);
+            let w = cur.get(wi);
+            match (b, w) {
+                (Some((bid, be)), Some((wid, we))) if bid == wid => {
+                    if be != we {
+                        candidates.push(Candidate {
+                            id: *wid,
+                            base_index: Some(bi),
+                            world_index: wi,
+                            payload_bits: part::entity_bits(be, we, &cfg),
+                            priority: 0.0,
+                        });
+                    }
+                    bi += 1;
+                    wi += 1;
+                }
+                (Some((bid, _)), Some((wid, _))) if bid < wid => {
+                    despawns.push(bi);
+                    bi += 1;
+                }
+                (Some(_), None) => {
+                    despawns.push(bi);
+                    bi += 1;
+                }
+                (_, Some((wid, we))) => {
+                    candidates.push(Candidate {
+                        id: *wid,
+                        base_index: None,
+                        world_index: wi,
+                        payload_bits: part::entity_bits(&spawn_base, we, &cfg),
+                        priority: 0.0,
+                    });
+                    wi += 1;
+                }
+                // Loop condition: at least one side has an entity left.
+                (None, None) => break,
+            }
+        }
+
+        let boosts: Vec<(EntityId, f32)> = candidates
+            .iter()
+            .map(|c| {
+                let boost = if c.base_index.is_none() {
+                    self.config.spawn_boost
+                } else {
+                    1.0
+                };
+                (c.id, boost)
+            })
+            .collect();
+        for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {
+            c.priority = p;
+        }
+
+        // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
+        // the highest priorities; skip what does not fit and let it wait.
+        let budget_bits = (budget_bytes * 8).saturating_sub(PART_OVERHEAD_BITS);
+        let mut used = 0usize;
+        let mut chosen_despawns = Vec::new();
+        for &d in &despawns {
+            let cost = 8;
+            if used + cost > budget_bits && !chosen_despawns.is_empty() {
+                break;
+            }
+            used += cost;
+            chosen_despawns.push(d);
+        }
+        candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
+        let part_capacity_bits = self.config.max_part_bytes * 8;
+        let mut chosen: Vec<Candidate> = Vec::new();
+        for c in &candidates {
+            let index_bits = if c.base_index.is_some() { 8 } else { 12 };
+            let cost = c.payload_bits + index_bits;
+            // 48 bits covers the largest index or id gap varint.
+            if PART_OVERHEAD_BITS + c.payload_bits + 48 > part_capacity_bits {
+                self.stats.entities_oversized += 1;
+                continue;
+            }
+            if used + cost <= budget_bits || (chosen.is_empty() && chosen_despawns.is_empty()) {
+                used += cost;
+                chosen.push(*c);
+            }
+        }
+
+        // Pack in wire order: updates by baseline index, despawns, spawns by id.
+        let mut updates: Vec<&Candidate> =
+            chosen.iter().filter(|c| c.base_index.is_some()).collect();
+        updates.sort_by_key(|c| c.base_index);
+        let mut spawns: Vec<&Candidate> =
+            chosen.iter().filter(|c| c.base_index.is_none()).collect();
+        spawns.sort_by_key(|c| c.id);
+
+        let mut parts: Vec<PartContent<'_>> = Vec::new();
+        let mut content = PartContent::default();
+        let mut bits = PART_OVERHEAD_BITS;
+        let mut sent_ids: Vec<Change> = Vec::new();
+        let mut payload_bits = 0usize;
+        let mut full = false;
+        for c in &updates {
+            // Updates have a base index by the filter above.
+            let bi = c.base_index.unwrap_or(0);
+            let mut cost = list_gap_bits(content.updates.last().map(|u| u.0), bi) + c.payload_bits;
+            if bits + cost > part_capacity_bits {
+                if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                    full = true;
+                    break;
+                }
+                parts.push(std::mem::take(&mut content));
+                bits = PART_OVERHEAD_BITS;
+                cost = list_gap_bits(None, bi) + c.payload_bits;
+            }
+            bits += cost;
+            let e = &cur[c.world_index].1;
+            content.updates.push((bi, e));
+            sent_ids.push((c.id, Some(e.clone())));
+            payload_bits += c.payload_bits;
+        }
+        if !full {
+            for &d in &chosen_despawns {
+                let mut cost = list_gap_bits(content.despawns.last().copied(), d);
+                if bits + cost > part_capacity_bits {
+                    if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                        full = true;
+                        break;
+                    }
+                    parts.push(std::mem::take(&mut content));
+                    bits = PART_OVERHEAD_BITS;
+                    cost = list_gap_bits(None, d);
+                }
+                bits += cost;
+                content.despawns.push(d);
+                sent_ids.push((base[d].0, None));
+            }
+        }
+        if !full {
+            for c in &spawns {
+                let gap = |prev: Option<EntityId>| match prev {
+                    Some(p) => c.id.0 - p.0 - 1,
+                    None => c.id.0,
+                };
+                let mut cost =
+                    varint_bits(gap(content.spawns.last().map(|s| s.0)), ID_GAP_CHUNK_BITS)
+                        + c.payload_bits;
+                if bits + cost > part_capacity_bits {
+                    if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                        break;
+                    }
+                    parts.push(std::mem::take(&mut content));
+                    bits = PART_OVERHEAD_BITS;
+                    cost = varint_bits(gap(None), ID_GAP_CHUNK_BITS) + c.payload_bits;
+                }
+                bits += cost;
+                let e = &cur[c.world_index].1;
+                content.spawns.push((c.id, e));
+                sent_ids.push((c.id, Some(e.clone())));
+                payload_bits += c.payload_bits;
+            }
+        }
+        parts.push(content);
+
+        let count = parts.len();
+        let mut out = Vec::with_capacity(count);
+        for (index, content) in parts.iter().enumerate() {
+            let header = PartHeader {
+                tick,
+                baseline: baseline_tick,
+                // count ≤ MAX_PARTS_PER_SNAPSHOT (256) by the packing above.
+                index: index as u16,
+                count: count as u16,
+            };
+            let mut w = BitWriter::new();
+            part::encode_part(&mut w, &header, &baseline, content, &cfg);
+            let bytes = w.finish();
+            debug_assert!(bytes.len() <= self.config.max_part_bytes);
+            self.stats.bytes += bytes.len() as u64;
+            out.push(bytes);
+        }
+
+        for (id, change) in &sent_ids {
+            if change.is_some() {
+                self.priority.reset(*id);
+                self.stats.entities_sent += 1;
+            } else {
+                self.stats.despawns_sent += 1;
+            }
+        }
+        let sent_entities = sent_ids.iter().filter(|c| c.1.is_some()).count();
+        self.stats.entities_deferred += (candidates.len() - sent_entities) as u64;
+        self.stats.entity_payload_bits += payload_bits as u64;
+        self.stats.snapshots += 1;
+        self.stats.parts += count as u64;
+        if baseline_tick.is_none() {
+            self.stats.full_snapshots += 1;
+        }
+
+        normalize_changes(&mut sent_ids);
+        self.ring.push_back(SentTick {
+            tick,
+            baseline_world: baseline,
+            changes: sent_ids,
+            part_acked: vec![false; count],
+            acked_parts: 0,
+        });
+        Ok(out)
+    }
+
+    /// Part `part_index` of `tick` (as returned by [`Self::build`]) went out in the packet
+    /// numbered `seq`.
+    pub fn on_part_sent(&mut self, tick: Tick, part_index: usize, seq: Sequence) {
+        let known = self
+            .ring
+            .iter()
+            .any(|s| s.tick == tick && part_index < s.part_acked.len());
+        if known {
+            // part_index < part count ≤ 256.
+            self.part_of_seq.insert(seq, (tick, part_index as u16));
+        }
+    }
+
+    /// The packet numbered `seq` was acknowledged (`acked`) or declared lost.
+    ///
+    /// When every part of a tick is acknowledged, that tick becomes the baseline for the
+    /// next snapshots (if it is newer than the current one).
+    pub fn on_delivery(&mut self, seq: Sequence, acked: bool) {
+        let Some((tick, index)) = self.part_of_seq.remove(&seq) else {
+            return;
+        };
+        if !acked {
+            return;
+        }
+        let Some(pos) = self.ring.iter().position(|s| s.tick == tick) else {
+            return;
+        };
+        let sent = &mut self.ring[pos];
+        let i = usize::from(index);
+        if i >= sent.part_acked.len() || sent.part_acked[i] {
+            return;
+        }
+        sent.part_acked[i] = true;
+        sent.acked_parts += 1;
+        if sent.acked_parts < sent.part_acked.len() {
+            return;
+        }
+        if self.acked.as_ref().is_some_and(|(t, _)| *t >= tick) {
+            return;
+        }
+        let composite = sent.baseline_world.apply(&sent.changes);
+        self.acked = Some((tick, composite));
+        // Older history can never become a baseline again.
+        while self.ring.front().is_some_and(|s| s.tick < tick) {
+            self.ring.pop_front();
+        }
+        self.part_of_seq.retain(|_, (t, _)| *t >= tick);
+    }
+
+    fn prune(&mut self, now: Tick) {
+        let ring = self.config.ring_ticks;
+        let before = self.ring.len();
+        while self.ring.front().is_some_and(|s| now.0 - s.tick.0 >= ring) {
+            self.ring.pop_front();
+        }
+        if self.ring.len() != before {
+            let oldest = self.ring.front().map_or(now, |s| s.tick);
+            self.part_of_seq.retain(|_, (t, _)| *t >= oldest);
+        }
+    }
+}

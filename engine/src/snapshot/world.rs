@@ -1,0 +1,312 @@
+//! The replicated model: ticks, entity ids, float worlds and their quantized twins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use glam::{Quat, Vec3};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::quantize::{QuantizeConfig, QuantizedTransform};
+use crate::codec::{self, CodecError};
+
+/// A server simulation step number.
+///
+/// Ticks are plain `u32` and compare as integers: at 60 Hz they last 2.2 years before
+/// wrapping, far longer than any session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(pub u32);
+
+impl Tick {
+    /// The tick after this one.
+    #[must_use]
+    pub fn next(self) -> Self {
+        Tick(self.0.wrapping_add(1))
+    }
+}
+
+/// Identifies one replicated entity for its whole life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntityId(pub u32);
+
+/// Where an entity is, how it is turned and how fast it moves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transform {
+    /// Position in metres.
+    pub position: Vec3,
+    /// Orientation (normalised on quantization).
+    pub rotation: Quat,
+    /// Linear velocity in m/s, if the entity moves physically (used for extrapolation).
+    pub velocity: Option<Vec3>,
+}
+
+impl Default for Transform {
+    fn default() -> Self {
+        Self {
+            position: Vec3::ZERO,
+            rotation: Quat::IDENTITY,
+            velocity: None,
+        }
+    }
+}
+
+/// One entity's replicated state: a transform plus optional application bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EntityState {
+    /// The physical state, quantized on the wire.
+    pub transform: Transform,
+    /// Application data (health, colour...) encoded with [`crate::codec`]; sent verbatim
+    /// whenever it changes.
+    pub component: Option<Vec<u8>>,
+}
+
+impl EntityState {
+    /// An entity with a transform and no component.
+    pub fn new(transform: Transform) -> Self {
+        Self {
+            transform,
+            component: None,
+        }
+    }
+
+    /// An entity whose component is `value` encoded with [`crate::codec::encode`].
+    pub fn with_component<T: Serialize>(
+        transform: Transform,
+        value: &T,
+    ) -> Result<Self, CodecError> {
+        Ok(Self {
+            transform,
+            component: Some(codec::encode(value)?),
+        })
+    }
+
+    /// Decode the component as `T`; `None` when the entity has no component.
+    pub fn component_as<T: DeserializeOwned>(&self) -> Option<Result<T, CodecError>> {
+        self.component.as_deref().map(codec::decode)
+    }
+}
+
+/// The float world the game fills every tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct World {
+    entities: BTreeMap<EntityId, EntityState>,
+}
+
+impl World {
+    /// An empty world.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add or replace an entity.
+    pub fn insert(&mut self, id: EntityId, state: EntityState) {
+        self.entities.insert(id, state);
+    }
+
+    /// Remove an entity (it will be despawned on the clients).
+    pub fn remove(&mut self, id: EntityId) -> Option<EntityState> {
+        self.entities.remove(&id)
+    }
+
+    /// The state of one entity.
+    pub fn get(&self, id: EntityId) -> Option<&EntityState> {
+        self.entities.get(&id)
+    }
+
+    /// Mutable access to one entity.
+    pub fn get_mut(&mut self, id: EntityId) -> Option<&mut EntityState> {
+        self.entities.get_mut(&id)
+    }
+
+    /// Number of entities.
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// True when there are no entities.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    /// All entities in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (EntityId, &EntityState)> {
+        self.entities.iter().map(|(id, s)| (*id, s))
+    }
+}
+
+/// One entity as it travels: quantized transform plus the component bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QuantizedEntity {
+    /// The quantized transform.
+    pub transform: QuantizedTransform,
+    /// Application bytes, shared so that cloning a world does not copy them.
+    pub component: Option<Arc<[u8]>>,
+}
+
+/// A world after quantization: entities sorted by id, shared behind an `Arc`.
+///
+/// Cloning is one reference-count increment, so the server quantizes once per tick and hands
+/// the same value to every client's sender; senders and receivers keep rings of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuantizedWorld {
+    entities: Arc<Vec<(EntityId, QuantizedEntity)>>,
+}
+
+/// A change to apply to a world: `Some` sets (spawns or updates) an entity, `None` despawns it.
+pub(crate) type Change = (EntityId, Option<QuantizedEntity>);
+
+impl QuantizedWorld {
+    /// Quantize every entity of `world` with `config`.
+    pub fn from_world(world: &World, config: &QuantizeConfig) -> Self {
+        let entities = world
+            .iter()
+            .map(|(id, s)| {
+                let q = QuantizedEntity {
+                    transform: config.quantize(&s.transform),
+                    component: s.component.as_deref().map(Arc::from),
+                };
+                (id, q)
+            })
+            .collect();
+        Self {
+            entities: Arc::new(entities),
+        }
+    }
+
+    /// Build from entities in any order; a later duplicate id replaces an earlier one.
+    pub fn from_entities(entities: impl IntoIterator<Item = (EntityId, QuantizedEntity)>) -> Self {
+        let map: BTreeMap<_, _> = entities.into_iter().collect();
+        Self {
+            entities: Arc::new(map.into_iter().collect()),
+        }
+    }
+
+    /// Turn back into a float world (what the client renders).
+    pub fn to_world(&self, config: &QuantizeConfig) -> World {
+        let mut world = World::new();
+        for (id, q) in self.iter() {
+            world.insert(
+                id,
+                EntityState {
+                    transform: config.dequantize(&q.transform),
+                    component: q.component.as_deref().map(<[u8]>::to_vec),
+                },
+            );
+        }
+        world
+    }
+
+    /// Number of entities.
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// True when there are no entities.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    /// The entities, sorted by id.
+    pub fn entities(&self) -> &[(EntityId, QuantizedEntity)] {
+        &self.entities
+    }
+
+    /// All entities in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (EntityId, &QuantizedEntity)> {
+        self.entities.iter().map(|(id, e)| (*id, e))
+    }
+
+    /// Position of `id` in [`Self::entities`].
+    pub fn index_of(&self, id: EntityId) -> Option<usize> {
+        self.entities.binary_search_by_key(&id, |(i, _)| *i).ok()
+    }
+
+    /// The quantized state of one entity.
+    pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
+        self.index_of(id).map(|i| &self.entities[i].1)
+    }
+
+    /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
+    pub(crate) fn apply(&self, changes: &[Change]) -> QuantizedWorld {
+        let mut out = Vec::with_capacity(self.entities.len() + changes.len());
+        let mut base = self.entities.iter().peekable();
+        for (id, change) in changes {
+            while let Some((bid, _)) = base.peek() {
+                if bid < id {
+                    // Peeked just above, so next() yields it.
+                    out.extend(base.next().cloned());
+                } else {
+                    break;
+                }
+            }
+            if base.peek().is_some_and(|(bid, _)| bid == id) {
+                base.next();
+            }
+            if let Some(e) = change {
+                out.push((*id, e.clone()));
+            }
+        }
+        out.extend(base.cloned());
+        QuantizedWorld {
+            entities: Arc::new(out),
+        }
+    }
+}
+
+/// Sort changes by id and keep only the last change per id, so [`QuantizedWorld::apply`]
+/// can merge them.
+pub(crate) fn normalize_changes(changes: &mut Vec<Change>) {
+    // Stable sort keeps arrival order within one id; keep the last of each run.
+    changes.sort_by_key(|(id, _)| *id);
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    for c in changes.drain(..) {
+        match out.last_mut() {
+            Some(last) if last.0 == c.0 => *last = c,
+            _ => out.push(c),
+        }
+    }
+    *changes = out;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(x: u32) -> QuantizedEntity {
+        let mut e = QuantizedEntity::default();
+        e.transform.position = [x, 0, 0];
+        e
+    }
+
+    #[test]
+    fn apply_merges_updates_spawns_and_despawns() {
+        let w = QuantizedWorld::from_entities([(EntityId(1), q(1)), (EntityId(3), q(3))]);
+        let mut changes = vec![
+            (EntityId(5), Some(q(5))),
+            (EntityId(1), None),
+            (EntityId(3), Some(q(30))),
+            (EntityId(0), Some(q(0))),
+            (EntityId(5), Some(q(50))),
+        ];
+        normalize_changes(&mut changes);
+        let out = w.apply(&changes);
+        let want = QuantizedWorld::from_entities([
+            (EntityId(0), q(0)),
+            (EntityId(3), q(30)),
+            (EntityId(5), q(50)),
+        ]);
+        assert_eq!(out, want);
+        // The original is untouched.
+        assert_eq!(w.len(), 2);
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Health(u16);
+
+    #[test]
+    fn typed_component_round_trips() {
+        let s = EntityState::with_component(Transform::default(), &Health(75)).unwrap();
+        assert_eq!(s.component_as::<Health>().unwrap().unwrap(), Health(75));
+        assert!(EntityState::default().component_as::<Health>().is_none());
+    }
+}
