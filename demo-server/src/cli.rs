@@ -303,11 +303,29 @@ mod tests {
         assert!(after.enabled);
         let off: ConsoleCommand = "conditioner off".parse().unwrap();
         assert!(!off.apply(&after).unwrap().unwrap().enabled);
-        assert_eq!("quit".parse::<ConsoleCommand>().unwrap(), ConsoleCommand::Quit);
-        assert!("loss 150".parse::<ConsoleCommand>().unwrap_err().contains("outside"));
+        assert_eq!(
+            "quit".parse::<ConsoleCommand>().unwrap(),
+            ConsoleCommand::Quit
+        );
+        assert!(
+            "loss 150"
+                .parse::<ConsoleCommand>()
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!("preset moon".parse::<ConsoleCommand>().is_err());
-        assert!("fly".parse::<ConsoleCommand>().unwrap_err().contains("unknown command"));
-        assert!("loss".parse::<ConsoleCommand>().unwrap_err().contains("needs"));
+        assert!(
+            "fly"
+                .parse::<ConsoleCommand>()
+                .unwrap_err()
+                .contains("unknown command")
+        );
+        assert!(
+            "loss"
+                .parse::<ConsoleCommand>()
+                .unwrap_err()
+                .contains("needs")
+        );
         // A burst too short for the loss is refused with the conditioner's own reason.
         let mut lossy = base.clone();
         lossy.loss_pct = 80.0;

@@ -110,6 +110,9 @@ mod tests {
         let cdf = h.cdf_points();
         assert_eq!(cdf.len(), 100);
         assert!((cdf.last().unwrap().1 - 1.0).abs() < 1e-12);
-        assert_eq!(DurationHistogram::new().percentiles(), Percentiles::default());
+        assert_eq!(
+            DurationHistogram::new().percentiles(),
+            Percentiles::default()
+        );
     }
 }

@@ -36,6 +36,8 @@ pub struct Welcome {
     pub tick0_unix_micros: u64,
     /// The entity this client's inputs move, if the scene has avatars.
     pub avatar: Option<u32>,
+    /// Scene name (`arena` or `cubes`): both sides derive the quantization from it.
+    pub scene: String,
 }
 
 /// Client → server: the newest input and the few before it.
@@ -54,7 +56,7 @@ impl InputMsg {
         if msg.inputs.is_empty() || msg.inputs.len() > INPUT_REDUNDANCY + 1 {
             return None;
         }
-        if msg.inputs.iter().any(|i| !i.is_valid()) {
+        if msg.inputs.iter().any(|i| !i.movement.is_finite()) {
             return None;
         }
         Some(msg)
@@ -70,6 +72,12 @@ impl InputMsg {
             .map(move |(i, input)| (first.wrapping_add(i as u32), input))
             .filter(move |(num, _)| applied.is_none_or(|a| num.wrapping_sub(a) as i32 > 0))
     }
+}
+
+/// The channels both sides configure: the engine's defaults, whose channel
+/// [`RELIABLE_CHANNEL`] is reliable-ordered.
+pub fn channels_config() -> snapsync::channel::ChannelsConfig {
+    snapsync::channel::ChannelsConfig::default()
 }
 
 /// Wall-clock now in microseconds since the UNIX epoch.

@@ -12,11 +12,11 @@ use snapsync::snapshot::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::{ConsoleCommand, Transport, describe, CONSOLE_HELP};
+use crate::cli::{CONSOLE_HELP, ConsoleCommand, Transport, describe};
 use crate::metrics::DurationHistogram;
 use crate::protocol::{InputMsg, Welcome, unix_micros_now};
 use crate::scene::{Scene, SceneKind, build_scene};
-use crate::transport::{ServerLink, LinkEvent, PeerId};
+use crate::transport::{LinkEvent, PeerId, ServerLink};
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -192,6 +192,24 @@ pub fn sends_velocity(scene: SceneKind) -> bool {
     matches!(scene, SceneKind::Arena)
 }
 
+/// Running sums of what the snapshot senders produced, kept across departures.
+#[derive(Debug, Default)]
+struct SnapshotTotals {
+    bytes: u64,
+    snapshots: u64,
+    full_snapshots: u64,
+    entities_sent: u64,
+}
+
+impl SnapshotTotals {
+    fn add(&mut self, s: &snapsync::snapshot::SenderStats) {
+        self.bytes += s.bytes;
+        self.snapshots += s.snapshots;
+        self.full_snapshots += s.full_snapshots;
+        self.entities_sent += s.entities_sent;
+    }
+}
+
 struct Peer {
     sender: SnapshotSender,
     applied_input: Option<u32>,
@@ -247,6 +265,7 @@ pub async fn run(
     let deadline = opts.duration.map(|d| start_tokio + d);
 
     let mut peers: BTreeMap<PeerId, Peer> = BTreeMap::new();
+    let mut snap_totals = SnapshotTotals::default();
     let mut tick_cost = DurationHistogram::new();
     let mut summary = ServerSummary {
         transport: opts.transport.name().into(),
@@ -300,7 +319,13 @@ pub async fn run(
                         Ok(s) => s,
                         Err(e) => return Err(ServerError::Options(e.to_string())),
                     };
-                    peers.insert(peer, Peer { sender, applied_input: None });
+                    peers.insert(
+                        peer,
+                        Peer {
+                            sender,
+                            applied_input: None,
+                        },
+                    );
                     let welcome = Welcome {
                         tick_rate: opts.tick_rate,
                         send_rate: opts.send_rate,
@@ -313,11 +338,15 @@ pub async fn run(
                 }
                 LinkEvent::Left(peer, reason) => {
                     scene.remove_player(peer.0);
-                    peers.remove(&peer);
+                    if let Some(p) = peers.remove(&peer) {
+                        snap_totals.add(&p.sender.stats());
+                    }
                     say(format!("client {} left: {reason}", peer.0));
                 }
                 LinkEvent::Input(peer, bytes) => {
-                    let Some(p) = peers.get_mut(&peer) else { continue };
+                    let Some(p) = peers.get_mut(&peer) else {
+                        continue;
+                    };
                     let Some(msg) = InputMsg::decode(&bytes) else {
                         link.count_invalid();
                         continue;
@@ -368,16 +397,13 @@ pub async fn run(
                 match p.sender.build(Tick(tick), &qworld, opts.budget_bytes) {
                     Ok(parts) => {
                         for (i, part) in parts.iter().enumerate() {
-                            match link.send_part(now, *peer, part) {
-                                Some((seq, delivered)) => {
-                                    p.sender.on_part_sent(Tick(tick), i, seq);
-                                    if let Some(acked) = delivered {
-                                        // Streams deliver everything they accept, in order:
-                                        // the part counts as acked once handed over.
-                                        p.sender.on_delivery(seq, acked);
-                                    }
+                            if let Some((seq, delivered)) = link.send_part(now, *peer, part) {
+                                p.sender.on_part_sent(Tick(tick), i, seq);
+                                if let Some(acked) = delivered {
+                                    // Streams deliver everything they accept, in order:
+                                    // the part counts as acked once handed over.
+                                    p.sender.on_delivery(seq, acked);
                                 }
-                                None => {}
                             }
                         }
                     }
@@ -406,7 +432,11 @@ pub async fn run(
     let elapsed = start.elapsed().as_secs_f64();
     summary.ticks = u64::from(tick);
     summary.duration_s = elapsed;
-    summary.achieved_tick_rate = if elapsed > 0.0 { f64::from(tick) / elapsed } else { 0.0 };
+    summary.achieved_tick_rate = if elapsed > 0.0 {
+        f64::from(tick) / elapsed
+    } else {
+        0.0
+    };
     let p = tick_cost.percentiles();
     summary.tick_cost_us = TickCost {
         p50: p.p50 * 1000.0,
@@ -426,11 +456,14 @@ pub async fn run(
     summary.packets_out = totals.packets_out;
     summary.invalid_packets = totals.invalid_packets;
     summary.conditioner = totals.conditioner;
-    summary.snapshot_bytes = totals.snapshot_bytes;
-    summary.snapshots = totals.snapshots;
-    summary.full_snapshots = totals.full_snapshots;
-    summary.bits_per_changed_entity = if totals.entities_sent > 0 {
-        totals.snapshot_bytes as f64 * 8.0 / totals.entities_sent as f64
+    for p in peers.values() {
+        snap_totals.add(&p.sender.stats());
+    }
+    summary.snapshot_bytes = snap_totals.bytes;
+    summary.snapshots = snap_totals.snapshots;
+    summary.full_snapshots = snap_totals.full_snapshots;
+    summary.bits_per_changed_entity = if snap_totals.entities_sent > 0 {
+        snap_totals.bytes as f64 * 8.0 / snap_totals.entities_sent as f64
     } else {
         0.0
     };

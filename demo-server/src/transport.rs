@@ -60,9 +60,13 @@ pub struct LinkTotals {
     pub conditioner: ConditionerSummary,
 }
 
-enum TcpIn {
+/// What the per-client TCP tasks report to the tick loop.
+pub enum TcpIn {
+    /// A client connected; frames for it go into this sender.
     Joined(PeerId, mpsc::Sender<Vec<u8>>),
+    /// A frame arrived from a client.
     Frame(PeerId, Vec<u8>),
+    /// A client's stream ended.
     Closed(PeerId, String),
 }
 
@@ -129,7 +133,10 @@ impl ServerLink {
                 config.connection.channels = crate::protocol::channels_config();
                 let mut net = NetServer::bind(opts.bind, config, rand::random())
                     .await
-                    .map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
+                    .map_err(|source| ServerError::Bind {
+                        addr: opts.bind,
+                        source,
+                    })?;
                 net.set_conditioner(opts.conditioner.clone(), opts.conditioner.clone())
                     .map_err(|e| ServerError::Options(e.to_string()))?;
                 Ok(Self::Udp {
@@ -140,9 +147,13 @@ impl ServerLink {
                 })
             }
             Transport::Tcp => {
-                let listener = TcpListener::bind(opts.bind)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr: opts.bind, source })?;
+                let listener =
+                    TcpListener::bind(opts.bind)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: opts.bind,
+                            source,
+                        })?;
                 let local = listener.local_addr()?;
                 let (tx, rx) = mpsc::channel(4096);
                 let max_clients = opts.max_clients;
@@ -164,7 +175,9 @@ impl ServerLink {
     pub fn local_addr(&self) -> SocketAddr {
         match self {
             // The socket was bound successfully, so it has an address.
-            Self::Udp { net, .. } => net.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+            Self::Udp { net, .. } => net
+                .local_addr()
+                .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
             Self::Tcp { local, .. } => *local,
         }
     }
@@ -181,7 +194,13 @@ impl ServerLink {
     pub async fn drive_until(&mut self, deadline: tokio::time::Instant) -> std::io::Result<()> {
         match self {
             Self::Udp { net, .. } => net.drive_until(deadline).await,
-            Self::Tcp { rx, writers, pending, totals, .. } => {
+            Self::Tcp {
+                rx,
+                writers,
+                pending,
+                totals,
+                ..
+            } => {
                 loop {
                     tokio::select! {
                         m = rx.recv() => match m {
@@ -202,7 +221,9 @@ impl ServerLink {
     /// Everything that happened since the last call.
     pub fn poll_events(&mut self) -> Vec<LinkEvent> {
         match self {
-            Self::Udp { net, extra_invalid, .. } => {
+            Self::Udp {
+                net, extra_invalid, ..
+            } => {
                 let mut out = Vec::new();
                 while let Some((id, e)) = net.poll_event() {
                     let peer = PeerId(id.0);
@@ -211,7 +232,9 @@ impl ServerLink {
                         Event::Disconnected { reason } => {
                             out.push(LinkEvent::Left(peer, reason.to_string()))
                         }
-                        Event::Datagram { payload, .. } => out.push(LinkEvent::Input(peer, payload)),
+                        Event::Datagram { payload, .. } => {
+                            out.push(LinkEvent::Input(peer, payload))
+                        }
                         Event::Message { channel, payload } if channel == RELIABLE_CHANNEL => {
                             out.push(LinkEvent::Input(peer, payload))
                         }
@@ -241,7 +264,9 @@ impl ServerLink {
                 .endpoint_mut()
                 .send_message(now, snapsync::ClientId(peer.0), RELIABLE_CHANNEL, &bytes)
                 .is_ok(),
-            Self::Tcp { writers, totals, .. } => match writers.get(&peer) {
+            Self::Tcp {
+                writers, totals, ..
+            } => match writers.get(&peer) {
                 Some(w) => {
                     let len = bytes.len() as u64;
                     let ok = w.try_send(bytes).is_ok();
@@ -259,9 +284,18 @@ impl ServerLink {
     /// Send one snapshot part. Returns the sequence to report to the snapshot sender, and
     /// for streams the delivery outcome known at once (`Some(true)` when the stream took
     /// it); `None` when the peer is unknown.
-    pub fn send_part(&mut self, now: Instant, peer: PeerId, part: &[u8]) -> Option<(Sequence, Option<bool>)> {
+    pub fn send_part(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        part: &[u8],
+    ) -> Option<(Sequence, Option<bool>)> {
         match self {
-            Self::Udp { net, reliable: false, .. } => net
+            Self::Udp {
+                net,
+                reliable: false,
+                ..
+            } => net
                 .endpoint_mut()
                 .send_datagram(now, snapsync::ClientId(peer.0), part)
                 .ok()
@@ -294,7 +328,9 @@ impl ServerLink {
     /// Totals so far.
     pub fn totals(&self) -> LinkTotals {
         match self {
-            Self::Udp { net, extra_invalid, .. } => {
+            Self::Udp {
+                net, extra_invalid, ..
+            } => {
                 let s = net.endpoint().stats();
                 let (inb, outb) = net.conditioners();
                 let (i, o) = (inb.stats(), outb.stats());
@@ -316,7 +352,12 @@ impl ServerLink {
     }
 
     /// One stats line.
-    pub fn stats_line(&self, clients: usize, tick_cost: &DurationHistogram, c: &ConditionerConfig) -> String {
+    pub fn stats_line(
+        &self,
+        clients: usize,
+        tick_cost: &DurationHistogram,
+        c: &ConditionerConfig,
+    ) -> String {
         let t = self.totals();
         let p = tick_cost.percentiles();
         let (kin, kout, loss) = match self {
@@ -333,7 +374,15 @@ impl ServerLink {
                         loss += s.link.loss_pct();
                     }
                 }
-                (kin, kout, if ids.is_empty() { 0.0 } else { loss / ids.len() as f64 })
+                (
+                    kin,
+                    kout,
+                    if ids.is_empty() {
+                        0.0
+                    } else {
+                        loss / ids.len() as f64
+                    },
+                )
             }
             Self::Tcp { .. } => (f64::NAN, f64::NAN, 0.0),
         };
@@ -355,7 +404,9 @@ impl ServerLink {
             Self::Udp { net, .. } => {
                 let _ = net.shutdown().await;
             }
-            Self::Tcp { writers, accept, .. } => {
+            Self::Tcp {
+                writers, accept, ..
+            } => {
                 accept.abort();
                 // Dropping the writers closes each stream after its queued frames.
                 writers.clear();
