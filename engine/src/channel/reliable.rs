@@ -63,6 +63,13 @@ impl SentPart {
     }
 }
 
+/// True when the message of the part at `offset` from the window start ends within `window`.
+fn fits_window(offset: usize, fragment: Option<Fragment>, window: usize) -> bool {
+    let (index, count) = fragment.map_or((0, 1), |f| (usize::from(f.index), usize::from(f.count)));
+    // Parts are queued whole messages at a time, so `index <= offset` always holds.
+    offset.saturating_sub(index) + count <= window
+}
+
 /// What a write did, for stats.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct WriteOutcome {
@@ -135,8 +142,18 @@ impl ReliableSender {
         });
     }
 
+    /// Parts that may be sent: the whole message they belong to lies within the window.
+    ///
+    /// Whole messages, not just parts: the unordered receiver needs every part of a message
+    /// inside its window at once, so a part whose message would overhang the window waits.
     fn in_window(&self) -> impl Iterator<Item = &SentPart> {
-        self.parts.iter().take(self.window)
+        let window = self.window;
+        self.parts
+            .iter()
+            .take(window)
+            .enumerate()
+            .filter(move |(offset, p)| fits_window(*offset, p.fragment, window))
+            .map(|(_, p)| p)
     }
 
     pub(crate) fn wants_to_send(&self, now: Instant, interval: Duration) -> bool {
@@ -160,9 +177,13 @@ impl ReliableSender {
         sent: &mut Vec<(u8, Sequence)>,
     ) -> WriteOutcome {
         let mut outcome = WriteOutcome::default();
-        for part in self.parts.iter_mut().take(self.window) {
+        let window = self.window;
+        for (offset, part) in self.parts.iter_mut().take(window).enumerate() {
             if writer.is_full() {
                 break;
+            }
+            if !fits_window(offset, part.fragment, window) {
+                continue;
             }
             if !part.is_due(now, interval) {
                 continue;
