@@ -73,15 +73,30 @@ proptest! {
         duplicate in 0.0f64..0.2,
         reorder in 0.0f64..0.3,
         jitter_ms in 0u64..40,
+        ack_delay_ms in 0u64..250,
+        small_window: bool,
     ) {
         let model = LinkModel {
             loss,
             duplicate,
             reorder,
             jitter: Duration::from_millis(jitter_ms),
+            // Beyond the resend interval, acks come too late and copies cross on the link.
+            ack_delay: Duration::from_millis(ack_delay_ms),
             ..LinkModel::default()
         };
-        let mut link = Link::new(ChannelsConfig::default(), model, seed);
+        let mut config = ChannelsConfig::default();
+        if small_window {
+            // A window of a few messages, so the sender keeps hitting its edge.
+            for ch in [RO, RU] {
+                let c = &mut config.channels[usize::from(ch)];
+                c.send_window_messages = 8;
+                c.max_message_bytes = 2048;
+            }
+        }
+        let mut link = Link::new(config, model, seed);
+        // The sender only knows an estimate, which may be well off the real round trip.
+        link.rtt = Duration::from_millis(60);
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         const MESSAGES: u32 = 40;
         let mut sent = [0u32; 4];
