@@ -132,6 +132,7 @@ impl Reassembler {
             None => {
                 if self.assemblies.len() >= self.max {
                     // Evict the oldest: a stalled message must not block newer ones.
+                    // Indices come from the range of the vector itself.
                     if let Some(oldest) =
                         (0..self.assemblies.len()).min_by_key(|&i| self.assemblies[i].started)
                     {
@@ -149,6 +150,7 @@ impl Reassembler {
                 self.assemblies.len() - 1
             }
         };
+        // `pos` was just found or just pushed.
         let assembly = &mut self.assemblies[pos];
         if assembly.parts.len() != count {
             return Err(ChannelError::ConflictingFragment);

@@ -308,6 +308,8 @@ impl Channels {
     ///
     /// Returns the bytes written; 0 means no section at all (nothing was due or nothing fit).
     /// The reliable parts written are remembered until [`Channels::on_delivery`] for `seq`.
+    /// Parts are cut to each channel's `packet_budget_bytes`, so a budget smaller than that
+    /// (plus one byte of section header) can leave a channel's full-size parts waiting.
     pub fn write_packet(
         &mut self,
         now: Instant,

@@ -432,11 +432,11 @@ impl ReliableReceiver {
         deliver: &mut impl FnMut(Vec<u8>),
     ) {
         let Some(f) = fragment else {
-            if let Some(Some(Slot::Part(_, payload))) = self.slots.get_mut(offset).map(|s| s.take())
+            if let Some(slot) = self.slots.get_mut(offset)
+                && let Some(Slot::Part(_, payload)) = slot.replace(Slot::Delivered)
             {
                 deliver(payload);
             }
-            self.slots[offset] = Some(Slot::Delivered);
             return;
         };
         // on_record checked that the message's range lies within the window.

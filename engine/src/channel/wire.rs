@@ -130,10 +130,12 @@ impl<'a> Cursor<'a> {
     }
 
     fn u8(&mut self) -> Result<u8, ChannelError> {
+        // `take(1)` returned exactly one byte.
         Ok(self.take(1)?[0])
     }
 
     fn u16(&mut self) -> Result<u16, ChannelError> {
+        // `take(2)` returned exactly two bytes.
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
