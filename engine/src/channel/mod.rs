@@ -447,6 +447,8 @@ impl Channels {
     }
 
     /// The next received message and its channel, in delivery order.
+    ///
+    /// The receive queue is not bounded by the channels: drain it after every input.
     pub fn receive(&mut self) -> Option<(u8, Vec<u8>)> {
         self.inbox.pop_front()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 pub struct ChannelStats {
     /// Messages accepted by `send`.
     pub sent: u64,
-    /// Messages handed to the application by `receive`'s queue.
+    /// Messages delivered to the application's receive queue.
     pub received: u64,
     /// Parts (messages or fragments) written again after their first transmission.
     pub resent: u64,
@@ -17,7 +17,8 @@ pub struct ChannelStats {
     pub bytes_received: u64,
     /// Parts waiting to be sent (unreliable) or to be acked (reliable).
     pub queue_len: usize,
-    /// Send-queue memory in bytes, as charged against `max_memory_bytes`.
+    /// Send-queue memory in bytes, as charged against `max_memory_bytes`: payload plus one
+    /// part record per queued part (the queue's spare capacity is not counted).
     pub memory_bytes: usize,
     /// Age of the oldest part not yet acked (reliable) or not yet sent (unreliable), measured
     /// at the latest `now` given to any input.
