@@ -38,7 +38,8 @@ pub const DEFAULT_SEND_WINDOW_MESSAGES: usize = 1024;
 /// Largest allowed send window; far below half the u16 id space so wrapping ids stay unambiguous.
 pub const MAX_SEND_WINDOW_MESSAGES: usize = 16 * 1024;
 
-/// Default per-channel send-queue memory for reliable channels, in bytes (4 max-size messages).
+/// Default per-channel send-queue memory for reliable channels, in bytes (three 256 KiB
+/// messages with their 908 part records of 96 bytes each).
 pub const DEFAULT_RELIABLE_MEMORY_BYTES: usize = 1024 * 1024;
 
 /// Default per-channel send-queue memory for unreliable channels, in bytes.
