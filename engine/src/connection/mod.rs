@@ -172,7 +172,7 @@ pub struct Transmit {
 }
 
 /// Why a send was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Not connected (yet, or any more).
     #[error("not connected")]
