@@ -1,1 +1,301 @@
-fn main() {}
+//! `demo-client`: headless snapsync clients, and `compare`, the udp-vs-stream showdown.
+
+mod compare;
+mod report;
+mod session;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use demo_server::cli::{ConditionerArgs, Transport, describe};
+use demo_server::scene::SceneKind;
+use snapsync::conditioner::ConditionerConfig;
+
+/// Headless game clients: each its own UDP socket (or TCP stream), a bot sending inputs,
+/// snapshot decoding and interpolation, and the measurements that show what the transport
+/// costs in freshness.
+#[derive(Debug, Parser)]
+#[command(name = "demo-client", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Host servers in-process and run udp, udp-reliable and tcp under the same conditions;
+    /// print one table, write compare.csv, compare.json and update_gap.svg.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7777")]
+    server: SocketAddr,
+    /// Number of clients, each with its own socket and bot.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    clients: usize,
+    /// Transport; must match the server's.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// Seconds to play.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    duration: f64,
+    /// Client frames (and inputs) per second.
+    #[arg(long, value_name = "HZ", default_value_t = 60.0)]
+    frame_rate: f64,
+    /// Print a stats line per client every SECS (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    stats_interval: f64,
+    /// Write a JSON summary at exit to PATH (`-` for stdout).
+    #[arg(long, value_name = "PATH|-")]
+    json: Option<String>,
+    #[command(flatten)]
+    conditioner: ConditionerArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// Ticks (and snapshots) per second.
+    #[arg(long, value_name = "HZ", default_value_t = 60.0)]
+    tick_rate: f64,
+    /// Clients per transport.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    clients: usize,
+    /// Seconds per transport.
+    #[arg(long, value_name = "SECS", default_value_t = 20.0)]
+    duration: f64,
+    /// Directory for compare.csv, compare.json and update_gap.svg.
+    #[arg(long, value_name = "DIR", default_value = "compare-out")]
+    out: std::path::PathBuf,
+    /// Scene to replicate.
+    #[arg(long, default_value = "arena")]
+    scene: SceneKind,
+    /// Transports to run (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "udp,udp-reliable,tcp"
+    )]
+    transports: Vec<Transport>,
+    /// Link simulation, once per direction. With no flag: 5% loss, 40 ms latency.
+    #[command(flatten)]
+    conditioner: ConditionerArgs,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    if !v.is_finite() || v < 0.0 || v > 1e7 {
+        return Err(format!(
+            "--{flag} must be a number of seconds >= 0 (got {v})"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn rate(flag: &str, v: f64) -> Result<f64, String> {
+    if !(1.0..=1000.0).contains(&v) {
+        return Err(format!("--{flag} must be 1..=1000 Hz (got {v})"));
+    }
+    Ok(v)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo-client: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Compare(args)) => runtime.block_on(run_compare(args)),
+        None => runtime.block_on(run_clients(cli.run)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo-client: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &str, value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    if path == "-" {
+        println!("{text}");
+        Ok(())
+    } else {
+        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {path}: {e}"))
+    }
+}
+
+async fn run_clients(args: RunArgs) -> Result<(), String> {
+    if args.clients == 0 || args.clients > 4096 {
+        return Err(format!("--clients must be 1..=4096 (got {})", args.clients));
+    }
+    let conditioner = args.conditioner.to_config()?;
+    let duration = seconds("duration", args.duration)?;
+    let frame_rate = rate("frame-rate", args.frame_rate)?;
+    let stats = seconds("stats-interval", args.stats_interval)?;
+    let quiet = args.json.as_deref() == Some("-");
+    if !quiet {
+        println!(
+            "demo-client: {} client(s) to {} over {}, {} s, conditioner {}",
+            args.clients,
+            args.server,
+            args.transport,
+            duration.as_secs_f64(),
+            describe(&conditioner)
+        );
+    }
+    let mut tasks = Vec::new();
+    for i in 0..args.clients {
+        let opts = session::SessionOptions {
+            server: args.server,
+            transport: args.transport,
+            duration,
+            frame_rate,
+            conditioner: conditioner.clone(),
+            seed: args
+                .conditioner
+                .seed
+                .wrapping_mul(1000)
+                .wrapping_add(i as u64),
+            stats_interval: (!quiet && !stats.is_zero()).then_some(stats),
+            label: format!("client {i}"),
+        };
+        tasks.push(tokio::spawn(session::run(opts)));
+    }
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e.to_string());
+                reports.push(report::ClientReport::default());
+            }
+            Err(e) => return Err(format!("client task failed: {e}")),
+        }
+    }
+    if reports.iter().all(|r| !r.connected) {
+        return Err(first_error.unwrap_or_else(|| "no client connected".into()));
+    }
+    let summary = report::summary(args.transport.name(), duration.as_secs_f64(), &reports);
+    if let Some(path) = &args.json {
+        write_json(path, &summary)?;
+    }
+    if !quiet {
+        let rows: Vec<(String, report::ClientReport)> = reports
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("client {i}"), r.clone()))
+            .chain(std::iter::once((
+                "all".to_string(),
+                report::aggregate(&reports),
+            )))
+            .collect();
+        print!("{}", report::table(&rows));
+    }
+    if let Some(e) = first_error {
+        return Err(format!("some clients failed: {e}"));
+    }
+    Ok(())
+}
+
+async fn run_compare(args: CompareArgs) -> Result<(), String> {
+    let mut conditioner = if args.conditioner.any() {
+        args.conditioner.to_config()?
+    } else {
+        ConditionerConfig {
+            loss_pct: 5.0,
+            latency: Duration::from_millis(40),
+            enabled: true,
+            ..ConditionerConfig::off()
+        }
+    };
+    conditioner.validate().map_err(|e| e.to_string())?;
+    conditioner.enabled = true;
+    if args.clients == 0 || args.clients > 256 {
+        return Err(format!("--clients must be 1..=256 (got {})", args.clients));
+    }
+    let opts = compare::CompareOptions {
+        conditioner: conditioner.clone(),
+        tick_rate: rate("tick-rate", args.tick_rate)?,
+        clients: args.clients,
+        duration: seconds("duration", args.duration)?,
+        out: args.out.clone(),
+        scene: args.scene,
+        seed: args.conditioner.seed,
+        transports: args.transports.clone(),
+    };
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let rows = compare::run(&opts).await?;
+    let title = format!(
+        "update gaps at {} Hz, {} (each direction), {} clients",
+        opts.tick_rate,
+        describe(&conditioner),
+        opts.clients
+    );
+    println!("{title}");
+    print!("{}", compare::render_table(&rows));
+    let csv_path = opts.out.join("compare.csv");
+    std::fs::write(&csv_path, compare::csv(&rows))
+        .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
+    let summaries: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            report::summary(
+                r.transport.name(),
+                opts.duration.as_secs_f64(),
+                std::slice::from_ref(&r.report),
+            )
+        })
+        .collect();
+    write_json(&opts.out.join("compare.json").to_string_lossy(), &summaries)?;
+    let svg = opts.out.join("update_gap.svg");
+    compare::plot(&rows, &svg, &title)?;
+    if let [udp, rel, ..] = rows.as_slice() {
+        let (a, b) = (
+            udp.report.update_gap.quantile_ms(0.99),
+            rel.report.update_gap.quantile_ms(0.99),
+        );
+        if a > 0.0 && udp.transport == Transport::Udp && rel.transport == Transport::UdpReliable {
+            println!(
+                "p99 update gap: {} {:.1} ms vs {} {:.1} ms ({:.1}x)",
+                udp.transport,
+                a,
+                rel.transport,
+                b,
+                b / a
+            );
+        }
+    }
+    println!(
+        "wrote {}, {} and {}",
+        csv_path.display(),
+        opts.out.join("compare.json").display(),
+        svg.display()
+    );
+    Ok(())
+}

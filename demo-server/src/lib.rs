@@ -5,6 +5,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
+pub mod game;
 pub mod metrics;
 pub mod protocol;
 pub mod scene;

@@ -47,6 +47,9 @@ pub struct InputMsg {
     pub newest: u32,
     /// Newest last; at most [`INPUT_REDUNDANCY`] + 1.
     pub inputs: Vec<PlayerInput>,
+    /// The client could not decode a snapshot against the baseline the server chose (e.g.
+    /// parts that arrived before the welcome): send the next snapshot in full.
+    pub resync: bool,
 }
 
 impl InputMsg {
@@ -103,6 +106,7 @@ mod tests {
         let msg = InputMsg {
             newest: 10,
             inputs: vec![input(0.1), input(0.2), input(0.3)],
+            resync: false,
         };
         let bytes = snapsync::codec::encode(&msg).unwrap();
         let back = InputMsg::decode(&bytes).unwrap();
@@ -118,11 +122,13 @@ mod tests {
         let too_many = InputMsg {
             newest: 1,
             inputs: vec![input(0.0); INPUT_REDUNDANCY + 2],
+            resync: false,
         };
         assert!(InputMsg::decode(&snapsync::codec::encode(&too_many).unwrap()).is_none());
         let wild = InputMsg {
             newest: 1,
             inputs: vec![input(f32::NAN)],
+            resync: false,
         };
         assert!(InputMsg::decode(&snapsync::codec::encode(&wild).unwrap()).is_none());
     }

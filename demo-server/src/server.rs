@@ -1,22 +1,18 @@
 //! The demo server: a fixed-tick authoritative simulation replicated to every client.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use snapsync::conditioner::ConditionerConfig;
-use snapsync::snapshot::{
-    EntityId, EntityState, QuantizeConfig, QuantizedWorld, SenderConfig, SnapshotSender, Tick,
-    Transform, World,
-};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::{CONSOLE_HELP, ConsoleCommand, Transport, describe};
+use crate::game::{GameOptions, GameServer};
 use crate::metrics::DurationHistogram;
-use crate::protocol::{InputMsg, Welcome, unix_micros_now};
-use crate::scene::{Scene, SceneKind, build_scene};
-use crate::transport::{LinkEvent, PeerId, ServerLink};
+use crate::protocol::unix_micros_now;
+use crate::scene::SceneKind;
+use crate::transport::{LinkEvent, ServerLink};
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -172,49 +168,6 @@ pub enum ServerError {
     Options(String),
 }
 
-/// The quantization both sides use for a scene: a box that fits it, 1/512 m steps.
-pub fn quantize_config(scene: SceneKind) -> QuantizeConfig {
-    let base = QuantizeConfig::default();
-    match scene {
-        // The field fits ±256 m across and 64 m up: 18 + 18 + 15 bits for a full position.
-        SceneKind::Cubes => QuantizeConfig {
-            position_min: glam::Vec3::new(-256.0, -1.0, -256.0),
-            position_max: glam::Vec3::new(256.0, 63.0, 256.0),
-            ..base
-        },
-        SceneKind::Arena => base,
-    }
-}
-
-/// Whether snapshots of this scene carry velocity (used by client extrapolation). The
-/// cubes scene is the bandwidth yardstick of the literature, which sends none.
-pub fn sends_velocity(scene: SceneKind) -> bool {
-    matches!(scene, SceneKind::Arena)
-}
-
-/// Running sums of what the snapshot senders produced, kept across departures.
-#[derive(Debug, Default)]
-struct SnapshotTotals {
-    bytes: u64,
-    snapshots: u64,
-    full_snapshots: u64,
-    entities_sent: u64,
-}
-
-impl SnapshotTotals {
-    fn add(&mut self, s: &snapsync::snapshot::SenderStats) {
-        self.bytes += s.bytes;
-        self.snapshots += s.snapshots;
-        self.full_snapshots += s.full_snapshots;
-        self.entities_sent += s.entities_sent;
-    }
-}
-
-struct Peer {
-    sender: SnapshotSender,
-    applied_input: Option<u32>,
-}
-
 /// Run the server until `duration`, `quit`, or [`Control::Shutdown`]. `ready` receives
 /// the bound address once clients may connect.
 pub async fn run(
@@ -234,7 +187,19 @@ pub async fn run(
             opts.tick_rate, opts.send_rate
         )));
     }
-    let quantize = quantize_config(opts.scene);
+    let tick0_unix_micros = unix_micros_now();
+    let mut game = GameServer::new(
+        GameOptions {
+            scene: opts.scene,
+            entities: opts.entities,
+            tick_rate: opts.tick_rate,
+            send_rate: opts.send_rate,
+            budget_bytes: opts.budget_bytes,
+            seed: opts.seed,
+        },
+        tick0_unix_micros,
+    )
+    .map_err(ServerError::Options)?;
     let mut link = ServerLink::bind(&opts).await?;
     let local = link.local_addr();
     if let Some(ready) = ready {
@@ -247,7 +212,7 @@ pub async fn run(
         }
     };
     say(format!(
-        "demo-server: {} on {local}, scene {} , {} Hz tick, {} Hz send, conditioner {}",
+        "demo-server: {} on {local}, scene {}, {} Hz tick, {} Hz send, conditioner {}",
         opts.transport,
         opts.scene,
         opts.tick_rate,
@@ -255,43 +220,26 @@ pub async fn run(
         describe(&conditioner)
     ));
 
-    let mut scene: Box<dyn Scene> = build_scene(opts.scene, opts.entities, opts.seed);
-    let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
-    let dt = period.as_secs_f32();
-    let send_every = opts.tick_rate / opts.send_rate;
-    let tick0_unix_micros = unix_micros_now();
+    let period = game.period();
     let start = Instant::now();
     let start_tokio = tokio::time::Instant::now();
     let deadline = opts.duration.map(|d| start_tokio + d);
-
-    let mut peers: BTreeMap<PeerId, Peer> = BTreeMap::new();
-    let mut snap_totals = SnapshotTotals::default();
     let mut tick_cost = DurationHistogram::new();
-    let mut summary = ServerSummary {
-        transport: opts.transport.name().into(),
-        scene: opts.scene.to_string(),
-        tick_rate: opts.tick_rate,
-        send_rate: opts.send_rate,
-        ..ServerSummary::default()
-    };
-    let mut prev_world: Option<QuantizedWorld> = None;
-    let mut changed_sum = 0.0f64;
-    let mut changed_samples = 0u64;
-    let mut next_send = 0.0f64;
+    let mut clients_peak = 0u64;
     let mut next_stats = opts.stats_interval.map(|i| start_tokio + i);
-    let mut tick: u32 = 0;
 
     'ticks: loop {
-        let next_tick = start_tokio + period.mul_f64(f64::from(tick) + 1.0);
+        // Tick n runs at start + n periods: the schedule never drifts; a late tick runs
+        // at once and the next keeps its slot.
+        let next_tick = start_tokio + period.mul_f64(f64::from(game.ticks()) + 1.0);
         link.drive_until(next_tick).await?;
-        tick += 1;
 
         while let Ok(c) = control.try_recv() {
             match c {
                 Control::Shutdown | Control::Console(ConsoleCommand::Quit) => break 'ticks,
                 Control::Console(ConsoleCommand::Help) => say(CONSOLE_HELP.to_string()),
                 Control::Console(ConsoleCommand::Stats) => {
-                    say(link.stats_line(peers.len(), &tick_cost, &conditioner))
+                    say(link.stats_line(game.player_count(), &tick_cost, &conditioner))
                 }
                 Control::Console(cmd) => match cmd.apply(&conditioner) {
                     Some(Ok(new)) => {
@@ -306,120 +254,33 @@ pub async fn run(
         }
 
         let work_start = Instant::now();
-        let now = work_start;
         for event in link.poll_events() {
             match event {
                 LinkEvent::Joined(peer) => {
-                    let avatar = scene.add_player(peer.0);
-                    let sender = SnapshotSender::new(SenderConfig {
-                        quantize,
-                        ..SenderConfig::default()
-                    });
-                    let sender = match sender {
-                        Ok(s) => s,
-                        Err(e) => return Err(ServerError::Options(e.to_string())),
-                    };
-                    peers.insert(
-                        peer,
-                        Peer {
-                            sender,
-                            applied_input: None,
-                        },
-                    );
-                    let welcome = Welcome {
-                        tick_rate: opts.tick_rate,
-                        send_rate: opts.send_rate,
-                        tick0_unix_micros,
-                        avatar: Some(avatar),
-                        scene: opts.scene.to_string(),
-                    };
-                    link.send_welcome(now, peer, &welcome);
-                    summary.clients_peak = summary.clients_peak.max(peers.len() as u64);
+                    let welcome = game.join(peer);
+                    link.send_welcome(work_start, peer, &welcome);
+                    clients_peak = clients_peak.max(game.player_count() as u64);
                 }
                 LinkEvent::Left(peer, reason) => {
-                    scene.remove_player(peer.0);
-                    if let Some(p) = peers.remove(&peer) {
-                        snap_totals.add(&p.sender.stats());
-                    }
+                    game.leave(peer);
                     say(format!("client {} left: {reason}", peer.0));
                 }
                 LinkEvent::Input(peer, bytes) => {
-                    let Some(p) = peers.get_mut(&peer) else {
-                        continue;
-                    };
-                    let Some(msg) = InputMsg::decode(&bytes) else {
+                    if !game.input(peer, &bytes) {
                         link.count_invalid();
-                        continue;
-                    };
-                    let mut newest = p.applied_input;
-                    for (num, input) in msg.unseen(p.applied_input) {
-                        scene.apply_input(peer.0, &input.sanitized());
-                        newest = Some(num);
-                    }
-                    p.applied_input = newest;
-                }
-                LinkEvent::Delivery(peer, seq, acked) => {
-                    if let Some(p) = peers.get_mut(&peer) {
-                        p.sender.on_delivery(seq, acked);
                     }
                 }
+                LinkEvent::Delivery(peer, seq, acked) => game.delivery(peer, seq, acked),
             }
         }
-
-        scene.step(dt);
-
-        if f64::from(tick) >= next_send {
-            next_send += send_every;
-            let mut world = World::new();
-            let velocity = sends_velocity(opts.scene);
-            for b in scene.bodies() {
-                world.insert(
-                    EntityId(b.id),
-                    EntityState::new(Transform {
-                        position: b.position,
-                        rotation: b.rotation,
-                        velocity: velocity.then_some(b.velocity),
-                    }),
-                );
-            }
-            let qworld = QuantizedWorld::from_world(&world, &quantize);
-            if let Some(prev) = &prev_world {
-                let changed = qworld
-                    .iter()
-                    .filter(|(id, e)| prev.get(*id) != Some(*e))
-                    .count();
-                if !qworld.is_empty() {
-                    changed_sum += changed as f64 / qworld.len() as f64;
-                    changed_samples += 1;
-                }
-            }
-            for (peer, p) in peers.iter_mut() {
-                match p.sender.build(Tick(tick), &qworld, opts.budget_bytes) {
-                    Ok(parts) => {
-                        for (i, part) in parts.iter().enumerate() {
-                            if let Some((seq, delivered)) = link.send_part(now, *peer, part) {
-                                p.sender.on_part_sent(Tick(tick), i, seq);
-                                if let Some(acked) = delivered {
-                                    // Streams deliver everything they accept, in order:
-                                    // the part counts as acked once handed over.
-                                    p.sender.on_delivery(seq, acked);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "snapshot build failed"),
-                }
-            }
-            summary.entities = qworld.len() as u64;
-            prev_world = Some(qworld);
-        }
+        game.tick(&mut |peer, part| link.send_part(work_start, peer, part));
         link.flush();
         tick_cost.record(work_start.elapsed());
 
         let t = tokio::time::Instant::now();
         if let Some(ns) = next_stats {
             if t >= ns {
-                say(link.stats_line(peers.len(), &tick_cost, &conditioner));
+                say(link.stats_line(game.player_count(), &tick_cost, &conditioner));
                 next_stats = opts.stats_interval.map(|i| ns + i);
             }
         }
@@ -430,42 +291,44 @@ pub async fn run(
 
     link.shutdown().await;
     let elapsed = start.elapsed().as_secs_f64();
-    summary.ticks = u64::from(tick);
-    summary.duration_s = elapsed;
-    summary.achieved_tick_rate = if elapsed > 0.0 {
-        f64::from(tick) / elapsed
-    } else {
-        0.0
-    };
+    let ticks = game.ticks();
     let p = tick_cost.percentiles();
-    summary.tick_cost_us = TickCost {
-        p50: p.p50 * 1000.0,
-        p99: p.p99 * 1000.0,
-        max: p.max * 1000.0,
-    };
-    summary.tick_cost_p99_pct_of_period = p.p99 / 1000.0 / period.as_secs_f64() * 100.0;
-    summary.changed_pct = if changed_samples > 0 {
-        changed_sum / changed_samples as f64 * 100.0
-    } else {
-        0.0
-    };
     let totals = link.totals();
-    summary.kbps_out = totals.wire_bytes_out as f64 * 8.0 / 1000.0 / elapsed.max(1e-9);
-    summary.kbps_in = totals.wire_bytes_in as f64 * 8.0 / 1000.0 / elapsed.max(1e-9);
-    summary.packets_in = totals.packets_in;
-    summary.packets_out = totals.packets_out;
-    summary.invalid_packets = totals.invalid_packets;
-    summary.conditioner = totals.conditioner;
-    for p in peers.values() {
-        snap_totals.add(&p.sender.stats());
-    }
-    summary.snapshot_bytes = snap_totals.bytes;
-    summary.snapshots = snap_totals.snapshots;
-    summary.full_snapshots = snap_totals.full_snapshots;
-    summary.bits_per_changed_entity = if snap_totals.entities_sent > 0 {
-        snap_totals.bytes as f64 * 8.0 / snap_totals.entities_sent as f64
-    } else {
-        0.0
-    };
-    Ok(summary)
+    let snaps = game.snapshot_totals();
+    Ok(ServerSummary {
+        transport: opts.transport.name().into(),
+        scene: opts.scene.to_string(),
+        ticks: u64::from(ticks),
+        tick_rate: opts.tick_rate,
+        achieved_tick_rate: if elapsed > 0.0 {
+            f64::from(ticks) / elapsed
+        } else {
+            0.0
+        },
+        send_rate: opts.send_rate,
+        tick_cost_us: TickCost {
+            p50: p.p50 * 1000.0,
+            p99: p.p99 * 1000.0,
+            max: p.max * 1000.0,
+        },
+        tick_cost_p99_pct_of_period: p.p99 / 1000.0 / period.as_secs_f64() * 100.0,
+        clients_peak,
+        kbps_out: totals.wire_bytes_out as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
+        kbps_in: totals.wire_bytes_in as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
+        packets_in: totals.packets_in,
+        packets_out: totals.packets_out,
+        invalid_packets: totals.invalid_packets,
+        conditioner: totals.conditioner,
+        entities: game.entities() as u64,
+        changed_pct: game.changed_pct(),
+        bits_per_changed_entity: if snaps.entities_sent > 0 {
+            snaps.bytes as f64 * 8.0 / snaps.entities_sent as f64
+        } else {
+            0.0
+        },
+        snapshot_bytes: snaps.bytes,
+        snapshots: snaps.snapshots,
+        full_snapshots: snaps.full_snapshots,
+        duration_s: elapsed,
+    })
 }

@@ -58,6 +58,8 @@ pub struct SenderStats {
     pub despawns_sent: u64,
     /// Bits of the entity payloads (fields only, no headers or indices).
     pub entity_payload_bits: u64,
+    /// Times [`SnapshotSender::reset_baseline`] was called.
+    pub resets: u64,
     /// Entities that differed from the baseline but waited for budget (summed over ticks).
     pub entities_deferred: u64,
     /// Entities too large to fit in any part (never sent).
@@ -140,6 +142,19 @@ impl SnapshotSender {
     /// The newest tick the client holds in full, and the world it holds for it.
     pub fn acked_baseline(&self) -> Option<(Tick, &QuantizedWorld)> {
         self.acked.as_ref().map(|(t, w)| (*t, w))
+    }
+
+    /// Forget the acked baseline and every tick still awaiting acks, so the next snapshot is
+    /// a full one.
+    ///
+    /// For when the client says it cannot decode: an ack proves a packet arrived, not that
+    /// the receiver could use it (e.g. parts that beat the application's own setup). Ticks
+    /// sent before the reset can no longer become baselines, even if acked later.
+    pub fn reset_baseline(&mut self) {
+        self.acked = None;
+        self.ring.clear();
+        self.part_of_seq.clear();
+        self.stats.resets += 1;
     }
 
     /// Scale how fast `id` gains priority for this client (e.g. by distance to the player).
@@ -449,5 +464,64 @@ impl SnapshotSender {
             let oldest = self.ring.front().map_or(now, |s| s.tick);
             self.part_of_seq.retain(|_, (t, _)| *t >= oldest);
         }
+    }
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+    use crate::snapshot::{EntityId, EntityState, Transform, World};
+
+    fn world(x: f32) -> QuantizedWorld {
+        let mut w = World::new();
+        for i in 0..10 {
+            w.insert(
+                EntityId(i),
+                EntityState::new(Transform {
+                    position: glam::Vec3::new(x + i as f32, 0.0, 0.0),
+                    rotation: glam::Quat::IDENTITY,
+                    velocity: None,
+                }),
+            );
+        }
+        QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn reset_forces_a_full_snapshot_and_ignores_late_acks() {
+        let mut s = SnapshotSender::new(SenderConfig::default()).unwrap();
+        let mut seq = Sequence(0);
+        let mut send = |s: &mut SnapshotSender, tick: u32, x: f32| -> Vec<Sequence> {
+            let parts = s.build(Tick(tick), &world(x), 8800).unwrap();
+            (0..parts.len())
+                .map(|i| {
+                    let q = seq;
+                    seq = seq.next();
+                    s.on_part_sent(Tick(tick), i, q);
+                    q
+                })
+                .collect()
+        };
+        let first = send(&mut s, 1, 0.0);
+        for q in &first {
+            s.on_delivery(*q, true);
+        }
+        assert_eq!(s.acked_baseline().map(|(t, _)| t), Some(Tick(1)));
+        let in_flight = send(&mut s, 2, 1.0);
+        s.reset_baseline();
+        assert!(s.acked_baseline().is_none());
+        // A tick sent before the reset, acked after it, must not become the baseline.
+        for q in &in_flight {
+            s.on_delivery(*q, true);
+        }
+        assert!(s.acked_baseline().is_none());
+        let before = s.stats().full_snapshots;
+        send(&mut s, 3, 2.0);
+        assert_eq!(
+            s.stats().full_snapshots,
+            before + 1,
+            "the next snapshot is full"
+        );
+        assert_eq!(s.stats().resets, 1);
     }
 }
