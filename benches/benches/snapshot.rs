@@ -43,7 +43,11 @@ fn step(w: &World, rng: &mut ChaCha8Rng) -> World {
         if rng.random_bool(0.1) {
             // The id comes from iterating `w`, so out has it.
             let s = out.get_mut(id).expect("id from the same world");
-            let v = Vec3::new(rng.random_range(-5.0..5.0), 0.0, rng.random_range(-5.0..5.0));
+            let v = Vec3::new(
+                rng.random_range(-5.0..5.0),
+                0.0,
+                rng.random_range(-5.0..5.0),
+            );
             s.transform.position += v / 60.0 * 4.0;
             s.transform.rotation *= Quat::from_rotation_y(rng.random_range(-0.05..0.05));
             s.transform.velocity = Some(v);
@@ -100,11 +104,10 @@ fn bench_snapshot(c: &mut Criterion) {
     let fixtures: Vec<(u32, Fixture)> = SIZES.iter().map(|&n| (n, fixture(n))).collect();
     for (n, f) in &fixtures {
         let bytes: usize = f.parts.iter().map(Vec::len).sum();
-        let changed = f
-            .q1
-            .iter()
-            .filter(|(id, e)| f.q0.get(*id) != Some(e))
-            .count();
+        let changed =
+            f.q1.iter()
+                .filter(|(id, e)| f.q0.get(*id) != Some(e))
+                .count();
         println!(
             "snapshot n={n}: {changed} changed, {} parts, {bytes} bytes, {:.1} bits per changed entity",
             f.parts.len(),

@@ -87,7 +87,11 @@ pub struct SnapshotReceiver {
     config: ReceiverConfig,
     composites: BTreeMap<Tick, QuantizedWorld>,
     pending: BTreeMap<Tick, PendingTick>,
-    live: BTreeMap<EntityId, QuantizedEntity>,
+    /// The live view is `live_base` with `live_overlay` on top: completing the newest tick
+    /// swaps in its composite (one `Arc` clone) instead of copying every entity.
+    live_base: QuantizedWorld,
+    /// Changes from parts of ticks newer than `live_base`: `None` = despawned.
+    live_overlay: BTreeMap<EntityId, Option<QuantizedEntity>>,
     newest: Option<(Tick, Instant)>,
     stats: ReceiverStats,
 }
@@ -106,7 +110,8 @@ impl SnapshotReceiver {
             config,
             composites: BTreeMap::new(),
             pending: BTreeMap::new(),
-            live: BTreeMap::new(),
+            live_base: QuantizedWorld::default(),
+            live_overlay: BTreeMap::new(),
             newest: None,
             stats: ReceiverStats::default(),
         })
@@ -124,24 +129,32 @@ impl SnapshotReceiver {
 
     /// The live view: the newest known state of every entity, by id.
     pub fn live(&self) -> impl Iterator<Item = (EntityId, &QuantizedEntity)> {
-        self.live.iter().map(|(id, e)| (*id, e))
+        LiveIter {
+            base: self.live_base.entities().iter().peekable(),
+            overlay: self.live_overlay.iter().peekable(),
+        }
     }
 
     /// The live view as a quantized world.
     pub fn live_world(&self) -> QuantizedWorld {
+        if self.live_overlay.is_empty() {
+            return self.live_base.clone();
+        }
         QuantizedWorld::from_entities(self.live().map(|(id, e)| (id, e.clone())))
     }
 
     /// One entity of the live view.
     pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
-        self.live.get(&id)
+        match self.live_overlay.get(&id) {
+            Some(change) => change.as_ref(),
+            None => self.live_base.get(id),
+        }
     }
 
     /// The live view dequantized, by id (what an [`super::InterpolationBuffer`] takes).
     pub fn transforms(&self) -> Vec<(EntityId, Transform)> {
-        self.live
-            .iter()
-            .map(|(id, e)| (*id, self.config.quantize.dequantize(&e.transform)))
+        self.live()
+            .map(|(id, e)| (id, self.config.quantize.dequantize(&e.transform)))
             .collect()
     }
 
@@ -244,17 +257,13 @@ impl SnapshotReceiver {
             }
             match &composite {
                 // The newest tick is complete: it is the whole world at that tick.
-                Some(c) => self.live = c.iter().map(|(id, e)| (id, e.clone())).collect(),
+                Some(c) => {
+                    self.live_base = c.clone();
+                    self.live_overlay.clear();
+                }
                 None => {
                     for (id, change) in &changes {
-                        match change {
-                            Some(e) => {
-                                self.live.insert(*id, e.clone());
-                            }
-                            None => {
-                                self.live.remove(id);
-                            }
-                        }
+                        self.live_overlay.insert(*id, change.clone());
                     }
                 }
             }
@@ -282,5 +291,47 @@ impl SnapshotReceiver {
         let keep = |t: &Tick| newest.0.saturating_sub(t.0) < ring;
         self.composites.retain(|t, _| keep(t));
         self.pending.retain(|t, _| keep(t));
+    }
+}
+
+/// Merges the live base world with the overlay, both sorted by id.
+struct LiveIter<'a, B, O>
+where
+    B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
+    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+{
+    base: std::iter::Peekable<B>,
+    overlay: std::iter::Peekable<O>,
+}
+
+impl<'a, B, O> Iterator for LiveIter<'a, B, O>
+where
+    B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
+    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+{
+    type Item = (EntityId, &'a QuantizedEntity);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let next_base = self.base.peek().map(|(id, _)| *id);
+            let next_over = self.overlay.peek().map(|(id, _)| **id);
+            match (next_base, next_over) {
+                (None, None) => return None,
+                (Some(b), o) if o.is_none_or(|o| b < o) => {
+                    return self.base.next().map(|(id, e)| (*id, e));
+                }
+                (b, Some(o)) => {
+                    // The overlay entry replaces a base entry with the same id.
+                    if b == Some(o) {
+                        self.base.next();
+                    }
+                    if let Some((id, Some(e))) = self.overlay.next() {
+                        return Some((*id, e));
+                    }
+                }
+                // (Some, None) is covered by the first arm.
+                (Some(_), None) => return self.base.next().map(|(id, e)| (*id, e)),
+            }
+        }
     }
 }

@@ -710,3 +710,37 @@ fn cubes_scene_bits_per_changed_entity() {
     );
     assert!(per_entity_wire < 80.0, "{per_entity_wire}");
 }
+
+#[test]
+fn bit_flipped_parts_never_panic_and_errors_leave_the_world_alone() {
+    let cfg = QuantizeConfig::default();
+    let mut r = rng(11);
+    let w0 = random_world(&mut r, 80);
+    let q0 = QuantizedWorld::from_world(&w0, &cfg);
+    let q1 = QuantizedWorld::from_world(&evolve(&mut r, &w0, 0.4), &cfg);
+    let mut s = sender(400);
+    let mut rx = receiver();
+    let mut seq = Sequence(0);
+    sync_fully(&mut s, &mut rx, Instant::now(), Tick(1), &q0, &mut seq);
+    let parts = s.build(Tick(2), &q1, 100_000).unwrap();
+    let before = rx.live_world();
+    let mut rejected = 0;
+    for _ in 0..3000 {
+        let mut p = parts[r.random_range(0..parts.len())].clone();
+        for _ in 0..r.random_range(1..4) {
+            let bit = r.random_range(0..p.len() * 8);
+            p[bit / 8] ^= 1 << (bit % 8);
+        }
+        if r.random_bool(0.2) {
+            p.truncate(r.random_range(0..p.len()));
+        }
+        let mut victim = rx.clone();
+        if victim.read_part(Instant::now(), &p).is_err() {
+            rejected += 1;
+            assert_eq!(victim.live_world(), before);
+            assert_eq!(victim.stats().parts_applied, rx.stats().parts_applied);
+        }
+    }
+    // Most corruptions are caught by the range and length checks alone.
+    assert!(rejected > 1000, "{rejected}");
+}
