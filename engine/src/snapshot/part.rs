@@ -4,6 +4,37 @@
 //! A part decodes on its own against its baseline; parts of one tick carry disjoint entities.
 //! Decoding never trusts a count: every count is checked against the bits left and the
 //! baseline's size before anything is read or allocated.
+//!
+//! Layout (a bit stream, least-significant bit first; `varint(k)` = groups of k bits, low
+//! group first, each followed by a 1-bit "more" flag):
+//!
+//! ```text
+//! tick                      32
+//! has_baseline               1
+//!   tick - baseline - 1      varint(7)            only if has_baseline
+//! part_index                 8
+//! part_count - 1             8
+//! update_count               varint(7)
+//!   mode                     1                    only if update_count > 0
+//!   mode 0: update_count × baseline-index gap     varint(4) (first: the index itself,
+//!                                                 then index − previous − 1)
+//!   mode 1: first index varint(4), span − update_count varint(7), span changed-bits
+//!   update_count × entity delta vs its baseline entity, in index order
+//! despawn_count              varint(7)
+//!   despawn_count × baseline-index gap            varint(4)
+//! spawn_count                varint(7)
+//!   spawn_count × (id gap varint(6), entity delta vs the all-zero entity)
+//! zero padding to the byte   0..=7 (8 or more left over is an error)
+//!
+//! entity delta:
+//!   position changed 1, then per axis: class 2 (0 same, 1 zig-zag 6, 2 zig-zag 11,
+//!                                               3 absolute position_bits)
+//!   rotation changed 1, then small 1: 3 × zig-zag 6 (same largest component)
+//!                           or: largest 2 + 3 × rotation_bits
+//!   velocity changed 1, then present 1, then per axis: class 2 (zig-zag 4 / 8 / absolute
+//!                       velocity_bits), against the old velocity or zero
+//!   component changed 1, then present 1, then length varint(7) + bytes × 8
+//! ```
 
 use super::SnapshotError;
 use super::bits::{BitReader, BitSink, varint_bits};

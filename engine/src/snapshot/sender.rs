@@ -406,7 +406,8 @@ impl SnapshotSender {
     /// The packet numbered `seq` was acknowledged (`acked`) or declared lost.
     ///
     /// When every part of a tick is acknowledged, that tick becomes the baseline for the
-    /// next snapshots (if it is newer than the current one).
+    /// next snapshots (if it is newer than the current one). Call exactly once per packet,
+    /// and only acknowledge packets whose part was given to the client's receiver.
     pub fn on_delivery(&mut self, seq: Sequence, acked: bool) {
         let Some((tick, index)) = self.part_of_seq.remove(&seq) else {
             return;
