@@ -155,7 +155,8 @@ impl SnapshotSender {
     /// Encode `world` at `tick` for this client within about `budget_bytes`.
     ///
     /// Returns the parts (at least one, each ≤ `max_part_bytes`), to be sent one per
-    /// datagram; report each with [`Self::on_part_sent`]. The entity with the highest
+    /// datagram; report each with [`Self::on_part_sent`]. Index costs are estimated before
+    /// packing, so the total may miss the budget by a few bits per entity. The entity with the highest
     /// priority is always included even when it alone exceeds the budget, so a tiny budget
     /// slows replication down but never stops it.
     pub fn build(
@@ -239,30 +240,38 @@ impl SnapshotSender {
         }
 
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
-        // the highest priorities; skip what does not fit and let it wait.
-        let budget_bits = (budget_bytes * 8).saturating_sub(PART_OVERHEAD_BITS);
+        // the highest priorities; skip what does not fit and let it wait. The estimate
+        // charges one part header per part's worth of entries and the typical index gap, so
+        // the total stays within about one index per entity of the budget.
+        let budget_bits = budget_bytes.saturating_mul(8);
+        let part_capacity_bits = self.config.max_part_bytes * 8;
+        let fits = |bits: usize| {
+            let parts = bits
+                .div_ceil(part_capacity_bits - PART_OVERHEAD_BITS)
+                .max(1);
+            bits + parts * PART_OVERHEAD_BITS <= budget_bits
+        };
+        let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
+        let index_bits = varint_bits(typical_gap as u32, INDEX_GAP_CHUNK_BITS);
         let mut used = 0usize;
         let mut chosen_despawns = Vec::new();
         for &d in &despawns {
-            let cost = 8;
-            if used + cost > budget_bits && !chosen_despawns.is_empty() {
+            if !fits(used + index_bits) && !chosen_despawns.is_empty() {
                 break;
             }
-            used += cost;
+            used += index_bits;
             chosen_despawns.push(d);
         }
         candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
-        let part_capacity_bits = self.config.max_part_bytes * 8;
         let mut chosen: Vec<Candidate> = Vec::new();
         for c in &candidates {
-            let index_bits = if c.base_index.is_some() { 8 } else { 12 };
-            let cost = c.payload_bits + index_bits;
             // 48 bits covers the largest index or id gap varint.
             if PART_OVERHEAD_BITS + c.payload_bits + 48 > part_capacity_bits {
                 self.stats.entities_oversized += 1;
                 continue;
             }
-            if used + cost <= budget_bits || (chosen.is_empty() && chosen_despawns.is_empty()) {
+            let cost = c.payload_bits + index_bits;
+            if fits(used + cost) || (chosen.is_empty() && chosen_despawns.is_empty()) {
                 used += cost;
                 chosen.push(*c);
             }

@@ -413,6 +413,7 @@ fn replication_converges_under_loss_and_delayed_acks() {
     let mut lost = 0;
     let mut parts_sent = 0;
     let mut converged_at = None;
+    let mut max_total = 0;
     for t in 1..=400u32 {
         let now = base + tick_dt * t;
         if t < 250 {
@@ -421,6 +422,9 @@ fn replication_converges_under_loss_and_delayed_acks() {
         let q = QuantizedWorld::from_world(&world, &cfg);
         // 600 bytes per tick: several parts, and not every change fits.
         let parts = s.build(Tick(t), &q, 600).unwrap();
+        let total: usize = parts.iter().map(Vec::len).sum();
+        max_total = max_total.max(total);
+        assert!(total <= 600 + 60, "{total} bytes for a 600-byte budget");
         for (i, p) in parts.into_iter().enumerate() {
             s.on_part_sent(Tick(t), i, seq);
             parts_sent += 1;
@@ -468,6 +472,8 @@ fn replication_converges_under_loss_and_delayed_acks() {
         }
     }
     let st = rx.stats();
+    // The budget is used, not just respected.
+    assert!(max_total > 500, "{max_total}");
     assert!(lost > parts_sent / 20, "the link must actually lose parts");
     assert_eq!(st.missing_baseline_dropped, 0);
     assert_eq!(st.invalid, 0);
