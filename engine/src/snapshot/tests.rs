@@ -683,8 +683,29 @@ fn cubes_scene_bits_per_changed_entity() {
     let mut seq = Sequence(0);
     let mut acks: VecDeque<(u32, Sequence)> = VecDeque::new();
     let mut measured = SenderStats::default();
+    // Bits per field over every entity encoded after warm-up: position, rotation, velocity.
+    let mut field_bits = [0usize; 3];
+    let mut field_entities = 0usize;
     for t in 1..=600u32 {
         let q = QuantizedWorld::from_world(&cubes_world(t), &cfg);
+        if t > 120 {
+            let (_, base) = s.acked_baseline().expect("acked by now");
+            for (id, cur) in q.iter() {
+                let Some(b) = base.get(id).filter(|b| *b != cur) else {
+                    continue;
+                };
+                let full = part::entity_bits(b, cur, &cfg);
+                let without = |f: &dyn Fn(&mut QuantizedEntity)| {
+                    let mut c = cur.clone();
+                    f(&mut c);
+                    full - part::entity_bits(b, &c, &cfg)
+                };
+                field_bits[0] += without(&|c| c.transform.position = b.transform.position);
+                field_bits[1] += without(&|c| c.transform.rotation = b.transform.rotation);
+                field_bits[2] += without(&|c| c.transform.velocity = b.transform.velocity);
+                field_entities += 1;
+            }
+        }
         let parts = s.build(Tick(t), &q, 100_000).unwrap();
         for (i, p) in parts.iter().enumerate() {
             s.on_part_sent(Tick(t), i, seq);
@@ -714,6 +735,14 @@ fn cubes_scene_bits_per_changed_entity() {
          {:.0} bytes per tick",
         (st.bytes - measured.bytes) as f64 / 480.0
     );
+    let per = |i: usize| field_bits[i] as f64 / field_entities as f64;
+    eprintln!(
+        "cubes: per changed entity: 4 flag bits, position {:.1}, rotation {:.1}, velocity {:.1}",
+        per(0),
+        per(1),
+        per(2)
+    );
+    assert_eq!(field_entities as u64, entities);
     assert!(per_entity_wire < 80.0, "{per_entity_wire}");
 }
 
