@@ -492,9 +492,11 @@ fn tiny_budget_starves_no_entity() {
     let mut seq = Sequence(0);
     let n = 40u32;
     let mut last_seen = vec![0u32; n as usize];
-    for t in 1..=400u32 {
+    for t in 1..=440u32 {
+        // After tick 400 half the entities are despawned; despawns must get through too.
+        let alive = if t > 400 { n / 2 } else { n };
         let mut w = World::new();
-        for i in 0..n {
+        for i in 0..alive {
             // Every entity moves every tick; x encodes the tick.
             let t = Transform {
                 position: Vec3::new(t as f32 * 0.25, i as f32, 0.0),
@@ -518,13 +520,14 @@ fn tiny_budget_starves_no_entity() {
                 last_seen[id.0 as usize] = t;
             }
         }
-        if t > 2 * n {
+        if t > 2 * n && t <= 400 {
             for (i, seen) in last_seen.iter().enumerate() {
                 assert!(t - seen <= 2 * n, "entity {i} starved at tick {t}");
             }
         }
     }
-    assert_eq!(rx.live().count(), n as usize);
+    assert_eq!(rx.live().count(), n as usize / 2);
+    assert!(rx.live().all(|(id, _)| id.0 < n / 2));
 }
 
 #[test]
