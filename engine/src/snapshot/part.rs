@@ -38,7 +38,7 @@
 
 use super::SnapshotError;
 use super::bits::{BitReader, BitSink, varint_bits};
-use super::quantize::{QuantizeConfig, QuantizedRotation};
+use super::quantize::{Limits, QuantizedRotation};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 
 /// Most parts one snapshot may be split into (the index travels in 8 bits).
@@ -149,23 +149,8 @@ fn read_axes(
     Ok(out)
 }
 
-fn position_limits(cfg: &QuantizeConfig) -> ([u32; 3], [u32; 3]) {
-    (
-        [
-            cfg.position_bits(0),
-            cfg.position_bits(1),
-            cfg.position_bits(2),
-        ],
-        [
-            cfg.position_steps(0),
-            cfg.position_steps(1),
-            cfg.position_steps(2),
-        ],
-    )
-}
-
-fn velocity_mid(cfg: &QuantizeConfig) -> [u32; 3] {
-    [cfg.velocity_steps() / 2; 3]
+fn velocity_mid(lim: &Limits) -> [u32; 3] {
+    [lim.velocity_steps / 2; 3]
 }
 
 /// The base a spawned entity is coded against (both sides use the same one).
@@ -178,14 +163,19 @@ pub(crate) fn write_entity<W: BitSink>(
     w: &mut W,
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) {
     let (bt, ct) = (&base.transform, &cur.transform);
-    let (pos_bits, _) = position_limits(cfg);
 
     w.write_bool(ct.position != bt.position);
     if ct.position != bt.position {
-        write_axes(w, bt.position, ct.position, POSITION_DELTA_BITS, pos_bits);
+        write_axes(
+            w,
+            bt.position,
+            ct.position,
+            POSITION_DELTA_BITS,
+            lim.position_bits,
+        );
     }
 
     w.write_bool(ct.rotation != bt.rotation);
@@ -204,7 +194,7 @@ pub(crate) fn write_entity<W: BitSink>(
                 if i == 0 {
                     w.write_bits(u32::from(ct.rotation.largest), 2);
                 }
-                w.write_bits(u32::from(ct.rotation.smallest[i]), cfg.rotation_bits);
+                w.write_bits(u32::from(ct.rotation.smallest[i]), lim.rotation_bits);
             }
         }
     }
@@ -213,8 +203,8 @@ pub(crate) fn write_entity<W: BitSink>(
     if ct.velocity != bt.velocity {
         w.write_bool(ct.velocity.is_some());
         if let Some(v) = ct.velocity {
-            let b = bt.velocity.unwrap_or_else(|| velocity_mid(cfg));
-            write_axes(w, b, v, VELOCITY_DELTA_BITS, [cfg.velocity_bits(); 3]);
+            let b = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+            write_axes(w, b, v, VELOCITY_DELTA_BITS, [lim.velocity_bits; 3]);
         }
     }
 
@@ -236,23 +226,22 @@ pub(crate) fn write_entity<W: BitSink>(
 pub(crate) fn read_entity(
     r: &mut BitReader<'_>,
     base: &QuantizedEntity,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) -> Result<QuantizedEntity, SnapshotError> {
     let mut e = base.clone();
-    let (pos_bits, pos_max) = position_limits(cfg);
 
     if r.read_bool()? {
         e.transform.position = read_axes(
             r,
             base.transform.position,
             POSITION_DELTA_BITS,
-            pos_bits,
-            pos_max,
+            lim.position_bits,
+            lim.position_steps,
         )?;
     }
 
     if r.read_bool()? {
-        let max = i64::from(cfg.rotation_max());
+        let max = i64::from(lim.rotation_max);
         let small = r.read_bool()?;
         let mut rot = QuantizedRotation {
             largest: base.transform.rotation.largest,
@@ -267,7 +256,7 @@ pub(crate) fn read_entity(
                     // Two bits: always a valid index 0..=3.
                     rot.largest = r.read_bits(2)? as u8;
                 }
-                i64::from(r.read_bits(cfg.rotation_bits)?)
+                i64::from(r.read_bits(lim.rotation_bits)?)
             };
             if !(0..=max).contains(&v) {
                 return Err(SnapshotError::ValueOutOfRange);
@@ -280,13 +269,13 @@ pub(crate) fn read_entity(
 
     if r.read_bool()? {
         e.transform.velocity = if r.read_bool()? {
-            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(cfg));
-            let steps = cfg.velocity_steps();
+            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(lim));
+            let steps = lim.velocity_steps;
             Some(read_axes(
                 r,
                 b,
                 VELOCITY_DELTA_BITS,
-                [cfg.velocity_bits(); 3],
+                [lim.velocity_bits; 3],
                 [steps; 3],
             )?)
         } else {
@@ -314,13 +303,9 @@ pub(crate) fn read_entity(
 }
 
 /// Bits of one entity as [`write_entity`] would write it.
-pub(crate) fn entity_bits(
-    base: &QuantizedEntity,
-    cur: &QuantizedEntity,
-    cfg: &QuantizeConfig,
-) -> usize {
+pub(crate) fn entity_bits(base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> usize {
     let mut c = super::bits::BitCounter::default();
-    write_entity(&mut c, base, cur, cfg);
+    write_entity(&mut c, base, cur, lim);
     c.bits
 }
 
@@ -399,7 +384,7 @@ pub(crate) fn encode_part<W: BitSink>(
     header: &PartHeader,
     baseline: &QuantizedWorld,
     content: &PartContent<'_>,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) {
     write_header(w, header);
     let base = baseline.entities();
@@ -430,7 +415,7 @@ pub(crate) fn encode_part<W: BitSink>(
         }
         for (i, e) in &content.updates {
             // The sender takes indices from this baseline.
-            write_entity(w, &base[*i].1, e, cfg);
+            write_entity(w, &base[*i].1, e, lim);
         }
     }
 
@@ -446,7 +431,7 @@ pub(crate) fn encode_part<W: BitSink>(
             None => id.0,
         };
         w.write_varint(gap, ID_GAP_CHUNK_BITS);
-        write_entity(w, &spawn_base, e, cfg);
+        write_entity(w, &spawn_base, e, lim);
         prev = Some(*id);
     }
 }
@@ -486,7 +471,7 @@ fn read_index_list(
 pub(crate) fn decode_body(
     r: &mut BitReader<'_>,
     baseline: &QuantizedWorld,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) -> Result<Vec<Change>, SnapshotError> {
     let base = baseline.entities();
     let mut changes: Vec<Change> = Vec::new();
@@ -521,7 +506,7 @@ pub(crate) fn decode_body(
         for i in indices {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, cfg)?)));
+            updates.push((*id, Some(read_entity(r, b, lim)?)));
         }
     }
 
@@ -539,7 +524,7 @@ pub(crate) fn decode_body(
         if baseline.index_of(id).is_some() {
             return Err(SnapshotError::SpawnExists);
         }
-        spawns.push((id, Some(read_entity(r, &spawn_base, cfg)?)));
+        spawns.push((id, Some(read_entity(r, &spawn_base, lim)?)));
         next = u64::from(id.0) + 1;
     }
 

@@ -88,7 +88,38 @@ fn steps(range: f32, resolution: f32) -> u32 {
     (f64::from(range) / f64::from(resolution)).round() as u32
 }
 
+/// Step counts and bit widths derived from a config, computed once instead of per entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) position_steps: [u32; 3],
+    pub(crate) position_bits: [u32; 3],
+    pub(crate) velocity_steps: u32,
+    pub(crate) velocity_bits: u32,
+    pub(crate) rotation_bits: u32,
+    pub(crate) rotation_max: u32,
+}
+
 impl QuantizeConfig {
+    /// The derived step counts and widths.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            position_steps: [
+                self.position_steps(0),
+                self.position_steps(1),
+                self.position_steps(2),
+            ],
+            position_bits: [
+                self.position_bits(0),
+                self.position_bits(1),
+                self.position_bits(2),
+            ],
+            velocity_steps: self.velocity_steps(),
+            velocity_bits: self.velocity_bits(),
+            rotation_bits: self.rotation_bits,
+            rotation_max: self.rotation_max(),
+        }
+    }
+
     /// Check the config can be used: positive resolutions, non-empty box, bit widths in range.
     pub fn validate(&self) -> Result<(), SnapshotError> {
         let bad = |why: &'static str| Err(SnapshotError::Config(why));
@@ -148,25 +179,30 @@ impl QuantizeConfig {
     /// Quantize a float transform (positions and velocities are clamped into range; NaN
     /// becomes the lowest value, a degenerate rotation becomes identity).
     pub fn quantize(&self, t: &Transform) -> QuantizedTransform {
+        self.quantize_with(t, &self.limits())
+    }
+
+    /// [`Self::quantize`] with the limits computed by the caller once for many entities.
+    pub(crate) fn quantize_with(&self, t: &Transform, lim: &Limits) -> QuantizedTransform {
         let mut position = [0u32; 3];
         for (axis, p) in position.iter_mut().enumerate() {
             let offset = f64::from(t.position[axis]) - f64::from(self.position_min[axis]);
             let q = (offset / f64::from(self.position_resolution_m)).round();
             // `as` saturates and maps NaN to 0; min() keeps it inside the box.
-            *p = (q as u32).min(self.position_steps(axis));
+            *p = (q as u32).min(lim.position_steps[axis]);
         }
         let velocity = t.velocity.map(|v| {
             let mut out = [0u32; 3];
             for (axis, o) in out.iter_mut().enumerate() {
                 let offset = f64::from(v[axis]) + f64::from(self.max_speed_mps);
                 let q = (offset / f64::from(self.velocity_resolution_mps)).round();
-                *o = (q as u32).min(self.velocity_steps());
+                *o = (q as u32).min(lim.velocity_steps);
             }
             out
         });
         QuantizedTransform {
             position,
-            rotation: self.quantize_rotation(t.rotation),
+            rotation: self.quantize_rotation_with(t.rotation, lim.rotation_max),
             velocity,
         }
     }
@@ -197,6 +233,10 @@ impl QuantizeConfig {
 
     /// Smallest-three quantization; `q` and `-q` give the same result.
     pub fn quantize_rotation(&self, q: Quat) -> QuantizedRotation {
+        self.quantize_rotation_with(q, self.rotation_max())
+    }
+
+    fn quantize_rotation_with(&self, q: Quat, rotation_max: u32) -> QuantizedRotation {
         let q = if q.is_finite() && q.length_squared() > 1e-12 {
             q.normalize()
         } else {
@@ -219,7 +259,7 @@ impl QuantizeConfig {
         if c[largest] < 0.0 {
             c.iter_mut().for_each(|v| *v = -*v);
         }
-        let max = f64::from(self.rotation_max());
+        let max = f64::from(rotation_max);
         let mut smallest = [0u16; 3];
         let mut k = 0;
         for (i, v) in c.iter().enumerate() {

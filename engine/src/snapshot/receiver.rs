@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::SnapshotError;
 use super::bits::BitReader;
 use super::part;
-use super::quantize::QuantizeConfig;
+use super::quantize::{Limits, QuantizeConfig};
 use super::world::{
     Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, normalize_changes,
 };
@@ -85,6 +85,7 @@ struct PendingTick {
 #[derive(Debug, Clone)]
 pub struct SnapshotReceiver {
     config: ReceiverConfig,
+    limits: Limits,
     composites: BTreeMap<Tick, QuantizedWorld>,
     pending: BTreeMap<Tick, PendingTick>,
     /// The live view is `live_base` with `live_overlay` on top: completing the newest tick
@@ -107,6 +108,7 @@ impl SnapshotReceiver {
             return Err(SnapshotError::Config("tick interval must be positive"));
         }
         Ok(Self {
+            limits: config.quantize.limits(),
             config,
             composites: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -221,7 +223,7 @@ impl SnapshotReceiver {
                 .ok_or(SnapshotError::MissingBaseline(b.0))?,
         };
         // Decoded into a fresh vector: nothing is touched until it succeeded.
-        let changes = part::decode_body(&mut r, &base, &self.config.quantize)?;
+        let changes = part::decode_body(&mut r, &base, &self.limits)?;
 
         let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
             baseline: h.baseline,

@@ -10,7 +10,7 @@ use super::part::{
     PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
-use super::quantize::QuantizeConfig;
+use super::quantize::{Limits, QuantizeConfig};
 use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
 use crate::Sequence;
 
@@ -90,6 +90,7 @@ struct Candidate {
 #[derive(Debug, Clone)]
 pub struct SnapshotSender {
     config: SenderConfig,
+    limits: Limits,
     ring: VecDeque<SentTick>,
     part_of_seq: HashMap<Sequence, (Tick, u16)>,
     acked: Option<(Tick, QuantizedWorld)>,
@@ -117,6 +118,7 @@ impl SnapshotSender {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
         Ok(Self {
+            limits: config.quantize.limits(),
             config,
             ring: VecDeque::new(),
             part_of_seq: HashMap::new(),
@@ -171,7 +173,7 @@ impl SnapshotSender {
         self.last_tick = Some(tick);
         self.prune(tick);
 
-        let cfg = self.config.quantize;
+        let lim = self.limits;
         let (baseline_tick, baseline) = match &self.acked {
             Some((t, w)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
             _ => (None, QuantizedWorld::default()),
@@ -194,7 +196,7 @@ impl SnapshotSender {
                             id: *wid,
                             base_index: Some(bi),
                             world_index: wi,
-                            payload_bits: part::entity_bits(be, we, &cfg),
+                            payload_bits: part::entity_bits(be, we, &lim),
                             priority: 0.0,
                         });
                     }
@@ -214,7 +216,7 @@ impl SnapshotSender {
                         id: *wid,
                         base_index: None,
                         world_index: wi,
-                        payload_bits: part::entity_bits(&spawn_base, we, &cfg),
+                        payload_bits: part::entity_bits(&spawn_base, we, &lim),
                         priority: 0.0,
                     });
                     wi += 1;
@@ -364,7 +366,7 @@ impl SnapshotSender {
                 count: count as u16,
             };
             let mut w = BitWriter::new();
-            part::encode_part(&mut w, &header, &baseline, content, &cfg);
+            part::encode_part(&mut w, &header, &baseline, content, &lim);
             let bytes = w.finish();
             debug_assert!(bytes.len() <= self.config.max_part_bytes);
             self.stats.bytes += bytes.len() as u64;

@@ -131,7 +131,7 @@ fn sync_fully(
 fn decode(bytes: &[u8], baseline: &QuantizedWorld) -> Vec<(EntityId, Option<QuantizedEntity>)> {
     let mut r = BitReader::new(bytes);
     part::read_header(&mut r).unwrap();
-    part::decode_body(&mut r, baseline, &QuantizeConfig::default()).unwrap()
+    part::decode_body(&mut r, baseline, &QuantizeConfig::default().limits()).unwrap()
 }
 
 proptest! {
@@ -697,11 +697,11 @@ fn cubes_scene_bits_per_changed_entity() {
                 let Some(b) = base.get(id).filter(|b| *b != cur) else {
                     continue;
                 };
-                let full = part::entity_bits(b, cur, &cfg);
+                let full = part::entity_bits(b, cur, &cfg.limits());
                 let without = |f: &dyn Fn(&mut QuantizedEntity)| {
                     let mut c = cur.clone();
                     f(&mut c);
-                    full - part::entity_bits(b, &c, &cfg)
+                    full - part::entity_bits(b, &c, &cfg.limits())
                 };
                 field_bits[0] += without(&|c| c.transform.position = b.transform.position);
                 field_bits[1] += without(&|c| c.transform.rotation = b.transform.rotation);
