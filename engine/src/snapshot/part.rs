@@ -27,8 +27,12 @@
 //! zero padding to the byte   0..=7 (8 or more left over is an error)
 //!
 //! entity delta:
-//!   position changed 1, then per axis: class 2 (0 same, 1 zig-zag 6, 2 zig-zag 11,
-//!                                               3 absolute position_bits)
+//!   position changed 1, then
+//!     predicted 1          only if the base has a velocity and the part a baseline: the
+//!                          reference is the base position moved by the base velocity over
+//!                          (tick − baseline) ticks of `tick_interval`, else the base position
+//!     per axis: class 2 (0 same as reference, 1 zig-zag 6, 2 zig-zag 11,
+//!                        3 absolute position_bits)
 //!   rotation changed 1, then small 1: 3 × zig-zag 6 (same largest component)
 //!                           or: largest 2 + 3 × rotation_bits
 //!   velocity changed 1, then present 1, then per axis: class 2 (zig-zag 4 / 8 / absolute
@@ -37,8 +41,8 @@
 //! ```
 
 use super::SnapshotError;
-use super::bits::{BitReader, BitSink, varint_bits};
-use super::quantize::{Limits, QuantizedRotation};
+use super::bits::{BitCounter, BitReader, BitSink, varint_bits};
+use super::quantize::{Limits, QuantizedRotation, QuantizedTransform};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 
 /// Most parts one snapshot may be split into (the index travels in 8 bits).
@@ -74,6 +78,13 @@ pub(crate) struct PartHeader {
     pub(crate) baseline: Option<Tick>,
     pub(crate) index: u16,
     pub(crate) count: u16,
+}
+
+impl PartHeader {
+    /// Ticks between the baseline and this snapshot (0 without a baseline).
+    pub(crate) fn ticks_since_baseline(&self) -> u32 {
+        self.baseline.map_or(0, |b| self.tick.0.saturating_sub(b.0))
+    }
 }
 
 /// What one part carries, as the sender chose it.
@@ -159,19 +170,43 @@ pub(crate) fn spawn_base() -> QuantizedEntity {
 }
 
 /// Code `cur` relative to `base`: four field flags, each followed by its payload when set.
+///
+/// `ticks` is how many ticks the snapshot is newer than the baseline (0 for spawns). When
+/// the base has a velocity and `ticks > 0`, the position carries one more bit: whether it is
+/// coded against the base position moved by that velocity (cheaper for bodies in flight).
 pub(crate) fn write_entity<W: BitSink>(
     w: &mut W,
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
+    ticks: u32,
     lim: &Limits,
 ) {
     let (bt, ct) = (&base.transform, &cur.transform);
 
     w.write_bool(ct.position != bt.position);
     if ct.position != bt.position {
+        let mut reference = bt.position;
+        if let Some(predicted) = prediction(bt, ticks, lim) {
+            let cost = |r: [u32; 3]| {
+                let mut c = BitCounter::default();
+                write_axes(
+                    &mut c,
+                    r,
+                    ct.position,
+                    POSITION_DELTA_BITS,
+                    lim.position_bits,
+                );
+                c.bits
+            };
+            let use_prediction = cost(predicted) < cost(bt.position);
+            w.write_bool(use_prediction);
+            if use_prediction {
+                reference = predicted;
+            }
+        }
         write_axes(
             w,
-            bt.position,
+            reference,
             ct.position,
             POSITION_DELTA_BITS,
             lim.position_bits,
@@ -222,18 +257,33 @@ pub(crate) fn write_entity<W: BitSink>(
     }
 }
 
-/// Read an entity coded by [`write_entity`] against the same `base`.
+/// Where the base is heading: its position moved by its velocity over `ticks`.
+fn prediction(base: &QuantizedTransform, ticks: u32, lim: &Limits) -> Option<[u32; 3]> {
+    match base.velocity {
+        Some(v) if ticks > 0 => Some(lim.predict(base.position, v, ticks)),
+        _ => None,
+    }
+}
+
+/// Read an entity coded by [`write_entity`] against the same `base` and `ticks`.
 pub(crate) fn read_entity(
     r: &mut BitReader<'_>,
     base: &QuantizedEntity,
+    ticks: u32,
     lim: &Limits,
 ) -> Result<QuantizedEntity, SnapshotError> {
     let mut e = base.clone();
 
     if r.read_bool()? {
+        let mut reference = base.transform.position;
+        if let Some(predicted) = prediction(&base.transform, ticks, lim)
+            && r.read_bool()?
+        {
+            reference = predicted;
+        }
         e.transform.position = read_axes(
             r,
-            base.transform.position,
+            reference,
             POSITION_DELTA_BITS,
             lim.position_bits,
             lim.position_steps,
@@ -303,9 +353,14 @@ pub(crate) fn read_entity(
 }
 
 /// Bits of one entity as [`write_entity`] would write it.
-pub(crate) fn entity_bits(base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> usize {
-    let mut c = super::bits::BitCounter::default();
-    write_entity(&mut c, base, cur, lim);
+pub(crate) fn entity_bits(
+    base: &QuantizedEntity,
+    cur: &QuantizedEntity,
+    ticks: u32,
+    lim: &Limits,
+) -> usize {
+    let mut c = BitCounter::default();
+    write_entity(&mut c, base, cur, ticks, lim);
     c.bits
 }
 
@@ -361,7 +416,7 @@ fn write_index_list<W: BitSink>(w: &mut W, indices: &[usize]) {
 }
 
 fn index_list_bits(indices: &[usize]) -> usize {
-    let mut c = super::bits::BitCounter::default();
+    let mut c = BitCounter::default();
     write_index_list(&mut c, indices);
     c.bits
 }
@@ -388,6 +443,7 @@ pub(crate) fn encode_part<W: BitSink>(
 ) {
     write_header(w, header);
     let base = baseline.entities();
+    let ticks = header.ticks_since_baseline();
 
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(content.updates.len() as u32, COUNT_CHUNK_BITS);
@@ -415,7 +471,7 @@ pub(crate) fn encode_part<W: BitSink>(
         }
         for (i, e) in &content.updates {
             // The sender takes indices from this baseline.
-            write_entity(w, &base[*i].1, e, lim);
+            write_entity(w, &base[*i].1, e, ticks, lim);
         }
     }
 
@@ -431,7 +487,7 @@ pub(crate) fn encode_part<W: BitSink>(
             None => id.0,
         };
         w.write_varint(gap, ID_GAP_CHUNK_BITS);
-        write_entity(w, &spawn_base, e, lim);
+        write_entity(w, &spawn_base, e, 0, lim);
         prev = Some(*id);
     }
 }
@@ -470,10 +526,12 @@ fn read_index_list(
 /// Returns the changes sorted by id. On error nothing outside the return value was touched.
 pub(crate) fn decode_body(
     r: &mut BitReader<'_>,
+    header: &PartHeader,
     baseline: &QuantizedWorld,
     lim: &Limits,
 ) -> Result<Vec<Change>, SnapshotError> {
     let base = baseline.entities();
+    let ticks = header.ticks_since_baseline();
     let mut changes: Vec<Change> = Vec::new();
 
     let n = read_count(r, base.len())?;
@@ -506,7 +564,7 @@ pub(crate) fn decode_body(
         for i in indices {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, lim)?)));
+            updates.push((*id, Some(read_entity(r, b, ticks, lim)?)));
         }
     }
 
@@ -524,7 +582,7 @@ pub(crate) fn decode_body(
         if baseline.index_of(id).is_some() {
             return Err(SnapshotError::SpawnExists);
         }
-        spawns.push((id, Some(read_entity(r, &spawn_base, lim)?)));
+        spawns.push((id, Some(read_entity(r, &spawn_base, 0, lim)?)));
         next = u64::from(id.0) + 1;
     }
 

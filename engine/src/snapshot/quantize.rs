@@ -5,6 +5,7 @@
 //! integers and deltas between them are exact.
 
 use std::f64::consts::FRAC_1_SQRT_2;
+use std::time::Duration;
 
 use glam::{Quat, Vec3};
 
@@ -41,8 +42,13 @@ pub struct QuantizeConfig {
     pub rotation_bits: u32,
     /// Largest speed per axis in m/s (default 32); faster velocities are clamped.
     pub max_speed_mps: f32,
-    /// Velocity step in m/s (default 1/32: velocity only feeds extrapolation).
+    /// Velocity step in m/s (default 1/32: velocity only feeds extrapolation and position
+    /// prediction).
     pub velocity_resolution_mps: f32,
+    /// The server's tick period (default 1/60 s). Positions are coded against the baseline
+    /// position moved by the baseline velocity over the ticks in between, when that is
+    /// cheaper; both ends must agree on this value.
+    pub tick_interval: Duration,
 }
 
 impl Default for QuantizeConfig {
@@ -54,6 +60,7 @@ impl Default for QuantizeConfig {
             rotation_bits: 9,
             max_speed_mps: 32.0,
             velocity_resolution_mps: 1.0 / 32.0,
+            tick_interval: Duration::from_secs(1) / 60,
         }
     }
 }
@@ -89,7 +96,7 @@ fn steps(range: f32, resolution: f32) -> u32 {
 }
 
 /// Step counts and bit widths derived from a config, computed once instead of per entity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Limits {
     pub(crate) position_steps: [u32; 3],
     pub(crate) position_bits: [u32; 3],
@@ -97,6 +104,29 @@ pub(crate) struct Limits {
     pub(crate) velocity_bits: u32,
     pub(crate) rotation_bits: u32,
     pub(crate) rotation_max: u32,
+    /// Velocity-to-position factor: position steps per (velocity m/s × tick).
+    pub(crate) position_steps_per_mps_tick: f64,
+    pub(crate) velocity_resolution_mps: f64,
+    pub(crate) max_speed_mps: f64,
+}
+
+impl Limits {
+    /// `position` moved by `velocity` over `ticks` ticks, in steps, clamped into the box.
+    ///
+    /// Plain f64 arithmetic (no fused operations) and a final round: IEEE 754 makes this
+    /// bit-identical on every platform, which both ends rely on.
+    pub(crate) fn predict(&self, position: [u32; 3], velocity: [u32; 3], ticks: u32) -> [u32; 3] {
+        let mut out = position;
+        for axis in 0..3 {
+            let v = f64::from(velocity[axis]) * self.velocity_resolution_mps - self.max_speed_mps;
+            let moved = (v * f64::from(ticks) * self.position_steps_per_mps_tick).round();
+            let p = (f64::from(position[axis]) + moved)
+                .clamp(0.0, f64::from(self.position_steps[axis]));
+            // Clamped into 0..=steps (a u32) just above.
+            out[axis] = p as u32;
+        }
+        out
+    }
 }
 
 impl QuantizeConfig {
@@ -117,6 +147,10 @@ impl QuantizeConfig {
             velocity_bits: self.velocity_bits(),
             rotation_bits: self.rotation_bits,
             rotation_max: self.rotation_max(),
+            position_steps_per_mps_tick: self.tick_interval.as_secs_f64()
+                / f64::from(self.position_resolution_m),
+            velocity_resolution_mps: f64::from(self.velocity_resolution_mps),
+            max_speed_mps: f64::from(self.max_speed_mps),
         }
     }
 
@@ -140,6 +174,9 @@ impl QuantizeConfig {
         }
         if self.velocity_bits() > MAX_AXIS_BITS {
             return bad("velocity range too large for its resolution");
+        }
+        if self.tick_interval.is_zero() {
+            return bad("tick interval must be positive");
         }
         if !(2..=15).contains(&self.rotation_bits) {
             return bad("rotation bits must be 2..=15");

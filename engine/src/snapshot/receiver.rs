@@ -1,7 +1,7 @@
 //! Client side: decode parts against held baselines, complete composites, keep the live view.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::SnapshotError;
 use super::bits::BitReader;
@@ -19,8 +19,6 @@ pub struct ReceiverConfig {
     /// Ticks of completed snapshots kept as possible baselines (default 64, must be at least
     /// the sender's `ring_ticks`, or the server may pick a baseline this side has dropped).
     pub ring_ticks: u32,
-    /// The server's tick period (default 1/60 s), for the server-tick estimate.
-    pub tick_interval: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -28,7 +26,6 @@ impl Default for ReceiverConfig {
         Self {
             quantize: QuantizeConfig::default(),
             ring_ticks: 64,
-            tick_interval: Duration::from_secs(1) / 60,
         }
     }
 }
@@ -104,9 +101,6 @@ impl SnapshotReceiver {
         if !(1..=16_383).contains(&config.ring_ticks) {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
-        if config.tick_interval.is_zero() {
-            return Err(SnapshotError::Config("tick interval must be positive"));
-        }
         Ok(Self {
             limits: config.quantize.limits(),
             config,
@@ -170,7 +164,7 @@ impl SnapshotReceiver {
     pub fn estimated_server_tick(&self, now: Instant) -> Option<f64> {
         self.newest.map(|(t, at)| {
             let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            f64::from(t.0) + elapsed / self.config.tick_interval.as_secs_f64()
+            f64::from(t.0) + elapsed / self.config.quantize.tick_interval.as_secs_f64()
         })
     }
 
@@ -223,7 +217,7 @@ impl SnapshotReceiver {
                 .ok_or(SnapshotError::MissingBaseline(b.0))?,
         };
         // Decoded into a fresh vector: nothing is touched until it succeeded.
-        let changes = part::decode_body(&mut r, &base, &self.limits)?;
+        let changes = part::decode_body(&mut r, &h, &base, &self.limits)?;
 
         let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
             baseline: h.baseline,

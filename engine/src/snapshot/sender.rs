@@ -180,6 +180,7 @@ impl SnapshotSender {
         };
         let base = baseline.entities();
         let cur = world.entities();
+        let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
 
         // Merge the two sorted entity lists into updates, spawns and despawns.
         let mut candidates: Vec<Candidate> = Vec::new();
@@ -196,7 +197,7 @@ impl SnapshotSender {
                             id: *wid,
                             base_index: Some(bi),
                             world_index: wi,
-                            payload_bits: part::entity_bits(be, we, &lim),
+                            payload_bits: part::entity_bits(be, we, ticks, &lim),
                             priority: 0.0,
                         });
                     }
@@ -216,7 +217,7 @@ impl SnapshotSender {
                         id: *wid,
                         base_index: None,
                         world_index: wi,
-                        payload_bits: part::entity_bits(&spawn_base, we, &lim),
+                        payload_bits: part::entity_bits(&spawn_base, we, 0, &lim),
                         priority: 0.0,
                     });
                     wi += 1;
