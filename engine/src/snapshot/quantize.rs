@@ -460,6 +460,30 @@ mod tests {
     }
 
     #[test]
+    fn prediction_follows_the_velocity_and_stays_in_the_box() {
+        let c = QuantizeConfig::default();
+        let lim = c.limits();
+        let t = Transform {
+            position: Vec3::new(10.0, 0.5, -3.0),
+            velocity: Some(Vec3::new(3.0, 0.0, -1.5)),
+            ..Transform::default()
+        };
+        let q = c.quantize(&t);
+        let p = lim.predict(q.position, q.velocity.unwrap(), 6);
+        let moved = c.dequantize(&QuantizedTransform {
+            position: p,
+            ..QuantizedTransform::default()
+        });
+        // Six ticks at 60 Hz: 0.3 m and -0.15 m, exact to a step.
+        let want = Vec3::new(10.3, 0.5, -3.15);
+        assert!((moved.position - want).abs().max_element() <= c.position_resolution_m);
+        // Far in the future the prediction is clamped to the box, never wraps.
+        let far = lim.predict(q.position, q.velocity.unwrap(), 100_000);
+        assert_eq!(far[0], c.position_steps(0));
+        assert_eq!(far[2], 0);
+    }
+
+    #[test]
     fn worst_rotation_error_over_many_quaternions() {
         use rand::{Rng, SeedableRng};
         let c = QuantizeConfig::default();
