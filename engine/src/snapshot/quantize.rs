@@ -498,6 +498,7 @@ mod tests {
             );
             worst = worst.max(q.angle_between(c.dequantize_rotation(&c.quantize_rotation(q))));
         }
+        eprintln!("worst rotation error over 20000 quaternions: {worst} rad");
         assert!(worst <= MAX_ROTATION_ERROR_RAD_9_BITS, "worst {worst}");
         // The bound is not vacuous: quantization does lose precision.
         assert!(worst > 0.001, "worst {worst}");
