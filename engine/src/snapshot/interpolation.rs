@@ -2,7 +2,7 @@
 //! lerp/slerp, bounded extrapolation on underrun.
 //!
 //! The delay adapts: `(lost_to_ride_out + 1) × send interval + jitter_multiplier × jitter`,
-//! where the send interval is learnt from the tick gaps of arriving snapshots and the jitter
+//! where the send interval is the median tick gap of recently arriving snapshots and the jitter
 //! is the RFC 3550-style smoothed deviation of arrival times from the tick clock.
 
 use std::collections::VecDeque;
@@ -71,10 +71,15 @@ pub struct InterpolationBuffer {
     offset_s: f64,
     jitter_s: f64,
     send_interval_s: f64,
+    /// Recent gaps between newest ticks, seconds.
+    gaps_s: VecDeque<f64>,
     render_tick: f64,
     in_underrun: bool,
     stats: InterpolationStats,
 }
+
+/// Gaps between arriving ticks the send-interval estimate looks at.
+const SEND_GAP_WINDOW: usize = 15;
 
 /// Gain of the smoothed offset and jitter (1/16, as RFC 3550).
 const SMOOTHING: f64 = 1.0 / 16.0;
@@ -84,6 +89,7 @@ impl InterpolationBuffer {
     pub fn new(config: InterpolationConfig) -> Self {
         Self {
             send_interval_s: config.initial_send_interval.as_secs_f64(),
+            gaps_s: VecDeque::with_capacity(SEND_GAP_WINDOW),
             config,
             entries: VecDeque::new(),
             origin: None,
@@ -145,11 +151,17 @@ impl InterpolationBuffer {
                 Some(n) => {
                     self.offset_s += (d - self.offset_s) * SMOOTHING;
                     self.jitter_s += ((d - self.offset_s).abs() - self.jitter_s) * SMOOTHING;
+                    // The median of recent gaps: a lost snapshot widens one gap, but only a
+                    // slower sender moves the median.
                     let gap = f64::from(tick.0 - n.0) * self.tick_s();
-                    // Larger gaps are losses, not a slower sender.
-                    if gap <= 2.0 * self.send_interval_s {
-                        self.send_interval_s += (gap - self.send_interval_s) / 8.0;
+                    if self.gaps_s.len() == SEND_GAP_WINDOW {
+                        self.gaps_s.pop_front();
                     }
+                    self.gaps_s.push_back(gap);
+                    let mut sorted: Vec<f64> = self.gaps_s.iter().copied().collect();
+                    sorted.sort_by(f64::total_cmp);
+                    // Non-empty: a gap was pushed just above.
+                    self.send_interval_s = sorted[sorted.len() / 2];
                 }
             }
         }
@@ -318,6 +330,22 @@ mod tests {
         }
         buf.sample(base + TICK * 199);
         assert_eq!(buf.stats().underruns, 1);
+    }
+
+    #[test]
+    fn delay_follows_a_slower_send_rate() {
+        let base = Instant::now();
+        let mut buf = InterpolationBuffer::new(InterpolationConfig::default());
+        // 60 Hz ticks sent at 20 Hz.
+        for tick in (0..600u32).step_by(3) {
+            buf.push(base + TICK * tick, Tick(tick), state(tick));
+            buf.sample(base + TICK * tick);
+        }
+        let si = buf.send_interval().as_secs_f64();
+        assert!((si - 3.0 * TICK.as_secs_f64()).abs() < 1e-3, "{si}");
+        let d = buf.playout_delay().as_secs_f64();
+        assert!((d - 9.0 * TICK.as_secs_f64()).abs() < 2e-3, "{d}");
+        assert_eq!(buf.stats().underruns, 0);
     }
 
     #[test]

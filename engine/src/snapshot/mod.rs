@@ -10,7 +10,43 @@
 //!   keeps the live view; an [`InterpolationBuffer`] turns received ticks into smooth
 //!   render-time transforms.
 //!
-//! The wire format of a part is described in `docs/PROTOCOL.md` and in [`part`]'s source.
+//! The wire format of a part is described in `docs/PROTOCOL.md` and at the top of `part.rs`.
+//!
+//! # Contract with the connection layer
+//!
+//! A tick becomes a baseline once every one of its packets is acknowledged, so an
+//! acknowledged packet's part must have been handed to [`SnapshotReceiver::read_part`].
+//!
+//! ```
+//! use std::time::Instant;
+//! use snapsync::Sequence;
+//! use snapsync::snapshot::*;
+//!
+//! let cfg = QuantizeConfig::default();
+//! let mut sender = SnapshotSender::new(SenderConfig::default()).unwrap();
+//! let mut receiver = SnapshotReceiver::new(ReceiverConfig::default()).unwrap();
+//! let mut interp = InterpolationBuffer::new(InterpolationConfig::default());
+//!
+//! let mut world = World::new();
+//! world.insert(EntityId(7), EntityState::new(Transform::default()));
+//! // Once per tick on the server, shared by every client's sender.
+//! let quantized = QuantizedWorld::from_world(&world, &cfg);
+//! let now = Instant::now();
+//! for (i, bytes) in sender.build(Tick(1), &quantized, 4000).unwrap().iter().enumerate() {
+//!     let seq = Sequence(i as u16); // the packet sequence the part went out in
+//!     sender.on_part_sent(Tick(1), i, seq);
+//!     // ... the datagram crosses the network ...
+//!     let info = receiver.read_part(now, bytes).unwrap();
+//!     if info.applied {
+//!         interp.push(now, info.tick, receiver.transforms());
+//!     }
+//!     // ... and the packet layer reports the ack.
+//!     sender.on_delivery(seq, true);
+//! }
+//! assert_eq!(receiver.live_world(), quantized);
+//! assert_eq!(sender.acked_baseline().unwrap().0, Tick(1));
+//! let _draw = interp.sample(now);
+//! ```
 
 mod bits;
 mod interpolation;

@@ -4,10 +4,45 @@
 //! A part decodes on its own against its baseline; parts of one tick carry disjoint entities.
 //! Decoding never trusts a count: every count is checked against the bits left and the
 //! baseline's size before anything is read or allocated.
+//!
+//! Layout (a bit stream, least-significant bit first; `varint(k)` = groups of k bits, low
+//! group first, each followed by a 1-bit "more" flag):
+//!
+//! ```text
+//! tick                      32
+//! has_baseline               1
+//!   tick - baseline - 1      varint(7)            only if has_baseline
+//! part_index                 8
+//! part_count - 1             8
+//! update_count               varint(7)
+//!   mode                     1                    only if update_count > 0
+//!   mode 0: update_count × baseline-index gap     varint(4) (first: the index itself,
+//!                                                 then index − previous − 1)
+//!   mode 1: first index varint(4), span − update_count varint(7), span changed-bits
+//!   update_count × entity delta vs its baseline entity, in index order
+//! despawn_count              varint(7)
+//!   despawn_count × baseline-index gap            varint(4)
+//! spawn_count                varint(7)
+//!   spawn_count × (id gap varint(6), entity delta vs the all-zero entity)
+//! zero padding to the byte   0..=7 (8 or more left over is an error)
+//!
+//! entity delta:
+//!   position changed 1, then
+//!     predicted 1          only if the base has a velocity and the part a baseline: the
+//!                          reference is the base position moved by the base velocity over
+//!                          (tick − baseline) ticks of `tick_interval`, else the base position
+//!     per axis: class 2 (0 same as reference, 1 zig-zag 6, 2 zig-zag 11,
+//!                        3 absolute position_bits)
+//!   rotation changed 1, then small 1: 3 × zig-zag 6 (same largest component)
+//!                           or: largest 2 + 3 × rotation_bits
+//!   velocity changed 1, then present 1, then per axis: class 2 (zig-zag 4 / 8 / absolute
+//!                       velocity_bits), against the old velocity or zero
+//!   component changed 1, then present 1, then length varint(7) + bytes × 8
+//! ```
 
 use super::SnapshotError;
-use super::bits::{BitReader, BitSink, varint_bits};
-use super::quantize::{QuantizeConfig, QuantizedRotation};
+use super::bits::{BitCounter, BitReader, BitSink, varint_bits};
+use super::quantize::{Limits, QuantizedRotation, QuantizedTransform};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 
 /// Most parts one snapshot may be split into (the index travels in 8 bits).
@@ -43,6 +78,13 @@ pub(crate) struct PartHeader {
     pub(crate) baseline: Option<Tick>,
     pub(crate) index: u16,
     pub(crate) count: u16,
+}
+
+impl PartHeader {
+    /// Ticks between the baseline and this snapshot (0 without a baseline).
+    pub(crate) fn ticks_since_baseline(&self) -> u32 {
+        self.baseline.map_or(0, |b| self.tick.0.saturating_sub(b.0))
+    }
 }
 
 /// What one part carries, as the sender chose it.
@@ -118,23 +160,8 @@ fn read_axes(
     Ok(out)
 }
 
-fn position_limits(cfg: &QuantizeConfig) -> ([u32; 3], [u32; 3]) {
-    (
-        [
-            cfg.position_bits(0),
-            cfg.position_bits(1),
-            cfg.position_bits(2),
-        ],
-        [
-            cfg.position_steps(0),
-            cfg.position_steps(1),
-            cfg.position_steps(2),
-        ],
-    )
-}
-
-fn velocity_mid(cfg: &QuantizeConfig) -> [u32; 3] {
-    [cfg.velocity_steps() / 2; 3]
+fn velocity_mid(lim: &Limits) -> [u32; 3] {
+    [lim.velocity_steps / 2; 3]
 }
 
 /// The base a spawned entity is coded against (both sides use the same one).
@@ -143,18 +170,47 @@ pub(crate) fn spawn_base() -> QuantizedEntity {
 }
 
 /// Code `cur` relative to `base`: four field flags, each followed by its payload when set.
+///
+/// `ticks` is how many ticks the snapshot is newer than the baseline (0 for spawns). When
+/// the base has a velocity and `ticks > 0`, the position carries one more bit: whether it is
+/// coded against the base position moved by that velocity (cheaper for bodies in flight).
 pub(crate) fn write_entity<W: BitSink>(
     w: &mut W,
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
-    cfg: &QuantizeConfig,
+    ticks: u32,
+    lim: &Limits,
 ) {
     let (bt, ct) = (&base.transform, &cur.transform);
-    let (pos_bits, _) = position_limits(cfg);
 
     w.write_bool(ct.position != bt.position);
     if ct.position != bt.position {
-        write_axes(w, bt.position, ct.position, POSITION_DELTA_BITS, pos_bits);
+        let mut reference = bt.position;
+        if let Some(predicted) = prediction(bt, ticks, lim) {
+            let cost = |r: [u32; 3]| {
+                let mut c = BitCounter::default();
+                write_axes(
+                    &mut c,
+                    r,
+                    ct.position,
+                    POSITION_DELTA_BITS,
+                    lim.position_bits,
+                );
+                c.bits
+            };
+            let use_prediction = cost(predicted) < cost(bt.position);
+            w.write_bool(use_prediction);
+            if use_prediction {
+                reference = predicted;
+            }
+        }
+        write_axes(
+            w,
+            reference,
+            ct.position,
+            POSITION_DELTA_BITS,
+            lim.position_bits,
+        );
     }
 
     w.write_bool(ct.rotation != bt.rotation);
@@ -173,7 +229,7 @@ pub(crate) fn write_entity<W: BitSink>(
                 if i == 0 {
                     w.write_bits(u32::from(ct.rotation.largest), 2);
                 }
-                w.write_bits(u32::from(ct.rotation.smallest[i]), cfg.rotation_bits);
+                w.write_bits(u32::from(ct.rotation.smallest[i]), lim.rotation_bits);
             }
         }
     }
@@ -182,8 +238,8 @@ pub(crate) fn write_entity<W: BitSink>(
     if ct.velocity != bt.velocity {
         w.write_bool(ct.velocity.is_some());
         if let Some(v) = ct.velocity {
-            let b = bt.velocity.unwrap_or_else(|| velocity_mid(cfg));
-            write_axes(w, b, v, VELOCITY_DELTA_BITS, [cfg.velocity_bits(); 3]);
+            let b = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+            write_axes(w, b, v, VELOCITY_DELTA_BITS, [lim.velocity_bits; 3]);
         }
     }
 
@@ -201,27 +257,41 @@ pub(crate) fn write_entity<W: BitSink>(
     }
 }
 
-/// Read an entity coded by [`write_entity`] against the same `base`.
+/// Where the base is heading: its position moved by its velocity over `ticks`.
+fn prediction(base: &QuantizedTransform, ticks: u32, lim: &Limits) -> Option<[u32; 3]> {
+    match base.velocity {
+        Some(v) if ticks > 0 => Some(lim.predict(base.position, v, ticks)),
+        _ => None,
+    }
+}
+
+/// Read an entity coded by [`write_entity`] against the same `base` and `ticks`.
 pub(crate) fn read_entity(
     r: &mut BitReader<'_>,
     base: &QuantizedEntity,
-    cfg: &QuantizeConfig,
+    ticks: u32,
+    lim: &Limits,
 ) -> Result<QuantizedEntity, SnapshotError> {
     let mut e = base.clone();
-    let (pos_bits, pos_max) = position_limits(cfg);
 
     if r.read_bool()? {
+        let mut reference = base.transform.position;
+        if let Some(predicted) = prediction(&base.transform, ticks, lim)
+            && r.read_bool()?
+        {
+            reference = predicted;
+        }
         e.transform.position = read_axes(
             r,
-            base.transform.position,
+            reference,
             POSITION_DELTA_BITS,
-            pos_bits,
-            pos_max,
+            lim.position_bits,
+            lim.position_steps,
         )?;
     }
 
     if r.read_bool()? {
-        let max = i64::from(cfg.rotation_max());
+        let max = i64::from(lim.rotation_max);
         let small = r.read_bool()?;
         let mut rot = QuantizedRotation {
             largest: base.transform.rotation.largest,
@@ -236,7 +306,7 @@ pub(crate) fn read_entity(
                     // Two bits: always a valid index 0..=3.
                     rot.largest = r.read_bits(2)? as u8;
                 }
-                i64::from(r.read_bits(cfg.rotation_bits)?)
+                i64::from(r.read_bits(lim.rotation_bits)?)
             };
             if !(0..=max).contains(&v) {
                 return Err(SnapshotError::ValueOutOfRange);
@@ -249,13 +319,13 @@ pub(crate) fn read_entity(
 
     if r.read_bool()? {
         e.transform.velocity = if r.read_bool()? {
-            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(cfg));
-            let steps = cfg.velocity_steps();
+            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(lim));
+            let steps = lim.velocity_steps;
             Some(read_axes(
                 r,
                 b,
                 VELOCITY_DELTA_BITS,
-                [cfg.velocity_bits(); 3],
+                [lim.velocity_bits; 3],
                 [steps; 3],
             )?)
         } else {
@@ -286,10 +356,11 @@ pub(crate) fn read_entity(
 pub(crate) fn entity_bits(
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
-    cfg: &QuantizeConfig,
+    ticks: u32,
+    lim: &Limits,
 ) -> usize {
-    let mut c = super::bits::BitCounter::default();
-    write_entity(&mut c, base, cur, cfg);
+    let mut c = BitCounter::default();
+    write_entity(&mut c, base, cur, ticks, lim);
     c.bits
 }
 
@@ -345,7 +416,7 @@ fn write_index_list<W: BitSink>(w: &mut W, indices: &[usize]) {
 }
 
 fn index_list_bits(indices: &[usize]) -> usize {
-    let mut c = super::bits::BitCounter::default();
+    let mut c = BitCounter::default();
     write_index_list(&mut c, indices);
     c.bits
 }
@@ -368,10 +439,11 @@ pub(crate) fn encode_part<W: BitSink>(
     header: &PartHeader,
     baseline: &QuantizedWorld,
     content: &PartContent<'_>,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) {
     write_header(w, header);
     let base = baseline.entities();
+    let ticks = header.ticks_since_baseline();
 
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(content.updates.len() as u32, COUNT_CHUNK_BITS);
@@ -399,7 +471,7 @@ pub(crate) fn encode_part<W: BitSink>(
         }
         for (i, e) in &content.updates {
             // The sender takes indices from this baseline.
-            write_entity(w, &base[*i].1, e, cfg);
+            write_entity(w, &base[*i].1, e, ticks, lim);
         }
     }
 
@@ -415,7 +487,7 @@ pub(crate) fn encode_part<W: BitSink>(
             None => id.0,
         };
         w.write_varint(gap, ID_GAP_CHUNK_BITS);
-        write_entity(w, &spawn_base, e, cfg);
+        write_entity(w, &spawn_base, e, 0, lim);
         prev = Some(*id);
     }
 }
@@ -454,10 +526,12 @@ fn read_index_list(
 /// Returns the changes sorted by id. On error nothing outside the return value was touched.
 pub(crate) fn decode_body(
     r: &mut BitReader<'_>,
+    header: &PartHeader,
     baseline: &QuantizedWorld,
-    cfg: &QuantizeConfig,
+    lim: &Limits,
 ) -> Result<Vec<Change>, SnapshotError> {
     let base = baseline.entities();
+    let ticks = header.ticks_since_baseline();
     let mut changes: Vec<Change> = Vec::new();
 
     let n = read_count(r, base.len())?;
@@ -490,7 +564,7 @@ pub(crate) fn decode_body(
         for i in indices {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, cfg)?)));
+            updates.push((*id, Some(read_entity(r, b, ticks, lim)?)));
         }
     }
 
@@ -508,7 +582,7 @@ pub(crate) fn decode_body(
         if baseline.index_of(id).is_some() {
             return Err(SnapshotError::SpawnExists);
         }
-        spawns.push((id, Some(read_entity(r, &spawn_base, cfg)?)));
+        spawns.push((id, Some(read_entity(r, &spawn_base, 0, lim)?)));
         next = u64::from(id.0) + 1;
     }
 

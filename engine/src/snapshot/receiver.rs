@@ -1,12 +1,12 @@
 //! Client side: decode parts against held baselines, complete composites, keep the live view.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::SnapshotError;
 use super::bits::BitReader;
 use super::part;
-use super::quantize::QuantizeConfig;
+use super::quantize::{Limits, QuantizeConfig};
 use super::world::{
     Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, normalize_changes,
 };
@@ -19,8 +19,6 @@ pub struct ReceiverConfig {
     /// Ticks of completed snapshots kept as possible baselines (default 64, must be at least
     /// the sender's `ring_ticks`, or the server may pick a baseline this side has dropped).
     pub ring_ticks: u32,
-    /// The server's tick period (default 1/60 s), for the server-tick estimate.
-    pub tick_interval: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -28,7 +26,6 @@ impl Default for ReceiverConfig {
         Self {
             quantize: QuantizeConfig::default(),
             ring_ticks: 64,
-            tick_interval: Duration::from_secs(1) / 60,
         }
     }
 }
@@ -85,9 +82,14 @@ struct PendingTick {
 #[derive(Debug, Clone)]
 pub struct SnapshotReceiver {
     config: ReceiverConfig,
+    limits: Limits,
     composites: BTreeMap<Tick, QuantizedWorld>,
     pending: BTreeMap<Tick, PendingTick>,
-    live: BTreeMap<EntityId, QuantizedEntity>,
+    /// The live view is `live_base` with `live_overlay` on top: completing the newest tick
+    /// swaps in its composite (one `Arc` clone) instead of copying every entity.
+    live_base: QuantizedWorld,
+    /// Changes from parts of ticks newer than `live_base`: `None` = despawned.
+    live_overlay: BTreeMap<EntityId, Option<QuantizedEntity>>,
     newest: Option<(Tick, Instant)>,
     stats: ReceiverStats,
 }
@@ -99,14 +101,13 @@ impl SnapshotReceiver {
         if !(1..=16_383).contains(&config.ring_ticks) {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
-        if config.tick_interval.is_zero() {
-            return Err(SnapshotError::Config("tick interval must be positive"));
-        }
         Ok(Self {
+            limits: config.quantize.limits(),
             config,
             composites: BTreeMap::new(),
             pending: BTreeMap::new(),
-            live: BTreeMap::new(),
+            live_base: QuantizedWorld::default(),
+            live_overlay: BTreeMap::new(),
             newest: None,
             stats: ReceiverStats::default(),
         })
@@ -124,24 +125,32 @@ impl SnapshotReceiver {
 
     /// The live view: the newest known state of every entity, by id.
     pub fn live(&self) -> impl Iterator<Item = (EntityId, &QuantizedEntity)> {
-        self.live.iter().map(|(id, e)| (*id, e))
+        LiveIter {
+            base: self.live_base.entities().iter().peekable(),
+            overlay: self.live_overlay.iter().peekable(),
+        }
     }
 
     /// The live view as a quantized world.
     pub fn live_world(&self) -> QuantizedWorld {
+        if self.live_overlay.is_empty() {
+            return self.live_base.clone();
+        }
         QuantizedWorld::from_entities(self.live().map(|(id, e)| (id, e.clone())))
     }
 
     /// One entity of the live view.
     pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
-        self.live.get(&id)
+        match self.live_overlay.get(&id) {
+            Some(change) => change.as_ref(),
+            None => self.live_base.get(id),
+        }
     }
 
     /// The live view dequantized, by id (what an [`super::InterpolationBuffer`] takes).
     pub fn transforms(&self) -> Vec<(EntityId, Transform)> {
-        self.live
-            .iter()
-            .map(|(id, e)| (*id, self.config.quantize.dequantize(&e.transform)))
+        self.live()
+            .map(|(id, e)| (id, self.config.quantize.dequantize(&e.transform)))
             .collect()
     }
 
@@ -155,7 +164,7 @@ impl SnapshotReceiver {
     pub fn estimated_server_tick(&self, now: Instant) -> Option<f64> {
         self.newest.map(|(t, at)| {
             let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            f64::from(t.0) + elapsed / self.config.tick_interval.as_secs_f64()
+            f64::from(t.0) + elapsed / self.config.quantize.tick_interval.as_secs_f64()
         })
     }
 
@@ -208,7 +217,7 @@ impl SnapshotReceiver {
                 .ok_or(SnapshotError::MissingBaseline(b.0))?,
         };
         // Decoded into a fresh vector: nothing is touched until it succeeded.
-        let changes = part::decode_body(&mut r, &base, &self.config.quantize)?;
+        let changes = part::decode_body(&mut r, &h, &base, &self.limits)?;
 
         let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
             baseline: h.baseline,
@@ -244,17 +253,13 @@ impl SnapshotReceiver {
             }
             match &composite {
                 // The newest tick is complete: it is the whole world at that tick.
-                Some(c) => self.live = c.iter().map(|(id, e)| (id, e.clone())).collect(),
+                Some(c) => {
+                    self.live_base = c.clone();
+                    self.live_overlay.clear();
+                }
                 None => {
                     for (id, change) in &changes {
-                        match change {
-                            Some(e) => {
-                                self.live.insert(*id, e.clone());
-                            }
-                            None => {
-                                self.live.remove(id);
-                            }
-                        }
+                        self.live_overlay.insert(*id, change.clone());
                     }
                 }
             }
@@ -282,5 +287,47 @@ impl SnapshotReceiver {
         let keep = |t: &Tick| newest.0.saturating_sub(t.0) < ring;
         self.composites.retain(|t, _| keep(t));
         self.pending.retain(|t, _| keep(t));
+    }
+}
+
+/// Merges the live base world with the overlay, both sorted by id.
+struct LiveIter<'a, B, O>
+where
+    B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
+    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+{
+    base: std::iter::Peekable<B>,
+    overlay: std::iter::Peekable<O>,
+}
+
+impl<'a, B, O> Iterator for LiveIter<'a, B, O>
+where
+    B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
+    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+{
+    type Item = (EntityId, &'a QuantizedEntity);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let next_base = self.base.peek().map(|(id, _)| *id);
+            let next_over = self.overlay.peek().map(|(id, _)| **id);
+            match (next_base, next_over) {
+                (None, None) => return None,
+                (Some(b), o) if o.is_none_or(|o| b < o) => {
+                    return self.base.next().map(|(id, e)| (*id, e));
+                }
+                (b, Some(o)) => {
+                    // The overlay entry replaces a base entry with the same id.
+                    if b == Some(o) {
+                        self.base.next();
+                    }
+                    if let Some((id, Some(e))) = self.overlay.next() {
+                        return Some((*id, e));
+                    }
+                }
+                // (Some, None) is covered by the first arm.
+                (Some(_), None) => return self.base.next().map(|(id, e)| (*id, e)),
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::part::{
     PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
-use super::quantize::QuantizeConfig;
+use super::quantize::{Limits, QuantizeConfig};
 use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
 use crate::Sequence;
 
@@ -92,6 +92,7 @@ struct Candidate {
 #[derive(Debug, Clone)]
 pub struct SnapshotSender {
     config: SenderConfig,
+    limits: Limits,
     ring: VecDeque<SentTick>,
     part_of_seq: HashMap<Sequence, (Tick, u16)>,
     acked: Option<(Tick, QuantizedWorld)>,
@@ -119,6 +120,7 @@ impl SnapshotSender {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
         Ok(Self {
+            limits: config.quantize.limits(),
             config,
             ring: VecDeque::new(),
             part_of_seq: HashMap::new(),
@@ -170,7 +172,8 @@ impl SnapshotSender {
     /// Encode `world` at `tick` for this client within about `budget_bytes`.
     ///
     /// Returns the parts (at least one, each ≤ `max_part_bytes`), to be sent one per
-    /// datagram; report each with [`Self::on_part_sent`]. The entity with the highest
+    /// datagram; report each with [`Self::on_part_sent`]. Index costs are estimated before
+    /// packing, so the total may miss the budget by a few bits per entity. The entity with the highest
     /// priority is always included even when it alone exceeds the budget, so a tiny budget
     /// slows replication down but never stops it.
     pub fn build(
@@ -185,13 +188,14 @@ impl SnapshotSender {
         self.last_tick = Some(tick);
         self.prune(tick);
 
-        let cfg = self.config.quantize;
+        let lim = self.limits;
         let (baseline_tick, baseline) = match &self.acked {
             Some((t, w)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
             _ => (None, QuantizedWorld::default()),
         };
         let base = baseline.entities();
         let cur = world.entities();
+        let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
 
         // Merge the two sorted entity lists into updates, spawns and despawns.
         let mut candidates: Vec<Candidate> = Vec::new();
@@ -208,7 +212,7 @@ impl SnapshotSender {
                             id: *wid,
                             base_index: Some(bi),
                             world_index: wi,
-                            payload_bits: part::entity_bits(be, we, &cfg),
+                            payload_bits: part::entity_bits(be, we, ticks, &lim),
                             priority: 0.0,
                         });
                     }
@@ -228,7 +232,7 @@ impl SnapshotSender {
                         id: *wid,
                         base_index: None,
                         world_index: wi,
-                        payload_bits: part::entity_bits(&spawn_base, we, &cfg),
+                        payload_bits: part::entity_bits(&spawn_base, we, 0, &lim),
                         priority: 0.0,
                     });
                     wi += 1;
@@ -254,30 +258,38 @@ impl SnapshotSender {
         }
 
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
-        // the highest priorities; skip what does not fit and let it wait.
-        let budget_bits = (budget_bytes * 8).saturating_sub(PART_OVERHEAD_BITS);
+        // the highest priorities; skip what does not fit and let it wait. The estimate
+        // charges one part header per part's worth of entries and the typical index gap, so
+        // the total stays within about one index per entity of the budget.
+        let budget_bits = budget_bytes.saturating_mul(8);
+        let part_capacity_bits = self.config.max_part_bytes * 8;
+        let fits = |bits: usize| {
+            let parts = bits
+                .div_ceil(part_capacity_bits - PART_OVERHEAD_BITS)
+                .max(1);
+            bits + parts * PART_OVERHEAD_BITS <= budget_bits
+        };
+        let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
+        let index_bits = varint_bits(typical_gap as u32, INDEX_GAP_CHUNK_BITS);
         let mut used = 0usize;
         let mut chosen_despawns = Vec::new();
         for &d in &despawns {
-            let cost = 8;
-            if used + cost > budget_bits && !chosen_despawns.is_empty() {
+            if !fits(used + index_bits) && !chosen_despawns.is_empty() {
                 break;
             }
-            used += cost;
+            used += index_bits;
             chosen_despawns.push(d);
         }
         candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
-        let part_capacity_bits = self.config.max_part_bytes * 8;
         let mut chosen: Vec<Candidate> = Vec::new();
         for c in &candidates {
-            let index_bits = if c.base_index.is_some() { 8 } else { 12 };
-            let cost = c.payload_bits + index_bits;
             // 48 bits covers the largest index or id gap varint.
             if PART_OVERHEAD_BITS + c.payload_bits + 48 > part_capacity_bits {
                 self.stats.entities_oversized += 1;
                 continue;
             }
-            if used + cost <= budget_bits || (chosen.is_empty() && chosen_despawns.is_empty()) {
+            let cost = c.payload_bits + index_bits;
+            if fits(used + cost) || (chosen.is_empty() && chosen_despawns.is_empty()) {
                 used += cost;
                 chosen.push(*c);
             }
@@ -370,7 +382,7 @@ impl SnapshotSender {
                 count: count as u16,
             };
             let mut w = BitWriter::new();
-            part::encode_part(&mut w, &header, &baseline, content, &cfg);
+            part::encode_part(&mut w, &header, &baseline, content, &lim);
             let bytes = w.finish();
             debug_assert!(bytes.len() <= self.config.max_part_bytes);
             self.stats.bytes += bytes.len() as u64;
@@ -421,7 +433,8 @@ impl SnapshotSender {
     /// The packet numbered `seq` was acknowledged (`acked`) or declared lost.
     ///
     /// When every part of a tick is acknowledged, that tick becomes the baseline for the
-    /// next snapshots (if it is newer than the current one).
+    /// next snapshots (if it is newer than the current one). Call exactly once per packet,
+    /// and only acknowledge packets whose part was given to the client's receiver.
     pub fn on_delivery(&mut self, seq: Sequence, acked: bool) {
         let Some((tick, index)) = self.part_of_seq.remove(&seq) else {
             return;

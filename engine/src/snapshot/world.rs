@@ -158,11 +158,12 @@ pub(crate) type Change = (EntityId, Option<QuantizedEntity>);
 impl QuantizedWorld {
     /// Quantize every entity of `world` with `config`.
     pub fn from_world(world: &World, config: &QuantizeConfig) -> Self {
+        let limits = config.limits();
         let entities = world
             .iter()
             .map(|(id, s)| {
                 let q = QuantizedEntity {
-                    transform: config.quantize(&s.transform),
+                    transform: config.quantize_with(&s.transform, &limits),
                     component: s.component.as_deref().map(Arc::from),
                 };
                 (id, q)
