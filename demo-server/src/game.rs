@@ -22,9 +22,13 @@ use crate::protocol::{INPUT_REDUNDANCY, InputMsg, Welcome};
 use crate::scene::{PlayerInput, Scene, SceneKind, build_scene};
 use crate::transport::PeerId;
 
-/// The quantization both sides use for a scene: a box that fits it, 1/512 m steps.
-pub fn quantize_config(scene: SceneKind) -> QuantizeConfig {
-    let base = QuantizeConfig::default();
+/// The quantization both sides use for a scene: a box that fits it, 1/512 m steps, and the
+/// tick period (positions are predicted from the baseline's velocity over elapsed ticks).
+pub fn quantize_config(scene: SceneKind, tick_rate: f64) -> QuantizeConfig {
+    let base = QuantizeConfig {
+        tick_interval: Duration::from_secs_f64(1.0 / tick_rate),
+        ..QuantizeConfig::default()
+    };
     match scene {
         // The field fits ±256 m across and 64 m up: 18 + 15 + 18 bits for a full position.
         SceneKind::Cubes => QuantizeConfig {
@@ -36,10 +40,11 @@ pub fn quantize_config(scene: SceneKind) -> QuantizeConfig {
     }
 }
 
-/// Whether snapshots of this scene carry velocity (used by client extrapolation). The
-/// cubes scene is the bandwidth yardstick of the literature, which sends none.
+/// Whether snapshots of this scene carry velocity. They do in both scenes: velocity feeds
+/// client extrapolation, and the delta coder predicts positions from it, which saves more
+/// bits than the velocity costs (47 vs 61 bits per changed cube).
 pub fn sends_velocity(scene: SceneKind) -> bool {
-    matches!(scene, SceneKind::Arena)
+    matches!(scene, SceneKind::Arena | SceneKind::Cubes)
 }
 
 /// What a [`GameServer`] runs.
@@ -130,7 +135,7 @@ impl GameServer {
                 opts.tick_rate, opts.send_rate
             ));
         }
-        let quantize = quantize_config(opts.scene);
+        let quantize = quantize_config(opts.scene, opts.tick_rate);
         // Reject a config the snapshot layer would refuse before any client arrives.
         SnapshotSender::new(SenderConfig {
             quantize,
@@ -400,8 +405,7 @@ impl GameClient {
         }
         let tick_interval = Duration::from_secs_f64(1.0 / welcome.tick_rate);
         let receiver = SnapshotReceiver::new(ReceiverConfig {
-            quantize: quantize_config(scene),
-            tick_interval,
+            quantize: quantize_config(scene, welcome.tick_rate),
             ..ReceiverConfig::default()
         })
         .map_err(|e| e.to_string())?;
