@@ -109,7 +109,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async_main(opts, args.json))
+    let code = runtime.block_on(async_main(opts, args.json));
+    // The console's stdin read sits on a blocking thread until a line or end of input
+    // arrives; do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 async fn async_main(opts: ServerOptions, json: Option<String>) -> ExitCode {

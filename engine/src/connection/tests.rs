@@ -584,3 +584,40 @@ fn reliable_messages_arrive_once_in_order_through_the_whole_stack() {
         assert!(sim.server.channel_stats(id, 0).unwrap().resent > 0);
     }
 }
+
+#[test]
+fn a_message_sent_on_connect_arrives_under_loss() {
+    for seed in 0..40 {
+        let mut sim = Sim::new(ServerConfig::default(), 300 + seed);
+        for _ in 0..4 {
+            sim.add_client(ClientConfig::default());
+        }
+        sim.set_all_links(ConditionerConfig {
+            loss_pct: 10.0,
+            ..latency(1)
+        });
+        let mut welcomed = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            sim.run_for(Duration::from_millis(10));
+            let now = sim.now;
+            let events: Vec<_> = sim.server_events.drain(..).collect();
+            for (id, e) in events {
+                if let Event::Connected { .. } = e {
+                    sim.server.send_message(now, id, 0, b"welcome").unwrap();
+                    welcomed.insert(id);
+                }
+            }
+        }
+        for (i, c) in sim.clients.iter().enumerate() {
+            let got = c
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Message { payload, .. } if payload == b"welcome"))
+                .count();
+            assert_eq!(
+                got, 1,
+                "seed {seed} client {i}: welcome received {got} times"
+            );
+        }
+    }
+}

@@ -10,6 +10,8 @@ use crate::{Sequence, SequenceBuffer};
 const SENT_WINDOW_PACKETS: usize = 1024;
 /// How far back received sequences are remembered, for acks and replay rejection.
 const RECEIVED_WINDOW_PACKETS: usize = 1024;
+/// The first sequence each side sends; see [`AckTracker::new`].
+const FIRST_SEQUENCE: Sequence = Sequence(1);
 /// Ack bits cover this many sequences before the `ack` field.
 const ACK_BITS: u16 = 32;
 
@@ -51,9 +53,13 @@ impl Default for AckTracker {
 }
 
 impl AckTracker {
-    /// A tracker whose first packet will be sequence 0.
+    /// A tracker whose first packet will be sequence 1.
+    ///
+    /// Not 0: a side that has received nothing yet sends `ack = 0` with no ack bits, and
+    /// that must not acknowledge a real packet. Starting at 1, sequence 0 is first sent
+    /// after 65,535 packets, long after the peer has heard something (or timed out).
     pub fn new() -> Self {
-        Self::starting_at(Sequence(0))
+        Self::starting_at(FIRST_SEQUENCE)
     }
 
     /// A tracker whose first packet will be `first` (tests use this to exercise wrap-around).
@@ -262,6 +268,23 @@ mod tests {
     }
 
     #[test]
+    fn the_empty_ack_acknowledges_nothing() {
+        let t0 = Instant::now();
+        let mut sender = AckTracker::new();
+        let silent_peer = AckTracker::new();
+        let mut rtt = RttEstimator::default();
+        let first = sender.on_send(t0);
+        let (ack, bits, delay) = silent_peer.ack_fields(t0);
+        sender.on_ack(t0, ack, bits, delay, &mut rtt);
+        assert!(
+            sender.poll_notice().is_none(),
+            "nothing was received, nothing is acked"
+        );
+        assert_eq!(sender.pending_count(), 1);
+        assert_ne!(first, ack);
+    }
+
+    #[test]
     fn duplicates_and_ancient_sequences_are_refused() {
         let t0 = Instant::now();
         let mut b = AckTracker::new();
@@ -286,7 +309,7 @@ mod tests {
     #[test]
     fn falling_out_of_the_ack_window_is_loss() {
         let t0 = Instant::now();
-        let mut a = AckTracker::new();
+        let mut a = AckTracker::starting_at(Sequence(0));
         let mut rtt = RttEstimator::default();
         for _ in 0..40 {
             a.on_send(t0);

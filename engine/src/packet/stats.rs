@@ -19,13 +19,11 @@ impl RttEstimator {
     pub fn on_sample(&mut self, round_trip: Duration, ack_delay: Duration) {
         let min = self.min.map_or(round_trip, |m| m.min(round_trip));
         self.min = Some(min);
-        // As QUIC does: subtract the peer's hold time only when the result stays at or above
-        // the minimum ever seen, so a lying or coarse ack delay cannot drive the estimate down.
-        let sample = if round_trip >= min + ack_delay {
-            round_trip - ack_delay
-        } else {
-            round_trip
-        };
+        // Subtract the peer's hold time, but never below the minimum ever seen: a lying or
+        // coarse ack delay cannot drive the estimate down. (QUIC skips the subtraction when
+        // it would cross the minimum; clamping instead keeps a 50 µs rounding of the delay
+        // from adding the whole hold time back.)
+        let sample = round_trip.saturating_sub(ack_delay).max(min);
         self.latest = sample;
         match self.smoothed {
             None => {
