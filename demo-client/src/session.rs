@@ -213,34 +213,34 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
             continue;
         }
         let input = game.on_frame(Instant::now(), unix_micros_now());
-        if let (Some(ns), Some(interval)) = (next_stats, opts.stats_interval) {
-            if tokio::time::Instant::now() >= ns {
-                next_stats = Some(ns + interval);
-                let gap = game.update_gap.percentiles();
-                let stale = game.staleness.percentiles();
-                let (rtt_ms, loss) = match &link {
-                    Link::Udp { net, .. } => {
-                        net.endpoint().connection_stats().map_or((0.0, 0.0), |s| {
-                            (
-                                s.rtt.unwrap_or_default().as_secs_f64() * 1e3,
-                                s.link.loss_pct(),
-                            )
-                        })
-                    }
-                    Link::Tcp { .. } => (0.0, 0.0),
-                };
-                println!(
-                    "{}: {} snapshots | gap p50 {:.1} p99 {:.1} ms | staleness p50 {:.1} p99 {:.1} ms | rtt {:.1} ms | loss {:.1}%",
-                    opts.label,
-                    game.snapshots_received,
-                    gap.p50,
-                    gap.p99,
-                    stale.p50,
-                    stale.p99,
-                    rtt_ms,
-                    loss
-                );
-            }
+        if let (Some(ns), Some(interval)) = (next_stats, opts.stats_interval)
+            && tokio::time::Instant::now() >= ns
+        {
+            next_stats = Some(ns + interval);
+            let gap = game.update_gap.percentiles();
+            let stale = game.staleness.percentiles();
+            let (rtt_ms, loss) = match &link {
+                Link::Udp { net, .. } => {
+                    net.endpoint().connection_stats().map_or((0.0, 0.0), |s| {
+                        (
+                            s.rtt.unwrap_or_default().as_secs_f64() * 1e3,
+                            s.link.loss_pct(),
+                        )
+                    })
+                }
+                Link::Tcp { .. } => (0.0, 0.0),
+            };
+            println!(
+                "{}: {} snapshots | gap p50 {:.1} p99 {:.1} ms | staleness p50 {:.1} p99 {:.1} ms | rtt {:.1} ms | loss {:.1}%",
+                opts.label,
+                game.snapshots_received,
+                gap.p50,
+                gap.p99,
+                stale.p50,
+                stale.p99,
+                rtt_ms,
+                loss
+            );
         }
         match &mut link {
             Link::Udp { net, reliable } => {
@@ -256,10 +256,10 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
                     report.inputs_refused += 1;
                 }
                 net.flush();
-                if n % 10 == 0 {
-                    if let Some(r) = net.endpoint().connection_stats().and_then(|s| s.rtt) {
-                        rtt.record(r);
-                    }
+                if n.is_multiple_of(10)
+                    && let Some(r) = net.endpoint().connection_stats().and_then(|s| s.rtt)
+                {
+                    rtt.record(r);
                 }
             }
             Link::Tcp {

@@ -36,7 +36,7 @@ fn free_port() -> u16 {
 fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
     loop {
-        if let Some(_) = child.try_wait().unwrap() {
+        if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap();
         }
         if start.elapsed() > limit {

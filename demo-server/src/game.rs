@@ -103,6 +103,10 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// Where [`GameServer::tick`] hands each part: returns the sequence to track and, for
+/// streams, the delivery outcome known at once; `None` when the part could not be sent.
+pub type PartSink<'a> = dyn FnMut(PeerId, &[u8]) -> Option<(Sequence, Option<bool>)> + 'a;
+
 /// The authoritative game: scene, tick counter, and one snapshot sender per client.
 #[derive(Debug)]
 pub struct GameServer {
@@ -237,10 +241,7 @@ impl GameServer {
 
     /// Run one tick. On a send tick, every player's parts go to `send`, which returns the
     /// sequence to track and, for streams, the delivery outcome known at once.
-    pub fn tick(
-        &mut self,
-        send: &mut dyn FnMut(PeerId, &[u8]) -> Option<(Sequence, Option<bool>)>,
-    ) {
+    pub fn tick(&mut self, send: &mut PartSink<'_>) {
         self.tick += 1;
         let tick = Tick(self.tick);
         self.scene.step(self.period().as_secs_f32());
@@ -261,15 +262,15 @@ impl GameServer {
             );
         }
         let qworld = QuantizedWorld::from_world(&world, &self.quantize);
-        if let Some(prev) = &self.prev_world {
-            if !qworld.is_empty() {
-                let changed = qworld
-                    .iter()
-                    .filter(|(id, e)| prev.get(*id) != Some(*e))
-                    .count();
-                self.changed_sum += changed as f64 / qworld.len() as f64;
-                self.changed_samples += 1;
-            }
+        if let Some(prev) = &self.prev_world
+            && !qworld.is_empty()
+        {
+            let changed = qworld
+                .iter()
+                .filter(|(id, e)| prev.get(*id) != Some(*e))
+                .count();
+            self.changed_sum += changed as f64 / qworld.len() as f64;
+            self.changed_samples += 1;
         }
         for (peer, p) in self.peers.iter_mut().filter(|(_, p)| p.ready) {
             match p.sender.build(tick, &qworld, self.opts.budget_bytes) {
@@ -398,9 +399,10 @@ impl GameClient {
             .scene
             .parse()
             .map_err(|e: crate::scene::UnknownSceneError| e.to_string())?;
-        if !(welcome.tick_rate.is_finite() && (1.0..=1000.0).contains(&welcome.tick_rate))
-            || !(welcome.send_rate.is_finite() && welcome.send_rate > 0.0)
-        {
+        let rates_ok = (1.0..=1000.0).contains(&welcome.tick_rate)
+            && welcome.send_rate.is_finite()
+            && welcome.send_rate > 0.0;
+        if !rates_ok {
             return Err("welcome with impossible rates".into());
         }
         let tick_interval = Duration::from_secs_f64(1.0 / welcome.tick_rate);
@@ -453,10 +455,10 @@ impl GameClient {
             self.newest_tick = Some(info.tick);
             self.snapshots_received += 1;
         }
-        if info.applied {
-            if let Some(interp) = self.interp.as_mut() {
-                interp.push(now, info.tick, receiver.transforms());
-            }
+        if info.applied
+            && let Some(interp) = self.interp.as_mut()
+        {
+            interp.push(now, info.tick, receiver.transforms());
         }
         Some(info)
     }

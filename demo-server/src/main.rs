@@ -55,7 +55,7 @@ struct Args {
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    if !v.is_finite() || v < 0.0 || v > 1e7 {
+    if !v.is_finite() || !(0.0..=1e7).contains(&v) {
         return Err(format!(
             "--{flag} must be a number of seconds >= 0 (got {v})"
         ));

@@ -278,11 +278,11 @@ pub async fn run(
         tick_cost.record(work_start.elapsed());
 
         let t = tokio::time::Instant::now();
-        if let Some(ns) = next_stats {
-            if t >= ns {
-                say(link.stats_line(game.player_count(), &tick_cost, &conditioner));
-                next_stats = opts.stats_interval.map(|i| ns + i);
-            }
+        if let Some(ns) = next_stats
+            && t >= ns
+        {
+            say(link.stats_line(game.player_count(), &tick_cost, &conditioner));
+            next_stats = opts.stats_interval.map(|i| ns + i);
         }
         if deadline.is_some_and(|d| t >= d) {
             break;
