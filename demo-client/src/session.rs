@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use demo_server::cli::Transport;
 use demo_server::game::GameClient;
 use demo_server::protocol::{RELIABLE_CHANNEL, ServerMsg, channels_config, unix_micros_now};
+use rand::{Rng, SeedableRng};
 use snapsync::conditioner::ConditionerConfig;
 use snapsync::net::{NetClient, frame};
 use snapsync::packet::IP_UDP_HEADER_BYTES;
@@ -51,7 +52,7 @@ enum Link {
     },
     Tcp {
         writer: OwnedWriteHalf,
-        frames: mpsc::Receiver<Option<Vec<u8>>>,
+        frames: mpsc::Receiver<Option<(Instant, Vec<u8>)>>,
         bytes_in: u64,
         bytes_out: u64,
         frames_in: u64,
@@ -106,7 +107,8 @@ async fn connect(opts: &SessionOptions) -> Result<Link, SessionError> {
                 loop {
                     match frame::read_frame(&mut rd, MAX_TCP_FRAME_BYTES).await {
                         Ok(Some(f)) => {
-                            if tx.send(Some(f)).await.is_err() {
+                            // Stamped on arrival, not when the frame loop gets to it.
+                            if tx.send(Some((Instant::now(), f))).await.is_err() {
                                 return;
                             }
                         }
@@ -145,9 +147,14 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
     let mut n = 0u32;
     let mut alive = true;
     let mut next_stats = opts.stats_interval.map(|i| start + i);
+    // Frames fall at a seeded random point within each period: a client's frame clock is not
+    // phase-locked to the server's tick, and staleness sampled at a fixed phase would carry
+    // that phase (anything from 0 to a whole tick) into every percentile.
+    let mut phase_rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5EED);
     while alive {
         n += 1;
-        let next = start + frame.mul_f64(f64::from(n));
+        let offset: f64 = phase_rng.random_range(0.0..1.0);
+        let next = start + frame.mul_f64(f64::from(n) + offset);
         if next > end {
             break;
         }
@@ -158,13 +165,20 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
                     break;
                 }
                 while let Some(e) = net.poll_event() {
-                    let now = Instant::now();
                     match e {
-                        Event::Datagram { payload, .. } if !*reliable => {
-                            let _ = game.on_part(now, &payload);
+                        Event::Datagram {
+                            payload,
+                            received_at,
+                            ..
+                        } if !*reliable => {
+                            let _ = game.on_part(received_at, &payload);
                         }
-                        Event::Message { channel, payload } if channel == RELIABLE_CHANNEL => {
-                            on_server_msg(&mut game, now, &payload);
+                        Event::Message {
+                            channel,
+                            payload,
+                            received_at,
+                        } if channel == RELIABLE_CHANNEL => {
+                            on_server_msg(&mut game, received_at, &payload);
                         }
                         Event::Disconnected { reason } => {
                             report.disconnects += 1;
@@ -183,10 +197,10 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
             } => loop {
                 tokio::select! {
                     f = frames.recv() => match f {
-                        Some(Some(bytes)) => {
+                        Some(Some((at, bytes))) => {
                             *frames_in += 1;
                             *bytes_in += bytes.len() as u64 + 4 + IP_TCP_HEADER_BYTES;
-                            on_server_msg(&mut game, Instant::now(), &bytes);
+                            on_server_msg(&mut game, at, &bytes);
                         }
                         _ => {
                             report.disconnects += 1;

@@ -235,7 +235,9 @@ impl ServerLink {
                         Event::Datagram { payload, .. } => {
                             out.push(LinkEvent::Input(peer, payload))
                         }
-                        Event::Message { channel, payload } if channel == RELIABLE_CHANNEL => {
+                        Event::Message {
+                            channel, payload, ..
+                        } if channel == RELIABLE_CHANNEL => {
                             out.push(LinkEvent::Input(peer, payload))
                         }
                         Event::Message { .. } => *extra_invalid += 1,

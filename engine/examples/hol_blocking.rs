@@ -28,7 +28,9 @@ fn main() {
     for seed in 1..=5u64 {
         let mut sim = Sim::new(ServerConfig::default(), seed);
         sim.add_client(ClientConfig::default());
-        assert!(sim.run_until_cond(Duration::from_secs(2), |s| s.clients[0].client.is_connected()));
+        assert!(sim.run_until_cond(Duration::from_secs(2), |s| {
+            s.clients[0].client.is_connected()
+        }));
         sim.set_all_links(ConditionerConfig {
             loss_pct: 5.0,
             latency: Duration::from_millis(50),
@@ -52,7 +54,10 @@ fn main() {
             sim.run_for(period);
             let now_us = (sim.now - start).as_micros() as u64;
             for e in sim.clients[0].events.drain(..) {
-                if let Event::Message { channel, payload } = e {
+                if let Event::Message {
+                    channel, payload, ..
+                } = e
+                {
                     let stamp = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
                     // Arrival is known to the resolution of the step, as a client frame would.
                     let ms = (now_us - stamp) as f64 / 1000.0;
@@ -65,7 +70,10 @@ fn main() {
     println!("| channel | delivered | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut p99 = [0.0; 2];
-    for (i, name) in ["ReliableOrdered", "UnreliableSequenced"].iter().enumerate() {
+    for (i, name) in ["ReliableOrdered", "UnreliableSequenced"]
+        .iter()
+        .enumerate()
+    {
         let d = &mut delays[i];
         d.sort_by(f64::total_cmp);
         p99[i] = percentile(d, 0.99);
@@ -78,5 +86,8 @@ fn main() {
             d.last().copied().unwrap_or(f64::NAN)
         );
     }
-    println!("p99 delay ratio ReliableOrdered / UnreliableSequenced: {:.1}x", p99[0] / p99[1]);
+    println!(
+        "p99 delay ratio ReliableOrdered / UnreliableSequenced: {:.1}x",
+        p99[0] / p99[1]
+    );
 }

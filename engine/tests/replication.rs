@@ -22,7 +22,7 @@ fn world_at(tick: u32, stop_tick: u32) -> World {
     let mut w = World::new();
     for i in 0..150u32 {
         // Entities 100..150 exist only in some windows of time: spawns and despawns.
-        if i >= 100 && ((tick.min(stop_tick) / 40 + i) % 3 == 0) {
+        if i >= 100 && (tick.min(stop_tick) / 40 + i).is_multiple_of(3) {
             continue;
         }
         let phase = i as f32 * 0.37;
@@ -70,7 +70,7 @@ fn clients_converge_at_ten_percent_loss_and_100ms_latency() {
         let mut receivers: Vec<SnapshotReceiver> = (0..2)
             .map(|_| SnapshotReceiver::new(ReceiverConfig::default()).unwrap())
             .collect();
-        let mut newest_applied = vec![0u32; 2];
+        let mut newest_applied = [0u32; 2];
         let stop_tick = 300;
         let mut converged_at: Vec<Option<u32>> = vec![None; 2];
         let mut server_world = QuantizedWorld::default();
@@ -92,18 +92,17 @@ fn clients_converge_at_ten_percent_loss_and_100ms_latency() {
             }
             for (i, c) in sim.clients.iter_mut().enumerate() {
                 for e in c.events.drain(..) {
-                    if let Event::Datagram { payload, .. } = e {
-                        if let Ok(info) = receivers[i].read_part(sim.now, &payload) {
-                            if info.applied {
-                                assert!(
-                                    info.tick.0 >= newest_applied[i],
-                                    "seed {seed}: applied tick {} after {}",
-                                    info.tick.0,
-                                    newest_applied[i]
-                                );
-                                newest_applied[i] = info.tick.0;
-                            }
-                        }
+                    if let Event::Datagram { payload, .. } = e
+                        && let Ok(info) = receivers[i].read_part(sim.now, &payload)
+                        && info.applied
+                    {
+                        assert!(
+                            info.tick.0 >= newest_applied[i],
+                            "seed {seed}: applied tick {} after {}",
+                            info.tick.0,
+                            newest_applied[i]
+                        );
+                        newest_applied[i] = info.tick.0;
                     }
                 }
                 if tick >= stop_tick
@@ -115,9 +114,13 @@ fn clients_converge_at_ten_percent_loss_and_100ms_latency() {
             }
         }
         for i in 0..2 {
-            let after = converged_at[i].unwrap_or_else(|| panic!("seed {seed}: client {i} never converged"));
+            let after = converged_at[i]
+                .unwrap_or_else(|| panic!("seed {seed}: client {i} never converged"));
             // 100 ms one way is 6 ticks; a lost part costs a tick or two more.
-            assert!(after <= 30, "seed {seed}: client {i} converged {after} ticks after the stop");
+            assert!(
+                after <= 30,
+                "seed {seed}: client {i} converged {after} ticks after the stop"
+            );
             assert_eq!(receivers[i].live_world(), server_world, "and stays equal");
             let s = receivers[i].stats();
             assert!(s.parts_received > 0);

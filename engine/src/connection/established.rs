@@ -135,6 +135,7 @@ impl Established {
                     self.events.push_back(Event::Datagram {
                         sequence: header.sequence,
                         payload: d.to_vec(),
+                        received_at: now,
                     });
                 }
                 if !channel_section.is_empty() {
@@ -142,7 +143,11 @@ impl Established {
                         self.stats.invalid_received += 1;
                     }
                     while let Some((channel, payload)) = self.channels.receive() {
-                        self.events.push_back(Event::Message { channel, payload });
+                        self.events.push_back(Event::Message {
+                            channel,
+                            payload,
+                            received_at: now,
+                        });
                     }
                 }
                 Ok(())

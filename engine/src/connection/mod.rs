@@ -14,7 +14,7 @@ mod server;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use client::{Client, ClientConfig, ClientState};
 pub use established::{ConnectionStats, MAX_DATAGRAM_BYTES};
@@ -113,6 +113,9 @@ pub enum Event {
         sequence: Sequence,
         /// Its bytes.
         payload: Vec<u8>,
+        /// The `now` of the `handle_datagram` call that received it: the arrival time, to
+        /// the resolution of the caller's receive loop rather than of its event loop.
+        received_at: Instant,
     },
     /// A message on a channel.
     Message {
@@ -120,6 +123,8 @@ pub enum Event {
         channel: u8,
         /// Its bytes.
         payload: Vec<u8>,
+        /// When its last piece arrived (the `now` of that `handle_datagram`).
+        received_at: Instant,
     },
     /// The fate of a packet that carried a datagram sent with `send_datagram`.
     Delivery {

@@ -568,6 +568,7 @@ fn reliable_messages_arrive_once_in_order_through_the_whole_stack() {
                 Event::Message {
                     channel: 0,
                     payload,
+                    ..
                 } => Some(payload.clone()),
                 _ => None,
             })
@@ -619,5 +620,28 @@ fn a_message_sent_on_connect_arrives_under_loss() {
                 "seed {seed} client {i}: welcome received {got} times"
             );
         }
+    }
+}
+
+#[test]
+fn a_reliable_message_leaves_in_the_same_flush() {
+    let mut sim = connected_sim(1, 77);
+    sim.run_for(Duration::from_secs(1));
+    let id = sim.client_id(0).unwrap();
+    for size in [100usize, 600, 2000] {
+        let now = sim.now;
+        sim.server
+            .send_message(now, id, 0, &vec![7u8; size])
+            .unwrap();
+        // Zero latency: one pump at the same instant must deliver it.
+        sim.pump();
+        let got = sim.clients[0]
+            .events
+            .drain(..)
+            .any(|e| matches!(e, Event::Message { payload, .. } if payload.len() == size));
+        assert!(
+            got,
+            "a {size}-byte reliable message waited for a later flush"
+        );
     }
 }
