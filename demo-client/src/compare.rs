@@ -100,6 +100,7 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 seed: opts.seed.wrapping_add(i as u64 + 1),
                 stats_interval: None,
                 label: format!("{transport}#{i}"),
+                interp: None,
             };
             sessions.push(tokio::spawn(session::run(s)));
         }

@@ -52,11 +52,31 @@ struct RunArgs {
     /// Print a stats line per client every SECS (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     stats_interval: f64,
+    /// Interpolation delay: `auto` adapts to the send interval and jitter (rides out two lost
+    /// snapshots), or a fixed number of milliseconds.
+    #[arg(long, value_name = "auto|MS", default_value = "auto", value_parser = parse_interp)]
+    interp: Interp,
     /// Write a JSON summary at exit to PATH (`-` for stdout).
     #[arg(long, value_name = "PATH|-")]
     json: Option<String>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interp(Option<Duration>);
+
+fn parse_interp(s: &str) -> Result<Interp, String> {
+    if s == "auto" {
+        return Ok(Interp(None));
+    }
+    let ms: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is neither `auto` nor a number of milliseconds"))?;
+    if !(0.0..=2000.0).contains(&ms) {
+        return Err(format!("{ms} ms is outside 0..=2000"));
+    }
+    Ok(Interp(Some(Duration::from_secs_f64(ms / 1000.0))))
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +202,7 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
                 .wrapping_add(i as u64),
             stats_interval: (!quiet && !stats.is_zero()).then_some(stats),
             label: format!("client {i}"),
+            interp: args.interp.0,
         };
         tasks.push(tokio::spawn(session::run(opts)));
     }

@@ -43,6 +43,8 @@ pub(crate) struct SessionOptions {
     pub(crate) stats_interval: Option<Duration>,
     /// Name in stats lines.
     pub(crate) label: String,
+    /// Fixed interpolation delay (`None`: adaptive).
+    pub(crate) interp: Option<Duration>,
 }
 
 enum Link {
@@ -135,6 +137,7 @@ async fn connect(opts: &SessionOptions) -> Result<Link, SessionError> {
 pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionError> {
     let mut link = connect(&opts).await?;
     let mut game = GameClient::new(opts.seed);
+    game.set_fixed_interp_delay(opts.interp);
     let mut report = ClientReport {
         connected: true,
         ..ClientReport::default()

@@ -363,6 +363,7 @@ pub struct GameClient {
     input_number: u32,
     want_resync: bool,
     resync_requested_at: Option<Instant>,
+    fixed_interp_delay: Option<Duration>,
     /// Resyncs asked of the server.
     pub resyncs_requested: u64,
 }
@@ -389,8 +390,14 @@ impl GameClient {
             input_number: 0,
             want_resync: false,
             resync_requested_at: None,
+            fixed_interp_delay: None,
             resyncs_requested: 0,
         }
+    }
+
+    /// Use a fixed interpolation delay instead of the adaptive one (call before the welcome).
+    pub fn set_fixed_interp_delay(&mut self, delay: Option<Duration>) {
+        self.fixed_interp_delay = delay;
     }
 
     /// The server's welcome: sets up decoding and playout for its scene and rates.
@@ -415,6 +422,7 @@ impl GameClient {
         self.interp = Some(InterpolationBuffer::new(InterpolationConfig {
             tick_interval,
             initial_send_interval: Duration::from_secs_f64(1.0 / welcome.send_rate),
+            fixed_delay: self.fixed_interp_delay,
             ..InterpolationConfig::default()
         }));
         self.welcome = Some(welcome);

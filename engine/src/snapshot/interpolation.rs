@@ -26,6 +26,9 @@ pub struct InterpolationConfig {
     pub max_extrapolation: Duration,
     /// Most ticks kept (default 128, about 2 s at 60 Hz).
     pub capacity: usize,
+    /// A fixed playout delay instead of the adaptive one (default `None`: adapt to the
+    /// measured send interval and jitter).
+    pub fixed_delay: Option<Duration>,
 }
 
 impl Default for InterpolationConfig {
@@ -37,6 +40,7 @@ impl Default for InterpolationConfig {
             jitter_multiplier: 3.0,
             max_extrapolation: Duration::from_millis(100),
             capacity: 128,
+            fixed_delay: None,
         }
     }
 }
@@ -106,8 +110,11 @@ impl InterpolationBuffer {
         self.stats
     }
 
-    /// The current playout delay.
+    /// The current playout delay: the fixed one if configured, else the adaptive one.
     pub fn playout_delay(&self) -> Duration {
+        if let Some(d) = self.config.fixed_delay {
+            return d;
+        }
         let s = f64::from(self.config.lost_to_ride_out + 1) * self.send_interval_s
             + self.config.jitter_multiplier * self.jitter_s;
         Duration::from_secs_f64(s.max(0.0))
@@ -270,6 +277,19 @@ mod tests {
 
     fn x_of(s: &[(EntityId, Transform)]) -> f32 {
         s[0].1.position.x
+    }
+
+    #[test]
+    fn a_fixed_delay_overrides_the_adaptive_one() {
+        let buf = InterpolationBuffer::new(InterpolationConfig {
+            fixed_delay: Some(Duration::from_millis(80)),
+            ..InterpolationConfig::default()
+        });
+        assert_eq!(buf.playout_delay(), Duration::from_millis(80));
+        let adaptive = InterpolationBuffer::new(InterpolationConfig::default());
+        // Adaptive by default: three send intervals (1/60 s each) with no jitter yet.
+        let d = adaptive.playout_delay().as_secs_f64();
+        assert!((d - 0.05).abs() < 1e-6, "{d}");
     }
 
     #[test]
