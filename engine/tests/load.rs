@@ -127,8 +127,7 @@ async fn run_client(mut client: NetClient, start: Instant) -> ClientReport {
         while let Some(e) = client.poll_event() {
             match e {
                 Event::Datagram { payload, .. } => {
-                    let Some(t) = payload.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
-                    else {
+                    let Some(t) = payload.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)) else {
                         continue;
                     };
                     if t > newest {
@@ -208,7 +207,10 @@ async fn two_hundred_fifty_six_clients_for_a_minute() {
 
     let ticks = server.tick_work.len();
     let (w50, w99, wmax) = percentiles(&mut server.tick_work);
-    let mut gaps: Vec<Duration> = reports.iter().flat_map(|r| r.gaps.iter().copied()).collect();
+    let mut gaps: Vec<Duration> = reports
+        .iter()
+        .flat_map(|r| r.gaps.iter().copied())
+        .collect();
     let (g50, g99, gmax) = percentiles(&mut gaps);
     let received: u64 = reports.iter().map(|r| r.received).sum();
     let min_received = reports.iter().map(|r| r.received).min().unwrap_or(0);
@@ -232,8 +234,14 @@ async fn two_hundred_fifty_six_clients_for_a_minute() {
 
     assert_eq!(server.peak_clients, CLIENTS);
     assert_eq!(client_disconnects, 0, "no client lost its connection");
-    assert_eq!(server.disconnects, 0, "no connection timed out on the server");
+    assert_eq!(
+        server.disconnects, 0,
+        "no connection timed out on the server"
+    );
     assert_eq!(server.stats.invalid_packets, 0);
     // Every client kept receiving: at least half the ticks' datagrams, newest-wins.
-    assert!(min_received > 60 * 60 / 2, "worst client got {min_received}");
+    assert!(
+        min_received > 60 * 60 / 2,
+        "worst client got {min_received}"
+    );
 }
