@@ -61,7 +61,9 @@ fn raw_handshake(sim: &mut Sim, from: SocketAddr) -> u32 {
 fuzz_target!(|data: &[u8]| {
     let mut sim = Sim::new(ServerConfig::default(), 1);
     sim.add_client(ClientConfig::default());
-    assert!(sim.run_until_cond(Duration::from_secs(1), |s| s.clients[0].client.is_connected()));
+    assert!(sim.run_until_cond(Duration::from_secs(1), |s| {
+        s.clients[0].client.is_connected()
+    }));
     let raw_peer = addr(9000);
     let salt = raw_handshake(&mut sim, raw_peer);
     let client_addr = sim.clients[0].addr;
@@ -102,7 +104,9 @@ fuzz_target!(|data: &[u8]| {
                         ack_bits: u32::from(selector).wrapping_mul(0x0101_0101),
                         ack_delay: 0,
                     },
-                    payload: &bytes[..bytes.len().min(MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES)],
+                    payload: &bytes[..bytes
+                        .len()
+                        .min(MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES)],
                 };
                 if let Some(n) = packet.encode(&mut buf) {
                     sim.inject_to_server(raw_peer, &buf[..n]);
