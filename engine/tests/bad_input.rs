@@ -93,7 +93,6 @@ async fn run_server(
     let mut next = Instant::now();
     let mut app_decode_errors = 0;
     let mut app_messages = BTreeMap::new();
-    let mut text = String::new();
     while phase.load(Ordering::Relaxed) != PHASE_STOP {
         next += TICK;
         if next < Instant::now() {
@@ -120,11 +119,9 @@ async fn run_server(
             datagram.resize(64, 0xAB);
             let _ = server.endpoint_mut().send_datagram(now, id, &datagram);
             if tick.is_multiple_of(MESSAGE_EVERY_TICKS) {
-                text.clear();
-                text.push_str("server says hi");
                 let m = codec::encode(&GameMessage {
                     counter: tick,
-                    text: text.clone(),
+                    text: "server says hi".into(),
                 })
                 .expect("encodes");
                 let _ = server.endpoint_mut().send_message(now, id, 0, &m);
