@@ -138,9 +138,13 @@ impl Established {
                         received_at: now,
                     });
                 }
+                let mut result = Ok(());
                 if !channel_section.is_empty() {
+                    // The acks and the datagram stand, but the endpoint must count the
+                    // refused section like any other bad input (a fragment bomb from a
+                    // verified peer would otherwise show in no server-wide counter).
                     if self.channels.read_packet(now, channel_section).is_err() {
-                        self.stats.invalid_received += 1;
+                        result = Err(InvalidPacket::BadPayload);
                     }
                     while let Some((channel, payload)) = self.channels.receive() {
                         self.events.push_back(Event::Message {
@@ -150,7 +154,7 @@ impl Established {
                         });
                     }
                 }
-                Ok(())
+                result
             }
             Packet::Disconnect { salt, reason } => {
                 if salt != self.salt {

@@ -159,7 +159,8 @@ pub enum InvalidPacket {
     /// A packet kind this side never receives (e.g. a challenge sent to a server).
     #[error("unexpected packet kind")]
     UnexpectedKind,
-    /// The payload's sections did not parse.
+    /// The payload's sections did not parse, or the channels refused its channel section
+    /// (the packet's acks and datagram still count).
     #[error("malformed payload")]
     BadPayload,
     /// A datagram from an address other than the server (client side).

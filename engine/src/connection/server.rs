@@ -65,7 +65,8 @@ pub struct ServerStats {
     pub invalid_replay: u64,
     /// Of those: forged or expired cookies.
     pub invalid_cookie: u64,
-    /// Of those: kinds a server never receives, or unparsable payloads.
+    /// Of those: kinds a server never receives, unparsable payloads, or channel sections
+    /// the channels refused.
     pub invalid_other: u64,
     /// Disconnect packets from addresses with no connection: mostly the redundant copies of
     /// a goodbye already acted on. Not counted as invalid; they change nothing.
@@ -217,9 +218,11 @@ impl Server {
                     .clients
                     .get_mut(&id)
                     .ok_or(InvalidPacket::UnknownPeer)?;
-                client.conn.handle_packet(now, &packet, datagram.len())?;
+                // A refused channel section is reported after the rest of the packet was
+                // applied: hand its events on either way.
+                let result = client.conn.handle_packet(now, &packet, datagram.len());
                 Self::move_events(id, &mut client.conn, &mut self.events);
-                Ok(())
+                result
             }
             Packet::Challenge { .. } | Packet::Accepted { .. } | Packet::Denied { .. } => {
                 Err(InvalidPacket::UnexpectedKind)

@@ -226,6 +226,9 @@ pub enum HeaderError {
     /// A handshake packet that is not exactly [`HANDSHAKE_PACKET_BYTES`] long.
     #[error("handshake packet has wrong size")]
     BadHandshakeSize,
+    /// Bytes after the last field of a fixed-size kind.
+    #[error("trailing bytes after the packet")]
+    TrailingBytes,
 }
 
 fn crc(body: &[u8]) -> u32 {
@@ -377,7 +380,7 @@ impl<'a> Packet<'a> {
         let kind_byte = r.u8()?;
         let kind = PacketKind::from_u8(kind_byte).ok_or(HeaderError::UnknownKind(kind_byte))?;
         let handshake_sized = datagram.len() == HANDSHAKE_PACKET_BYTES;
-        Ok(match kind {
+        let packet = match kind {
             PacketKind::ConnectionRequest => {
                 if !handshake_sized {
                     return Err(HeaderError::BadHandshakeSize);
@@ -431,7 +434,20 @@ impl<'a> Packet<'a> {
                 salt: r.u32()?,
                 reason: DisconnectReasonCode::from_u8(r.u8()?),
             },
-        })
+        };
+        // One encoding per packet: the server-to-client kinds and Disconnect have a fixed
+        // size (handshake requests are padded, payloads run to the end).
+        let fixed_size = matches!(
+            kind,
+            PacketKind::Challenge
+                | PacketKind::Accepted
+                | PacketKind::Denied
+                | PacketKind::Disconnect
+        );
+        if fixed_size && !r.buf.is_empty() {
+            return Err(HeaderError::TrailingBytes);
+        }
+        Ok(packet)
     }
 }
 

@@ -1,0 +1,480 @@
+//! Property-test twins of the cargo-fuzz targets in `fuzz/`, so CI covers the same entry
+//! points without a nightly toolchain, plus the crashes fuzzing found, as regressions.
+//!
+//! Random bytes rarely pass a CRC, so the strategies start from valid encodings and mutate
+//! them (truncate, extend, flip bits, overwrite), which reaches the parsers behind the check.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use glam::{Quat, Vec3};
+use proptest::prelude::*;
+use snapsync::channel::{Channels, ChannelsConfig};
+use snapsync::packet::{
+    ConnectedHeader, DenyReason, DisconnectReasonCode, HeaderError, MAX_PACKET_BYTES, Packet,
+};
+use snapsync::sim::Sim;
+use snapsync::snapshot::{
+    EntityId, EntityState, QuantizedWorld, ReceiverConfig, SenderConfig, SnapshotReceiver,
+    SnapshotSender, Tick, Transform, World,
+};
+use snapsync::{ClientConfig, Sequence, ServerConfig};
+
+/// A change applied to a valid encoding.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Truncate(usize),
+    Append(Vec<u8>),
+    FlipBit(usize),
+    Overwrite(usize, u8),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Truncate),
+        proptest::collection::vec(any::<u8>(), 1..8).prop_map(Mutation::Append),
+        any::<usize>().prop_map(Mutation::FlipBit),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Overwrite(i, b)),
+    ]
+}
+
+fn mutate(bytes: &mut Vec<u8>, m: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    match m {
+        Mutation::Truncate(n) => bytes.truncate(n % bytes.len()),
+        Mutation::Append(extra) => bytes.extend_from_slice(extra),
+        Mutation::FlipBit(i) => {
+            let bit = i % (bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        Mutation::Overwrite(i, b) => {
+            let at = i % bytes.len();
+            bytes[at] = *b;
+        }
+    }
+}
+
+/// Re-encode a packet with a fresh CRC, so mutations of the body reach the field parsers.
+fn with_fixed_crc(body: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&snapsync::packet::PROTOCOL_ID.to_le_bytes());
+    h.update(body);
+    let mut out = h.finalize().to_le_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+fn packet() -> impl Strategy<Value = Vec<u8>> {
+    let header = (
+        any::<u32>(),
+        any::<u16>(),
+        any::<u16>(),
+        any::<u32>(),
+        any::<u16>(),
+    );
+    prop_oneof![
+        any::<u64>().prop_map(|n| encode(&Packet::ConnectionRequest { client_nonce: n })),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, t, m)| encode(
+            &Packet::Challenge {
+                client_nonce: n,
+                timestamp_ms: t,
+                mac: m
+            }
+        )),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, t, m)| encode(
+            &Packet::ChallengeResponse {
+                client_nonce: n,
+                timestamp_ms: t,
+                mac: m
+            }
+        )),
+        (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(n, id, salt)| encode(
+            &Packet::Accepted {
+                client_nonce: n,
+                client_id: id,
+                salt
+            }
+        )),
+        (any::<u64>(), any::<u8>()).prop_map(|(n, r)| encode(&Packet::Denied {
+            client_nonce: n,
+            reason: match r % 3 {
+                0 => DenyReason::ServerFull,
+                1 => DenyReason::ShuttingDown,
+                _ => DenyReason::Other(r),
+            }
+        })),
+        (header, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+            |((salt, s, a, bits, delay), payload)| encode(&Packet::Payload {
+                header: ConnectedHeader {
+                    salt,
+                    sequence: Sequence(s),
+                    ack: Sequence(a),
+                    ack_bits: bits,
+                    ack_delay: delay,
+                },
+                payload: &payload,
+            })
+        ),
+        any::<u32>().prop_map(|salt| encode(&Packet::Disconnect {
+            salt,
+            reason: DisconnectReasonCode::Kicked
+        })),
+    ]
+}
+
+fn encode(p: &Packet<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let n = p.encode(&mut buf).expect("test packets fit");
+    buf.truncate(n);
+    buf
+}
+
+/// The property of the `packet_decode` target.
+fn check_packet_decode(bytes: &[u8]) {
+    let Ok(packet) = Packet::decode(bytes) else {
+        return;
+    };
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let len = packet
+        .encode(&mut buf)
+        .expect("a decoded packet fits the maximum size");
+    assert_eq!(len, bytes.len(), "re-encoding keeps the length");
+    assert_eq!(Packet::decode(&buf[..len]), Ok(packet));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn packet_decode_round_trips_whatever_it_accepts(
+        mut bytes in packet(),
+        m in mutation(),
+        recrc in any::<bool>(),
+    ) {
+        mutate(&mut bytes, &m);
+        if recrc && bytes.len() > 4 {
+            bytes = with_fixed_crc(&bytes[4..]);
+        }
+        check_packet_decode(&bytes);
+    }
+
+    #[test]
+    fn packet_decode_survives_random_bytes(
+        bytes in proptest::collection::vec(any::<u8>(), 0..1500),
+    ) {
+        check_packet_decode(&bytes);
+        if bytes.len() > MAX_PACKET_BYTES {
+            prop_assert_eq!(Packet::decode(&bytes), Err(HeaderError::Oversized));
+        }
+    }
+}
+
+/// Found by `cargo fuzz run packet_decode`: a Denied packet with two bytes after its
+/// fields decoded, so two different datagrams meant the same packet.
+#[test]
+fn regression_fixed_size_packet_with_trailing_bytes_is_rejected() {
+    let crash = [
+        132, 169, 232, 149, 5, 161, 10, 29, 10, 10, 65, 91, 91, 91, 92, 10,
+    ];
+    assert_eq!(Packet::decode(&crash), Err(HeaderError::TrailingBytes));
+    check_packet_decode(&crash);
+    // Every fixed-size kind, extended by a byte with a valid CRC.
+    for p in [
+        Packet::Challenge {
+            client_nonce: 1,
+            timestamp_ms: 2,
+            mac: 3,
+        },
+        Packet::Accepted {
+            client_nonce: 1,
+            client_id: 2,
+            salt: 3,
+        },
+        Packet::Denied {
+            client_nonce: 1,
+            reason: DenyReason::ServerFull,
+        },
+        Packet::Disconnect {
+            salt: 1,
+            reason: DisconnectReasonCode::Requested,
+        },
+    ] {
+        let mut bytes = encode(&p);
+        bytes.push(0);
+        let bytes = with_fixed_crc(&bytes[4..]);
+        assert_eq!(
+            Packet::decode(&bytes),
+            Err(HeaderError::TrailingBytes),
+            "{p:?}"
+        );
+    }
+}
+
+/// One channel record, loosely shaped: any channel, flags, id, fragment fields and length.
+fn record() -> impl Strategy<Value = Vec<u8>> {
+    (
+        0u8..6,
+        0u8..4,
+        any::<u16>(),
+        any::<(u16, u16)>(),
+        proptest::collection::vec(any::<u8>(), 0..48),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(channel, flags, id, (index, count), payload, honest_len)| {
+                let mut r = vec![channel, flags];
+                r.extend_from_slice(&id.to_le_bytes());
+                if flags & 1 == 1 {
+                    r.extend_from_slice(&(index % 20).to_le_bytes());
+                    r.extend_from_slice(&(count % 20).to_le_bytes());
+                }
+                let len = if honest_len {
+                    payload.len() as u16
+                } else {
+                    u16::MAX - payload.len() as u16
+                };
+                r.extend_from_slice(&len.to_le_bytes());
+                r.extend_from_slice(&payload);
+                r
+            },
+        )
+}
+
+fn section() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(record(), 0..6),
+        any::<u8>(),
+        any::<bool>(),
+    )
+        .prop_map(|(records, count, honest_count)| {
+            let mut s = vec![if honest_count {
+                records.len() as u8
+            } else {
+                count
+            }];
+            for r in records {
+                s.extend_from_slice(&r);
+            }
+            s
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The property of the `channel_read` target.
+    #[test]
+    fn channel_read_counts_every_rejection_and_bounds_messages(
+        sections in proptest::collection::vec((section(), mutation()), 1..12),
+    ) {
+        let base = Instant::now();
+        let mut channels = Channels::new(ChannelsConfig::default());
+        for (i, (mut section, m)) in sections.into_iter().enumerate() {
+            if i % 3 == 2 {
+                mutate(&mut section, &m);
+            }
+            let now = base + Duration::from_millis(10 * i as u64);
+            let before = channels.invalid_count();
+            let result = channels.read_packet(now, &section);
+            prop_assert_eq!(result.is_err(), channels.invalid_count() == before + 1);
+            while let Some((channel, message)) = channels.receive() {
+                prop_assert!(usize::from(channel) < channels.channel_count());
+                prop_assert!(message.len() <= snapsync::codec::MAX_DECODE_BYTES);
+            }
+            channels.handle_timeout(now);
+        }
+    }
+}
+
+/// Real snapshot parts for a small moving world, one tick after another.
+fn real_parts(ticks: u32) -> Vec<Vec<u8>> {
+    let mut sender = SnapshotSender::new(SenderConfig::default()).expect("default config");
+    let quantize = SenderConfig::default().quantize;
+    let mut out = Vec::new();
+    for t in 1..=ticks {
+        let mut world = World::new();
+        for id in 0..20u32 {
+            let x = id as f32 + t as f32 * 0.1;
+            world.insert(
+                EntityId(id),
+                EntityState::new(Transform {
+                    position: Vec3::new(x, 1.0, -x),
+                    rotation: Quat::from_rotation_y(x),
+                    velocity: Some(Vec3::X),
+                }),
+            );
+        }
+        let q = QuantizedWorld::from_world(&world, &quantize);
+        let parts = sender.build(Tick(t), &q, 300).expect("builds");
+        for (index, _) in parts.iter().enumerate() {
+            // Every part is acked, so later ticks are deltas against acked baselines.
+            let seq = Sequence((t * 8 + index as u32) as u16);
+            sender.on_part_sent(Tick(t), index, seq);
+            sender.on_delivery(seq, true);
+        }
+        out.extend(parts);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The property of the `snapshot_read` target, on mutated real parts.
+    #[test]
+    fn snapshot_read_counts_every_part_once(
+        mutations in proptest::collection::vec((any::<prop::sample::Index>(), mutation()), 0..8),
+        extra in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..4),
+    ) {
+        let mut parts = real_parts(4);
+        for (which, m) in &mutations {
+            let i = which.index(parts.len());
+            mutate(&mut parts[i], m);
+        }
+        parts.extend(extra);
+        let base = Instant::now();
+        let mut receiver = SnapshotReceiver::new(ReceiverConfig::default()).expect("default");
+        for (i, part) in parts.iter().enumerate() {
+            let now = base + Duration::from_millis(16 * i as u64);
+            let _ = receiver.read_part(now, part);
+            let _ = receiver.live_world();
+        }
+        prop_assert_eq!(receiver.stats().parts_received, parts.len() as u64);
+        if mutations.is_empty() {
+            // Untouched parts all apply.
+            prop_assert_eq!(receiver.stats().ticks_completed, 4);
+        }
+    }
+}
+
+const RAW_PEER_NONCE: u64 = 0xF00D;
+
+fn fuzz_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
+}
+
+/// Inject `packet` from `from`; returns what the server answered it.
+fn exchange(sim: &mut Sim, from: SocketAddr, packet: &Packet<'_>) -> Vec<Vec<u8>> {
+    sim.stray.clear();
+    sim.inject_to_server(from, &encode(packet));
+    sim.stray.drain(..).map(|(_, bytes)| bytes).collect()
+}
+
+/// Complete a handshake by hand from `from`; returns the session salt.
+fn raw_handshake(sim: &mut Sim, from: SocketAddr) -> u32 {
+    let replies = exchange(
+        sim,
+        from,
+        &Packet::ConnectionRequest {
+            client_nonce: RAW_PEER_NONCE,
+        },
+    );
+    let Some(Ok(Packet::Challenge {
+        client_nonce,
+        timestamp_ms,
+        mac,
+    })) = replies.first().map(|r| Packet::decode(r))
+    else {
+        panic!("no challenge: {replies:?}");
+    };
+    let replies = exchange(
+        sim,
+        from,
+        &Packet::ChallengeResponse {
+            client_nonce,
+            timestamp_ms,
+            mac,
+        },
+    );
+    match replies.first().map(|r| Packet::decode(r)) {
+        Some(Ok(Packet::Accepted { salt, .. })) => salt,
+        other => panic!("not accepted: {other:?}"),
+    }
+}
+
+/// The `server_datagram` target: a connected sim client, a verified raw peer, and a script
+/// of datagrams from the client's address, strangers, and the raw peer (with its salt).
+fn run_server_script(script: &[(u8, Vec<u8>)]) {
+    let mut sim = Sim::new(ServerConfig::default(), 1);
+    sim.add_client(ClientConfig::default());
+    assert!(sim.run_until_cond(Duration::from_secs(1), |s| {
+        s.clients[0].client.is_connected()
+    }));
+    let raw_peer = fuzz_addr(9000);
+    let salt = raw_handshake(&mut sim, raw_peer);
+    let client_addr = sim.clients[0].addr;
+    let mut sequence = Sequence(0);
+    for (selector, bytes) in script {
+        let selector = *selector;
+        match selector % 4 {
+            0 => sim.inject_to_server(client_addr, bytes),
+            1 => {
+                let stranger = fuzz_addr(40_000 + u16::from(selector >> 2) % 4);
+                sim.stray.clear();
+                sim.inject_to_server(stranger, bytes);
+                for (to, reply) in sim.stray.drain(..) {
+                    assert_eq!(to, stranger);
+                    assert!(reply.len() <= bytes.len(), "amplifying reply");
+                }
+            }
+            2 => {
+                sequence = sequence.next();
+                let room = MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES;
+                let packet = Packet::Payload {
+                    header: ConnectedHeader {
+                        salt,
+                        sequence,
+                        ack: Sequence(u16::from(selector)),
+                        ack_bits: u32::from(selector).wrapping_mul(0x0101_0101),
+                        ack_delay: 0,
+                    },
+                    payload: &bytes[..bytes.len().min(room)],
+                };
+                sim.inject_to_server(raw_peer, &encode(&packet));
+            }
+            _ => sim.run_for(Duration::from_millis(u64::from(selector >> 2))),
+        }
+        assert!(sim.server.client_count() <= 2);
+    }
+    // Garbage never takes the real client's connection down: it cannot know the salt.
+    sim.run_for(Duration::from_millis(200));
+    assert!(sim.clients[0].client.is_connected());
+}
+
+/// Bodies for the raw peer: flags byte, optional datagram framing, then a channel section.
+fn payload_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        section().prop_map(|s| {
+            let mut b = vec![0u8];
+            b.extend_from_slice(&s);
+            b
+        }),
+        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(len, d)| {
+            let mut b = vec![1u8];
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(&d);
+            b
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn server_datagram_script_never_breaks_the_server(
+        script in proptest::collection::vec(
+            (any::<u8>(), prop_oneof![
+                packet(),
+                payload_body(),
+                proptest::collection::vec(any::<u8>(), 0..1500),
+            ]),
+            1..24,
+        ),
+    ) {
+        run_server_script(&script);
+    }
+}
