@@ -205,6 +205,7 @@ async fn run_clients(mut clients: Vec<NetClient>, phase: Arc<AtomicU8>) -> Vec<C
                     Event::Message {
                         channel: 0,
                         payload,
+                        ..
                     } => {
                         let m: GameMessage =
                             codec::decode(&payload).expect("server messages decode");

@@ -233,6 +233,7 @@ fn exchange_counters(
                 Event::Message {
                     channel: 0,
                     payload,
+                    ..
                 },
             ) = e
             {
@@ -243,6 +244,7 @@ fn exchange_counters(
             if let Event::Message {
                 channel: 0,
                 payload,
+                ..
             } = e
             {
                 got[1].push(u32::from_le_bytes(payload.try_into().expect("4 bytes")));
