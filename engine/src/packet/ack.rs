@@ -12,6 +12,10 @@ const SENT_WINDOW_PACKETS: usize = 1024;
 const RECEIVED_WINDOW_PACKETS: usize = 1024;
 /// The first sequence each side sends; see [`AckTracker::new`].
 const FIRST_SEQUENCE: Sequence = Sequence(1);
+/// A packet is lost once a packet sent this many after it has been acked (QUIC's
+/// kPacketThreshold, RFC 9002): the ack bits say exactly what arrived, so a gap three packets
+/// deep is a loss, not reordering, and waiting for a timeout would only delay the resend.
+const PACKET_THRESHOLD: u16 = 3;
 /// Ack bits cover this many sequences before the `ack` field.
 const ACK_BITS: u16 = 32;
 
@@ -172,9 +176,10 @@ impl AckTracker {
         if self.newest_peer_ack.is_none_or(|n| ack.is_newer_than(n)) {
             self.newest_peer_ack = Some(ack);
         }
-        // Anything older than the ack window of the newest ack can never be acked now.
+        // Anything PACKET_THRESHOLD or more before the newest acked packet and still unacked
+        // is lost (this also covers everything that fell out of the 33-packet ack window).
         if let Some(newest) = self.newest_peer_ack {
-            let horizon = newest.minus(ACK_BITS);
+            let horizon = newest.minus(PACKET_THRESHOLD - 1);
             self.expire_while(|seq, _| horizon.is_newer_than(seq));
         }
     }
@@ -307,23 +312,33 @@ mod tests {
     }
 
     #[test]
-    fn falling_out_of_the_ack_window_is_loss() {
+    fn a_gap_three_packets_deep_is_loss() {
         let t0 = Instant::now();
         let mut a = AckTracker::starting_at(Sequence(0));
         let mut rtt = RttEstimator::default();
         for _ in 0..40 {
             a.on_send(t0);
         }
-        // Peer acks only 39 with no bits: 0..=6 are beyond the 32-bit window.
-        a.on_ack(t0, Sequence(39), 0, 0, &mut rtt);
+        // Peer acks 39 and, by bits, 38 and 36 (bits 0 and 2), nothing else.
+        a.on_ack(t0, Sequence(39), 0b101, 0, &mut rtt);
         let n = drain(&mut a);
-        assert!(n.iter().any(|n| n.sequence == Sequence(39) && n.acked));
+        let acked: Vec<u16> = n.iter().filter(|n| n.acked).map(|n| n.sequence.0).collect();
+        assert_eq!(acked, vec![39, 38, 36]);
+        // 37 is only two behind 39: it may still be in flight. 0..=35 are lost.
         let lost: Vec<u16> = n
             .iter()
             .filter(|n| !n.acked)
             .map(|n| n.sequence.0)
             .collect();
-        assert_eq!(lost, (0..7).collect::<Vec<_>>());
+        assert_eq!(lost, (0..36).collect::<Vec<_>>());
+        assert_eq!(a.pending_count(), 1);
+        a.on_ack(t0, Sequence(39), 0b111, 0, &mut rtt);
+        let late = drain(&mut a);
+        assert_eq!(late.len(), 1);
+        assert!(
+            late[0].acked && late[0].sequence == Sequence(37),
+            "37 acked late but in time"
+        );
     }
 
     #[test]
