@@ -1,6 +1,7 @@
 //! The cost of head-of-line blocking, measured through the whole stack in virtual time:
 //! 60 messages/s on a reliable-ordered channel and on an unreliable-sequenced one, over a
-//! link with 5% loss and 50 ms one-way latency. Prints delivery-delay percentiles.
+//! link with 5% loss and 50 ms one-way latency. Prints delivery-delay percentiles. The client
+//! sends a small input every tick, as a game client does (its packets carry the acks).
 //!
 //! Run: `cargo run --release -p snapsync --example hol_blocking`
 
@@ -51,6 +52,8 @@ fn main() {
                     .expect("queue has room");
             }
             sent += 1;
+            // The client's input for this frame; acks ride on it.
+            let _ = sim.clients[0].client.send_datagram(now, &n.to_le_bytes());
             sim.run_for(period);
             let now_us = (sim.now - start).as_micros() as u64;
             for e in sim.clients[0].events.drain(..) {
