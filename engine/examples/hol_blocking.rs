@@ -14,6 +14,14 @@ use snapsync::{ClientConfig, Event, ServerConfig};
 const RELIABLE_ORDERED: u8 = 0;
 const UNRELIABLE_SEQUENCED: u8 = 1;
 
+/// A figure from the environment (to try other links), or the default.
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -33,8 +41,8 @@ fn main() {
             s.clients[0].client.is_connected()
         }));
         sim.set_all_links(ConditionerConfig {
-            loss_pct: 5.0,
-            latency: Duration::from_millis(50),
+            loss_pct: env_f64("HOL_LOSS", 5.0),
+            latency: Duration::from_secs_f64(env_f64("HOL_LATENCY_MS", 50.0) / 1000.0),
             enabled: true,
             ..ConditionerConfig::off()
         });
@@ -47,13 +55,18 @@ fn main() {
             for ch in [RELIABLE_ORDERED, UNRELIABLE_SEQUENCED] {
                 let mut msg = stamp.to_le_bytes().to_vec();
                 msg.extend_from_slice(&n.to_le_bytes());
+                msg.resize(env_f64("HOL_SIZE", 16.0) as usize, 0);
                 sim.server
                     .send_message(now, id, ch, &msg)
                     .expect("queue has room");
             }
             sent += 1;
             // The client's input for this frame; acks ride on it.
-            let _ = sim.clients[0].client.send_datagram(now, &n.to_le_bytes());
+            if std::env::var("HOL_RELIABLE_INPUT").is_ok() {
+                let _ = sim.clients[0].client.send_message(now, 0, &n.to_le_bytes());
+            } else {
+                let _ = sim.clients[0].client.send_datagram(now, &n.to_le_bytes());
+            }
             sim.run_for(period);
             let now_us = (sim.now - start).as_micros() as u64;
             for e in sim.clients[0].events.drain(..) {
@@ -69,7 +82,11 @@ fn main() {
             }
         }
     }
-    println!("60 messages/s, 5% loss, 50 ms one-way latency, {seconds} s x 5 seeds per channel");
+    println!(
+        "60 messages/s, {}% loss, {} ms one-way latency, {seconds} s x 5 seeds per channel",
+        env_f64("HOL_LOSS", 5.0),
+        env_f64("HOL_LATENCY_MS", 50.0)
+    );
     println!("| channel | delivered | p50 ms | p95 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut p99 = [0.0; 2];

@@ -188,7 +188,8 @@ impl Established {
             self.close(DisconnectReason::TimedOut);
             return;
         }
-        self.acks.handle_timeout(now, self.loss_timeout());
+        self.acks
+            .handle_timeout(now, self.loss_timeout(), &self.rtt);
         self.drain_notices(now);
         self.channels.handle_timeout(now);
     }
@@ -207,7 +208,7 @@ impl Established {
         [
             Some(self.last_received + self.config.timeout),
             Some(self.last_sent + self.config.keepalive_interval),
-            self.acks.next_loss_deadline(self.loss_timeout()),
+            self.acks.next_loss_deadline(self.loss_timeout(), &self.rtt),
             self.channels.poll_timeout(rtt),
         ]
         .into_iter()

@@ -16,6 +16,8 @@ const FIRST_SEQUENCE: Sequence = Sequence(1);
 /// kPacketThreshold, RFC 9002): the ack bits say exactly what arrived, so a gap three packets
 /// deep is a loss, not reordering, and waiting for a timeout would only delay the resend.
 const PACKET_THRESHOLD: u16 = 3;
+/// Floor of the time-threshold loss delay (QUIC's kGranularity).
+const TIME_THRESHOLD_GRANULARITY: Duration = Duration::from_millis(1);
 /// Ack bits cover this many sequences before the `ack` field.
 const ACK_BITS: u16 = 32;
 
@@ -176,22 +178,55 @@ impl AckTracker {
         if self.newest_peer_ack.is_none_or(|n| ack.is_newer_than(n)) {
             self.newest_peer_ack = Some(ack);
         }
-        // Anything PACKET_THRESHOLD or more before the newest acked packet and still unacked
-        // is lost (this also covers everything that fell out of the 33-packet ack window).
-        if let Some(newest) = self.newest_peer_ack {
-            let horizon = newest.minus(PACKET_THRESHOLD - 1);
-            self.expire_while(|seq, _| horizon.is_newer_than(seq));
-        }
+        // Lost, as in QUIC (RFC 9002 6.1): anything PACKET_THRESHOLD or more before the newest
+        // acked packet (this also covers everything that fell out of the 33-packet ack
+        // window), and anything before it that has been out longer than the time threshold.
+        self.detect_lost(now, rtt);
     }
 
-    /// Declare lost every packet unacked for longer than `loss_timeout`.
-    pub fn handle_timeout(&mut self, now: Instant, loss_timeout: Duration) {
+    /// The time threshold: 9/8 of the larger of the smoothed and the latest RTT.
+    fn loss_delay(rtt: &RttEstimator) -> Option<Duration> {
+        let base = rtt.smoothed()?.max(rtt.latest());
+        Some((base * 9 / 8).max(TIME_THRESHOLD_GRANULARITY))
+    }
+
+    fn detect_lost(&mut self, now: Instant, rtt: &RttEstimator) {
+        let Some(newest) = self.newest_peer_ack else {
+            return;
+        };
+        let horizon = newest.minus(PACKET_THRESHOLD - 1);
+        let delay = Self::loss_delay(rtt);
+        // Both rules hold for a prefix of the pending packets (sent in order), so the walk
+        // can stop at the first packet that neither condemns.
+        self.expire_while(|seq, p| {
+            horizon.is_newer_than(seq)
+                || (newest.is_newer_than(seq)
+                    && delay.is_some_and(|d| now.saturating_duration_since(p.sent_at) >= d))
+        });
+    }
+
+    /// Declare lost every packet unacked for longer than `loss_timeout`, and every packet
+    /// before the newest acked one that is past the time threshold.
+    pub fn handle_timeout(&mut self, now: Instant, loss_timeout: Duration, rtt: &RttEstimator) {
+        self.detect_lost(now, rtt);
         self.expire_while(|_, p| now.saturating_duration_since(p.sent_at) >= loss_timeout);
     }
 
-    /// When the oldest pending packet will be declared lost by timeout.
-    pub fn next_loss_deadline(&self, loss_timeout: Duration) -> Option<Instant> {
-        self.first_pending().map(|(_, p)| p.sent_at + loss_timeout)
+    /// When the next pending packet will be declared lost: by the time threshold if it was
+    /// sent before the newest acked packet, else by `loss_timeout`.
+    pub fn next_loss_deadline(
+        &self,
+        loss_timeout: Duration,
+        rtt: &RttEstimator,
+    ) -> Option<Instant> {
+        let (seq, p) = self.first_pending()?;
+        let by_timeout = p.sent_at + loss_timeout;
+        match (self.newest_peer_ack, Self::loss_delay(rtt)) {
+            (Some(newest), Some(d)) if newest.is_newer_than(seq) => {
+                Some(by_timeout.min(p.sent_at + d))
+            }
+            _ => Some(by_timeout),
+        }
     }
 
     /// Packets sent that have not yet had their notice.
@@ -263,7 +298,11 @@ mod tests {
         let (ack, bits, delay) = b.ack_fields(now);
         a.on_ack(now, ack, bits, delay, &mut rtt);
         a.on_ack(now, ack, bits, delay, &mut rtt); // repeated ack: no second notice
-        a.handle_timeout(now + Duration::from_secs(1), Duration::from_millis(500));
+        a.handle_timeout(
+            now + Duration::from_secs(1),
+            Duration::from_millis(500),
+            &rtt,
+        );
         let notices = drain(&mut a);
         assert_eq!(notices.len(), 10);
         for n in notices {
@@ -309,6 +348,30 @@ mod tests {
         a.on_ack(t0, Sequence(500), u32::MAX, 0, &mut rtt);
         assert!(a.poll_notice().is_none());
         assert_eq!(a.pending_count(), 1);
+    }
+
+    #[test]
+    fn an_older_packet_past_the_time_threshold_is_loss() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = AckTracker::starting_at(Sequence(0));
+        let mut rtt = RttEstimator::default();
+        rtt.on_sample(ms(40), Duration::ZERO); // smoothed 40 ms: threshold 45 ms
+        a.on_send(t0); // 0: will be lost
+        a.on_send(t0 + ms(16)); // 1: acked
+        // Only one packet behind the newest acked: the packet threshold does not apply, and
+        // at 30 ms of age the time threshold has not passed.
+        a.on_ack(t0 + ms(30), Sequence(1), 0, 0, &mut rtt);
+        assert_eq!(drain(&mut a).iter().filter(|n| !n.acked).count(), 0);
+        let deadline = a.next_loss_deadline(Duration::from_secs(1), &rtt).unwrap();
+        assert!(
+            deadline <= t0 + ms(60),
+            "the time threshold sets the timer: {deadline:?}"
+        );
+        a.handle_timeout(deadline, Duration::from_secs(1), &rtt);
+        let lost: Vec<_> = drain(&mut a).into_iter().filter(|n| !n.acked).collect();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].sequence, Sequence(0));
     }
 
     #[test]
