@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use demo_server::cli::{ConditionerArgs, Transport, describe};
+use demo_server::cli::{ConditionerArgs, Transport, describe, init_logging, seconds};
 use demo_server::scene::SceneKind;
 use snapsync::conditioner::ConditionerConfig;
 
@@ -109,15 +109,6 @@ struct CompareArgs {
     conditioner: ConditionerArgs,
 }
 
-fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    if !v.is_finite() || !(0.0..=1e7).contains(&v) {
-        return Err(format!(
-            "--{flag} must be a number of seconds >= 0 (got {v})"
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 fn rate(flag: &str, v: f64) -> Result<f64, String> {
     if !(1.0..=1000.0).contains(&v) {
         return Err(format!("--{flag} must be 1..=1000 Hz (got {v})"));
@@ -127,13 +118,7 @@ fn rate(flag: &str, v: f64) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

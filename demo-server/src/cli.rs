@@ -8,6 +8,27 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use snapsync::conditioner::{ConditionerConfig, Preset};
 
+/// A `--flag SECS` value as a duration: a finite number of seconds, 0 or more.
+pub fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
+    if !v.is_finite() || !(0.0..=1e7).contains(&v) {
+        return Err(format!(
+            "--{flag} must be a number of seconds >= 0 (got {v})"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Log to stderr, at `warn` unless `RUST_LOG` says otherwise.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// How snapshots travel from server to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -2,10 +2,9 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
-use demo_server::cli::{ConditionerArgs, ConsoleCommand, Transport};
+use demo_server::cli::{ConditionerArgs, ConsoleCommand, Transport, init_logging, seconds};
 use demo_server::scene::SceneKind;
 use demo_server::server::{self, Control, DEFAULT_BUDGET_BYTES, ServerOptions};
 use tokio::io::AsyncBufReadExt;
@@ -54,15 +53,6 @@ struct Args {
     conditioner: ConditionerArgs,
 }
 
-fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
-    if !v.is_finite() || !(0.0..=1e7).contains(&v) {
-        return Err(format!(
-            "--{flag} must be a number of seconds >= 0 (got {v})"
-        ));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 fn options(args: &Args) -> Result<ServerOptions, String> {
     let conditioner = args.conditioner.to_config()?;
     let stats = seconds("stats-interval", args.stats_interval)?;
@@ -85,13 +75,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let opts = match options(&args) {
         Ok(o) => o,
         Err(e) => {
