@@ -457,7 +457,11 @@ impl GameClient {
         };
         if self.newest_tick.is_none_or(|n| info.tick > n) {
             if let Some(prev) = self.last_newer_arrival {
-                self.update_gap.record(now.saturating_duration_since(prev));
+                let gap = now.saturating_duration_since(prev);
+                if gap > Duration::from_millis(50) {
+                    tracing::debug!(tick = info.tick.0, prev = ?self.newest_tick, gap_ms = gap.as_millis() as u64, "long update gap");
+                }
+                self.update_gap.record(gap);
             }
             self.last_newer_arrival = Some(now);
             self.newest_tick = Some(info.tick);

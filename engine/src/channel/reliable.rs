@@ -200,6 +200,7 @@ impl ReliableSender {
             });
             outcome.bytes += len;
             if part.last_sent.is_some() {
+                tracing::debug!(id = ?part.id, pending = part.pending, since_last_ms = part.last_sent.map(|t| now.saturating_duration_since(t).as_millis() as u64), "resend");
                 outcome.resends += 1;
             } else {
                 outcome.first_sends += 1;
@@ -238,6 +239,7 @@ impl ReliableSender {
             self.release_acked();
         } else if part.last_packet == Some(packet) {
             // Only the latest copy counts: an older copy's loss says nothing about a resend.
+            tracing::debug!(id = ?part.id, since_sent_ms = part.last_sent.map(|t| now.saturating_duration_since(t).as_millis() as u64), "lost");
             part.pending = true;
             part.ready_at = now;
         }
