@@ -102,3 +102,20 @@ fn bad_options_are_refused() {
     };
     assert!(run(&bad_link, Duration::ZERO, Duration::from_secs(1)).is_err());
 }
+
+#[test]
+fn every_client_is_welcomed_when_handshakes_lose_packets() {
+    // A client whose `Accepted` is lost drops the server's first packets until it connects;
+    // the welcome they carried must count as lost and be resent, not be taken as acked.
+    let mut opts = SimulationOptions {
+        clients: 48,
+        conditioner: lossy(20.0),
+        seed: 3,
+        ..SimulationOptions::default()
+    };
+    opts.game.tick_rate = 10.0;
+    opts.game.send_rate = 10.0;
+    let r = run(&opts, Duration::from_secs(2), Duration::from_millis(500)).unwrap();
+    assert_eq!(r.connected, 48);
+    assert!(r.snapshots_received > 0);
+}

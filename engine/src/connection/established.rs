@@ -64,7 +64,10 @@ impl Established {
             peer,
             salt,
             config,
-            acks: AckTracker::new(),
+            // Sequence 0 is never sent: a peer that has received nothing yet still sends ack
+            // fields (ack 0, no bits), and they must not confirm a real packet — e.g. the
+            // server's first one, dropped by a client whose `Accepted` was lost.
+            acks: AckTracker::starting_at(Sequence(1)),
             rtt: RttEstimator::default(),
             stats: LinkStats::default(),
             channels,

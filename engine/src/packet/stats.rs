@@ -21,8 +21,11 @@ impl RttEstimator {
         self.min = Some(min);
         // As QUIC does: subtract the peer's hold time only when the result stays at or above
         // the minimum ever seen, so a lying or coarse ack delay cannot drive the estimate down.
-        let sample = if round_trip >= min + ack_delay {
-            round_trip - ack_delay
+        // The ack delay travels in whole units, so allow one unit of slack: otherwise a
+        // minimum measured a microsecond high stops every later subtraction.
+        let slack = Duration::from_micros(super::ConnectedHeader::ACK_DELAY_UNIT_MICROS);
+        let sample = if round_trip + slack >= min + ack_delay {
+            round_trip.saturating_sub(ack_delay)
         } else {
             round_trip
         };
