@@ -31,8 +31,11 @@ const LATENCY: Duration = Duration::from_millis(20);
 const LOSS_PCT: f64 = 5.0;
 /// Unmeasured time for connecting and the first full snapshots.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// Measured virtual time per run in the full sweep.
-const FULL_DURATION: Duration = Duration::from_secs(6);
+/// Least measured virtual time per run in the full sweep.
+const FULL_MIN_DURATION: Duration = Duration::from_secs(3);
+/// Least server ticks measured per run in the full sweep, so slow rates still give a p99
+/// (the full sweep takes about 5 min of real time on 2 cores, mostly at 256 clients).
+const FULL_MIN_TICKS: f64 = 240.0;
 /// Measured virtual time per run in quick mode.
 const QUICK_DURATION: Duration = Duration::from_secs(2);
 
@@ -161,10 +164,17 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let has = |f: &str| args.iter().any(|a| a == f);
     let quick = has("--quick") || has("--test") || !has("--bench");
-    let (rates, clients, duration): (&[f64], &[usize], Duration) = if quick {
-        (&QUICK_TICK_RATES_HZ, &QUICK_CLIENTS, QUICK_DURATION)
+    let (rates, clients): (&[f64], &[usize]) = if quick {
+        (&QUICK_TICK_RATES_HZ, &QUICK_CLIENTS)
     } else {
-        (&TICK_RATES_HZ, &CLIENTS, FULL_DURATION)
+        (&TICK_RATES_HZ, &CLIENTS)
+    };
+    let duration_at = |rate: f64| {
+        if quick {
+            QUICK_DURATION
+        } else {
+            FULL_MIN_DURATION.max(Duration::from_secs_f64(FULL_MIN_TICKS / rate))
+        }
     };
     // `--hz R` / `--clients N` narrow the sweep to one rate or one client count.
     let pick = |flag: &str| {
@@ -182,6 +192,7 @@ fn main() {
     {
         for &rate in rates.iter().filter(|&&r| only_hz.is_none_or(|h| h == r)) {
             let seed = 1000 + n as u64;
+            let duration = duration_at(rate);
             let clean = run(&options(rate, n, 0.0, seed), WARM_UP, duration);
             let lossy = run(&options(rate, n, LOSS_PCT, seed), WARM_UP, duration);
             let (clean, lossy) = match (clean, lossy) {
@@ -218,11 +229,19 @@ fn main() {
     });
     println!(
         "\nTick-rate sweep ({}): arena scene, 64 bodies + 1 avatar per client, {} ms latency each way, \
-         {} s measured per run after {} s warm-up. Tick cost is server CPU per tick as a share \
+         {} measured per run after {} s warm-up. Tick cost is server CPU per tick as a share \
          of the tick period.\n",
         if quick { "quick" } else { "full" },
         LATENCY.as_millis(),
-        duration.as_secs(),
+        if quick {
+            format!("{} s", QUICK_DURATION.as_secs())
+        } else {
+            format!(
+                "max({} s, {} ticks)",
+                FULL_MIN_DURATION.as_secs(),
+                FULL_MIN_TICKS
+            )
+        },
         WARM_UP.as_secs()
     );
     print!("{}", markdown(&rows));
