@@ -5,8 +5,8 @@
 //! Run: `cargo bench -p benches --bench loopback [-- --quick]`. 8 `NetClient`s connect to a
 //! `NetServer`; for 1100-byte and 200-byte payloads, the raw loop and then the engine
 //! (`send_datagram` to every client in turn, `flush`, and the server's receive/timer step
-//! every 64 datagrams, as a tick would) each send for a few seconds while the clients
-//! receive on their own tasks. Printed: sender-side datagrams/s for both, receive rates, and
+//! every 64 datagrams, as a tick would) send in 5 alternating rounds (2.5 s each in all)
+//! while the clients receive on their own tasks. Printed: sender-side datagrams/s for both, receive rates, and
 //! `engine/raw throughput ratio: X` per size. Under `--test` (CI smoke) or `--quick` each
 //! phase runs 0.2 s.
 
@@ -27,7 +27,11 @@ const QUICK_PHASE: Duration = Duration::from_millis(200);
 /// Datagrams between two receive/timer steps of the engine server.
 const DRIVE_EVERY_DATAGRAMS: u64 = 64;
 
+/// Alternating raw / engine rounds per payload size.
+const ROUNDS: u32 = 5;
+
 /// One phase's figures.
+#[derive(Default)]
 struct Phase {
     sent: u64,
     send_errors: u64,
@@ -36,6 +40,13 @@ struct Phase {
 }
 
 impl Phase {
+    fn add(&mut self, other: &Phase) {
+        self.sent += other.sent;
+        self.send_errors += other.send_errors;
+        self.received += other.received;
+        self.secs += other.secs;
+    }
+
     fn sent_per_s(&self) -> f64 {
         self.sent as f64 / self.secs
     }
@@ -206,12 +217,18 @@ async fn bench(phase: Duration) {
         .collect();
     let rx = Receivers::start(clients);
     println!(
-        "loopback: {CLIENTS} clients, {} s per phase, sender-side datagrams/s (received/s at the clients)",
+        "loopback: {CLIENTS} clients, {} s per transport and size in {ROUNDS} alternating rounds, sender-side datagrams/s (received/s at the clients)",
         phase.as_secs_f64()
     );
     for size in PAYLOAD_BYTES {
-        let raw = raw_phase(&dests, size, phase, &rx).await;
-        let engine = engine_phase(&mut server, &ids, size, phase, &rx).await;
+        // Alternate short rounds so load from elsewhere on a shared machine hits both alike.
+        let round = phase / ROUNDS;
+        let mut raw = Phase::default();
+        let mut engine = Phase::default();
+        for _ in 0..ROUNDS {
+            raw.add(&raw_phase(&dests, size, round, &rx).await);
+            engine.add(&engine_phase(&mut server, &ids, size, round, &rx).await);
+        }
         for (name, p) in [("raw tokio send_to", &raw), ("engine", &engine)] {
             println!(
                 "  {size:>4} B {name:<17}: {:>9.0} dgrams/s sent ({:.0} Mbit/s payload), {:>9.0} received/s, {} send errors",

@@ -82,10 +82,12 @@ fn options(tick_rate: f64, clients: usize, loss_pct: f64, seed: u64) -> Simulati
 }
 
 fn out_path(args: &[String]) -> PathBuf {
-    if let Some(i) = args.iter().position(|a| a == "--out") {
-        if let Some(p) = args.get(i + 1) {
-            return PathBuf::from(p);
-        }
+    if let Some(p) = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+    {
+        return PathBuf::from(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
