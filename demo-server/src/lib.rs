@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod scene;
 pub mod server;
+pub mod simulate;
 pub mod transport;

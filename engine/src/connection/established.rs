@@ -64,7 +64,10 @@ impl Established {
             peer,
             salt,
             config,
-            acks: AckTracker::new(),
+            // Sequence 0 is never sent: a peer that has received nothing yet still sends ack
+            // fields (ack 0, no bits), and they must not confirm a real packet — e.g. the
+            // server's first one, dropped by a client whose `Accepted` was lost.
+            acks: AckTracker::starting_at(Sequence(1)),
             rtt: RttEstimator::default(),
             stats: LinkStats::default(),
             channels,
@@ -342,15 +345,16 @@ impl Established {
             ack_bits,
             ack_delay,
         };
-        let mut out = vec![0u8; MAX_PACKET_BYTES];
-        // The payload was sized to fit MAX_PACKET_BYTES above, so encoding cannot fail;
-        // a zero length would only drop this packet, never corrupt state.
-        let len = Packet::Payload {
+        let packet = Packet::Payload {
             header,
             payload: &payload,
-        }
-        .encode(&mut out)
-        .unwrap_or(0);
+        };
+        // Exactly the packet's size: zeroing a full MAX_PACKET_BYTES buffer for every small
+        // packet showed in the loopback profile.
+        let mut out = vec![0u8; packet.encoded_len().min(MAX_PACKET_BYTES)];
+        // The payload was sized to fit MAX_PACKET_BYTES above, so encoding cannot fail;
+        // a zero length would only drop this packet, never corrupt state.
+        let len = packet.encode(&mut out).unwrap_or(0);
         out.truncate(len);
         (seq, out)
     }

@@ -212,6 +212,19 @@ impl<E: Endpoint> Driver<E> {
     pub fn flush(&mut self) {
         let t = now();
         while let Some(tx) = self.endpoint.poll_transmit(t, &mut self.send_buf) {
+            // With the conditioner off and nothing held in it, send straight from the buffer:
+            // no copy, no queue (the copy was a tenth of the cost of a small datagram).
+            if self.outbound.is_idle() && self.outbound.config().is_pass_through() {
+                let bytes = &self.send_buf[..tx.len];
+                match self.socket.try_send_to(bytes, tx.destination) {
+                    Ok(_) => self.stats.sent += 1,
+                    Err(e) => {
+                        self.stats.send_errors += 1;
+                        tracing::debug!(to = %tx.destination, error = %e, "send failed");
+                    }
+                }
+                continue;
+            }
             let bytes = self.send_buf[..tx.len].to_vec();
             self.outbound.push(t, (tx.destination, bytes), tx.len);
         }
@@ -238,6 +251,12 @@ impl<E: Endpoint> Driver<E> {
         if len > MAX_PACKET_BYTES {
             self.stats.oversized += 1;
             // Let the core count it as invalid too, without copying the whole thing.
+            self.endpoint
+                .handle_datagram(t, from, &self.recv_buf[..len]);
+            return;
+        }
+        // Conditioner off and empty: hand the datagram over in place, keeping arrival order.
+        if self.inbound.is_idle() && self.inbound.config().is_pass_through() {
             self.endpoint
                 .handle_datagram(t, from, &self.recv_buf[..len]);
             return;

@@ -1,0 +1,262 @@
+//! Loopback throughput: datagrams per second from the engine's server to its clients through
+//! real sockets on 127.0.0.1, against a bare tokio `UdpSocket::send_to` loop with the same
+//! payload sizes and destinations, in the same run.
+//!
+//! Run: `cargo bench -p benches --bench loopback [-- --quick]`. 8 `NetClient`s connect to a
+//! `NetServer`; for 1100-byte and 200-byte payloads, the raw loop and then the engine
+//! (`send_datagram` to every client in turn, `flush`, and the server's receive/timer step
+//! every 64 datagrams, as a tick would) send in 5 alternating rounds (2.5 s each in all)
+//! while the clients receive on their own tasks. Printed: sender-side datagrams/s for both, receive rates, and
+//! `engine/raw throughput ratio: X` per size. Under `--test` (CI smoke) or `--quick` each
+//! phase runs 0.2 s.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use snapsync::net::{NetClient, NetServer};
+use snapsync::{ClientConfig, ClientId, Event, ServerConfig};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+const CLIENTS: usize = 8;
+const PAYLOAD_BYTES: [usize; 2] = [1100, 200];
+const FULL_PHASE: Duration = Duration::from_millis(2500);
+const QUICK_PHASE: Duration = Duration::from_millis(200);
+/// Datagrams between two receive/timer steps of the engine server.
+const DRIVE_EVERY_DATAGRAMS: u64 = 64;
+
+/// Alternating raw / engine rounds per payload size.
+const ROUNDS: u32 = 5;
+
+/// One phase's figures.
+#[derive(Default)]
+struct Phase {
+    sent: u64,
+    send_errors: u64,
+    received: u64,
+    secs: f64,
+}
+
+impl Phase {
+    fn add(&mut self, other: &Phase) {
+        self.sent += other.sent;
+        self.send_errors += other.send_errors;
+        self.received += other.received;
+        self.secs += other.secs;
+    }
+
+    fn sent_per_s(&self) -> f64 {
+        self.sent as f64 / self.secs
+    }
+    fn received_per_s(&self) -> f64 {
+        self.received as f64 / self.secs
+    }
+}
+
+/// The clients, each on its own task, counting datagrams their sockets took in.
+struct Receivers {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Receivers {
+    fn start(clients: Vec<NetClient>) -> Self {
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = clients
+            .into_iter()
+            .map(|mut c| {
+                let received = received.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut seen = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = c
+                            .drive_until(Instant::now() + Duration::from_millis(5))
+                            .await;
+                        while c.poll_event().is_some() {}
+                        let now_seen = c.socket_stats().received;
+                        received.fetch_add(now_seen - seen, Ordering::Relaxed);
+                        seen = now_seen;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            received,
+            stop,
+            tasks,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn raw_phase(dests: &[SocketAddr], size: usize, d: Duration, rx: &Receivers) -> Phase {
+    // Binding an ephemeral loopback socket only fails if the machine is out of ports.
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback socket");
+    let payload = vec![0xA5u8; size];
+    let rx0 = rx.count();
+    let start = Instant::now();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    while start.elapsed() < d {
+        for to in dests {
+            match socket.send_to(&payload, to).await {
+                Ok(_) => sent += 1,
+                Err(_) => errors += 1,
+            }
+        }
+        if sent % DRIVE_EVERY_DATAGRAMS < dests.len() as u64 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Let what is in flight land before counting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Phase {
+        sent,
+        send_errors: errors,
+        received: rx.count() - rx0,
+        secs,
+    }
+}
+
+async fn engine_phase(
+    server: &mut NetServer,
+    ids: &[ClientId],
+    size: usize,
+    d: Duration,
+    rx: &Receivers,
+) -> Phase {
+    let payload = vec![0xA5u8; size];
+    let before = server.socket_stats();
+    let rx0 = rx.count();
+    let start = Instant::now();
+    let mut queued = 0u64;
+    while start.elapsed() < d {
+        let now = server.now();
+        for &id in ids {
+            if server
+                .endpoint_mut()
+                .send_datagram(now, id, &payload)
+                .is_ok()
+            {
+                queued += 1;
+            }
+        }
+        server.flush();
+        if queued % DRIVE_EVERY_DATAGRAMS < ids.len() as u64 {
+            // A tick's worth of the server's other work: acks in, timers, events out.
+            let _ = server.drive_until(Instant::now()).await;
+            while server.poll_event().is_some() {}
+            tokio::task::yield_now().await;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = server.socket_stats();
+    Phase {
+        sent: after.sent - before.sent,
+        send_errors: after.send_errors - before.send_errors,
+        received: rx.count() - rx0,
+        secs,
+    }
+}
+
+async fn bench(phase: Duration) {
+    let config = ServerConfig {
+        max_clients: CLIENTS,
+        ..ServerConfig::default()
+    };
+    // Binding to an ephemeral loopback port only fails if the machine is out of ports.
+    let mut server = NetServer::bind("127.0.0.1:0".parse().expect("literal"), config, 7)
+        .await
+        .expect("bind the server");
+    let addr = server.local_addr().expect("bound socket has an address");
+    let connect = async {
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            let c = NetClient::connect(addr, ClientConfig::default(), 100 + i as u64, None)
+                .await
+                .expect("connect over loopback");
+            clients.push(c);
+        }
+        clients
+    };
+    let (clients, _) = tokio::join!(
+        connect,
+        server.drive_until(Instant::now() + Duration::from_secs(1))
+    );
+    let mut ids = Vec::new();
+    while let Some((id, e)) = server.poll_event() {
+        if matches!(e, Event::Connected { .. }) {
+            ids.push(id);
+        }
+    }
+    assert_eq!(ids.len(), CLIENTS, "every client connected");
+    let dests: Vec<SocketAddr> = clients
+        .iter()
+        .map(|c| {
+            let port = c.local_addr().expect("bound socket").port();
+            SocketAddr::from(([127, 0, 0, 1], port))
+        })
+        .collect();
+    let rx = Receivers::start(clients);
+    println!(
+        "loopback: {CLIENTS} clients, {} s per transport and size in {ROUNDS} alternating rounds, sender-side datagrams/s (received/s at the clients)",
+        phase.as_secs_f64()
+    );
+    for size in PAYLOAD_BYTES {
+        // Alternate short rounds so load from elsewhere on a shared machine hits both alike.
+        let round = phase / ROUNDS;
+        let mut raw = Phase::default();
+        let mut engine = Phase::default();
+        for _ in 0..ROUNDS {
+            raw.add(&raw_phase(&dests, size, round, &rx).await);
+            engine.add(&engine_phase(&mut server, &ids, size, round, &rx).await);
+        }
+        for (name, p) in [("raw tokio send_to", &raw), ("engine", &engine)] {
+            println!(
+                "  {size:>4} B {name:<17}: {:>9.0} dgrams/s sent ({:.0} Mbit/s payload), {:>9.0} received/s, {} send errors",
+                p.sent_per_s(),
+                p.sent_per_s() * size as f64 * 8.0 / 1e6,
+                p.received_per_s(),
+                p.send_errors
+            );
+        }
+        println!(
+            "  {size:>4} B engine/raw throughput ratio: {:.2} (receive ratio {:.2})",
+            engine.sent_per_s() / raw.sent_per_s().max(1e-9),
+            engine.received_per_s() / raw.received_per_s().max(1e-9)
+        );
+    }
+    rx.stop().await;
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let quick = has("--quick") || has("--test") || !has("--bench");
+    let phase = if quick { QUICK_PHASE } else { FULL_PHASE };
+    // Two workers: the sender on one, the clients' receive tasks mostly on the other.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(bench(phase));
+}

@@ -1,0 +1,262 @@
+//! Tick-rate sweep: what each tick rate costs the server and buys the players.
+//!
+//! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
+//! [--clients N]` (the last two narrow the sweep).
+//! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (arena scene, 64 bodies plus
+//! one avatar per client, bots playing, 20 ms latency each way), the whole `udp` demo runs
+//! in virtual time through `demo_server::simulate`, once on a clean link and once with 5 %
+//! loss. Printed as a markdown table, written as CSV (default `target/tickrate.csv`).
+//!
+//! Without `--bench` (under `cargo test`) or with `--test` / `--quick` it runs a small subset
+//! in seconds, as a smoke test.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use demo_server::game::GameOptions;
+use demo_server::metrics::DurationHistogram;
+use demo_server::scene::SceneKind;
+use demo_server::server::DEFAULT_BUDGET_BYTES;
+use demo_server::simulate::{DEFAULT_FRAME_RATE_HZ, SimulationOptions, SimulationReport, run};
+use snapsync::conditioner::ConditionerConfig;
+
+const TICK_RATES_HZ: [f64; 5] = [10.0, 20.0, 30.0, 60.0, 128.0];
+const CLIENTS: [usize; 4] = [1, 16, 64, 256];
+const QUICK_TICK_RATES_HZ: [f64; 2] = [20.0, 60.0];
+const QUICK_CLIENTS: [usize; 2] = [1, 4];
+/// One-way latency on every link.
+const LATENCY: Duration = Duration::from_millis(20);
+/// Loss of the lossy run, percent.
+const LOSS_PCT: f64 = 5.0;
+/// Unmeasured time for connecting and the first full snapshots.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Least measured virtual time per run in the full sweep.
+const FULL_MIN_DURATION: Duration = Duration::from_secs(3);
+/// Least server ticks measured per run in the full sweep, so slow rates still give a p99
+/// (the full sweep takes about 8 min of real time on 2 cores, mostly at 256 clients).
+const FULL_MIN_TICKS: f64 = 150.0;
+/// Measured virtual time per run in quick mode.
+const QUICK_DURATION: Duration = Duration::from_secs(2);
+
+struct Row {
+    tick_rate: f64,
+    clients: usize,
+    clean: SimulationReport,
+    lossy: SimulationReport,
+}
+
+impl Row {
+    /// Tick cost of both runs together.
+    fn tick_cost(&self) -> DurationHistogram {
+        let mut h = self.clean.tick_cost.clone();
+        h.merge(&self.lossy.tick_cost);
+        h
+    }
+
+    fn tick_cost_pct(&self, q: f64) -> f64 {
+        self.tick_cost().quantile_ms(q) / 1000.0 * self.tick_rate * 100.0
+    }
+}
+
+fn options(tick_rate: f64, clients: usize, loss_pct: f64, seed: u64) -> SimulationOptions {
+    SimulationOptions {
+        game: GameOptions {
+            scene: SceneKind::Arena,
+            entities: None,
+            tick_rate,
+            send_rate: tick_rate,
+            budget_bytes: DEFAULT_BUDGET_BYTES,
+            seed,
+        },
+        clients,
+        frame_rate: DEFAULT_FRAME_RATE_HZ,
+        conditioner: ConditionerConfig {
+            enabled: true,
+            loss_pct,
+            latency: LATENCY,
+            ..ConditionerConfig::off()
+        },
+        seed,
+    }
+}
+
+fn out_path(args: &[String]) -> PathBuf {
+    if let Some(p) = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+    {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("tickrate.csv")
+}
+
+fn markdown(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| tick Hz | clients | tick cost p50 | tick cost p99 | kbit/s per client | update gap p99 (0% / 5% loss) | staleness p99 (0% / 5% loss) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} % | {:.1} % | {:.0} | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
+            r.tick_rate,
+            r.clients,
+            r.tick_cost_pct(0.5),
+            r.tick_cost_pct(0.99),
+            r.clean.kbps_down_per_client,
+            r.clean.update_gap.quantile_ms(0.99),
+            r.lossy.update_gap.quantile_ms(0.99),
+            r.clean.staleness.quantile_ms(0.99),
+            r.lossy.staleness.quantile_ms(0.99),
+        );
+    }
+    s
+}
+
+fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "tick_hz,clients,entities,tick_cost_p50_us,tick_cost_p99_us,tick_cost_p50_pct,tick_cost_p99_pct,\
+         kbps_down_per_client,kbps_up_per_client,snapshots_per_client_per_s,\
+         update_gap_p50_ms,update_gap_p99_ms,staleness_p50_ms,staleness_p99_ms,\
+         loss5_kbps_down_per_client,loss5_snapshots_per_client_per_s,loss5_update_gap_p50_ms,\
+         loss5_update_gap_p99_ms,loss5_staleness_p50_ms,loss5_staleness_p99_ms,connected,disconnects\n",
+    );
+    for r in rows {
+        let h = r.tick_cost();
+        let (c, l) = (&r.clean, &r.lossy);
+        let _ = writeln!(
+            s,
+            "{},{},{},{:.1},{:.1},{:.2},{:.2},{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{},{}",
+            r.tick_rate,
+            r.clients,
+            c.entities,
+            h.quantile_ms(0.5) * 1000.0,
+            h.quantile_ms(0.99) * 1000.0,
+            r.tick_cost_pct(0.5),
+            r.tick_cost_pct(0.99),
+            c.kbps_down_per_client,
+            c.kbps_up_per_client,
+            c.snapshots_per_client_per_s(),
+            c.update_gap.quantile_ms(0.5),
+            c.update_gap.quantile_ms(0.99),
+            c.staleness.quantile_ms(0.5),
+            c.staleness.quantile_ms(0.99),
+            l.kbps_down_per_client,
+            l.snapshots_per_client_per_s(),
+            l.update_gap.quantile_ms(0.5),
+            l.update_gap.quantile_ms(0.99),
+            l.staleness.quantile_ms(0.5),
+            l.staleness.quantile_ms(0.99),
+            c.connected.min(l.connected),
+            c.disconnects + l.disconnects,
+        );
+    }
+    s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let quick = has("--quick") || has("--test") || !has("--bench");
+    let (rates, clients): (&[f64], &[usize]) = if quick {
+        (&QUICK_TICK_RATES_HZ, &QUICK_CLIENTS)
+    } else {
+        (&TICK_RATES_HZ, &CLIENTS)
+    };
+    let duration_at = |rate: f64| {
+        if quick {
+            QUICK_DURATION
+        } else {
+            FULL_MIN_DURATION.max(Duration::from_secs_f64(FULL_MIN_TICKS / rate))
+        }
+    };
+    // `--hz R` / `--clients N` narrow the sweep to one rate or one client count.
+    let pick = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let (only_hz, only_clients) = (pick("--hz"), pick("--clients"));
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &n in clients
+        .iter()
+        .filter(|&&n| only_clients.is_none_or(|c| c == n as f64))
+    {
+        for &rate in rates.iter().filter(|&&r| only_hz.is_none_or(|h| h == r)) {
+            let seed = 1000 + n as u64;
+            let duration = duration_at(rate);
+            let clean = run(&options(rate, n, 0.0, seed), WARM_UP, duration);
+            let lossy = run(&options(rate, n, LOSS_PCT, seed), WARM_UP, duration);
+            let (clean, lossy) = match (clean, lossy) {
+                (Ok(c), Ok(l)) => (c, l),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("tickrate: {rate} Hz × {n} clients: {e}");
+                    std::process::exit(1);
+                }
+            };
+            // Everything below depends on the clients having played the whole run.
+            if clean.connected != n || lossy.connected != n {
+                eprintln!(
+                    "tickrate: {rate} Hz × {n} clients: only {} / {} connected",
+                    clean.connected, lossy.connected
+                );
+                std::process::exit(1);
+            }
+            eprintln!(
+                "tickrate: {rate} Hz × {n} clients done ({:.0} s so far)",
+                started.elapsed().as_secs_f64()
+            );
+            rows.push(Row {
+                tick_rate: rate,
+                clients: n,
+                clean,
+                lossy,
+            });
+        }
+    }
+    rows.sort_by(|a, b| {
+        a.tick_rate
+            .total_cmp(&b.tick_rate)
+            .then(a.clients.cmp(&b.clients))
+    });
+    println!(
+        "\nTick-rate sweep ({}): arena scene, 64 bodies + 1 avatar per client, {} ms latency each way, \
+         {} measured per run after {} s warm-up. Tick cost is server CPU per tick as a share \
+         of the tick period.\n",
+        if quick { "quick" } else { "full" },
+        LATENCY.as_millis(),
+        if quick {
+            format!("{} s", QUICK_DURATION.as_secs())
+        } else {
+            format!(
+                "max({} s, {} ticks)",
+                FULL_MIN_DURATION.as_secs(),
+                FULL_MIN_TICKS
+            )
+        },
+        WARM_UP.as_secs()
+    );
+    print!("{}", markdown(&rows));
+    let path = out_path(&args);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, csv(&rows)) {
+        Ok(()) => println!("\nCSV: {}", path.display()),
+        Err(e) => eprintln!("tickrate: cannot write {}: {e}", path.display()),
+    }
+    println!(
+        "sweep took {:.0} s of real time",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,497 @@
+//! The whole demo in virtual time: one [`GameServer`] and N [`GameClient`]s over
+//! [`snapsync::sim::Sim`], wired exactly as the real `udp` demo wires them to sockets.
+//!
+//! The welcome goes on reliable channel 0 as a [`ServerMsg`], inputs travel as datagrams,
+//! snapshot parts as datagrams through `Server::send_datagram`, and `Event::Delivery` feeds
+//! [`GameServer::delivery`]. The server ticks at `start + n / tick_rate`; each client runs a
+//! frame at its own fixed rate (phases staggered so frames do not all line up), handling
+//! what arrived since its last frame, then sending one input — as `demo-client` does.
+//!
+//! Everything the protocol sees runs on virtual time, so a seed gives the same run every
+//! time. The one real-time measurement is the server's CPU cost per tick, taken with
+//! `Instant::now()` around the work the real server does per tick (handle events, run
+//! `GameServer::tick`, drain the datagrams it produced into the links) — a measurement, not
+//! a clock the protocol reads. Socket syscalls are not in it (see the loopback bench).
+//! Staleness uses virtual time: the game's tick 0 is the start of the run, and clients pass
+//! microseconds since the start as their clock.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use snapsync::conditioner::ConditionerConfig;
+use snapsync::packet::{IP_UDP_HEADER_BYTES, MAX_PACKET_BYTES};
+use snapsync::sim::Sim;
+use snapsync::{ClientConfig, ClientId, ConnectionConfig, Event, ServerConfig};
+
+use crate::game::{GameClient, GameOptions, GameServer};
+use crate::metrics::DurationHistogram;
+use crate::protocol::{RELIABLE_CHANNEL, ServerMsg, channels_config};
+use crate::scene::SceneKind;
+use crate::server::DEFAULT_BUDGET_BYTES;
+use crate::transport::PeerId;
+
+/// Client frames per second unless told otherwise: `demo-client`'s default.
+pub const DEFAULT_FRAME_RATE_HZ: f64 = 60.0;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulationOptions {
+    /// The server's game: scene, entity count, tick and send rate, budget, scene seed.
+    pub game: GameOptions,
+    /// Clients, each a bot that plays.
+    pub clients: usize,
+    /// Client frames (and inputs) per second.
+    pub frame_rate: f64,
+    /// The link every client has, both directions alike.
+    pub conditioner: ConditionerConfig,
+    /// Seed of the network (conditioners, handshakes) and the bots.
+    pub seed: u64,
+}
+
+impl Default for SimulationOptions {
+    /// The arena at 60 Hz with one client on a perfect link.
+    fn default() -> Self {
+        Self {
+            game: GameOptions {
+                scene: SceneKind::Arena,
+                entities: None,
+                tick_rate: 60.0,
+                send_rate: 60.0,
+                budget_bytes: DEFAULT_BUDGET_BYTES,
+                seed: 1,
+            },
+            clients: 1,
+            frame_rate: DEFAULT_FRAME_RATE_HZ,
+            conditioner: ConditionerConfig::off(),
+            seed: 1,
+        }
+    }
+}
+
+/// Why a simulation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The game options are out of range.
+    #[error("bad game options: {0}")]
+    Game(String),
+    /// The link settings are invalid.
+    #[error("bad link simulation: {0}")]
+    Conditioner(#[from] snapsync::conditioner::ConfigError),
+    /// Zero clients, or a frame rate that is not a positive number.
+    #[error("need at least one client and a positive frame rate")]
+    Clients,
+}
+
+/// What one run measured, from the last [`Simulation::reset_measurements`] (or the start).
+#[derive(Debug, Clone)]
+pub struct SimulationReport {
+    /// Clients simulated.
+    pub clients: usize,
+    /// Clients connected (and welcomed) at the end.
+    pub connected: usize,
+    /// Clients that lost their connection.
+    pub disconnects: u64,
+    /// Server ticks measured.
+    pub ticks: u64,
+    /// The tick period.
+    pub tick_period: Duration,
+    /// Virtual time measured.
+    pub duration: Duration,
+    /// Server CPU time per tick (real time around the tick's work).
+    pub tick_cost: DurationHistogram,
+    /// Server → client kbit/s per connected client, as sent (28 B IP+UDP per datagram).
+    pub kbps_down_per_client: f64,
+    /// Client → server kbit/s per connected client, as sent.
+    pub kbps_up_per_client: f64,
+    /// Update gaps of every client, merged.
+    pub update_gap: DurationHistogram,
+    /// Staleness samples of every client, merged (virtual time).
+    pub staleness: DurationHistogram,
+    /// Newer snapshots received, summed over clients.
+    pub snapshots_received: u64,
+    /// Snapshot parts the clients could not use (undecodable or missing baseline).
+    pub parts_rejected: u64,
+    /// Entities in the server's newest snapshot.
+    pub entities: usize,
+}
+
+impl SimulationReport {
+    /// Tick cost at quantile `q` (0..=1) as a share of the tick period, percent.
+    pub fn tick_cost_pct(&self, q: f64) -> f64 {
+        self.tick_cost.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
+    }
+
+    /// Newer snapshots received per second per client.
+    pub fn snapshots_per_client_per_s(&self) -> f64 {
+        let secs = self.duration.as_secs_f64();
+        if self.clients == 0 || secs <= 0.0 {
+            return 0.0;
+        }
+        self.snapshots_received as f64 / self.clients as f64 / secs
+    }
+}
+
+/// One simulated player: the game replica and where it is in its frame schedule.
+#[derive(Debug)]
+struct Player {
+    game: GameClient,
+    alive: bool,
+    snapshots_base: u64,
+    rejected_base: u64,
+}
+
+/// What is due next on the virtual timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The server's next tick.
+    Tick,
+    /// Client `i`'s next frame.
+    Frame(usize),
+}
+
+/// A running simulation; [`run`] is the one-call form.
+#[derive(Debug)]
+pub struct Simulation {
+    sim: Sim,
+    game: GameServer,
+    players: Vec<Player>,
+    /// Index of the player behind each simulated address, for routing the server's datagrams.
+    by_addr: HashMap<SocketAddr, usize>,
+    schedule: BinaryHeap<Reverse<(Instant, Due)>>,
+    start: Instant,
+    tick_period: Duration,
+    frame_period: Duration,
+    buf: Vec<u8>,
+    tick_cost: DurationHistogram,
+    disconnects: u64,
+    measure_start: Instant,
+    ticks_base: u32,
+    wire_base: (u64, u64),
+}
+
+impl Simulation {
+    /// Set up the server and every client; they start connecting at once.
+    pub fn new(opts: &SimulationOptions) -> Result<Self, SimulateError> {
+        if opts.clients == 0 || !(opts.frame_rate.is_finite() && opts.frame_rate > 0.0) {
+            return Err(SimulateError::Clients);
+        }
+        opts.conditioner.validate()?;
+        // Tick 0 is the start of virtual time: staleness is measured against it.
+        let game = GameServer::new(opts.game.clone(), 0).map_err(SimulateError::Game)?;
+        let connection = ConnectionConfig {
+            channels: channels_config(),
+            ..ConnectionConfig::default()
+        };
+        let mut sim = Sim::new(
+            ServerConfig {
+                max_clients: opts.clients,
+                connection: connection.clone(),
+                ..ServerConfig::default()
+            },
+            opts.seed,
+        );
+        let mut players = Vec::with_capacity(opts.clients);
+        let mut by_addr = HashMap::with_capacity(opts.clients);
+        for i in 0..opts.clients {
+            let idx = sim.add_client(ClientConfig {
+                connection: connection.clone(),
+                ..ClientConfig::default()
+            });
+            by_addr.insert(sim.clients[idx].addr, idx);
+            let bot_seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+            players.push(Player {
+                game: GameClient::new(bot_seed),
+                alive: true,
+                snapshots_base: 0,
+                rejected_base: 0,
+            });
+        }
+        // Validated above, so this cannot panic.
+        sim.set_all_links(opts.conditioner.clone());
+        let start = sim.now;
+        let tick_period = game.period();
+        let frame_period = Duration::from_secs_f64(1.0 / opts.frame_rate);
+        let mut schedule = BinaryHeap::new();
+        schedule.push(Reverse((start + tick_period, Due::Tick)));
+        for i in 0..opts.clients {
+            // Real clients start at unrelated moments; spread their frames over one period.
+            let phase = frame_period.mul_f64(i as f64 / opts.clients as f64);
+            schedule.push(Reverse((start + phase, Due::Frame(i))));
+        }
+        Ok(Self {
+            sim,
+            game,
+            players,
+            by_addr,
+            schedule,
+            start,
+            tick_period,
+            frame_period,
+            buf: vec![0; MAX_PACKET_BYTES],
+            tick_cost: DurationHistogram::new(),
+            disconnects: 0,
+            measure_start: start,
+            ticks_base: 0,
+            wire_base: (0, 0),
+        })
+    }
+
+    /// Virtual now.
+    pub fn now(&self) -> Instant {
+        self.sim.now
+    }
+
+    /// The server's game.
+    pub fn game(&self) -> &GameServer {
+        &self.game
+    }
+
+    /// The simulated network (server endpoint, clients, links).
+    pub fn network(&self) -> &Sim {
+        &self.sim
+    }
+
+    /// Clients connected to the server and welcomed.
+    pub fn connected(&self) -> usize {
+        self.players
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| p.alive && p.game.is_ready() && self.sim.client_id(*i).is_some())
+            .count()
+    }
+
+    /// Run `d` of virtual time: server ticks and client frames in time order.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.sim.now + d;
+        while let Some(&Reverse((at, due))) = self.schedule.peek() {
+            if at > end {
+                break;
+            }
+            self.schedule.pop();
+            self.sim.run_until(at);
+            match due {
+                Due::Tick => {
+                    let cost = self.server_tick();
+                    self.tick_cost.record(cost);
+                    let next = self.start + self.tick_period * (self.game.ticks() + 1);
+                    self.schedule.push(Reverse((next, Due::Tick)));
+                }
+                Due::Frame(i) => {
+                    self.client_frame(i);
+                    self.schedule
+                        .push(Reverse((at + self.frame_period, Due::Frame(i))));
+                }
+            }
+        }
+        self.sim.run_until(end);
+    }
+
+    /// Run until the server's next tick has run; returns that tick's CPU cost.
+    ///
+    /// The clients and the network run up to that moment too, so repeated calls are a
+    /// steady game (the way the server-tick bench measures one tick at a time).
+    pub fn step_tick(&mut self) -> Duration {
+        loop {
+            let Some(Reverse((at, due))) = self.schedule.pop() else {
+                // The tick entry is always re-queued below, so the schedule is never empty.
+                return Duration::ZERO;
+            };
+            self.sim.run_until(at);
+            match due {
+                Due::Tick => {
+                    let cost = self.server_tick();
+                    self.tick_cost.record(cost);
+                    let next = self.start + self.tick_period * (self.game.ticks() + 1);
+                    self.schedule.push(Reverse((next, Due::Tick)));
+                    return cost;
+                }
+                Due::Frame(i) => {
+                    self.client_frame(i);
+                    self.schedule
+                        .push(Reverse((at + self.frame_period, Due::Frame(i))));
+                }
+            }
+        }
+    }
+
+    /// The server's work for one tick, as `server::run` does it; returns its CPU time.
+    fn server_tick(&mut self) -> Duration {
+        let now = self.sim.now;
+        let work_start = Instant::now();
+        for (id, event) in std::mem::take(&mut self.sim.server_events) {
+            let peer = PeerId(id.0);
+            match event {
+                Event::Connected { .. } => {
+                    let welcome = self.game.join(peer);
+                    if let Ok(bytes) = snapsync::codec::encode(&ServerMsg::Welcome(welcome)) {
+                        let _ = self
+                            .sim
+                            .server
+                            .send_message(now, id, RELIABLE_CHANNEL, &bytes);
+                    }
+                }
+                Event::Disconnected { .. } => self.game.leave(peer),
+                Event::Datagram { payload, .. } => {
+                    let _ = self.game.input(peer, &payload);
+                }
+                Event::Message {
+                    channel, payload, ..
+                } if channel == RELIABLE_CHANNEL => {
+                    let _ = self.game.input(peer, &payload);
+                }
+                Event::Message { .. } => {}
+                Event::Delivery { sequence, acked } => self.game.delivery(peer, sequence, acked),
+            }
+        }
+        let server = &mut self.sim.server;
+        self.game.tick(&mut |peer, part| {
+            server
+                .send_datagram(now, ClientId(peer.0), part)
+                .ok()
+                .map(|seq| (seq, None))
+        });
+        // The real server's flush: every datagram copied into its outbound link.
+        while let Some(t) = self.sim.server.poll_transmit(now, &mut self.buf) {
+            let Some(&i) = self.by_addr.get(&t.destination) else {
+                continue;
+            };
+            // `t.len` is at most the buffer's length, and `i` came from `add_client`.
+            let c = &mut self.sim.clients[i];
+            if !c.partitioned {
+                c.down.push(now, self.buf[..t.len].to_vec(), t.len);
+            }
+        }
+        work_start.elapsed()
+    }
+
+    /// One client frame, as `demo-client`'s session loop does it.
+    fn client_frame(&mut self, i: usize) {
+        let now = self.sim.now;
+        let micros = now.saturating_duration_since(self.start).as_micros() as u64;
+        let c = &mut self.sim.clients[i];
+        let p = &mut self.players[i];
+        if !p.alive {
+            return;
+        }
+        for event in std::mem::take(&mut c.events) {
+            match event {
+                Event::Datagram {
+                    payload,
+                    received_at,
+                    ..
+                } => {
+                    let _ = p.game.on_part(received_at, &payload);
+                }
+                Event::Message {
+                    channel, payload, ..
+                } if channel == RELIABLE_CHANNEL => {
+                    match snapsync::codec::decode::<ServerMsg>(&payload) {
+                        Ok(ServerMsg::Welcome(w)) => {
+                            let _ = p.game.on_welcome(w);
+                        }
+                        Ok(ServerMsg::Part(part)) => {
+                            let _ = p.game.on_part(now, &part);
+                        }
+                        Err(_) => {}
+                    }
+                }
+                Event::Disconnected { .. } => {
+                    self.disconnects += 1;
+                    p.alive = false;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if !p.game.is_ready() {
+            return;
+        }
+        let input = p.game.on_frame(now, micros);
+        let _ = c.client.send_datagram(now, &input);
+    }
+
+    /// Bytes on the wire (with IP+UDP headers) sent so far: server → clients, clients →
+    /// server.
+    fn wire_bytes(&self) -> (u64, u64) {
+        let mut down = 0;
+        let mut up = 0;
+        for (i, c) in self.sim.clients.iter().enumerate() {
+            if let Some(s) = c.client.connection_stats() {
+                up += s.link.bytes_sent + s.link.packets_sent * IP_UDP_HEADER_BYTES;
+            }
+            if let Some(s) = self
+                .sim
+                .client_id(i)
+                .and_then(|id| self.sim.server.connection_stats(id))
+            {
+                down += s.link.bytes_sent + s.link.packets_sent * IP_UDP_HEADER_BYTES;
+            }
+        }
+        (down, up)
+    }
+
+    /// Forget everything measured so far (e.g. after a warm-up); the game carries on.
+    pub fn reset_measurements(&mut self) {
+        self.tick_cost = DurationHistogram::new();
+        for p in &mut self.players {
+            p.game.update_gap = DurationHistogram::new();
+            p.game.staleness = DurationHistogram::new();
+            p.snapshots_base = p.game.snapshots_received;
+            p.rejected_base = p.game.parts_rejected;
+        }
+        self.measure_start = self.sim.now;
+        self.ticks_base = self.game.ticks();
+        self.wire_base = self.wire_bytes();
+    }
+
+    /// The figures measured since the start or the last reset.
+    pub fn report(&self) -> SimulationReport {
+        let duration = self.sim.now.saturating_duration_since(self.measure_start);
+        let secs = duration.as_secs_f64().max(1e-9);
+        let connected = self.connected();
+        let (down, up) = self.wire_bytes();
+        let per_client = |bytes: u64| bytes as f64 * 8.0 / 1000.0 / secs / connected.max(1) as f64;
+        let mut update_gap = DurationHistogram::new();
+        let mut staleness = DurationHistogram::new();
+        let mut snapshots_received = 0;
+        let mut parts_rejected = 0;
+        for p in &self.players {
+            update_gap.merge(&p.game.update_gap);
+            staleness.merge(&p.game.staleness);
+            snapshots_received += p.game.snapshots_received - p.snapshots_base;
+            parts_rejected += p.game.parts_rejected - p.rejected_base;
+        }
+        SimulationReport {
+            clients: self.players.len(),
+            connected,
+            disconnects: self.disconnects,
+            ticks: u64::from(self.game.ticks() - self.ticks_base),
+            tick_period: self.tick_period,
+            duration,
+            tick_cost: self.tick_cost.clone(),
+            kbps_down_per_client: per_client(down.saturating_sub(self.wire_base.0)),
+            kbps_up_per_client: per_client(up.saturating_sub(self.wire_base.1)),
+            update_gap,
+            staleness,
+            snapshots_received,
+            parts_rejected,
+            entities: self.game.entities(),
+        }
+    }
+}
+
+/// Run a whole simulation: `warm_up` (connecting, first full snapshots) unmeasured, then
+/// `duration` measured.
+pub fn run(
+    opts: &SimulationOptions,
+    warm_up: Duration,
+    duration: Duration,
+) -> Result<SimulationReport, SimulateError> {
+    let mut s = Simulation::new(opts)?;
+    s.run_for(warm_up);
+    s.reset_measurements();
+    s.run_for(duration);
+    Ok(s.report())
+}
