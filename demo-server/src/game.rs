@@ -77,6 +77,8 @@ pub struct SnapshotTotals {
     pub full_snapshots: u64,
     /// Changed or spawned entities sent.
     pub entities_sent: u64,
+    /// Bits of entity fields alone (no part headers, no indices).
+    pub entity_payload_bits: u64,
 }
 
 impl SnapshotTotals {
@@ -86,6 +88,7 @@ impl SnapshotTotals {
         self.snapshots += s.snapshots;
         self.full_snapshots += s.full_snapshots;
         self.entities_sent += s.entities_sent;
+        self.entity_payload_bits += s.entity_payload_bits;
     }
 }
 
@@ -364,6 +367,7 @@ pub struct GameClient {
     want_resync: bool,
     resync_requested_at: Option<Instant>,
     fixed_interp_delay: Option<Duration>,
+    idle: bool,
     /// Resyncs asked of the server.
     pub resyncs_requested: u64,
 }
@@ -391,8 +395,15 @@ impl GameClient {
             want_resync: false,
             resync_requested_at: None,
             fixed_interp_delay: None,
+            idle: false,
             resyncs_requested: 0,
         }
+    }
+
+    /// Make the bot stand still (idle inputs): in the cubes scene the server's own AI then
+    /// drives the player cube, as in the bandwidth yardstick.
+    pub fn set_idle(&mut self, idle: bool) {
+        self.idle = idle;
     }
 
     /// Use a fixed interpolation delay instead of the adaptive one (call before the welcome).
@@ -487,7 +498,12 @@ impl GameClient {
             let _ = interp.sample(now);
         }
         self.input_number = self.input_number.wrapping_add(1);
-        self.inputs.push_back(self.bot.next_input());
+        let input = if self.idle {
+            PlayerInput::default()
+        } else {
+            self.bot.next_input()
+        };
+        self.inputs.push_back(input);
         while self.inputs.len() > INPUT_REDUNDANCY + 1 {
             self.inputs.pop_front();
         }

@@ -238,6 +238,13 @@ impl Simulation {
         })
     }
 
+    /// Make every bot stand still (see [`GameClient::set_idle`]).
+    pub fn set_bots_idle(&mut self, idle: bool) {
+        for p in &mut self.players {
+            p.game.set_idle(idle);
+        }
+    }
+
     /// Virtual now.
     pub fn now(&self) -> Instant {
         self.sim.now
