@@ -22,6 +22,9 @@ const SECONDS: u32 = 30;
 const PER_DATAGRAM_BYTES: f64 = 28.0 + 19.0 + 3.0;
 const MAX_PART_BYTES: usize = 1100;
 
+/// One cube as plain floats: id, position, rotation, velocity.
+type FloatCube = (u32, [f32; 3], [f32; 4], [f32; 3]);
+
 /// kbit/s of `bytes_per_tick` sent as datagrams of at most MAX_PART_BYTES, at 60 Hz.
 fn kbps_split(bytes_per_tick: f64) -> f64 {
     let datagrams = (bytes_per_tick / MAX_PART_BYTES as f64).ceil();
@@ -46,7 +49,7 @@ fn main() {
         entities = bodies.len();
         // Position, rotation and linear velocity as f32: 40 bytes a cube.
         raw += (bodies.len() * 40) as f64;
-        let state: Vec<(u32, [f32; 3], [f32; 4], [f32; 3])> = bodies
+        let state: Vec<FloatCube> = bodies
             .iter()
             .map(|b| {
                 (
