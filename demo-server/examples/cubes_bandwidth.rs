@@ -16,7 +16,14 @@ use snapsync::snapshot::{
 };
 
 const TICK_RATE: f64 = 60.0;
-const SECONDS: u32 = 30;
+/// Seconds simulated per row (`CUBES_SECONDS` overrides; default ten minutes, since the
+/// scene's busy opening changes more cubes than its long-run average).
+fn seconds() -> u32 {
+    std::env::var("CUBES_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600)
+}
 /// Bytes each datagram adds on the wire: IPv4 + UDP (28), the connected header (19) and
 /// the datagram framing (3).
 const PER_DATAGRAM_BYTES: f64 = 28.0 + 19.0 + 3.0;
@@ -32,7 +39,7 @@ fn kbps_split(bytes_per_tick: f64) -> f64 {
 }
 
 fn main() {
-    let ticks = SECONDS * TICK_RATE as u32;
+    let ticks = seconds() * TICK_RATE as u32;
     // Full-state formats over the scene as the AI drives it (no player input).
     let mut scene = build_scene(SceneKind::Cubes, None, 1);
     let q = quantize_config(SceneKind::Cubes, TICK_RATE);
@@ -88,7 +95,8 @@ fn main() {
         (quantized + quantized_parts * PER_DATAGRAM_BYTES) / n * 8.0 * TICK_RATE / 1000.0;
 
     println!(
-        "cubes scene: {entities} entities, {TICK_RATE} Hz, one client; kbit/s on the wire (28 B IP+UDP per datagram)"
+        "cubes scene: {entities} entities, {TICK_RATE} Hz, one client, {} s simulated; kbit/s on the wire (28 B IP+UDP per datagram)",
+        seconds()
     );
     println!();
     println!("| encoding | bytes per snapshot | kbit/s |");
@@ -135,7 +143,7 @@ fn main() {
         sim.run_for(Duration::from_secs(2));
         let before = sim.game().snapshot_totals();
         sim.reset_measurements();
-        sim.run_for(Duration::from_secs(u64::from(SECONDS)));
+        sim.run_for(Duration::from_secs(u64::from(seconds())));
         let after = sim.game().snapshot_totals();
         let report = sim.report();
         let bytes = (after.bytes - before.bytes) as f64;
