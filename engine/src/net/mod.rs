@@ -213,7 +213,7 @@ impl<E: Endpoint> Driver<E> {
         let t = now();
         while let Some(tx) = self.endpoint.poll_transmit(t, &mut self.send_buf) {
             // With the conditioner off and nothing held in it, send straight from the buffer:
-            // no copy, no queue (the copy was a tenth of the cost of a small datagram).
+            // one allocation, one copy and one queue round trip fewer per datagram.
             if self.outbound.is_idle() && self.outbound.config().is_pass_through() {
                 let bytes = &self.send_buf[..tx.len];
                 match self.socket.try_send_to(bytes, tx.destination) {
