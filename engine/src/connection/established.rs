@@ -64,10 +64,9 @@ impl Established {
             peer,
             salt,
             config,
-            // Sequence 0 is never sent: a peer that has received nothing yet still sends ack
-            // fields (ack 0, no bits), and they must not confirm a real packet — e.g. the
-            // server's first one, dropped by a client whose `Accepted` was lost.
-            acks: AckTracker::starting_at(Sequence(1)),
+            // Numbers packets from 1, so the ack of a peer that has received nothing (ack 0)
+            // confirms nothing; see `AckTracker::new`.
+            acks: AckTracker::new(),
             rtt: RttEstimator::default(),
             stats: LinkStats::default(),
             channels,
