@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::conditioner::{Conditioner, ConditionerConfig};
 use crate::connection::{Client, ClientConfig, ClientId, Event, Server, ServerConfig};
-use crate::packet::MAX_PACKET_BYTES;
+use crate::packet::{MAX_PACKET_BYTES, Packet};
 
 /// Smallest step of the virtual clock when an endpoint asks to be woken "now" again.
 const MIN_STEP: Duration = Duration::from_micros(100);
@@ -112,6 +112,43 @@ impl Sim {
     pub fn inject_to_server(&mut self, from: SocketAddr, datagram: &[u8]) {
         self.server.handle_datagram(self.now, from, datagram);
         self.pump();
+    }
+
+    /// Complete a handshake by hand from `from` (an address that is not a simulated client),
+    /// as a hand-written peer would; returns the session salt, or `None` when the server did
+    /// not answer with a challenge and then an acceptance. For tests that speak raw packets.
+    pub fn handshake_by_hand(&mut self, from: SocketAddr, client_nonce: u64) -> Option<u32> {
+        let reply = self.exchange(from, &Packet::ConnectionRequest { client_nonce })?;
+        let Ok(Packet::Challenge {
+            client_nonce,
+            timestamp_ms,
+            mac,
+        }) = Packet::decode(&reply)
+        else {
+            return None;
+        };
+        let reply = self.exchange(
+            from,
+            &Packet::ChallengeResponse {
+                client_nonce,
+                timestamp_ms,
+                mac,
+            },
+        )?;
+        match Packet::decode(&reply) {
+            Ok(Packet::Accepted { salt, .. }) => Some(salt),
+            _ => None,
+        }
+    }
+
+    /// Inject `packet` from `from`; returns the server's first answer to that address.
+    fn exchange(&mut self, from: SocketAddr, packet: &Packet<'_>) -> Option<Vec<u8>> {
+        let len = packet.encode(&mut self.buf)?;
+        let datagram = self.buf[..len].to_vec();
+        self.stray.retain(|(to, _)| *to != from);
+        self.inject_to_server(from, &datagram);
+        let i = self.stray.iter().position(|(to, _)| *to == from)?;
+        Some(self.stray.remove(i).1)
     }
 
     /// Run the network until virtual time `end`.

@@ -355,45 +355,6 @@ fn fuzz_addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
 }
 
-/// Inject `packet` from `from`; returns what the server answered it.
-fn exchange(sim: &mut Sim, from: SocketAddr, packet: &Packet<'_>) -> Vec<Vec<u8>> {
-    sim.stray.clear();
-    sim.inject_to_server(from, &encode(packet));
-    sim.stray.drain(..).map(|(_, bytes)| bytes).collect()
-}
-
-/// Complete a handshake by hand from `from`; returns the session salt.
-fn raw_handshake(sim: &mut Sim, from: SocketAddr) -> u32 {
-    let replies = exchange(
-        sim,
-        from,
-        &Packet::ConnectionRequest {
-            client_nonce: RAW_PEER_NONCE,
-        },
-    );
-    let Some(Ok(Packet::Challenge {
-        client_nonce,
-        timestamp_ms,
-        mac,
-    })) = replies.first().map(|r| Packet::decode(r))
-    else {
-        panic!("no challenge: {replies:?}");
-    };
-    let replies = exchange(
-        sim,
-        from,
-        &Packet::ChallengeResponse {
-            client_nonce,
-            timestamp_ms,
-            mac,
-        },
-    );
-    match replies.first().map(|r| Packet::decode(r)) {
-        Some(Ok(Packet::Accepted { salt, .. })) => salt,
-        other => panic!("not accepted: {other:?}"),
-    }
-}
-
 /// The `server_datagram` target: a connected sim client, a verified raw peer, and a script
 /// of datagrams from the client's address, strangers, and the raw peer (with its salt).
 fn run_server_script(script: &[(u8, Vec<u8>)]) {
@@ -403,7 +364,9 @@ fn run_server_script(script: &[(u8, Vec<u8>)]) {
         s.clients[0].client.is_connected()
     }));
     let raw_peer = fuzz_addr(9000);
-    let salt = raw_handshake(&mut sim, raw_peer);
+    let salt = sim
+        .handshake_by_hand(raw_peer, RAW_PEER_NONCE)
+        .expect("the server accepts a hand-made handshake");
     let client_addr = sim.clients[0].addr;
     let mut sequence = Sequence(0);
     for (selector, bytes) in script {
