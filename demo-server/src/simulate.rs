@@ -277,20 +277,7 @@ impl Simulation {
                 break;
             }
             self.schedule.pop();
-            self.sim.run_until(at);
-            match due {
-                Due::Tick => {
-                    let cost = self.server_tick();
-                    self.tick_cost.record(cost);
-                    let next = self.start + self.tick_period * (self.game.ticks() + 1);
-                    self.schedule.push(Reverse((next, Due::Tick)));
-                }
-                Due::Frame(i) => {
-                    self.client_frame(i);
-                    self.schedule
-                        .push(Reverse((at + self.frame_period, Due::Frame(i))));
-                }
-            }
+            self.run_due(at, due);
         }
         self.sim.run_until(end);
     }
@@ -300,25 +287,33 @@ impl Simulation {
     /// The clients and the network run up to that moment too, so repeated calls are a
     /// steady game (the way the server-tick bench measures one tick at a time).
     pub fn step_tick(&mut self) -> Duration {
-        loop {
-            let Some(Reverse((at, due))) = self.schedule.pop() else {
-                // The tick entry is always re-queued below, so the schedule is never empty.
-                return Duration::ZERO;
-            };
-            self.sim.run_until(at);
-            match due {
-                Due::Tick => {
-                    let cost = self.server_tick();
-                    self.tick_cost.record(cost);
-                    let next = self.start + self.tick_period * (self.game.ticks() + 1);
-                    self.schedule.push(Reverse((next, Due::Tick)));
-                    return cost;
-                }
-                Due::Frame(i) => {
-                    self.client_frame(i);
-                    self.schedule
-                        .push(Reverse((at + self.frame_period, Due::Frame(i))));
-                }
+        // The tick entry is always re-queued by `run_due`, so the schedule is never empty
+        // and the loop ends at the next tick.
+        while let Some(Reverse((at, due))) = self.schedule.pop() {
+            if let Some(cost) = self.run_due(at, due) {
+                return cost;
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// Bring the network to `at` and run what is due then, re-queueing it; returns the CPU
+    /// cost when it was a server tick.
+    fn run_due(&mut self, at: Instant, due: Due) -> Option<Duration> {
+        self.sim.run_until(at);
+        match due {
+            Due::Tick => {
+                let cost = self.server_tick();
+                self.tick_cost.record(cost);
+                let next = self.start + self.tick_period * (self.game.ticks() + 1);
+                self.schedule.push(Reverse((next, Due::Tick)));
+                Some(cost)
+            }
+            Due::Frame(i) => {
+                self.client_frame(i);
+                self.schedule
+                    .push(Reverse((at + self.frame_period, Due::Frame(i))));
+                None
             }
         }
     }
