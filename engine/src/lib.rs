@@ -18,6 +18,7 @@ pub mod conditioner;
 pub mod connection;
 pub mod net;
 pub mod packet;
+pub mod replication;
 mod sequence;
 pub mod sim;
 pub mod snapshot;

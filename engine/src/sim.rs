@@ -9,21 +9,23 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::conditioner::{Conditioner, ConditionerConfig};
-use crate::connection::{Client, ClientConfig, ClientId, Event, Server, ServerConfig};
+use crate::connection::{Client, ClientConfig, ClientId, Server, ServerConfig};
+use crate::net::Endpoint;
 use crate::packet::{MAX_PACKET_BYTES, Packet};
+use crate::replication;
 
 /// Smallest step of the virtual clock when an endpoint asks to be woken "now" again.
 const MIN_STEP: Duration = Duration::from_micros(100);
 
 /// One simulated client with its two link directions.
 #[derive(Debug)]
-pub struct SimClient {
+pub struct SimClient<C: Endpoint = Client> {
     /// The sans-IO client.
-    pub client: Client,
+    pub client: C,
     /// Its (virtual) address.
     pub addr: SocketAddr,
     /// Events it produced, oldest first; tests drain this.
-    pub events: Vec<Event>,
+    pub events: Vec<C::Event>,
     /// Client → server direction.
     pub up: Conditioner<Vec<u8>>,
     /// Server → client direction.
@@ -32,19 +34,20 @@ pub struct SimClient {
     pub partitioned: bool,
 }
 
-/// The simulated network.
+/// The simulated network: by default the connection layer's [`Server`] and [`Client`]s;
+/// [`Sim::replication`] builds one of the [`replication`] endpoints a game uses.
 #[derive(Debug)]
-pub struct Sim {
+pub struct Sim<S: Endpoint = Server, C: Endpoint = Client> {
     /// Virtual now.
     pub now: Instant,
     /// The server.
-    pub server: Server,
+    pub server: S,
     /// The server's (virtual) address.
     pub server_addr: SocketAddr,
     /// Events the server produced, oldest first; tests drain this.
-    pub server_events: Vec<(ClientId, Event)>,
+    pub server_events: Vec<S::Event>,
     /// The clients, by index.
-    pub clients: Vec<SimClient>,
+    pub clients: Vec<SimClient<C>>,
     /// Datagrams the server sent to addresses that are not simulated clients (e.g. replies
     /// to injected handshake packets), with their destinations.
     pub stray: Vec<(SocketAddr, Vec<u8>)>,
@@ -55,11 +58,60 @@ pub struct Sim {
 impl Sim {
     /// A network whose server runs `config`; `seed` drives every random choice.
     pub fn new(config: ServerConfig, seed: u64) -> Self {
+        Self::with_server(|now| Server::new(config, now, seed), seed)
+    }
+
+    /// Add a client that starts connecting now; returns its index.
+    pub fn add_client(&mut self, config: ClientConfig) -> usize {
+        self.add_client_with(|server, now, seed| Client::new(config, server, now, seed))
+    }
+
+    /// The server-side id of client `i`, once connected.
+    pub fn client_id(&self, i: usize) -> Option<ClientId> {
+        match self.clients[i].client.state() {
+            crate::connection::ClientState::Connected(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl<I: serde::Serialize> Sim<replication::Server, replication::Client<I>> {
+    /// A network around a replication server; a config without a seed gets `seed`, so the
+    /// run is reproducible.
+    pub fn replication(
+        mut config: replication::ServerConfig,
+        seed: u64,
+    ) -> Result<Self, replication::ConfigError> {
+        config.seed.get_or_insert(seed);
+        let now = Instant::now();
+        let server = replication::Server::new(config, now)?;
+        Ok(Self::with_server_at(server, now, seed))
+    }
+
+    /// Add a replication client that starts connecting now; returns its index.
+    pub fn add_replication_client(
+        &mut self,
+        mut config: replication::ClientConfig,
+    ) -> Result<usize, replication::ConfigError> {
+        let seed = self.client_seed(self.clients.len());
+        config.seed.get_or_insert(seed);
+        let client = replication::Client::new(config, self.server_addr, self.now)?;
+        Ok(self.push_client(client))
+    }
+}
+
+impl<S: Endpoint, C: Endpoint> Sim<S, C> {
+    /// A network around the server `make` builds at the start of virtual time.
+    pub fn with_server(make: impl FnOnce(Instant) -> S, seed: u64) -> Self {
         // The one clock read: a base for virtual time. Nothing below reads it again.
         let now = Instant::now();
+        Self::with_server_at(make(now), now, seed)
+    }
+
+    fn with_server_at(server: S, now: Instant, seed: u64) -> Self {
         Self {
             now,
-            server: Server::new(config, now, seed),
+            server,
             server_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777),
             server_events: Vec::new(),
             clients: Vec::new(),
@@ -69,13 +121,24 @@ impl Sim {
         }
     }
 
-    /// Add a client that starts connecting now; returns its index.
-    pub fn add_client(&mut self, config: ClientConfig) -> usize {
+    fn client_seed(&self, i: usize) -> u64 {
+        self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Add the client `make` builds from the server's address, the virtual now and a seed
+    /// of its own; returns its index.
+    pub fn add_client_with(&mut self, make: impl FnOnce(SocketAddr, Instant, u64) -> C) -> usize {
+        let seed = self.client_seed(self.clients.len());
+        let client = make(self.server_addr, self.now, seed);
+        self.push_client(client)
+    }
+
+    fn push_client(&mut self, client: C) -> usize {
         let i = self.clients.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 20_000 + i as u16);
-        let seed = self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = self.client_seed(i);
         self.clients.push(SimClient {
-            client: Client::new(config, self.server_addr, self.now, seed),
+            client,
             addr,
             events: Vec::new(),
             // The off config always validates.
@@ -181,7 +244,7 @@ impl Sim {
     }
 
     /// Run until `done(self)` holds or `limit` of virtual time passes; true if it held.
-    pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+    pub fn run_until_cond(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let end = self.now + limit;
         while self.now < end {
             if done(self) {
@@ -263,14 +326,6 @@ impl Sim {
             if !moved {
                 return;
             }
-        }
-    }
-
-    /// The server-side id of client `i`, once connected.
-    pub fn client_id(&self, i: usize) -> Option<ClientId> {
-        match self.clients[i].client.state() {
-            crate::connection::ClientState::Connected(id) => Some(id),
-            _ => None,
         }
     }
 }

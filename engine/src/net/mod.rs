@@ -34,6 +34,8 @@ use crate::connection::{
     Client, ClientConfig, ClientId, DisconnectReason, Event, Server, ServerConfig, Transmit,
 };
 use crate::packet::MAX_PACKET_BYTES;
+use crate::replication;
+use serde::Serialize;
 
 /// Receive buffer size: larger than any valid packet, so oversized datagrams are seen whole
 /// enough to be counted and dropped rather than silently truncated into something valid.
@@ -44,7 +46,7 @@ const MAX_RECV_BATCH: usize = 256;
 /// What the driver needs from a sans-IO endpoint; implemented by [`Server`] and [`Client`].
 pub trait Endpoint {
     /// The endpoint's event type.
-    type Event;
+    type Event: std::fmt::Debug;
     /// Feed a datagram.
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
     /// Advance timers.
@@ -92,6 +94,44 @@ impl Endpoint for Client {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Client::poll_timeout(self)
+    }
+}
+
+impl Endpoint for replication::Server {
+    type Event = replication::ServerEvent;
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        replication::Server::handle_datagram(self, now, from, datagram)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        replication::Server::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        replication::Server::poll_transmit(self, now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        replication::Server::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        replication::Server::poll_timeout(self)
+    }
+}
+
+impl<I: Serialize> Endpoint for replication::Client<I> {
+    type Event = replication::ClientEvent;
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        replication::Client::handle_datagram(self, now, from, datagram)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        replication::Client::handle_timeout(self, now)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        replication::Client::poll_transmit(self, now, buf)
+    }
+    fn poll_event(&mut self) -> Option<Self::Event> {
+        replication::Client::poll_event(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        replication::Client::poll_timeout(self)
     }
 }
 

@@ -1,0 +1,228 @@
+//! Settings of the replication server and client, checked when the endpoint is built.
+
+use std::time::Duration;
+
+use crate::channel::{ChannelConfig, ChannelKind, ChannelsConfig};
+use crate::connection::{self, MAX_DATAGRAM_BYTES};
+use crate::snapshot::{QuantizeConfig, SnapshotError};
+
+use super::wire::PART_PREFIX_MAX_BYTES;
+
+/// How snapshot parts travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SnapshotDelivery {
+    /// Each part in its own unreliable datagram; a lost part is replaced by a newer
+    /// snapshot, never resent. The engine's normal mode.
+    #[default]
+    Datagrams,
+    /// Parts on the reliable-ordered control channel: stream semantics (every part arrives,
+    /// in order, and a loss holds back everything behind it). For comparisons: this is what
+    /// a game gets from TCP or any ordered stream.
+    ReliableOrdered,
+}
+
+/// Replication server settings. Defaults: 60 Hz, a snapshot every tick, the default
+/// quantization, the default channels.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The connection endpoint's settings. `connection.channels` are the game's own
+    /// channels (indices 0..n); the replication layer appends its control channel after
+    /// them, so the client must be given the same game channels.
+    pub server: connection::ServerConfig,
+    /// How floats become integers on the wire; `tick_interval` is the server's tick period.
+    /// Sent to every client in the welcome, so clients never need their own copy.
+    pub quantize: QuantizeConfig,
+    /// Send a snapshot every this many ticks (default 1: every tick).
+    pub send_interval_ticks: u32,
+    /// Snapshot bytes per client per send before the priority accumulator defers entities
+    /// (default 8800: eight parts). A client's own budget can be changed at run time.
+    pub budget_bytes: usize,
+    /// How snapshot parts travel (default [`SnapshotDelivery::Datagrams`]).
+    pub delivery: SnapshotDelivery,
+    /// Largest snapshot part in bytes (default 1100: one part per datagram with room for the
+    /// packet header under a 1200-byte path MTU).
+    pub max_part_bytes: usize,
+    /// Ticks of sent history kept per client, and so the oldest usable baseline (default 64:
+    /// just over 1 s at 60 Hz). Clients learn it from the welcome.
+    pub ring_ticks: u32,
+    /// Largest encoded input in bytes (default 256); larger ones are dropped and counted.
+    pub max_input_bytes: usize,
+    /// Inputs a client may bank: each tick grants one, up to this many, and each input
+    /// handed to the game spends one (default 8). Bounds how fast a client can move its
+    /// avatar, whatever it sends, while letting a late packet's inputs through at once.
+    pub max_input_burst: u32,
+    /// Inputs held per client waiting for their turn (default 64). Beyond it, newer inputs
+    /// are not taken; the client sends them again because they stay unacknowledged.
+    pub max_queued_inputs: usize,
+    /// Application bytes every client receives in its welcome (a map name, a start time...).
+    pub welcome_data: Vec<u8>,
+    /// Seed of the connection layer's secrets. `None` (the default): the operating
+    /// system's randomness. Give a constant only in tests that must be reproducible.
+    pub seed: Option<u64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            server: connection::ServerConfig::default(),
+            quantize: QuantizeConfig::default(),
+            send_interval_ticks: 1,
+            budget_bytes: 8 * 1100,
+            delivery: SnapshotDelivery::Datagrams,
+            max_part_bytes: 1100,
+            ring_ticks: 64,
+            max_input_bytes: 256,
+            max_input_burst: 8,
+            max_queued_inputs: 64,
+            welcome_data: Vec::new(),
+            seed: None,
+        }
+    }
+}
+
+/// How a client predicts the entity it owns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PredictionConfig {
+    /// Predict at all (default true; it also needs a step function, see
+    /// [`Client::set_step`](super::Client::set_step)).
+    pub enabled: bool,
+    /// A reconciliation that moves the predicted position by more than this counts as a
+    /// correction and is smoothed away (default 1 cm: above the quantization step of the
+    /// default config, so the rounding of the server's state is never counted).
+    pub correction_threshold_m: f32,
+    /// Time over which a correction is blended out (default 100 ms); zero snaps.
+    pub smoothing: Duration,
+}
+
+impl Default for PredictionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            correction_threshold_m: 0.01,
+            smoothing: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Replication client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The connection endpoint's settings; `connection.channels` must equal the server's
+    /// game channels.
+    pub client: connection::ClientConfig,
+    /// A fixed interpolation delay (default `None`: adaptive, three send intervals plus a
+    /// jitter allowance).
+    pub interpolation_delay: Option<Duration>,
+    /// Most unacknowledged inputs carried in one input packet (default 32). Every input
+    /// rides in every packet until the server acknowledges it, up to this many.
+    pub max_inputs_per_packet: usize,
+    /// Inputs kept for resending and replay (default 256); the oldest is forgotten beyond.
+    pub max_pending_inputs: usize,
+    /// Largest encoded input in bytes (default 256; must not exceed the server's).
+    pub max_input_bytes: usize,
+    /// Prediction of the owned entity.
+    pub prediction: PredictionConfig,
+    /// Seed of the connection nonce. `None` (the default): the operating system's
+    /// randomness.
+    pub seed: Option<u64>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            client: connection::ClientConfig::default(),
+            interpolation_delay: None,
+            max_inputs_per_packet: 32,
+            max_pending_inputs: 256,
+            max_input_bytes: 256,
+            prediction: PredictionConfig::default(),
+            seed: None,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The channels cannot be built.
+    #[error("channels: {0}")]
+    Channels(#[from] crate::channel::ConfigError),
+    /// The quantization or snapshot settings are unusable.
+    #[error("snapshots: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// Another setting is out of range.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// The channels a connection really runs: the game's, then the replication layer's
+/// reliable-ordered control channel. Returns them with the control channel's index.
+pub(crate) fn with_control_channel(
+    game: &ChannelsConfig,
+) -> Result<(ChannelsConfig, u8), ConfigError> {
+    let control = u8::try_from(game.channels.len())
+        .map_err(|_| ConfigError::Invalid("at most 255 game channels"))?;
+    let mut all = game.clone();
+    all.channels
+        .push(ChannelConfig::new(ChannelKind::ReliableOrdered));
+    // Builds every channel's limits, or says what is wrong with them.
+    all.limits()?;
+    Ok((all, control))
+}
+
+impl ServerConfig {
+    /// Check every setting; the server built from a checked config never panics on input.
+    pub(crate) fn validate(&self) -> Result<u8, ConfigError> {
+        self.quantize.validate()?;
+        if self.send_interval_ticks == 0 {
+            return Err(ConfigError::Invalid(
+                "send interval must be at least one tick",
+            ));
+        }
+        if self.max_part_bytes + PART_PREFIX_MAX_BYTES > MAX_DATAGRAM_BYTES {
+            return Err(ConfigError::Invalid(
+                "max part bytes too large for one datagram",
+            ));
+        }
+        if !(1..=1024).contains(&self.ring_ticks) {
+            return Err(ConfigError::Invalid("ring ticks must be 1..=1024"));
+        }
+        if !(1..=MAX_DATAGRAM_BYTES).contains(&self.max_input_bytes) {
+            return Err(ConfigError::Invalid("max input bytes out of range"));
+        }
+        if self.max_input_burst == 0 || self.max_queued_inputs == 0 {
+            return Err(ConfigError::Invalid(
+                "input burst and queue must be at least 1",
+            ));
+        }
+        if self.welcome_data.len() > 16 * 1024 {
+            return Err(ConfigError::Invalid("welcome data above 16 KiB"));
+        }
+        let (_, control) = with_control_channel(&self.server.connection.channels)?;
+        Ok(control)
+    }
+}
+
+impl ClientConfig {
+    pub(crate) fn validate(&self) -> Result<u8, ConfigError> {
+        if self.max_inputs_per_packet == 0 || self.max_pending_inputs == 0 {
+            return Err(ConfigError::Invalid("input counts must be at least 1"));
+        }
+        if !(1..=MAX_DATAGRAM_BYTES).contains(&self.max_input_bytes) {
+            return Err(ConfigError::Invalid("max input bytes out of range"));
+        }
+        let p = self.prediction;
+        if !(p.correction_threshold_m.is_finite() && p.correction_threshold_m >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "correction threshold must be a distance",
+            ));
+        }
+        if p.smoothing > super::predict::MAX_SMOOTHING {
+            return Err(ConfigError::Invalid("correction smoothing above 5 s"));
+        }
+        let (_, control) = with_control_channel(&self.client.connection.channels)?;
+        Ok(control)
+    }
+}

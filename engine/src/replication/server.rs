@@ -1,0 +1,533 @@
+//! The replication server: one connection endpoint, one snapshot sender per client.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::config::{ConfigError, ServerConfig, SnapshotDelivery, with_control_channel};
+use super::wire::{
+    ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, QuantizeWire, WelcomeWire,
+    write_part_prefix,
+};
+use super::{InputTick, REPLICATION_VERSION};
+use crate::Sequence;
+use crate::channel;
+use crate::codec;
+use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
+use crate::packet::DisconnectReasonCode;
+use crate::snapshot::{
+    EntityId, QuantizedWorld, SenderConfig, SenderStats, SnapshotSender, Tick, World,
+};
+
+/// What happened on the server, for the game.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A client completed the handshake. Give it an entity with
+    /// [`Server::set_owned_entity`] before the next [`Server::tick`] and its welcome says so.
+    ClientJoined {
+        /// Its id.
+        client: ClientId,
+    },
+    /// A client is gone; nothing more is sent to it.
+    ClientLeft {
+        /// Its id.
+        client: ClientId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// One input of a client, handed over exactly once and in tick order. Apply it before
+    /// the next [`Server::tick`]: the snapshot of that tick tells the client its inputs up
+    /// to this one are in the state.
+    Input {
+        /// Whose.
+        client: ClientId,
+        /// The tick the client produced it for.
+        tick: InputTick,
+        /// The input as the client encoded it.
+        bytes: Vec<u8>,
+    },
+    /// A message on one of the game's channels.
+    Message {
+        /// From whom.
+        client: ClientId,
+        /// The game channel index.
+        channel: u8,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// What the server knows about one client.
+#[derive(Debug, Clone)]
+pub struct ClientSummary {
+    /// Link figures (RTT, loss, bytes).
+    pub connection: Option<ConnectionStats>,
+    /// What its snapshot sender produced.
+    pub snapshots: SenderStats,
+    /// True once the client took its welcome (snapshots flow from then on).
+    pub ready: bool,
+    /// The entity it owns.
+    pub owned: Option<EntityId>,
+    /// Its snapshot budget per send, bytes.
+    pub budget_bytes: usize,
+    /// New inputs received (each counted once, however many packets carried it).
+    pub inputs_received: u64,
+    /// Inputs handed to the game.
+    pub inputs_applied: u64,
+    /// The newest input handed to the game.
+    pub last_applied_input: Option<InputTick>,
+    /// Input packets that did not decode or broke a limit.
+    pub invalid_input_frames: u64,
+    /// Full snapshots it asked for because it lacked a baseline.
+    pub resyncs: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    sender: SnapshotSender,
+    welcomed: bool,
+    ready: bool,
+    owned: Option<EntityId>,
+    owned_changed: bool,
+    budget_bytes: usize,
+    queue: VecDeque<(InputTick, Vec<u8>)>,
+    newest_taken: Option<InputTick>,
+    last_applied: Option<InputTick>,
+    tokens: u32,
+    inputs_received: u64,
+    inputs_applied: u64,
+    invalid_input_frames: u64,
+    resyncs: u64,
+}
+
+/// Server-wide counters of the replication layer (the connection keeps its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Input packets that did not decode or broke a limit.
+    pub invalid_input_frames: u64,
+    /// Control messages that did not decode.
+    pub invalid_control: u64,
+}
+
+/// The sans-IO replication server; see the [module docs](super).
+#[derive(Debug)]
+pub struct Server {
+    conn: connection::Server,
+    config: ServerConfig,
+    pub(super) control: u8,
+    /// A sender built from the checked config, cloned for each client.
+    proto_sender: SnapshotSender,
+    tick: Tick,
+    peers: BTreeMap<ClientId, Peer>,
+    events: VecDeque<ServerEvent>,
+    departed: SenderStats,
+    stats: ReplicationStats,
+    /// Reused buffer for prefixed parts.
+    datagram: Vec<u8>,
+    /// Stand-in sequences for parts on the reliable channel (delivered once queued).
+    reliable_part_seq: Sequence,
+}
+
+impl Server {
+    /// A server whose clock starts at `now`; fails when the config is unusable.
+    pub fn new(config: ServerConfig, now: Instant) -> Result<Self, ConfigError> {
+        let control = config.validate()?;
+        let proto_sender = SnapshotSender::new(SenderConfig {
+            quantize: config.quantize,
+            max_part_bytes: config.max_part_bytes,
+            ring_ticks: config.ring_ticks,
+            ..SenderConfig::default()
+        })?;
+        let mut inner = config.server.clone();
+        inner.connection.channels = with_control_channel(&inner.connection.channels)?.0;
+        let seed = config.seed.unwrap_or_else(rand::random);
+        Ok(Self {
+            conn: connection::Server::new(inner, now, seed),
+            config,
+            control,
+            proto_sender,
+            tick: Tick(0),
+            peers: BTreeMap::new(),
+            events: VecDeque::new(),
+            departed: SenderStats::default(),
+            stats: ReplicationStats::default(),
+            datagram: Vec::with_capacity(connection::MAX_DATAGRAM_BYTES),
+            reliable_part_seq: Sequence(0),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The connection endpoint underneath, for its counters.
+    pub fn connection(&self) -> &connection::Server {
+        &self.conn
+    }
+
+    /// The newest tick run (0 before the first [`tick`](Self::tick)).
+    pub fn current_tick(&self) -> Tick {
+        self.tick
+    }
+
+    /// Feed one received datagram; invalid ones are dropped and counted, never a panic.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.conn.handle_datagram(now, from, datagram);
+        self.pump();
+    }
+
+    /// Advance timers: keep-alives, loss detection, timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Next datagram to send, written to `buf` (at least
+    /// [`MAX_PACKET_BYTES`](crate::packet::MAX_PACKET_BYTES) long).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<connection::Transmit> {
+        let t = self.conn.poll_transmit(now, buf);
+        self.pump();
+        t
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    /// Next event, oldest first. Taking an [`ServerEvent::Input`] marks it applied.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        let e = self.events.pop_front()?;
+        if let ServerEvent::Input { client, tick, .. } = &e
+            && let Some(p) = self.peers.get_mut(client)
+        {
+            p.last_applied = Some(*tick);
+            p.inputs_applied += 1;
+        }
+        Some(e)
+    }
+
+    /// Run one tick: `world` is the state after this tick's inputs and simulation. Sends
+    /// welcomes and owner changes, and on a send tick a snapshot to every ready client.
+    /// Returns the tick's number.
+    pub fn tick(&mut self, now: Instant, world: &World) -> Tick {
+        self.tick = self.tick.next();
+        let tick = self.tick;
+        let burst = self.config.max_input_burst;
+        for (&id, peer) in self.peers.iter_mut() {
+            peer.tokens = (peer.tokens + 1).min(burst);
+            release_inputs(id, peer, &mut self.events);
+            if !peer.welcomed {
+                let welcome = ControlMsg::Welcome(WelcomeWire {
+                    version: REPLICATION_VERSION,
+                    client_id: id.0,
+                    owned: peer.owned.map(|e| e.0),
+                    server_tick: tick.0,
+                    send_interval_ticks: self.config.send_interval_ticks,
+                    ring_ticks: self.config.ring_ticks,
+                    quantize: QuantizeWire::from(&self.config.quantize),
+                    app: self.config.welcome_data.clone(),
+                });
+                peer.welcomed = send_control(&mut self.conn, now, id, self.control, &welcome);
+                peer.owned_changed = false;
+            } else if peer.owned_changed {
+                let msg = ControlMsg::Owned(peer.owned.map(|e| e.0));
+                peer.owned_changed = !send_control(&mut self.conn, now, id, self.control, &msg);
+            }
+        }
+        let send_tick = tick.0.is_multiple_of(self.config.send_interval_ticks);
+        if send_tick && self.peers.values().any(|p| p.ready) {
+            let quantized = QuantizedWorld::from_world(world, &self.config.quantize);
+            self.send_snapshots(now, tick, &quantized);
+        }
+        tick
+    }
+
+    fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {
+        for (&id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready) {
+            // Ticks only grow, so the one refusal `build` has cannot happen.
+            let Ok(parts) = peer.sender.build(tick, world, peer.budget_bytes) else {
+                continue;
+            };
+            let ack = peer.last_applied;
+            for (i, part) in parts.iter().enumerate() {
+                match self.config.delivery {
+                    SnapshotDelivery::Datagrams => {
+                        write_part_prefix(&mut self.datagram, ack);
+                        self.datagram.extend_from_slice(part);
+                        if let Ok(seq) = self.conn.send_datagram(now, id, &self.datagram) {
+                            peer.sender.on_part_sent(tick, i, seq);
+                        }
+                    }
+                    SnapshotDelivery::ReliableOrdered => {
+                        let msg = ControlMsg::Part {
+                            input_ack: ack,
+                            bytes: part.clone(),
+                        };
+                        if send_control(&mut self.conn, now, id, self.control, &msg) {
+                            // An ordered reliable channel delivers what it accepts: the
+                            // part is as good as acknowledged once queued.
+                            let seq = self.reliable_part_seq;
+                            self.reliable_part_seq = seq.next();
+                            peer.sender.on_part_sent(tick, i, seq);
+                            peer.sender.on_delivery(seq, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Give `client` an entity of its own (its avatar), or take it away. The client learns
+    /// it in its welcome, or in a control message if it was welcomed already.
+    pub fn set_owned_entity(&mut self, client: ClientId, entity: Option<EntityId>) {
+        if let Some(p) = self.peers.get_mut(&client)
+            && p.owned != entity
+        {
+            p.owned = entity;
+            p.owned_changed = true;
+        }
+    }
+
+    /// Change one client's snapshot budget per send, in bytes.
+    pub fn set_budget(&mut self, client: ClientId, budget_bytes: usize) {
+        if let Some(p) = self.peers.get_mut(&client) {
+            p.budget_bytes = budget_bytes;
+        }
+    }
+
+    /// Scale how fast `entity` gains priority for `client` (e.g. by distance).
+    pub fn set_priority_weight(&mut self, client: ClientId, entity: EntityId, weight: f32) {
+        if let Some(p) = self.peers.get_mut(&client) {
+            p.sender.set_priority_weight(entity, weight);
+        }
+    }
+
+    /// Queue a message on game channel `channel` for `client`.
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        channel: u8,
+        bytes: &[u8],
+    ) -> Result<(), SendError> {
+        if channel >= self.control {
+            return Err(SendError::Channel(channel::SendError::UnknownChannel(
+                channel,
+            )));
+        }
+        self.conn.send_message(now, client, channel, bytes)
+    }
+
+    /// Queue a message on game channel `channel` for every client; returns how many took it.
+    pub fn broadcast(&mut self, now: Instant, channel: u8, bytes: &[u8]) -> usize {
+        let ids: Vec<ClientId> = self.peers.keys().copied().collect();
+        ids.into_iter()
+            .filter(|&id| self.send_message(now, id, channel, bytes).is_ok())
+            .count()
+    }
+
+    /// Disconnect one client (it is told, redundantly).
+    pub fn disconnect(&mut self, client: ClientId) {
+        self.conn.disconnect(client, DisconnectReasonCode::Kicked);
+    }
+
+    /// Disconnect everyone, telling them the server shuts down; keep polling transmits until
+    /// [`client_count`](Self::client_count) is zero to send the goodbyes.
+    pub fn shutdown(&mut self) {
+        self.conn.shutdown();
+    }
+
+    /// Connected clients, in id order.
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// How many clients the connection layer holds (including ones saying goodbye).
+    pub fn client_count(&self) -> usize {
+        self.conn.client_count()
+    }
+
+    /// The entity `client` owns.
+    pub fn owned_entity(&self, client: ClientId) -> Option<EntityId> {
+        self.peers.get(&client).and_then(|p| p.owned)
+    }
+
+    /// What the server knows about one client.
+    pub fn client_summary(&self, client: ClientId) -> Option<ClientSummary> {
+        let p = self.peers.get(&client)?;
+        Some(ClientSummary {
+            connection: self.conn.connection_stats(client),
+            snapshots: p.sender.stats(),
+            ready: p.ready,
+            owned: p.owned,
+            budget_bytes: p.budget_bytes,
+            inputs_received: p.inputs_received,
+            inputs_applied: p.inputs_applied,
+            last_applied_input: p.last_applied,
+            invalid_input_frames: p.invalid_input_frames,
+            resyncs: p.resyncs,
+        })
+    }
+
+    /// Snapshot totals over every client, past and present.
+    pub fn snapshot_totals(&self) -> SenderStats {
+        let mut t = self.departed;
+        for p in self.peers.values() {
+            add_stats(&mut t, &p.sender.stats());
+        }
+        t
+    }
+
+    /// The replication layer's own counters.
+    pub fn stats(&self) -> ReplicationStats {
+        self.stats
+    }
+
+    fn pump(&mut self) {
+        while let Some((id, e)) = self.conn.poll_event() {
+            self.on_connection_event(id, e);
+        }
+    }
+
+    fn on_connection_event(&mut self, id: ClientId, e: Event) {
+        match e {
+            Event::Connected { .. } => {
+                self.peers.insert(
+                    id,
+                    Peer {
+                        sender: self.proto_sender.clone(),
+                        welcomed: false,
+                        ready: false,
+                        owned: None,
+                        owned_changed: false,
+                        budget_bytes: self.config.budget_bytes,
+                        queue: VecDeque::new(),
+                        newest_taken: None,
+                        last_applied: None,
+                        tokens: self.config.max_input_burst,
+                        inputs_received: 0,
+                        inputs_applied: 0,
+                        invalid_input_frames: 0,
+                        resyncs: 0,
+                    },
+                );
+                self.events
+                    .push_back(ServerEvent::ClientJoined { client: id });
+            }
+            Event::Disconnected { reason } => {
+                if let Some(p) = self.peers.remove(&id) {
+                    add_stats(&mut self.departed, &p.sender.stats());
+                    self.events
+                        .push_back(ServerEvent::ClientLeft { client: id, reason });
+                }
+            }
+            Event::Datagram { payload, .. } => self.on_input_frame(id, &payload),
+            Event::Message {
+                channel, payload, ..
+            } if channel == self.control => match codec::decode::<ClientControl>(&payload) {
+                Ok(ClientControl::Ready) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.ready = true;
+                    }
+                }
+                Err(_) => self.stats.invalid_control += 1,
+            },
+            Event::Message {
+                channel, payload, ..
+            } => self.events.push_back(ServerEvent::Message {
+                client: id,
+                channel,
+                bytes: payload,
+            }),
+            Event::Delivery { sequence, acked } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.sender.on_delivery(sequence, acked);
+                }
+            }
+        }
+    }
+
+    fn on_input_frame(&mut self, id: ClientId, payload: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let max_bytes = self.config.max_input_bytes;
+        let frame = match codec::decode::<InputFrame>(payload) {
+            Ok(f)
+                if f.inputs.len() <= MAX_INPUTS_PER_FRAME
+                    && f.inputs.iter().all(|i| i.len() <= max_bytes) =>
+            {
+                f
+            }
+            _ => {
+                peer.invalid_input_frames += 1;
+                self.stats.invalid_input_frames += 1;
+                return;
+            }
+        };
+        // Only a welcomed client sends inputs: proof it can decode snapshots.
+        peer.ready = true;
+        if frame.resync {
+            peer.sender.reset_baseline();
+            peer.resyncs += 1;
+        }
+        for (i, bytes) in frame.inputs.into_iter().enumerate() {
+            // i < MAX_INPUTS_PER_FRAME; a frame that would run past u32::MAX is cut there.
+            let Some(tick) = frame.first_tick.checked_add(i as u32) else {
+                break;
+            };
+            if peer.newest_taken.is_some_and(|n| tick <= n) {
+                continue;
+            }
+            if peer.queue.len() >= self.config.max_queued_inputs {
+                // Not taken: the client keeps sending it until it is acknowledged.
+                break;
+            }
+            peer.queue.push_back((tick, bytes));
+            peer.newest_taken = Some(tick);
+            peer.inputs_received += 1;
+        }
+        release_inputs(id, peer, &mut self.events);
+    }
+}
+
+/// Hand queued inputs to the game while the client has tokens.
+fn release_inputs(id: ClientId, peer: &mut Peer, events: &mut VecDeque<ServerEvent>) {
+    while peer.tokens > 0 {
+        let Some((tick, bytes)) = peer.queue.pop_front() else {
+            break;
+        };
+        peer.tokens -= 1;
+        events.push_back(ServerEvent::Input {
+            client: id,
+            tick,
+            bytes,
+        });
+    }
+}
+
+fn send_control(
+    conn: &mut connection::Server,
+    now: Instant,
+    id: ClientId,
+    control: u8,
+    msg: &ControlMsg,
+) -> bool {
+    codec::encode(msg).is_ok_and(|bytes| conn.send_message(now, id, control, &bytes).is_ok())
+}
+
+fn add_stats(total: &mut SenderStats, s: &SenderStats) {
+    total.snapshots += s.snapshots;
+    total.full_snapshots += s.full_snapshots;
+    total.parts += s.parts;
+    total.bytes += s.bytes;
+    total.entities_sent += s.entities_sent;
+    total.despawns_sent += s.despawns_sent;
+    total.entity_payload_bits += s.entity_payload_bits;
+    total.resets += s.resets;
+    total.entities_deferred += s.entities_deferred;
+    total.entities_oversized += s.entities_oversized;
+}

@@ -1,0 +1,198 @@
+//! What the replication layer says inside the connection's payloads.
+//!
+//! - Server → client, control channel (reliable-ordered, after the game's channels):
+//!   [`ControlMsg`] encoded with [`crate::codec`] — the welcome, owner changes, and in
+//!   [`SnapshotDelivery::ReliableOrdered`](super::SnapshotDelivery) mode the parts.
+//! - Server → client datagram: a snapshot part behind a small prefix,
+//!   `flags: u8` (bit 0: an input acknowledgement follows), then the acknowledged
+//!   [`InputTick`] as a LEB128 varint, then the part (`snapshot/part.rs`).
+//! - Client → server, control channel: [`ClientControl`].
+//! - Client → server datagram: [`InputFrame`] encoded with [`crate::codec`].
+//!
+//! Every decode here takes untrusted bytes and fails cleanly.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::InputTick;
+use crate::snapshot::QuantizeConfig;
+
+/// Most bytes the part prefix can take: the flags byte and a 5-byte varint.
+pub(crate) const PART_PREFIX_MAX_BYTES: usize = 6;
+/// Prefix flag: an input acknowledgement follows.
+const FLAG_INPUT_ACK: u8 = 0x01;
+/// Most inputs one input frame may carry; the decoder refuses more.
+pub(crate) const MAX_INPUTS_PER_FRAME: usize = 64;
+
+/// Server → client on the control channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum ControlMsg {
+    /// The first message of every session.
+    Welcome(WelcomeWire),
+    /// The entity this client owns changed.
+    Owned(Option<u32>),
+    /// A snapshot part, in reliable-ordered delivery mode.
+    Part {
+        /// As in the datagram prefix.
+        input_ack: Option<InputTick>,
+        /// The part.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Client → server on the control channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ClientControl {
+    /// The welcome was taken: snapshots may start.
+    Ready,
+}
+
+/// Client → server datagram: the unacknowledged inputs, oldest first, numbered from
+/// `first_tick` up, and whether the client needs a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InputFrame {
+    pub(crate) resync: bool,
+    pub(crate) first_tick: InputTick,
+    pub(crate) inputs: Vec<Vec<u8>>,
+}
+
+/// The welcome as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct WelcomeWire {
+    pub(crate) version: u16,
+    pub(crate) client_id: u32,
+    pub(crate) owned: Option<u32>,
+    pub(crate) server_tick: u32,
+    pub(crate) send_interval_ticks: u32,
+    pub(crate) ring_ticks: u32,
+    pub(crate) quantize: QuantizeWire,
+    pub(crate) app: Vec<u8>,
+}
+
+/// [`QuantizeConfig`] as it travels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct QuantizeWire {
+    position_min: [f32; 3],
+    position_max: [f32; 3],
+    position_resolution_m: f32,
+    rotation_bits: u32,
+    max_speed_mps: f32,
+    velocity_resolution_mps: f32,
+    tick_interval_nanos: u64,
+}
+
+impl From<&QuantizeConfig> for QuantizeWire {
+    fn from(q: &QuantizeConfig) -> Self {
+        Self {
+            position_min: q.position_min.to_array(),
+            position_max: q.position_max.to_array(),
+            position_resolution_m: q.position_resolution_m,
+            rotation_bits: q.rotation_bits,
+            max_speed_mps: q.max_speed_mps,
+            velocity_resolution_mps: q.velocity_resolution_mps,
+            // A tick interval above 584 years does not fit; validate() keeps it far below.
+            tick_interval_nanos: u64::try_from(q.tick_interval.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl From<QuantizeWire> for QuantizeConfig {
+    fn from(w: QuantizeWire) -> Self {
+        Self {
+            position_min: w.position_min.into(),
+            position_max: w.position_max.into(),
+            position_resolution_m: w.position_resolution_m,
+            rotation_bits: w.rotation_bits,
+            max_speed_mps: w.max_speed_mps,
+            velocity_resolution_mps: w.velocity_resolution_mps,
+            tick_interval: Duration::from_nanos(w.tick_interval_nanos),
+        }
+    }
+}
+
+/// Write the part prefix into `out` (cleared first).
+pub(crate) fn write_part_prefix(out: &mut Vec<u8>, input_ack: Option<InputTick>) {
+    out.clear();
+    match input_ack {
+        None => out.push(0),
+        Some(mut v) => {
+            out.push(FLAG_INPUT_ACK);
+            loop {
+                let byte = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(byte);
+                    break;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+    }
+}
+
+/// Split a received datagram into the acknowledged input and the part.
+pub(crate) fn read_part_prefix(bytes: &[u8]) -> Option<(Option<InputTick>, &[u8])> {
+    let (&flags, mut rest) = bytes.split_first()?;
+    if flags & !FLAG_INPUT_ACK != 0 {
+        return None;
+    }
+    if flags & FLAG_INPUT_ACK == 0 {
+        return Some((None, rest));
+    }
+    let mut value: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let (&b, tail) = rest.split_first()?;
+        rest = tail;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some((Some(u32::try_from(value).ok()?), rest));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_prefix_round_trips_and_refuses_junk() {
+        let mut out = Vec::new();
+        for ack in [
+            None,
+            Some(0),
+            Some(127),
+            Some(128),
+            Some(300_000),
+            Some(u32::MAX),
+        ] {
+            write_part_prefix(&mut out, ack);
+            assert!(out.len() <= PART_PREFIX_MAX_BYTES);
+            out.extend_from_slice(b"part");
+            assert_eq!(read_part_prefix(&out), Some((ack, &b"part"[..])));
+        }
+        assert_eq!(read_part_prefix(&[]), None);
+        assert_eq!(read_part_prefix(&[0x02]), None, "unknown flag");
+        assert_eq!(read_part_prefix(&[0x01, 0x80]), None, "varint cut short");
+        assert_eq!(
+            read_part_prefix(&[0x01, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            None,
+            "above u32"
+        );
+        assert_eq!(
+            read_part_prefix(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            None
+        );
+    }
+
+    #[test]
+    fn quantize_config_survives_the_wire() {
+        let q = QuantizeConfig {
+            position_min: glam::Vec3::new(-3.0, 0.0, -7.5),
+            tick_interval: Duration::from_secs(1) / 30,
+            ..QuantizeConfig::default()
+        };
+        assert_eq!(QuantizeConfig::from(QuantizeWire::from(&q)), q);
+    }
+}
