@@ -362,6 +362,31 @@ impl<E: Endpoint> Driver<E> {
     }
 }
 
+impl<E: Endpoint> Driver<E> {
+    /// Bind a UDP socket at `addr` for an endpoint built by the caller (e.g. a
+    /// [`replication::Server`]); the endpoint's clock must be this driver's (tokio's).
+    pub async fn on_socket(addr: SocketAddr, endpoint: E) -> io::Result<Self> {
+        let socket = UdpSocket::bind(addr).await?;
+        Ok(Self::new(socket, endpoint, rand::random()))
+    }
+
+    /// Keep driving until every datagram held in the outbound conditioner has left (a
+    /// goodbye delayed by simulated latency, say), or until `limit` passes.
+    pub async fn drain_outbound(&mut self, limit: std::time::Duration) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.flush();
+        while !self.outbound.is_idle() && tokio::time::Instant::now() < deadline {
+            let step =
+                (tokio::time::Instant::now() + std::time::Duration::from_millis(5)).min(deadline);
+            self.drive_until(step).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest a client waits for its goodbye to leave a delayed outbound link.
+const CLOSE_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -410,6 +435,17 @@ pub enum ConnectError {
         /// What happened.
         reason: DisconnectReason,
     },
+    /// The client's configuration is unusable.
+    #[error("bad client config: {0}")]
+    Config(#[from] replication::ConfigError),
+    /// The session ended before it was ready (e.g. an unusable welcome).
+    #[error("could not join {server}: {reason}")]
+    Closed {
+        /// Where we tried to connect.
+        server: SocketAddr,
+        /// What happened.
+        reason: replication::CloseReason,
+    },
 }
 
 impl NetClient {
@@ -421,12 +457,7 @@ impl NetClient {
         seed: u64,
         conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
     ) -> Result<Self, ConnectError> {
-        let local: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal address")
-        } else {
-            "[::]:0".parse().expect("literal address")
-        };
-        let socket = UdpSocket::bind(local).await?;
+        let socket = UdpSocket::bind(unspecified_for(server)).await?;
         let mut driver = Self::new(socket, Client::new(config, server, now(), seed), seed);
         if let Some((inbound, outbound)) = conditioner {
             driver
@@ -445,6 +476,92 @@ impl NetClient {
                 _ => {}
             }
         }
+    }
+}
+
+impl NetClient {
+    /// Say goodbye and wait (at most a second) until it has left this side's link, so a
+    /// simulated latency cannot swallow it.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.endpoint.disconnect();
+        self.drain_outbound(CLOSE_DRAIN_LIMIT).await
+    }
+}
+
+/// The replication server on a socket.
+pub type ReplicationServer = Driver<replication::Server>;
+/// The replication client on a socket.
+pub type ReplicationClient<I> = Driver<replication::Client<I>>;
+
+impl ReplicationServer {
+    /// Bind a replication server at `addr`.
+    pub async fn bind_replication(
+        addr: SocketAddr,
+        config: replication::ServerConfig,
+    ) -> Result<Self, ConnectError> {
+        let server = replication::Server::new(config, now())?;
+        Ok(Self::on_socket(addr, server).await?)
+    }
+
+    /// Tell every client the server is shutting down, send the goodbyes, and wait (at most
+    /// a second) for them to leave the socket.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.endpoint.shutdown();
+        let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.endpoint.client_count() > 0 && tokio::time::Instant::now() < limit {
+            self.flush();
+            self.drive_until(tokio::time::Instant::now() + std::time::Duration::from_millis(5))
+                .await?;
+        }
+        self.drain_outbound(CLOSE_DRAIN_LIMIT).await
+    }
+}
+
+impl<I: Serialize> ReplicationClient<I> {
+    /// Connect to `server` and wait until its welcome arrived (or the connect timeout of
+    /// `config` passed). The events so far (connected, welcomed) stay queued for the game.
+    pub async fn join(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+        conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
+    ) -> Result<Self, ConnectError> {
+        let socket = UdpSocket::bind(unspecified_for(server)).await?;
+        let client = replication::Client::new(config, server, now())?;
+        let mut driver = Self::new(socket, client, rand::random());
+        if let Some((inbound, outbound)) = conditioner {
+            driver
+                .set_conditioner(inbound, outbound)
+                .map_err(ConnectError::Conditioner)?;
+        }
+        loop {
+            let step = tokio::time::Instant::now() + std::time::Duration::from_millis(10);
+            driver.drive_until(step).await?;
+            if driver.endpoint.welcome().is_some() {
+                return Ok(driver);
+            }
+            if let Some(reason) = driver.endpoint.close_reason().cloned() {
+                return Err(match reason {
+                    replication::CloseReason::Connection(reason) => {
+                        ConnectError::Refused { server, reason }
+                    }
+                    reason => ConnectError::Closed { server, reason },
+                });
+            }
+        }
+    }
+
+    /// Say goodbye and wait (at most a second) until it has left this side's link.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.endpoint.disconnect();
+        self.drain_outbound(CLOSE_DRAIN_LIMIT).await
+    }
+}
+
+fn unspecified_for(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     }
 }
 

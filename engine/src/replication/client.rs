@@ -181,7 +181,7 @@ pub struct Client<I> {
     resync_at: Option<Instant>,
     /// When the last input packet went out.
     last_frame_at: Option<Instant>,
-    closed: bool,
+    closed: Option<CloseReason>,
 }
 
 impl<I> std::fmt::Debug for Client<I> {
@@ -223,7 +223,7 @@ impl<I: Serialize> Client<I> {
             want_resync: false,
             resync_at: None,
             last_frame_at: None,
-            closed: false,
+            closed: None,
         })
     }
 
@@ -383,7 +383,7 @@ impl<I: Serialize> Client<I> {
         let Some(s) = &self.session else {
             return Err(InputError::NotWelcomed);
         };
-        if self.closed {
+        if self.closed.is_some() {
             return Err(InputError::NotWelcomed);
         }
         let bytes = codec::encode(&input)?;
@@ -490,7 +490,7 @@ impl<I: Serialize> Client<I> {
                 Event::Delivery { .. } => {}
             }
         }
-        if self.closed {
+        if self.closed.is_some() {
             return;
         }
         // Inputs still unacknowledged go out again once per tick even when the game sends
@@ -516,10 +516,15 @@ impl<I: Serialize> Client<I> {
     }
 
     fn close(&mut self, reason: CloseReason) {
-        if !self.closed {
-            self.closed = true;
+        if self.closed.is_none() {
+            self.closed = Some(reason.clone());
             self.events.push_back(ClientEvent::Disconnected { reason });
         }
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.closed.as_ref()
     }
 
     pub(super) fn on_control(&mut self, now: Instant, received_at: Instant, payload: &[u8]) {
