@@ -21,6 +21,9 @@
 //! ```
 
 pub mod frame;
+mod stream;
+
+pub use stream::StreamStats;
 
 use std::collections::VecDeque;
 use std::io;
@@ -162,6 +165,8 @@ pub struct Driver<E: Endpoint> {
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
     stats: SocketStats,
+    /// TCP streams carrying the same packets, once listened for or connected.
+    streams: Option<stream::Streams>,
 }
 
 /// The server on a socket.
@@ -188,7 +193,26 @@ impl<E: Endpoint> Driver<E> {
             send_buf: vec![0; MAX_PACKET_BYTES],
             recv_buf: vec![0; RECV_BUFFER_BYTES],
             stats: SocketStats::default(),
+            streams: None,
         }
+    }
+
+    /// Also accept TCP streams at `addr` (which may be the UDP socket's own address: the
+    /// port spaces are separate). Stream peers speak the same protocol, one packet per
+    /// length-prefixed frame, and bypass the conditioner: the kernel's TCP is their link.
+    /// Returns the address listened on.
+    pub async fn listen_stream(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        self.streams
+            .get_or_insert_with(stream::Streams::new)
+            .listen(listener);
+        Ok(local)
+    }
+
+    /// Counters of the stream side (zero when no stream was ever used).
+    pub fn stream_stats(&self) -> StreamStats {
+        self.streams.as_ref().map(|s| s.stats).unwrap_or_default()
     }
 
     /// The sans-IO endpoint, for sends and queries.
@@ -252,6 +276,11 @@ impl<E: Endpoint> Driver<E> {
     pub fn flush(&mut self) {
         let t = now();
         while let Some(tx) = self.endpoint.poll_transmit(t, &mut self.send_buf) {
+            if let Some(streams) = self.streams.as_mut()
+                && streams.send(tx.destination, &self.send_buf[..tx.len])
+            {
+                continue;
+            }
             // With the conditioner off and nothing held in it, send straight from the buffer:
             // one allocation, one copy and one queue round trip fewer per datagram.
             if self.outbound.is_idle() && self.outbound.config().is_pass_through() {
@@ -305,6 +334,24 @@ impl<E: Endpoint> Driver<E> {
         self.inbound.push(t, (from, bytes), len);
     }
 
+    fn on_stream_message(&mut self, m: Option<stream::StreamIn>) {
+        let (Some(m), Some(streams)) = (m, self.streams.as_mut()) else {
+            return;
+        };
+        if let Some((from, bytes)) = streams.on_message(m) {
+            let t = now();
+            self.stats.received += 1;
+            self.endpoint.handle_datagram(t, from, &bytes);
+        }
+        // Frames that queued up meanwhile, without waiting for another wake-up.
+        while let Some(m) = self.streams.as_mut().and_then(|s| s.rx.try_recv().ok()) {
+            if let Some((from, bytes)) = self.streams.as_mut().and_then(|s| s.on_message(m)) {
+                self.stats.received += 1;
+                self.endpoint.handle_datagram(now(), from, &bytes);
+            }
+        }
+    }
+
     fn try_recv_batch(&mut self, t: Instant) {
         for _ in 0..MAX_RECV_BATCH {
             match self.socket.try_recv_from(&mut self.recv_buf) {
@@ -355,6 +402,14 @@ impl<E: Endpoint> Driver<E> {
                         Err(e) if is_transient(&e) => {}
                         Err(e) => return Err(e),
                     }
+                }
+                m = async {
+                    match self.streams.as_mut() {
+                        Some(s) => s.rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.on_stream_message(m);
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
@@ -533,13 +588,42 @@ impl<I: Serialize> ReplicationClient<I> {
                 .set_conditioner(inbound, outbound)
                 .map_err(ConnectError::Conditioner)?;
         }
+        driver.wait_for_welcome(server).await
+    }
+
+    /// Like [`join`](Self::join), but over a TCP stream to `server` (which must
+    /// [`listen_stream`](Driver::listen_stream)): the same protocol, the kernel's TCP as
+    /// the link.
+    pub async fn join_stream(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+    ) -> Result<Self, ConnectError> {
+        let timeout = config.client.connect_timeout;
+        let socket = UdpSocket::bind(unspecified_for(server)).await?;
+        let client = replication::Client::new(config, server, now())?;
+        let mut driver = Self::new(socket, client, rand::random());
+        let mut streams = stream::Streams::new();
+        match tokio::time::timeout(timeout, streams.connect(server)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ConnectError::Refused {
+                    server,
+                    reason: DisconnectReason::ConnectTimedOut,
+                });
+            }
+        }
+        driver.streams = Some(streams);
+        driver.wait_for_welcome(server).await
+    }
+
+    async fn wait_for_welcome(mut self, server: SocketAddr) -> Result<Self, ConnectError> {
         loop {
             let step = tokio::time::Instant::now() + std::time::Duration::from_millis(10);
-            driver.drive_until(step).await?;
-            if driver.endpoint.welcome().is_some() {
-                return Ok(driver);
+            self.drive_until(step).await?;
+            if self.endpoint.welcome().is_some() {
+                return Ok(self);
             }
-            if let Some(reason) = driver.endpoint.close_reason().cloned() {
+            if let Some(reason) = self.endpoint.close_reason().cloned() {
                 return Err(match reason {
                     replication::CloseReason::Connection(reason) => {
                         ConnectError::Refused { server, reason }

@@ -193,3 +193,95 @@ async fn conditioner_applies_on_real_sockets() {
     );
     server_task.abort();
 }
+
+/// A replication server on loopback for `secs`, one moving entity; returns the inputs it
+/// applied and who left.
+async fn replication_server(
+    mut server: ReplicationServer,
+    secs: u64,
+) -> (u64, Vec<replication::CloseReason>) {
+    use crate::snapshot::{EntityId, EntityState, Transform, World};
+    let mut world = World::new();
+    world.insert(EntityId(0), EntityState::new(Transform::default()));
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut inputs = 0;
+    let mut left = Vec::new();
+    let mut x = 0.0;
+    while Instant::now() < end && left.is_empty() {
+        server
+            .drive_until(Instant::now() + Duration::from_millis(16))
+            .await
+            .unwrap();
+        while let Some(e) = server.poll_event() {
+            match e {
+                replication::ServerEvent::Input { .. } => inputs += 1,
+                replication::ServerEvent::ClientLeft { reason, .. } => {
+                    left.push(replication::CloseReason::Connection(reason))
+                }
+                _ => {}
+            }
+        }
+        x += 0.1;
+        world.get_mut(EntityId(0)).unwrap().transform.position.x = x;
+        let now = server.now();
+        server.endpoint_mut().tick(now, &world);
+        server.flush();
+    }
+    (inputs, left)
+}
+
+/// Join, play half a second, leave; returns the snapshots seen.
+async fn replication_client(mut client: ReplicationClient<u32>) -> u64 {
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        client
+            .drive_until(Instant::now() + Duration::from_millis(16))
+            .await
+            .unwrap();
+        let now = client.now();
+        let c = client.endpoint_mut();
+        for _ in 0..c.inputs_due(now) {
+            c.send_input(now, 7).unwrap();
+        }
+        client.flush();
+    }
+    let seen = client.endpoint().stats().snapshots_received;
+    client.close().await.unwrap();
+    seen
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn replication_over_udp_and_over_a_tcp_stream_on_loopback() {
+    for over_tcp in [false, true] {
+        let mut server = ReplicationServer::bind_replication(
+            "127.0.0.1:0".parse().unwrap(),
+            replication::ServerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        if over_tcp {
+            server.listen_stream(addr).await.unwrap();
+        }
+        let serving = tokio::spawn(replication_server(server, 5));
+        let config = replication::ClientConfig::default();
+        let client = if over_tcp {
+            ReplicationClient::<u32>::join_stream(addr, config).await
+        } else {
+            ReplicationClient::<u32>::join(addr, config, None).await
+        }
+        .unwrap_or_else(|e| panic!("tcp {over_tcp}: join on loopback: {e}"));
+        assert!(client.endpoint().welcome().is_some());
+        let snapshots = replication_client(client).await;
+        let (inputs, left) = serving.await.unwrap();
+        assert!(snapshots > 0, "tcp {over_tcp}: no snapshot");
+        assert!(inputs > 0, "tcp {over_tcp}: no input");
+        assert_eq!(
+            left,
+            vec![replication::CloseReason::Connection(
+                DisconnectReason::Peer(crate::packet::DisconnectReasonCode::Requested)
+            )],
+            "tcp {over_tcp}: a clean goodbye"
+        );
+    }
+}
