@@ -78,6 +78,81 @@ fn handshake_under_loss() {
     assert_eq!(sim.server.client_count(), 8);
 }
 
+/// Share of connects expected to fail within `timeout` when each leg loses `loss` of its
+/// datagrams and the client resends every `interval`, for one-way latency below a third of the
+/// interval.
+///
+/// Derivation. Every handshake packet the client sends is an independent attempt at the step
+/// it is in: a request succeeds when it and its challenge both arrive, a response when it and
+/// its `Accepted` both arrive, each with probability `q = (1 - loss)^2`. The client sends at
+/// `0, interval, 2 * interval, …` while the step lasts; the timeout check at `timeout` comes
+/// first, so `slots = timeout / interval` sends fit (50 by default: 0 ms to 4.9 s). A challenge
+/// makes the client send its response at once, one round trip after the request that earned
+/// it, and then every `interval`: so the response step has one more send than the slots left,
+/// and the last one (at 4.94 s with a 40 ms round trip) still hears back before 5 s. The two
+/// steps together are `slots + 1` independent trials of probability `q`, and the connect
+/// succeeds iff at least two of them succeed:
+/// `P(fail) = (1 - q)^n + n * q * (1 - q)^(n - 1)` with `n = slots + 1`.
+///
+/// At 30 % loss: `q = 0.49`, `P(fail) = 6e-14`. At 50 %: `q = 0.25`, `P(fail) = 7.6e-6`. At
+/// 80 %: `q = 0.04`, `P(fail) = 0.39`, where the count is large enough to check both ways.
+fn expected_connect_failure(loss: f64, interval: Duration, timeout: Duration) -> f64 {
+    let q = (1.0 - loss).powi(2);
+    let slots = (timeout.as_micros() / interval.as_micros()) as i32;
+    let n = slots + 1;
+    (1.0 - q).powi(n) + f64::from(n) * q * (1.0 - q).powi(n - 1)
+}
+
+#[test]
+fn connect_success_under_loss_matches_the_attempt_arithmetic() {
+    const SEEDS: u64 = 200;
+    let config = ClientConfig::default();
+    for loss_pct in [30.0, 50.0, 80.0] {
+        let mut failed = 0u64;
+        for seed in 0..SEEDS {
+            let mut sim = Sim::new(ServerConfig::default(), 1_000 + seed);
+            sim.add_client(config.clone());
+            sim.set_all_links(ConditionerConfig {
+                loss_pct,
+                ..latency(20)
+            });
+            // Past the timeout: by then the client has connected or given up.
+            sim.run_for(config.connect_timeout + Duration::from_millis(100));
+            let events = &sim.clients[0].events;
+            if events.contains(&Event::Connected {
+                client_id: ClientId(1),
+            }) {
+                assert_eq!(disconnect_reason(events), None, "seed {seed}");
+            } else {
+                assert_eq!(
+                    disconnect_reason(events),
+                    Some(DisconnectReason::ConnectTimedOut),
+                    "seed {seed}"
+                );
+                failed += 1;
+            }
+        }
+        let p = expected_connect_failure(
+            loss_pct / 100.0,
+            config.handshake_resend_interval,
+            config.connect_timeout,
+        );
+        let mean = SEEDS as f64 * p;
+        let sigma = (SEEDS as f64 * p * (1.0 - p)).sqrt();
+        // Four binomial sigma either way: a deterministic run (fixed seeds) that lands outside
+        // means the state machine does not behave as the derivation says.
+        let (lo, hi) = (mean - 4.0 * sigma, mean + 4.0 * sigma);
+        assert!(
+            (lo..=hi).contains(&(failed as f64)),
+            "{loss_pct} % loss: {failed} of {SEEDS} connects failed, expected {mean:.4} ± {:.4}",
+            4.0 * sigma
+        );
+        if loss_pct == 30.0 {
+            assert_eq!(failed, 0, "at 30 % loss every client connects");
+        }
+    }
+}
+
 #[test]
 fn sixty_four_clients_on_one_server() {
     let mut sim = connected_sim(64, 2);
