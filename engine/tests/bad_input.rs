@@ -434,6 +434,8 @@ fn kind_of(d: &[u8]) -> Option<u8> {
 /// Payload bytes of one fragment on a default channel: a quarter of the 1200-byte packet
 /// budget after the section count byte, less the 10-byte fragment record header.
 const PART_PAYLOAD_BYTES: usize = 289;
+/// Channel, flags, id, fragment index and count, and length, before a fragment's payload.
+const FRAGMENT_RECORD_HEADER_BYTES: usize = 10;
 
 const KIND_CONNECTION_REQUEST: u8 = 1;
 const KIND_CHALLENGE_RESPONSE: u8 = 3;
@@ -686,6 +688,8 @@ async fn wrong_salts_and_replays_are_dropped_by_reason() {
     // From the client's own address: wrong salts, then replays of its old packets.
     send_paced(&own, server, &wrong_salt).await;
     send_paced(&own, server, &payloads).await;
+    tokio::time::sleep(SETTLE).await;
+    let before_handshakes = game.view();
     // Its handshake replayed from its own address changes nothing (same nonce).
     send_paced(&own, server, &handshakes).await;
     tokio::time::sleep(SETTLE).await;
@@ -698,9 +702,27 @@ async fn wrong_salts_and_replays_are_dropped_by_reason() {
     let proxied = game.proxied_client_addr();
     let after = game.finish().await;
 
-    let own_d = delta(&before.stats, &mid.stats);
+    let own_d = delta(&before.stats, &before_handshakes.stats);
     assert_counted("wrong salt", own_d.invalid_wrong_salt, wrong_salt.len());
     assert_counted("own replays", own_d.invalid_replay, payloads.len());
+    assert_eq!(
+        own_d.invalid_packets,
+        own_d.invalid_wrong_salt + own_d.invalid_replay,
+        "{own_d:?}"
+    );
+    // The own-address handshake replay moves no counter: each is a verified response with the
+    // connection's nonce, answered with the same Accepted.
+    assert!(!handshakes.is_empty());
+    let handshake_d = delta(&before_handshakes.stats, &mid.stats);
+    assert_eq!(handshake_d.invalid_packets, 0, "{handshake_d:?}");
+    assert_eq!(handshake_d.connections_accepted, 0, "{handshake_d:?}");
+    assert_eq!(handshake_d.connections_denied, 0, "{handshake_d:?}");
+    assert_eq!(handshake_d.challenges_sent, 0, "{handshake_d:?}");
+    assert_eq!(
+        before_handshakes.peers.keys().collect::<Vec<_>>(),
+        mid.peers.keys().collect::<Vec<_>>(),
+        "no connection replaced or added"
+    );
     let other_d = delta(&mid.stats, &after.stats);
     assert_counted("unknown peer", other_d.invalid_unknown_peer, payloads.len());
     assert_counted("forged cookie", other_d.invalid_cookie, handshakes.len());
@@ -765,13 +787,18 @@ async fn fragment_bombs_from_a_verified_peer_stay_bounded() {
     );
     assert!(view.channels[0].dropped_invalid as usize * 10 >= (200 + 200) * 9);
     assert!(view.channels[2].dropped_invalid as usize * 10 >= 200 * 9);
-    // At most `DEFAULT_MAX_REASSEMBLIES` incomplete messages are held; the rest went.
+    // At most `DEFAULT_MAX_REASSEMBLIES` incomplete messages are held. The first fragments
+    // that reached channel 2 are its received record bytes over one record's size (the
+    // refused u16::MAX-count records are not counted there), and none has completed or
+    // timed out (1 s) by now, so what they started and the channel did not drop is held.
     let held_max = snapsync::channel::DEFAULT_MAX_REASSEMBLIES as u64;
-    assert!(
-        view.channels[2].reassemblies_dropped * 10 >= (500 - held_max) * 9,
-        "{:?}",
-        view.channels[2]
-    );
+    let record_bytes = (FRAGMENT_RECORD_HEADER_BYTES + PART_PAYLOAD_BYTES) as u64;
+    let ch2 = &view.channels[2];
+    assert_eq!(ch2.bytes_received % record_bytes, 0, "{ch2:?}");
+    let started = ch2.bytes_received / record_bytes;
+    assert_counted("first fragments", started, 500);
+    let held = started - ch2.reassemblies_dropped;
+    assert!(held <= held_max, "{held} reassemblies held: {ch2:?}");
     assert!(
         !after.app_messages.contains_key(&bomber),
         "no bomb completed a message"
