@@ -22,7 +22,7 @@ use snapsync::channel::ChannelStats;
 use snapsync::connection::ServerStats;
 use snapsync::net::{NetClient, NetServer, SocketStats};
 use snapsync::packet::{
-    ConnectedHeader, HANDSHAKE_PACKET_BYTES, MAX_PACKET_BYTES, PROTOCOL_ID, Packet,
+    ConnectedHeader, HANDSHAKE_PACKET_BYTES, HeaderError, MAX_PACKET_BYTES, PROTOCOL_ID, Packet,
 };
 use snapsync::{ClientConfig, ClientId, Event, Sequence, ServerConfig, codec};
 use tokio::net::UdpSocket;
@@ -594,7 +594,7 @@ async fn random_datagrams_and_wrong_protocol_ids_are_malformed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_truncation_of_captured_packets_is_malformed() {
+async fn every_truncation_of_captured_packets_is_refused_by_its_parser() {
     let game = start_game(2).await;
     let captured = game.captured();
     // One of each kind the client sends: request, response, a datagram packet, a keep-alive
@@ -615,17 +615,40 @@ async fn every_truncation_of_captured_packets_is_malformed() {
             .map(|d| (*d).clone()),
     );
     assert_eq!(originals.len(), 5, "captured every kind");
+    // Every truncation with its CRC recomputed, so the length checks behind the checksum are
+    // what refuses it (kept as is when too short to hold a kind byte).
     let attack: Vec<Vec<u8>> = originals
         .iter()
-        .flat_map(|d| (0..d.len()).map(|n| d[..n].to_vec()))
+        .flat_map(|d| {
+            (0..d.len()).map(|n| match n {
+                0..=4 => d[..n].to_vec(),
+                _ => with_crc(PROTOCOL_ID, &d[4..n]),
+            })
+        })
         .collect();
+    // What the parsers make of them: a handshake of the wrong size or a packet shorter than
+    // its fields is malformed; a payload packet cut after its header is a well-formed packet
+    // from a stranger.
+    let (mut malformed, mut stranger_payloads) = (0, 0);
+    for a in &attack {
+        match Packet::decode(a) {
+            Err(HeaderError::Truncated | HeaderError::BadHandshakeSize) => malformed += 1,
+            Ok(Packet::Payload { .. }) => stranger_payloads += 1,
+            other => panic!("{} bytes decoded as {other:?}", a.len()),
+        }
+    }
     let before = game.start_attack();
     let s = stranger().await;
     send_paced(&s, game.server_addr, &attack).await;
     let after = game.finish().await;
     let d = delta(&before.stats, &after.stats);
-    assert_counted("truncations", d.invalid_malformed, attack.len());
-    assert_eq!(d.invalid_packets, d.invalid_malformed, "{d:?}");
+    assert_counted("truncations", d.invalid_malformed, malformed);
+    assert_counted("cut payloads", d.invalid_unknown_peer, stranger_payloads);
+    assert_eq!(
+        d.invalid_packets,
+        d.invalid_malformed + d.invalid_unknown_peer,
+        "{d:?}"
+    );
     assert_eq!(d.challenges_sent, 0, "no truncated request is answered");
     assert!(replies(&s, Duration::from_millis(50)).await.is_empty());
 }
