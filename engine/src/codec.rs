@@ -2,13 +2,17 @@
 //!
 //! Application types (messages, snapshot components) cross the wire as serde values encoded
 //! with bincode 2.0.1 in its standard configuration (little-endian, variable-length integers)
-//! with a decode size limit, so a hostile length prefix can never make the decoder allocate
-//! more than [`MAX_DECODE_BYTES`]. Swapping the serializer is a change to this file only.
+//! with a decode size limit: a string claiming more than [`MAX_DECODE_BYTES`] is refused as
+//! [`CodecError::TooLarge`] before anything is allocated for it. A sequence (`Vec<T>`) is read
+//! element by element through serde, so the limit never sees its length; a hostile one makes
+//! serde reserve at most 1 MiB (its cautious preallocation cap), whatever it claims, before the
+//! decode fails on the missing elements. Both are measured in `tests/decode_allocation.rs`.
+//! Swapping the serializer is a change to this file only.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Upper bound on what one decode may allocate, in bytes (the largest reliable message).
+/// Largest string one decode accepts, in bytes (the largest reliable message).
 pub const MAX_DECODE_BYTES: usize = 256 * 1024;
 
 /// Why a value could not be encoded or decoded.
@@ -17,9 +21,12 @@ pub enum CodecError {
     /// The value could not be serialized.
     #[error("encode failed: {0}")]
     Encode(String),
-    /// The bytes are not a valid encoding of the expected type, or exceed the size limit.
+    /// The bytes are not a valid encoding of the expected type.
     #[error("decode failed: {0}")]
     Decode(String),
+    /// The bytes claim a value larger than [`MAX_DECODE_BYTES`]; refused before allocating it.
+    #[error("decoded value would exceed {MAX_DECODE_BYTES} bytes")]
+    TooLarge,
     /// Bytes were left over after the value.
     #[error("decode left {0} trailing bytes")]
     TrailingBytes(usize),
@@ -52,8 +59,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Deserialize one value from the front of `bytes`; returns it and how many bytes it used.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Decode(e.to_string()))
+    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| match e {
+        bincode::error::DecodeError::LimitExceeded => CodecError::TooLarge,
+        e => CodecError::Decode(e.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -77,14 +86,30 @@ mod tests {
     }
 
     #[test]
-    fn huge_length_prefix_is_rejected_without_allocating() {
-        // A Vec<u8> claiming u64::MAX/2 elements: varint 0xFD + 8 bytes.
-        let mut bytes = vec![0xFD];
-        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
-        assert!(decode::<Vec<u8>>(&bytes).is_err());
+    fn huge_length_prefix_is_refused_by_the_limit() {
+        // A String claiming 10 million bytes (varint 0xFC + u32), and one claiming 2^62
+        // (0xFD + u64): refused by the size limit before the bytes are read.
         let mut bytes = vec![0xFC];
         bytes.extend_from_slice(&(10_000_000u32).to_le_bytes());
-        assert!(decode::<String>(&bytes).is_err());
+        assert!(matches!(
+            decode::<String>(&bytes),
+            Err(CodecError::TooLarge)
+        ));
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(u64::MAX / 4).to_le_bytes());
+        assert!(matches!(
+            decode::<String>(&bytes),
+            Err(CodecError::TooLarge)
+        ));
+        // A sequence is read element by element through serde, so the limit never sees its
+        // length: it fails at the end of the input instead. How much either allocates is
+        // measured in tests/decode_allocation.rs, which needs a global allocator of its own.
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[test]

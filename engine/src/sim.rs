@@ -14,6 +14,10 @@ use crate::net::Endpoint;
 use crate::packet::{MAX_PACKET_BYTES, Packet};
 use crate::replication;
 
+/// Most rounds [`Sim::pump`] runs at one instant before it calls the network livelocked.
+/// A healthy exchange settles in a handful (a request, its answer, the answer's ack).
+pub const MAX_PUMP_ROUNDS: usize = 10_000;
+
 /// Smallest step of the virtual clock when an endpoint asks to be woken "now" again.
 const MIN_STEP: Duration = Duration::from_micros(100);
 
@@ -272,9 +276,19 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     }
 
     /// Process everything due at `now` until nothing moves.
+    ///
+    /// # Panics
+    /// When datagrams still move after [`MAX_PUMP_ROUNDS`] rounds at the same instant: the
+    /// endpoints answer each other without time passing (a livelock), a bug the test must see
+    /// rather than a network that quietly stops.
     pub fn pump(&mut self) {
         let now = self.now;
-        for _ in 0..10_000 {
+        settle(|| self.pump_round(now));
+    }
+
+    /// One round of [`pump`](Self::pump); true if any datagram moved.
+    fn pump_round(&mut self, now: Instant) -> bool {
+        {
             let mut moved = false;
             if self.server.poll_timeout().is_some_and(|t| t <= now) {
                 self.server.handle_timeout(now);
@@ -323,9 +337,43 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             while let Some(e) = self.server.poll_event() {
                 self.server_events.push(e);
             }
-            if !moved {
-                return;
-            }
+            moved
         }
+    }
+}
+
+/// Run `round` until it reports that nothing moved.
+///
+/// # Panics
+/// After [`MAX_PUMP_ROUNDS`] rounds that all moved.
+fn settle(mut round: impl FnMut() -> bool) {
+    for _ in 0..MAX_PUMP_ROUNDS {
+        if !round() {
+            return;
+        }
+    }
+    panic!(
+        "Sim::pump: datagrams still moving after {MAX_PUMP_ROUNDS} rounds at one instant (livelock)"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_stops_at_the_first_quiet_round() {
+        let mut rounds = 0;
+        settle(|| {
+            rounds += 1;
+            rounds < 3
+        });
+        assert_eq!(rounds, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "livelock")]
+    fn a_livelock_fails_instead_of_stopping_quietly() {
+        settle(|| true);
     }
 }

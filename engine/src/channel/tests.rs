@@ -62,6 +62,97 @@ fn part_bytes() -> usize {
     ChannelsConfig::default().limits().unwrap()[0].part_payload_bytes
 }
 
+/// Messages per channel in [`run_all_kinds`].
+const MESSAGES: u32 = 40;
+
+/// Sends [`MESSAGES`] messages on each of the four kinds over `model` and checks every kind's promise;
+/// returns the indices the plain unreliable channel delivered, in delivery order.
+fn run_all_kinds(
+    seed: u64,
+    model: LinkModel,
+    small_window: bool,
+) -> Result<Vec<u32>, TestCaseError> {
+    let mut config = ChannelsConfig::default();
+    if small_window {
+        // A window of a few messages, so the sender keeps hitting its edge.
+        for ch in [RO, RU] {
+            let c = &mut config.channels[usize::from(ch)];
+            c.send_window_messages = 8;
+            c.max_message_bytes = 2048;
+        }
+    }
+    let mut link = Link::new(config, model, seed);
+    // The sender only knows an estimate, which may be well off the real round trip.
+    link.rtt = Duration::from_millis(60);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut sent = [0u32; 4];
+    let mut got: [Vec<u32>; 4] = Default::default();
+    for _ in 0..3000 {
+        for ch in [RO, US, UN, RU] {
+            if sent[usize::from(ch)] < MESSAGES && rng.random_bool(0.5) {
+                // Up to 3 parts, so reliable and unreliable fragments both occur.
+                let len = rng.random_range(5..=800);
+                let m = message(ch, sent[usize::from(ch)], len);
+                link.sender.send(link.now, ch, &m).unwrap();
+                sent[usize::from(ch)] += 1;
+            }
+        }
+        link.step(STEP);
+        for (ch, bytes) in link.drain() {
+            got[usize::from(ch)].push(index_of(ch, &bytes));
+        }
+        let reliable_done = got[usize::from(RO)].len() == MESSAGES as usize
+            && got[usize::from(RU)].len() == MESSAGES as usize;
+        if sent.iter().all(|&n| n == MESSAGES) && reliable_done && link.idle() {
+            break;
+        }
+    }
+    let all: Vec<u32> = (0..MESSAGES).collect();
+    prop_assert_eq!(&got[usize::from(RO)], &all, "reliable ordered");
+    let mut ru = got[usize::from(RU)].clone();
+    ru.sort_unstable();
+    prop_assert_eq!(&ru, &all, "reliable unordered");
+    let us = &got[usize::from(US)];
+    prop_assert!(
+        us.windows(2).all(|w| w[0] < w[1]),
+        "sequenced went backwards: {:?}",
+        us
+    );
+    let un = &got[usize::from(UN)];
+    prop_assert_eq!(
+        un.iter().collect::<HashSet<_>>().len(),
+        un.len(),
+        "duplicate"
+    );
+    prop_assert!(un.iter().chain(us).all(|&i| i < MESSAGES));
+    prop_assert_eq!(link.receiver.invalid_count(), 0);
+    // Everything acked: the sender holds nothing any more.
+    for ch in [RO, RU] {
+        let stats = link.sender.stats(ch).unwrap();
+        prop_assert_eq!(stats.queue_len, 0);
+        prop_assert_eq!(stats.memory_bytes, 0);
+    }
+    Ok(un.clone())
+}
+
+fn link_model(
+    loss: f64,
+    duplicate: f64,
+    reorder: f64,
+    jitter_ms: u64,
+    ack_delay_ms: u64,
+) -> LinkModel {
+    LinkModel {
+        loss,
+        duplicate,
+        reorder,
+        jitter: Duration::from_millis(jitter_ms),
+        // Beyond the resend interval, acks come too late and copies cross on the link.
+        ack_delay: Duration::from_millis(ack_delay_ms),
+        ..LinkModel::default()
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -76,71 +167,24 @@ proptest! {
         ack_delay_ms in 0u64..250,
         small_window: bool,
     ) {
-        let model = LinkModel {
-            loss,
-            duplicate,
-            reorder,
-            jitter: Duration::from_millis(jitter_ms),
-            // Beyond the resend interval, acks come too late and copies cross on the link.
-            ack_delay: Duration::from_millis(ack_delay_ms),
-            ..LinkModel::default()
-        };
-        let mut config = ChannelsConfig::default();
-        if small_window {
-            // A window of a few messages, so the sender keeps hitting its edge.
-            for ch in [RO, RU] {
-                let c = &mut config.channels[usize::from(ch)];
-                c.send_window_messages = 8;
-                c.max_message_bytes = 2048;
-            }
-        }
-        let mut link = Link::new(config, model, seed);
-        // The sender only knows an estimate, which may be well off the real round trip.
-        link.rtt = Duration::from_millis(60);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-        const MESSAGES: u32 = 40;
-        let mut sent = [0u32; 4];
-        let mut got: [Vec<u32>; 4] = Default::default();
-        for _ in 0..3000 {
-            for ch in [RO, US, UN, RU] {
-                if sent[usize::from(ch)] < MESSAGES && rng.random_bool(0.5) {
-                    // Up to 3 parts, so reliable and unreliable fragments both occur.
-                    let len = rng.random_range(5..=800);
-                    let m = message(ch, sent[usize::from(ch)], len);
-                    link.sender.send(link.now, ch, &m).unwrap();
-                    sent[usize::from(ch)] += 1;
-                }
-            }
-            link.step(STEP);
-            for (ch, bytes) in link.drain() {
-                got[usize::from(ch)].push(index_of(ch, &bytes));
-            }
-            let reliable_done = got[usize::from(RO)].len() == MESSAGES as usize
-                && got[usize::from(RU)].len() == MESSAGES as usize;
-            if sent.iter().all(|&n| n == MESSAGES) && reliable_done && link.idle() {
-                break;
-            }
-        }
-        let all: Vec<u32> = (0..MESSAGES).collect();
-        prop_assert_eq!(&got[usize::from(RO)], &all, "reliable ordered");
-        let mut ru = got[usize::from(RU)].clone();
-        ru.sort_unstable();
-        prop_assert_eq!(&ru, &all, "reliable unordered");
-        let us = &got[usize::from(US)];
-        prop_assert!(us.windows(2).all(|w| w[0] < w[1]), "sequenced went backwards: {:?}", us);
-        let un = &got[usize::from(UN)];
-        prop_assert_eq!(un.iter().collect::<HashSet<_>>().len(), un.len(), "duplicate");
-        prop_assert!(un.iter().chain(us).all(|&i| i < MESSAGES));
-        prop_assert_eq!(link.receiver.invalid_count(), 0);
-        // Everything acked: the sender holds nothing any more.
-        for ch in [RO, RU] {
-            let stats = link.sender.stats(ch).unwrap();
-            prop_assert_eq!(stats.queue_len, 0);
-            prop_assert_eq!(stats.memory_bytes, 0);
-        }
-        if loss == 0.0 && duplicate == 0.0 {
-            prop_assert_eq!(un.len(), MESSAGES as usize);
-        }
+        let model = link_model(loss, duplicate, reorder, jitter_ms, ack_delay_ms);
+        run_all_kinds(seed, model, small_window)?;
+    }
+
+    /// With nothing lost or duplicated (delays and reordering still vary), the plain
+    /// unreliable channel delivers every message, each once.
+    #[test]
+    fn unreliable_delivers_everything_on_a_clean_link(
+        seed: u64,
+        reorder in 0.0f64..0.3,
+        jitter_ms in 0u64..40,
+        ack_delay_ms in 0u64..250,
+        small_window: bool,
+    ) {
+        let model = link_model(0.0, 0.0, reorder, jitter_ms, ack_delay_ms);
+        let mut un = run_all_kinds(seed, model, small_window)?;
+        un.sort_unstable();
+        prop_assert_eq!(un, (0..MESSAGES).collect::<Vec<_>>());
     }
 }
 
@@ -826,4 +870,64 @@ proptest! {
         let delivered: usize = std::iter::from_fn(|| rx.receive()).map(|(_, m)| m.len()).sum();
         prop_assert!(delivered <= input);
     }
+}
+
+#[test]
+fn unreliable_fragments_reassemble_across_the_id_wrap() {
+    // Two-fragment messages with ids 65534, 65535, 0 and 1 on both unreliable kinds, their
+    // fragments interleaved and late, as loss and reordering would leave them.
+    let part = part_bytes();
+    let body = |id: u16| -> Vec<u8> {
+        (0..part + 10)
+            .map(|i| (i as u16).wrapping_mul(7) as u8 ^ id as u8)
+            .collect()
+    };
+    let now = Instant::now();
+    let mut rx = Channels::new(ChannelsConfig::default());
+    let feed = |rx: &mut Channels, channel: u8, id: u16, index: u16| {
+        let b = body(id);
+        let piece = if index == 0 { &b[..part] } else { &b[part..] };
+        let s = section(&[record(channel, id, Some((index, 2)), piece)]);
+        assert_eq!(rx.read_packet(now, &s), Ok(()));
+        std::iter::from_fn(|| rx.receive())
+            .map(|(ch, m)| {
+                assert_eq!(ch, channel);
+                [65534u16, 65535, 0, 1]
+                    .into_iter()
+                    .find(|&id| body(id) == m)
+                    .expect("a message intact")
+            })
+            .collect::<Vec<_>>()
+    };
+    let order = [
+        (65535, 0),
+        (0, 0),
+        (65534, 0),
+        (0, 1),
+        (65535, 1),
+        (1, 0),
+        (65534, 1),
+        (1, 1),
+    ];
+    // Unreliable: every message, as each completes, older ids after newer ones included.
+    let got: Vec<u16> = order
+        .iter()
+        .flat_map(|&(id, index)| feed(&mut rx, UN, id, index))
+        .collect();
+    assert_eq!(got, vec![0, 65535, 65534, 1]);
+    // Copies of delivered messages on either side of the wrap are duplicates.
+    for (id, index) in [(65535, 0), (65535, 1), (0, 0), (0, 1)] {
+        assert_eq!(feed(&mut rx, UN, id, index), Vec::<u16>::new());
+    }
+    // Sequenced: 0 is newer than 65535, so once 0 is delivered the older ids never are.
+    let got: Vec<u16> = order
+        .iter()
+        .flat_map(|&(id, index)| feed(&mut rx, US, id, index))
+        .collect();
+    assert_eq!(got, vec![0, 1]);
+    // A late complete copy of 65535 is still older than 1.
+    for index in [0, 1] {
+        assert_eq!(feed(&mut rx, US, 65535, index), Vec::<u16>::new());
+    }
+    assert_eq!(rx.invalid_count(), 0);
 }

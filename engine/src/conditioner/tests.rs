@@ -89,6 +89,28 @@ fn measure_loss(out: &[Out], n: u64) -> (f64, f64) {
     (loss_pct, lost as f64 / bursts.max(1) as f64)
 }
 
+/// How far a measured share of `n` datagrams, in percent, may sit from `pct` percent: four
+/// standard deviations of the sample.
+///
+/// Each datagram is a trial with probability `p = pct / 100`. Independent trials give the
+/// binomial `sigma = sqrt(p * (1 - p) / n)`. Burst loss is a two-state Markov chain (enter the
+/// bad state with `enter`, leave it with `leave`) whose states are correlated with lag `k` as
+/// `lambda^k`, `lambda = 1 - enter - leave`; summing those correlations widens the variance
+/// of the mean by `(1 + lambda) / (1 - lambda)`. At 1 % in bursts of 3 that is a factor 4.9
+/// (2.2 in sigma).
+fn tolerance_pct(pct: f64, burst_len: f64, n: u64) -> f64 {
+    let p = pct / 100.0;
+    let mut variance = p * (1.0 - p) / n as f64;
+    if burst_len > 1.0 {
+        // The same derivation as `LossModel::configure`.
+        let leave = 1.0 / burst_len;
+        let enter = p * leave / (1.0 - p);
+        let lambda = 1.0 - enter - leave;
+        variance *= (1.0 + lambda) / (1.0 - lambda);
+    }
+    4.0 * 100.0 * variance.sqrt()
+}
+
 #[test]
 fn uniform_loss_matches_configured_rate() {
     const N: u64 = 200_000;
@@ -96,9 +118,10 @@ fn uniform_loss_matches_configured_rate() {
         let mut link = Conditioner::new(lossy(target, 0.0), 11 + i as u64).unwrap();
         let out = drive(&mut link, Instant::now(), N, MS, 100);
         let (measured, _) = measure_loss(&out, N);
+        let tolerance = tolerance_pct(target, 0.0, N);
         assert!(
-            (measured - target).abs() <= 0.5,
-            "target {target} %, measured {measured} %"
+            (measured - target).abs() <= tolerance,
+            "target {target} % ± {tolerance}, measured {measured} %"
         );
         let stats = link.stats();
         assert_eq!(stats.dropped_loss, N - out.len() as u64);
@@ -117,9 +140,10 @@ fn burst_loss_matches_configured_rate_and_burst_length() {
         let mut link = Conditioner::new(lossy(target, burst), 21 + i as u64).unwrap();
         let out = drive(&mut link, Instant::now(), N, MS, 100);
         let (measured, mean_burst) = measure_loss(&out, N);
+        let tolerance = tolerance_pct(target, burst, N);
         assert!(
-            (measured - target).abs() <= 0.5,
-            "target {target} % burst {burst}: measured {measured} %"
+            (measured - target).abs() <= tolerance,
+            "target {target} % ± {tolerance} burst {burst}: measured {measured} %"
         );
         assert!(
             (mean_burst - burst).abs() <= 0.1 * burst,
@@ -232,7 +256,11 @@ fn duplicate_rate_matches_configured_rate() {
     assert_eq!(twice, stats.duplicated);
     assert_eq!(out.len() as u64, N + stats.duplicated);
     let share = 100.0 * twice as f64 / N as f64;
-    assert!((share - 2.0).abs() <= 0.3, "{share} %");
+    let tolerance = tolerance_pct(2.0, 0.0, N);
+    assert!(
+        (share - 2.0).abs() <= tolerance,
+        "{share} %, 2 % ± {tolerance}"
+    );
     // The copy has its own delay but stays in order with the rest.
     assert!(out.windows(2).all(|w| w[0].seq <= w[1].seq));
     assert_eq!(stats.reordered, 0);
@@ -321,7 +349,11 @@ fn loss_change_takes_effect_on_the_next_packet() {
     assert_eq!(pattern.0, pattern.1);
     let stats = switched.stats();
     let measured = 100.0 * stats.dropped as f64 / N as f64;
-    assert!((measured - 50.0).abs() <= 0.5, "{measured} %");
+    let tolerance = tolerance_pct(50.0, 0.0, N);
+    assert!(
+        (measured - 50.0).abs() <= tolerance,
+        "{measured} %, 50 % ± {tolerance}"
+    );
     assert_eq!(stats.pushed, 2 * N);
 }
 

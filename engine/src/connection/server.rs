@@ -71,7 +71,7 @@ pub struct ServerStats {
     /// Disconnect packets from addresses with no connection: mostly the redundant copies of
     /// a goodbye already acted on. Not counted as invalid; they change nothing.
     pub late_disconnects: u64,
-    /// Challenges sent.
+    /// Challenges queued for sending (not those dropped with a full reply queue).
     pub challenges_sent: u64,
     /// Handshake replies dropped because the reply queue was full.
     pub replies_dropped: u64,
@@ -180,15 +180,14 @@ impl Server {
             Packet::ConnectionRequest { client_nonce } => {
                 let timestamp_ms = self.now_ms(now);
                 let mac = self.cookies.mac(from, client_nonce, timestamp_ms);
-                self.stats.challenges_sent += 1;
-                self.reply(
-                    from,
-                    Packet::Challenge {
-                        client_nonce,
-                        timestamp_ms,
-                        mac,
-                    },
-                );
+                let challenge = Packet::Challenge {
+                    client_nonce,
+                    timestamp_ms,
+                    mac,
+                };
+                if self.reply(from, challenge) {
+                    self.stats.challenges_sent += 1;
+                }
                 Ok(())
             }
             Packet::ChallengeResponse {
@@ -293,17 +292,20 @@ impl Server {
             .push_back((id, Event::Connected { client_id: id }));
     }
 
-    fn reply(&mut self, to: SocketAddr, packet: Packet<'_>) {
+    /// Queue a handshake reply; false when the queue is full and it was dropped.
+    fn reply(&mut self, to: SocketAddr, packet: Packet<'_>) -> bool {
         if self.replies.len() >= self.config.max_queued_replies {
             self.stats.replies_dropped += 1;
-            return;
+            return false;
         }
         let mut buf = vec![0u8; packet.encoded_len()];
         // The buffer is exactly the packet's length and replies are far below the maximum.
-        if let Some(n) = packet.encode(&mut buf) {
-            buf.truncate(n);
-            self.replies.push_back((to, buf));
-        }
+        let Some(n) = packet.encode(&mut buf) else {
+            return false;
+        };
+        buf.truncate(n);
+        self.replies.push_back((to, buf));
+        true
     }
 
     fn move_events(id: ClientId, conn: &mut Established, out: &mut VecDeque<(ClientId, Event)>) {

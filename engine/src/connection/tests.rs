@@ -78,6 +78,81 @@ fn handshake_under_loss() {
     assert_eq!(sim.server.client_count(), 8);
 }
 
+/// Share of connects expected to fail within `timeout` when each leg loses `loss` of its
+/// datagrams and the client resends every `interval`, for one-way latency below a third of the
+/// interval.
+///
+/// Derivation. Every handshake packet the client sends is an independent attempt at the step
+/// it is in: a request succeeds when it and its challenge both arrive, a response when it and
+/// its `Accepted` both arrive, each with probability `q = (1 - loss)^2`. The client sends at
+/// `0, interval, 2 * interval, …` while the step lasts; the timeout check at `timeout` comes
+/// first, so `slots = timeout / interval` sends fit (50 by default: 0 ms to 4.9 s). A challenge
+/// makes the client send its response at once, one round trip after the request that earned
+/// it, and then every `interval`: so the response step has one more send than the slots left,
+/// and the last one (at 4.94 s with a 40 ms round trip) still hears back before 5 s. The two
+/// steps together are `slots + 1` independent trials of probability `q`, and the connect
+/// succeeds iff at least two of them succeed:
+/// `P(fail) = (1 - q)^n + n * q * (1 - q)^(n - 1)` with `n = slots + 1`.
+///
+/// At 30 % loss: `q = 0.49`, `P(fail) = 6e-14`. At 50 %: `q = 0.25`, `P(fail) = 7.6e-6`. At
+/// 80 %: `q = 0.04`, `P(fail) = 0.39`, where the count is large enough to check both ways.
+fn expected_connect_failure(loss: f64, interval: Duration, timeout: Duration) -> f64 {
+    let q = (1.0 - loss).powi(2);
+    let slots = (timeout.as_micros() / interval.as_micros()) as i32;
+    let n = slots + 1;
+    (1.0 - q).powi(n) + f64::from(n) * q * (1.0 - q).powi(n - 1)
+}
+
+#[test]
+fn connect_success_under_loss_matches_the_attempt_arithmetic() {
+    const SEEDS: u64 = 200;
+    let config = ClientConfig::default();
+    for loss_pct in [30.0, 50.0, 80.0] {
+        let mut failed = 0u64;
+        for seed in 0..SEEDS {
+            let mut sim = Sim::new(ServerConfig::default(), 1_000 + seed);
+            sim.add_client(config.clone());
+            sim.set_all_links(ConditionerConfig {
+                loss_pct,
+                ..latency(20)
+            });
+            // Past the timeout: by then the client has connected or given up.
+            sim.run_for(config.connect_timeout + Duration::from_millis(100));
+            let events = &sim.clients[0].events;
+            if events.contains(&Event::Connected {
+                client_id: ClientId(1),
+            }) {
+                assert_eq!(disconnect_reason(events), None, "seed {seed}");
+            } else {
+                assert_eq!(
+                    disconnect_reason(events),
+                    Some(DisconnectReason::ConnectTimedOut),
+                    "seed {seed}"
+                );
+                failed += 1;
+            }
+        }
+        let p = expected_connect_failure(
+            loss_pct / 100.0,
+            config.handshake_resend_interval,
+            config.connect_timeout,
+        );
+        let mean = SEEDS as f64 * p;
+        let sigma = (SEEDS as f64 * p * (1.0 - p)).sqrt();
+        // Four binomial sigma either way: a deterministic run (fixed seeds) that lands outside
+        // means the state machine does not behave as the derivation says.
+        let (lo, hi) = (mean - 4.0 * sigma, mean + 4.0 * sigma);
+        assert!(
+            (lo..=hi).contains(&(failed as f64)),
+            "{loss_pct} % loss: {failed} of {SEEDS} connects failed, expected {mean:.4} ± {:.4}",
+            4.0 * sigma
+        );
+        if loss_pct == 30.0 {
+            assert_eq!(failed, 0, "at 30 % loss every client connects");
+        }
+    }
+}
+
 #[test]
 fn sixty_four_clients_on_one_server() {
     let mut sim = connected_sim(64, 2);
@@ -642,6 +717,183 @@ fn a_reliable_message_leaves_in_the_same_flush() {
         assert!(
             got,
             "a {size}-byte reliable message waited for a later flush"
+        );
+    }
+}
+
+#[test]
+fn a_new_handshake_from_a_connected_address_replaces_the_old_connection() {
+    let mut sim = Sim::new(ServerConfig::default(), 15);
+    let addr: SocketAddr = "127.0.0.5:5000".parse().unwrap();
+    let salt = sim.handshake_by_hand(addr, 1).expect("accepted");
+    let first = sim.server.clients().next().expect("connected");
+    // The same nonce again (its Accepted was lost): the same connection, told again.
+    assert_eq!(sim.handshake_by_hand(addr, 1), Some(salt));
+    assert_eq!(sim.server.clients().collect::<Vec<_>>(), vec![first]);
+    // A new nonce from the same address: the client restarted, the old connection is over.
+    let new_salt = sim.handshake_by_hand(addr, 2).expect("accepted");
+    let second = sim.server.clients().next().expect("connected");
+    assert_ne!(second, first);
+    assert_eq!(sim.server.client_count(), 1);
+    assert_eq!(sim.server.client_addr(second), Some(addr));
+    assert_eq!(
+        sim.server_events,
+        vec![
+            (first, Event::Connected { client_id: first }),
+            (
+                first,
+                Event::Disconnected {
+                    reason: DisconnectReason::Replaced
+                }
+            ),
+            (second, Event::Connected { client_id: second }),
+        ]
+    );
+    assert_eq!(sim.server.stats().connections_accepted, 2);
+    // Traffic with the old session's salt is now refused.
+    if new_salt != salt {
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        let header = ConnectedHeader {
+            salt,
+            sequence: crate::Sequence(1),
+            ack: crate::Sequence(0),
+            ack_bits: 0,
+            ack_delay: 0,
+        };
+        let n = Packet::Payload {
+            header,
+            payload: &[],
+        }
+        .encode(&mut buf)
+        .unwrap();
+        let before = sim.server.stats().invalid_wrong_salt;
+        sim.inject_to_server(addr, &buf[..n]);
+        assert_eq!(sim.server.stats().invalid_wrong_salt, before + 1);
+    }
+}
+
+#[test]
+fn handshake_replies_beyond_the_queue_cap_are_dropped_and_counted() {
+    let config = ServerConfig {
+        max_queued_replies: 4,
+        ..ServerConfig::default()
+    };
+    let now = std::time::Instant::now();
+    let mut server = Server::new(config, now, 16);
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let addr = |i: u16| -> SocketAddr { format!("127.0.0.6:{}", 1000 + i).parse().unwrap() };
+    let request = |i: u16, buf: &mut [u8]| {
+        let n = Packet::ConnectionRequest {
+            client_nonce: u64::from(i),
+        }
+        .encode(buf)
+        .unwrap();
+        buf[..n].to_vec()
+    };
+    // Ten requests arrive before the caller drains anything.
+    for i in 0..10 {
+        let d = request(i, &mut buf);
+        server.handle_datagram(now, addr(i), &d);
+    }
+    let stats = server.stats();
+    assert_eq!(stats.replies_dropped, 6);
+    assert_eq!(
+        stats.challenges_sent, 4,
+        "only queued challenges count as sent"
+    );
+    let mut answered = Vec::new();
+    while let Some(t) = server.poll_transmit(now, &mut buf) {
+        assert!(matches!(
+            Packet::decode(&buf[..t.len]),
+            Ok(Packet::Challenge { .. })
+        ));
+        answered.push(t.destination);
+    }
+    assert_eq!(
+        answered,
+        (0..4).map(addr).collect::<Vec<_>>(),
+        "the first four"
+    );
+    // Drained, the queue takes replies again.
+    let d = request(10, &mut buf);
+    server.handle_datagram(now, addr(10), &d);
+    let t = server.poll_transmit(now, &mut buf).expect("answered");
+    assert_eq!(t.destination, addr(10));
+    assert_eq!(server.stats().replies_dropped, 6);
+}
+
+#[test]
+fn burst_loss_is_reported_packet_by_packet() {
+    // Gilbert-Elliott loss, 10 % in bursts of 5 on each leg, with datagrams both ways at
+    // 60 Hz. Every verdict must be right: nothing is reported acked that the server did not
+    // receive, few packets that arrived are reported lost (only when a downlink burst holds
+    // every ack back past the loss timeout), and the losses come out in runs as long as the
+    // bursts (independent loss would give runs of about 1.1).
+    for seed in 0..4 {
+        let mut sim = connected_sim(1, 400 + seed);
+        sim.set_all_links(ConditionerConfig {
+            loss_pct: 10.0,
+            burst_len: 5.0,
+            ..latency(20)
+        });
+        let id = sim.client_id(0).unwrap();
+        let mut sent = Vec::new();
+        let tick = Duration::from_micros(16_667);
+        for _ in 0..60 * 60 {
+            let now = sim.now;
+            sent.push(sim.clients[0].client.send_datagram(now, &[5; 40]).unwrap());
+            let _ = sim.server.send_datagram(now, id, &[6; 40]);
+            sim.run_for(tick);
+        }
+        sim.set_all_links(ConditionerConfig::off());
+        sim.run_for(Duration::from_secs(3));
+        assert!(sim.clients[0].client.is_connected(), "seed {seed}");
+        let received: std::collections::BTreeSet<u16> = sim
+            .server_events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Datagram { sequence, .. } => Some(sequence.0),
+                _ => None,
+            })
+            .collect();
+        let verdicts: std::collections::BTreeMap<u16, bool> = sim.clients[0]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delivery { sequence, acked } => Some((sequence.0, *acked)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(verdicts.len(), sent.len(), "seed {seed}: one verdict each");
+        let mut false_losses = 0;
+        let (mut lost, mut runs, mut in_run) = (0, 0, false);
+        for s in &sent {
+            let acked = verdicts[&s.0];
+            assert!(
+                !acked || received.contains(&s.0),
+                "seed {seed}: {s:?} acked but never received"
+            );
+            if !acked && received.contains(&s.0) {
+                false_losses += 1;
+            }
+            if !acked {
+                lost += 1;
+                runs += u32::from(!in_run);
+            }
+            in_run = !acked;
+        }
+        // About 72 downlink bursts in a minute; one longer than the ~10-packet loss timeout
+        // (0.8^9 = 13 % of them) costs about its excess over it, 5 packets on average: some 50
+        // false losses expected (45 to 80 seen), well under 4 %.
+        assert!(
+            false_losses * 25 <= sent.len(),
+            "seed {seed}: {false_losses} of {} received packets reported lost",
+            sent.len()
+        );
+        let mean_run = f64::from(lost) / f64::from(runs.max(1));
+        assert!(
+            mean_run >= 3.0,
+            "seed {seed}: losses in runs of {mean_run} for bursts of 5"
         );
     }
 }

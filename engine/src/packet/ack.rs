@@ -405,6 +405,36 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_after_the_loss_verdict_is_ignored() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = AckTracker::starting_at(Sequence(0));
+        let mut rtt = RttEstimator::default();
+        for i in 0..3 {
+            a.on_send(t0 + ms(i));
+        }
+        a.handle_timeout(t0 + ms(600), ms(500), &rtt);
+        let lost = drain(&mut a);
+        assert_eq!(lost.len(), 3);
+        assert!(lost.iter().all(|n| !n.acked));
+        // The acks were only slow: they arrive after the verdict and change nothing.
+        a.on_ack(t0 + ms(700), Sequence(2), 0b11, 0, &mut rtt);
+        assert_eq!(drain(&mut a), vec![], "a verdict is final");
+        assert_eq!(a.pending_count(), 0);
+        assert_eq!(
+            rtt.smoothed(),
+            None,
+            "no RTT sample from a packet already judged"
+        );
+        // Packets sent after it are acked as usual.
+        let s = a.on_send(t0 + ms(800));
+        a.on_ack(t0 + ms(850), s, 0b111, 0, &mut rtt);
+        let n = drain(&mut a);
+        assert_eq!(n.len(), 1);
+        assert!(n[0].acked && n[0].sequence == s);
+    }
+
+    #[test]
     fn window_overflow_declares_oldest_lost() {
         let t0 = Instant::now();
         let mut a = AckTracker::new();

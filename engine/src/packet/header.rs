@@ -558,23 +558,77 @@ mod tests {
         assert!(n > short);
     }
 
-    #[test]
-    fn every_truncation_of_a_valid_packet_is_rejected() {
-        let mut buf = [0u8; MAX_PACKET_BYTES];
-        let n = Packet::Payload {
-            header: ConnectedHeader {
-                salt: 1,
-                sequence: Sequence(2),
-                ack: Sequence(3),
-                ack_bits: 4,
-                ack_delay: 5,
-            },
-            payload: &[9; 40],
+    /// `datagram[..len]` with its CRC recomputed, so the decode gets past the checksum.
+    fn resigned(datagram: &[u8], len: usize) -> Vec<u8> {
+        let mut d = datagram[..len].to_vec();
+        if len > CRC_BYTES {
+            let c = crc(&d[CRC_BYTES..]);
+            d[..CRC_BYTES].copy_from_slice(&c.to_le_bytes());
         }
-        .encode(&mut buf)
-        .unwrap();
-        for len in 0..n {
-            assert!(Packet::decode(&buf[..len]).is_err(), "length {len}");
+        d
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_packet_is_rejected_by_its_parser() {
+        let header = ConnectedHeader {
+            salt: 1,
+            sequence: Sequence(2),
+            ack: Sequence(3),
+            ack_bits: 4,
+            ack_delay: 5,
+        };
+        let packets = [
+            Packet::ConnectionRequest { client_nonce: 1 },
+            Packet::Challenge {
+                client_nonce: 1,
+                timestamp_ms: 2,
+                mac: 3,
+            },
+            Packet::ChallengeResponse {
+                client_nonce: 1,
+                timestamp_ms: 2,
+                mac: 3,
+            },
+            Packet::Accepted {
+                client_nonce: 1,
+                client_id: 2,
+                salt: 3,
+            },
+            Packet::Denied {
+                client_nonce: 1,
+                reason: DenyReason::ServerFull,
+            },
+            Packet::Payload {
+                header,
+                payload: &[9; 40],
+            },
+            Packet::Disconnect {
+                salt: 1,
+                reason: DisconnectReasonCode::Requested,
+            },
+        ];
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        for p in packets {
+            let n = p.encode(&mut buf).unwrap();
+            for len in 0..n {
+                let d = resigned(&buf, len);
+                let got = Packet::decode(&d);
+                let want = match p.kind() {
+                    // No CRC, or no kind byte after it.
+                    _ if len <= CRC_BYTES => Err(HeaderError::Truncated),
+                    PacketKind::ConnectionRequest | PacketKind::ChallengeResponse => {
+                        Err(HeaderError::BadHandshakeSize)
+                    }
+                    // A payload cut after its header is a valid packet with a shorter payload:
+                    // only the CRC could tell, and it was recomputed.
+                    PacketKind::Payload if len >= CONNECTED_HEADER_BYTES => Ok(Packet::Payload {
+                        header,
+                        payload: &d[CONNECTED_HEADER_BYTES..],
+                    }),
+                    _ => Err(HeaderError::Truncated),
+                };
+                assert_eq!(got, want, "{:?} cut to {len} of {n} bytes", p.kind());
+            }
         }
     }
 
