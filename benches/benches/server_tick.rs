@@ -29,6 +29,7 @@ fn game(clients: usize, bodies: usize) -> Simulation {
             ..ConditionerConfig::off()
         },
         seed: 11,
+        predict: true,
         ..SimulationOptions::default()
     };
     opts.game.entities = Some(bodies);

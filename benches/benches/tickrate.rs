@@ -78,6 +78,7 @@ fn options(tick_rate: f64, clients: usize, loss_pct: f64, seed: u64) -> Simulati
             ..ConditionerConfig::off()
         },
         seed,
+        predict: true,
     }
 }
 

@@ -45,6 +45,8 @@ pub(crate) struct Row {
     pub(crate) conditioned: bool,
     /// All clients together.
     pub(crate) report: ClientReport,
+    /// Each client.
+    pub(crate) clients: Vec<ClientReport>,
 }
 
 /// Run every transport and return the rows.
@@ -101,6 +103,7 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 stats_interval: None,
                 label: format!("{transport}#{i}"),
                 interp: None,
+                predict: true,
             };
             sessions.push(tokio::spawn(session::run(s)));
         }
@@ -122,6 +125,7 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
             transport,
             conditioned,
             report: aggregate(&reports),
+            clients: reports,
         });
     }
     Ok(rows)

@@ -34,9 +34,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:7777")]
-    server: SocketAddr,
+    /// Server address: HOST:PORT, with a host name or an IP address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7777")]
+    server: String,
     /// Number of clients, each with its own socket and bot.
     #[arg(long, value_name = "N", default_value_t = 1)]
     clients: usize,
@@ -59,8 +59,32 @@ struct RunArgs {
     /// Write a JSON summary at exit to PATH (`-` for stdout).
     #[arg(long, value_name = "PATH|-")]
     json: Option<String>,
+    /// Predict the player's own entity at once (`on`), or show it only as the server's
+    /// snapshots bring it (`off`), a round trip and the interpolation delay later.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    predict: OnOff,
     #[command(flatten)]
     conditioner: ConditionerArgs,
+}
+
+/// A switch on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// Resolve `HOST:PORT` (a name or an address) to the first address it names.
+async fn resolve(server: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = server.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| format!("--server {server}: {e} (expected HOST:PORT)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("--server {server}: the name has no address"))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,11 +186,12 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
     let frame_rate = rate("frame-rate", args.frame_rate)?;
     let stats = seconds("stats-interval", args.stats_interval)?;
     let quiet = args.json.as_deref() == Some("-");
+    let server = resolve(&args.server).await?;
     if !quiet {
         println!(
             "demo-client: {} client(s) to {} over {}, {} s, conditioner {}",
             args.clients,
-            args.server,
+            server,
             args.transport,
             duration.as_secs_f64(),
             describe(&conditioner)
@@ -175,7 +200,7 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
     let mut tasks = Vec::new();
     for i in 0..args.clients {
         let opts = session::SessionOptions {
-            server: args.server,
+            server,
             transport: args.transport,
             duration,
             frame_rate,
@@ -188,6 +213,7 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
             stats_interval: (!quiet && !stats.is_zero()).then_some(stats),
             label: format!("client {i}"),
             interp: args.interp.0,
+            predict: args.predict == OnOff::On,
         };
         tasks.push(tokio::spawn(session::run(opts)));
     }
@@ -221,6 +247,10 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
             )))
             .collect();
         print!("{}", report::table(&rows));
+    }
+    let closed = reports.iter().filter(|r| r.server_closed).count();
+    if closed > 0 && !quiet {
+        println!("the server closed the session of {closed} client(s) before the end of the run");
     }
     if let Some(e) = first_error {
         return Err(format!("some clients failed: {e}"));
@@ -270,13 +300,7 @@ async fn run_compare(args: CompareArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", csv_path.display()))?;
     let summaries: Vec<_> = rows
         .iter()
-        .map(|r| {
-            report::summary(
-                r.transport.name(),
-                opts.duration.as_secs_f64(),
-                std::slice::from_ref(&r.report),
-            )
-        })
+        .map(|r| report::summary(r.transport.name(), opts.duration.as_secs_f64(), &r.clients))
         .collect();
     write_json(&opts.out.join("compare.json").to_string_lossy(), &summaries)?;
     let svg = opts.out.join("update_gap.svg");

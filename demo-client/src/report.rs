@@ -1,7 +1,9 @@
 //! What the clients measured: per client, aggregated, as JSON (keys are a contract) and
 //! as a table.
 
-use demo_server::metrics::{DurationHistogram, Percentiles};
+use demo_server::metrics::{
+    DistanceHistogram, DistancePercentiles, DurationHistogram, Percentiles,
+};
 use serde::Serialize;
 
 /// One client's measurements.
@@ -39,6 +41,16 @@ pub(crate) struct ClientReport {
     pub(crate) inputs_refused: u64,
     /// Seconds played.
     pub(crate) duration_s: f64,
+    /// From an input to the first frame whose drawn own entity reflects it.
+    pub(crate) input_latency: DurationHistogram,
+    /// Reconciliations of the predicted entity that moved it past the threshold.
+    pub(crate) corrections: u64,
+    /// Size of each such jump, before smoothing.
+    pub(crate) correction_m: DistanceHistogram,
+    /// The server ended the session (its `--duration`, `quit`, Ctrl-C).
+    pub(crate) server_closed: bool,
+    /// The transport this client played over.
+    pub(crate) transport_in_use: Option<String>,
 }
 
 /// The JSON shape of a client (or the aggregate).
@@ -75,6 +87,17 @@ pub(crate) struct ClientJson {
     /// Why the connection ended early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) disconnect_reason: Option<String>,
+    /// Input latency percentiles, ms.
+    pub(crate) input_latency_ms: Percentiles,
+    /// Prediction corrections.
+    pub(crate) corrections: u64,
+    /// Correction sizes, metres.
+    pub(crate) correction_m: DistancePercentiles,
+    /// The server ended the session.
+    pub(crate) server_closed: bool,
+    /// Transport used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transport_in_use: Option<String>,
 }
 
 impl ClientReport {
@@ -96,6 +119,11 @@ impl ClientReport {
             late_parts: self.late_parts,
             snapshots_per_s: self.snapshots_received as f64 / self.duration_s.max(1e-9),
             disconnect_reason: self.disconnect_reason.clone(),
+            input_latency_ms: self.input_latency.percentiles(),
+            corrections: self.corrections,
+            correction_m: self.correction_m.percentiles(),
+            server_closed: self.server_closed,
+            transport_in_use: self.transport_in_use.clone(),
         }
     }
 }
@@ -122,6 +150,13 @@ pub(crate) fn aggregate(clients: &[ClientReport]) -> ClientReport {
         a.late_parts += c.late_parts;
         a.inputs_refused += c.inputs_refused;
         a.duration_s += c.duration_s / n;
+        a.input_latency.merge(&c.input_latency);
+        a.corrections += c.corrections;
+        a.correction_m.merge(&c.correction_m);
+        a.server_closed |= c.server_closed;
+        if a.transport_in_use.is_none() {
+            a.transport_in_use = c.transport_in_use.clone();
+        }
     }
     // Per-client rate in the aggregate: total snapshots over clients.
     a.duration_s *= n;
@@ -230,6 +265,9 @@ mod tests {
             "kbps_in",
             "kbps_out",
             "disconnects",
+            "input_latency_ms",
+            "corrections",
+            "correction_m",
         ] {
             assert!(json["aggregate"].get(key).is_some(), "missing {key}");
             assert!(json["clients"][0].get(key).is_some(), "missing {key}");

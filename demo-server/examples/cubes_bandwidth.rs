@@ -136,15 +136,16 @@ fn main() {
                 ..ConditionerConfig::off()
             },
             seed: 7,
+            predict: true,
         };
         let mut sim = Simulation::new(&opts).expect("simulation");
         // The scene's AI drives the player cube, as for the full-state rows above.
         sim.set_bots_idle(true);
         sim.run_for(Duration::from_secs(2));
-        let before = sim.game().snapshot_totals();
+        let before = sim.network().server.snapshot_totals();
         sim.reset_measurements();
         sim.run_for(Duration::from_secs(u64::from(seconds())));
-        let after = sim.game().snapshot_totals();
+        let after = sim.network().server.snapshot_totals();
         let report = sim.report();
         let bytes = (after.bytes - before.bytes) as f64;
         let sent = (after.entities_sent - before.entities_sent) as f64;
@@ -161,7 +162,7 @@ fn main() {
             fields / sent.max(1.0),
             (bytes * 8.0 - fields) / sent.max(1.0),
             sent / snaps,
-            sim.game().changed_pct(),
+            sim.network().server.stats().changed_pct(),
             after.full_snapshots - before.full_snapshots
         );
     }

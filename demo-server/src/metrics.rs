@@ -93,6 +93,81 @@ impl DurationHistogram {
     }
 }
 
+/// p50 / p99 / max of distances, in metres.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DistancePercentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+/// A histogram of distances at micrometre resolution (3 significant figures), up to 1 km.
+///
+/// Its own type rather than a [`DurationHistogram`] in disguise: a distance read back as
+/// milliseconds would be a unit error waiting to happen.
+#[derive(Debug, Clone)]
+pub struct DistanceHistogram {
+    h: Histogram<u64>,
+}
+
+/// Largest distance recorded, in micrometres (1 km); larger ones are clamped.
+const MAX_RECORDED_MICROMETRES: u64 = 1_000_000_000;
+
+impl Default for DistanceHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DistanceHistogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Self {
+            // Bounds are constants in range, so construction cannot fail.
+            h: Histogram::new_with_bounds(1, MAX_RECORDED_MICROMETRES, 3)
+                .expect("constant histogram bounds are valid"),
+        }
+    }
+
+    /// Record one distance in metres (non-finite and negative ones as zero).
+    pub fn record(&mut self, metres: f32) {
+        let um = if metres.is_finite() && metres > 0.0 {
+            (f64::from(metres) * 1e6) as u64
+        } else {
+            0
+        };
+        // Clamped into the histogram's bounds.
+        let _ = self.h.record(um.clamp(1, MAX_RECORDED_MICROMETRES));
+    }
+
+    /// Fold another histogram into this one.
+    pub fn merge(&mut self, other: &DistanceHistogram) {
+        // Both have the same bounds, so adding cannot fail.
+        let _ = self.h.add(&other.h);
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.h.len()
+    }
+
+    /// The percentile summary, in metres (all zero when empty).
+    pub fn percentiles(&self) -> DistancePercentiles {
+        if self.h.is_empty() {
+            return DistancePercentiles::default();
+        }
+        let m = |um: u64| um as f64 / 1e6;
+        DistancePercentiles {
+            p50: m(self.h.value_at_quantile(0.5)),
+            p99: m(self.h.value_at_quantile(0.99)),
+            max: m(self.h.max()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +189,17 @@ mod tests {
             DurationHistogram::new().percentiles(),
             Percentiles::default()
         );
+    }
+
+    #[test]
+    fn distances_in_metres() {
+        let mut h = DistanceHistogram::new();
+        for cm in 1..=100u32 {
+            h.record(cm as f32 / 100.0);
+        }
+        let p = h.percentiles();
+        assert!((p.p50 - 0.5).abs() < 0.001, "{p:?}");
+        assert!((p.max - 1.0).abs() < 0.001, "{p:?}");
+        assert_eq!(h.count(), 100);
     }
 }

@@ -5,14 +5,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use snapsync::conditioner::ConditionerConfig;
+use snapsync::net::ReplicationServer;
+use snapsync::packet::IP_UDP_HEADER_BYTES;
+use snapsync::replication::SnapshotDelivery;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::{CONSOLE_HELP, ConsoleCommand, Transport, describe};
-use crate::game::{GameOptions, GameServer};
+use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
 use crate::protocol::unix_micros_now;
 use crate::scene::SceneKind;
-use crate::transport::{LinkEvent, ServerLink};
+
+/// Bytes of IPv4 + TCP header and frame length counted per packet on the TCP transport (with
+/// TCP_NODELAY each frame leaves as its own segment; coalesced segments make this a slight
+/// overestimate).
+pub const IP_TCP_FRAME_OVERHEAD_BYTES: u64 = 40 + 4;
 
 /// Everything the server needs to run.
 #[derive(Debug, Clone)]
@@ -175,33 +182,45 @@ pub async fn run(
     mut control: mpsc::Receiver<Control>,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<ServerSummary, ServerError> {
-    if !(1.0..=1000.0).contains(&opts.tick_rate) {
-        return Err(ServerError::Options(format!(
-            "--tick-rate must be 1..=1000 Hz (got {})",
-            opts.tick_rate
-        )));
+    let game_opts = GameOptions {
+        scene: opts.scene,
+        entities: opts.entities,
+        tick_rate: opts.tick_rate,
+        send_rate: opts.send_rate,
+        budget_bytes: opts.budget_bytes,
+        seed: opts.seed,
+    };
+    let mut game = GameServer::new(&game_opts).map_err(ServerError::Options)?;
+    let delivery = match opts.transport {
+        Transport::UdpReliable => SnapshotDelivery::ReliableOrdered,
+        // A TCP stream is reliable and ordered by itself: the engine's packets ride it as
+        // they would ride UDP.
+        Transport::Udp | Transport::Tcp => SnapshotDelivery::Datagrams,
+    };
+    let config = game_opts.replication_config(unix_micros_now(), opts.max_clients, delivery);
+    let mut net = ReplicationServer::bind_replication(opts.bind, config)
+        .await
+        .map_err(|e| match e {
+            snapsync::net::ConnectError::Io(source) => ServerError::Bind {
+                addr: opts.bind,
+                source,
+            },
+            other => ServerError::Options(other.to_string()),
+        })?;
+    let mut local = net.local_addr()?;
+    if opts.transport == Transport::Tcp {
+        // The same port number for TCP: clients of the `tcp` transport connect there.
+        local = net
+            .listen_stream(local)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: local,
+                source,
+            })?;
+    } else {
+        net.set_conditioner(opts.conditioner.clone(), opts.conditioner.clone())
+            .map_err(|e| ServerError::Options(e.to_string()))?;
     }
-    if !(opts.send_rate > 0.0 && opts.send_rate <= opts.tick_rate) {
-        return Err(ServerError::Options(format!(
-            "--send-rate must be above 0 and at most the tick rate {} (got {})",
-            opts.tick_rate, opts.send_rate
-        )));
-    }
-    let tick0_unix_micros = unix_micros_now();
-    let mut game = GameServer::new(
-        GameOptions {
-            scene: opts.scene,
-            entities: opts.entities,
-            tick_rate: opts.tick_rate,
-            send_rate: opts.send_rate,
-            budget_bytes: opts.budget_bytes,
-            seed: opts.seed,
-        },
-        tick0_unix_micros,
-    )
-    .map_err(ServerError::Options)?;
-    let mut link = ServerLink::bind(&opts).await?;
-    let local = link.local_addr();
     if let Some(ready) = ready {
         let _ = ready.send(local);
     }
@@ -212,7 +231,7 @@ pub async fn run(
         }
     };
     say(format!(
-        "demo-server: {} on {local}, scene {}, {} Hz tick, {} Hz send, conditioner {}",
+        "demo-server: {} listening on {local}, scene {}, {} Hz tick, {} Hz send, conditioner {}",
         opts.transport,
         opts.scene,
         opts.tick_rate,
@@ -220,7 +239,7 @@ pub async fn run(
         describe(&conditioner)
     ));
 
-    let period = game.period();
+    let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
     let start = Instant::now();
     let start_tokio = tokio::time::Instant::now();
     let deadline = opts.duration.map(|d| start_tokio + d);
@@ -231,21 +250,29 @@ pub async fn run(
     'ticks: loop {
         // Tick n runs at start + n periods: the schedule never drifts; a late tick runs
         // at once and the next keeps its slot.
-        let next_tick = start_tokio + period.mul_f64(f64::from(game.ticks()) + 1.0);
-        link.drive_until(next_tick).await?;
+        let ticks = net.endpoint().current_tick().0;
+        let next_tick = start_tokio + period.mul_f64(f64::from(ticks) + 1.0);
+        net.drive_until(next_tick).await?;
 
         while let Ok(c) = control.try_recv() {
             match c {
                 Control::Shutdown | Control::Console(ConsoleCommand::Quit) => break 'ticks,
                 Control::Console(ConsoleCommand::Help) => say(CONSOLE_HELP.to_string()),
                 Control::Console(ConsoleCommand::Stats) => {
-                    say(link.stats_line(game.player_count(), &tick_cost, &conditioner))
+                    say(stats_line(&net, opts.transport, &tick_cost, &conditioner))
                 }
                 Control::Console(cmd) => match cmd.apply(&conditioner) {
                     Some(Ok(new)) => {
                         conditioner = new;
-                        link.set_conditioner(&conditioner);
-                        say(format!("conditioner: {}", describe(&conditioner)));
+                        if opts.transport == Transport::Tcp {
+                            say("the tcp transport is the kernel's link: no conditioner".into());
+                        } else if let Err(e) =
+                            net.set_conditioner(conditioner.clone(), conditioner.clone())
+                        {
+                            say(format!("error: {e}"));
+                        } else {
+                            say(format!("conditioner: {}", describe(&conditioner)));
+                        }
                     }
                     Some(Err(e)) => say(format!("error: {e}")),
                     None => {}
@@ -254,34 +281,21 @@ pub async fn run(
         }
 
         let work_start = Instant::now();
-        for event in link.poll_events() {
-            match event {
-                LinkEvent::Joined(peer) => {
-                    let welcome = game.join(peer);
-                    link.send_welcome(work_start, peer, &welcome);
-                    clients_peak = clients_peak.max(game.player_count() as u64);
-                }
-                LinkEvent::Left(peer, reason) => {
-                    game.leave(peer);
-                    say(format!("client {} left: {reason}", peer.0));
-                }
-                LinkEvent::Input(peer, bytes) => {
-                    if !game.input(peer, &bytes) {
-                        link.count_invalid();
-                    }
-                }
-                LinkEvent::Delivery(peer, seq, acked) => game.delivery(peer, seq, acked),
+        while let Some(event) = net.poll_event() {
+            if let Some(line) = game.on_event(net.endpoint_mut(), event) {
+                say(line);
             }
         }
-        game.tick(&mut |peer, part| link.send_part(work_start, peer, part));
-        link.flush();
+        clients_peak = clients_peak.max(game.player_count() as u64);
+        game.tick(work_start, net.endpoint_mut());
+        net.flush();
         tick_cost.record(work_start.elapsed());
 
         let t = tokio::time::Instant::now();
         if let Some(ns) = next_stats
             && t >= ns
         {
-            say(link.stats_line(game.player_count(), &tick_cost, &conditioner));
+            say(stats_line(&net, opts.transport, &tick_cost, &conditioner));
             next_stats = opts.stats_interval.map(|i| ns + i);
         }
         if deadline.is_some_and(|d| t >= d) {
@@ -289,12 +303,16 @@ pub async fn run(
         }
     }
 
-    link.shutdown().await;
+    net.shutdown().await?;
     let elapsed = start.elapsed().as_secs_f64();
-    let ticks = game.ticks();
+    let ticks = net.endpoint().current_tick().0;
     let p = tick_cost.percentiles();
-    let totals = link.totals();
-    let snaps = game.snapshot_totals();
+    let s = net.endpoint().connection().stats();
+    let header = header_bytes(opts.transport);
+    let (inb, outb) = net.conditioners();
+    let (i, o) = (inb.stats(), outb.stats());
+    let replication = net.endpoint().stats();
+    let snaps = net.endpoint().snapshot_totals();
     Ok(ServerSummary {
         transport: opts.transport.name().into(),
         scene: opts.scene.to_string(),
@@ -313,22 +331,72 @@ pub async fn run(
         },
         tick_cost_p99_pct_of_period: p.p99 / 1000.0 / period.as_secs_f64() * 100.0,
         clients_peak,
-        kbps_out: totals.wire_bytes_out as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
-        kbps_in: totals.wire_bytes_in as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
-        packets_in: totals.packets_in,
-        packets_out: totals.packets_out,
-        invalid_packets: totals.invalid_packets,
-        conditioner: totals.conditioner,
-        entities: game.entities() as u64,
-        changed_pct: game.changed_pct(),
-        bits_per_changed_entity: if snaps.entities_sent > 0 {
-            snaps.bytes as f64 * 8.0 / snaps.entities_sent as f64
-        } else {
-            0.0
+        kbps_out: (s.bytes_out + s.packets_out * header) as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
+        kbps_in: (s.bytes_in + s.packets_in * header) as f64 * 8.0 / 1000.0 / elapsed.max(1e-9),
+        packets_in: s.packets_in,
+        packets_out: s.packets_out,
+        invalid_packets: s.invalid_packets
+            + replication.invalid_input_frames
+            + replication.invalid_control
+            + game.invalid_inputs(),
+        conditioner: ConditionerSummary {
+            dropped: i.dropped + o.dropped,
+            duplicated: i.duplicated + o.duplicated,
+            reordered: i.reordered + o.reordered,
         },
+        entities: replication.entities as u64,
+        changed_pct: replication.changed_pct(),
+        bits_per_changed_entity: bits_per_changed_entity(&snaps),
         snapshot_bytes: snaps.bytes,
         snapshots: snaps.snapshots,
         full_snapshots: snaps.full_snapshots,
         duration_s: elapsed,
     })
+}
+
+/// Header bytes counted per packet on the wire: IPv4 + UDP, or IPv4 + TCP and the frame
+/// length on the `tcp` transport.
+pub fn header_bytes(transport: Transport) -> u64 {
+    match transport {
+        Transport::Tcp => IP_TCP_FRAME_OVERHEAD_BYTES,
+        Transport::Udp | Transport::UdpReliable => IP_UDP_HEADER_BYTES,
+    }
+}
+
+/// One stats line.
+fn stats_line(
+    net: &ReplicationServer,
+    transport: Transport,
+    tick_cost: &DurationHistogram,
+    c: &ConditionerConfig,
+) -> String {
+    let server = net.endpoint();
+    let now = net.now();
+    let p = tick_cost.percentiles();
+    let (mut kin, mut kout, mut loss, mut n) = (0.0, 0.0, 0.0, 0usize);
+    for id in server.clients() {
+        if let Some(s) = server.connection().connection_stats(id) {
+            kin += s.link.kbps_in(now);
+            kout += s.link.kbps_out(now);
+            loss += s.link.loss_pct();
+            n += 1;
+        }
+    }
+    let invalid = server.connection().stats().invalid_packets + server.stats().invalid_input_frames;
+    let (i, o) = net.conditioners();
+    let (i, o) = (i.stats(), o.stats());
+    format!(
+        "clients {n} | tick p50 {:.0}us p99 {:.0}us | kbps out {kout:.0} in {kin:.0} | loss seen {:.1}% | invalid {invalid} | link dropped {} dup {} reord {} | conditioner {}",
+        p.p50 * 1000.0,
+        p.p99 * 1000.0,
+        if n == 0 { 0.0 } else { loss / n as f64 },
+        i.dropped + o.dropped,
+        i.duplicated + o.duplicated,
+        i.reordered + o.reordered,
+        if transport == Transport::Tcp {
+            "none (kernel TCP)".to_string()
+        } else {
+            describe(c)
+        },
+    )
 }

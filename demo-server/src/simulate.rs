@@ -1,11 +1,10 @@
-//! The whole demo in virtual time: one [`GameServer`] and N [`GameClient`]s over
-//! [`snapsync::sim::Sim`], wired exactly as the real `udp` demo wires them to sockets.
+//! The whole demo in virtual time: one [`GameServer`] on a [`replication::Server`] and N
+//! [`GameClient`]s on [`PlayerClient`]s, over [`snapsync::sim::Sim`] — the same calls the
+//! real `udp` demo makes on sockets.
 //!
-//! The welcome goes on reliable channel 0 as a [`ServerMsg`], inputs travel as datagrams,
-//! snapshot parts as datagrams through `Server::send_datagram`, and `Event::Delivery` feeds
-//! [`GameServer::delivery`]. The server ticks at `start + n / tick_rate`; each client runs a
-//! frame at its own fixed rate (phases staggered so frames do not all line up), handling
-//! what arrived since its last frame, then sending one input — as `demo-client` does.
+//! The server ticks at `start + n / tick_rate`; each client runs a frame at its own fixed
+//! rate (phases staggered so frames do not all line up), handling what arrived since its
+//! last frame, then sending the inputs that are due and drawing — as `demo-client` does.
 //!
 //! Everything the protocol sees runs on virtual time, so a seed gives the same run every
 //! time. The one real-time measurement is the server's CPU cost per tick, taken with
@@ -22,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use snapsync::conditioner::ConditionerConfig;
 use snapsync::packet::{IP_UDP_HEADER_BYTES, MAX_PACKET_BYTES};
+use snapsync::replication::{self, SnapshotDelivery};
 use snapsync::sim::Sim;
-use snapsync::{ClientConfig, ClientId, ConnectionConfig, Event, ServerConfig};
 
-use crate::game::{GameClient, GameOptions, GameServer};
-use crate::metrics::DurationHistogram;
-use crate::protocol::{RELIABLE_CHANNEL, ServerMsg, channels_config};
+use crate::game::{GameOptions, GameServer};
+use crate::metrics::{DistanceHistogram, DurationHistogram};
+use crate::player::{GameClient, PlayerClient};
 use crate::scene::SceneKind;
 use crate::server::DEFAULT_BUDGET_BYTES;
-use crate::transport::PeerId;
 
 /// Client frames per second unless told otherwise: `demo-client`'s default.
 pub const DEFAULT_FRAME_RATE_HZ: f64 = 60.0;
@@ -48,6 +46,8 @@ pub struct SimulationOptions {
     pub conditioner: ConditionerConfig,
     /// Seed of the network (conditioners, handshakes) and the bots.
     pub seed: u64,
+    /// Predict each player's own entity (where the scene allows it).
+    pub predict: bool,
 }
 
 impl Default for SimulationOptions {
@@ -66,6 +66,7 @@ impl Default for SimulationOptions {
             frame_rate: DEFAULT_FRAME_RATE_HZ,
             conditioner: ConditionerConfig::off(),
             seed: 1,
+            predict: true,
         }
     }
 }
@@ -79,6 +80,9 @@ pub enum SimulateError {
     /// The link settings are invalid.
     #[error("bad link simulation: {0}")]
     Conditioner(#[from] snapsync::conditioner::ConfigError),
+    /// The replication settings are invalid.
+    #[error("bad replication config: {0}")]
+    Replication(#[from] replication::ConfigError),
     /// Zero clients, or a frame rate that is not a positive number.
     #[error("need at least one client and a positive frame rate")]
     Clients,
@@ -115,6 +119,10 @@ pub struct SimulationReport {
     pub parts_rejected: u64,
     /// Entities in the server's newest snapshot.
     pub entities: usize,
+    /// From an input to the first frame that drew it, every client merged.
+    pub input_latency: DurationHistogram,
+    /// Reconciliation jumps of predicted entities, every client merged.
+    pub correction_m: DistanceHistogram,
 }
 
 impl SimulationReport {
@@ -133,11 +141,10 @@ impl SimulationReport {
     }
 }
 
-/// One simulated player: the game replica and where it is in its frame schedule.
+/// One simulated player: its game and what was counted before the measurement began.
 #[derive(Debug)]
 struct Player {
     game: GameClient,
-    alive: bool,
     snapshots_base: u64,
     rejected_base: u64,
 }
@@ -154,7 +161,7 @@ enum Due {
 /// A running simulation; [`run`] is the one-call form.
 #[derive(Debug)]
 pub struct Simulation {
-    sim: Sim,
+    sim: Sim<replication::Server, PlayerClient>,
     game: GameServer,
     players: Vec<Player>,
     /// Index of the player behind each simulated address, for routing the server's datagrams.
@@ -178,32 +185,20 @@ impl Simulation {
             return Err(SimulateError::Clients);
         }
         opts.conditioner.validate()?;
+        let game = GameServer::new(&opts.game).map_err(SimulateError::Game)?;
         // Tick 0 is the start of virtual time: staleness is measured against it.
-        let game = GameServer::new(opts.game.clone(), 0).map_err(SimulateError::Game)?;
-        let connection = ConnectionConfig {
-            channels: channels_config(),
-            ..ConnectionConfig::default()
-        };
-        let mut sim = Sim::new(
-            ServerConfig {
-                max_clients: opts.clients,
-                connection: connection.clone(),
-                ..ServerConfig::default()
-            },
-            opts.seed,
-        );
+        let config = opts
+            .game
+            .replication_config(0, opts.clients, SnapshotDelivery::Datagrams);
+        let mut sim = Sim::replication(config, opts.seed)?;
         let mut players = Vec::with_capacity(opts.clients);
         let mut by_addr = HashMap::with_capacity(opts.clients);
         for i in 0..opts.clients {
-            let idx = sim.add_client(ClientConfig {
-                connection: connection.clone(),
-                ..ClientConfig::default()
-            });
+            let idx = sim.add_replication_client(replication::ClientConfig::default())?;
             by_addr.insert(sim.clients[idx].addr, idx);
             let bot_seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
             players.push(Player {
-                game: GameClient::new(bot_seed),
-                alive: true,
+                game: GameClient::new(bot_seed, opts.predict),
                 snapshots_base: 0,
                 rejected_base: 0,
             });
@@ -211,7 +206,7 @@ impl Simulation {
         // Validated above, so this cannot panic.
         sim.set_all_links(opts.conditioner.clone());
         let start = sim.now;
-        let tick_period = game.period();
+        let tick_period = Duration::from_secs_f64(1.0 / opts.game.tick_rate);
         let frame_period = Duration::from_secs_f64(1.0 / opts.frame_rate);
         let mut schedule = BinaryHeap::new();
         schedule.push(Reverse((start + tick_period, Due::Tick)));
@@ -255,18 +250,14 @@ impl Simulation {
         &self.game
     }
 
-    /// The simulated network (server endpoint, clients, links).
-    pub fn network(&self) -> &Sim {
+    /// The simulated network (replication server, clients, links).
+    pub fn network(&self) -> &Sim<replication::Server, PlayerClient> {
         &self.sim
     }
 
-    /// Clients connected to the server and welcomed.
+    /// Clients welcomed and still connected.
     pub fn connected(&self) -> usize {
-        self.players
-            .iter()
-            .enumerate()
-            .filter(|(i, p)| p.alive && p.game.is_ready() && self.sim.client_id(*i).is_some())
-            .count()
+        self.players.iter().filter(|p| p.game.is_ready()).count()
     }
 
     /// Run `d` of virtual time: server ticks and client frames in time order.
@@ -305,7 +296,8 @@ impl Simulation {
             Due::Tick => {
                 let cost = self.server_tick();
                 self.tick_cost.record(cost);
-                let next = self.start + self.tick_period * (self.game.ticks() + 1);
+                let ticks = self.sim.server.current_tick().0;
+                let next = self.start + self.tick_period * (ticks + 1);
                 self.schedule.push(Reverse((next, Due::Tick)));
                 Some(cost)
             }
@@ -322,38 +314,10 @@ impl Simulation {
     fn server_tick(&mut self) -> Duration {
         let now = self.sim.now;
         let work_start = Instant::now();
-        for (id, event) in std::mem::take(&mut self.sim.server_events) {
-            let peer = PeerId(id.0);
-            match event {
-                Event::Connected { .. } => {
-                    let welcome = self.game.join(peer);
-                    if let Ok(bytes) = snapsync::codec::encode(&ServerMsg::Welcome(welcome)) {
-                        let _ = self
-                            .sim
-                            .server
-                            .send_message(now, id, RELIABLE_CHANNEL, &bytes);
-                    }
-                }
-                Event::Disconnected { .. } => self.game.leave(peer),
-                Event::Datagram { payload, .. } => {
-                    let _ = self.game.input(peer, &payload);
-                }
-                Event::Message {
-                    channel, payload, ..
-                } if channel == RELIABLE_CHANNEL => {
-                    let _ = self.game.input(peer, &payload);
-                }
-                Event::Message { .. } => {}
-                Event::Delivery { sequence, acked } => self.game.delivery(peer, sequence, acked),
-            }
+        for event in std::mem::take(&mut self.sim.server_events) {
+            self.game.on_event(&mut self.sim.server, event);
         }
-        let server = &mut self.sim.server;
-        self.game.tick(&mut |peer, part| {
-            server
-                .send_datagram(now, ClientId(peer.0), part)
-                .ok()
-                .map(|seq| (seq, None))
-        });
+        self.game.tick(now, &mut self.sim.server);
         // The real server's flush: every datagram copied into its outbound link.
         while let Some(t) = self.sim.server.poll_transmit(now, &mut self.buf) {
             let Some(&i) = self.by_addr.get(&t.destination) else {
@@ -374,44 +338,17 @@ impl Simulation {
         let micros = now.saturating_duration_since(self.start).as_micros() as u64;
         let c = &mut self.sim.clients[i];
         let p = &mut self.players[i];
-        if !p.alive {
+        if p.game.closed().is_some() {
             return;
         }
         for event in std::mem::take(&mut c.events) {
-            match event {
-                Event::Datagram {
-                    payload,
-                    received_at,
-                    ..
-                } => {
-                    let _ = p.game.on_part(received_at, &payload);
-                }
-                Event::Message {
-                    channel, payload, ..
-                } if channel == RELIABLE_CHANNEL => {
-                    match snapsync::codec::decode::<ServerMsg>(&payload) {
-                        Ok(ServerMsg::Welcome(w)) => {
-                            let _ = p.game.on_welcome(w);
-                        }
-                        Ok(ServerMsg::Part(part)) => {
-                            let _ = p.game.on_part(now, &part);
-                        }
-                        Err(_) => {}
-                    }
-                }
-                Event::Disconnected { .. } => {
-                    self.disconnects += 1;
-                    p.alive = false;
-                    return;
-                }
-                _ => {}
-            }
+            p.game.on_event(&mut c.client, event);
         }
-        if !p.game.is_ready() {
+        if p.game.closed().is_some() {
+            self.disconnects += 1;
             return;
         }
-        let input = p.game.on_frame(now, micros);
-        let _ = c.client.send_datagram(now, &input);
+        p.game.on_frame(&mut c.client, now, micros);
     }
 
     /// Bytes on the wire (with IP+UDP headers) sent so far: server → clients, clients →
@@ -419,14 +356,13 @@ impl Simulation {
     fn wire_bytes(&self) -> (u64, u64) {
         let mut down = 0;
         let mut up = 0;
-        for (i, c) in self.sim.clients.iter().enumerate() {
-            if let Some(s) = c.client.connection_stats() {
+        for c in &self.sim.clients {
+            if let Some(s) = c.client.connection().connection_stats() {
                 up += s.link.bytes_sent + s.link.packets_sent * IP_UDP_HEADER_BYTES;
             }
-            if let Some(s) = self
-                .sim
-                .client_id(i)
-                .and_then(|id| self.sim.server.connection_stats(id))
+            // What the server sent, lost on the way or not.
+            if let snapsync::ClientState::Connected(id) = c.client.connection().state()
+                && let Some(s) = self.sim.server.connection().connection_stats(id)
             {
                 down += s.link.bytes_sent + s.link.packets_sent * IP_UDP_HEADER_BYTES;
             }
@@ -437,14 +373,16 @@ impl Simulation {
     /// Forget everything measured so far (e.g. after a warm-up); the game carries on.
     pub fn reset_measurements(&mut self) {
         self.tick_cost = DurationHistogram::new();
-        for p in &mut self.players {
+        for (p, c) in self.players.iter_mut().zip(&self.sim.clients) {
             p.game.update_gap = DurationHistogram::new();
             p.game.staleness = DurationHistogram::new();
-            p.snapshots_base = p.game.snapshots_received;
-            p.rejected_base = p.game.parts_rejected;
+            p.game.input_latency = DurationHistogram::new();
+            p.game.correction_m = DistanceHistogram::new();
+            p.snapshots_base = c.client.stats().snapshots_received;
+            p.rejected_base = c.client.stats().parts_rejected;
         }
         self.measure_start = self.sim.now;
-        self.ticks_base = self.game.ticks();
+        self.ticks_base = self.sim.server.current_tick().0;
         self.wire_base = self.wire_bytes();
     }
 
@@ -457,19 +395,23 @@ impl Simulation {
         let per_client = |bytes: u64| bytes as f64 * 8.0 / 1000.0 / secs / connected.max(1) as f64;
         let mut update_gap = DurationHistogram::new();
         let mut staleness = DurationHistogram::new();
+        let mut input_latency = DurationHistogram::new();
+        let mut correction_m = DistanceHistogram::new();
         let mut snapshots_received = 0;
         let mut parts_rejected = 0;
-        for p in &self.players {
+        for (p, c) in self.players.iter().zip(&self.sim.clients) {
             update_gap.merge(&p.game.update_gap);
             staleness.merge(&p.game.staleness);
-            snapshots_received += p.game.snapshots_received - p.snapshots_base;
-            parts_rejected += p.game.parts_rejected - p.rejected_base;
+            input_latency.merge(&p.game.input_latency);
+            correction_m.merge(&p.game.correction_m);
+            snapshots_received += c.client.stats().snapshots_received - p.snapshots_base;
+            parts_rejected += c.client.stats().parts_rejected - p.rejected_base;
         }
         SimulationReport {
             clients: self.players.len(),
             connected,
             disconnects: self.disconnects,
-            ticks: u64::from(self.game.ticks() - self.ticks_base),
+            ticks: u64::from(self.sim.server.current_tick().0 - self.ticks_base),
             tick_period: self.tick_period,
             duration,
             tick_cost: self.tick_cost.clone(),
@@ -479,7 +421,9 @@ impl Simulation {
             staleness,
             snapshots_received,
             parts_rejected,
-            entities: self.game.entities(),
+            entities: self.sim.server.stats().entities,
+            input_latency,
+            correction_m,
         }
     }
 }

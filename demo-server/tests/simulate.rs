@@ -20,6 +20,7 @@ fn four_clients_at_60hz_under_5pct_loss() {
         clients: 4,
         conditioner: lossy(5.0),
         seed: 7,
+        predict: true,
         ..SimulationOptions::default()
     };
     let r = run(&opts, Duration::from_secs(1), Duration::from_secs(10)).unwrap();
@@ -73,6 +74,7 @@ fn same_seed_same_run() {
         clients: 3,
         conditioner: lossy(10.0),
         seed: 42,
+        predict: true,
         ..SimulationOptions::default()
     };
     let a = run(&opts, Duration::from_millis(500), Duration::from_secs(2)).unwrap();
@@ -120,6 +122,7 @@ fn every_client_is_welcomed_when_handshakes_lose_packets() {
         clients: 48,
         conditioner: lossy(20.0),
         seed: 3,
+        predict: true,
         ..SimulationOptions::default()
     };
     opts.game.tick_rate = 10.0;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use glam::{Quat, Vec3};
+use glam::{EulerRot, Quat, Vec3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use snapsync::snapshot::{EntityState, Transform};
 
 use super::{Body, GRAVITY_M_PER_S2, PlayerInput, Scene, usable_dt};
 
@@ -30,13 +31,10 @@ const AVATAR_JUMP_SPEED_M_PER_S: f32 = 5.0;
 /// How fast an avatar turns to face where it walks.
 const AVATAR_TURN_RATE_RAD_PER_S: f32 = 10.0;
 
-/// A connected player's avatar.
+/// A connected player's avatar: a body that moves only by its player's inputs.
 #[derive(Debug, Clone, Copy)]
 struct Avatar {
     entity: u32,
-    input: PlayerInput,
-    /// Heading around +Y, radians; kept apart from the quaternion so turning stays exact.
-    yaw_rad: f32,
 }
 
 /// Bodies bouncing elastically in a 40 × 12 × 40 m box under gravity, plus player avatars.
@@ -140,35 +138,47 @@ fn bounce(body: &mut Body, spin: Vec3, dt: f32) {
     body.rotation = (Quat::from_scaled_axis(spin * dt) * body.rotation).normalize();
 }
 
-/// Moves one avatar from its player's (already sanitized) input.
-fn walk(body: &mut Body, avatar: &mut Avatar, dt: f32) {
-    let h = body.half_extent;
-    let movement = avatar.input.movement;
-    body.velocity.x = movement.x * AVATAR_SPEED_M_PER_S;
-    body.velocity.z = movement.y * AVATAR_SPEED_M_PER_S;
-    let grounded = body.position.y <= h;
-    if grounded && avatar.input.jump {
-        body.velocity.y = AVATAR_JUMP_SPEED_M_PER_S;
+/// One input of an arena avatar over `dt` seconds: walk, turn toward the walk, jump from the
+/// ground, fall, stay inside the box.
+///
+/// The server applies every input of a player with it, and a predicting client runs the same
+/// function on its copy, so the two agree up to the quantization of the state the client
+/// starts from. It reads and writes only the transform (heading from the rotation, vertical
+/// speed from the velocity), which is what a snapshot carries.
+pub fn walk_avatar(state: &mut EntityState, input: &PlayerInput, dt: f32) {
+    let Some(dt) = usable_dt(dt) else { return };
+    let input = input.sanitized();
+    let t = &mut state.transform;
+    let h = AVATAR_HALF_EXTENT_M;
+    let mut velocity = t.velocity.unwrap_or(Vec3::ZERO);
+    velocity.x = input.movement.x * AVATAR_SPEED_M_PER_S;
+    velocity.z = input.movement.y * AVATAR_SPEED_M_PER_S;
+    let grounded = t.position.y <= h;
+    if grounded && input.jump {
+        velocity.y = AVATAR_JUMP_SPEED_M_PER_S;
     } else if !grounded {
-        body.velocity.y -= GRAVITY_M_PER_S2 * dt;
+        velocity.y -= GRAVITY_M_PER_S2 * dt;
     }
-    body.position += body.velocity * dt;
+    let mut position = t.position + velocity * dt;
     let wall = ARENA_HALF_WIDTH_M - h;
-    body.position.x = body.position.x.clamp(-wall, wall);
-    body.position.z = body.position.z.clamp(-wall, wall);
-    if body.position.y <= h {
-        body.position.y = h;
-        body.velocity.y = body.velocity.y.max(0.0);
+    position.x = position.x.clamp(-wall, wall);
+    position.z = position.z.clamp(-wall, wall);
+    if position.y <= h {
+        position.y = h;
+        velocity.y = velocity.y.max(0.0);
     }
-    body.position.y = body.position.y.min(ARENA_HEIGHT_M - h);
-    if movement != glam::Vec2::ZERO {
+    position.y = position.y.min(ARENA_HEIGHT_M - h);
+    let mut yaw = t.rotation.to_euler(EulerRot::YXZ).0;
+    if input.movement != glam::Vec2::ZERO {
         // Yaw that points local +Z along the movement.
-        let target = movement.x.atan2(movement.y);
-        let diff = wrap_angle(target - avatar.yaw_rad);
+        let target = input.movement.x.atan2(input.movement.y);
+        let diff = wrap_angle(target - yaw);
         let max_turn = AVATAR_TURN_RATE_RAD_PER_S * dt;
-        avatar.yaw_rad = wrap_angle(avatar.yaw_rad + diff.clamp(-max_turn, max_turn));
+        yaw = wrap_angle(yaw + diff.clamp(-max_turn, max_turn));
     }
-    body.rotation = Quat::from_rotation_y(avatar.yaw_rad);
+    t.position = position;
+    t.velocity = Some(velocity);
+    t.rotation = Quat::from_rotation_y(yaw);
 }
 
 /// `angle` folded into `-PI..=PI`.
@@ -189,11 +199,6 @@ impl Scene for ArenaScene {
             .take(self.body_count);
         for (body, &spin) in bouncing {
             bounce(body, spin, dt);
-        }
-        for avatar in self.avatars.values_mut() {
-            if let Ok(index) = self.bodies.binary_search_by_key(&avatar.entity, |b| b.id) {
-                walk(&mut self.bodies[index], avatar, dt);
-            }
         }
     }
 
@@ -222,14 +227,7 @@ impl Scene for ArenaScene {
             half_extent: AVATAR_HALF_EXTENT_M,
         });
         self.spins.push(Vec3::ZERO);
-        self.avatars.insert(
-            player,
-            Avatar {
-                entity,
-                input: PlayerInput::default(),
-                yaw_rad: 0.0,
-            },
-        );
+        self.avatars.insert(player, Avatar { entity });
         entity
     }
 
@@ -243,10 +241,24 @@ impl Scene for ArenaScene {
         }
     }
 
-    fn apply_input(&mut self, player: u32, input: &PlayerInput) {
-        if let Some(avatar) = self.avatars.get_mut(&player) {
-            avatar.input = input.sanitized();
-        }
+    fn apply_input(&mut self, player: u32, input: &PlayerInput, dt: f32) {
+        let Some(index) = self
+            .avatars
+            .get(&player)
+            .and_then(|a| self.index_of(a.entity))
+        else {
+            return;
+        };
+        let body = &mut self.bodies[index];
+        let mut state = EntityState::new(Transform {
+            position: body.position,
+            rotation: body.rotation,
+            velocity: Some(body.velocity),
+        });
+        walk_avatar(&mut state, input, dt);
+        body.position = state.transform.position;
+        body.rotation = state.transform.rotation;
+        body.velocity = state.transform.velocity.unwrap_or(Vec3::ZERO);
     }
 }
 
@@ -277,7 +289,7 @@ mod tests {
             scene.add_player(4);
             for tick in 0..600 {
                 let angle = tick as f32 * 0.01;
-                scene.apply_input(4, &input(angle.cos(), angle.sin(), tick % 90 == 0));
+                scene.apply_input(4, &input(angle.cos(), angle.sin(), tick % 90 == 0), DT);
                 scene.step(DT);
             }
             scene.bodies().to_vec()
@@ -295,7 +307,7 @@ mod tests {
         assert_eq!(avatar, 8);
         let start = position_of(&scene, avatar);
         for _ in 0..60 {
-            scene.apply_input(3, &input(1.0, 0.0, false));
+            scene.apply_input(3, &input(1.0, 0.0, false), DT);
             scene.step(DT);
         }
         let moved = position_of(&scene, avatar) - start;
@@ -304,7 +316,7 @@ mod tests {
 
         let start = position_of(&scene, avatar);
         for _ in 0..30 {
-            scene.apply_input(3, &input(0.0, -1.0, false));
+            scene.apply_input(3, &input(0.0, -1.0, false), DT);
             scene.step(DT);
         }
         let moved = position_of(&scene, avatar) - start;
@@ -323,11 +335,11 @@ mod tests {
     fn an_avatar_jumps_and_lands() {
         let mut scene = ArenaScene::new(0, 1);
         let avatar = scene.add_player(1);
-        scene.apply_input(1, &input(0.0, 0.0, true));
+        scene.apply_input(1, &input(0.0, 0.0, true), DT);
         scene.step(DT);
-        scene.apply_input(1, &PlayerInput::default());
         let mut peak = 0.0f32;
         for _ in 0..120 {
+            scene.apply_input(1, &PlayerInput::default(), DT);
             scene.step(DT);
             peak = peak.max(position_of(&scene, avatar).y);
         }
@@ -341,7 +353,7 @@ mod tests {
         scene.add_player(1);
         let wild = input(f32::NAN, -40.0, true);
         for _ in 0..1200 {
-            scene.apply_input(1, &wild);
+            scene.apply_input(1, &wild, DT);
             scene.step(DT);
             for body in scene.bodies() {
                 let (p, h) = (body.position, body.half_extent);

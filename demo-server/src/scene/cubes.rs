@@ -642,7 +642,7 @@ impl Scene for CubesScene {
         }
     }
 
-    fn apply_input(&mut self, player: u32, input: &PlayerInput) {
+    fn apply_input(&mut self, player: u32, input: &PlayerInput, _dt: f32) {
         if self.players.binary_search(&player).is_err() {
             return;
         }
@@ -779,12 +779,12 @@ mod tests {
             jump: false,
         };
         for _ in 0..900 {
-            scene.apply_input(1, &corner);
+            scene.apply_input(1, &corner, DT);
             scene.step(DT);
         }
         assert_eq!(scene.sleeping_cubes(), 900);
         let resting = scene.bodies().to_vec();
-        scene.apply_input(1, &corner);
+        scene.apply_input(1, &corner, DT);
         scene.step(DT);
         assert_eq!(scene.bodies(), &resting[..]);
     }
@@ -799,7 +799,7 @@ mod tests {
             jump: false,
         };
         for _ in 0..60 {
-            scene.apply_input(7, &east);
+            scene.apply_input(7, &east, DT);
             scene.step(DT);
         }
         let moved = scene.bodies()[0].position - start;
@@ -809,8 +809,8 @@ mod tests {
         // Letting go stops the cube; another player's idle input does not take over.
         scene.add_player(8);
         for _ in 0..30 {
-            scene.apply_input(7, &PlayerInput::default());
-            scene.apply_input(8, &PlayerInput::default());
+            scene.apply_input(7, &PlayerInput::default(), DT);
+            scene.apply_input(8, &PlayerInput::default(), DT);
             scene.step(DT);
         }
         let stopped = scene.bodies()[0].position;
@@ -847,8 +847,8 @@ mod tests {
         scene.add_player(2);
         scene.remove_player(2);
         for _ in 0..120 {
-            scene.apply_input(2, &wild);
-            scene.apply_input(99, &wild);
+            scene.apply_input(2, &wild, DT);
+            scene.apply_input(99, &wild, DT);
             scene.step(DT);
             reference.step(DT);
         }

@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use glam::{Quat, Vec3};
 
-pub use arena::{ArenaScene, DEFAULT_ARENA_BODIES};
+pub use arena::{ArenaScene, DEFAULT_ARENA_BODIES, walk_avatar};
 pub use cubes::{CubesScene, DEFAULT_CUBES_ENTITIES};
 pub use input::PlayerInput;
 
@@ -64,6 +64,16 @@ impl SceneKind {
         match self {
             SceneKind::Arena => "arena",
             SceneKind::Cubes => "cubes",
+        }
+    }
+
+    /// The step function a client can predict its own entity with, if the scene's player
+    /// entity moves by its inputs alone (in `cubes` the player cube is also pushed by the
+    /// physics, so there is none).
+    pub fn avatar_step(self) -> Option<AvatarStep> {
+        match self {
+            SceneKind::Arena => Some(walk_avatar),
+            SceneKind::Cubes => None,
         }
     }
 
@@ -119,10 +129,14 @@ pub trait Scene: Send + fmt::Debug {
     /// Disconnects `player`; unknown players are ignored.
     fn remove_player(&mut self, player: u32);
 
-    /// Records the latest input of `player`, used from the next `step` on; inputs of
-    /// players that were never added are ignored.
-    fn apply_input(&mut self, player: u32, input: &PlayerInput);
+    /// Applies one input of `player`, for one tick of `dt` seconds; inputs of players that
+    /// were never added are ignored. In `arena` the avatar walks at once, by
+    /// [`walk_avatar`]; in `cubes` the input steers the player cube from the next `step` on.
+    fn apply_input(&mut self, player: u32, input: &PlayerInput, dt: f32);
 }
+
+/// How one input moves a player's entity, shared by the server and a predicting client.
+pub type AvatarStep = fn(&mut snapsync::snapshot::EntityState, &PlayerInput, f32);
 
 /// Builds the scene `kind` with `entities` bodies (default per kind, clamped to
 /// [`MAX_SCENE_ENTITIES`]) from `seed`.

@@ -102,12 +102,30 @@ struct Peer {
 }
 
 /// Server-wide counters of the replication layer (the connection keeps its own).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ReplicationStats {
     /// Input packets that did not decode or broke a limit.
     pub invalid_input_frames: u64,
     /// Control messages that did not decode.
     pub invalid_control: u64,
+    /// Entities in the newest world sent.
+    pub entities: usize,
+    /// Worlds quantized (one per send tick with a ready client).
+    pub worlds: u64,
+    /// Sum over worlds after the first of the share of entities whose quantized state
+    /// changed since the previous world sent.
+    pub changed_share_sum: f64,
+}
+
+impl ReplicationStats {
+    /// Mean share of entities whose quantized state changed between worlds sent, percent.
+    pub fn changed_pct(&self) -> f64 {
+        if self.worlds < 2 {
+            0.0
+        } else {
+            self.changed_share_sum / (self.worlds - 1) as f64 * 100.0
+        }
+    }
 }
 
 /// The sans-IO replication server; see the [module docs](super).
@@ -123,6 +141,8 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     departed: SenderStats,
     stats: ReplicationStats,
+    /// The previous world sent, to measure how much changes per send.
+    previous_world: Option<QuantizedWorld>,
     /// Reused buffer for prefixed parts.
     datagram: Vec<u8>,
     /// Stand-in sequences for parts on the reliable channel (delivered once queued).
@@ -152,6 +172,7 @@ impl Server {
             events: VecDeque::new(),
             departed: SenderStats::default(),
             stats: ReplicationStats::default(),
+            previous_world: None,
             datagram: Vec::with_capacity(connection::MAX_DATAGRAM_BYTES),
             reliable_part_seq: Sequence(0),
         })
@@ -240,9 +261,25 @@ impl Server {
         let send_tick = tick.0.is_multiple_of(self.config.send_interval_ticks);
         if send_tick && self.peers.values().any(|p| p.ready) {
             let quantized = QuantizedWorld::from_world(world, &self.config.quantize);
+            self.count_changes(&quantized);
             self.send_snapshots(now, tick, &quantized);
+            self.previous_world = Some(quantized);
         }
         tick
+    }
+
+    fn count_changes(&mut self, world: &QuantizedWorld) {
+        self.stats.worlds += 1;
+        self.stats.entities = world.len();
+        if let Some(prev) = &self.previous_world
+            && !world.is_empty()
+        {
+            let changed = world
+                .iter()
+                .filter(|(id, e)| prev.get(*id) != Some(*e))
+                .count();
+            self.stats.changed_share_sum += changed as f64 / world.len() as f64;
+        }
     }
 
     fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {

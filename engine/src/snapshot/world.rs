@@ -103,6 +103,11 @@ impl World {
         self.entities.insert(id, state);
     }
 
+    /// Remove every entity (keeps the allocation for the next tick's fill).
+    pub fn clear(&mut self) {
+        self.entities.clear();
+    }
+
     /// Remove an entity (it will be despawned on the clients).
     pub fn remove(&mut self, id: EntityId) -> Option<EntityState> {
         self.entities.remove(&id)
