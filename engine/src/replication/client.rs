@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::config::{ClientConfig, ConfigError};
 use super::predict::{Prediction, StepFn};
 use super::wire::{
-    ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, WelcomeWire, read_part_prefix,
+    ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, WelcomeWire, input_ack,
+    read_part_prefix,
 };
 use super::{CloseReason, InputTick, REPLICATION_VERSION};
 use crate::codec::{self, CodecError};
@@ -151,6 +152,14 @@ pub(super) struct Session {
     pub(super) ring_ticks: u32,
     newest: Option<Tick>,
     reconciled: Option<Tick>,
+}
+
+/// The input acknowledgement as it came: from a datagram's prefix (relative to the part's
+/// tick, resolved once the part is decoded) or plain from the control channel.
+#[derive(Debug, Clone, Copy)]
+enum AckCode {
+    Prefix(u64),
+    Plain(Option<InputTick>),
 }
 
 struct Pending<I> {
@@ -483,7 +492,7 @@ impl<I: Serialize> Client<I> {
                     received_at,
                     ..
                 } => match read_part_prefix(&payload) {
-                    Some((ack, part)) => self.on_part(received_at, ack, part),
+                    Some((code, part)) => self.on_part(received_at, AckCode::Prefix(code), part),
                     None => self.stats.parts_rejected += 1,
                 },
                 // Inputs are acknowledged by the snapshots, not per packet.
@@ -550,7 +559,7 @@ impl<I: Serialize> Client<I> {
                 }
             }
             Ok(ControlMsg::Part { input_ack, bytes }) => {
-                self.on_part(received_at, input_ack, &bytes)
+                self.on_part(received_at, AckCode::Plain(input_ack), &bytes)
             }
             Err(_) => self.stats.invalid_control += 1,
         }
@@ -604,7 +613,7 @@ impl<I: Serialize> Client<I> {
         Ok(())
     }
 
-    fn on_part(&mut self, at: Instant, ack: Option<InputTick>, part: &[u8]) {
+    fn on_part(&mut self, at: Instant, ack: AckCode, part: &[u8]) {
         let Some(s) = self.session.as_mut() else {
             // Before the welcome nothing can be decoded; the server does not send parts
             // until the client says it is ready, so this is a stray or hostile datagram.
@@ -624,6 +633,11 @@ impl<I: Serialize> Client<I> {
                 }
                 return;
             }
+        };
+        let ack = match ack {
+            AckCode::Plain(a) => a,
+            // A code naming an impossible input is a broken sender: ignore the claim.
+            AckCode::Prefix(code) => input_ack(code, info.tick.0).unwrap_or(None),
         };
         s.acks.insert(info.tick, ack);
         while s

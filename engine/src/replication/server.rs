@@ -292,7 +292,7 @@ impl Server {
             for (i, part) in parts.iter().enumerate() {
                 match self.config.delivery {
                     SnapshotDelivery::Datagrams => {
-                        write_part_prefix(&mut self.datagram, ack);
+                        write_part_prefix(&mut self.datagram, tick.0, ack);
                         self.datagram.extend_from_slice(part);
                         if let Ok(seq) = self.conn.send_datagram(now, id, &self.datagram) {
                             peer.sender.on_part_sent(tick, i, seq);

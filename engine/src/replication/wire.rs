@@ -3,9 +3,10 @@
 //! - Server → client, control channel (reliable-ordered, after the game's channels):
 //!   [`ControlMsg`] encoded with [`crate::codec`] — the welcome, owner changes, and in
 //!   [`SnapshotDelivery::ReliableOrdered`](super::SnapshotDelivery) mode the parts.
-//! - Server → client datagram: a snapshot part behind a small prefix,
-//!   `flags: u8` (bit 0: an input acknowledgement follows), then the acknowledged
-//!   [`InputTick`] as a LEB128 varint, then the part (`snapshot/part.rs`).
+//! - Server → client datagram: a snapshot part behind a one-varint prefix (LEB128): 0 when
+//!   no input is acknowledged, else `zigzag(tick − input_ack) + 1`, the acknowledged
+//!   [`InputTick`] relative to the part's own tick (a few ticks apart, so usually one byte);
+//!   then the part (`snapshot/part.rs`).
 //! - Client → server, control channel: [`ClientControl`].
 //! - Client → server datagram: [`InputFrame`] encoded with [`crate::codec`].
 //!
@@ -18,10 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::InputTick;
 use crate::snapshot::QuantizeConfig;
 
-/// Most bytes the part prefix can take: the flags byte and a 5-byte varint.
-pub(crate) const PART_PREFIX_MAX_BYTES: usize = 6;
-/// Prefix flag: an input acknowledgement follows.
-const FLAG_INPUT_ACK: u8 = 0x01;
+/// Most bytes the part prefix can take: a varint of up to 34 bits.
+pub(crate) const PART_PREFIX_MAX_BYTES: usize = 5;
 /// Most inputs one input frame may carry; the decoder refuses more.
 pub(crate) const MAX_INPUTS_PER_FRAME: usize = 64;
 
@@ -111,45 +110,55 @@ impl From<QuantizeWire> for QuantizeConfig {
     }
 }
 
-/// Write the part prefix into `out` (cleared first).
-pub(crate) fn write_part_prefix(out: &mut Vec<u8>, input_ack: Option<InputTick>) {
+/// Write the prefix of a part of `tick` into `out` (cleared first).
+pub(crate) fn write_part_prefix(out: &mut Vec<u8>, tick: u32, input_ack: Option<InputTick>) {
     out.clear();
-    match input_ack {
-        None => out.push(0),
-        Some(mut v) => {
-            out.push(FLAG_INPUT_ACK);
-            loop {
-                let byte = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    out.push(byte);
-                    break;
-                }
-                out.push(byte | 0x80);
-            }
+    let mut v: u64 = match input_ack {
+        None => 0,
+        Some(a) => {
+            let d = i64::from(tick) - i64::from(a);
+            // Zigzag: small distances either way stay small.
+            (((d << 1) ^ (d >> 63)) as u64) + 1
         }
+    };
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
     }
 }
 
-/// Split a received datagram into the acknowledged input and the part.
-pub(crate) fn read_part_prefix(bytes: &[u8]) -> Option<(Option<InputTick>, &[u8])> {
-    let (&flags, mut rest) = bytes.split_first()?;
-    if flags & !FLAG_INPUT_ACK != 0 {
-        return None;
-    }
-    if flags & FLAG_INPUT_ACK == 0 {
-        return Some((None, rest));
-    }
+/// Split a received datagram into the prefix's code and the part; [`input_ack`] turns the
+/// code into the acknowledged input once the part's tick is known.
+pub(crate) fn read_part_prefix(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut rest = bytes;
     let mut value: u64 = 0;
     for shift in (0..35).step_by(7) {
         let (&b, tail) = rest.split_first()?;
         rest = tail;
         value |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            return Some((Some(u32::try_from(value).ok()?), rest));
+            // 33 bits of zigzag distance plus one; anything above is malformed.
+            return (value <= 1 << 33).then_some((value, rest));
         }
     }
     None
+}
+
+/// The input acknowledged by prefix `code` on a part of `tick`: `Ok(None)` for none, `Err`
+/// when the code names an input outside the tick range.
+pub(crate) fn input_ack(code: u64, tick: u32) -> Result<Option<InputTick>, ()> {
+    if code == 0 {
+        return Ok(None);
+    }
+    let z = code - 1;
+    let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+    let ack = i64::from(tick) - d;
+    u32::try_from(ack).map(Some).map_err(|_| ())
 }
 
 #[cfg(test)]
@@ -159,31 +168,38 @@ mod tests {
     #[test]
     fn part_prefix_round_trips_and_refuses_junk() {
         let mut out = Vec::new();
-        for ack in [
-            None,
-            Some(0),
-            Some(127),
-            Some(128),
-            Some(300_000),
-            Some(u32::MAX),
+        for (tick, ack) in [
+            (5, None),
+            (5, Some(5)),
+            (100, Some(90)),
+            (100, Some(110)),
+            (0, Some(u32::MAX)),
+            (u32::MAX, Some(0)),
         ] {
-            write_part_prefix(&mut out, ack);
+            write_part_prefix(&mut out, tick, ack);
             assert!(out.len() <= PART_PREFIX_MAX_BYTES);
             out.extend_from_slice(b"part");
-            assert_eq!(read_part_prefix(&out), Some((ack, &b"part"[..])));
+            let (code, rest) = read_part_prefix(&out).unwrap();
+            assert_eq!(rest, b"part");
+            assert_eq!(input_ack(code, tick), Ok(ack));
         }
+        write_part_prefix(&mut out, 1000, Some(994));
+        assert_eq!(out.len(), 1, "a nearby input costs one byte");
         assert_eq!(read_part_prefix(&[]), None);
-        assert_eq!(read_part_prefix(&[0x02]), None, "unknown flag");
-        assert_eq!(read_part_prefix(&[0x01, 0x80]), None, "varint cut short");
+        assert_eq!(read_part_prefix(&[0x80]), None, "varint cut short");
         assert_eq!(
-            read_part_prefix(&[0x01, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            read_part_prefix(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
             None,
-            "above u32"
+            "above 33 bits"
         );
         assert_eq!(
-            read_part_prefix(&[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            read_part_prefix(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
             None
         );
+        // Distance 10 back from tick 3 names a negative input: refused.
+        write_part_prefix(&mut out, 13, Some(3));
+        let (code, _) = read_part_prefix(&out).unwrap();
+        assert_eq!(input_ack(code, 3), Err(()));
     }
 
     #[test]
