@@ -260,11 +260,34 @@ impl FromStr for ConsoleCommand {
     }
 }
 
+/// The server console's link settings: those in effect, and those kept while the
+/// conditioner is switched off, so `conditioner on` brings them back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsoleConditioner {
+    active: ConditionerConfig,
+    kept: ConditionerConfig,
+}
+
+impl ConsoleConditioner {
+    /// Start from the command line's settings.
+    pub fn new(config: ConditionerConfig) -> Self {
+        Self {
+            kept: config.clone(),
+            active: config,
+        }
+    }
+
+    /// The settings in effect.
+    pub fn active(&self) -> &ConditionerConfig {
+        &self.active
+    }
+}
+
 impl ConsoleCommand {
-    /// Apply a conditioner command to `config`, returning the new, checked settings;
-    /// `None` for commands that do not touch the conditioner.
-    pub fn apply(&self, config: &ConditionerConfig) -> Option<Result<ConditionerConfig, String>> {
-        let mut c = config.clone();
+    /// Apply a conditioner command, keeping the result only when it is valid; `None` for
+    /// commands that do not touch the conditioner, else whether it took.
+    pub fn apply(&self, state: &mut ConsoleConditioner) -> Option<Result<(), String>> {
+        let mut c = state.kept.clone();
         match *self {
             Self::Loss(v) => c.loss_pct = v,
             Self::Latency(v) => c.latency = ms(v),
@@ -278,14 +301,20 @@ impl ConsoleCommand {
             }
             Self::Burst(v) => c.burst_len = v,
             Self::Preset(p) => c = ConditionerConfig::preset(p),
-            Self::Enabled(on) => c.enabled = on,
+            Self::Enabled(false) => {
+                // The settings stay kept for `conditioner on`.
+                state.active = ConditionerConfig::off();
+                return Some(Ok(()));
+            }
+            Self::Enabled(true) => {}
             Self::Stats | Self::Help | Self::Quit => return None,
         }
-        if !matches!(self, Self::Enabled(false)) {
-            // Changing a setting means the user wants it in effect.
-            c.enabled = true;
-        }
-        Some(c.validate().map(|()| c).map_err(|e| e.to_string()))
+        // Changing a setting means the user wants it in effect.
+        c.enabled = true;
+        Some(c.validate().map_err(|e| e.to_string()).map(|()| {
+            state.kept = c.clone();
+            state.active = c;
+        }))
     }
 }
 
@@ -317,13 +346,22 @@ mod tests {
 
     #[test]
     fn console_commands_parse_and_apply() {
-        let base = ConditionerConfig::off();
+        let mut state = ConsoleConditioner::new(ConditionerConfig::off());
         let c: ConsoleCommand = "loss 30".parse().unwrap();
-        let after = c.apply(&base).unwrap().unwrap();
-        assert_eq!(after.loss_pct, 30.0);
-        assert!(after.enabled);
+        c.apply(&mut state).unwrap().unwrap();
+        assert_eq!(state.active().loss_pct, 30.0);
+        assert!(state.active().enabled);
         let off: ConsoleCommand = "conditioner off".parse().unwrap();
-        assert!(!off.apply(&after).unwrap().unwrap().enabled);
+        off.apply(&mut state).unwrap().unwrap();
+        assert!(state.active().is_pass_through());
+        assert_eq!(state.active().validate(), Ok(()));
+        let on: ConsoleCommand = "conditioner on".parse().unwrap();
+        on.apply(&mut state).unwrap().unwrap();
+        assert_eq!(
+            state.active().loss_pct,
+            30.0,
+            "switched back on, settings kept"
+        );
         assert_eq!(
             "quit".parse::<ConsoleCommand>().unwrap(),
             ConsoleCommand::Quit
@@ -347,10 +385,17 @@ mod tests {
                 .unwrap_err()
                 .contains("needs")
         );
-        // A burst too short for the loss is refused with the conditioner's own reason.
-        let mut lossy = base.clone();
-        lossy.loss_pct = 80.0;
+        // A burst too short for the loss is refused with the conditioner's own reason, and
+        // the settings in effect stay as they were.
+        "loss 80"
+            .parse::<ConsoleCommand>()
+            .unwrap()
+            .apply(&mut state)
+            .unwrap()
+            .unwrap();
+        let before = state.clone();
         let short: ConsoleCommand = "burst 2".parse().unwrap();
-        assert!(short.apply(&lossy).unwrap().is_err());
+        assert!(short.apply(&mut state).unwrap().is_err());
+        assert_eq!(state, before);
     }
 }

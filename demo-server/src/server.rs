@@ -10,7 +10,7 @@ use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::{CONSOLE_HELP, ConsoleCommand, Transport, describe};
+use crate::cli::{CONSOLE_HELP, ConsoleCommand, ConsoleConditioner, Transport, describe};
 use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
 use crate::protocol::unix_micros_now;
@@ -224,7 +224,7 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(local);
     }
-    let mut conditioner = opts.conditioner.clone();
+    let mut conditioner = ConsoleConditioner::new(opts.conditioner.clone());
     let say = |s: String| {
         if !opts.quiet {
             println!("{s}");
@@ -236,7 +236,7 @@ pub async fn run(
         opts.scene,
         opts.tick_rate,
         opts.send_rate,
-        describe(&conditioner)
+        describe(conditioner.active())
     ));
 
     let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
@@ -258,20 +258,21 @@ pub async fn run(
             match c {
                 Control::Shutdown | Control::Console(ConsoleCommand::Quit) => break 'ticks,
                 Control::Console(ConsoleCommand::Help) => say(CONSOLE_HELP.to_string()),
-                Control::Console(ConsoleCommand::Stats) => {
-                    say(stats_line(&net, opts.transport, &tick_cost, &conditioner))
-                }
-                Control::Console(cmd) => match cmd.apply(&conditioner) {
-                    Some(Ok(new)) => {
-                        conditioner = new;
+                Control::Console(ConsoleCommand::Stats) => say(stats_line(
+                    &net,
+                    opts.transport,
+                    &tick_cost,
+                    conditioner.active(),
+                )),
+                Control::Console(cmd) => match cmd.apply(&mut conditioner) {
+                    Some(Ok(())) => {
+                        let c = conditioner.active().clone();
                         if opts.transport == Transport::Tcp {
                             say("the tcp transport is the kernel's link: no conditioner".into());
-                        } else if let Err(e) =
-                            net.set_conditioner(conditioner.clone(), conditioner.clone())
-                        {
+                        } else if let Err(e) = net.set_conditioner(c.clone(), c.clone()) {
                             say(format!("error: {e}"));
                         } else {
-                            say(format!("conditioner: {}", describe(&conditioner)));
+                            say(format!("conditioner: {}", describe(&c)));
                         }
                     }
                     Some(Err(e)) => say(format!("error: {e}")),
@@ -295,7 +296,12 @@ pub async fn run(
         if let Some(ns) = next_stats
             && t >= ns
         {
-            say(stats_line(&net, opts.transport, &tick_cost, &conditioner));
+            say(stats_line(
+                &net,
+                opts.transport,
+                &tick_cost,
+                conditioner.active(),
+            ));
             next_stats = opts.stats_interval.map(|i| ns + i);
         }
         if deadline.is_some_and(|d| t >= d) {

@@ -56,7 +56,9 @@ pub struct ConditionerConfig {
     pub queue_limit_bytes: usize,
     /// Datagrams the link may hold at once; beyond it new ones are dropped.
     pub max_in_flight_packets: usize,
-    /// Master switch: when false every datagram passes at once, in order.
+    /// Master switch: when false every datagram passes at once, in order. A config with
+    /// settings but the switch off is refused by [`validate`](Self::validate): it would
+    /// silently simulate nothing.
     pub enabled: bool,
 }
 
@@ -91,17 +93,24 @@ impl ConditionerConfig {
 
     /// True when datagrams would pass untouched: switched off, or every setting neutral.
     pub fn is_pass_through(&self) -> bool {
-        !self.enabled
-            || (self.loss_pct == 0.0
-                && self.latency.is_zero()
-                && self.jitter.is_zero()
-                && self.duplicate_pct == 0.0
-                && self.reorder_pct == 0.0
-                && self.bandwidth_kbps.is_none())
+        !self.enabled || self.is_neutral()
+    }
+
+    /// True when no setting would change a datagram's fate.
+    fn is_neutral(&self) -> bool {
+        self.loss_pct == 0.0
+            && self.latency.is_zero()
+            && self.jitter.is_zero()
+            && self.duplicate_pct == 0.0
+            && self.reorder_pct == 0.0
+            && self.bandwidth_kbps.is_none()
     }
 
     /// Checks every setting; the conditioner only ever runs a config that passes.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled && !self.is_neutral() {
+            return Err(ConfigError::SwitchedOff);
+        }
         let pct_ok = |v: f64| (0.0..=100.0).contains(&v);
         if !pct_ok(self.loss_pct) {
             return Err(ConfigError::Loss(self.loss_pct));
@@ -191,6 +200,9 @@ pub enum ConfigError {
     /// `max_in_flight_packets == 0`.
     #[error("in-flight limit must be > 0 packets")]
     ZeroInFlight,
+    /// Settings given with the switch off: nothing would be simulated.
+    #[error("link settings given but `enabled` is false: nothing would be simulated")]
+    SwitchedOff,
 }
 
 #[cfg(test)]
@@ -289,5 +301,22 @@ mod tests {
         assert!(!c.is_pass_through());
         c.enabled = false;
         assert!(c.is_pass_through());
+    }
+
+    #[test]
+    fn settings_with_the_switch_off_are_refused() {
+        let forgot = ConditionerConfig {
+            loss_pct: 5.0,
+            latency: Duration::from_millis(40),
+            ..ConditionerConfig::off()
+        };
+        assert_eq!(forgot.validate(), Err(ConfigError::SwitchedOff));
+        assert!(crate::conditioner::Conditioner::<u8>::new(forgot, 1).is_err());
+        let on = ConditionerConfig {
+            enabled: true,
+            ..ConditionerConfig::off()
+        };
+        assert_eq!(on.validate(), Ok(()));
+        assert_eq!(ConditionerConfig::off().validate(), Ok(()));
     }
 }

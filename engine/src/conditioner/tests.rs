@@ -383,11 +383,9 @@ fn same_seed_same_output_different_seed_different() {
 #[test]
 fn off_passes_everything_at_once_in_order() {
     const N: u64 = 100_000;
-    let noisy_but_off = ConditionerConfig {
-        enabled: false,
-        ..ConditionerConfig::preset(Preset::Bad)
-    };
-    for config in [ConditionerConfig::off(), on(), noisy_but_off] {
+    // Settings with the switch off are refused at construction (see `validate`), so "off"
+    // is the off config, and an enabled config whose settings are all neutral.
+    for config in [ConditionerConfig::off(), on()] {
         let t0 = Instant::now();
         let mut link = Conditioner::new(config, 1).unwrap();
         for i in 0..N {

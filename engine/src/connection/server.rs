@@ -108,7 +108,8 @@ struct Client {
 
 impl Server {
     /// A server whose clock starts at `now`. `seed` feeds the cookie key and session salts:
-    /// give it real entropy in production (e.g. `rand::random()`), a constant in tests.
+    /// give it the operating system's randomness (`rand::random()`) everywhere but in a
+    /// test that must be reproducible. (`replication::Server` does so unless told a seed.)
     pub fn new(config: ServerConfig, now: Instant, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key: [u8; 16] = rng.random();

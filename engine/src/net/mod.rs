@@ -7,7 +7,9 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use snapsync::net::NetServer;
-//! let mut server = NetServer::bind("127.0.0.1:7777".parse().unwrap(), Default::default(), 1).await?;
+//! // The seed makes the cookie key and session salts: the operating system's randomness.
+//! let seed = rand::random();
+//! let mut server = NetServer::bind("127.0.0.1:7777".parse().unwrap(), Default::default(), seed).await?;
 //! let tick = std::time::Duration::from_micros(16_667);
 //! let mut next = tokio::time::Instant::now();
 //! loop {
