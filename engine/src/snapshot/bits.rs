@@ -20,7 +20,7 @@ pub enum BitsError {
 ///
 /// The snapshot encoder is written once against this trait, so the sender's size estimate
 /// and the bytes it sends cannot disagree.
-pub trait BitSink {
+pub(crate) trait BitSink {
     /// Write the low `bits` bits of `value` (`bits` ≤ 32; higher bits of `value` are ignored).
     fn write_bits(&mut self, value: u32, bits: u32);
 
@@ -46,7 +46,7 @@ pub trait BitSink {
 
 /// Counts the bits that would be written.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct BitCounter {
+pub(crate) struct BitCounter {
     /// Bits written so far.
     pub bits: usize,
 }
@@ -59,7 +59,7 @@ impl BitSink for BitCounter {
 
 /// Appends bit fields to a byte vector.
 #[derive(Debug, Default, Clone)]
-pub struct BitWriter {
+pub(crate) struct BitWriter {
     bytes: Vec<u8>,
     scratch: u64,
     scratch_bits: u32,
@@ -67,17 +67,18 @@ pub struct BitWriter {
 
 impl BitWriter {
     /// An empty writer.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Bits written so far.
-    pub fn bit_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bit_len(&self) -> usize {
         self.bytes.len() * 8 + self.scratch_bits as usize
     }
 
     /// Pad with zero bits to a whole byte and return the bytes.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         if self.scratch_bits > 0 {
             self.bytes.push(self.scratch as u8);
         }
@@ -115,24 +116,24 @@ pub(crate) fn varint_bits(value: u32, chunk_bits: u32) -> usize {
 
 /// Reads bit fields from a byte slice; every read past the end is an error.
 #[derive(Debug, Clone)]
-pub struct BitReader<'a> {
+pub(crate) struct BitReader<'a> {
     bytes: &'a [u8],
     pos_bits: usize,
 }
 
 impl<'a> BitReader<'a> {
     /// A reader at the first bit of `bytes`.
-    pub fn new(bytes: &'a [u8]) -> Self {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos_bits: 0 }
     }
 
     /// Bits not yet read (including the final padding).
-    pub fn remaining_bits(&self) -> usize {
+    pub(crate) fn remaining_bits(&self) -> usize {
         (self.bytes.len() * 8).saturating_sub(self.pos_bits)
     }
 
     /// Read `bits` bits (≤ 32).
-    pub fn read_bits(&mut self, bits: u32) -> Result<u32, BitsError> {
+    pub(crate) fn read_bits(&mut self, bits: u32) -> Result<u32, BitsError> {
         debug_assert!(bits <= 32);
         if bits as usize > self.remaining_bits() {
             return Err(BitsError::Truncated);
@@ -153,12 +154,12 @@ impl<'a> BitReader<'a> {
     }
 
     /// Read one bit.
-    pub fn read_bool(&mut self) -> Result<bool, BitsError> {
+    pub(crate) fn read_bool(&mut self) -> Result<bool, BitsError> {
         Ok(self.read_bits(1)? == 1)
     }
 
     /// Read a value written by [`BitSink::write_varint`] with the same `chunk_bits`.
-    pub fn read_varint(&mut self, chunk_bits: u32) -> Result<u32, BitsError> {
+    pub(crate) fn read_varint(&mut self, chunk_bits: u32) -> Result<u32, BitsError> {
         let mut value = 0u64;
         let mut shift = 0u32;
         loop {

@@ -60,7 +60,7 @@ mod world;
 #[cfg(test)]
 mod tests;
 
-pub use bits::{BitCounter, BitReader, BitSink, BitWriter, BitsError};
+pub use bits::BitsError;
 pub use interpolation::{InterpolationBuffer, InterpolationConfig, InterpolationStats};
 pub use part::MAX_PARTS_PER_SNAPSHOT;
 pub use quantize::{
