@@ -145,14 +145,10 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
     // The last figures seen while connected: they outlive a session the server ended.
-    if let Some(s) = game.link() {
-        let header = header_bytes(opts.transport);
-        report.loss_pct = s.link.total_loss_pct();
-        report.kbps_in = (s.link.bytes_received + s.link.packets_received * header) as f64 * 8.0
-            / 1000.0
-            / elapsed;
-        report.kbps_out =
-            (s.link.bytes_sent + s.link.packets_sent * header) as f64 * 8.0 / 1000.0 / elapsed;
+    if let Some(f) = game.link_figures(header_bytes(opts.transport), elapsed) {
+        report.loss_pct = f.loss_pct;
+        report.kbps_in = f.kbps_in;
+        report.kbps_out = f.kbps_out;
     }
     if game.closed().is_none() {
         let _ = net.close().await;

@@ -43,6 +43,17 @@ impl Bot {
     }
 }
 
+/// A session's loss and bandwidth, as the client summary reports them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkFigures {
+    /// Packets lost over the session, percent.
+    pub loss_pct: f64,
+    /// Received kbit/s, headers included.
+    pub kbps_in: f64,
+    /// Sent kbit/s, headers included.
+    pub kbps_out: f64,
+}
+
 /// The demo's replication client: its inputs are the scene's.
 pub type PlayerClient = replication::Client<PlayerInput>;
 
@@ -113,6 +124,20 @@ impl GameClient {
     /// session the server ended still reports what it measured).
     pub fn link(&self) -> Option<&ConnectionStats> {
         self.last_link.as_ref()
+    }
+
+    /// Loss and bandwidth over a session of `elapsed_s` seconds, from the last link figures
+    /// seen while connected, counting `header_bytes` of IP (and transport) header per packet.
+    pub fn link_figures(&self, header_bytes: u64, elapsed_s: f64) -> Option<LinkFigures> {
+        let s = self.last_link.as_ref()?.link;
+        let kbps = |bytes: u64, packets: u64| {
+            (bytes + packets * header_bytes) as f64 * 8.0 / 1000.0 / elapsed_s.max(1e-9)
+        };
+        Some(LinkFigures {
+            loss_pct: s.total_loss_pct(),
+            kbps_in: kbps(s.bytes_received, s.packets_received),
+            kbps_out: kbps(s.bytes_sent, s.packets_sent),
+        })
     }
 
     /// Take one event of the replication client.

@@ -370,6 +370,17 @@ impl Simulation {
         (down, up)
     }
 
+    /// The server ends every session (its `--duration` ran out, say); the clients hear it
+    /// as the network delivers the goodbyes.
+    pub fn shut_down_server(&mut self) {
+        self.sim.server.shutdown();
+    }
+
+    /// Each player's side of the game, by client index.
+    pub fn players(&self) -> impl Iterator<Item = &GameClient> {
+        self.players.iter().map(|p| &p.game)
+    }
+
     /// Forget everything measured so far (e.g. after a warm-up); the game carries on.
     pub fn reset_measurements(&mut self) {
         self.tick_cost = DurationHistogram::new();
@@ -440,4 +451,56 @@ pub fn run(
     s.reset_measurements();
     s.run_for(duration);
     Ok(s.report())
+}
+
+#[cfg(test)]
+mod tests {
+    use snapsync::connection::DisconnectReason;
+    use snapsync::packet::DisconnectReasonCode;
+    use snapsync::replication::CloseReason;
+
+    use super::*;
+
+    #[test]
+    fn when_the_server_ends_the_session_the_players_keep_what_they_measured() {
+        let opts = SimulationOptions {
+            clients: 2,
+            conditioner: ConditionerConfig {
+                enabled: true,
+                // Lossy enough to show in the figures; the goodbye's three copies all get
+                // lost only 0.1 % of the time (and this run is seeded).
+                loss_pct: 10.0,
+                latency: Duration::from_millis(20),
+                ..ConditionerConfig::off()
+            },
+            ..SimulationOptions::default()
+        };
+        let mut s = Simulation::new(&opts).unwrap();
+        s.run_for(Duration::from_secs(3));
+        assert_eq!(s.connected(), 2);
+        s.shut_down_server();
+        s.run_for(Duration::from_secs(1));
+        for p in s.players() {
+            assert_eq!(
+                p.closed(),
+                Some(&CloseReason::Connection(DisconnectReason::Peer(
+                    DisconnectReasonCode::ServerShutdown
+                ))),
+                "told, not timed out"
+            );
+            // What the client summary reports: the figures of the session, not zeros.
+            let f = p
+                .link_figures(28, 4.0)
+                .expect("the link figures outlive the session");
+            assert!(f.kbps_in > 50.0, "{f:?}");
+            assert!(f.loss_pct > 3.0, "{f:?}");
+        }
+        for c in &s.sim.clients {
+            assert!(
+                c.client.connection().connection_stats().is_none(),
+                "the connection itself is gone: its figures went with it"
+            );
+        }
+        assert_eq!(s.connected(), 0);
+    }
 }

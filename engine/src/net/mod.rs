@@ -653,3 +653,100 @@ fn unspecified_for(server: SocketAddr) -> SocketAddr {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod close_tests {
+    //! A goodbye through a delayed link, on loopback.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::conditioner::ConditionerConfig;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_goodbye_crosses_the_clients_own_latency_and_the_server_stops_sending() {
+        let mut server = ReplicationServer::bind_replication(
+            "127.0.0.1:0".parse().unwrap(),
+            replication::ServerConfig::default(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let delayed = ConditionerConfig {
+            enabled: true,
+            latency: Duration::from_millis(40),
+            ..ConditionerConfig::off()
+        };
+        let joining = tokio::spawn(async move {
+            ReplicationClient::<u8>::join(
+                addr,
+                replication::ClientConfig::default(),
+                Some((delayed.clone(), delayed)),
+            )
+            .await
+        });
+        fn tick(server: &mut ReplicationServer) {
+            let now = server.now();
+            server
+                .endpoint_mut()
+                .tick(now, &crate::snapshot::World::new());
+            server.flush();
+        }
+        // Serve until the client is in (bounded: 5 s of 16 ms steps).
+        for _ in 0..300 {
+            server
+                .drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
+                .await
+                .unwrap();
+            tick(&mut server);
+            if joining.is_finished() {
+                break;
+            }
+        }
+        let mut client = joining.await.unwrap().expect("joined");
+        // The goodbye waits 40 ms in the client's outbound link; close() sees it out.
+        let serving = tokio::spawn(async move {
+            let mut left = None;
+            for _ in 0..120 {
+                server
+                    .drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
+                    .await
+                    .unwrap();
+                while let Some(e) = server.poll_event() {
+                    if let replication::ServerEvent::ClientLeft { reason, .. } = e {
+                        left = Some(reason);
+                    }
+                }
+                tick(&mut server);
+                if left.is_some() {
+                    break;
+                }
+            }
+            let sent_at_leave = server.endpoint().connection().stats().packets_out;
+            for _ in 0..5 {
+                server
+                    .drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
+                    .await
+                    .unwrap();
+                tick(&mut server);
+            }
+            let sent_after = server.endpoint().connection().stats().packets_out;
+            (
+                left,
+                server.endpoint().client_count(),
+                sent_after - sent_at_leave,
+            )
+        });
+        client.close().await.unwrap();
+        let (left, clients, sent_after) = serving.await.unwrap();
+        assert_eq!(
+            left,
+            Some(DisconnectReason::Peer(
+                crate::packet::DisconnectReasonCode::Requested
+            )),
+            "the goodbye arrived, not a timeout"
+        );
+        assert_eq!(clients, 0);
+        assert_eq!(sent_after, 0, "nothing is sent to a client that has left");
+    }
+}
