@@ -1,10 +1,23 @@
-//! The demo binaries end to end on loopback: JSON contract, runtime console, bad input.
-//! Every process runs with a bounded duration and is killed if it outlives its limit.
+//! The demo binaries end to end on loopback: JSON contract, runtime console, every transport,
+//! `compare`, bad input.
+//!
+//! Servers bind port 0 and the test learns the port from the server's "listening on" line;
+//! every wait is on a line or an exit, never a sleep, and every process has a limit after
+//! which it is killed. Nothing here asserts a rate or a latency: those depend on the machine
+//! (the virtual-time figures are in demo-server/tests/simulate.rs, the measured ones in
+//! benches).
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Longest a server may take to print its "listening on" line, or to answer a console line.
+const LINE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest any process may run before the test kills it and fails.
+const PROCESS_LIMIT: Duration = Duration::from_secs(60);
 
 fn client_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_demo-client"))
@@ -28,11 +41,6 @@ fn server_bin() -> PathBuf {
     dir.join(format!("demo-server{}", std::env::consts::EXE_SUFFIX))
 }
 
-fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
     loop {
@@ -47,7 +55,7 @@ fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -56,98 +64,212 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("snapsync-demo-{}", std::process::id()));
+/// A fresh directory for one test's files.
+fn tmp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snapsync-demo-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    dir
+}
+
+/// A demo-server process on a port it picked, with its console and its output lines.
+struct Server {
+    child: Child,
+    addr: String,
+    /// The "listening on" line.
+    listening: String,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start `demo-server --bind 127.0.0.1:0 ARGS` and wait for its "listening on" line.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(server_bin())
+            .args(["--bind", "127.0.0.1:0", "--stats-interval", "0"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        // Readers on their own threads, so a full pipe never blocks the server.
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: String::new(),
+            listening: String::new(),
+            stdin,
+            lines,
+            stderr,
+        };
+        // "demo-server: <transport> listening on <addr>, scene ..."
+        let line = server.wait_line(|l| l.contains(" listening on "));
+        let addr = line
+            .split(" listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+        assert!(!addr.ends_with(":0"), "the server reported port 0: {line}");
+        server.addr = addr.to_string();
+        server.listening = line;
+        server
+    }
+
+    /// The next output line that `want` accepts (earlier ones are skipped).
+    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + LINE_LIMIT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if want(&line) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "demo-server printed no expected line within {LINE_LIMIT:?}; stderr: {}",
+                        self.stderr.lock().unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Type a console line.
+    fn console(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// `stats`, and the stats line it prints.
+    fn stats(&mut self) -> String {
+        self.console("stats");
+        self.wait_line(|l| l.starts_with("clients "))
+    }
+
+    /// `quit`, then the exit status within the limit.
+    fn quit(mut self) {
+        self.console("quit");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "server: {}", self.stderr.lock().unwrap());
+                return;
+            }
+            if start.elapsed() > PROCESS_LIMIT {
+                let _ = self.child.kill();
+                panic!("server outlived {PROCESS_LIMIT:?} after quit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Run `demo-client ARGS --json PATH` to its end; returns its exit output and, on success,
+/// the JSON.
+fn run_client(args: &[&str], json: &Path) -> (Output, Option<serde_json::Value>) {
+    let child = Command::new(client_bin())
+        .args(args)
+        .args(["--stats-interval", "0", "--json"])
+        .arg(json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_limit(child, PROCESS_LIMIT);
+    let j = out.status.success().then(|| read_json(json));
+    (out, j)
+}
+
+/// The number after `key ` in a stats line.
+fn stat(line: &str, key: &str) -> u64 {
+    line.split(key)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+}
+
+fn assert_played(c: &serde_json::Value, transport: &str) {
+    assert_eq!(c["connected"], true, "{c}");
+    assert_eq!(c["disconnects"], 0, "{c}");
+    assert!(c["snapshots_received"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["transport_in_use"], transport, "{c}");
 }
 
 #[test]
-fn four_clients_at_ten_percent_loss_keep_up() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let server_json = tmp("server-10.json");
-    let client_json = tmp("client-10.json");
-    let server = Command::new(server_bin())
-        .args([
-            "--bind",
-            &addr,
-            "--duration",
-            "9",
-            "--stats-interval",
-            "0",
-            "--loss",
-            "10",
-        ])
-        .arg("--json")
-        .arg(&server_json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let client = Command::new(client_bin())
-        .args([
-            "--server",
-            &addr,
-            "--clients",
-            "4",
-            "--duration",
-            "5",
-            "--stats-interval",
-            "0",
-        ])
-        .arg("--json")
-        .arg(&client_json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let c = wait_with_limit(client, Duration::from_secs(30));
+fn udp_clients_under_loss_keep_the_json_contract() {
+    let dir = tmp_dir("udp");
+    let server_json = dir.join("server.json");
+    let server_json_arg = server_json.to_string_lossy().to_string();
+    // The duration is only a bound: the test quits the server itself.
+    let server = Server::start(&[
+        "--duration",
+        "50",
+        "--loss",
+        "10",
+        "--json",
+        &server_json_arg,
+    ]);
+    let addr = server.addr.clone();
+    let (c, cj) = run_client(
+        &["--server", &addr, "--clients", "2", "--duration", "2"],
+        &dir.join("client.json"),
+    );
     assert!(
         c.status.success(),
         "client: {}",
         String::from_utf8_lossy(&c.stderr)
     );
-    let s = wait_with_limit(server, Duration::from_secs(30));
-    assert!(
-        s.status.success(),
-        "server: {}",
-        String::from_utf8_lossy(&s.stderr)
-    );
+    server.quit();
 
-    let cj = read_json(&client_json);
+    let cj = cj.unwrap();
     assert_eq!(cj["transport"], "udp");
     let clients = cj["clients"].as_array().unwrap();
-    assert_eq!(clients.len(), 4);
+    assert_eq!(clients.len(), 2);
     for c in clients {
-        assert_eq!(c["connected"], true);
-        assert_eq!(c["disconnects"], 0);
-        // 60 snapshots/s for ~5 s, 10% of datagrams lost each way on the server's side.
-        let n = c["snapshots_received"].as_u64().unwrap();
-        assert!((200..=320).contains(&n), "snapshots received {n}");
-        let loss = c["loss_pct"].as_f64().unwrap();
-        assert!((3.0..=30.0).contains(&loss), "loss {loss}");
+        assert_played(c, "udp");
         for key in ["update_gap_ms", "staleness_ms", "rtt_ms"] {
             for p in ["p50", "p95", "p99", "max"] {
                 assert!(c[key][p].as_f64().is_some(), "{key}.{p}");
             }
         }
-        assert!(c["update_gap_ms"]["p50"].as_f64().unwrap() < 25.0);
+        for key in ["loss_pct", "kbps_in", "kbps_out"] {
+            assert!(c[key].as_f64().is_some(), "{key}");
+        }
     }
     assert_eq!(cj["aggregate"]["connected"], true);
 
     let sj = read_json(&server_json);
-    assert_eq!(sj["clients_peak"], 4);
+    assert_eq!(sj["transport"], "udp");
+    assert_eq!(sj["clients_peak"], 2);
     assert_eq!(sj["invalid_packets"], 0);
-    assert!(sj["conditioner"]["dropped"].as_u64().unwrap() > 0);
-    let ticks = sj["ticks"].as_u64().unwrap();
-    assert!(
-        (500..=560).contains(&ticks),
-        "ticks {ticks} in 9 s at 60 Hz"
-    );
+    // `--loss 10` reached the server's link: over two clients' handshakes, inputs and
+    // snapshots (hundreds of datagrams), some were dropped.
+    assert!(sj["conditioner"]["dropped"].as_u64().unwrap() > 0, "{sj}");
     for key in [
+        "ticks",
         "tick_rate",
         "tick_cost_us",
         "kbps_out",
@@ -163,56 +285,140 @@ fn four_clients_at_ten_percent_loss_keep_up() {
 }
 
 #[test]
-fn console_loss_command_changes_the_clients_loss_without_restart() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = Command::new(server_bin())
-        .args(["--bind", &addr, "--duration", "12", "--stats-interval", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let run_client = |json: &Path| {
-        let c = Command::new(client_bin())
-            .args([
+fn console_loss_command_changes_the_servers_link_without_restart() {
+    let dir = tmp_dir("console");
+    let mut server = Server::start(&["--duration", "50"]);
+    let addr = server.addr.clone();
+    let play = |json: &str| run_client(&["--server", &addr, "--duration", "1"], &dir.join(json));
+    // A clean link: the client plays and the server's link drops nothing.
+    let (out, before) = play("before.json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_played(&before.unwrap()["clients"][0], "udp");
+    assert_eq!(stat(&server.stats(), "link dropped"), 0);
+
+    // `loss 100` on the running server: nothing gets through, so a new client cannot even
+    // complete its handshake, and the server's link counts what it dropped.
+    server.console("loss 100");
+    server.wait_line(|l| l == "conditioner: loss 100% latency 0ms jitter 0ms");
+    let (out, _) = play("lossy.json");
+    assert!(!out.status.success(), "a client got through 100 % loss");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    let line = server.stats();
+    assert!(stat(&line, "link dropped") > 0, "{line}");
+    assert!(
+        line.ends_with("conditioner loss 100% latency 0ms jitter 0ms"),
+        "{line}"
+    );
+
+    // And back, still without a restart.
+    server.console("loss 0");
+    server.wait_line(|l| l.starts_with("conditioner: loss 0%"));
+    let (out, after) = play("after.json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_played(&after.unwrap()["clients"][0], "udp");
+    server.quit();
+}
+
+#[test]
+fn udp_reliable_and_tcp_transports_deliver_snapshots() {
+    let dir = tmp_dir("transports");
+    for transport in ["udp-reliable", "tcp"] {
+        let server = Server::start(&["--duration", "50", "--transport", transport]);
+        let addr = server.addr.clone();
+        let serving = format!("demo-server: {transport} listening on ");
+        assert!(
+            server.listening.starts_with(&serving),
+            "{}",
+            server.listening
+        );
+        let (out, j) = run_client(
+            &[
                 "--server",
                 &addr,
+                "--transport",
+                transport,
                 "--clients",
                 "2",
                 "--duration",
-                "3",
-                "--stats-interval",
-                "0",
-            ])
-            .arg("--json")
-            .arg(json)
+                "2",
+            ],
+            &dir.join(format!("{transport}.json")),
+        );
+        assert!(
+            out.status.success(),
+            "{transport} client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.quit();
+        let j = j.unwrap();
+        assert_eq!(j["transport"], transport);
+        let clients = j["clients"].as_array().unwrap();
+        assert_eq!(clients.len(), 2);
+        for c in clients {
+            assert_played(c, transport);
+        }
+    }
+}
+
+#[test]
+fn compare_runs_every_transport_and_writes_csv_json_and_svg() {
+    let dir = tmp_dir("compare");
+    let out = wait_with_limit(
+        Command::new(client_bin())
+            .args(["compare", "--duration", "2", "--clients", "2", "--out"])
+            .arg(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        let out = wait_with_limit(c, Duration::from_secs(20));
-        assert!(
-            out.status.success(),
-            "client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        read_json(json)["aggregate"]["loss_pct"].as_f64().unwrap()
-    };
-    let before = run_client(&tmp("before.json"));
-    let stdin = server.stdin.as_mut().unwrap();
-    stdin.write_all(b"loss 30\n").unwrap();
-    stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let after = run_client(&tmp("after.json"));
-    stdin.write_all(b"quit\n").unwrap();
-    let s = wait_with_limit(server, Duration::from_secs(20));
-    assert!(s.status.success());
-    let out = String::from_utf8_lossy(&s.stdout);
-    assert!(out.contains("conditioner: loss 30%"), "server said: {out}");
-    assert!(before < 2.0, "loss before the command: {before}");
-    assert!(after > 15.0, "loss after `loss 30`: {after}");
+            .unwrap(),
+        PROCESS_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let csv = std::fs::read_to_string(dir.join("compare.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[0], "transport");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(names, ["udp", "udp-reliable", "tcp"]);
+    for r in &rows {
+        assert_eq!(r.len(), header.len(), "{csv}");
+    }
+
+    let json = read_json(&dir.join("compare.json"));
+    let runs = json.as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for (run, name) in runs.iter().zip(names) {
+        assert_eq!(run["transport"], name);
+        let clients = run["clients"].as_array().unwrap();
+        assert_eq!(clients.len(), 2, "{name}");
+        for c in clients {
+            assert_played(c, name);
+        }
+        assert_eq!(run["aggregate"]["connected"], true, "{name}");
+        assert!(run["aggregate"]["snapshots_received"].as_u64().unwrap() > 0);
+    }
+
+    let svg = std::fs::read_to_string(dir.join("update_gap.svg")).unwrap();
+    assert!(svg.contains("<svg"), "not an SVG");
+    for name in ["udp", "udp-reliable", "tcp"] {
+        assert!(svg.contains(name), "the plot has no {name} series");
+    }
 }
 
 #[test]

@@ -784,3 +784,201 @@ fn bit_flipped_parts_never_panic_and_errors_leave_the_world_alone() {
     // Most corruptions are caught by the range and length checks alone.
     assert!(rejected > 1000, "{rejected}");
 }
+
+// ---- Interpolation buffer: spawns, despawns, rotation, capacity, missing velocity ----
+
+/// The tick period the playout tests use, also given to the buffer so that arrival times
+/// and tick times agree exactly.
+const PLAYOUT_TICK: Duration = Duration::from_micros(16_667);
+
+fn playout(config: InterpolationConfig) -> InterpolationBuffer {
+    InterpolationBuffer::new(InterpolationConfig {
+        tick_interval: PLAYOUT_TICK,
+        initial_send_interval: PLAYOUT_TICK,
+        ..config
+    })
+}
+
+/// An entity at x = tick / 10, facing along y by `tick × turn_rad`.
+fn at_tick(tick: u32, turn_rad: f32, velocity: Option<Vec3>) -> Transform {
+    Transform {
+        position: Vec3::new(tick as f32 * 0.1, 0.0, 0.0),
+        rotation: Quat::from_rotation_y(tick as f32 * turn_rad),
+        velocity,
+    }
+}
+
+fn find(s: &[(EntityId, Transform)], id: u32) -> Option<Transform> {
+    s.iter().find(|(i, _)| i.0 == id).map(|(_, t)| *t)
+}
+
+#[test]
+fn interpolation_shows_a_spawn_from_its_first_tick_and_holds_a_despawn_until_it_is_due() {
+    let base = Instant::now();
+    let mut buf = playout(InterpolationConfig::default());
+    // Entity 1 lives throughout, entity 2 spawns at tick 20, entity 3 despawns after tick 29.
+    let (mut saw_spawn, mut saw_held) = (false, false);
+    for tick in 0..60u32 {
+        let mut states = vec![(EntityId(1), at_tick(tick, 0.0, None))];
+        if tick >= 20 {
+            states.push((EntityId(2), at_tick(tick, 0.0, None)));
+        }
+        if tick < 30 {
+            states.push((EntityId(3), at_tick(tick, 0.0, None)));
+        }
+        let arrival = base + PLAYOUT_TICK * tick;
+        assert!(buf.push(arrival, Tick(tick), states));
+        // Four frames per tick, so render time falls on both sides of every state.
+        for k in 0..4 {
+            let now = arrival + PLAYOUT_TICK / 4 * k;
+            let s = buf.sample(now);
+            let rt = buf.render_tick(now).expect("pushed");
+            if rt <= 0.0 || rt.fract().abs() < 1e-6 {
+                continue;
+            }
+            let newest = f64::from(tick);
+            let x = |t: Transform| f64::from(t.position.x);
+            // The survivor is interpolated (or extrapolated with no velocity: held).
+            let one = find(&s, 1).expect("entity 1 is always drawn");
+            assert!((x(one) - rt.min(newest) * 0.1).abs() < 1e-3, "rt {rt}");
+            match find(&s, 2) {
+                // Drawn only once render time reaches its first state, and at its own
+                // position, not moved in from anywhere.
+                Some(t) => {
+                    assert!(rt >= 20.0, "entity 2 drawn at render tick {rt}");
+                    assert!((x(t) - rt.min(newest) * 0.1).abs() < 1e-3, "rt {rt}");
+                    saw_spawn |= rt < 21.0;
+                }
+                None => assert!(rt < 20.0, "entity 2 missing at render tick {rt}"),
+            }
+            match find(&s, 3) {
+                Some(t) if rt > 29.0 => {
+                    // Between its last state and the first state without it: held where
+                    // it was last seen, not slid towards some default.
+                    assert!(rt < 30.0, "entity 3 drawn at render tick {rt}");
+                    assert_eq!(t.position.x, 29.0 * 0.1, "rt {rt}");
+                    saw_held = true;
+                }
+                Some(t) => assert!((x(t) - rt * 0.1).abs() < 1e-3, "rt {rt}"),
+                None => assert!(rt >= 30.0, "entity 3 missing at render tick {rt}"),
+            }
+        }
+    }
+    assert!(
+        saw_spawn && saw_held,
+        "render time never crossed the spawn or the despawn"
+    );
+}
+
+#[test]
+fn interpolation_slerps_rotation_at_constant_angular_speed() {
+    let base = Instant::now();
+    // Fixed delay 0: render time follows arrival time exactly.
+    let mut buf = playout(InterpolationConfig {
+        fixed_delay: Some(Duration::ZERO),
+        ..InterpolationConfig::default()
+    });
+    // 1.2 rad per tick: a normalised lerp would lag or lead mid-step by about 0.03 rad.
+    let turn = 1.2f32;
+    for tick in 0..2u32 {
+        buf.push(
+            base + PLAYOUT_TICK * tick,
+            Tick(tick),
+            [(EntityId(7), at_tick(tick, turn, None))],
+        );
+    }
+    let mut checked = 0;
+    for k in 1..8u32 {
+        let now = base + PLAYOUT_TICK * k / 8;
+        let s = buf.sample(now);
+        let rt = buf.render_tick(now).expect("pushed") as f32;
+        let r = find(&s, 7).expect("drawn").rotation;
+        assert!(
+            (r.length() - 1.0).abs() < 1e-5,
+            "not a unit rotation: {r:?}"
+        );
+        let want = Quat::from_rotation_y(rt * turn);
+        assert!(
+            r.angle_between(want) < 1e-3,
+            "k {k}: {} rad off",
+            r.angle_between(want)
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+}
+
+#[test]
+fn interpolation_capacity_evicts_the_oldest_ticks() {
+    let base = Instant::now();
+    let mut buf = playout(InterpolationConfig {
+        capacity: 4,
+        fixed_delay: Some(Duration::ZERO),
+        ..InterpolationConfig::default()
+    });
+    for tick in 0..10u32 {
+        buf.push(
+            base + PLAYOUT_TICK * tick,
+            Tick(tick),
+            [(EntityId(1), at_tick(tick, 0.0, None))],
+        );
+    }
+    // Render time at tick 2.5: ticks 0..=5 were evicted, so the oldest kept (6) is drawn.
+    let s = buf.sample(base + PLAYOUT_TICK * 5 / 2);
+    assert_eq!(find(&s, 1).expect("drawn").position.x, 6.0 * 0.1);
+
+    // A capacity below two still keeps the pair interpolation needs.
+    let mut pair = playout(InterpolationConfig {
+        capacity: 1,
+        fixed_delay: Some(Duration::ZERO),
+        ..InterpolationConfig::default()
+    });
+    for tick in 0..2u32 {
+        pair.push(
+            base + PLAYOUT_TICK * tick,
+            Tick(tick),
+            [(EntityId(1), at_tick(tick, 0.0, None))],
+        );
+    }
+    let s = pair.sample(base + PLAYOUT_TICK / 2);
+    let x = find(&s, 1).expect("drawn").position.x;
+    assert!(
+        (x - 0.05).abs() < 1e-4,
+        "halfway between ticks 0 and 1: {x}"
+    );
+}
+
+#[test]
+fn interpolation_without_velocity_holds_on_underrun_and_takes_the_newer_velocity() {
+    let base = Instant::now();
+    let mut buf = playout(InterpolationConfig {
+        fixed_delay: Some(Duration::ZERO),
+        ..InterpolationConfig::default()
+    });
+    let v = Vec3::new(6.0, 0.0, 0.0);
+    // Entity 1 never has a velocity; entity 2 gains one at tick 1; entity 3 loses it.
+    let states = |tick: u32| {
+        [
+            (EntityId(1), at_tick(tick, 0.0, None)),
+            (EntityId(2), at_tick(tick, 0.0, (tick >= 1).then_some(v))),
+            (EntityId(3), at_tick(tick, 0.0, (tick < 1).then_some(v))),
+        ]
+    };
+    for tick in 0..2u32 {
+        buf.push(base + PLAYOUT_TICK * tick, Tick(tick), states(tick));
+    }
+    let s = buf.sample(base + PLAYOUT_TICK / 2);
+    assert_eq!(find(&s, 1).expect("drawn").velocity, None);
+    assert_eq!(find(&s, 2).expect("drawn").velocity, Some(v));
+    assert_eq!(find(&s, 3).expect("drawn").velocity, None);
+    // The feed stops; 50 ms past the newest state an entity without velocity stays put,
+    // while one with velocity moves on (6 m/s × 50 ms).
+    let s = buf.sample(base + PLAYOUT_TICK + Duration::from_millis(50));
+    assert!(buf.stats().extrapolated_frames >= 1);
+    let one = find(&s, 1).expect("drawn");
+    assert_eq!(one.position.x, 0.1);
+    assert!(one.position.is_finite());
+    assert_eq!(find(&s, 3).expect("drawn").position.x, 0.1);
+    let two = find(&s, 2).expect("drawn").position.x;
+    assert!((two - (0.1 + 0.3)).abs() < 1e-3, "{two}");
+}
