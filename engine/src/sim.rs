@@ -61,13 +61,30 @@ pub struct Sim<S: Endpoint = Server, C: Endpoint = Client> {
 
 impl Sim {
     /// A network whose server runs `config`; `seed` drives every random choice.
+    ///
+    /// # Panics
+    /// On a config [`Server::new`] refuses: a harness set up wrong is a bug in the test.
     pub fn new(config: ServerConfig, seed: u64) -> Self {
-        Self::with_server(|now| Server::new(config, now, seed), seed)
+        Self::with_server(
+            |now| match Server::new(config, now, seed) {
+                Ok(s) => s,
+                Err(e) => panic!("invalid server config for the simulation: {e}"),
+            },
+            seed,
+        )
     }
 
     /// Add a client that starts connecting now; returns its index.
+    ///
+    /// # Panics
+    /// On a config [`Client::new`] refuses, as [`Sim::new`].
     pub fn add_client(&mut self, config: ClientConfig) -> usize {
-        self.add_client_with(|server, now, seed| Client::new(config, server, now, seed))
+        self.add_client_with(
+            |server, now, seed| match Client::new(config, server, now, seed) {
+                Ok(c) => c,
+                Err(e) => panic!("invalid client config for the simulation: {e}"),
+            },
+        )
     }
 
     /// The server-side id of client `i`, once connected.

@@ -114,7 +114,7 @@ impl Game {
         let mut sim = Sim::new(ServerConfig::default(), seed);
         let now = sim.now;
         let recorded = Recorded {
-            client: Client::new(ClientConfig::default(), sim.server_addr, now, seed * 100),
+            client: Client::new(ClientConfig::default(), sim.server_addr, now, seed * 100).unwrap(),
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 30_000),
             captured: Vec::new(),
             events: Vec::new(),

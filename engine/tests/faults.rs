@@ -46,7 +46,7 @@ fn restart_client(sim: &mut Sim, i: usize, config: ClientConfig, seed: u64) {
     let server = sim.server_addr;
     let now = sim.now;
     let c = &mut sim.clients[i];
-    c.client = Client::new(config, server, now, seed);
+    c.client = Client::new(config, server, now, seed).unwrap();
     c.events.clear();
 }
 
@@ -131,7 +131,7 @@ fn server_restart_is_noticed_and_clients_reconnect_with_backoff() {
     let end = crashed_at + Duration::from_secs(30);
     while sim.now < end && !(restarted && sim.clients.iter().all(|c| c.client.is_connected())) {
         if !restarted && sim.now >= restart_at {
-            sim.server = Server::new(ServerConfig::default(), sim.now, 22);
+            sim.server = Server::new(ServerConfig::default(), sim.now, 22).unwrap();
             for c in &mut sim.clients {
                 c.partitioned = false;
             }
@@ -182,7 +182,7 @@ fn restarted_server_drops_old_sessions_as_unknown_peers() {
     connect_all(&mut sim);
     // A restart with no outage: the old session keeps talking to a server that never heard
     // of it.
-    sim.server = Server::new(ServerConfig::default(), sim.now, 24);
+    sim.server = Server::new(ServerConfig::default(), sim.now, 24).unwrap();
     sim.clients[0].events.clear();
     sim.run_for(Duration::from_secs(1));
     let stats = sim.server.stats();

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::established::Established;
 use super::{
-    ClientId, ConnectionConfig, ConnectionStats, DisconnectReason, Event, InvalidPacket, SendError,
-    Transmit,
+    ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
+    InvalidPacket, SendError, Transmit,
 };
 use crate::Sequence;
 use crate::packet::{DisconnectReasonCode, MAX_PACKET_BYTES, Packet};
@@ -88,9 +88,20 @@ pub struct Client {
 impl Client {
     /// Start connecting to `server` at `now`. `seed` makes the connection nonce: give it
     /// real entropy in production, a constant in tests.
-    pub fn new(config: ClientConfig, server: SocketAddr, now: Instant, seed: u64) -> Self {
+    ///
+    /// Fails when the config is unusable (channels, timeouts).
+    pub fn new(
+        config: ClientConfig,
+        server: SocketAddr,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        config.connection.validate()?;
+        if config.connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid("connect timeout must be above zero"));
+        }
         let nonce = ChaCha8Rng::seed_from_u64(seed).random();
-        Self {
+        Ok(Self {
             config,
             server,
             nonce,
@@ -101,7 +112,7 @@ impl Client {
             },
             events: VecDeque::new(),
             invalid_packets: 0,
-        }
+        })
     }
 
     /// The server's address.

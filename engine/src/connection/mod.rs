@@ -61,6 +61,36 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// Why a connection configuration was refused (when the endpoint is built, so nothing built
+/// from a config can fail later on network input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The channels cannot be built.
+    #[error("channels: {0}")]
+    Channels(#[from] crate::channel::ConfigError),
+    /// Another setting is out of range.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+impl ConnectionConfig {
+    /// Check every setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(ConfigError::Invalid("timeout must be above zero"));
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_interval >= self.timeout {
+            return Err(ConfigError::Invalid(
+                "keep-alive interval must be above zero and below the timeout",
+            ));
+        }
+        // Builds every channel's limits, or says what is wrong with them.
+        self.channels.limits()?;
+        Ok(())
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {

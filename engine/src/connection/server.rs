@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use super::cookie::{CookieCheck, CookieJar};
 use super::established::Established;
 use super::{
-    ClientId, ConnectionConfig, ConnectionStats, DisconnectReason, Event, InvalidPacket, SendError,
-    Transmit,
+    ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
+    InvalidPacket, SendError, Transmit,
 };
 use crate::Sequence;
 use crate::packet::{DenyReason, DisconnectReasonCode, MAX_PACKET_BYTES, Packet};
@@ -110,10 +110,21 @@ impl Server {
     /// A server whose clock starts at `now`. `seed` feeds the cookie key and session salts:
     /// give it the operating system's randomness (`rand::random()`) everywhere but in a
     /// test that must be reproducible. (`replication::Server` does so unless told a seed.)
-    pub fn new(config: ServerConfig, now: Instant, seed: u64) -> Self {
+    ///
+    /// Fails when the config is unusable (channels, timeouts, a zero client limit).
+    pub fn new(config: ServerConfig, now: Instant, seed: u64) -> Result<Self, ConfigError> {
+        config.connection.validate()?;
+        if config.max_clients == 0 || config.max_queued_replies == 0 {
+            return Err(ConfigError::Invalid(
+                "max clients and queued replies must be at least 1",
+            ));
+        }
+        if config.cookie_lifetime.is_zero() {
+            return Err(ConfigError::Invalid("cookie lifetime must be above zero"));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key: [u8; 16] = rng.random();
-        Self {
+        Ok(Self {
             cookies: CookieJar::new(key, config.cookie_lifetime),
             config,
             epoch: now,
@@ -125,7 +136,7 @@ impl Server {
             events: VecDeque::new(),
             cursor: None,
             stats: ServerStats::default(),
-        }
+        })
     }
 
     /// The configuration this server runs with.

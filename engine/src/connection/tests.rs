@@ -779,7 +779,7 @@ fn handshake_replies_beyond_the_queue_cap_are_dropped_and_counted() {
         ..ServerConfig::default()
     };
     let now = std::time::Instant::now();
-    let mut server = Server::new(config, now, 16);
+    let mut server = Server::new(config, now, 16).unwrap();
     let mut buf = [0u8; MAX_PACKET_BYTES];
     let addr = |i: u16| -> SocketAddr { format!("127.0.0.6:{}", 1000 + i).parse().unwrap() };
     let request = |i: u16, buf: &mut [u8]| {
@@ -1000,4 +1000,38 @@ fn sequence_wraps_three_times_under_loss_and_reordering_with_exact_notices() {
     assert!((0.08..0.2).contains(&lost_share), "lost share {lost_share}");
     // Reliable-ordered messages: each exactly once, in order, across every wrap.
     assert_eq!(messages, (0..next_message).collect::<Vec<_>>());
+}
+
+#[test]
+fn unusable_configs_are_refused_when_the_endpoint_is_built() {
+    use crate::connection::ConfigError;
+    let now = Instant::now();
+    // A reliable channel with no send window used to build fine and panic inside the first
+    // handshake, when the connection made its channels.
+    let mut no_window = ServerConfig::default();
+    no_window.connection.channels.channels[0].send_window_messages = 0;
+    assert!(matches!(
+        Server::new(no_window.clone(), now, 1),
+        Err(ConfigError::Channels(_))
+    ));
+    let client = ClientConfig {
+        connection: no_window.connection.clone(),
+        ..ClientConfig::default()
+    };
+    assert!(matches!(
+        Client::new(client, "127.0.0.1:1".parse().unwrap(), now, 1),
+        Err(ConfigError::Channels(_))
+    ));
+    let mut slow_keepalive = ServerConfig::default();
+    slow_keepalive.connection.keepalive_interval = slow_keepalive.connection.timeout;
+    assert!(matches!(
+        Server::new(slow_keepalive, now, 1),
+        Err(ConfigError::Invalid(_))
+    ));
+    let nobody = ServerConfig {
+        max_clients: 0,
+        ..ServerConfig::default()
+    };
+    assert!(Server::new(nobody, now, 1).is_err());
+    assert!(Server::new(ServerConfig::default(), now, 1).is_ok());
 }

@@ -455,10 +455,15 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 impl NetServer {
-    /// Bind a server socket at `addr`.
-    pub async fn bind(addr: SocketAddr, config: ServerConfig, seed: u64) -> io::Result<Self> {
+    /// Bind a server socket at `addr`; fails on an unusable config or socket.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: ServerConfig,
+        seed: u64,
+    ) -> Result<Self, ConnectError> {
+        let server = Server::new(config, now(), seed).map_err(replication::ConfigError::from)?;
         let socket = UdpSocket::bind(addr).await?;
-        Ok(Self::new(socket, Server::new(config, now(), seed), seed))
+        Ok(Self::new(socket, server, seed))
     }
 
     /// Tell every client the server is shutting down, send the goodbyes, and wait (at most
@@ -492,8 +497,8 @@ pub enum ConnectError {
         /// What happened.
         reason: DisconnectReason,
     },
-    /// The client's configuration is unusable.
-    #[error("bad client config: {0}")]
+    /// The configuration is unusable.
+    #[error("bad config: {0}")]
     Config(#[from] replication::ConfigError),
     /// The session ended before it was ready (e.g. an unusable welcome).
     #[error("could not join {server}: {reason}")]
@@ -514,8 +519,10 @@ impl NetClient {
         seed: u64,
         conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
     ) -> Result<Self, ConnectError> {
+        let client =
+            Client::new(config, server, now(), seed).map_err(replication::ConfigError::from)?;
         let socket = UdpSocket::bind(unspecified_for(server)).await?;
-        let mut driver = Self::new(socket, Client::new(config, server, now(), seed), seed);
+        let mut driver = Self::new(socket, client, seed);
         if let Some((inbound, outbound)) = conditioner {
             driver
                 .set_conditioner(inbound, outbound)

@@ -217,7 +217,7 @@ impl<I: Serialize> Client<I> {
             super::config::with_control_channel(&inner.connection.channels)?.0;
         let seed = config.seed.unwrap_or_else(rand::random);
         Ok(Self {
-            conn: connection::Client::new(inner, server, now, seed),
+            conn: connection::Client::new(inner, server, now, seed)?,
             config,
             control,
             session: None,

@@ -149,6 +149,9 @@ pub enum ConfigError {
     /// The channels cannot be built.
     #[error("channels: {0}")]
     Channels(#[from] crate::channel::ConfigError),
+    /// The connection settings are unusable.
+    #[error("connection: {0}")]
+    Connection(#[from] connection::ConfigError),
     /// The quantization or snapshot settings are unusable.
     #[error("snapshots: {0}")]
     Snapshot(#[from] SnapshotError),

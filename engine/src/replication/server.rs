@@ -163,7 +163,7 @@ impl Server {
         inner.connection.channels = with_control_channel(&inner.connection.channels)?.0;
         let seed = config.seed.unwrap_or_else(rand::random);
         Ok(Self {
-            conn: connection::Server::new(inner, now, seed),
+            conn: connection::Server::new(inner, now, seed)?,
             config,
             control,
             proto_sender,
