@@ -152,6 +152,11 @@ impl Client {
         }
     }
 
+    /// The connect token it connects with.
+    pub fn token(&self) -> &ConnectToken {
+        &self.token
+    }
+
     /// The current state.
     pub fn state(&self) -> ClientState {
         self.state
