@@ -411,10 +411,9 @@ impl Server {
             sequence,
             self.config.protocol_id,
             &token.server_to_client_key,
-        ) {
-            if self.reply(from, bytes, datagram.len()) {
-                self.stats.challenges_sent += 1;
-            }
+        ) && self.reply(from, bytes, datagram.len())
+        {
+            self.stats.challenges_sent += 1;
         }
         Ok(())
     }

@@ -355,7 +355,8 @@ fn bad_requests_are_dropped_and_counted() {
     let good = request_bytes(&token(1));
 
     let mut server = fresh_server();
-    let cases: Vec<(Vec<u8>, u64, fn(&DropCounts) -> u64)> = vec![
+    type Counter = fn(&DropCounts) -> u64;
+    let cases: Vec<(Vec<u8>, u64, Counter)> = vec![
         (good[..1077].to_vec(), UNIX, |d| d.bad_request_size),
         (
             {
