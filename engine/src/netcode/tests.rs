@@ -777,3 +777,15 @@ fn random_datagrams_never_panic() {
     assert_eq!(pair.server.stats().dropped.total(), 5000);
     assert_eq!(pair.client.stats().dropped.total(), 5000);
 }
+
+#[test]
+fn quiet_connection_stays_up_on_keep_alives() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.run(Duration::from_secs(20));
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.client_count(), 1);
+    // About ten keep-alives a second each way, no more.
+    let n = pair.to_client.len();
+    assert!((190..=215).contains(&n), "{n}");
+}
