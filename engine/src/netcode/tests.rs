@@ -662,13 +662,18 @@ fn short_and_unknown_packets_are_dropped() {
         pair.client
             .handle_datagram(pair.now, server_addr(), &genuine[..len]);
     }
+    // Under 18 bytes is the first check: nothing else about such a datagram is looked at.
+    let junk = [0xffu8; MIN_ENCRYPTED_PACKET_BYTES - 1];
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &junk);
+    pair.client.handle_datagram(pair.now, server_addr(), &junk);
     assert_eq!(
         pair.server.stats().dropped.too_small,
-        MIN_ENCRYPTED_PACKET_BYTES as u64
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1
     );
     assert_eq!(
         pair.client.stats().dropped.too_small,
-        MIN_ENCRYPTED_PACKET_BYTES as u64
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1
     );
     for kind in 7..16u8 {
         let mut p = genuine.clone();
@@ -700,7 +705,7 @@ fn short_and_unknown_packets_are_dropped() {
         .handle_datagram(pair.now, UNIX, client_addr(), &genuine);
     assert_eq!(
         pair.server.stats().dropped.total(),
-        MIN_ENCRYPTED_PACKET_BYTES as u64 + 9 + 3 + 1 + 1
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1 + 9 + 3 + 1 + 1
     );
 }
 
