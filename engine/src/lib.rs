@@ -69,6 +69,7 @@ pub mod codec;
 pub mod conditioner;
 pub mod connection;
 pub mod net;
+pub mod netcode;
 pub mod packet;
 pub mod replication;
 mod sequence;

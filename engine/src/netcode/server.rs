@@ -1,0 +1,709 @@
+//! The server: client slots, the token-checked handshake, keep-alives, timeouts.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use super::packet::{self, Packet, PacketType, Request};
+use super::replay::ReplayWindow;
+use super::stats::{DropCounts, Dropped};
+use super::token::{ChallengeToken, PrivateConnectToken};
+use super::{
+    DISCONNECT_PACKETS, GLOBAL_SEQUENCE_START, Key, MAC_BYTES, MAX_CLIENTS, MAX_PACKET_BYTES,
+    MAX_PAYLOAD_BYTES, SEND_INTERVAL, SendError, Transmit, UserData, crypto, token_timeout,
+};
+
+/// How long a handshake with timeouts disabled in its token may stay half-open.
+const HANDSHAKE_LIFETIME_NO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client's slot on the server, in `0..max_clients`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientIndex(pub u32);
+
+/// Server settings, checked by [`Server::new`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// The game's protocol id; tokens and packets of another are dropped.
+    pub protocol_id: u64,
+    /// The key shared with the backend that mints tokens.
+    pub private_key: Key,
+    /// The address clients reach this server at; it must be in a token for the token to be
+    /// accepted here, so a token for one server is useless at another.
+    pub public_address: SocketAddr,
+    /// Client slots, 1 to 256. Default 64.
+    pub max_clients: usize,
+    /// Handshakes in progress at once (addresses that sent a valid request but have not
+    /// connected). Default `4 * max_clients`: room for slow clients, yet bounded memory
+    /// under a flood of valid-looking requests.
+    pub max_handshakes: usize,
+    /// Connect tokens remembered to refuse their reuse from another address. Default
+    /// `8 * max_clients`; entries are forgotten once their token expires.
+    pub token_history: usize,
+}
+
+impl ServerConfig {
+    /// A config with the documented defaults.
+    pub fn new(protocol_id: u64, private_key: Key, public_address: SocketAddr) -> Self {
+        Self {
+            protocol_id,
+            private_key,
+            public_address,
+            max_clients: 64,
+            max_handshakes: 256,
+            token_history: 512,
+        }
+    }
+
+    /// Sets `max_clients`, and the handshake and history bounds that follow from it.
+    pub fn with_max_clients(mut self, max_clients: usize) -> Self {
+        self.max_clients = max_clients;
+        self.max_handshakes = 4 * max_clients;
+        self.token_history = 8 * max_clients;
+        self
+    }
+}
+
+/// A config the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_clients` outside 1..=256.
+    #[error("max_clients {0} outside 1..=256")]
+    MaxClients(usize),
+    /// `max_handshakes` or `token_history` zero.
+    #[error("max_handshakes and token_history must be at least 1")]
+    ZeroBound,
+}
+
+/// Server-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Datagrams received, valid or not.
+    pub packets_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Dropped datagrams by reason.
+    pub dropped: DropCounts,
+    /// Challenges sent.
+    pub challenges_sent: u64,
+    /// Connection denied packets sent.
+    pub denied_sent: u64,
+    /// Replies not sent because they would have been larger than the request (never happens
+    /// with the standard's packet sizes; counted so a change that breaks the rule shows).
+    pub replies_suppressed: u64,
+    /// Clients connected.
+    pub connections_accepted: u64,
+}
+
+/// Why a client left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// Nothing arrived from it within the token's timeout.
+    TimedOut,
+    /// It sent a disconnect packet.
+    ClientDisconnected,
+    /// The server application disconnected it.
+    ServerDisconnected,
+}
+
+/// Something that happened on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A client completed the handshake.
+    ClientConnected {
+        /// Its slot.
+        client: ClientIndex,
+        /// Its id from the token.
+        client_id: u64,
+        /// Its address.
+        address: SocketAddr,
+        /// The user data from its token.
+        user_data: Box<UserData>,
+    },
+    /// A client left; its slot is free.
+    ClientDisconnected {
+        /// Its slot.
+        client: ClientIndex,
+        /// Its id.
+        client_id: u64,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A payload from a client.
+    Payload {
+        /// Its slot.
+        client: ClientIndex,
+        /// The packet's sequence.
+        sequence: u64,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct Slot {
+    client_id: u64,
+    address: SocketAddr,
+    send_key: Key,
+    recv_key: Key,
+    timeout: Option<Duration>,
+    last_recv: Instant,
+    last_send: Instant,
+    sequence: u64,
+    replay: ReplayWindow,
+    /// False until the client shows it has the keep-alive that told it its index.
+    confirmed: bool,
+}
+
+/// An address whose request was valid: the keys from its token, until it connects.
+#[derive(Debug)]
+struct Handshake {
+    send_key: Key,
+    recv_key: Key,
+    timeout: Option<Duration>,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct TokenUse {
+    mac: [u8; MAC_BYTES],
+    address: SocketAddr,
+    expire_timestamp: u64,
+}
+
+/// The sans-IO netcode server.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    challenge_key: Key,
+    challenge_sequence: u64,
+    /// Sequence of challenges and denials; see [`GLOBAL_SEQUENCE_START`].
+    global_sequence: u64,
+    slots: Vec<Option<Slot>>,
+    by_address: HashMap<SocketAddr, usize>,
+    handshakes: HashMap<SocketAddr, Handshake>,
+    history: Vec<TokenUse>,
+    outgoing: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<ServerEvent>,
+    stats: ServerStats,
+    last_now: Instant,
+}
+
+impl Server {
+    /// A server whose clock starts at `now`, with a fresh challenge key from the OS.
+    pub fn new(config: ServerConfig, now: Instant) -> Result<Self, ConfigError> {
+        Self::with_challenge_key(config, now, crypto::generate_key())
+    }
+
+    pub(super) fn with_challenge_key(
+        config: ServerConfig,
+        now: Instant,
+        challenge_key: Key,
+    ) -> Result<Self, ConfigError> {
+        if !(1..=MAX_CLIENTS).contains(&config.max_clients) {
+            return Err(ConfigError::MaxClients(config.max_clients));
+        }
+        if config.max_handshakes == 0 || config.token_history == 0 {
+            return Err(ConfigError::ZeroBound);
+        }
+        Ok(Self {
+            slots: (0..config.max_clients).map(|_| None).collect(),
+            config,
+            challenge_key,
+            challenge_sequence: 0,
+            global_sequence: GLOBAL_SEQUENCE_START,
+            by_address: HashMap::new(),
+            handshakes: HashMap::new(),
+            history: Vec::new(),
+            outgoing: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ServerStats::default(),
+            last_now: now,
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// Connected clients.
+    pub fn client_count(&self) -> usize {
+        self.by_address.len()
+    }
+
+    /// The slots in use.
+    pub fn clients(&self) -> impl Iterator<Item = ClientIndex> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| ClientIndex(i as u32))
+    }
+
+    /// The address of a connected client.
+    pub fn client_address(&self, client: ClientIndex) -> Option<SocketAddr> {
+        self.slot(client).map(|s| s.address)
+    }
+
+    /// The token's client id of a connected client.
+    pub fn client_id(&self, client: ClientIndex) -> Option<u64> {
+        self.slot(client).map(|s| s.client_id)
+    }
+
+    fn slot(&self, client: ClientIndex) -> Option<&Slot> {
+        self.slots.get(client.0 as usize)?.as_ref()
+    }
+
+    /// A datagram from `from`. `unix_secs` is the current unix time in seconds, against which
+    /// connect tokens expire; `now` drives the timers.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
+        self.last_now = now;
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        if let Err(reason) = self.process(now, unix_secs, from, datagram) {
+            self.stats.dropped.count(reason);
+        }
+    }
+
+    fn process(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), Dropped> {
+        match datagram.first() {
+            None => return Err(Dropped::TooSmall),
+            Some(0) => return self.process_request(now, unix_secs, from, datagram),
+            Some(_) => {}
+        }
+        let header = packet::peek(datagram)?;
+        match header.kind {
+            PacketType::Response => self.process_response(now, from, datagram, header),
+            PacketType::KeepAlive | PacketType::Payload | PacketType::Disconnect => {
+                let index = *self.by_address.get(&from).ok_or(Dropped::UnknownAddress)?;
+                // The index map and the slots change together.
+                let Some(slot) = self.slots[index].as_mut() else {
+                    return Err(Dropped::UnknownAddress);
+                };
+                let mut scratch = [0u8; MAX_PACKET_BYTES];
+                let (sequence, packet) = packet::open(
+                    datagram,
+                    header,
+                    self.config.protocol_id,
+                    &slot.recv_key,
+                    Some(&mut slot.replay),
+                    &mut scratch,
+                )?;
+                slot.last_recv = now;
+                match packet {
+                    Packet::KeepAlive { .. } => slot.confirmed = true,
+                    Packet::Payload(payload) => {
+                        slot.confirmed = true;
+                        self.events.push_back(ServerEvent::Payload {
+                            client: ClientIndex(index as u32),
+                            sequence,
+                            payload: payload.to_vec(),
+                        });
+                    }
+                    _ => self.free_slot(index, DisconnectReason::ClientDisconnected),
+                }
+                Ok(())
+            }
+            // Request has prefix 0, handled above; challenges and denials go to clients.
+            PacketType::Request | PacketType::Challenge | PacketType::Denied => {
+                Err(Dropped::UnexpectedType)
+            }
+        }
+    }
+
+    fn process_request(
+        &mut self,
+        now: Instant,
+        unix_secs: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), Dropped> {
+        let request = Request::read(datagram, self.config.protocol_id)?;
+        if request.expire_timestamp <= unix_secs {
+            return Err(Dropped::TokenExpired);
+        }
+        let token = PrivateConnectToken::open(
+            &request.private_data,
+            request.protocol_id,
+            request.expire_timestamp,
+            &request.nonce,
+            &self.config.private_key,
+        )
+        .map_err(|e| match e {
+            super::TokenError::DecryptFailed => Dropped::TokenInvalid,
+            _ => Dropped::TokenMalformed,
+        })?;
+        if !token.server_addresses.contains(&self.config.public_address) {
+            return Err(Dropped::WrongServerAddress);
+        }
+        if self.by_address.contains_key(&from) || self.connected_id(token.client_id) {
+            return Err(Dropped::AlreadyConnected);
+        }
+        self.remember_token(
+            unix_secs,
+            request.token_mac(),
+            from,
+            request.expire_timestamp,
+        )?;
+        if self.free_slot_index().is_none() {
+            self.deny(from, &token.server_to_client_key, datagram.len());
+            return Err(Dropped::ServerFull);
+        }
+        let timeout = token_timeout(token.timeout_seconds);
+        if !self.handshakes.contains_key(&from)
+            && self.handshakes.len() >= self.config.max_handshakes
+        {
+            self.handshakes.retain(|_, h| h.expires > now);
+            if self.handshakes.len() >= self.config.max_handshakes {
+                return Err(Dropped::HandshakesFull);
+            }
+        }
+        self.handshakes.insert(
+            from,
+            Handshake {
+                send_key: token.server_to_client_key,
+                recv_key: token.client_to_server_key,
+                timeout,
+                expires: now + timeout.unwrap_or(HANDSHAKE_LIFETIME_NO_TIMEOUT),
+            },
+        );
+        let challenge = ChallengeToken {
+            client_id: token.client_id,
+            user_data: token.user_data,
+        }
+        .seal(&self.challenge_key, self.challenge_sequence);
+        let packet = Packet::Challenge {
+            sequence: self.challenge_sequence,
+            token: &challenge,
+        };
+        self.challenge_sequence += 1;
+        let sequence = self.next_global_sequence();
+        if let Some(bytes) = write_vec(
+            &packet,
+            sequence,
+            self.config.protocol_id,
+            &token.server_to_client_key,
+        ) && self.reply(from, bytes, datagram.len())
+        {
+            self.stats.challenges_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds the token to the history, or refuses it if another address used it before.
+    fn remember_token(
+        &mut self,
+        unix_secs: u64,
+        mac: [u8; MAC_BYTES],
+        from: SocketAddr,
+        expire_timestamp: u64,
+    ) -> Result<(), Dropped> {
+        if let Some(used) = self.history.iter().find(|u| bool::from(u.mac.ct_eq(&mac))) {
+            return if used.address == from {
+                Ok(())
+            } else {
+                Err(Dropped::TokenReused)
+            };
+        }
+        if self.history.len() >= self.config.token_history {
+            self.history.retain(|u| u.expire_timestamp > unix_secs);
+        }
+        if self.history.len() >= self.config.token_history {
+            // Full of live tokens: forget the one that expires first, the least useful to
+            // an attacker replaying it.
+            if let Some(i) =
+                (0..self.history.len()).min_by_key(|&i| self.history[i].expire_timestamp)
+            {
+                self.history.swap_remove(i);
+            }
+        }
+        self.history.push(TokenUse {
+            mac,
+            address: from,
+            expire_timestamp,
+        });
+        Ok(())
+    }
+
+    fn process_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        header: packet::Header,
+    ) -> Result<(), Dropped> {
+        if self.by_address.contains_key(&from) {
+            return Err(Dropped::AlreadyConnected);
+        }
+        let handshake = self.handshakes.get(&from).ok_or(Dropped::UnknownAddress)?;
+        let mut scratch = [0u8; MAX_PACKET_BYTES];
+        let (_, packet) = packet::open(
+            datagram,
+            header,
+            self.config.protocol_id,
+            &handshake.recv_key,
+            None,
+            &mut scratch,
+        )?;
+        let Packet::Response { sequence, token } = packet else {
+            return Err(Dropped::UnexpectedType);
+        };
+        let challenge = ChallengeToken::open(token, &self.challenge_key, sequence)
+            .ok_or(Dropped::ChallengeInvalid)?;
+        if self.connected_id(challenge.client_id) {
+            return Err(Dropped::AlreadyConnected);
+        }
+        let send_key = handshake.send_key;
+        let Some(index) = self.free_slot_index() else {
+            self.deny(from, &send_key, datagram.len());
+            return Err(Dropped::ServerFull);
+        };
+        // Checked above that a handshake exists for this address.
+        let Some(handshake) = self.handshakes.remove(&from) else {
+            return Err(Dropped::UnknownAddress);
+        };
+        self.slots[index] = Some(Slot {
+            client_id: challenge.client_id,
+            address: from,
+            send_key: handshake.send_key,
+            recv_key: handshake.recv_key,
+            timeout: handshake.timeout,
+            last_recv: now,
+            last_send: now,
+            sequence: 0,
+            replay: ReplayWindow::default(),
+            confirmed: false,
+        });
+        self.by_address.insert(from, index);
+        self.stats.connections_accepted += 1;
+        self.events.push_back(ServerEvent::ClientConnected {
+            client: ClientIndex(index as u32),
+            client_id: challenge.client_id,
+            address: from,
+            user_data: Box::new(challenge.user_data),
+        });
+        if let Some(bytes) = self.slot_packet(index, &self.keep_alive(index)) {
+            self.reply(from, bytes, datagram.len());
+        }
+        Ok(())
+    }
+
+    fn keep_alive(&self, index: usize) -> Packet<'static> {
+        Packet::KeepAlive {
+            client_index: index as u32,
+            max_clients: self.config.max_clients as u32,
+        }
+    }
+
+    fn connected_id(&self, client_id: u64) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|s| s.client_id == client_id)
+    }
+
+    fn free_slot_index(&self) -> Option<usize> {
+        self.slots.iter().position(Option::is_none)
+    }
+
+    fn next_global_sequence(&mut self) -> u64 {
+        let s = self.global_sequence;
+        self.global_sequence = self.global_sequence.wrapping_add(1);
+        s
+    }
+
+    fn deny(&mut self, to: SocketAddr, key: &Key, request_len: usize) {
+        let sequence = self.next_global_sequence();
+        if let Some(bytes) = write_vec(&Packet::Denied, sequence, self.config.protocol_id, key)
+            && self.reply(to, bytes, request_len)
+        {
+            self.stats.denied_sent += 1;
+        }
+    }
+
+    /// Queues a reply to a datagram of `request_len` bytes, unless it is larger: the server
+    /// never amplifies.
+    fn reply(&mut self, to: SocketAddr, bytes: Vec<u8>, request_len: usize) -> bool {
+        if bytes.len() > request_len {
+            self.stats.replies_suppressed += 1;
+            return false;
+        }
+        self.outgoing.push_back((to, bytes));
+        true
+    }
+
+    /// Encrypts a connection packet for slot `index` with its next sequence.
+    fn slot_packet(&mut self, index: usize, packet: &Packet<'_>) -> Option<Vec<u8>> {
+        let protocol_id = self.config.protocol_id;
+        let slot = self.slots.get_mut(index)?.as_mut()?;
+        let sequence = slot.sequence;
+        slot.sequence += 1;
+        write_vec(packet, sequence, protocol_id, &slot.send_key)
+    }
+
+    fn queue_for_slot(&mut self, index: usize, packet: &Packet<'_>, now: Instant) {
+        if let Some(bytes) = self.slot_packet(index, packet)
+            && let Some(slot) = self.slots[index].as_mut()
+        {
+            slot.last_send = now;
+            self.outgoing.push_back((slot.address, bytes));
+        }
+    }
+
+    fn free_slot(&mut self, index: usize, reason: DisconnectReason) {
+        if let Some(slot) = self.slots[index].take() {
+            self.by_address.remove(&slot.address);
+            self.events.push_back(ServerEvent::ClientDisconnected {
+                client: ClientIndex(index as u32),
+                client_id: slot.client_id,
+                reason,
+            });
+        }
+    }
+
+    /// Sends a payload (1 to 1200 bytes) to a connected client.
+    pub fn send_payload(
+        &mut self,
+        now: Instant,
+        client: ClientIndex,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if payload.is_empty() {
+            return Err(SendError::EmptyPayload);
+        }
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(SendError::PayloadTooLarge(payload.len()));
+        }
+        let index = client.0 as usize;
+        let confirmed = self.slot(client).ok_or(SendError::UnknownClient)?.confirmed;
+        if !confirmed {
+            // Until the client answers, every payload is preceded by the keep-alive that
+            // tells it its index; a client that lost the first one still connects.
+            self.queue_for_slot(index, &self.keep_alive(index), now);
+        }
+        self.queue_for_slot(index, &Packet::Payload(payload), now);
+        Ok(())
+    }
+
+    /// Disconnects a client: ten disconnect packets go out, and its slot is free at once.
+    pub fn disconnect(&mut self, now: Instant, client: ClientIndex) {
+        let index = client.0 as usize;
+        if self.slot(client).is_none() {
+            return;
+        }
+        for _ in 0..DISCONNECT_PACKETS {
+            self.queue_for_slot(index, &Packet::Disconnect, now);
+        }
+        self.free_slot(index, DisconnectReason::ServerDisconnected);
+    }
+
+    /// Disconnects every client.
+    pub fn disconnect_all(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            self.disconnect(now, ClientIndex(index as u32));
+        }
+    }
+
+    /// Applies timeouts: silent clients and stale handshakes are dropped. A spurious call is
+    /// harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        for index in 0..self.slots.len() {
+            if let Some(slot) = &self.slots[index]
+                && let Some(timeout) = slot.timeout
+                && now >= slot.last_recv + timeout
+            {
+                self.free_slot(index, DisconnectReason::TimedOut);
+            }
+        }
+        self.handshakes.retain(|_, h| h.expires > now);
+    }
+
+    /// Next datagram to send, written to `buf` (at least [`MAX_PACKET_BYTES`] long). Keep-alives
+    /// that are due are made here.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if buf.len() < MAX_PACKET_BYTES {
+            return None;
+        }
+        if self.outgoing.is_empty() {
+            for index in 0..self.slots.len() {
+                if let Some(slot) = &self.slots[index]
+                    && now >= slot.last_send + SEND_INTERVAL
+                {
+                    self.queue_for_slot(index, &self.keep_alive(index), now);
+                }
+            }
+        }
+        let (destination, bytes) = self.outgoing.pop_front()?;
+        buf[..bytes.len()].copy_from_slice(&bytes);
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        Some(Transmit {
+            destination,
+            len: bytes.len(),
+        })
+    }
+
+    /// Next event, oldest first.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call `handle_timeout` (or `poll_transmit`) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.outgoing.is_empty() {
+            return Some(self.last_now);
+        }
+        let slots = self.slots.iter().flatten().flat_map(|s| {
+            [
+                Some(s.last_send + SEND_INTERVAL),
+                s.timeout.map(|t| s.last_recv + t),
+            ]
+        });
+        slots
+            .flatten()
+            .chain(self.handshakes.values().map(|h| h.expires))
+            .min()
+    }
+}
+
+fn write_vec(packet: &Packet<'_>, sequence: u64, protocol_id: u64, key: &Key) -> Option<Vec<u8>> {
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let len = packet::write(packet, sequence, protocol_id, key, &mut buf)?;
+    Some(buf[..len].to_vec())
+}
+
+#[cfg(test)]
+impl Server {
+    pub(super) fn global_sequence(&self) -> u64 {
+        self.global_sequence
+    }
+}

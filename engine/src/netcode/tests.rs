@@ -1,0 +1,796 @@
+//! A server and a client in memory and virtual time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::packet::{self, Packet};
+use super::replay::ReplayWindow;
+use super::token::seal_connect_token;
+use super::*;
+
+const PROTOCOL_ID: u64 = 0x1122_3344_5566_7788;
+const PRIVATE_KEY: Key = [7; 32];
+const UNIX: u64 = 1_700_000_000;
+
+fn server_addr() -> SocketAddr {
+    "10.0.0.1:40000".parse().unwrap()
+}
+
+fn client_addr() -> SocketAddr {
+    "10.0.0.2:50000".parse().unwrap()
+}
+
+fn settings(client_id: u64) -> TokenSettings {
+    TokenSettings {
+        protocol_id: PROTOCOL_ID,
+        client_id,
+        server_addresses: vec![server_addr()],
+        expire_seconds: 30,
+        timeout_seconds: 5,
+        user_data: std::array::from_fn(|i| i as u8),
+    }
+}
+
+fn token(client_id: u64) -> ConnectToken {
+    generate_connect_token(UNIX, &settings(client_id), &PRIVATE_KEY).unwrap()
+}
+
+/// Datagrams in flight, both ways, delivered on `step`.
+struct Pair {
+    now: Instant,
+    unix: u64,
+    server: Server,
+    client: Client,
+    client_addr: SocketAddr,
+    /// Every datagram the server sent, with the length of the datagram it answered (0 when
+    /// it was not an answer).
+    to_client: Vec<Vec<u8>>,
+    to_server: Vec<Vec<u8>>,
+    deliver: bool,
+}
+
+impl Pair {
+    fn new(config: ServerConfig, token: ConnectToken) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            unix: UNIX,
+            server: Server::new(config, now).unwrap(),
+            client: Client::with_token(now, token),
+            client_addr: client_addr(),
+            to_client: Vec::new(),
+            to_server: Vec::new(),
+            deliver: true,
+        }
+    }
+
+    fn default() -> Self {
+        Self::new(
+            ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr()),
+            token(42),
+        )
+    }
+
+    /// Drains both sides' transmits, then delivers them (unless delivery is off).
+    fn step(&mut self) {
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        self.client.handle_timeout(self.now);
+        self.server.handle_timeout(self.now);
+        let mut to_server = Vec::new();
+        while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
+            to_server.push(buf[..t.len].to_vec());
+        }
+        let mut to_client = Vec::new();
+        while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+            assert_eq!(t.destination, self.client_addr);
+            to_client.push(buf[..t.len].to_vec());
+        }
+        if self.deliver {
+            for d in &to_server {
+                self.server
+                    .handle_datagram(self.now, self.unix, self.client_addr, d);
+            }
+            for d in &to_client {
+                self.client.handle_datagram(self.now, server_addr(), d);
+            }
+        }
+        self.to_server.extend(to_server);
+        self.to_client.extend(to_client);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    fn run(&mut self, for_: Duration) {
+        let end = self.now + for_;
+        while self.now < end {
+            self.step();
+            self.advance(Duration::from_millis(10));
+        }
+    }
+
+    fn server_events(&mut self) -> Vec<ServerEvent> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+
+    fn client_events(&mut self) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| self.client.poll_event()).collect()
+    }
+
+    fn connect(&mut self) {
+        for _ in 0..10 {
+            self.step();
+            if self.client.is_connected() {
+                return;
+            }
+        }
+        panic!("did not connect: {:?}", self.client.state());
+    }
+
+    /// A connection packet from the client as the server would receive it next.
+    fn client_packet(&mut self, p: &Packet<'_>, sequence: u64) -> Vec<u8> {
+        let mut buf = [0u8; MAX_PACKET_BYTES];
+        let key = token_keys(&self.client).0;
+        let len = packet::write(p, sequence, PROTOCOL_ID, &key, &mut buf).unwrap();
+        buf[..len].to_vec()
+    }
+}
+
+fn token_keys(client: &Client) -> (Key, Key) {
+    let t = client.token();
+    (t.client_to_server_key, t.server_to_client_key)
+}
+
+fn request_bytes(token: &ConnectToken) -> Vec<u8> {
+    let mut client = Client::with_token(Instant::now(), token.clone());
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let t = client.poll_transmit(Instant::now(), &mut buf).unwrap();
+    buf[..t.len].to_vec()
+}
+
+fn fresh_server() -> Server {
+    Server::new(
+        ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr()),
+        Instant::now(),
+    )
+    .unwrap()
+}
+
+fn drain(server: &mut Server, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    std::iter::from_fn(|| {
+        server
+            .poll_transmit(now, &mut buf)
+            .map(|t| buf[..t.len].to_vec())
+    })
+    .collect()
+}
+
+#[test]
+fn token_round_trip() {
+    let mut s = settings(99);
+    s.server_addresses = vec![server_addr(), "[2001:db8::1:2]:40001".parse().unwrap()];
+    let token = seal_connect_token(UNIX, &s, &PRIVATE_KEY, [3; 24], [1; 32], [2; 32]).unwrap();
+    let bytes = token.to_bytes();
+    assert_eq!(bytes.len(), CONNECT_TOKEN_BYTES);
+    let read = ConnectToken::from_bytes(&bytes[..]).unwrap();
+    assert_eq!(read, token);
+    assert_eq!(read.expire_timestamp, UNIX + 30);
+    let private = read.open_private(&PRIVATE_KEY).unwrap();
+    assert_eq!(private.client_id, 99);
+    assert_eq!(private.timeout_seconds, 5);
+    assert_eq!(private.server_addresses, s.server_addresses);
+    assert_eq!(private.client_to_server_key, [1; 32]);
+    assert_eq!(private.server_to_client_key, [2; 32]);
+    assert_eq!(private.user_data, s.user_data);
+    // The public addresses follow the private part and the timeout: count, then an IPv4
+    // entry (7 bytes), then the IPv6 one whose segments are little-endian numbers.
+    let at = 13 + 8 + 8 + 8 + 24 + 1024 + 4;
+    assert_eq!(&bytes[at..at + 4], &2u32.to_le_bytes());
+    assert_eq!(&bytes[at + 4..at + 11], &[1, 10, 0, 0, 1, 0x40, 0x9c]);
+    let v6 = &bytes[at + 11..at + 11 + 19];
+    assert_eq!(v6[0], 2);
+    assert_eq!(
+        &v6[1..5],
+        &[0x01, 0x20, 0xb8, 0x0d],
+        "2001:db8 as LE u16s, not octets"
+    );
+    assert_eq!(&v6[15..17], &[0x02, 0x00]);
+    assert_eq!(&v6[17..19], &40001u16.to_le_bytes());
+}
+
+#[test]
+fn token_refused_when_malformed() {
+    let token = token(1);
+    let mut bytes = token.to_bytes();
+    assert_eq!(
+        ConnectToken::from_bytes(&bytes[..100]),
+        Err(TokenError::Malformed)
+    );
+    bytes[0] = b'X';
+    assert_eq!(
+        ConnectToken::from_bytes(&bytes[..]),
+        Err(TokenError::BadVersion)
+    );
+    let mut s = settings(1);
+    s.server_addresses.clear();
+    assert_eq!(
+        generate_connect_token(UNIX, &s, &PRIVATE_KEY),
+        Err(TokenError::AddressCount(0))
+    );
+    s.server_addresses = vec![server_addr(); 33];
+    assert_eq!(
+        generate_connect_token(UNIX, &s, &PRIVATE_KEY),
+        Err(TokenError::AddressCount(33))
+    );
+    let mut early = token.clone();
+    early.create_timestamp = early.expire_timestamp + 1;
+    assert_eq!(
+        ConnectToken::from_bytes(&early.to_bytes()[..]),
+        Err(TokenError::CreatedAfterExpiry)
+    );
+    assert_eq!(token.open_private(&[8; 32]), Err(TokenError::DecryptFailed));
+}
+
+#[test]
+fn connects_exchanges_payloads_past_the_timeout_and_disconnects() {
+    let mut pair = Pair::default();
+    pair.connect();
+    let events = pair.server_events();
+    let Some(ServerEvent::ClientConnected {
+        client,
+        client_id: 42,
+        user_data,
+        ..
+    }) = events.first()
+    else {
+        panic!("{events:?}");
+    };
+    let client = *client;
+    assert_eq!(user_data[5], 5);
+    assert_eq!(
+        pair.client_events()[0],
+        ClientEvent::Connected {
+            client_index: 0,
+            max_clients: 64
+        }
+    );
+    // Ten seconds (twice the token's timeout), payloads both ways now and then.
+    for i in 0..100u32 {
+        if i % 10 == 0 {
+            pair.client
+                .send_payload(pair.now, &i.to_le_bytes())
+                .unwrap();
+            pair.server
+                .send_payload(pair.now, client, &[i as u8; 1200])
+                .unwrap();
+        }
+        pair.run(Duration::from_millis(100));
+    }
+    let to_server: Vec<_> = pair.server_events();
+    assert_eq!(to_server.len(), 10);
+    assert!(
+        matches!(&to_server[3], ServerEvent::Payload { payload, .. } if payload == &30u32.to_le_bytes())
+    );
+    let to_client = pair.client_events();
+    assert_eq!(to_client.len(), 10);
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.client_count(), 1);
+    assert_eq!(pair.server.stats().dropped.total(), 0);
+    assert_eq!(pair.client.stats().dropped.total(), 0);
+
+    let sent = pair.to_server.len();
+    pair.client.disconnect(pair.now);
+    pair.step();
+    assert_eq!(pair.to_server.len() - sent, DISCONNECT_PACKETS);
+    assert_eq!(pair.client.state(), ClientState::Disconnected);
+    assert_eq!(
+        pair.server_events(),
+        vec![ServerEvent::ClientDisconnected {
+            client,
+            client_id: 42,
+            reason: DisconnectReason::ClientDisconnected
+        }]
+    );
+    // The other nine copies are from an address with no connection now.
+    assert_eq!(
+        pair.server.stats().dropped.unknown_address,
+        DISCONNECT_PACKETS as u64 - 1
+    );
+}
+
+#[test]
+fn server_disconnect_reaches_the_client() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.server.disconnect(pair.now, ClientIndex(0));
+    let sent = pair.to_client.len();
+    pair.step();
+    assert_eq!(pair.to_client.len() - sent, DISCONNECT_PACKETS);
+    assert_eq!(pair.client.state(), ClientState::Disconnected);
+    assert_eq!(pair.server.client_count(), 0);
+}
+
+#[test]
+fn idle_timeout_from_the_token() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.deliver = false;
+    pair.run(Duration::from_millis(4900));
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.client_count(), 1);
+    pair.run(Duration::from_millis(200));
+    assert_eq!(pair.client.state(), ClientState::ConnectionTimedOut);
+    assert_eq!(pair.server.client_count(), 0);
+    assert!(pair.server_events().iter().any(|e| matches!(
+        e,
+        ServerEvent::ClientDisconnected {
+            reason: DisconnectReason::TimedOut,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn request_timeout_moves_to_the_next_server() {
+    let mut s = settings(5);
+    let other: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+    s.server_addresses = vec![other, server_addr()];
+    let token = generate_connect_token(UNIX, &s, &PRIVATE_KEY).unwrap();
+    let now = Instant::now();
+    let mut client = Client::with_token(now, token);
+    assert_eq!(client.server_address(), other);
+    client.handle_timeout(now + Duration::from_secs(5));
+    assert_eq!(client.server_address(), server_addr());
+    assert_eq!(client.state(), ClientState::SendingConnectionRequest);
+    client.handle_timeout(now + Duration::from_secs(10));
+    assert_eq!(client.state(), ClientState::ConnectionRequestTimedOut);
+}
+
+#[test]
+fn bad_requests_are_dropped_and_counted() {
+    let now = Instant::now();
+    let from = client_addr();
+    let good = request_bytes(&token(1));
+
+    let mut server = fresh_server();
+    type Counter = fn(&DropCounts) -> u64;
+    let cases: Vec<(Vec<u8>, u64, Counter)> = vec![
+        (good[..1077].to_vec(), UNIX, |d| d.bad_request_size),
+        (
+            {
+                let mut b = good.clone();
+                b[1] ^= 1;
+                b
+            },
+            UNIX,
+            |d| d.bad_version,
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[14] ^= 1;
+                b
+            },
+            UNIX,
+            |d| d.bad_protocol_id,
+        ),
+        // The expiry is authenticated: moving it forward breaks decryption.
+        (
+            {
+                let mut b = good.clone();
+                b[22] ^= 1;
+                b
+            },
+            UNIX,
+            |d| d.token_invalid,
+        ),
+        (
+            {
+                let mut b = good.clone();
+                b[600] ^= 1;
+                b
+            },
+            UNIX,
+            |d| d.token_invalid,
+        ),
+        (good.clone(), UNIX + 30, |d| d.token_expired),
+    ];
+    for (bytes, unix, counter) in cases {
+        let before = counter(&server.stats().dropped);
+        server.handle_datagram(now, unix, from, &bytes);
+        assert_eq!(counter(&server.stats().dropped), before + 1);
+        assert!(drain(&mut server, now).is_empty());
+    }
+    assert_eq!(server.stats().challenges_sent, 0);
+}
+
+#[test]
+fn token_for_another_key_or_server_is_refused() {
+    let now = Instant::now();
+    let wrong_key = generate_connect_token(UNIX, &settings(1), &[9; 32]).unwrap();
+    let mut s = settings(1);
+    s.server_addresses = vec!["10.0.0.1:40001".parse().unwrap()];
+    let wrong_server = generate_connect_token(UNIX, &s, &PRIVATE_KEY).unwrap();
+    let mut server = fresh_server();
+    server.handle_datagram(now, UNIX, client_addr(), &request_bytes(&wrong_key));
+    server.handle_datagram(now, UNIX, client_addr(), &request_bytes(&wrong_server));
+    assert_eq!(server.stats().dropped.token_invalid, 1);
+    assert_eq!(server.stats().dropped.wrong_server_address, 1);
+    assert!(drain(&mut server, now).is_empty());
+}
+
+#[test]
+fn token_used_from_another_address_is_refused() {
+    let now = Instant::now();
+    let request = request_bytes(&token(1));
+    let mut server = fresh_server();
+    server.handle_datagram(now, UNIX, client_addr(), &request);
+    // Resending from the same address is how a client retries: answered again.
+    server.handle_datagram(now, UNIX, client_addr(), &request);
+    assert_eq!(drain(&mut server, now).len(), 2);
+    let thief: SocketAddr = "10.0.0.66:50000".parse().unwrap();
+    server.handle_datagram(now, UNIX, thief, &request);
+    assert_eq!(server.stats().dropped.token_reused, 1);
+    assert!(drain(&mut server, now).is_empty());
+}
+
+#[test]
+fn connected_client_cannot_connect_again() {
+    let mut pair = Pair::default();
+    pair.connect();
+    let request = pair.to_server[0].clone();
+    let now = pair.now;
+    pair.server
+        .handle_datagram(now, UNIX, client_addr(), &request);
+    // Same client id from a new address with a fresh token.
+    pair.server.handle_datagram(
+        now,
+        UNIX,
+        "10.0.0.3:1".parse().unwrap(),
+        &request_bytes(&token(42)),
+    );
+    assert_eq!(pair.server.stats().dropped.already_connected, 2);
+}
+
+#[test]
+fn full_server_denies() {
+    let config = ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr()).with_max_clients(1);
+    let mut first = Pair::new(config, token(1));
+    first.connect();
+    let mut second = Client::with_token(first.now, token(2));
+    let second_addr: SocketAddr = "10.0.0.3:50000".parse().unwrap();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let t = second.poll_transmit(first.now, &mut buf).unwrap();
+    first
+        .server
+        .handle_datagram(first.now, UNIX, second_addr, &buf[..t.len]);
+    assert_eq!(first.server.stats().dropped.server_full, 1);
+    assert_eq!(first.server.stats().denied_sent, 1);
+    let now = first.now;
+    let denied = drain(&mut first.server, now);
+    assert_eq!(denied.len(), 1);
+    second.handle_datagram(now, server_addr(), &denied[0]);
+    assert_eq!(second.state(), ClientState::ConnectionDenied);
+}
+
+#[test]
+fn no_reply_is_larger_than_its_request() {
+    // Every datagram an unconnected address can make the server answer, with each answer's
+    // size against the request's.
+    let config = ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr()).with_max_clients(1);
+    let mut pair = Pair::new(config, token(1));
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let mut checked = 0;
+    for _ in 0..5 {
+        let now = pair.now;
+        while let Some(t) = pair.client.poll_transmit(now, &mut buf) {
+            let request = buf[..t.len].to_vec();
+            pair.server
+                .handle_datagram(now, UNIX, client_addr(), &request);
+            for reply in drain(&mut pair.server, now) {
+                assert!(
+                    reply.len() <= request.len(),
+                    "{} > {}",
+                    reply.len(),
+                    request.len()
+                );
+                pair.client.handle_datagram(now, server_addr(), &reply);
+                checked += 1;
+            }
+        }
+        pair.advance(SEND_INTERVAL);
+    }
+    assert!(pair.client.is_connected());
+    // A denial from the full server.
+    let now = pair.now;
+    let mut other = Client::with_token(now, token(2));
+    let t = other.poll_transmit(pair.now, &mut buf).unwrap();
+    pair.server
+        .handle_datagram(pair.now, UNIX, "10.0.0.3:1".parse().unwrap(), &buf[..t.len]);
+    for reply in drain(&mut pair.server, now) {
+        assert!(reply.len() <= t.len);
+        checked += 1;
+    }
+    assert!(checked >= 3);
+    assert_eq!(pair.server.stats().replies_suppressed, 0);
+}
+
+#[test]
+fn replay_window() {
+    let mut w = ReplayWindow::default();
+    assert!(!w.already_received(0));
+    w.advance(0);
+    assert!(w.already_received(0), "duplicate");
+    w.advance(300);
+    assert!(w.already_received(300));
+    assert!(w.already_received(44), "older than the window");
+    assert!(
+        !w.already_received(45),
+        "oldest in the window, never received"
+    );
+    w.advance(45);
+    assert!(w.already_received(45));
+    assert!(!w.already_received(299));
+    // Out of order inside the window is fine, once.
+    w.advance(299);
+    assert!(w.already_received(299));
+
+    // Near the top of the sequence space nothing overflows.
+    let mut w = ReplayWindow::default();
+    w.advance(u64::MAX - 10);
+    assert!(!w.already_received(u64::MAX));
+    w.advance(u64::MAX);
+    assert!(
+        w.already_received(u64::MAX),
+        "u64::MAX is a sequence like any other"
+    );
+    assert!(w.already_received(u64::MAX - 10));
+    assert!(w.already_received(5), "far below: too old");
+    assert!(w.already_received(u64::MAX - 256));
+    assert!(!w.already_received(u64::MAX - 255));
+}
+
+#[test]
+fn replayed_packets_are_dropped() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.server_events();
+    pair.client.send_payload(pair.now, b"fire").unwrap();
+    pair.step();
+    let payload = pair.to_server.last().unwrap().clone();
+    assert_eq!(pair.server_events().len(), 1);
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &payload);
+    assert_eq!(pair.server.stats().dropped.replayed, 1);
+    assert!(pair.server_events().is_empty());
+    // Same on the client side.
+    pair.server
+        .send_payload(pair.now, ClientIndex(0), b"hit")
+        .unwrap();
+    pair.step();
+    let payload = pair.to_client.last().unwrap().clone();
+    pair.client_events();
+    pair.client
+        .handle_datagram(pair.now, server_addr(), &payload);
+    assert_eq!(pair.client.stats().dropped.replayed, 1);
+    assert!(pair.client_events().is_empty());
+}
+
+#[test]
+fn forged_packets_do_not_move_the_replay_window() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.server_events();
+    // A forged packet with a high sequence fails to decrypt and leaves the window alone.
+    let mut forged = pair.client_packet(&Packet::Payload(b"x"), 1000);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &forged);
+    assert_eq!(pair.server.stats().dropped.decrypt_failed, 1);
+    let genuine = pair.client_packet(&Packet::Payload(b"y"), 500);
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &genuine);
+    assert_eq!(pair.server_events().len(), 1);
+}
+
+#[test]
+fn bit_flips_are_refused() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.server_events();
+    let genuine = pair.client_packet(&Packet::Payload(b"payload"), 77);
+    for i in 0..genuine.len() {
+        for bit in [0x01, 0x80] {
+            let mut flipped = genuine.clone();
+            flipped[i] ^= bit;
+            pair.server
+                .handle_datagram(pair.now, UNIX, client_addr(), &flipped);
+        }
+    }
+    assert!(pair.server_events().is_empty());
+    assert_eq!(
+        pair.server.stats().dropped.total(),
+        2 * genuine.len() as u64
+    );
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &genuine);
+    assert_eq!(pair.server_events().len(), 1);
+}
+
+#[test]
+fn forged_disconnect_is_ignored() {
+    let mut pair = Pair::default();
+    pair.connect();
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    for sequence in [1000, 5000, GLOBAL_SEQUENCE_START, u64::MAX] {
+        let len = packet::write(
+            &Packet::Disconnect,
+            sequence,
+            PROTOCOL_ID,
+            &[0; 32],
+            &mut buf,
+        )
+        .unwrap();
+        pair.client
+            .handle_datagram(pair.now, server_addr(), &buf[..len]);
+        pair.server
+            .handle_datagram(pair.now, UNIX, client_addr(), &buf[..len]);
+    }
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.client_count(), 1);
+    assert_eq!(pair.client.stats().dropped.decrypt_failed, 4);
+    assert_eq!(pair.server.stats().dropped.decrypt_failed, 4);
+}
+
+#[test]
+fn short_and_unknown_packets_are_dropped() {
+    let mut pair = Pair::default();
+    pair.connect();
+    let genuine = pair.client_packet(
+        &Packet::KeepAlive {
+            client_index: 0,
+            max_clients: 64,
+        },
+        90,
+    );
+    for len in 0..MIN_ENCRYPTED_PACKET_BYTES {
+        pair.server
+            .handle_datagram(pair.now, UNIX, client_addr(), &genuine[..len]);
+        pair.client
+            .handle_datagram(pair.now, server_addr(), &genuine[..len]);
+    }
+    // Under 18 bytes is the first check: nothing else about such a datagram is looked at.
+    let junk = [0xffu8; MIN_ENCRYPTED_PACKET_BYTES - 1];
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &junk);
+    pair.client.handle_datagram(pair.now, server_addr(), &junk);
+    assert_eq!(
+        pair.server.stats().dropped.too_small,
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1
+    );
+    assert_eq!(
+        pair.client.stats().dropped.too_small,
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1
+    );
+    for kind in 7..16u8 {
+        let mut p = genuine.clone();
+        p[0] = (p[0] & 0xf0) | kind;
+        pair.server
+            .handle_datagram(pair.now, UNIX, client_addr(), &p);
+        pair.client.handle_datagram(pair.now, server_addr(), &p);
+    }
+    assert_eq!(pair.server.stats().dropped.unknown_type, 9);
+    assert_eq!(pair.client.stats().dropped.unknown_type, 9);
+    for n in [0u8, 9, 15] {
+        let mut p = genuine.clone();
+        p[0] = (p[0] & 0x0f) | (n << 4);
+        pair.server
+            .handle_datagram(pair.now, UNIX, client_addr(), &p);
+    }
+    assert_eq!(pair.server.stats().dropped.bad_sequence_bytes, 3);
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &[0u8; MAX_PACKET_BYTES + 1]);
+    assert_eq!(pair.server.stats().dropped.bad_request_size, 1);
+    pair.server
+        .handle_datagram(pair.now, UNIX, "10.0.0.3:1".parse().unwrap(), &genuine);
+    assert_eq!(pair.server.stats().dropped.unknown_address, 1);
+    pair.client
+        .handle_datagram(pair.now, "10.0.0.3:1".parse().unwrap(), &genuine);
+    assert_eq!(pair.client.stats().dropped.unknown_address, 1);
+    // The genuine one still goes through.
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &genuine);
+    assert_eq!(
+        pair.server.stats().dropped.total(),
+        MIN_ENCRYPTED_PACKET_BYTES as u64 + 1 + 9 + 3 + 1 + 1
+    );
+}
+
+#[test]
+fn payloads_over_1200_bytes_are_refused_and_dropped() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.server_events();
+    assert_eq!(
+        pair.client.send_payload(pair.now, &[0; 1201]),
+        Err(SendError::PayloadTooLarge(1201))
+    );
+    assert_eq!(
+        pair.client.send_payload(pair.now, &[]),
+        Err(SendError::EmptyPayload)
+    );
+    assert_eq!(
+        pair.server
+            .send_payload(pair.now, ClientIndex(0), &[0; 1201]),
+        Err(SendError::PayloadTooLarge(1201))
+    );
+    let big = pair.client_packet(&Packet::Payload(&[1; 1201]), 100);
+    pair.server
+        .handle_datagram(pair.now, UNIX, client_addr(), &big);
+    assert_eq!(pair.server.stats().dropped.payload_too_large, 1);
+    assert!(pair.server_events().is_empty());
+}
+
+#[test]
+fn challenges_and_denials_use_the_top_half_of_the_sequence_space() {
+    for _ in 0..2 {
+        // Every start, not only the first: a restarted server must not reuse low sequences
+        // under a key a connected client's packets also use.
+        let now = Instant::now();
+        let mut server = fresh_server();
+        assert_eq!(server.global_sequence(), GLOBAL_SEQUENCE_START);
+        server.handle_datagram(now, UNIX, client_addr(), &request_bytes(&token(1)));
+        let challenge = &drain(&mut server, now)[0];
+        assert_eq!(challenge[0], 0x80 | 2, "eight sequence bytes, type 2");
+        assert_eq!(&challenge[1..9], &GLOBAL_SEQUENCE_START.to_le_bytes());
+        assert_eq!(server.global_sequence(), GLOBAL_SEQUENCE_START + 1);
+    }
+}
+
+#[test]
+fn config_is_checked_at_construction() {
+    for max in [0, MAX_CLIENTS + 1] {
+        let config =
+            ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr()).with_max_clients(max);
+        assert_eq!(
+            Server::new(config, Instant::now()).err(),
+            Some(ConfigError::MaxClients(max))
+        );
+    }
+}
+
+#[test]
+fn random_datagrams_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut pair = Pair::default();
+    pair.connect();
+    for _ in 0..5000 {
+        let len = rng.random_range(0..1400);
+        let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        if len > 0 && rng.random_bool(0.5) {
+            d[0] = rng.random_range(0..7) | (rng.random_range(1..9) << 4);
+        }
+        pair.server
+            .handle_datagram(pair.now, UNIX, client_addr(), &d);
+        pair.client.handle_datagram(pair.now, server_addr(), &d);
+    }
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.stats().dropped.total(), 5000);
+    assert_eq!(pair.client.stats().dropped.total(), 5000);
+}
+
+#[test]
+fn quiet_connection_stays_up_on_keep_alives() {
+    let mut pair = Pair::default();
+    pair.connect();
+    pair.run(Duration::from_secs(20));
+    assert!(pair.client.is_connected());
+    assert_eq!(pair.server.client_count(), 1);
+    // About ten keep-alives a second each way, no more.
+    let n = pair.to_client.len();
+    assert!((190..=215).contains(&n), "{n}");
+}
