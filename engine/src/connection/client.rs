@@ -35,6 +35,8 @@ pub struct ClientConfig {
     pub handshake_resend_interval: Duration,
     /// Per-connection settings (must match the server's channels).
     pub connection: ConnectionConfig,
+    /// Plain, or secure with a connect token; must match the server's mode.
+    pub security: ClientSecurity,
 }
 
 impl Default for ClientConfig {
@@ -43,8 +45,25 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_resend_interval: Duration::from_millis(100),
             connection: ConnectionConfig::default(),
+            security: ClientSecurity::Plain,
         }
     }
+}
+
+/// How a client connects; see [`super::Security`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum ClientSecurity {
+    /// The engine's own cookie handshake, to a plain server.
+    #[default]
+    Plain,
+    /// netcode 1.02 with this connect token (the 2048 bytes from the game's backend). The
+    /// server is the token's first address that answers; the `server` given to
+    /// [`Client::new`] is only used when it is one of the token's addresses.
+    Secure {
+        /// The connect token.
+        token: Vec<u8>,
+    },
 }
 
 /// Where the client is in its life.
@@ -76,6 +95,10 @@ enum Phase {
 /// The sans-IO client: feed it datagrams and time, drain transmits and events.
 #[derive(Debug)]
 pub struct Client {
+    /// The netcode client underneath, in secure mode.
+    secure: Option<crate::netcode::Client>,
+    /// The newest `now` seen, for the calls that take none (`disconnect`).
+    last_now: Instant,
     config: ClientConfig,
     server: SocketAddr,
     nonce: u64,
@@ -100,8 +123,18 @@ impl Client {
         if config.connect_timeout.is_zero() {
             return Err(ConfigError::Invalid("connect timeout must be above zero"));
         }
+        let (secure, server) = match &config.security {
+            ClientSecurity::Plain => (None, server),
+            ClientSecurity::Secure { token } => {
+                let netcode = crate::netcode::Client::new(now, token)?;
+                let server = netcode.server_address();
+                (Some(netcode), server)
+            }
+        };
         let nonce = ChaCha8Rng::seed_from_u64(seed).random();
         Ok(Self {
+            secure,
+            last_now: now,
             config,
             server,
             nonce,
@@ -118,6 +151,11 @@ impl Client {
     /// The server's address.
     pub fn server_addr(&self) -> SocketAddr {
         self.server
+    }
+
+    /// The netcode layer's counters, in secure mode (drops by reason).
+    pub fn secure_stats(&self) -> Option<crate::netcode::ClientStats> {
+        self.secure.as_ref().map(|n| n.stats())
     }
 
     /// Current state.
@@ -144,6 +182,13 @@ impl Client {
 
     /// Feed one received datagram. Invalid ones are dropped and counted.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.last_now = now;
+        if let Some(netcode) = self.secure.as_mut() {
+            netcode.handle_datagram(now, from, datagram);
+            self.pump_secure(now);
+            self.after_connection_io();
+            return;
+        }
         if let Err(why) = self.process(now, from, datagram) {
             self.invalid_packets += 1;
             if let Phase::Connected { conn, .. } = &mut self.phase {
@@ -195,6 +240,7 @@ impl Client {
                     salt,
                     self.config.connection.clone(),
                     now,
+                    MAX_PACKET_BYTES,
                 ));
                 self.phase = Phase::Connected { id, conn };
                 self.events.push_back(Event::Connected { client_id: id });
@@ -225,6 +271,70 @@ impl Client {
         }
     }
 
+    /// Take the netcode client's events: connected, payloads (each one of the engine's own
+    /// packets), disconnected.
+    fn pump_secure(&mut self, now: Instant) {
+        while let Some(e) = self.secure.as_mut().and_then(|n| n.poll_event()) {
+            match e {
+                crate::netcode::ClientEvent::Connected { client_index, .. } => {
+                    if !matches!(self.phase, Phase::Handshake { .. }) {
+                        continue;
+                    }
+                    // The server names this connection by its slot plus one, as here.
+                    let id = ClientId(client_index.wrapping_add(1));
+                    if let Some(n) = &self.secure {
+                        self.server = n.server_address();
+                    }
+                    let conn = Box::new(Established::new(
+                        self.server,
+                        0,
+                        self.config.connection.clone(),
+                        now,
+                        crate::netcode::MAX_PAYLOAD_BYTES,
+                    ));
+                    self.phase = Phase::Connected { id, conn };
+                    self.events.push_back(Event::Connected { client_id: id });
+                }
+                crate::netcode::ClientEvent::Payload { payload, .. } => {
+                    let Phase::Connected { conn, .. } = &mut self.phase else {
+                        continue;
+                    };
+                    let result = match Packet::decode(&payload) {
+                        Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => {
+                            conn.handle_packet(now, &packet, payload.len())
+                        }
+                        Ok(_) => Err(InvalidPacket::UnexpectedKind),
+                        Err(e) => Err(InvalidPacket::Malformed(e)),
+                    };
+                    if result.is_err() {
+                        self.invalid_packets += 1;
+                        conn.stats.invalid_received += 1;
+                    }
+                }
+                crate::netcode::ClientEvent::Disconnected { state } => {
+                    use crate::netcode::ClientState as S;
+                    let reason = match state {
+                        S::ConnectionDenied => {
+                            DisconnectReason::Denied(crate::packet::DenyReason::ServerFull)
+                        }
+                        S::ConnectionRequestTimedOut | S::ConnectionResponseTimedOut => {
+                            DisconnectReason::ConnectTimedOut
+                        }
+                        S::ConnectTokenExpired | S::InvalidConnectToken => {
+                            DisconnectReason::TokenRefused
+                        }
+                        S::ConnectionTimedOut => DisconnectReason::TimedOut,
+                        _ => DisconnectReason::Peer(DisconnectReasonCode::ServerShutdown),
+                    };
+                    // The engine's own goodbye, inside the last payloads, may have told the
+                    // real reason already.
+                    self.after_connection_io();
+                    self.finish(reason);
+                }
+            }
+        }
+    }
+
     fn finish(&mut self, reason: DisconnectReason) {
         if !matches!(self.phase, Phase::Done(_)) {
             self.phase = Phase::Done(reason);
@@ -245,6 +355,11 @@ impl Client {
 
     /// Advance timers: handshake resends, keep-alive, loss detection, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        if let Some(netcode) = self.secure.as_mut() {
+            netcode.handle_timeout(now);
+            self.pump_secure(now);
+        }
         match &mut self.phase {
             Phase::Handshake { .. } => {
                 if now.saturating_duration_since(self.started) >= self.config.connect_timeout {
@@ -261,6 +376,9 @@ impl Client {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if buf.len() < MAX_PACKET_BYTES {
             return None;
+        }
+        if self.secure.is_some() {
+            return self.poll_transmit_secure(now, buf);
         }
         let len = match &mut self.phase {
             Phase::Handshake { cookie, next_send } => {
@@ -294,6 +412,28 @@ impl Client {
         })
     }
 
+    /// Secure mode: netcode's own packets first, then the connection's next packet sealed
+    /// into a netcode payload; once the connection's goodbye is out, netcode's own.
+    fn poll_transmit_secure(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let netcode = self.secure.as_mut()?;
+        if let Some(t) = netcode.poll_transmit(now, buf) {
+            return Some(t);
+        }
+        let Phase::Connected { conn, .. } = &mut self.phase else {
+            return None;
+        };
+        let len = conn.poll_transmit(now, buf)?;
+        let closed = conn.is_closed();
+        // At most MAX_PAYLOAD_BYTES by the connection's packet limit.
+        let _ = netcode.send_payload(now, &buf[..len]);
+        if closed {
+            netcode.disconnect(now);
+        }
+        self.after_connection_io();
+        let netcode = self.secure.as_mut()?;
+        netcode.poll_transmit(now, buf)
+    }
+
     /// Next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -301,13 +441,19 @@ impl Client {
 
     /// When `handle_timeout` should next be called (or a transmit is ready to poll).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match &self.phase {
+        let netcode = self.secure.as_ref().and_then(|n| n.poll_timeout());
+        let own = match &self.phase {
+            // In secure mode netcode paces the handshake itself.
+            Phase::Handshake { .. } if self.secure.is_some() => {
+                Some(self.started + self.config.connect_timeout)
+            }
             Phase::Handshake { next_send, .. } => {
                 Some((*next_send).min(self.started + self.config.connect_timeout))
             }
             Phase::Connected { conn, .. } => conn.poll_timeout(),
             Phase::Done(_) => None,
-        }
+        };
+        own.into_iter().chain(netcode).min()
     }
 
     /// Send an unreliable datagram now, in its own packet; see [`super::Server::send_datagram`].
@@ -336,7 +482,12 @@ impl Client {
     pub fn disconnect(&mut self) {
         match &mut self.phase {
             Phase::Connected { conn, .. } => conn.disconnect(DisconnectReasonCode::Requested),
-            Phase::Handshake { .. } => self.finish(DisconnectReason::Requested),
+            Phase::Handshake { .. } => {
+                if let Some(netcode) = self.secure.as_mut() {
+                    netcode.disconnect(self.last_now);
+                }
+                self.finish(DisconnectReason::Requested)
+            }
             Phase::Done(_) => {}
         }
     }

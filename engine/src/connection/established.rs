@@ -55,12 +55,29 @@ pub(crate) struct Established {
     goodbyes_left: usize,
     goodbye_reason: DisconnectReasonCode,
     closed: Option<DisconnectReason>,
+    /// Largest packet this connection builds: [`MAX_PACKET_BYTES`] on its own, less when it
+    /// rides inside another protocol's payload (secure mode).
+    max_packet_bytes: usize,
+}
+
+/// Largest datagram a connection whose packets are at most `max_packet_bytes` can carry.
+pub(crate) fn max_datagram_bytes(max_packet_bytes: usize) -> usize {
+    max_packet_bytes.saturating_sub(Packet::CONNECTED_HEADER_BYTES + DATAGRAM_FRAMING_BYTES)
 }
 
 impl Established {
-    pub(crate) fn new(peer: SocketAddr, salt: u32, config: ConnectionConfig, now: Instant) -> Self {
+    /// A connection whose packets are at most `max_packet_bytes` (at most
+    /// [`MAX_PACKET_BYTES`]); `config` was checked when the endpoint was built.
+    pub(crate) fn new(
+        peer: SocketAddr,
+        salt: u32,
+        config: ConnectionConfig,
+        now: Instant,
+        max_packet_bytes: usize,
+    ) -> Self {
         let channels = Channels::new(config.channels.clone());
         Self {
+            max_packet_bytes: max_packet_bytes.min(MAX_PACKET_BYTES),
             peer,
             salt,
             config,
@@ -227,7 +244,7 @@ impl Established {
         if self.closed.is_some() || self.goodbyes_left > 0 {
             return Err(SendError::NotConnected);
         }
-        if datagram.len() > MAX_DATAGRAM_BYTES {
+        if datagram.len() > max_datagram_bytes(self.max_packet_bytes) {
             return Err(SendError::DatagramTooLarge(datagram.len()));
         }
         let (seq, bytes) = self.build_payload_packet(now, Some(datagram));
@@ -319,7 +336,7 @@ impl Established {
     ) -> (Sequence, Vec<u8>) {
         let seq = self.acks.on_send(now);
         let (ack, ack_bits, ack_delay) = self.acks.ack_fields(now);
-        let mut payload = Vec::with_capacity(MAX_PACKET_BYTES);
+        let mut payload = Vec::with_capacity(self.max_packet_bytes);
         if let Some(d) = datagram {
             payload.push(FLAG_DATAGRAM);
             // MAX_DATAGRAM_BYTES < u16::MAX, checked by the caller.
@@ -328,7 +345,9 @@ impl Established {
         } else {
             payload.push(0);
         }
-        let room = MAX_PACKET_BYTES - Packet::CONNECTED_HEADER_BYTES - payload.len();
+        let room = self
+            .max_packet_bytes
+            .saturating_sub(Packet::CONNECTED_HEADER_BYTES + payload.len());
         let rtt = self.rtt_or_default();
         let written = self
             .channels

@@ -16,9 +16,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub use client::{Client, ClientConfig, ClientState};
+pub use client::{Client, ClientConfig, ClientSecurity, ClientState};
 pub use established::{ConnectionStats, MAX_DATAGRAM_BYTES};
-pub use server::{Server, ServerConfig, ServerStats};
+pub use server::{SecureServerConfig, Security, Server, ServerConfig, ServerStats};
 
 use crate::Sequence;
 use crate::packet::{DenyReason, DisconnectReasonCode, HeaderError};
@@ -69,6 +69,12 @@ pub enum ConfigError {
     /// The channels cannot be built.
     #[error("channels: {0}")]
     Channels(#[from] crate::channel::ConfigError),
+    /// The secure mode's settings are unusable.
+    #[error("secure mode: {0}")]
+    Secure(#[from] crate::netcode::ConfigError),
+    /// The connect token does not parse.
+    #[error("connect token: {0}")]
+    Token(#[from] crate::netcode::TokenError),
     /// Another setting is out of range.
     #[error("{0}")]
     Invalid(&'static str),
@@ -106,6 +112,8 @@ pub enum DisconnectReason {
     ConnectTimedOut,
     /// The same client address completed a new handshake; the old connection is replaced.
     Replaced,
+    /// Secure mode: the connect token did not parse or expired.
+    TokenRefused,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -120,6 +128,7 @@ impl fmt::Display for DisconnectReason {
             Self::Denied(r) => write!(f, "connection denied: {r}"),
             Self::ConnectTimedOut => write!(f, "server did not answer within the connect timeout"),
             Self::Replaced => write!(f, "replaced by a new connection from the same address"),
+            Self::TokenRefused => write!(f, "the connect token is invalid or expired"),
         }
     }
 }

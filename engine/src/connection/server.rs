@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub max_queued_replies: usize,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
+    /// Plain or secure; see [`Security`]. Default plain, for labs and tests: a game on the
+    /// internet ships [`Security::Secure`].
+    pub security: Security,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,50 @@ impl Default for ServerConfig {
             cookie_lifetime: Duration::from_secs(10),
             max_queued_replies: 4096,
             connection: ConnectionConfig::default(),
+            security: Security::Plain,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Largest datagram a connection of this server can carry.
+    pub fn max_datagram_bytes(&self) -> usize {
+        super::established::max_datagram_bytes(self.security.max_packet_bytes())
+    }
+}
+
+/// How a server's connections are made and protected.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Security {
+    /// The engine's own cookie handshake and session salt: cheap, and enough on a lab network,
+    /// but the salt travels in clear text, so anyone who sees one packet can forge the
+    /// connection's packets. For labs and tests.
+    #[default]
+    Plain,
+    /// netcode 1.02 ([`crate::netcode`]): clients connect with a token from the game's
+    /// backend, and every packet is encrypted and authenticated. The engine's packets ride
+    /// inside netcode payloads of at most 1200 bytes.
+    Secure(SecureServerConfig),
+}
+
+/// Settings of a secure server.
+#[derive(Debug, Clone)]
+pub struct SecureServerConfig {
+    /// The netcode server: protocol id, the private key shared with the token backend, the
+    /// public address tokens must name. Its client limit is the server's `max_clients`.
+    pub netcode: crate::netcode::ServerConfig,
+    /// Unix time in seconds at the `now` the server is built with: connect tokens expire in
+    /// unix time, and the core reads no clock. The server counts on from it.
+    pub unix_secs_at_start: u64,
+}
+
+impl Security {
+    /// Largest packet of the engine's own a connection builds in this mode.
+    pub(crate) fn max_packet_bytes(&self) -> usize {
+        match self {
+            Security::Plain => MAX_PACKET_BYTES,
+            Security::Secure(_) => crate::netcode::MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -68,6 +115,9 @@ pub struct ServerStats {
     /// Of those: kinds a server never receives, unparsable payloads, or channel sections
     /// the channels refused.
     pub invalid_other: u64,
+    /// Of those: dropped by the netcode layer in secure mode (tokens, decryption, replays;
+    /// [`Server::secure_stats`] has them by reason).
+    pub invalid_secure: u64,
     /// Disconnect packets from addresses with no connection: mostly the redundant copies of
     /// a goodbye already acted on. Not counted as invalid; they change nothing.
     pub late_disconnects: u64,
@@ -98,12 +148,32 @@ pub struct Server {
     /// Where the round-robin of `poll_transmit` resumes.
     cursor: Option<ClientId>,
     stats: ServerStats,
+    /// The netcode server underneath, in secure mode.
+    secure: Option<SecureServer>,
 }
 
 #[derive(Debug)]
 struct Client {
     nonce: u64,
     conn: Established,
+}
+
+/// The secure mode's state: the netcode server and which slot is which client.
+#[derive(Debug)]
+struct SecureServer {
+    netcode: crate::netcode::Server,
+    unix_secs_at_start: u64,
+    by_index: HashMap<crate::netcode::ClientIndex, ClientId>,
+}
+
+/// A connection's id in secure mode: its netcode slot plus one (ids start at 1, as in plain
+/// mode; the client learns its slot in the handshake, so both ends name it alike).
+fn secure_client_id(index: crate::netcode::ClientIndex) -> ClientId {
+    ClientId(index.0.wrapping_add(1))
+}
+
+fn secure_index(id: ClientId) -> crate::netcode::ClientIndex {
+    crate::netcode::ClientIndex(id.0.wrapping_sub(1))
 }
 
 impl Server {
@@ -122,9 +192,21 @@ impl Server {
         if config.cookie_lifetime.is_zero() {
             return Err(ConfigError::Invalid("cookie lifetime must be above zero"));
         }
+        let secure = match &config.security {
+            Security::Plain => None,
+            Security::Secure(sec) => {
+                let netcode = sec.netcode.clone().with_max_clients(config.max_clients);
+                Some(SecureServer {
+                    netcode: crate::netcode::Server::new(netcode, now)?,
+                    unix_secs_at_start: sec.unix_secs_at_start,
+                    by_index: HashMap::new(),
+                })
+            }
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key: [u8; 16] = rng.random();
         Ok(Self {
+            secure,
             cookies: CookieJar::new(key, config.cookie_lifetime),
             config,
             epoch: now,
@@ -168,6 +250,12 @@ impl Server {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
+        if let Some(sec) = self.secure.as_mut() {
+            let unix = sec.unix_secs_at_start + now.saturating_duration_since(self.epoch).as_secs();
+            sec.netcode.handle_datagram(now, unix, from, datagram);
+            self.pump_secure(now);
+            return;
+        }
         if let Err(why) = self.process(now, from, datagram) {
             if let Some(id) = self.by_addr.get(&from)
                 && let Some(c) = self.clients.get_mut(id)
@@ -241,6 +329,92 @@ impl Server {
         }
     }
 
+    /// Take the netcode server's events: connections made and ended, payloads (each one of
+    /// the engine's own packets) for their connection.
+    fn pump_secure(&mut self, now: Instant) {
+        let Some(sec) = self.secure.as_mut() else {
+            return;
+        };
+        while let Some(e) = sec.netcode.poll_event() {
+            match e {
+                crate::netcode::ServerEvent::ClientConnected {
+                    client, address, ..
+                } => {
+                    let id = secure_client_id(client);
+                    sec.by_index.insert(client, id);
+                    // The salt is unused in secure mode (netcode authenticates every packet):
+                    // zero on both ends.
+                    let conn = Established::new(
+                        address,
+                        0,
+                        self.config.connection.clone(),
+                        now,
+                        crate::netcode::MAX_PAYLOAD_BYTES,
+                    );
+                    self.clients.insert(id, Client { nonce: 0, conn });
+                    self.stats.connections_accepted += 1;
+                    self.stats.clients_peak =
+                        self.stats.clients_peak.max(self.clients.len() as u64);
+                    self.events.push_back((id, Event::Connected { client_id: id }));
+                }
+                crate::netcode::ServerEvent::ClientDisconnected { client, reason, .. } => {
+                    let Some(id) = sec.by_index.remove(&client) else {
+                        continue;
+                    };
+                    if let Some(mut c) = self.clients.remove(&id) {
+                        // The connection's own goodbye may have closed it already.
+                        Self::move_events(id, &mut c.conn, &mut self.events);
+                        if c.conn.closed_reason().is_none() {
+                            let reason = match reason {
+                                crate::netcode::DisconnectReason::TimedOut => {
+                                    DisconnectReason::TimedOut
+                                }
+                                crate::netcode::DisconnectReason::ClientDisconnected => {
+                                    DisconnectReason::Peer(DisconnectReasonCode::Requested)
+                                }
+                                _ => DisconnectReason::Requested,
+                            };
+                            self.events.push_back((id, Event::Disconnected { reason }));
+                        }
+                    }
+                }
+                crate::netcode::ServerEvent::Payload {
+                    client, payload, ..
+                } => {
+                    let Some(&id) = sec.by_index.get(&client) else {
+                        continue;
+                    };
+                    let Some(c) = self.clients.get_mut(&id) else {
+                        continue;
+                    };
+                    let result = match Packet::decode(&payload) {
+                        Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => {
+                            c.conn.handle_packet(now, &packet, payload.len())
+                        }
+                        Ok(_) => Err(InvalidPacket::UnexpectedKind),
+                        Err(e) => Err(InvalidPacket::Malformed(e)),
+                    };
+                    Self::move_events(id, &mut c.conn, &mut self.events);
+                    if let Err(why) = result {
+                        c.conn.stats.invalid_received += 1;
+                        self.stats.invalid_packets += 1;
+                        self.stats.invalid_other += 1;
+                        tracing::trace!(%why, "dropped payload");
+                    }
+                }
+            }
+        }
+        let closed: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.conn.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closed {
+            self.remove_if_closed_at(now, id);
+        }
+    }
+
     fn on_verified(&mut self, now: Instant, from: SocketAddr, client_nonce: u64) {
         if let Some(&id) = self.by_addr.get(&from) {
             let Some(c) = self.clients.get_mut(&id) else {
@@ -281,7 +455,13 @@ impl Server {
         let id = ClientId(self.next_client_id);
         self.next_client_id = self.next_client_id.wrapping_add(1).max(1);
         let salt = self.rng.random::<u32>();
-        let conn = Established::new(from, salt, self.config.connection.clone(), now);
+        let conn = Established::new(
+            from,
+            salt,
+            self.config.connection.clone(),
+            now,
+            MAX_PACKET_BYTES,
+        );
         self.clients.insert(
             id,
             Client {
@@ -334,8 +514,25 @@ impl Server {
         }
     }
 
+    /// [`remove_if_closed`](Self::remove_if_closed), and in secure mode free the netcode
+    /// slot too (it tells the client, redundantly, in its own disconnect packets).
+    fn remove_if_closed_at(&mut self, now: Instant, id: ClientId) {
+        let closing = self.clients.get(&id).is_some_and(|c| c.conn.is_closed());
+        self.remove_if_closed(id);
+        if closing && let Some(sec) = self.secure.as_mut() {
+            let index = secure_index(id);
+            if sec.by_index.remove(&index).is_some() {
+                sec.netcode.disconnect(now, index);
+            }
+        }
+    }
+
     /// Advance timers: keep-alives, loss detection, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(sec) = self.secure.as_mut() {
+            sec.netcode.handle_timeout(now);
+            self.pump_secure(now);
+        }
         for (id, c) in self.clients.iter_mut() {
             c.conn.handle_timeout(now);
             Self::move_events(*id, &mut c.conn, &mut self.events);
@@ -347,7 +544,7 @@ impl Server {
             .map(|(id, _)| *id)
             .collect();
         for id in closed {
-            self.remove_if_closed(id);
+            self.remove_if_closed_at(now, id);
         }
     }
 
@@ -355,6 +552,9 @@ impl Server {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if buf.len() < MAX_PACKET_BYTES {
             return None;
+        }
+        if self.secure.is_some() {
+            return self.poll_transmit_secure(now, buf);
         }
         if let Some((to, bytes)) = self.replies.pop_front() {
             buf[..bytes.len()].copy_from_slice(&bytes);
@@ -394,6 +594,47 @@ impl Server {
         Some(Transmit { destination, len })
     }
 
+    /// Secure mode: netcode's own packets first (handshake replies, keep-alives,
+    /// disconnects), then each connection's next packet, sealed into a netcode payload.
+    fn poll_transmit_secure(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let sec = self.secure.as_mut()?;
+            if let Some(t) = sec.netcode.poll_transmit(now, buf) {
+                self.count_out(t.len);
+                return Some(t);
+            }
+            // Round-robin from the cursor so no client's traffic waits behind another's.
+            let start = self.cursor.unwrap_or(ClientId(0));
+            let ids: Vec<ClientId> = self
+                .clients
+                .range(start..)
+                .chain(self.clients.range(..start))
+                .map(|(id, _)| *id)
+                .collect();
+            let mut sealed = false;
+            for id in ids {
+                let Some(c) = self.clients.get_mut(&id) else {
+                    continue;
+                };
+                let Some(len) = c.conn.poll_transmit(now, buf) else {
+                    continue;
+                };
+                Self::move_events(id, &mut c.conn, &mut self.events);
+                self.cursor = Some(ClientId(id.0.wrapping_add(1)));
+                // At most MAX_PAYLOAD_BYTES by the connection's packet limit; a refusal
+                // (the slot just left) loses only this packet.
+                let _ = sec.netcode.send_payload(now, secure_index(id), &buf[..len]);
+                self.remove_if_closed_at(now, id);
+                sealed = true;
+                break;
+            }
+            if !sealed {
+                self.cursor = None;
+                return None;
+            }
+        }
+    }
+
     fn count_out(&mut self, len: usize) {
         self.stats.packets_out += 1;
         self.stats.bytes_out += len as u64;
@@ -409,9 +650,11 @@ impl Server {
         if !self.replies.is_empty() {
             return Some(self.epoch);
         }
+        let netcode = self.secure.as_ref().and_then(|s| s.netcode.poll_timeout());
         self.clients
             .values()
             .filter_map(|c| c.conn.poll_timeout())
+            .chain(netcode)
             .min()
     }
 
@@ -492,8 +735,19 @@ impl Server {
             .and_then(|c| c.conn.channels.stats(channel))
     }
 
-    /// Server-wide counters.
+    /// Server-wide counters (in secure mode the netcode layer's drops count as invalid).
     pub fn stats(&self) -> ServerStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(sec) = &self.secure {
+            let dropped = sec.netcode.stats().dropped.total();
+            s.invalid_packets += dropped;
+            s.invalid_secure = dropped;
+        }
+        s
+    }
+
+    /// The netcode layer's own counters, in secure mode (drops by reason).
+    pub fn secure_stats(&self) -> Option<crate::netcode::ServerStats> {
+        self.secure.as_ref().map(|s| s.netcode.stats())
     }
 }
