@@ -347,6 +347,7 @@ fn delta(before: &ServerStats, after: &ServerStats) -> ServerStats {
         invalid_replay: after.invalid_replay - before.invalid_replay,
         invalid_cookie: after.invalid_cookie - before.invalid_cookie,
         invalid_other: after.invalid_other - before.invalid_other,
+        invalid_secure: after.invalid_secure - before.invalid_secure,
         late_disconnects: after.late_disconnects - before.late_disconnects,
         challenges_sent: after.challenges_sent - before.challenges_sent,
         replies_dropped: after.replies_dropped - before.replies_dropped,

@@ -234,4 +234,6 @@ pub enum SendError {
 }
 
 #[cfg(test)]
+mod secure_tests;
+#[cfg(test)]
 mod tests;

@@ -355,7 +355,8 @@ impl Server {
                     self.stats.connections_accepted += 1;
                     self.stats.clients_peak =
                         self.stats.clients_peak.max(self.clients.len() as u64);
-                    self.events.push_back((id, Event::Connected { client_id: id }));
+                    self.events
+                        .push_back((id, Event::Connected { client_id: id }));
                 }
                 crate::netcode::ServerEvent::ClientDisconnected { client, reason, .. } => {
                     let Some(id) = sec.by_index.remove(&client) else {

@@ -184,7 +184,7 @@ impl ServerConfig {
                 "send interval must be at least one tick",
             ));
         }
-        if self.max_part_bytes + PART_PREFIX_MAX_BYTES > MAX_DATAGRAM_BYTES {
+        if self.max_part_bytes + PART_PREFIX_MAX_BYTES > self.server.max_datagram_bytes() {
             return Err(ConfigError::Invalid(
                 "max part bytes too large for one datagram",
             ));
@@ -192,7 +192,7 @@ impl ServerConfig {
         if !(1..=1024).contains(&self.ring_ticks) {
             return Err(ConfigError::Invalid("ring ticks must be 1..=1024"));
         }
-        if !(1..=MAX_DATAGRAM_BYTES).contains(&self.max_input_bytes) {
+        if !(1..=self.server.max_datagram_bytes()).contains(&self.max_input_bytes) {
             return Err(ConfigError::Invalid("max input bytes out of range"));
         }
         if self.max_input_burst == 0 || self.max_queued_inputs == 0 {

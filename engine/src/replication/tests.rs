@@ -553,3 +553,56 @@ fn reliable_ordered_delivery_replicates_the_same_world() {
     assert_eq!(g.applied[&id], g.sent[0]);
     let _ = Tick(0);
 }
+
+#[test]
+fn a_secure_game_replicates_and_predicts_as_a_plain_one() {
+    use crate::connection::{ClientSecurity, SecureServerConfig, Security};
+    use crate::netcode::{self, TokenSettings, generate_connect_token};
+    let unix = 1_800_000_000;
+    let key = netcode::generate_key();
+    let addr: std::net::SocketAddr = "127.0.0.1:7777".parse().unwrap();
+    let mut config = server_config();
+    config.server.security = Security::Secure(SecureServerConfig {
+        netcode: netcode::ServerConfig::new(42, key, addr),
+        unix_secs_at_start: unix,
+    });
+    let mut sim: GameSim = Sim::replication(config, 8).unwrap();
+    for i in 0..2u64 {
+        let settings = TokenSettings {
+            protocol_id: 42,
+            client_id: i,
+            server_addresses: vec![addr],
+            expire_seconds: 60,
+            timeout_seconds: 5,
+            user_data: [0; netcode::USER_DATA_BYTES],
+        };
+        let token = generate_connect_token(unix, &settings, &key).unwrap();
+        let mut c = ClientConfig::default();
+        c.client.security = ClientSecurity::Secure {
+            token: token.to_bytes().to_vec(),
+        };
+        sim.add_replication_client(c).unwrap();
+    }
+    let lossy = link(5.0, 30, |_| {});
+    sim.set_all_links(lossy);
+    let mut g = Game::new(40, 8, 0, ConditionerConfig::off(), ConditionerConfig::off());
+    g.sim = sim;
+    g.sent = vec![Vec::new(); 2];
+    for i in 0..2 {
+        g.sim.clients[i].client.set_step(walk);
+    }
+    g.run(Duration::from_secs(3));
+    g.moving = false;
+    g.send_inputs = false;
+    g.run(Duration::from_secs(2));
+    let server = crate::snapshot::QuantizedWorld::from_world(&g.world, &server_config().quantize);
+    for i in 0..2 {
+        let c = &g.sim.clients[i].client;
+        assert_eq!(c.receiver().expect("welcomed").live_world(), server);
+        let id = c.welcome().unwrap().client_id;
+        assert_eq!(g.applied[&id], g.sent[i], "inputs once, in order");
+        assert!(g.applied[&id].len() > 60);
+    }
+    assert_eq!(g.sim.server.connection().stats().invalid_secure, 0);
+    assert!(g.sim.server.connection().secure_stats().is_some());
+}
