@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use demo_server::cli::Transport;
 use demo_server::scene::SceneKind;
-use demo_server::server::{self, Control, ServerOptions};
+use demo_server::server::{self, Control, ServerOptions, ServerSecurity};
+use demo_server::tokens::TokenMint;
 use plotters::prelude::*;
 use snapsync::conditioner::ConditionerConfig;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::report::{ClientReport, aggregate, table};
-use crate::session::{self, SessionOptions};
+use crate::session::{self, SessionOptions, TokenSource};
 
 /// What one comparison runs.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub(crate) struct CompareOptions {
     pub(crate) seed: u64,
     /// Transports to run, in order.
     pub(crate) transports: Vec<Transport>,
+    /// Secure mode (tokens minted in-process with a fresh key) or plain.
+    pub(crate) secure: bool,
 }
 
 /// One transport's result.
@@ -71,6 +74,12 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 " (no simulated loss: kernel TCP, the control)"
             }
         );
+        let key = snapsync::netcode::generate_key();
+        let security = if opts.secure {
+            ServerSecurity::Secure { key, http: None }
+        } else {
+            ServerSecurity::Insecure
+        };
         let (ctl_tx, ctl_rx) = mpsc::channel(4);
         let (ready_tx, ready_rx) = oneshot::channel();
         let server_opts = ServerOptions {
@@ -85,12 +94,16 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
             conditioner,
             seed: opts.seed,
             quiet: true,
+            security,
             ..ServerOptions::default()
         };
         let server = tokio::spawn(server::run(server_opts, ctl_rx, Some(ready_tx)));
         let addr = ready_rx
             .await
             .map_err(|_| format!("{transport} server failed to start"))?;
+        let token = opts
+            .secure
+            .then(|| TokenSource::Mint(std::sync::Arc::new(TokenMint::new(key, addr))));
         let mut sessions = Vec::new();
         for i in 0..opts.clients {
             let s = SessionOptions {
@@ -104,6 +117,7 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 label: format!("{transport}#{i}"),
                 interp: None,
                 predict: true,
+                token: token.clone(),
             };
             sessions.push(tokio::spawn(session::run(s)));
         }

@@ -63,6 +63,16 @@ struct RunArgs {
     /// snapshots bring it (`off`), a round trip and the interpolation delay later.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     predict: OnOff,
+    /// Secure mode (the default): fetch a connect token over HTTP, then play with every
+    /// packet encrypted and authenticated (netcode 1.02). The server must be secure too.
+    #[arg(long, conflicts_with = "insecure")]
+    secure: bool,
+    /// Plain mode, for a server started with `--insecure`.
+    #[arg(long)]
+    insecure: bool,
+    /// Where to fetch connect tokens (`POST`). Default: port 8080 of the server's host.
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -128,6 +138,9 @@ struct CompareArgs {
         default_value = "udp,udp-reliable,tcp"
     )]
     transports: Vec<Transport>,
+    /// Plain mode for every transport (default: secure, tokens minted in-process).
+    #[arg(long)]
+    insecure: bool,
     /// Link simulation, once per direction. With no flag: 5% loss, 40 ms latency.
     #[command(flatten)]
     conditioner: ConditionerArgs,
@@ -187,6 +200,19 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
     let stats = seconds("stats-interval", args.stats_interval)?;
     let quiet = args.json.as_deref() == Some("-");
     let server = resolve(&args.server).await?;
+    let token = if args.insecure {
+        None
+    } else {
+        let url = match &args.token_url {
+            Some(u) => u.clone(),
+            None => format!("http://{}/connect", SocketAddr::new(server.ip(), 8080)),
+        };
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("--token-url {url}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("--token-url {url}: not an http URL"));
+        }
+        Some(session::TokenSource::Url(url))
+    };
     if !quiet {
         println!(
             "demo-client: {} client(s) to {} over {}, {} s, conditioner {}",
@@ -214,6 +240,7 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
             label: format!("client {i}"),
             interp: args.interp.0,
             predict: args.predict == OnOff::On,
+            token: token.clone(),
         };
         tasks.push(tokio::spawn(session::run(opts)));
     }
@@ -283,6 +310,7 @@ async fn run_compare(args: CompareArgs) -> Result<(), String> {
         scene: args.scene,
         seed: args.conditioner.seed,
         transports: args.transports.clone(),
+        secure: !args.insecure,
     };
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;

@@ -11,7 +11,7 @@ use demo_server::scene::PlayerInput;
 use demo_server::server::header_bytes;
 use rand::{Rng, SeedableRng};
 use snapsync::conditioner::ConditionerConfig;
-use snapsync::connection::DisconnectReason;
+use snapsync::connection::{ClientSecurity, DisconnectReason};
 use snapsync::net::ReplicationClient;
 use snapsync::packet::DisconnectReasonCode;
 use snapsync::replication::{self, CloseReason};
@@ -41,6 +41,44 @@ pub(crate) struct SessionOptions {
     pub(crate) interp: Option<Duration>,
     /// Predict this player's own entity.
     pub(crate) predict: bool,
+    /// Where the connect token comes from (secure mode), or `None` (plain).
+    pub(crate) token: Option<TokenSource>,
+}
+
+/// Where a secure client gets its connect token.
+#[derive(Debug, Clone)]
+pub(crate) enum TokenSource {
+    /// `POST` to this URL (the server's token endpoint).
+    Url(reqwest::Url),
+    /// Minted in-process with the server's key (`compare`, which hosts its servers).
+    Mint(std::sync::Arc<demo_server::tokens::TokenMint>),
+}
+
+impl TokenSource {
+    async fn token(&self) -> Result<Vec<u8>, String> {
+        match self {
+            TokenSource::Mint(m) => m.mint().map_err(|e| e.to_string()),
+            TokenSource::Url(url) => {
+                let fail = |e: reqwest::Error| format!("no connect token from {url}: {e}");
+                let response = reqwest::Client::new()
+                    .post(url.clone())
+                    .send()
+                    .await
+                    .map_err(fail)?
+                    .error_for_status()
+                    .map_err(fail)?;
+                let bytes = response.bytes().await.map_err(fail)?;
+                if bytes.len() != snapsync::netcode::CONNECT_TOKEN_BYTES {
+                    return Err(format!(
+                        "{url} answered {} bytes, not a {}-byte connect token",
+                        bytes.len(),
+                        snapsync::netcode::CONNECT_TOKEN_BYTES
+                    ));
+                }
+                Ok(bytes.to_vec())
+            }
+        }
+    }
 }
 
 /// Why a session could not start.
@@ -52,10 +90,14 @@ pub(crate) enum SessionError {
 }
 
 async fn connect(opts: &SessionOptions) -> Result<ReplicationClient<PlayerInput>, SessionError> {
-    let config = replication::ClientConfig {
+    let mut config = replication::ClientConfig {
         interpolation_delay: opts.interp,
         ..replication::ClientConfig::default()
     };
+    if let Some(source) = &opts.token {
+        let token = source.token().await.map_err(SessionError::Connect)?;
+        config.client.security = ClientSecurity::Secure { token };
+    }
     let joined = match opts.transport {
         Transport::Udp | Transport::UdpReliable => {
             let c = opts.conditioner.clone();

@@ -78,16 +78,28 @@ struct Server {
     addr: String,
     /// The "listening on" line.
     listening: String,
+    /// `--server ADDR` and, in secure mode, `--token-url URL` (else `--insecure`): what a
+    /// client needs to reach this server.
+    target: Vec<String>,
     stdin: ChildStdin,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
-    /// Start `demo-server --bind 127.0.0.1:0 ARGS` and wait for its "listening on" line.
+    /// Start `demo-server --bind 127.0.0.1:0 ARGS` and wait for its "listening on" line (and
+    /// in secure mode, the default, for its token endpoint on a port it picks).
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(server_bin())
-            .args(["--bind", "127.0.0.1:0", "--stats-interval", "0"])
+        let secure = !args.contains(&"--insecure");
+        let key = tmp_dir(&format!("key-{}", rand_suffix())).join("server.key");
+        let mut command = Command::new(server_bin());
+        command.args(["--bind", "127.0.0.1:0", "--stats-interval", "0"]);
+        if secure {
+            command
+                .args(["--http", "127.0.0.1:0", "--key-file"])
+                .arg(&key);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -119,6 +131,7 @@ impl Server {
             child,
             addr: String::new(),
             listening: String::new(),
+            target: Vec::new(),
             stdin,
             lines,
             stderr,
@@ -134,7 +147,25 @@ impl Server {
         assert!(!addr.ends_with(":0"), "the server reported port 0: {line}");
         server.addr = addr.to_string();
         server.listening = line;
+        server.target = vec!["--server".into(), server.addr.clone()];
+        if secure {
+            // "demo-server: connect tokens at http://<addr>/connect"
+            let line = server.wait_line(|l| l.contains("connect tokens at "));
+            let url = line.split("connect tokens at ").nth(1).unwrap().to_string();
+            server.target.extend(["--token-url".into(), url]);
+        } else {
+            server.target.push("--insecure".into());
+        }
         server
+    }
+
+    /// The client arguments to reach this server, then `more`.
+    fn client_args<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
+        self.target
+            .iter()
+            .map(String::as_str)
+            .chain(more.iter().copied())
+            .collect()
     }
 
     /// The next output line that `want` accepts (earlier ones are skipped).
@@ -232,9 +263,8 @@ fn udp_clients_under_loss_keep_the_json_contract() {
         "--json",
         &server_json_arg,
     ]);
-    let addr = server.addr.clone();
     let (c, cj) = run_client(
-        &["--server", &addr, "--clients", "2", "--duration", "2"],
+        &server.client_args(&["--clients", "2", "--duration", "2"]),
         &dir.join("client.json"),
     );
     assert!(
@@ -287,9 +317,15 @@ fn udp_clients_under_loss_keep_the_json_contract() {
 #[test]
 fn console_loss_command_changes_the_servers_link_without_restart() {
     let dir = tmp_dir("console");
-    let mut server = Server::start(&["--duration", "50"]);
+    // Plain mode here (secure mode is the other tests'): the console is the same in both.
+    let mut server = Server::start(&["--duration", "50", "--insecure"]);
     let addr = server.addr.clone();
-    let play = |json: &str| run_client(&["--server", &addr, "--duration", "1"], &dir.join(json));
+    let play = |json: &str| {
+        run_client(
+            &["--server", &addr, "--insecure", "--duration", "1"],
+            &dir.join(json),
+        )
+    };
     // A clean link: the client plays and the server's link drops nothing.
     let (out, before) = play("before.json");
     assert!(
@@ -333,7 +369,6 @@ fn udp_reliable_and_tcp_transports_deliver_snapshots() {
     let dir = tmp_dir("transports");
     for transport in ["udp-reliable", "tcp"] {
         let server = Server::start(&["--duration", "50", "--transport", transport]);
-        let addr = server.addr.clone();
         let serving = format!("demo-server: {transport} listening on ");
         assert!(
             server.listening.starts_with(&serving),
@@ -341,16 +376,14 @@ fn udp_reliable_and_tcp_transports_deliver_snapshots() {
             server.listening
         );
         let (out, j) = run_client(
-            &[
-                "--server",
-                &addr,
+            &server.client_args(&[
                 "--transport",
                 transport,
                 "--clients",
                 "2",
                 "--duration",
                 "2",
-            ],
+            ]),
             &dir.join(format!("{transport}.json")),
         );
         assert!(
@@ -431,6 +464,7 @@ fn unreachable_server_is_a_clear_error() {
             .args([
                 "--server",
                 &addr,
+                "--insecure",
                 "--duration",
                 "2",
                 "--stats-interval",
@@ -455,8 +489,23 @@ fn bad_command_lines_exit_non_zero_with_a_reason() {
         (server_bin(), vec!["--preset", "moon"], "unknown preset"),
         (
             server_bin(),
-            vec!["--tick-rate", "0", "--duration", "1"],
+            vec!["--tick-rate", "0", "--duration", "1", "--insecure"],
             "tick-rate",
+        ),
+        (
+            server_bin(),
+            vec!["--key-file", "/proc/version", "--duration", "1"],
+            "exactly 32 bytes",
+        ),
+        (
+            client_bin(),
+            vec!["--token-url", "not a url", "--duration", "1"],
+            "--token-url",
+        ),
+        (
+            client_bin(),
+            vec!["--secure", "--insecure"],
+            "cannot be used with",
         ),
         (client_bin(), vec!["--clients", "0"], "--clients"),
         (
@@ -484,7 +533,7 @@ fn port_in_use_is_a_clear_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = wait_with_limit(
         Command::new(server_bin())
-            .args(["--bind", &addr, "--duration", "1"])
+            .args(["--bind", &addr, "--duration", "1", "--insecure"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -494,4 +543,51 @@ fn port_in_use_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen"), "{err}");
+}
+
+#[test]
+fn secure_mode_needs_a_token_and_a_plain_client_gets_nowhere() {
+    let dir = tmp_dir("secure");
+    let server = Server::start(&["--duration", "50"]);
+    assert!(server.listening.contains("secure"), "{}", server.listening);
+    // A plain client: its handshake means nothing to a secure server.
+    let (out, _) = run_client(
+        &["--server", &server.addr, "--insecure", "--duration", "1"],
+        &dir.join("plain.json"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    // No token endpoint where the client looks: a clear one-line error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/connect", closed.local_addr().unwrap());
+    drop(closed);
+    let (out, _) = run_client(
+        &[
+            "--server",
+            &server.addr,
+            "--token-url",
+            &url,
+            "--duration",
+            "1",
+        ],
+        &dir.join("notoken.json"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no connect token from"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    server.quit();
+}
+
+/// A suffix no other test process uses.
+fn rand_suffix() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }

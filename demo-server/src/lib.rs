@@ -15,3 +15,4 @@ pub mod protocol;
 pub mod scene;
 pub mod server;
 pub mod simulate;
+pub mod tokens;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use demo_server::cli::{ConditionerArgs, ConsoleCommand, Transport, init_logging, seconds};
 use demo_server::scene::SceneKind;
-use demo_server::server::{self, Control, DEFAULT_BUDGET_BYTES, ServerOptions};
+use demo_server::server::{self, Control, DEFAULT_BUDGET_BYTES, ServerOptions, ServerSecurity};
+use demo_server::tokens::load_or_create_key;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
@@ -49,6 +50,20 @@ struct Args {
     /// Snapshot bytes per client per send before entities wait their turn.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUDGET_BYTES)]
     budget_bytes: usize,
+    /// Secure mode (the default): clients connect with a netcode 1.02 token from the
+    /// token endpoint, and every packet is encrypted and authenticated.
+    #[arg(long, conflicts_with = "insecure")]
+    secure: bool,
+    /// Plain mode: the engine's own handshake, packets in clear text (labs and tests).
+    #[arg(long)]
+    insecure: bool,
+    /// The server's private key (32 bytes), shared with the token endpoint; created with a
+    /// random key when the file does not exist.
+    #[arg(long, value_name = "PATH", default_value = "snapsync-server.key")]
+    key_file: std::path::PathBuf,
+    /// Where to serve connect tokens over HTTP (`POST /connect`) in secure mode.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -70,6 +85,14 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         seed: args.conditioner.seed,
         budget_bytes: args.budget_bytes,
         quiet: args.json.as_deref() == Some("-"),
+        security: if args.insecure {
+            ServerSecurity::Insecure
+        } else {
+            ServerSecurity::Secure {
+                key: load_or_create_key(&args.key_file).map_err(|e| e.to_string())?,
+                http: Some(args.http),
+            }
+        },
     })
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use snapsync::conditioner::ConditionerConfig;
+use snapsync::connection::{SecureServerConfig, Security};
 use snapsync::net::ReplicationServer;
 use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
@@ -15,6 +16,7 @@ use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
 use crate::protocol::unix_micros_now;
 use crate::scene::SceneKind;
+use crate::tokens::{self, DEMO_PROTOCOL_ID, TokenMint, unix_secs_now};
 
 /// Bytes of IPv4 + TCP header and frame length counted per packet on the TCP transport (with
 /// TCP_NODELAY each frame leaves as its own segment; coalesced segments make this a slight
@@ -50,6 +52,23 @@ pub struct ServerOptions {
     pub budget_bytes: usize,
     /// Print nothing but errors (for in-process use by `compare`).
     pub quiet: bool,
+    /// Plain, or secure with a private key and (optionally) a token endpoint.
+    pub security: ServerSecurity,
+}
+
+/// How the demo server's connections are made.
+#[derive(Debug, Clone, Default)]
+pub enum ServerSecurity {
+    /// The engine's plain handshake (`--insecure`).
+    #[default]
+    Insecure,
+    /// netcode 1.02: clients need a connect token sealed with `key`.
+    Secure {
+        /// The private key shared with whoever mints tokens.
+        key: snapsync::netcode::Key,
+        /// Serve `POST /connect` (a token) over HTTP here, if given.
+        http: Option<SocketAddr>,
+    },
 }
 
 impl Default for ServerOptions {
@@ -68,6 +87,7 @@ impl Default for ServerOptions {
             seed: 1,
             budget_bytes: DEFAULT_BUDGET_BYTES,
             quiet: false,
+            security: ServerSecurity::Insecure,
         }
     }
 }
@@ -197,17 +217,43 @@ pub async fn run(
         // they would ride UDP.
         Transport::Udp | Transport::Tcp => SnapshotDelivery::Datagrams,
     };
-    let config = game_opts.replication_config(unix_micros_now(), opts.max_clients, delivery);
-    let mut net = ReplicationServer::bind_replication(opts.bind, config)
+    let mut config = game_opts.replication_config(unix_micros_now(), opts.max_clients, delivery);
+    let socket = tokio::net::UdpSocket::bind(opts.bind)
         .await
-        .map_err(|e| match e {
-            snapsync::net::ConnectError::Io(source) => ServerError::Bind {
-                addr: opts.bind,
-                source,
-            },
-            other => ServerError::Options(other.to_string()),
+        .map_err(|source| ServerError::Bind {
+            addr: opts.bind,
+            source,
         })?;
-    let mut local = net.local_addr()?;
+    let mut local = socket.local_addr()?;
+    // The address clients reach the server at, which a token must name: the bound one, or
+    // loopback when bound to every interface.
+    let public = if local.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+    } else {
+        local
+    };
+    let mut token_endpoint = None;
+    if let ServerSecurity::Secure { key, http } = &opts.security {
+        config.server.security = Security::Secure(SecureServerConfig {
+            netcode: snapsync::netcode::ServerConfig::new(DEMO_PROTOCOL_ID, *key, public),
+            unix_secs_at_start: unix_secs_now(),
+        });
+        if let Some(http) = http {
+            let listener = tokio::net::TcpListener::bind(http)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: *http,
+                    source,
+                })?;
+            let at = listener.local_addr()?;
+            let mint = std::sync::Arc::new(TokenMint::new(*key, public));
+            token_endpoint = Some((at, tokio::spawn(tokens::serve(listener, mint))));
+        }
+    }
+    let endpoint =
+        snapsync::replication::Server::new(config, tokio::time::Instant::now().into_std())
+            .map_err(|e| ServerError::Options(e.to_string()))?;
+    let mut net = ReplicationServer::new(socket, endpoint, rand::random());
     if opts.transport == Transport::Tcp {
         // The same port number for TCP: clients of the `tcp` transport connect there.
         local = net
@@ -231,13 +277,22 @@ pub async fn run(
         }
     };
     say(format!(
-        "demo-server: {} listening on {local}, scene {}, {} Hz tick, {} Hz send, conditioner {}",
+        "demo-server: {} listening on {local}, {}, scene {}, {} Hz tick, {} Hz send, conditioner {}",
         opts.transport,
+        match &opts.security {
+            ServerSecurity::Insecure => "insecure (plain handshake)",
+            ServerSecurity::Secure { .. } => "secure (netcode 1.02 tokens)",
+        },
         opts.scene,
         opts.tick_rate,
         opts.send_rate,
         describe(conditioner.active())
     ));
+    if let Some((at, _)) = &token_endpoint {
+        say(format!(
+            "demo-server: connect tokens at http://{at}/connect"
+        ));
+    }
 
     let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
     let start = Instant::now();
@@ -310,6 +365,9 @@ pub async fn run(
     }
 
     net.shutdown().await?;
+    if let Some((_, task)) = token_endpoint {
+        task.abort();
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let ticks = net.endpoint().current_tick().0;
     let p = tick_cost.percentiles();

@@ -349,6 +349,11 @@ impl Client {
             if let Some(reason) = conn.closed_reason() {
                 // The connection already queued its Disconnected event.
                 self.phase = Phase::Done(reason);
+                // Secure mode: end the netcode session too (its own redundant disconnect
+                // packets), so nothing more is sent for a connection that is over.
+                if let Some(netcode) = self.secure.as_mut() {
+                    netcode.disconnect(self.last_now);
+                }
             }
         }
     }
@@ -423,12 +428,9 @@ impl Client {
             return None;
         };
         let len = conn.poll_transmit(now, buf)?;
-        let closed = conn.is_closed();
         // At most MAX_PAYLOAD_BYTES by the connection's packet limit.
         let _ = netcode.send_payload(now, &buf[..len]);
-        if closed {
-            netcode.disconnect(now);
-        }
+        self.last_now = now;
         self.after_connection_io();
         let netcode = self.secure.as_mut()?;
         netcode.poll_transmit(now, buf)

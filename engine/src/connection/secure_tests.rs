@@ -266,3 +266,36 @@ fn a_token_that_does_not_parse_is_a_config_error() {
     let err = Client::new(config, "127.0.0.1:1".parse().unwrap(), Instant::now(), 1).unwrap_err();
     assert!(matches!(err, ConfigError::Token(_)));
 }
+
+#[test]
+fn goodbyes_under_loss_end_both_sessions_and_count_nothing_invalid() {
+    let mut sim = secure_sim(2, 5);
+    let lossy = ConditionerConfig {
+        enabled: true,
+        loss_pct: 10.0,
+        ..ConditionerConfig::off()
+    };
+    sim.set_all_links(lossy);
+    connect_all(&mut sim);
+    sim.run_for(Duration::from_secs(2));
+    sim.clients[0].client.disconnect();
+    sim.clients[1].client.disconnect();
+    sim.run_for(Duration::from_secs(2));
+    let s = sim.server.secure_stats().unwrap();
+    // The redundant copies of each goodbye arrive after the first ended the session: late,
+    // not invalid.
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert!(s.late_disconnects > 0);
+    assert_eq!(sim.server.client_count(), 0);
+    let mut buf = vec![0u8; crate::packet::MAX_PACKET_BYTES];
+    for c in &mut sim.clients {
+        assert!(matches!(
+            c.client.state(),
+            ClientState::Disconnected(DisconnectReason::Requested)
+        ));
+        // Nothing more leaves a client whose session is over: no keep-alives.
+        let later = sim.now + Duration::from_secs(1);
+        c.client.handle_timeout(later);
+        assert!(c.client.poll_transmit(later, &mut buf).is_none());
+    }
+}

@@ -385,6 +385,8 @@ impl Server {
                     let Some(&id) = sec.by_index.get(&client) else {
                         continue;
                     };
+                    // A connection that already ended (the peer's goodbye came first): the
+                    // redundant copies of that goodbye change nothing.
                     let Some(c) = self.clients.get_mut(&id) else {
                         continue;
                     };
@@ -515,12 +517,17 @@ impl Server {
         }
     }
 
-    /// [`remove_if_closed`](Self::remove_if_closed), and in secure mode free the netcode
-    /// slot too (it tells the client, redundantly, in its own disconnect packets).
+    /// [`remove_if_closed`](Self::remove_if_closed), and in secure mode end the netcode
+    /// session too when this side ended the connection (it tells the client, redundantly,
+    /// in its own disconnect packets). When the client said goodbye, its netcode disconnect
+    /// follows its goodbye and frees the slot (or the token's timeout does); until then the
+    /// rest of its redundant goodbyes land on the slot and are dropped quietly.
     fn remove_if_closed_at(&mut self, now: Instant, id: ClientId) {
-        let closing = self.clients.get(&id).is_some_and(|c| c.conn.is_closed());
+        let reason = self.clients.get(&id).and_then(|c| c.conn.closed_reason());
         self.remove_if_closed(id);
-        if closing && let Some(sec) = self.secure.as_mut() {
+        if let (Some(reason), Some(sec)) = (reason, self.secure.as_mut())
+            && !matches!(reason, DisconnectReason::Peer(_))
+        {
             let index = secure_index(id);
             if sec.by_index.remove(&index).is_some() {
                 sec.netcode.disconnect(now, index);

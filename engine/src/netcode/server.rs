@@ -101,6 +101,9 @@ pub struct ServerStats {
     pub replies_suppressed: u64,
     /// Clients connected.
     pub connections_accepted: u64,
+    /// Disconnect packets from addresses with no connection: mostly the redundant copies of
+    /// a goodbye already acted on. Not dropped as invalid; they change nothing.
+    pub late_disconnects: u64,
 }
 
 /// Why a client left.
@@ -302,6 +305,12 @@ impl Server {
         let header = packet::peek(datagram)?;
         match header.kind {
             PacketType::Response => self.process_response(now, from, datagram, header),
+            PacketType::Disconnect if !self.by_address.contains_key(&from) => {
+                // Most likely one of the redundant copies of a goodbye already acted on:
+                // nothing to do, and not counted as invalid (as in plain mode).
+                self.stats.late_disconnects += 1;
+                Ok(())
+            }
             PacketType::KeepAlive | PacketType::Payload | PacketType::Disconnect => {
                 let index = *self.by_address.get(&from).ok_or(Dropped::UnknownAddress)?;
                 // The index map and the slots change together.
