@@ -63,6 +63,7 @@ for loss in $LOSSES; do
     echo "netlab: $t at $loss% kernel drop, $CLIENTS clients, $DURATION s" >&2
     ip netns exec "$NS" "$BIN_DIR/demo-server" --bind "127.0.0.1:$PORT" --transport "$t" \
       --duration $((DURATION + 3)) --stats-interval 0 --json "$OUT/server-$t-$loss.json" \
+      --key-file "$OUT/server.key" \
       </dev/null >"$OUT/server-$t-$loss.log" 2>&1 &
     server=$!
     sleep 0.5
