@@ -218,11 +218,13 @@ pub enum ConsoleCommand {
     Help,
     /// `quit`: disconnect everyone and exit, writing the summary.
     Quit,
+    /// `drain`: accept no new players, let the current ones finish, then stop.
+    Drain,
 }
 
 /// The console's help text.
 pub const CONSOLE_HELP: &str = "commands: loss PCT | latency MS | jitter MS | duplicate PCT | \
-reorder PCT | burst LEN | preset lan|wifi|mobile|bad | conditioner on|off | stats | help | quit";
+reorder PCT | burst LEN | preset lan|wifi|mobile|bad | conditioner on|off | stats | drain | help | quit";
 
 impl FromStr for ConsoleCommand {
     type Err = String;
@@ -255,6 +257,7 @@ impl FromStr for ConsoleCommand {
             "stats" if arg.is_none() => Self::Stats,
             "help" if arg.is_none() => Self::Help,
             "quit" | "exit" if arg.is_none() => Self::Quit,
+            "drain" if arg.is_none() => Self::Drain,
             _ => return Err(format!("unknown command `{}`; {CONSOLE_HELP}", line.trim())),
         })
     }
@@ -307,7 +310,7 @@ impl ConsoleCommand {
                 return Some(Ok(()));
             }
             Self::Enabled(true) => {}
-            Self::Stats | Self::Help | Self::Quit => return None,
+            Self::Stats | Self::Help | Self::Quit | Self::Drain => return None,
         }
         // Changing a setting means the user wants it in effect.
         c.enabled = true;

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod game;
 pub mod metrics;
+pub mod ops;
 pub mod player;
 pub mod protocol;
 pub mod scene;

@@ -64,6 +64,14 @@ struct Args {
     /// Where to serve connect tokens over HTTP (`POST /connect`) in secure mode.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Serve Prometheus metrics (`/metrics`), health (`/health`) and readiness (`/ready`)
+    /// over HTTP here (may be the same address as `--http`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// On SIGTERM or the console's `drain`: how long current players may finish before they
+    /// are disconnected (new ones are refused at once).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    drain_timeout: f64,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -85,6 +93,8 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         seed: args.conditioner.seed,
         budget_bytes: args.budget_bytes,
         quiet: args.json.as_deref() == Some("-"),
+        metrics: args.metrics,
+        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         security: if args.insecure {
             ServerSecurity::Insecure
         } else {
@@ -143,9 +153,20 @@ async fn async_main(opts: ServerOptions, json: Option<String>) -> ExitCode {
             }
         }
     });
+    let drain = tx.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             let _ = tx.send(Control::Shutdown).await;
+        }
+    });
+    // SIGTERM (an orchestrator replacing the server) drains; Ctrl-C still stops at once.
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate())
+            && term.recv().await.is_some()
+        {
+            let _ = drain.send(Control::Drain).await;
         }
     });
     let summary = match server::run(opts, rx, None).await {

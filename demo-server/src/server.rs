@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cli::{CONSOLE_HELP, ConsoleCommand, ConsoleConditioner, Transport, describe};
 use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
+use crate::ops::OpsState;
 use crate::protocol::unix_micros_now;
 use crate::scene::SceneKind;
 use crate::tokens::{self, DEMO_PROTOCOL_ID, TokenMint, unix_secs_now};
@@ -54,6 +55,11 @@ pub struct ServerOptions {
     pub quiet: bool,
     /// Plain, or secure with a private key and (optionally) a token endpoint.
     pub security: ServerSecurity,
+    /// Serve `/metrics`, `/health` and `/ready` here (the token endpoint's server when the
+    /// address is the same).
+    pub metrics: Option<SocketAddr>,
+    /// How long draining players may play on before they are disconnected.
+    pub drain_timeout: Duration,
 }
 
 /// How the demo server's connections are made.
@@ -88,9 +94,14 @@ impl Default for ServerOptions {
             budget_bytes: DEFAULT_BUDGET_BYTES,
             quiet: false,
             security: ServerSecurity::Insecure,
+            metrics: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
+
+/// How long players may finish their match after a drain starts, by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default snapshot budget per client per send: 8 parts. Far above what the demo scenes
 /// need after delta compression; the priority accumulator takes over only beyond it.
@@ -103,6 +114,9 @@ pub enum Control {
     Console(ConsoleCommand),
     /// Shut down cleanly now.
     Shutdown,
+    /// Drain: accept no one new, let the players finish (up to the drain timeout), then
+    /// shut down cleanly (SIGTERM).
+    Drain,
 }
 
 /// Conditioner counters in the summary.
@@ -232,24 +246,59 @@ pub async fn run(
     } else {
         local
     };
-    let mut token_endpoint = None;
+    let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
+    let ops = match opts.metrics {
+        Some(_) => Some(OpsState::new(
+            crate::ops::prometheus().map_err(ServerError::Options)?,
+            period,
+        )),
+        None => None,
+    };
+    // HTTP routes by address: the token endpoint and the operations endpoint share one
+    // server when they are given the same address.
+    let mut routes: Vec<(SocketAddr, axum::Router)> = Vec::new();
+    let mut add_routes = |addr: SocketAddr, router: axum::Router| match routes
+        .iter_mut()
+        .find(|(a, _)| *a == addr)
+    {
+        Some((_, r)) => *r = std::mem::take(r).merge(router),
+        None => routes.push((addr, router)),
+    };
     if let ServerSecurity::Secure { key, http } = &opts.security {
         config.server.security = Security::Secure(SecureServerConfig {
             netcode: snapsync::netcode::ServerConfig::new(DEMO_PROTOCOL_ID, *key, public),
             unix_secs_at_start: unix_secs_now(),
         });
         if let Some(http) = http {
-            let listener = tokio::net::TcpListener::bind(http)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: *http,
-                    source,
-                })?;
-            let at = listener.local_addr()?;
             let mint = std::sync::Arc::new(TokenMint::new(*key, public));
-            token_endpoint = Some((at, tokio::spawn(tokens::serve(listener, mint))));
+            add_routes(*http, tokens::router(mint));
         }
     }
+    if let (Some(addr), Some(state)) = (opts.metrics, &ops) {
+        add_routes(addr, crate::ops::router(state.clone()));
+    }
+    let mut http_servers = Vec::new();
+    for (addr, router) in routes {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let at = listener.local_addr()?;
+        let task = tokio::spawn(async move { axum::serve(listener, router).await });
+        http_servers.push((addr, at, task));
+    }
+    let http_at = |wanted: Option<SocketAddr>| {
+        wanted.and_then(|w| {
+            http_servers
+                .iter()
+                .find(|(a, _, _)| *a == w)
+                .map(|(_, at, _)| *at)
+        })
+    };
+    let token_at = match &opts.security {
+        ServerSecurity::Secure { http, .. } => http_at(*http),
+        ServerSecurity::Insecure => None,
+    };
+    let metrics_at = http_at(opts.metrics);
     let endpoint =
         snapsync::replication::Server::new(config, tokio::time::Instant::now().into_std())
             .map_err(|e| ServerError::Options(e.to_string()))?;
@@ -288,19 +337,26 @@ pub async fn run(
         opts.send_rate,
         describe(conditioner.active())
     ));
-    if let Some((at, _)) = &token_endpoint {
+    if let Some(at) = token_at {
         say(format!(
             "demo-server: connect tokens at http://{at}/connect"
         ));
     }
+    if let Some(at) = metrics_at {
+        say(format!(
+            "demo-server: metrics at http://{at}/metrics, health at /health, readiness at /ready"
+        ));
+    }
 
-    let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
     let start = Instant::now();
     let start_tokio = tokio::time::Instant::now();
     let deadline = opts.duration.map(|d| start_tokio + d);
     let mut tick_cost = DurationHistogram::new();
     let mut clients_peak = 0u64;
     let mut next_stats = opts.stats_interval.map(|i| start_tokio + i);
+    let mut metrics = snapsync::metrics::ServerMetrics::new();
+    let mut next_metrics = start_tokio;
+    let mut draining_since: Option<tokio::time::Instant> = None;
 
     'ticks: loop {
         // Tick n runs at start + n periods: the schedule never drifts; a late tick runs
@@ -312,6 +368,20 @@ pub async fn run(
         while let Ok(c) = control.try_recv() {
             match c {
                 Control::Shutdown | Control::Console(ConsoleCommand::Quit) => break 'ticks,
+                Control::Drain | Control::Console(ConsoleCommand::Drain) => {
+                    if draining_since.is_none() {
+                        draining_since = Some(tokio::time::Instant::now());
+                        net.endpoint_mut().set_accepting(false);
+                        if let Some(ops) = &ops {
+                            ops.set_accepting(false);
+                        }
+                        say(format!(
+                            "draining: no new players; the {} playing have up to {} s",
+                            game.player_count(),
+                            opts.drain_timeout.as_secs_f64()
+                        ));
+                    }
+                }
                 Control::Console(ConsoleCommand::Help) => say(CONSOLE_HELP.to_string()),
                 Control::Console(ConsoleCommand::Stats) => say(stats_line(
                     &net,
@@ -345,7 +415,17 @@ pub async fn run(
         clients_peak = clients_peak.max(game.player_count() as u64);
         game.tick(work_start, net.endpoint_mut());
         net.flush();
-        tick_cost.record(work_start.elapsed());
+        let cost = work_start.elapsed();
+        tick_cost.record(cost);
+        if let Some(ops) = &ops {
+            ops.ticked();
+            metrics::histogram!("snapsync_tick_seconds").record(cost.as_secs_f64());
+            let t = tokio::time::Instant::now();
+            if t >= next_metrics {
+                metrics.record(&net);
+                next_metrics = t + Duration::from_secs(1);
+            }
+        }
 
         let t = tokio::time::Instant::now();
         if let Some(ns) = next_stats
@@ -362,10 +442,19 @@ pub async fn run(
         if deadline.is_some_and(|d| t >= d) {
             break;
         }
+        if let Some(since) = draining_since
+            && (game.player_count() == 0 || t >= since + opts.drain_timeout)
+        {
+            say(format!(
+                "drained: {} players left at the end",
+                game.player_count()
+            ));
+            break;
+        }
     }
 
     net.shutdown().await?;
-    if let Some((_, task)) = token_endpoint {
+    for (_, _, task) in http_servers {
         task.abort();
     }
     let elapsed = start.elapsed().as_secs_f64();

@@ -68,6 +68,7 @@ pub mod channel;
 pub mod codec;
 pub mod conditioner;
 pub mod connection;
+pub mod metrics;
 pub mod net;
 pub mod netcode;
 pub mod packet;

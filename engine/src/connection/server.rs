@@ -150,6 +150,8 @@ pub struct Server {
     stats: ServerStats,
     /// The netcode server underneath, in secure mode.
     secure: Option<SecureServer>,
+    /// False while draining: new clients are denied (`ShuttingDown`), connected ones stay.
+    accepting: bool,
 }
 
 #[derive(Debug)]
@@ -206,6 +208,7 @@ impl Server {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let key: [u8; 16] = rng.random();
         Ok(Self {
+            accepting: true,
             secure,
             cookies: CookieJar::new(key, config.cookie_lifetime),
             config,
@@ -444,13 +447,18 @@ impl Server {
             self.clients.remove(&id);
             self.by_addr.remove(&from);
         }
-        if self.clients.len() >= self.config.max_clients {
+        if !self.accepting || self.clients.len() >= self.config.max_clients {
             self.stats.connections_denied += 1;
+            let reason = if self.accepting {
+                DenyReason::ServerFull
+            } else {
+                DenyReason::ShuttingDown
+            };
             self.reply(
                 from,
                 Packet::Denied {
                     client_nonce,
-                    reason: DenyReason::ServerFull,
+                    reason,
                 },
             );
             return;
@@ -702,6 +710,20 @@ impl Server {
         if let Some(c) = self.clients.get_mut(&client) {
             c.conn.disconnect(code);
         }
+    }
+
+    /// Accept new clients or not. While not (draining), a new client is denied with
+    /// `ShuttingDown` and the connected ones play on.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+        if let Some(sec) = self.secure.as_mut() {
+            sec.netcode.set_accepting(accepting);
+        }
+    }
+
+    /// True unless draining.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
     }
 
     /// Disconnect every client, telling each the server is shutting down. Keep polling

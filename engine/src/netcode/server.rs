@@ -200,6 +200,8 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
     last_now: Instant,
+    /// False while draining: new clients are denied as if the server were full.
+    accepting: bool,
 }
 
 impl Server {
@@ -225,6 +227,7 @@ impl Server {
             challenge_key,
             challenge_sequence: 0,
             global_sequence: GLOBAL_SEQUENCE_START,
+            accepting: true,
             by_address: HashMap::new(),
             handshakes: HashMap::new(),
             history: Vec::new(),
@@ -382,7 +385,7 @@ impl Server {
             from,
             request.expire_timestamp,
         )?;
-        if self.free_slot_index().is_none() {
+        if !self.accepting || self.free_slot_index().is_none() {
             self.deny(from, &token.server_to_client_key, datagram.len());
             return Err(Dropped::ServerFull);
         }
@@ -491,7 +494,7 @@ impl Server {
             return Err(Dropped::AlreadyConnected);
         }
         let send_key = handshake.send_key;
-        let Some(index) = self.free_slot_index() else {
+        let Some(index) = self.free_slot_index().filter(|_| self.accepting) else {
             self.deny(from, &send_key, datagram.len());
             return Err(Dropped::ServerFull);
         };
@@ -596,6 +599,12 @@ impl Server {
                 reason,
             });
         }
+    }
+
+    /// Accept new clients or not (draining: connected clients stay, new ones get a
+    /// connection denied packet, counted as [`Dropped::ServerFull`]).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
     }
 
     /// Sends a payload (1 to 1200 bytes) to a connected client.

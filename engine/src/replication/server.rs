@@ -371,6 +371,11 @@ impl Server {
         self.conn.disconnect(client, DisconnectReasonCode::Kicked);
     }
 
+    /// Accept new clients or not (draining: new ones are denied, players stay).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.conn.set_accepting(accepting);
+    }
+
     /// Disconnect everyone, telling them the server shuts down; keep polling transmits until
     /// [`client_count`](Self::client_count) is zero to send the goodbyes.
     pub fn shutdown(&mut self) {
