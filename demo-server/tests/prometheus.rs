@@ -1,0 +1,283 @@
+//! A real Prometheus scrapes a real demo-server while clients play; then the server drains on
+//! SIGTERM. Needs Debian's `prometheus` on the PATH: `.ci/run` installs it and runs this.
+//! Every wait is bounded; every process is killed if it outlives its limit.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use snapsync::net::ReplicationClient;
+use snapsync::replication::ClientConfig;
+
+/// Longest wait for any one expected thing.
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lines_of(child: &mut Child) -> Receiver<String> {
+    let (tx, rx) = channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(lines: &Receiver<String>, want: &str) -> String {
+    let end = Instant::now() + LIMIT;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line containing {want:?} within {LIMIT:?}"));
+        if line.contains(want) {
+            return line;
+        }
+    }
+}
+
+/// The address after `marker` in `line`, up to the next `/` or `,`.
+fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    let rest = line.split(marker).nth(1).unwrap();
+    let end = rest.find(['/', ',']).unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}
+
+fn tmp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("snapsync-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Start Prometheus scraping `target` every second; returns it and its HTTP address.
+/// Prometheus cannot report a port it picked, so a free one is chosen and the start is
+/// retried (a few times) should another process take it first.
+fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> (Killed, String) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: snapsync\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    for attempt in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let web = format!("127.0.0.1:{port}");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join(format!("data{attempt}")).display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus on the PATH (apt-get install prometheus)");
+        let mut prom = Killed(child);
+        let end = Instant::now() + LIMIT;
+        while Instant::now() < end {
+            if prom.0.try_wait().unwrap().is_some() {
+                break; // the port was taken: try another
+            }
+            if http_get(&format!("http://{web}/-/ready")).is_some_and(|(s, _)| s == 200) {
+                return (prom, web);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("prometheus did not start");
+}
+
+fn http_get(url: &str) -> Option<(u16, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.text().await.ok()?))
+    })
+}
+
+/// The value of a PromQL query's first sample, if any.
+fn query(web: &str, promql: &str) -> Option<f64> {
+    let url = format!(
+        "http://{web}/api/v1/query?query={}",
+        promql
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace('=', "%3D")
+    );
+    let (_, body) = http_get(&url)?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Poll `promql` until `ok` holds for its value (bounded).
+fn eventually(web: &str, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let end = Instant::now() + LIMIT;
+    let mut last = None;
+    while Instant::now() < end {
+        last = query(web, promql);
+        if let Some(v) = last
+            && ok(v)
+        {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{promql}: last value {last:?}");
+}
+
+#[test]
+#[ignore = "needs Debian's prometheus: .ci/run installs it and runs it"]
+fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
+    let dir = tmp_dir();
+    let summary = dir.join("summary.json");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_demo-server"))
+        .args([
+            "--insecure",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--stats-interval",
+            "0",
+            "--drain-timeout",
+            "20",
+            "--duration",
+            "120",
+            "--json",
+        ])
+        .arg(&summary)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut server);
+    let server = Killed(server);
+    let game = addr_after(&wait_line(&lines, " listening on "), " listening on ");
+    let metrics = addr_after(
+        &wait_line(&lines, "metrics at http://"),
+        "metrics at http://",
+    );
+    let (_prom, web) = start_prometheus(&dir, metrics);
+
+    // Three players on their own runtime, playing until told to leave.
+    let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
+    let players = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..3 {
+                let mut leave = leave_rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut c = ReplicationClient::<u8>::join(game, ClientConfig::default(), None)
+                        .await
+                        .expect("join");
+                    // Bounded: at most two minutes of frames.
+                    for _ in 0..7200 {
+                        if *leave.borrow_and_update() {
+                            break;
+                        }
+                        c.drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
+                            .await
+                            .unwrap();
+                        while c.poll_event().is_some() {}
+                        let now = c.now();
+                        let e = c.endpoint_mut();
+                        for _ in 0..e.inputs_due(now) {
+                            let _ = e.send_input(now, 1);
+                        }
+                        c.flush();
+                    }
+                    c.close().await.unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    });
+
+    // Prometheus, through its own query API, sees the players and counters that rise.
+    eventually(&web, "snapsync_connections", |v| v == 3.0);
+    let first = eventually(&web, "snapsync_packets_total{direction=\"in\"}", |v| {
+        v > 0.0
+    });
+    eventually(&web, "snapsync_packets_total{direction=\"in\"}", |v| {
+        v > first
+    });
+    eventually(&web, "snapsync_packets_total{direction=\"out\"}", |v| {
+        v > 0.0
+    });
+    eventually(
+        &web,
+        "snapsync_handshakes_total{outcome=\"accepted\"}",
+        |v| v >= 3.0,
+    );
+    eventually(&web, "snapsync_tick_seconds_count", |v| v > 60.0);
+
+    // SIGTERM drains: not ready any more, players stay until they leave, then a clean exit.
+    let pid = server.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    wait_line(&lines, "draining:");
+    let ready = http_get(&format!("http://{metrics}/ready")).unwrap().0;
+    assert_eq!(ready, 503, "a draining server is not ready");
+    eventually(&web, "snapsync_accepting", |v| v == 0.0);
+    assert_eq!(
+        query(&web, "snapsync_connections"),
+        Some(3.0),
+        "players stay"
+    );
+    leave_tx.send(true).unwrap();
+    players.join().unwrap();
+    wait_line(&lines, "drained:");
+    let mut server = server;
+    let end = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "server outlived its drain");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["clients_peak"], 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
