@@ -8,6 +8,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod cli;
+#[cfg(feature = "agones")]
+pub mod fleet;
 pub mod game;
 pub mod metrics;
 pub mod ops;

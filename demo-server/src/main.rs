@@ -72,6 +72,15 @@ struct Args {
     /// are disconnected (new ones are refused at once).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     drain_timeout: f64,
+    /// Report to the Agones SDK sidecar: Ready, Health from the tick loop, players,
+    /// Shutdown (a build with `--features agones`; see docs/DEPLOY.md).
+    #[arg(long)]
+    agones: bool,
+    /// The address clients reach this server at, which connect tokens name (default: the
+    /// bound address, or 127.0.0.1 when bound to 0.0.0.0). Behind NAT or in a fleet, the
+    /// external address.
+    #[arg(long, value_name = "ADDR")]
+    public_addr: Option<SocketAddr>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -94,6 +103,8 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         budget_bytes: args.budget_bytes,
         quiet: args.json.as_deref() == Some("-"),
         metrics: args.metrics,
+        agones: args.agones,
+        public_addr: args.public_addr,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         security: if args.insecure {
             ServerSecurity::Insecure

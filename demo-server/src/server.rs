@@ -60,6 +60,12 @@ pub struct ServerOptions {
     pub metrics: Option<SocketAddr>,
     /// How long draining players may play on before they are disconnected.
     pub drain_timeout: Duration,
+    /// Report to the Agones SDK sidecar (a build with the `agones` feature).
+    pub agones: bool,
+    /// The address clients reach the server at, which tokens name (default: the bound
+    /// address, or loopback when bound to every interface). Behind NAT or in a fleet, the
+    /// external address.
+    pub public_addr: Option<SocketAddr>,
 }
 
 /// How the demo server's connections are made.
@@ -96,6 +102,8 @@ impl Default for ServerOptions {
             security: ServerSecurity::Insecure,
             metrics: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            agones: false,
+            public_addr: None,
         }
     }
 }
@@ -241,11 +249,19 @@ pub async fn run(
     let mut local = socket.local_addr()?;
     // The address clients reach the server at, which a token must name: the bound one, or
     // loopback when bound to every interface.
-    let public = if local.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
-    } else {
-        local
+    let public = match opts.public_addr {
+        Some(p) => p,
+        None if local.ip().is_unspecified() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), local.port())
+        }
+        None => local,
     };
+    #[cfg(not(feature = "agones"))]
+    if opts.agones {
+        return Err(ServerError::Options(
+            "--agones needs a build with the agones feature (cargo build -p demo-server --features agones)".into(),
+        ));
+    }
     let period = Duration::from_secs_f64(1.0 / opts.tick_rate);
     let ops = match opts.metrics {
         Some(_) => Some(OpsState::new(
@@ -348,6 +364,17 @@ pub async fn run(
         ));
     }
 
+    #[cfg(feature = "agones")]
+    let mut fleet = if opts.agones {
+        let mut f = crate::fleet::Fleet::connect()
+            .await
+            .map_err(ServerError::Options)?;
+        f.ready().await.map_err(ServerError::Options)?;
+        say("demo-server: Agones told Ready".into());
+        Some(f)
+    } else {
+        None
+    };
     let start = Instant::now();
     let start_tokio = tokio::time::Instant::now();
     let deadline = opts.duration.map(|d| start_tokio + d);
@@ -408,6 +435,18 @@ pub async fn run(
 
         let work_start = Instant::now();
         while let Some(event) = net.poll_event() {
+            #[cfg(feature = "agones")]
+            if let Some(f) = &fleet {
+                match &event {
+                    snapsync::replication::ServerEvent::ClientJoined { client } => {
+                        f.player(client.0.to_string(), true)
+                    }
+                    snapsync::replication::ServerEvent::ClientLeft { client, .. } => {
+                        f.player(client.0.to_string(), false)
+                    }
+                    _ => {}
+                }
+            }
             if let Some(line) = game.on_event(net.endpoint_mut(), event) {
                 say(line);
             }
@@ -417,6 +456,10 @@ pub async fn run(
         net.flush();
         let cost = work_start.elapsed();
         tick_cost.record(cost);
+        #[cfg(feature = "agones")]
+        if let Some(f) = fleet.as_mut() {
+            f.tick(Instant::now());
+        }
         if let Some(ops) = &ops {
             ops.ticked();
             metrics::histogram!("snapsync_tick_seconds").record(cost.as_secs_f64());
@@ -456,6 +499,10 @@ pub async fn run(
     net.shutdown().await?;
     for (_, _, task) in http_servers {
         task.abort();
+    }
+    #[cfg(feature = "agones")]
+    if let Some(f) = fleet.as_mut() {
+        f.shutdown().await;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let ticks = net.endpoint().current_tick().0;
