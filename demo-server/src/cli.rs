@@ -220,11 +220,14 @@ pub enum ConsoleCommand {
     Quit,
     /// `drain`: accept no new players, let the current ones finish, then stop.
     Drain,
+    /// `stall MS`: block the tick loop for MS milliseconds (at most 10 s), to check that
+    /// health probes notice a stuck server.
+    Stall(u64),
 }
 
 /// The console's help text.
 pub const CONSOLE_HELP: &str = "commands: loss PCT | latency MS | jitter MS | duplicate PCT | \
-reorder PCT | burst LEN | preset lan|wifi|mobile|bad | conditioner on|off | stats | drain | help | quit";
+reorder PCT | burst LEN | preset lan|wifi|mobile|bad | conditioner on|off | stats | drain | stall MS | help | quit";
 
 impl FromStr for ConsoleCommand {
     type Err = String;
@@ -258,6 +261,15 @@ impl FromStr for ConsoleCommand {
             "help" if arg.is_none() => Self::Help,
             "quit" | "exit" if arg.is_none() => Self::Quit,
             "drain" if arg.is_none() => Self::Drain,
+            "stall" => {
+                let ms: u64 = need("milliseconds")?
+                    .parse()
+                    .map_err(|_| "stall needs whole milliseconds".to_string())?;
+                if ms > 10_000 {
+                    return Err(format!("stall {ms}: at most 10000 ms"));
+                }
+                Self::Stall(ms)
+            }
             _ => return Err(format!("unknown command `{}`; {CONSOLE_HELP}", line.trim())),
         })
     }
@@ -310,7 +322,7 @@ impl ConsoleCommand {
                 return Some(Ok(()));
             }
             Self::Enabled(true) => {}
-            Self::Stats | Self::Help | Self::Quit | Self::Drain => return None,
+            Self::Stats | Self::Help | Self::Quit | Self::Drain | Self::Stall(_) => return None,
         }
         // Changing a setting means the user wants it in effect.
         c.enabled = true;

@@ -127,7 +127,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: the HTTP endpoints (tokens, /health) must answer while the tick loop is
+    // busy or stuck; that is what a health probe is for.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

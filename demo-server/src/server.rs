@@ -410,6 +410,11 @@ pub async fn run(
                     }
                 }
                 Control::Console(ConsoleCommand::Help) => say(CONSOLE_HELP.to_string()),
+                Control::Console(ConsoleCommand::Stall(ms)) => {
+                    say(format!("stalling the tick loop for {ms} ms"));
+                    // Deliberately blocking: this is what a stuck loop looks like.
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 Control::Console(ConsoleCommand::Stats) => say(stats_line(
                     &net,
                     opts.transport,

@@ -9,8 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use snapsync::net::ReplicationClient;
-use snapsync::replication::ClientConfig;
+use std::io::Write;
+
+use snapsync::connection::DisconnectReason;
+use snapsync::net::{ConnectError, ReplicationClient};
+use snapsync::packet::{DenyReason, DisconnectReasonCode};
+use snapsync::replication::{ClientConfig, ClientEvent, CloseReason};
 
 /// Longest wait for any one expected thing.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -141,6 +145,18 @@ fn query(web: &str, promql: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// Poll `done` every 100 ms until it holds (bounded); whether it did.
+fn poll_until(mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + LIMIT;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 /// Poll `promql` until `ok` holds for its value (bounded).
 fn eventually(web: &str, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
     let end = Instant::now() + LIMIT;
@@ -172,7 +188,7 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
             "--stats-interval",
             "0",
             "--drain-timeout",
-            "20",
+            "3",
             "--duration",
             "120",
             "--json",
@@ -184,6 +200,7 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
         .spawn()
         .unwrap();
     let lines = lines_of(&mut server);
+    let mut stdin = server.stdin.take().unwrap();
     let server = Killed(server);
     let game = addr_after(&wait_line(&lines, " listening on "), " listening on ");
     let metrics = addr_after(
@@ -192,8 +209,9 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
     );
     let (_prom, web) = start_prometheus(&dir, metrics);
 
-    // Three players on their own runtime, playing until told to leave.
-    let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
+    // Four players on their own runtime, playing until the server ends their session.
+    let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = draining.clone();
     let players = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -201,21 +219,28 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
             .unwrap();
         rt.block_on(async move {
             let mut tasks = Vec::new();
-            for _ in 0..3 {
-                let mut leave = leave_rx.clone();
+            for _ in 0..4 {
+                let draining = seen.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut c = ReplicationClient::<u8>::join(game, ClientConfig::default(), None)
                         .await
                         .expect("join");
+                    let mut during_drain = 0u64;
                     // Bounded: at most two minutes of frames.
                     for _ in 0..7200 {
-                        if *leave.borrow_and_update() {
-                            break;
-                        }
                         c.drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
                             .await
                             .unwrap();
-                        while c.poll_event().is_some() {}
+                        while let Some(e) = c.poll_event() {
+                            if matches!(e, ClientEvent::Snapshot { .. })
+                                && draining.load(std::sync::atomic::Ordering::Relaxed)
+                            {
+                                during_drain += 1;
+                            }
+                        }
+                        if let Some(reason) = c.endpoint().close_reason() {
+                            return (reason.clone(), during_drain);
+                        }
                         let now = c.now();
                         let e = c.endpoint_mut();
                         for _ in 0..e.inputs_due(now) {
@@ -223,17 +248,19 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
                         }
                         c.flush();
                     }
-                    c.close().await.unwrap();
+                    panic!("the server never ended the session");
                 }));
             }
+            let mut out = Vec::new();
             for t in tasks {
-                t.await.unwrap();
+                out.push(t.await.unwrap());
             }
-        });
+            out
+        })
     });
 
     // Prometheus, through its own query API, sees the players and counters that rise.
-    eventually(&web, "snapsync_connections", |v| v == 3.0);
+    eventually(&web, "snapsync_connections", |v| v == 4.0);
     let first = eventually(&web, "snapsync_packets_total{direction=\"in\"}", |v| {
         v > 0.0
     });
@@ -246,25 +273,62 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
     eventually(
         &web,
         "snapsync_handshakes_total{outcome=\"accepted\"}",
-        |v| v >= 3.0,
+        |v| v >= 4.0,
     );
     eventually(&web, "snapsync_tick_seconds_count", |v| v > 60.0);
 
-    // SIGTERM drains: not ready any more, players stay until they leave, then a clean exit.
+    // A stuck tick loop (the console's test hook blocks it) turns /health to 503, and back.
+    let health = format!("http://{metrics}/health");
+    assert_eq!(http_get(&health).unwrap().0, 200);
+    writeln!(stdin, "stall 3000").unwrap();
+    stdin.flush().unwrap();
+    let stalled = poll_until(|| http_get(&health).is_some_and(|(s, _)| s == 503));
+    assert!(stalled, "/health never noticed the stalled loop");
+    assert!(poll_until(
+        || http_get(&health).is_some_and(|(s, _)| s == 200)
+    ));
+
+    // SIGTERM drains: not ready, new players denied with a reason, the current ones play on
+    // until the drain timeout, then everyone is disconnected cleanly and the server exits 0.
     let pid = server.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     wait_line(&lines, "draining:");
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
     let ready = http_get(&format!("http://{metrics}/ready")).unwrap().0;
     assert_eq!(ready, 503, "a draining server is not ready");
     eventually(&web, "snapsync_accepting", |v| v == 0.0);
-    assert_eq!(
-        query(&web, "snapsync_connections"),
-        Some(3.0),
-        "players stay"
-    );
-    leave_tx.send(true).unwrap();
-    players.join().unwrap();
+    let newcomer = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(ReplicationClient::<u8>::join(
+            game,
+            ClientConfig::default(),
+            None,
+        ))
+    };
+    match newcomer {
+        Err(ConnectError::Refused {
+            reason: DisconnectReason::Denied(DenyReason::ShuttingDown),
+            ..
+        }) => {}
+        other => panic!("a newcomer while draining: {other:?}"),
+    }
+    let ended = players.join().unwrap();
+    assert_eq!(ended.len(), 4);
+    for (reason, during_drain) in &ended {
+        assert_eq!(
+            *reason,
+            CloseReason::Connection(DisconnectReason::Peer(DisconnectReasonCode::ServerShutdown)),
+            "told, not timed out"
+        );
+        assert!(
+            *during_drain > 60,
+            "played on while draining: {during_drain} snapshots"
+        );
+    }
     wait_line(&lines, "drained:");
     let mut server = server;
     let end = Instant::now() + LIMIT;
@@ -278,6 +342,6 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
     assert!(status.success(), "{status}");
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-    assert_eq!(s["clients_peak"], 3);
+    assert_eq!(s["clients_peak"], 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
