@@ -70,6 +70,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         seed: args.conditioner.seed,
         budget_bytes: args.budget_bytes,
         quiet: args.json.as_deref() == Some("-"),
+        truth: None,
     })
 }
 

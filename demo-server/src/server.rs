@@ -1,6 +1,7 @@
 //! The demo server: a fixed-tick authoritative simulation replicated to every client.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -8,13 +9,13 @@ use snapsync::conditioner::ConditionerConfig;
 use snapsync::net::ReplicationServer;
 use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::{CONSOLE_HELP, ConsoleCommand, ConsoleConditioner, Transport, describe};
 use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
 use crate::protocol::unix_micros_now;
-use crate::scene::SceneKind;
+use crate::scene::{Body, SceneKind};
 
 /// Bytes of IPv4 + TCP header and frame length counted per packet on the TCP transport (with
 /// TCP_NODELAY each frame leaves as its own segment; coalesced segments make this a slight
@@ -50,6 +51,26 @@ pub struct ServerOptions {
     pub budget_bytes: usize,
     /// Print nothing but errors (for in-process use by `compare`).
     pub quiet: bool,
+    /// Publish the world after every tick here (for an in-process observer such as
+    /// `demo-client view`); `None`: publish nothing.
+    pub truth: Option<TruthSender>,
+}
+
+/// Where the server publishes its world after each tick: a latest-value slot, so a slow
+/// observer only ever misses ticks, and never holds up the tick loop.
+pub type TruthSender = Arc<watch::Sender<TruthFrame>>;
+
+/// The server's world as of one tick: the truth a client's view is compared with.
+#[derive(Debug, Clone, Default)]
+pub struct TruthFrame {
+    /// The tick just simulated.
+    pub tick: u32,
+    /// When it was simulated.
+    pub at: Option<Instant>,
+    /// What simulating, encoding and sending that tick cost.
+    pub tick_cost: Duration,
+    /// Every body, sorted by id.
+    pub bodies: Vec<Body>,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +89,7 @@ impl Default for ServerOptions {
             seed: 1,
             budget_bytes: DEFAULT_BUDGET_BYTES,
             quiet: false,
+            truth: None,
         }
     }
 }
@@ -290,7 +312,18 @@ pub async fn run(
         clients_peak = clients_peak.max(game.player_count() as u64);
         game.tick(work_start, net.endpoint_mut());
         net.flush();
-        tick_cost.record(work_start.elapsed());
+        let cost = work_start.elapsed();
+        tick_cost.record(cost);
+        if let Some(truth) = &opts.truth {
+            // In place: the body list's allocation is reused from tick to tick.
+            truth.send_modify(|f| {
+                f.tick = net.endpoint().current_tick().0;
+                f.at = Some(work_start);
+                f.tick_cost = cost;
+                f.bodies.clear();
+                f.bodies.extend_from_slice(game.bodies());
+            });
+        }
 
         let t = tokio::time::Instant::now();
         if let Some(ns) = next_stats
