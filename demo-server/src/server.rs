@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use snapsync::conditioner::ConditionerConfig;
+use snapsync::conditioner::{ConditionerConfig, ConditionerStats};
 use snapsync::net::ReplicationServer;
 use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
@@ -71,6 +71,10 @@ pub struct TruthFrame {
     pub tick_cost: Duration,
     /// Every body, sorted by id.
     pub bodies: Vec<Body>,
+    /// What the simulated link did so far to what the server received (UDP transports).
+    pub link_in: ConditionerStats,
+    /// What the simulated link did so far to what the server sent (UDP transports).
+    pub link_out: ConditionerStats,
 }
 
 impl Default for ServerOptions {
@@ -322,6 +326,9 @@ pub async fn run(
                 f.tick_cost = cost;
                 f.bodies.clear();
                 f.bodies.extend_from_slice(game.bodies());
+                let (i, o) = net.conditioners();
+                f.link_in = i.stats();
+                f.link_out = o.stats();
             });
         }
 
