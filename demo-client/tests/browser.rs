@@ -264,6 +264,15 @@ async fn the_page_shows_every_transport_live_and_the_bad_preset_raises_the_loss(
     // Let the figures fill their windows under the starting link (5 % loss, 40 ms), then
     // keep the picture.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // Best effort: catch a moment when the stream is frozen behind a retransmission (its
+    // canvas framed in red), as a visitor sees it every second or so.
+    let frozen = within(
+        &mut page,
+        Duration::from_secs(5),
+        "document.querySelector('[data-stream=\"udp-reliable\"] canvas').classList.contains('frozen')",
+    )
+    .await;
+    println!("screenshot while udp-reliable is frozen: {frozen}");
     let path = std::env::var_os("SNAPSYNC_VIEW_SCREENSHOT").map_or_else(
         || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("view.png"),
         PathBuf::from,
@@ -343,6 +352,7 @@ async fn the_page_shows_every_transport_live_and_the_bad_preset_raises_the_loss(
         link.as_str().is_some_and(|l| l.contains("loss 10%")),
         "{link}"
     );
-    page.screenshot(&path.with_file_name("view-bad.png")).await;
+    page.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("view-bad.png"))
+        .await;
     let _ = std::fs::remove_dir_all(&profile);
 }

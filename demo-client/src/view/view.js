@@ -18,6 +18,8 @@
   const KEEP_FRAMES = 48;
   // A client that has had no newer snapshot for this many ticks is drawn as frozen.
   const FROZEN_TICKS = 3.5;
+  // A freeze stays marked this long after it ends, so the eye catches it.
+  const FROZEN_HOLD_MS = 600;
   const PLOT_SECONDS = 10;
   const FRAME_HEADER = 28;
   const ENTITY_BYTES = 12;
@@ -109,6 +111,8 @@
         frames: [],
         lastTick: null,
         lastTickAt: null,
+        holdUntil: 0,
+        freezeMs: 0,
       };
     });
     resize();
@@ -241,12 +245,21 @@
       return;
     }
     const frozen = a.connected && a.since > FROZEN_TICKS * tickMs();
-    c.classList.toggle("frozen", frozen);
-    s.state.classList.toggle("frozen", frozen);
+    const now = performance.now();
+    if (frozen) {
+      if (!(now < s.holdUntil)) s.freezeMs = 0;
+      s.freezeMs = Math.max(s.freezeMs, a.since);
+      s.holdUntil = now + FROZEN_HOLD_MS;
+    }
+    const marked = frozen || now < s.holdUntil;
+    c.classList.toggle("frozen", marked);
+    s.state.classList.toggle("frozen", marked);
     if (!a.connected) {
       s.state.textContent = "joining…";
     } else if (frozen) {
       s.state.textContent = `frozen: no newer snapshot for ${a.since.toFixed(0)} ms`;
+    } else if (marked) {
+      s.state.textContent = `froze for ${s.freezeMs.toFixed(0)} ms, then jumped`;
     } else {
       s.state.textContent = a.figure === null ? "" : `newest state ${a.figure.toFixed(0)} ms old`;
     }
