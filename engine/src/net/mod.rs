@@ -5,7 +5,7 @@
 //! game keeps plain `&mut` access to the endpoint:
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use snapsync::net::NetServer;
 //! // The seed makes the cookie key and session salts: the operating system's randomness.
 //! let seed = rand::random();
