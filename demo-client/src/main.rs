@@ -3,6 +3,7 @@
 mod compare;
 mod report;
 mod session;
+mod view;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -30,6 +31,58 @@ enum Command {
     /// Host servers in-process and run udp, udp-reliable and tcp under the same conditions;
     /// print one table, write compare.csv, compare.json and update_gap.svg.
     Compare(CompareArgs),
+    /// Watch it live: host servers in-process, play one client per transport under the same
+    /// link, and serve a page that draws what each client shows beside the server's truth,
+    /// with live figures and controls that change the link for every transport at once.
+    #[command(long_about = VIEW_ABOUT)]
+    View(ViewArgs),
+}
+
+const VIEW_ABOUT: &str = "\
+Watch it live: the same game seen through each transport, side by side in a browser.
+
+Hosts one server per transport in-process (as `compare` does), plays one client on each,
+and serves a page on --http: one top-down canvas per transport plus the server's truth,
+each drawing what that client shows at its render time (interpolated; its own avatar
+predicted unless --predict off), at the browser's frame rate; live update gaps, staleness,
+loss, kbit/s and underruns; a plot of update gaps; and sliders and presets that change the
+link for every transport at once (the server console's commands). `udp` and
+`udp-reliable` share the simulated link; `tcp` is kernel TCP on a clean loopback, the
+control (for real loss on TCP, see scripts/netlab.sh).
+
+The page is plain HTML and JavaScript served by this binary: no network access needed.
+The game never waits for a browser: a slow or vanished tab only misses frames.";
+
+#[derive(Debug, Args)]
+struct ViewArgs {
+    /// Serve the page on this address (port 0: any free port; the URL is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Seconds to run (0: until Ctrl-C).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    duration: f64,
+    /// Scene to replicate.
+    #[arg(long, default_value = "arena")]
+    scene: SceneKind,
+    /// Ticks (and snapshots) per second.
+    #[arg(long, value_name = "HZ", default_value_t = 60.0)]
+    tick_rate: f64,
+    /// Predict each client's own avatar (arena): drawn at once from its inputs (`on`), or
+    /// only as snapshots bring it (`off`).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    predict: OnOff,
+    /// Transports to show (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "udp,udp-reliable,tcp"
+    )]
+    transports: Vec<Transport>,
+    /// Link simulation at start, once per direction (the page changes it). With no flag: 5%
+    /// loss, 40 ms latency, as `compare`.
+    #[command(flatten)]
+    conditioner: ConditionerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +222,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Compare(args)) => runtime.block_on(run_compare(args)),
+        Some(Command::View(args)) => runtime.block_on(run_view(args)),
         None => runtime.block_on(run_clients(cli.run)),
     };
     match result {
@@ -285,9 +339,10 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn run_compare(args: CompareArgs) -> Result<(), String> {
-    let mut conditioner = if args.conditioner.any() {
-        args.conditioner.to_config()?
+/// The link `compare` and `view` start with: the flags', or 5 % loss and 40 ms latency.
+fn demo_conditioner(args: &ConditionerArgs) -> Result<ConditionerConfig, String> {
+    let mut conditioner = if args.any() {
+        args.to_config()?
     } else {
         ConditionerConfig {
             loss_pct: 5.0,
@@ -298,6 +353,34 @@ async fn run_compare(args: CompareArgs) -> Result<(), String> {
     };
     conditioner.validate().map_err(|e| e.to_string())?;
     conditioner.enabled = true;
+    Ok(conditioner)
+}
+
+async fn run_view(args: ViewArgs) -> Result<(), String> {
+    let conditioner = demo_conditioner(&args.conditioner)?;
+    let duration = seconds("duration", args.duration)?;
+    if args.transports.is_empty() {
+        return Err("--transports needs at least one transport".into());
+    }
+    for (i, t) in args.transports.iter().enumerate() {
+        if args.transports[..i].contains(t) {
+            return Err(format!("--transports names {t} twice"));
+        }
+    }
+    let opts = view::ViewOptions {
+        http: args.http,
+        tick_rate: rate("tick-rate", args.tick_rate)?,
+        scene: args.scene,
+        conditioner,
+        seed: args.conditioner.seed,
+        predict: args.predict == OnOff::On,
+        transports: args.transports,
+    };
+    view::run(opts, duration).await
+}
+
+async fn run_compare(args: CompareArgs) -> Result<(), String> {
+    let conditioner = demo_conditioner(&args.conditioner)?;
     if args.clients == 0 || args.clients > 256 {
         return Err(format!("--clients must be 1..=256 (got {})", args.clients));
     }

@@ -10,7 +10,7 @@ use snapsync::replication::{self, ServerEvent, SnapshotDelivery};
 use snapsync::snapshot::{EntityId, EntityState, QuantizeConfig, SenderStats, Transform, World};
 
 use crate::protocol::WelcomeData;
-use crate::scene::{PlayerInput, Scene, SceneKind, build_scene};
+use crate::scene::{Body, PlayerInput, Scene, SceneKind, build_scene};
 
 /// The quantization both sides use for a scene: a box that fits it, 1/512 m steps, and the
 /// tick period (positions are predicted from the baseline's velocity over elapsed ticks).
@@ -117,6 +117,11 @@ impl GameServer {
     /// Connected players.
     pub fn player_count(&self) -> usize {
         self.players.len()
+    }
+
+    /// The scene's bodies as of the last tick, sorted by id (what the server replicates).
+    pub fn bodies(&self) -> &[Body] {
+        self.scene.bodies()
     }
 
     /// Inputs that did not decode.

@@ -114,6 +114,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
                 http: Some(args.http),
             }
         },
+        truth: None,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use snapsync::connection::ConnectionStats;
-use snapsync::replication::{self, ClientEvent, CloseReason, InputTick};
+use snapsync::replication::{self, ClientEvent, CloseReason, InputTick, View};
 
 use crate::metrics::{DistanceHistogram, DurationHistogram};
 use crate::protocol::WelcomeData;
@@ -80,6 +80,8 @@ pub struct GameClient {
     in_flight: VecDeque<(InputTick, Instant)>,
     last_link: Option<ConnectionStats>,
     closed: Option<CloseReason>,
+    last_view: View,
+    last_staleness: Option<Duration>,
 }
 
 impl GameClient {
@@ -101,6 +103,8 @@ impl GameClient {
             in_flight: VecDeque::new(),
             last_link: None,
             closed: None,
+            last_view: View::default(),
+            last_staleness: None,
         }
     }
 
@@ -124,6 +128,17 @@ impl GameClient {
     /// session the server ended still reports what it measured).
     pub fn link(&self) -> Option<&ConnectionStats> {
         self.last_link.as_ref()
+    }
+
+    /// What the last frame drew: every entity interpolated, the own one predicted where
+    /// prediction is on.
+    pub fn last_view(&self) -> &View {
+        &self.last_view
+    }
+
+    /// The staleness recorded at the last frame (the age of the newest state held).
+    pub fn last_staleness(&self) -> Option<Duration> {
+        self.last_staleness
     }
 
     /// Loss and bandwidth over a session of `elapsed_s` seconds, from the last link figures
@@ -189,8 +204,10 @@ impl GameClient {
         if let (Some(d), Some(w), Some(t)) = (&self.data, client.welcome(), client.newest_tick()) {
             let state_micros =
                 d.tick0_unix_micros as f64 + f64::from(t.0) * w.tick_interval.as_secs_f64() * 1e6;
-            let age = (now_unix_micros as f64 - state_micros).max(0.0);
-            self.staleness.record(Duration::from_micros(age as u64));
+            let age =
+                Duration::from_micros((now_unix_micros as f64 - state_micros).max(0.0) as u64);
+            self.staleness.record(age);
+            self.last_staleness = Some(age);
         }
         for _ in 0..client.inputs_due(now) {
             let input = if self.idle {
@@ -217,5 +234,6 @@ impl GameClient {
                 self.in_flight.pop_front();
             }
         }
+        self.last_view = view;
     }
 }

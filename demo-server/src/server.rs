@@ -1,22 +1,23 @@
 //! The demo server: a fixed-tick authoritative simulation replicated to every client.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use snapsync::conditioner::ConditionerConfig;
+use snapsync::conditioner::{ConditionerConfig, ConditionerStats};
 use snapsync::connection::{SecureServerConfig, Security};
 use snapsync::net::ReplicationServer;
 use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::{CONSOLE_HELP, ConsoleCommand, ConsoleConditioner, Transport, describe};
 use crate::game::{GameOptions, GameServer, bits_per_changed_entity};
 use crate::metrics::DurationHistogram;
 use crate::ops::OpsState;
 use crate::protocol::unix_micros_now;
-use crate::scene::SceneKind;
+use crate::scene::{Body, SceneKind};
 use crate::tokens::{self, DEMO_PROTOCOL_ID, TokenMint, unix_secs_now};
 
 /// Bytes of IPv4 + TCP header and frame length counted per packet on the TCP transport (with
@@ -66,6 +67,9 @@ pub struct ServerOptions {
     /// address, or loopback when bound to every interface). Behind NAT or in a fleet, the
     /// external address.
     pub public_addr: Option<SocketAddr>,
+    /// Publish the world after every tick here (for an in-process observer such as
+    /// `demo-client view`); `None`: publish nothing.
+    pub truth: Option<TruthSender>,
 }
 
 /// How the demo server's connections are made.
@@ -81,6 +85,27 @@ pub enum ServerSecurity {
         /// Serve `POST /connect` (a token) over HTTP here, if given.
         http: Option<SocketAddr>,
     },
+}
+
+/// Where the server publishes its world after each tick: a latest-value slot, so a slow
+/// observer only ever misses ticks, and never holds up the tick loop.
+pub type TruthSender = Arc<watch::Sender<TruthFrame>>;
+
+/// The server's world as of one tick: the truth a client's view is compared with.
+#[derive(Debug, Clone, Default)]
+pub struct TruthFrame {
+    /// The tick just simulated.
+    pub tick: u32,
+    /// When it was simulated.
+    pub at: Option<Instant>,
+    /// What simulating, encoding and sending that tick cost.
+    pub tick_cost: Duration,
+    /// Every body, sorted by id.
+    pub bodies: Vec<Body>,
+    /// What the simulated link did so far to what the server received (UDP transports).
+    pub link_in: ConditionerStats,
+    /// What the simulated link did so far to what the server sent (UDP transports).
+    pub link_out: ConditionerStats,
 }
 
 impl Default for ServerOptions {
@@ -104,6 +129,7 @@ impl Default for ServerOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             agones: false,
             public_addr: None,
+            truth: None,
         }
     }
 }
@@ -473,6 +499,19 @@ pub async fn run(
                 metrics.record(&net);
                 next_metrics = t + Duration::from_secs(1);
             }
+        }
+        if let Some(truth) = &opts.truth {
+            // In place: the body list's allocation is reused from tick to tick.
+            truth.send_modify(|f| {
+                f.tick = net.endpoint().current_tick().0;
+                f.at = Some(work_start);
+                f.tick_cost = cost;
+                f.bodies.clear();
+                f.bodies.extend_from_slice(game.bodies());
+                let (i, o) = net.conditioners();
+                f.link_in = i.stats();
+                f.link_out = o.stats();
+            });
         }
 
         let t = tokio::time::Instant::now();
