@@ -81,6 +81,10 @@ struct ViewArgs {
     transports: Vec<Transport>,
     /// Link simulation at start, once per direction (the page changes it). With no flag: 5%
     /// loss, 40 ms latency, as `compare`.
+    /// Plain mode for every hosted server and client (default: secure, tokens minted
+    /// in-process, as `compare` does).
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -375,6 +379,7 @@ async fn run_view(args: ViewArgs) -> Result<(), String> {
         seed: args.conditioner.seed,
         predict: args.predict == OnOff::On,
         transports: args.transports,
+        secure: !args.insecure,
     };
     view::run(opts, duration).await
 }

@@ -57,6 +57,8 @@ pub(crate) struct LiveOptions {
     pub(crate) figures: watch::Sender<LiveFigures>,
     /// Becomes true when the view stops.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Secure mode: tokens for the hosted server, minted in-process.
+    pub(crate) mint: Option<std::sync::Arc<demo_server::tokens::TokenMint>>,
 }
 
 /// One transport's live figures, as the page shows them.
@@ -181,7 +183,11 @@ impl Window {
 }
 
 async fn join(opts: &LiveOptions) -> Result<ReplicationClient<PlayerInput>, String> {
-    let config = replication::ClientConfig::default();
+    let mut config = replication::ClientConfig::default();
+    if let Some(mint) = &opts.mint {
+        let token = mint.mint().map_err(|e| e.to_string())?;
+        config.client.security = snapsync::connection::ClientSecurity::Secure { token };
+    }
     let joined = match opts.transport {
         // The link is simulated once, at the server, as `compare` does.
         Transport::Udp | Transport::UdpReliable => {

@@ -66,6 +66,8 @@ pub(crate) struct ViewOptions {
     pub(crate) predict: bool,
     /// Transports, in the page's order.
     pub(crate) transports: Vec<Transport>,
+    /// Secure mode (tokens minted in-process with a fresh key) or plain.
+    pub(crate) secure: bool,
 }
 
 /// One viewer's counters.
@@ -241,6 +243,7 @@ pub(crate) async fn start(opts: ViewOptions) -> Result<ViewHandle, String> {
     let epoch = Instant::now();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let key = snapsync::netcode::generate_key();
     let mut servers = Vec::new();
     let mut controls = Vec::new();
     let mut truth = Vec::new();
@@ -265,6 +268,11 @@ pub(crate) async fn start(opts: ViewOptions) -> Result<ViewHandle, String> {
             seed: opts.seed,
             quiet: true,
             truth: Some(Arc::new(truth_tx)),
+            security: if opts.secure {
+                demo_server::server::ServerSecurity::Secure { key, http: None }
+            } else {
+                demo_server::server::ServerSecurity::Insecure
+            },
             ..ServerOptions::default()
         };
         servers.push((
@@ -310,6 +318,9 @@ pub(crate) async fn start(opts: ViewOptions) -> Result<ViewHandle, String> {
             frames: frames_tx,
             figures: figures_tx,
             shutdown: shutdown_rx.clone(),
+            mint: opts
+                .secure
+                .then(|| Arc::new(demo_server::tokens::TokenMint::new(key, server))),
         })));
     }
 

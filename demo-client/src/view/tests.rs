@@ -32,6 +32,7 @@ fn options(transports: Vec<Transport>) -> ViewOptions {
         seed: 7,
         predict: true,
         transports,
+        secure: true,
     }
 }
 
