@@ -118,6 +118,7 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 interp: None,
                 predict: true,
                 token: token.clone(),
+                pcap: None,
             };
             sessions.push(tokio::spawn(session::run(s)));
         }

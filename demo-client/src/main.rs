@@ -130,6 +130,10 @@ struct RunArgs {
     /// Where to fetch connect tokens (`POST`). Default: port 8080 of the server's host.
     #[arg(long, value_name = "URL")]
     token_url: Option<String>,
+    /// Write every datagram a client sends and receives to a pcap file (with several
+    /// clients, client i writes PATH with `-i` before the extension).
+    #[arg(long, value_name = "PATH")]
+    pcap: Option<std::path::PathBuf>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -146,11 +150,17 @@ async fn resolve(server: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = server.parse() {
         return Ok(addr);
     }
-    let mut addrs = tokio::net::lookup_host(server)
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| format!("--server {server}: {e} (expected HOST:PORT)"))?;
+        .map_err(|e| format!("--server {server}: {e} (expected HOST:PORT)"))?
+        .collect();
+    // IPv4 first: `localhost` often names ::1 first, while servers (ours by default) listen
+    // on 127.0.0.1.
     addrs
-        .next()
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .ok_or_else(|| format!("--server {server}: the name has no address"))
 }
 
@@ -299,6 +309,19 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
             interp: args.interp.0,
             predict: args.predict == OnOff::On,
             token: token.clone(),
+            pcap: args.pcap.as_ref().map(|p| {
+                if args.clients == 1 {
+                    p.clone()
+                } else {
+                    let stem = p
+                        .file_stem()
+                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+                    let ext = p
+                        .extension()
+                        .map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+                    p.with_file_name(format!("{stem}-{i}{ext}"))
+                }
+            }),
         };
         tasks.push(tokio::spawn(session::run(opts)));
     }

@@ -43,6 +43,8 @@ pub(crate) struct SessionOptions {
     pub(crate) predict: bool,
     /// Where the connect token comes from (secure mode), or `None` (plain).
     pub(crate) token: Option<TokenSource>,
+    /// Record every datagram into this pcap file (UDP transports).
+    pub(crate) pcap: Option<std::path::PathBuf>,
 }
 
 /// Where a secure client gets its connect token.
@@ -101,7 +103,13 @@ async fn connect(opts: &SessionOptions) -> Result<ReplicationClient<PlayerInput>
     let joined = match opts.transport {
         Transport::Udp | Transport::UdpReliable => {
             let c = opts.conditioner.clone();
-            ReplicationClient::join(opts.server, config, Some((c.clone(), c))).await
+            ReplicationClient::join_captured(
+                opts.server,
+                config,
+                Some((c.clone(), c)),
+                opts.pcap.as_deref(),
+            )
+            .await
         }
         Transport::Tcp => ReplicationClient::join_stream(opts.server, config).await,
     };

@@ -319,7 +319,8 @@ fn console_loss_command_changes_the_servers_link_without_restart() {
     let dir = tmp_dir("console");
     // Plain mode here (secure mode is the other tests'): the console is the same in both.
     let mut server = Server::start(&["--duration", "50", "--insecure"]);
-    let addr = server.addr.clone();
+    // By host name, as a person would type it.
+    let addr = server.addr.replace("127.0.0.1", "localhost");
     let play = |json: &str| {
         run_client(
             &["--server", &addr, "--insecure", "--duration", "1"],

@@ -81,6 +81,10 @@ struct Args {
     /// external address.
     #[arg(long, value_name = "ADDR")]
     public_addr: Option<SocketAddr>,
+    /// Write every datagram sent and received to a pcap file (open it in Wireshark with
+    /// scripts/wireshark/snapsync.lua).
+    #[arg(long, value_name = "PATH")]
+    pcap: Option<std::path::PathBuf>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -105,6 +109,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         metrics: args.metrics,
         agones: args.agones,
         public_addr: args.public_addr,
+        pcap: args.pcap.clone(),
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         security: if args.insecure {
             ServerSecurity::Insecure

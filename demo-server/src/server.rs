@@ -67,6 +67,8 @@ pub struct ServerOptions {
     /// address, or loopback when bound to every interface). Behind NAT or in a fleet, the
     /// external address.
     pub public_addr: Option<SocketAddr>,
+    /// Write every datagram the server sends and receives to this pcap file.
+    pub pcap: Option<std::path::PathBuf>,
     /// Publish the world after every tick here (for an in-process observer such as
     /// `demo-client view`); `None`: publish nothing.
     pub truth: Option<TruthSender>,
@@ -130,6 +132,7 @@ impl Default for ServerOptions {
             agones: false,
             public_addr: None,
             truth: None,
+            pcap: None,
         }
     }
 }
@@ -345,6 +348,10 @@ pub async fn run(
         snapsync::replication::Server::new(config, tokio::time::Instant::now().into_std())
             .map_err(|e| ServerError::Options(e.to_string()))?;
     let mut net = ReplicationServer::new(socket, endpoint, rand::random());
+    if let Some(path) = &opts.pcap {
+        net.capture_to(path)
+            .map_err(|e| ServerError::Options(format!("--pcap {}: {e}", path.display())))?;
+    }
     if opts.transport == Transport::Tcp {
         // The same port number for TCP: clients of the `tcp` transport connect there.
         local = net

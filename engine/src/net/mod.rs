@@ -22,8 +22,11 @@
 //! # }
 //! ```
 
+mod capture;
 pub mod frame;
 mod stream;
+
+pub use capture::PcapCapture;
 
 pub use stream::StreamStats;
 
@@ -169,6 +172,8 @@ pub struct Driver<E: Endpoint> {
     stats: SocketStats,
     /// TCP streams carrying the same packets, once listened for or connected.
     streams: Option<stream::Streams>,
+    /// Where every UDP datagram sent and received is recorded, with the socket's address.
+    capture: Option<(PcapCapture, SocketAddr)>,
 }
 
 /// The server on a socket.
@@ -196,6 +201,31 @@ impl<E: Endpoint> Driver<E> {
             recv_buf: vec![0; RECV_BUFFER_BYTES],
             stats: SocketStats::default(),
             streams: None,
+            capture: None,
+        }
+    }
+
+    /// Record every UDP datagram this driver sends or receives from now on into a pcap file
+    /// at `path` (as the wire carries them: after the outbound conditioner, before the
+    /// inbound one). Streams are not recorded.
+    pub fn capture_to(&mut self, path: &std::path::Path) -> io::Result<()> {
+        let local = self.socket.local_addr()?;
+        self.capture = Some((PcapCapture::create(path)?, local));
+        Ok(())
+    }
+
+    /// Datagrams recorded so far, when capturing.
+    pub fn captured_packets(&self) -> Option<u64> {
+        self.capture.as_ref().map(|(c, _)| c.packets())
+    }
+
+    fn record(&mut self, from: Option<SocketAddr>, to: Option<SocketAddr>, bytes: &[u8]) {
+        if let Some((c, local)) = self.capture.as_mut() {
+            let (from, to) = (from.unwrap_or(*local), to.unwrap_or(*local));
+            if let Err(e) = c.record(from, to, bytes) {
+                tracing::warn!(error = %e, "packet capture stopped");
+                self.capture = None;
+            }
         }
     }
 
@@ -288,7 +318,13 @@ impl<E: Endpoint> Driver<E> {
             if self.outbound.is_idle() && self.outbound.config().is_pass_through() {
                 let bytes = &self.send_buf[..tx.len];
                 match self.socket.try_send_to(bytes, tx.destination) {
-                    Ok(_) => self.stats.sent += 1,
+                    Ok(_) => {
+                        self.stats.sent += 1;
+                        if self.capture.is_some() {
+                            let bytes = self.send_buf[..tx.len].to_vec();
+                            self.record(None, Some(tx.destination), &bytes);
+                        }
+                    }
                     Err(e) => {
                         self.stats.send_errors += 1;
                         tracing::debug!(to = %tx.destination, error = %e, "send failed");
@@ -301,7 +337,10 @@ impl<E: Endpoint> Driver<E> {
         }
         while let Some((to, bytes)) = self.outbound.poll(t) {
             match self.socket.try_send_to(&bytes, to) {
-                Ok(_) => self.stats.sent += 1,
+                Ok(_) => {
+                    self.stats.sent += 1;
+                    self.record(None, Some(to), &bytes);
+                }
                 Err(e) => {
                     self.stats.send_errors += 1;
                     tracing::debug!(%to, error = %e, "send failed");
@@ -319,6 +358,10 @@ impl<E: Endpoint> Driver<E> {
 
     fn on_datagram(&mut self, t: Instant, len: usize, from: SocketAddr) {
         self.stats.received += 1;
+        if self.capture.is_some() {
+            let bytes = self.recv_buf[..len].to_vec();
+            self.record(Some(from), None, &bytes);
+        }
         if len > MAX_PACKET_BYTES {
             self.stats.oversized += 1;
             // Let the core count it as invalid too, without copying the whole thing.
@@ -589,9 +632,23 @@ impl<I: Serialize> ReplicationClient<I> {
         config: replication::ClientConfig,
         conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
     ) -> Result<Self, ConnectError> {
+        Self::join_captured(server, config, conditioner, None).await
+    }
+
+    /// [`join`](Self::join), recording every datagram (the handshake too) into a pcap file
+    /// at `capture`.
+    pub async fn join_captured(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+        conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
+        capture: Option<&std::path::Path>,
+    ) -> Result<Self, ConnectError> {
         let socket = UdpSocket::bind(unspecified_for(server)).await?;
         let client = replication::Client::new(config, server, now())?;
         let mut driver = Self::new(socket, client, rand::random());
+        if let Some(path) = capture {
+            driver.capture_to(path)?;
+        }
         if let Some((inbound, outbound)) = conditioner {
             driver
                 .set_conditioner(inbound, outbound)
