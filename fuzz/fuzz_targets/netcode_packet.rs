@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use snapsync::netcode::{
-    self, Client, ClientEvent, ClientIndex, Key, Server, ServerConfig, ServerEvent,
-    TokenSettings, generate_connect_token,
+    self, Client, ClientEvent, ClientIndex, Key, Server, ServerConfig, ServerEvent, TokenSettings,
+    generate_connect_token,
 };
 
 const KEY: Key = [0x42; 32];
@@ -86,7 +86,8 @@ impl Pair {
         let dropped = self.drops();
         while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
             let d = buf[..t.len].to_vec();
-            self.server.handle_datagram(self.now, UNIX, client_addr(), &d);
+            self.server
+                .handle_datagram(self.now, UNIX, client_addr(), &d);
             self.delivered.push((true, d));
         }
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
@@ -114,7 +115,10 @@ impl Pair {
         let counted = (after.dropped.total() - before.dropped.total())
             + (after.late_disconnects - before.late_disconnects);
         assert_eq!(counted, 1, "{before:?} {after:?}");
-        assert!(self.server.poll_event().is_none(), "a forgery made an event");
+        assert!(
+            self.server.poll_event().is_none(),
+            "a forgery made an event"
+        );
         let mut buf = [0u8; netcode::MAX_PACKET_BYTES];
         while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
             // Only the connection's own keep-alives may be due.
@@ -131,7 +135,10 @@ impl Pair {
         let after = self.client.stats();
         assert_eq!(after.packets_in, before.packets_in + 1);
         assert_eq!(after.dropped.total(), before.dropped.total() + 1);
-        assert!(self.client.poll_event().is_none(), "a forgery made an event");
+        assert!(
+            self.client.poll_event().is_none(),
+            "a forgery made an event"
+        );
     }
 }
 
@@ -182,7 +189,8 @@ fuzz_target!(|data: &[u8]| {
                 let pick = usize::from(selector >> 3) % pair.delivered.len();
                 let (to_server, mut d) = pair.delivered[pick].clone();
                 if selector % 8 == 6 {
-                    let at = usize::from(u16::from_le_bytes([len_byte(bytes, 0), len_byte(bytes, 1)]));
+                    let at =
+                        usize::from(u16::from_le_bytes([len_byte(bytes, 0), len_byte(bytes, 1)]));
                     let bit = at % (d.len() * 8);
                     d[bit / 8] ^= 1 << (bit % 8);
                 }

@@ -109,7 +109,8 @@ fuzz_target!(|data: &[u8]| {
         match selector % 4 {
             0 => sim.inject_to_server(client_addr, bytes),
             1 => {
-                let stranger = SocketAddr::from(([10, 0, 0, 2], 40_000 + u16::from(selector >> 2) % 4));
+                let stranger =
+                    SocketAddr::from(([10, 0, 0, 2], 40_000 + u16::from(selector >> 2) % 4));
                 sim.stray.retain(|(to, _)| *to == peer_addr());
                 sim.inject_to_server(stranger, bytes);
                 for (to, reply) in sim.stray.iter().filter(|(to, _)| *to != peer_addr()) {
@@ -154,5 +155,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(sim.server.client_count() <= 2);
     }
     sim.run_for(Duration::from_millis(200));
-    assert!(sim.clients[0].client.is_connected(), "garbage ended the real session");
+    assert!(
+        sim.clients[0].client.is_connected(),
+        "garbage ended the real session"
+    );
 });
