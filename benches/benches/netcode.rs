@@ -77,17 +77,21 @@ impl NetcodePair {
             now += Duration::from_millis(10);
         }
         let index = ClientIndex(client.client_index().expect("connected"));
-        // The first payload carries the keep-alive that confirms the slot; send it now so
-        // every measured one is a single packet.
-        server
-            .send_payload(now, index, &[0])
-            .expect("a connected client");
-        while let Some(t) = server.poll_transmit(now, &mut buf) {
-            client.handle_datagram(now, server_addr, &buf[..t.len]);
-        }
+        // Until a packet from the client confirms its slot, the server sends a keep-alive
+        // before every payload; confirm it now so every measured payload is one packet.
+        client.send_payload(now, &[0]).expect("connected");
         while let Some(t) = client.poll_transmit(now, &mut buf) {
             server.handle_datagram(now, UNIX, client_addr, &buf[..t.len]);
         }
+        server
+            .send_payload(now, index, &[0])
+            .expect("a connected client");
+        let mut packets = 0;
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            client.handle_datagram(now, server_addr, &buf[..t.len]);
+            packets += 1;
+        }
+        assert_eq!(packets, 1, "one packet per payload");
         while server.poll_event().is_some() {}
         while client.poll_event().is_some() {}
         Self {
