@@ -920,6 +920,15 @@ fn run_secure_server_script(script: &[(u8, Vec<u8>)]) {
             }
         }
         assert!(sim.server.client_count() <= 2);
+        // Checked on the server: a client whose connection was dropped there would only
+        // notice at its timeout.
+        let server = &sim.server;
+        assert!(
+            server
+                .clients()
+                .any(|id| server.client_addr(id) == Some(client_addr)),
+            "garbage ended the real client's connection on the server"
+        );
     }
     sim.run_for(Duration::from_millis(200));
     assert!(

@@ -153,6 +153,15 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(sim.server.client_count() <= 2);
+        // Checked on the server: a client whose connection was dropped there would only
+        // notice at its timeout.
+        let server = &sim.server;
+        assert!(
+            server
+                .clients()
+                .any(|id| server.client_addr(id) == Some(client_addr)),
+            "garbage ended the real client's connection on the server"
+        );
     }
     sim.run_for(Duration::from_millis(200));
     assert!(
