@@ -3,20 +3,24 @@
 //! payload sizes and destinations, in the same run.
 //!
 //! Run: `cargo bench -p benches --bench loopback [-- --quick]`. 8 `NetClient`s connect to a
-//! `NetServer`; for 1100-byte and 200-byte payloads, the raw loop and then the engine
-//! (`send_datagram` to every client in turn, `flush`, and the server's receive/timer step
-//! every 64 datagrams, as a tick would) send in 5 alternating rounds (2.5 s each in all)
-//! while the clients receive on their own tasks. Printed: sender-side datagrams/s for both, receive rates, and
-//! `engine/raw throughput ratio: X` per size. Under `--test` (CI smoke) or `--quick` each
-//! phase runs 0.2 s.
+//! plain `NetServer`, and 8 more with connect tokens to a secure one (netcode 1.02: every
+//! packet encrypted); for 1100-byte and 200-byte payloads, the raw loop, the plain engine and
+//! the secure engine (`send_datagram` to every client in turn, `flush`, and the server's
+//! receive/timer step every 64 datagrams, as a tick would) send in 5 alternating rounds
+//! (2.5 s each in all) while the clients receive on their own tasks. Printed: sender-side
+//! datagrams/s for each, receive rates, and `engine/raw throughput ratio: X` and
+//! `secure engine/raw throughput ratio: X` per size. Under `--test` (CI smoke) or `--quick`
+//! each phase runs 0.2 s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use snapsync::connection::{ClientSecurity, SecureServerConfig, Security};
 use snapsync::net::{NetClient, NetServer};
-use snapsync::{ClientConfig, ClientId, Event, ServerConfig};
+use snapsync::netcode::{self, TokenSettings, generate_connect_token};
+use snapsync::{ClientConfig, ClientId, Event, Server, ServerConfig};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -27,8 +31,10 @@ const QUICK_PHASE: Duration = Duration::from_millis(200);
 /// Datagrams between two receive/timer steps of the engine server.
 const DRIVE_EVERY_DATAGRAMS: u64 = 64;
 
-/// Alternating raw / engine rounds per payload size.
+/// Alternating raw / engine / secure engine rounds per payload size.
 const ROUNDS: u32 = 5;
+/// The secure server's protocol id (any fixed value; the tokens carry it).
+const SECURE_PROTOCOL_ID: u64 = 0x5EC0_BE4C;
 
 /// One phase's figures.
 #[derive(Default)]
@@ -177,20 +183,16 @@ async fn engine_phase(
     }
 }
 
-async fn bench(phase: Duration) {
-    let config = ServerConfig {
-        max_clients: CLIENTS,
-        ..ServerConfig::default()
-    };
-    // Binding to an ephemeral loopback port only fails if the machine is out of ports.
-    let mut server = NetServer::bind("127.0.0.1:0".parse().expect("literal"), config, 7)
-        .await
-        .expect("bind the server");
+/// A server with `CLIENTS` connected clients, and the connected clients' ids on it.
+async fn connect(
+    mut server: NetServer,
+    client_config: impl Fn(usize) -> ClientConfig,
+) -> (NetServer, Vec<ClientId>, Vec<NetClient>) {
     let addr = server.local_addr().expect("bound socket has an address");
     let connect = async {
         let mut clients = Vec::new();
         for i in 0..CLIENTS {
-            let c = NetClient::connect(addr, ClientConfig::default(), 100 + i as u64, None)
+            let c = NetClient::connect(addr, client_config(i), 100 + i as u64, None)
                 .await
                 .expect("connect over loopback");
             clients.push(c);
@@ -199,7 +201,7 @@ async fn bench(phase: Duration) {
     };
     let (clients, _) = tokio::join!(
         connect,
-        server.drive_until(Instant::now() + Duration::from_secs(1))
+        server.drive_until(Instant::now() + Duration::from_secs(2))
     );
     let mut ids = Vec::new();
     while let Some((id, e)) = server.poll_event() {
@@ -208,6 +210,65 @@ async fn bench(phase: Duration) {
         }
     }
     assert_eq!(ids.len(), CLIENTS, "every client connected");
+    (server, ids, clients)
+}
+
+/// A secure server on an ephemeral loopback port (tokens must name its address), and the
+/// configs of clients with tokens for it.
+async fn secure_server() -> (NetServer, impl Fn(usize) -> ClientConfig) {
+    // Binding an ephemeral loopback socket only fails if the machine is out of ports.
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback socket");
+    let addr = socket.local_addr().expect("bound socket has an address");
+    let key = netcode::generate_key();
+    let unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    let config = ServerConfig {
+        max_clients: CLIENTS,
+        security: Security::Secure(SecureServerConfig {
+            netcode: netcode::ServerConfig::new(SECURE_PROTOCOL_ID, key, addr),
+            unix_secs_at_start: unix_secs,
+        }),
+        ..ServerConfig::default()
+    };
+    let endpoint =
+        Server::new(config, Instant::now().into_std(), 8).expect("a valid secure config");
+    let client_config = move |i: usize| {
+        let settings = TokenSettings {
+            protocol_id: SECURE_PROTOCOL_ID,
+            client_id: 1 + i as u64,
+            server_addresses: vec![addr],
+            expire_seconds: 600,
+            timeout_seconds: 10,
+            user_data: [0; netcode::USER_DATA_BYTES],
+        };
+        let token = generate_connect_token(unix_secs, &settings, &key)
+            .expect("one server address")
+            .to_bytes()
+            .to_vec();
+        ClientConfig {
+            security: ClientSecurity::Secure { token },
+            ..ClientConfig::default()
+        }
+    };
+    (NetServer::new(socket, endpoint, 8), client_config)
+}
+
+async fn bench(phase: Duration) {
+    let config = ServerConfig {
+        max_clients: CLIENTS,
+        ..ServerConfig::default()
+    };
+    // Binding to an ephemeral loopback port only fails if the machine is out of ports.
+    let server = NetServer::bind("127.0.0.1:0".parse().expect("literal"), config, 7)
+        .await
+        .expect("bind the server");
+    let (mut server, ids, clients) = connect(server, |_| ClientConfig::default()).await;
+    let (secure, secure_config) = secure_server().await;
+    let (mut secure, secure_ids, secure_clients) = connect(secure, secure_config).await;
     let dests: Vec<SocketAddr> = clients
         .iter()
         .map(|c| {
@@ -216,20 +277,28 @@ async fn bench(phase: Duration) {
         })
         .collect();
     let rx = Receivers::start(clients);
+    let secure_rx = Receivers::start(secure_clients);
     println!(
         "loopback: {CLIENTS} clients, {} s per transport and size in {ROUNDS} alternating rounds, sender-side datagrams/s (received/s at the clients)",
         phase.as_secs_f64()
     );
     for size in PAYLOAD_BYTES {
-        // Alternate short rounds so load from elsewhere on a shared machine hits both alike.
+        // Alternate short rounds so load from elsewhere on a shared machine hits all alike.
         let round = phase / ROUNDS;
         let mut raw = Phase::default();
         let mut engine = Phase::default();
+        let mut secure_engine = Phase::default();
         for _ in 0..ROUNDS {
             raw.add(&raw_phase(&dests, size, round, &rx).await);
             engine.add(&engine_phase(&mut server, &ids, size, round, &rx).await);
+            secure_engine
+                .add(&engine_phase(&mut secure, &secure_ids, size, round, &secure_rx).await);
         }
-        for (name, p) in [("raw tokio send_to", &raw), ("engine", &engine)] {
+        for (name, p) in [
+            ("raw tokio send_to", &raw),
+            ("engine", &engine),
+            ("secure engine", &secure_engine),
+        ] {
             println!(
                 "  {size:>4} B {name:<17}: {:>9.0} dgrams/s sent ({:.0} Mbit/s payload), {:>9.0} received/s, {} send errors",
                 p.sent_per_s(),
@@ -243,8 +312,14 @@ async fn bench(phase: Duration) {
             engine.sent_per_s() / raw.sent_per_s().max(1e-9),
             engine.received_per_s() / raw.received_per_s().max(1e-9)
         );
+        println!(
+            "  {size:>4} B secure engine/raw throughput ratio: {:.2} (receive ratio {:.2})",
+            secure_engine.sent_per_s() / raw.sent_per_s().max(1e-9),
+            secure_engine.received_per_s() / raw.received_per_s().max(1e-9)
+        );
     }
     rx.stop().await;
+    secure_rx.stop().await;
 }
 
 fn main() {

@@ -10,7 +10,8 @@
 //! simulated link loses nothing, so the counts are exact), that the server's counters moved
 //! for the attack's reason, by exactly the attack's size, and for no other, that no
 //! connection exists for an unverified address, and that no unverified address got a reply
-//! larger than its request.
+//! larger than its request. The same game runs again in secure mode (`mod secure`), against
+//! the attacks on tokens and encrypted packets.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -24,7 +25,7 @@ use snapsync::packet::{
     ConnectedHeader, HANDSHAKE_PACKET_BYTES, HeaderError, MAX_PACKET_BYTES, PROTOCOL_ID, Packet,
 };
 use snapsync::sim::Sim;
-use snapsync::{Client, ClientConfig, ClientId, Event, Sequence, ServerConfig, codec};
+use snapsync::{Client, ClientConfig, ClientId, Event, Sequence, Server, ServerConfig, codec};
 
 /// Game tick (60 Hz).
 const TICK: Duration = Duration::from_micros(16_667);
@@ -56,6 +57,11 @@ struct Recorded {
     client: Client,
     addr: SocketAddr,
     captured: Vec<Vec<u8>>,
+    /// Secure mode's on-path attacker: each packet the client sends is preceded by a copy
+    /// with one bit of its ciphertext or tag flipped.
+    flip_before_sending: bool,
+    /// Flipped copies sent so far.
+    flipped: u64,
     events: Vec<Event>,
     buf: Vec<u8>,
 }
@@ -70,6 +76,12 @@ impl Recorded {
         }
         while let Some(t) = self.client.poll_transmit(now, &mut self.buf) {
             let d = self.buf[..t.len].to_vec();
+            if self.flip_before_sending
+                && let Some(flipped) = secure::flip_ciphertext_bit(&d, self.flipped)
+            {
+                sim.inject_to_server(self.addr, &flipped);
+                self.flipped += 1;
+            }
             sim.inject_to_server(self.addr, &d);
             self.captured.push(d);
         }
@@ -111,17 +123,45 @@ struct Game {
 
 impl Game {
     fn start(seed: u64) -> Self {
-        let mut sim = Sim::new(ServerConfig::default(), seed);
+        Self::start_in(seed, false)
+    }
+
+    /// The same game with the server and every real client in secure mode (netcode 1.02).
+    fn start_secure(seed: u64) -> Self {
+        Self::start_in(seed, true)
+    }
+
+    fn start_in(seed: u64, secure: bool) -> Self {
+        let mut sim = if secure {
+            Sim::with_server(
+                |now| Server::new(secure::server_config(), now, seed).unwrap(),
+                seed,
+            )
+        } else {
+            Sim::new(ServerConfig::default(), seed)
+        };
+        // Client ids in the tokens: 1 for the recorded client, then 2, 3.
+        let config = |i: u64| {
+            if secure {
+                secure::client_config(i + 1)
+            } else {
+                ClientConfig::default()
+            }
+        };
         let now = sim.now;
         let recorded = Recorded {
-            client: Client::new(ClientConfig::default(), sim.server_addr, now, seed * 100).unwrap(),
+            client: Client::new(config(0), sim.server_addr, now, seed * 100).unwrap(),
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 30_000),
             captured: Vec::new(),
+            flip_before_sending: false,
+            flipped: 0,
             events: Vec::new(),
             buf: vec![0; MAX_PACKET_BYTES],
         };
-        for _ in 1..REAL_CLIENTS {
-            sim.add_client(ClientConfig::default());
+        for i in 1..REAL_CLIENTS {
+            sim.add_client_with(|server, now, seed| {
+                Client::new(config(i as u64), server, now, seed).unwrap()
+            });
         }
         let mut game = Self {
             sim,
@@ -843,4 +883,368 @@ async fn oversized_datagrams_on_a_real_socket_are_counted_and_unanswered() {
     assert_eq!(stats.challenges_sent, 0);
     assert_eq!(stats.packets_out, 0, "no reply");
     assert_eq!(sock.sent, 0, "nothing left the socket");
+}
+
+/// Secure mode (netcode 1.02): the same game with every packet encrypted, and the attacks
+/// only a secure server meets. Drops are counted by reason in the netcode layer
+/// (`Server::secure_stats`), and in `ServerStats::invalid_secure` in all.
+mod secure {
+    use snapsync::connection::{ClientSecurity, SecureServerConfig, Security};
+    use snapsync::netcode::{self, DropCounts, Key, TokenSettings, generate_connect_token};
+
+    use super::*;
+
+    const SECURE_PROTOCOL_ID: u64 = 0x5EC0_BAD1;
+    const KEY: Key = [0x4B; 32];
+    /// Unix time at the server's start; tokens are minted against it.
+    const UNIX_AT_START: u64 = 1_800_000_000;
+    /// Offset of the expire timestamp in a connection request (after prefix, version
+    /// info, protocol id).
+    const REQUEST_EXPIRE_AT: usize = 1 + 13 + 8;
+    /// Offset of the nonce, then of the encrypted private token, in a connection request.
+    const REQUEST_NONCE_AT: usize = REQUEST_EXPIRE_AT + 8;
+    const REQUEST_PRIVATE_AT: usize = REQUEST_NONCE_AT + netcode::CONNECT_TOKEN_NONCE_BYTES;
+    const TYPE_RESPONSE: u8 = 3;
+    const TYPE_KEEP_ALIVE: u8 = 4;
+    const TYPE_PAYLOAD: u8 = 5;
+    const TYPE_DISCONNECT: u8 = 6;
+
+    /// The address `Sim::with_server` gives its server: the one tokens name.
+    fn server_addr() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777)
+    }
+
+    pub(super) fn server_config() -> ServerConfig {
+        ServerConfig {
+            security: Security::Secure(SecureServerConfig {
+                netcode: netcode::ServerConfig::new(SECURE_PROTOCOL_ID, KEY, server_addr()),
+                unix_secs_at_start: UNIX_AT_START,
+            }),
+            ..ServerConfig::default()
+        }
+    }
+
+    fn settings(client_id: u64) -> TokenSettings {
+        TokenSettings {
+            protocol_id: SECURE_PROTOCOL_ID,
+            client_id,
+            server_addresses: vec![server_addr()],
+            expire_seconds: 60,
+            timeout_seconds: 5,
+            user_data: [0; netcode::USER_DATA_BYTES],
+        }
+    }
+
+    fn mint(unix_secs: u64, settings: &TokenSettings, key: &Key) -> Vec<u8> {
+        generate_connect_token(unix_secs, settings, key)
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    pub(super) fn client_config(client_id: u64) -> ClientConfig {
+        ClientConfig {
+            security: ClientSecurity::Secure {
+                token: mint(UNIX_AT_START, &settings(client_id), &KEY),
+            },
+            ..ClientConfig::default()
+        }
+    }
+
+    /// The connection request a netcode client sends with `token`.
+    fn request(token: &[u8]) -> Vec<u8> {
+        let now = std::time::Instant::now();
+        let mut client = netcode::Client::new(now, token).unwrap();
+        let mut buf = [0u8; netcode::MAX_PACKET_BYTES];
+        let t = client.poll_transmit(now, &mut buf).expect("a request");
+        assert_eq!(t.len, netcode::CONNECTION_REQUEST_BYTES);
+        buf[..t.len].to_vec()
+    }
+
+    /// `d` (an encrypted packet) with bit `n` of its ciphertext and tag flipped; `None` for a
+    /// connection request, which has neither.
+    pub(super) fn flip_ciphertext_bit(d: &[u8], n: u64) -> Option<Vec<u8>> {
+        if d.first() == Some(&0) {
+            return None;
+        }
+        let sealed_at = 1 + usize::from(d[0] >> 4);
+        let bits = (d.len() - sealed_at) as u64 * 8;
+        let bit = (n.wrapping_mul(0x9E37_79B9) % bits) as usize;
+        let mut q = d.to_vec();
+        q[sealed_at + bit / 8] ^= 1 << (bit % 8);
+        Some(q)
+    }
+
+    fn packet_type(d: &[u8]) -> u8 {
+        d[0] & 0x0f
+    }
+
+    fn drops(game: &Game) -> netcode::ServerStats {
+        game.sim.server.secure_stats().expect("a secure server")
+    }
+
+    /// After `game.finish()`: the netcode drops moved by exactly `expected` and no other
+    /// reason, every drop is in `invalid_secure` and nothing else invalid moved, and no
+    /// connection was made.
+    fn assert_dropped(
+        game: &Game,
+        before: (&ServerStats, &netcode::ServerStats),
+        expected: impl FnOnce(&mut DropCounts),
+    ) {
+        let mut want = before.1.dropped;
+        expected(&mut want);
+        let after = drops(game);
+        assert_eq!(after.dropped, want);
+        let d = delta(before.0, &game.stats());
+        assert_eq!(
+            d.invalid_secure,
+            want.total() - before.1.dropped.total(),
+            "{d:?}"
+        );
+        assert_eq!(d.invalid_packets, d.invalid_secure, "{d:?}");
+        assert_eq!(d.connections_accepted, 0, "{d:?}");
+        assert_eq!(
+            after.connections_accepted, before.1.connections_accepted,
+            "{after:?}"
+        );
+        assert_eq!(game.sim.server.client_count(), REAL_CLIENTS);
+    }
+
+    #[test]
+    fn secure_game_runs_clean() {
+        let mut game = Game::start_secure(10);
+        let before = (game.stats(), drops(&game));
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |_| {});
+        assert_eq!(drops(&game).dropped.total(), 0);
+    }
+
+    #[test]
+    fn secure_expired_and_tampered_tokens_are_dropped_by_reason() {
+        let mut game = Game::start_secure(11);
+        let expired: Vec<Vec<u8>> = (0..48)
+            .map(|i| request(&mint(UNIX_AT_START - 120, &settings(1000 + i), &KEY)))
+            .collect();
+        // One bit flipped in the expire timestamp (still in the future), the nonce, or the
+        // encrypted private token, including its tag.
+        let valid = request(&mint(UNIX_AT_START, &settings(2000), &KEY));
+        let private_bytes = netcode::CONNECT_TOKEN_PRIVATE_BYTES;
+        let tampered: Vec<Vec<u8>> = (0..96usize)
+            .map(|i| {
+                let at = match i % 3 {
+                    0 => REQUEST_EXPIRE_AT,
+                    1 => REQUEST_NONCE_AT + i % netcode::CONNECT_TOKEN_NONCE_BYTES,
+                    _ => REQUEST_PRIVATE_AT + (i * 37) % private_bytes,
+                };
+                let mut d = valid.clone();
+                d[at] ^= 1 << (i % 8);
+                if at == REQUEST_EXPIRE_AT {
+                    // Only the lowest bit: the timestamp moves by one second.
+                    d[at] = valid[at] ^ 1;
+                }
+                d
+            })
+            .collect();
+        let before = (game.stats(), drops(&game));
+        game.attack(stranger(1), &expired);
+        game.attack(stranger(2), &tampered);
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.token_expired += expired.len() as u64;
+            want.token_invalid += tampered.len() as u64;
+        });
+        assert_eq!(drops(&game).challenges_sent, before.1.challenges_sent);
+        assert!(game.replies(stranger(1)).is_empty());
+        assert!(game.replies(stranger(2)).is_empty());
+    }
+
+    #[test]
+    fn secure_tokens_for_another_protocol_key_or_server_are_dropped_by_reason() {
+        let mut game = Game::start_secure(12);
+        let other_protocol: Vec<Vec<u8>> = (0..48)
+            .map(|i| {
+                let mut s = settings(3000 + i);
+                s.protocol_id ^= 1;
+                request(&mint(UNIX_AT_START, &s, &KEY))
+            })
+            .collect();
+        let other_key: Vec<Vec<u8>> = (0..48)
+            .map(|i| request(&mint(UNIX_AT_START, &settings(4000 + i), &[0x99; 32])))
+            .collect();
+        let other_server: Vec<Vec<u8>> = (0..48)
+            .map(|i| {
+                let mut s = settings(5000 + i);
+                s.server_addresses = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9999)];
+                request(&mint(UNIX_AT_START, &s, &KEY))
+            })
+            .collect();
+        let before = (game.stats(), drops(&game));
+        game.attack(stranger(1), &other_protocol);
+        game.attack(stranger(2), &other_key);
+        game.attack(stranger(3), &other_server);
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.bad_protocol_id += other_protocol.len() as u64;
+            want.token_invalid += other_key.len() as u64;
+            want.wrong_server_address += other_server.len() as u64;
+        });
+        assert_eq!(drops(&game).challenges_sent, before.1.challenges_sent);
+        for n in 1..=3 {
+            assert!(game.replies(stranger(n)).is_empty());
+        }
+    }
+
+    #[test]
+    fn secure_reused_tokens_from_a_second_address_are_dropped() {
+        let mut game = Game::start_secure(13);
+        // A fresh token's request: its first address gets a challenge, every other is a reuse.
+        let fresh = request(&mint(UNIX_AT_START, &settings(6000), &KEY));
+        // The recorded client's own request, captured: its client id is connected.
+        let captured = game
+            .recorded
+            .captured
+            .iter()
+            .find(|d| d[0] == 0)
+            .expect("the client's connection request")
+            .clone();
+        let before = (game.stats(), drops(&game));
+        game.sim.inject_to_server(stranger(1), &fresh);
+        for n in 2..50 {
+            game.sim.inject_to_server(stranger(n), &fresh);
+        }
+        for n in 100..148 {
+            game.sim.inject_to_server(stranger(n), &captured);
+        }
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.token_reused += 48;
+            want.already_connected += 48;
+        });
+        assert_eq!(drops(&game).challenges_sent, before.1.challenges_sent + 1);
+        let challenge = game.replies(stranger(1));
+        assert_eq!(
+            challenge.len(),
+            1,
+            "one challenge for the token's first use"
+        );
+        assert!(challenge[0].len() <= fresh.len());
+        for n in (2..50).chain(100..148) {
+            assert!(game.replies(stranger(n)).is_empty(), "a reply to {n}");
+        }
+    }
+
+    #[test]
+    fn secure_short_and_unknown_type_packets_are_dropped_by_reason() {
+        let mut game = Game::start_secure(14);
+        // Under 18 bytes, of every encrypted type with a one-byte sequence, and empty.
+        let mut short: Vec<Vec<u8>> = vec![Vec::new()];
+        for kind in 1..=6u8 {
+            for len in 1..netcode::MIN_ENCRYPTED_PACKET_BYTES {
+                let mut d = vec![0x10 | kind];
+                d.resize(len, 0x77);
+                short.push(d);
+            }
+        }
+        // Types 7 to 15, long enough to be a packet.
+        let mut unknown = Vec::new();
+        for kind in 7..=15u8 {
+            for len in [18usize, 19, 40, 64, 200, 600, 1100, 1225] {
+                let mut d = vec![0x10 | kind];
+                d.resize(len, 0x77);
+                unknown.push(d);
+            }
+        }
+        let before = (game.stats(), drops(&game));
+        let own = game.recorded.addr;
+        for from in [own, stranger(1)] {
+            game.attack(from, &short);
+            game.attack(from, &unknown);
+        }
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.too_small += 2 * short.len() as u64;
+            want.unknown_type += 2 * unknown.len() as u64;
+        });
+        assert!(game.replies(stranger(1)).is_empty());
+    }
+
+    #[test]
+    fn secure_replays_and_bit_flips_are_dropped_by_reason() {
+        let mut game = Game::start_secure(15);
+        // Everything the client sent once connected: keep-alives and payloads.
+        let connected: Vec<Vec<u8>> = game
+            .recorded
+            .captured
+            .iter()
+            .filter(|d| matches!(packet_type(d), TYPE_KEEP_ALIVE | TYPE_PAYLOAD))
+            .cloned()
+            .collect();
+        assert!(connected.len() > 40, "{} captured", connected.len());
+        let responses = game
+            .recorded
+            .captured
+            .iter()
+            .filter(|d| d[0] != 0 && packet_type(d) == TYPE_RESPONSE)
+            .count();
+        assert!(responses > 0);
+        let before = (game.stats(), drops(&game));
+        let own = game.recorded.addr;
+        // Replays from the client's own address, then from another.
+        game.attack(own, &connected);
+        game.attack(stranger(1), &connected);
+        // An attacker on the path: every packet of the next second goes first with one bit
+        // of its ciphertext or tag flipped, then as sent.
+        game.recorded.flip_before_sending = true;
+        for _ in 0..60 {
+            game.step();
+        }
+        game.recorded.flip_before_sending = false;
+        let flipped = game.recorded.flipped;
+        assert!(flipped >= 60, "{flipped} flipped");
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.replayed += connected.len() as u64;
+            want.unknown_address += connected.len() as u64;
+            want.decrypt_failed += flipped;
+        });
+        assert!(game.replies(stranger(1)).is_empty());
+    }
+
+    #[test]
+    fn secure_forged_disconnects_end_no_session() {
+        let mut game = Game::start_secure(16);
+        // Disconnect packets with fresh sequences and a made-up tag: the server cannot tell
+        // them from a flipped real one, and drops them at decryption.
+        let forged: Vec<Vec<u8>> = (0..48u16)
+            .map(|i| {
+                let mut d = vec![0x20 | TYPE_DISCONNECT];
+                d.extend_from_slice(&(60_000 + i).to_le_bytes());
+                d.extend_from_slice(&[i as u8; netcode::MAC_BYTES]);
+                d
+            })
+            .collect();
+        let before = (game.stats(), drops(&game));
+        game.attack(game.recorded.addr, &forged);
+        // From a stranger a disconnect is a late goodbye: counted, and it changes nothing.
+        game.attack(stranger(1), &forged);
+        // And towards the recorded client, from the server's address.
+        let client_before = game.recorded.client.secure_stats().unwrap().dropped;
+        let now = game.sim.now;
+        for d in &forged {
+            game.recorded.client.handle_datagram(now, server_addr(), d);
+        }
+        let client_after = game.recorded.client.secure_stats().unwrap().dropped;
+        let mut want = client_before;
+        want.decrypt_failed += forged.len() as u64;
+        assert_eq!(client_after, want);
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.decrypt_failed += forged.len() as u64;
+        });
+        assert_eq!(
+            drops(&game).late_disconnects,
+            before.1.late_disconnects + forged.len() as u64
+        );
+        assert!(game.replies(stranger(1)).is_empty());
+    }
 }
