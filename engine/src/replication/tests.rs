@@ -606,3 +606,19 @@ fn a_secure_game_replicates_and_predicts_as_a_plain_one() {
     assert_eq!(g.sim.server.connection().stats().invalid_secure, 0);
     assert!(g.sim.server.connection().secure_stats().is_some());
 }
+
+#[test]
+fn session_secrets_come_from_the_os_unless_a_test_fixes_a_seed() {
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let salt = |seed: Option<u64>| {
+        let config = ServerConfig {
+            seed,
+            ..ServerConfig::default()
+        };
+        let mut sim: GameSim = Sim::with_server(|now| Server::new(config, now).unwrap(), 1);
+        sim.handshake_by_hand(addr, 99).expect("accepted")
+    };
+    // The same address and nonce: only the server's secret can tell the salts apart.
+    assert_ne!(salt(None), salt(None), "two servers, two secrets");
+    assert_eq!(salt(Some(5)), salt(Some(5)), "a fixed seed reproduces");
+}
