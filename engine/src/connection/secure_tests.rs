@@ -299,3 +299,30 @@ fn goodbyes_under_loss_end_both_sessions_and_count_nothing_invalid() {
         assert!(c.client.poll_transmit(later, &mut buf).is_none());
     }
 }
+
+#[test]
+fn handshake_retries_under_loss_are_not_counted_invalid() {
+    // Half the server's packets lost: clients resend requests and responses that cross the
+    // server's answers. None of that is an attack.
+    let mut late = 0;
+    for seed in 0..20 {
+        let mut sim = secure_sim(2, 100 + seed);
+        let lossy = ConditionerConfig {
+            enabled: true,
+            loss_pct: 50.0,
+            latency: Duration::from_millis(30),
+            ..ConditionerConfig::off()
+        };
+        for i in 0..2 {
+            sim.set_link(i, ConditionerConfig::off(), lossy.clone());
+        }
+        let ok = sim.run_until_cond(Duration::from_secs(10), |s| {
+            s.clients.iter().all(|c| c.client.is_connected())
+        });
+        assert!(ok, "seed {seed}: did not connect");
+        let s = sim.server.secure_stats().unwrap();
+        assert_eq!(s.dropped.total(), 0, "seed {seed}: {s:?}");
+        late += s.late_handshakes;
+    }
+    assert!(late > 0, "no retry crossed an answer in 20 seeds");
+}

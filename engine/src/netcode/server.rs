@@ -104,6 +104,9 @@ pub struct ServerStats {
     /// Disconnect packets from addresses with no connection: mostly the redundant copies of
     /// a goodbye already acted on. Not dropped as invalid; they change nothing.
     pub late_disconnects: u64,
+    /// A connected client's own connection request or response, sent again before it read
+    /// that it was connected (under loss). Not dropped as invalid; they change nothing.
+    pub late_handshakes: u64,
 }
 
 /// Why a client left.
@@ -376,6 +379,16 @@ impl Server {
         if !token.server_addresses.contains(&self.config.public_address) {
             return Err(Dropped::WrongServerAddress);
         }
+        if let Some(&index) = self.by_address.get(&from)
+            && self.slots[index]
+                .as_ref()
+                .is_some_and(|s| s.client_id == token.client_id)
+        {
+            // The connected client's own request, sent again before it learnt it was in:
+            // harmless, and not invalid.
+            self.stats.late_handshakes += 1;
+            return Ok(());
+        }
         if self.by_address.contains_key(&from) || self.connected_id(token.client_id) {
             return Err(Dropped::AlreadyConnected);
         }
@@ -472,8 +485,28 @@ impl Server {
         datagram: &[u8],
         header: packet::Header,
     ) -> Result<(), Dropped> {
-        if self.by_address.contains_key(&from) {
-            return Err(Dropped::AlreadyConnected);
+        if let Some(&index) = self.by_address.get(&from) {
+            // A response from a connected address: most likely the client's own, sent again
+            // before it read the keep-alive that connected it (a loss, or packets crossing).
+            // If it opens with the connection's key it is that: harmless, and not invalid.
+            let slot = self.slots[index]
+                .as_ref()
+                .ok_or(Dropped::AlreadyConnected)?;
+            let mut scratch = [0u8; MAX_PACKET_BYTES];
+            return match packet::open(
+                datagram,
+                header,
+                self.config.protocol_id,
+                &slot.recv_key,
+                None,
+                &mut scratch,
+            ) {
+                Ok(_) => {
+                    self.stats.late_handshakes += 1;
+                    Ok(())
+                }
+                Err(_) => Err(Dropped::AlreadyConnected),
+            };
         }
         let handshake = self.handshakes.get(&from).ok_or(Dropped::UnknownAddress)?;
         let mut scratch = [0u8; MAX_PACKET_BYTES];
