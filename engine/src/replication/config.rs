@@ -6,6 +6,7 @@ use crate::channel::{ChannelConfig, ChannelKind, ChannelsConfig};
 use crate::connection::{self, MAX_DATAGRAM_BYTES};
 use crate::snapshot::{QuantizeConfig, SnapshotError};
 
+use super::interest::InterestConfig;
 use super::wire::PART_PREFIX_MAX_BYTES;
 
 /// How snapshot parts travel.
@@ -60,6 +61,9 @@ pub struct ServerConfig {
     /// Seed of the connection layer's secrets. `None` (the default): the operating
     /// system's randomness. Give a constant only in tests that must be reproducible.
     pub seed: Option<u64>,
+    /// Each client sees only the entities near its view point (default `None`: every
+    /// client sees every entity, unless rooms say otherwise). See [`InterestConfig`].
+    pub interest: Option<InterestConfig>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             max_queued_inputs: 64,
             welcome_data: Vec::new(),
             seed: None,
+            interest: None,
         }
     }
 }
@@ -179,6 +184,9 @@ impl ServerConfig {
     /// Check every setting; the server built from a checked config never panics on input.
     pub(crate) fn validate(&self) -> Result<u8, ConfigError> {
         self.quantize.validate()?;
+        if let Some(i) = &self.interest {
+            i.validate()?;
+        }
         if self.send_interval_ticks == 0 {
             return Err(ConfigError::Invalid(
                 "send interval must be at least one tick",

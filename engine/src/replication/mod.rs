@@ -29,15 +29,19 @@
 
 mod client;
 mod config;
+mod interest;
 mod predict;
 mod server;
 mod wire;
 
 #[cfg(test)]
+mod scope_tests;
+#[cfg(test)]
 mod tests;
 
 pub use client::{Client, ClientEvent, ClientStats, InputError, View, Welcome};
 pub use config::{ClientConfig, ConfigError, PredictionConfig, ServerConfig, SnapshotDelivery};
+pub use interest::{InterestConfig, RoomId};
 pub use predict::StepFn;
 pub use server::{ClientSummary, ReplicationStats, Server, ServerEvent};
 

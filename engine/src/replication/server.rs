@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::config::{ConfigError, ServerConfig, SnapshotDelivery, with_control_channel};
+use super::interest::{Interest, RoomId, Scope, ScopedWorld};
 use super::wire::{
     ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, QuantizeWire, WelcomeWire,
     write_part_prefix,
@@ -99,6 +100,7 @@ struct Peer {
     inputs_applied: u64,
     invalid_input_frames: u64,
     resyncs: u64,
+    scope: Scope,
 }
 
 /// Server-wide counters of the replication layer (the connection keeps its own).
@@ -115,6 +117,10 @@ pub struct ReplicationStats {
     /// Sum over worlds after the first of the share of entities whose quantized state
     /// changed since the previous world sent.
     pub changed_share_sum: f64,
+    /// Snapshots built from a client's own scope (rooms or an area of interest).
+    pub scoped_snapshots: u64,
+    /// Entities in those scopes, summed over the snapshots.
+    pub scoped_entities: u64,
 }
 
 impl ReplicationStats {
@@ -124,6 +130,15 @@ impl ReplicationStats {
             0.0
         } else {
             self.changed_share_sum / (self.worlds - 1) as f64 * 100.0
+        }
+    }
+
+    /// Mean entities in a client's scope per snapshot (0 when every client sees everything).
+    pub fn mean_scope(&self) -> f64 {
+        if self.scoped_snapshots == 0 {
+            0.0
+        } else {
+            self.scoped_entities as f64 / self.scoped_snapshots as f64
         }
     }
 }
@@ -147,6 +162,8 @@ pub struct Server {
     datagram: Vec<u8>,
     /// Stand-in sequences for parts on the reliable channel (delivered once queued).
     reliable_part_seq: Sequence,
+    /// Rooms and the area of interest.
+    interest: Interest,
 }
 
 impl Server {
@@ -162,6 +179,7 @@ impl Server {
         let mut inner = config.server.clone();
         inner.connection.channels = with_control_channel(&inner.connection.channels)?.0;
         let seed = config.seed.unwrap_or_else(rand::random);
+        let interest = config.interest;
         Ok(Self {
             conn: connection::Server::new(inner, now, seed)?,
             config,
@@ -175,6 +193,7 @@ impl Server {
             previous_world: None,
             datagram: Vec::with_capacity(connection::MAX_DATAGRAM_BYTES),
             reliable_part_seq: Sequence(0),
+            interest: Interest::new(interest),
         })
     }
 
@@ -262,6 +281,9 @@ impl Server {
         if send_tick && self.peers.values().any(|p| p.ready) {
             let quantized = QuantizedWorld::from_world(world, &self.config.quantize);
             self.count_changes(&quantized);
+            if self.interest.active() {
+                self.interest.index(world);
+            }
             self.send_snapshots(now, tick, &quantized);
             self.previous_world = Some(quantized);
         }
@@ -283,9 +305,20 @@ impl Server {
     }
 
     fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {
+        let scoped = self.interest.active();
         for (&id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready) {
+            let built = if scoped {
+                let ScopedWorld { world, weights } =
+                    self.interest.scope(world, peer.owned, &mut peer.scope);
+                self.stats.scoped_snapshots += 1;
+                self.stats.scoped_entities += world.len() as u64;
+                peer.sender
+                    .build_weighted(tick, &world, peer.budget_bytes, weights.as_deref())
+            } else {
+                peer.sender.build(tick, world, peer.budget_bytes)
+            };
             // Ticks only grow, so the one refusal `build` has cannot happen.
-            let Ok(parts) = peer.sender.build(tick, world, peer.budget_bytes) else {
+            let Ok(parts) = built else {
                 continue;
             };
             let ack = peer.last_applied;
@@ -340,6 +373,78 @@ impl Server {
         if let Some(p) = self.peers.get_mut(&client) {
             p.sender.set_priority_weight(entity, weight);
         }
+    }
+
+    /// Where `client` sees from, for the area of interest (`None`: from the entity it owns).
+    pub fn set_view_point(&mut self, client: ClientId, point: Option<glam::Vec3>) {
+        if let Some(p) = self.peers.get_mut(&client) {
+            p.scope.view_point = point;
+        }
+    }
+
+    /// The entities in `client`'s scope as of the last snapshot sent to it, sorted by id;
+    /// `None` when every client sees every entity (no rooms hold entities and no area of
+    /// interest is configured).
+    pub fn visible_entities(&self, client: ClientId) -> Option<&[EntityId]> {
+        if !self.interest.active() {
+            return None;
+        }
+        self.peers.get(&client).map(|p| p.scope.visible.as_slice())
+    }
+
+    /// Put `client` in `room`: it sees the room's entities and gets its messages. Returns
+    /// false for an unknown client.
+    pub fn join_room(&mut self, client: ClientId, room: RoomId) -> bool {
+        let Some(p) = self.peers.get_mut(&client) else {
+            return false;
+        };
+        p.scope.rooms.insert(room);
+        self.interest.join(room, client);
+        true
+    }
+
+    /// Take `client` out of `room` (its entities leave the client's scope on the next send).
+    pub fn leave_room(&mut self, client: ClientId, room: RoomId) {
+        if let Some(p) = self.peers.get_mut(&client) {
+            p.scope.rooms.remove(&room);
+        }
+        self.interest.leave(room, client);
+    }
+
+    /// The clients in `room`, in id order.
+    pub fn room_members(&self, room: RoomId) -> impl Iterator<Item = ClientId> + '_ {
+        self.interest.members(room)
+    }
+
+    /// Put `entity` in `room`. An entity in any room is seen only by clients in one of its
+    /// rooms (and its owner); an entity in none is seen by everyone in range.
+    pub fn add_entity_to_room(&mut self, entity: EntityId, room: RoomId) {
+        self.interest.add_entity(entity, room);
+    }
+
+    /// Take `entity` out of `room`.
+    pub fn remove_entity_from_room(&mut self, entity: EntityId, room: RoomId) {
+        self.interest.remove_entity(entity, room);
+    }
+
+    /// Take `entity` out of every room, e.g. when the game removes it for good (room
+    /// memberships are the game's to keep; the server does not drop them by itself).
+    pub fn remove_entity_from_rooms(&mut self, entity: EntityId) {
+        self.interest.forget_entity(entity);
+    }
+
+    /// The rooms `entity` is in.
+    pub fn entity_rooms(&self, entity: EntityId) -> &[RoomId] {
+        self.interest.entity_rooms(entity)
+    }
+
+    /// Queue a message on game channel `channel` for every client in `room`; returns how
+    /// many took it.
+    pub fn send_to_room(&mut self, now: Instant, room: RoomId, channel: u8, bytes: &[u8]) -> usize {
+        let ids: Vec<ClientId> = self.interest.members(room).collect();
+        ids.into_iter()
+            .filter(|&id| self.send_message(now, id, channel, bytes).is_ok())
+            .count()
     }
 
     /// Queue a message on game channel `channel` for `client`.
@@ -454,6 +559,7 @@ impl Server {
                         inputs_applied: 0,
                         invalid_input_frames: 0,
                         resyncs: 0,
+                        scope: Scope::default(),
                     },
                 );
                 self.events
@@ -461,6 +567,9 @@ impl Server {
             }
             Event::Disconnected { reason } => {
                 if let Some(p) = self.peers.remove(&id) {
+                    for room in &p.scope.rooms {
+                        self.interest.leave(*room, id);
+                    }
                     add_stats(&mut self.departed, &p.sender.stats());
                     self.events
                         .push_back(ServerEvent::ClientLeft { client: id, reason });

@@ -182,6 +182,18 @@ impl SnapshotSender {
         world: &QuantizedWorld,
         budget_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
+        self.build_weighted(tick, world, budget_bytes, None)
+    }
+
+    /// [`Self::build`], with a priority weight for each entity of `world` (by index; e.g.
+    /// by distance to the client), on top of the per-entity weights set on this sender.
+    pub(crate) fn build_weighted(
+        &mut self,
+        tick: Tick,
+        world: &QuantizedWorld,
+        budget_bytes: usize,
+        weights: Option<&[f32]>,
+    ) -> Result<Vec<Vec<u8>>, SnapshotError> {
         if self.last_tick.is_some_and(|last| tick <= last) {
             return Err(SnapshotError::TickNotNewer);
         }
@@ -250,7 +262,8 @@ impl SnapshotSender {
                 } else {
                     1.0
                 };
-                (c.id, boost)
+                let weight = weights.and_then(|w| w.get(c.world_index)).copied();
+                (c.id, boost * weight.unwrap_or(1.0))
             })
             .collect();
         for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {

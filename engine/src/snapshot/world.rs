@@ -232,6 +232,19 @@ impl QuantizedWorld {
         self.index_of(id).map(|i| &self.entities[i].1)
     }
 
+    /// A world of the entities at `indices` of this one (ascending, each in range): one
+    /// client's view of the world when not everyone sees everything.
+    pub(crate) fn select(&self, indices: &[u32]) -> QuantizedWorld {
+        QuantizedWorld {
+            entities: Arc::new(
+                indices
+                    .iter()
+                    .map(|&i| self.entities[i as usize].clone())
+                    .collect(),
+            ),
+        }
+    }
+
     /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
     pub(crate) fn apply(&self, changes: &[Change]) -> QuantizedWorld {
         let mut out = Vec::with_capacity(self.entities.len() + changes.len());

@@ -1,0 +1,491 @@
+//! Who sees what: rooms, and an area of interest around each client's point of view.
+//!
+//! Without either, every client receives every entity. With them, the server builds each
+//! client's own world every send tick — the entities in its scope — and delta-encodes that.
+//! An entity entering a scope is a spawn on that client (full state), one leaving it a
+//! despawn, and both ride the same acknowledged-baseline machinery as any other change: the
+//! sender compares against what the client holds in full, so a scope change is applied
+//! exactly once however the link loses, duplicates or reorders parts.
+//!
+//! Scope rules, in order:
+//! 1. a client always sees the entity it owns;
+//! 2. an entity in one or more rooms is seen only by clients in one of those rooms; an
+//!    entity in no room is public;
+//! 3. with an [`InterestConfig`], a client sees a public or shared entity once it is within
+//!    `radius_m` of the client's view point, measured on the ground plane (x and z), and
+//!    keeps seeing it until it is beyond `radius_m + hysteresis_m`, so an entity on the edge
+//!    does not flicker in and out. A client with no view point sees nothing by distance.
+//!
+//! The view point is the position of the client's owned entity unless the game sets one
+//! ([`Server::set_view_point`](super::Server::set_view_point)). Positions are indexed once
+//! per send tick in a uniform grid whose cells are as wide as the scope's outer radius, so a
+//! client's scope costs the entities of the 3 × 3 cells around it, not the whole world.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use glam::{Vec2, Vec3};
+
+use super::config::ConfigError;
+use crate::connection::ClientId;
+use crate::snapshot::{EntityId, QuantizedWorld, World};
+
+/// A named group of clients and entities (a match, a zone, a team's chat), chosen by the game.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoomId(pub u32);
+
+/// The spatial area of interest; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct InterestConfig {
+    /// Entities within this distance of a client's view point (ground plane, metres) enter
+    /// its scope.
+    pub radius_m: f32,
+    /// How much further an entity may go before it leaves the scope again (default: a tenth
+    /// of the radius), so one moving along the edge is not spawned and despawned each tick.
+    pub hysteresis_m: f32,
+    /// Weigh each entity's priority by its distance (default true): a change at the edge
+    /// gains priority a fifth as fast as one next to the client, so under a tight budget far
+    /// entities update less often and near ones keep their rate.
+    pub distance_priority: bool,
+}
+
+impl InterestConfig {
+    /// A scope of `radius_m`, with the default hysteresis and distance priority.
+    pub fn radius(radius_m: f32) -> Self {
+        Self {
+            radius_m,
+            hysteresis_m: radius_m * 0.1,
+            distance_priority: true,
+        }
+    }
+
+    /// Where an entity leaves the scope.
+    pub fn outer_radius_m(&self) -> f32 {
+        self.radius_m + self.hysteresis_m
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.radius_m.is_finite() && self.radius_m > 0.0) {
+            return Err(ConfigError::Invalid("interest radius must be above zero"));
+        }
+        if !(self.hysteresis_m.is_finite() && self.hysteresis_m >= 0.0) {
+            return Err(ConfigError::Invalid(
+                "interest hysteresis must be zero or more",
+            ));
+        }
+        if !self.outer_radius_m().is_finite() {
+            return Err(ConfigError::Invalid("interest radius too large"));
+        }
+        Ok(())
+    }
+
+    /// How fast an entity at `distance_m` gains priority: 1 next to the client, 0.2 at the
+    /// radius.
+    fn weight(&self, distance_m: f32) -> f32 {
+        if self.distance_priority {
+            1.0 / (1.0 + 4.0 * distance_m / self.radius_m)
+        } else {
+            1.0
+        }
+    }
+}
+
+/// The world positions of one send tick, bucketed by grid cell.
+#[derive(Debug, Default)]
+struct Grid {
+    cell_m: f32,
+    /// Index into the tick's world of every entity in a cell.
+    cells: HashMap<(i32, i32), Vec<u32>>,
+}
+
+impl Grid {
+    fn cell_of(&self, p: Vec2) -> (i32, i32) {
+        // `as` saturates (NaN becomes 0): a stray position lands in some cell, never panics.
+        (
+            (p.x / self.cell_m).floor() as i32,
+            (p.y / self.cell_m).floor() as i32,
+        )
+    }
+
+    fn rebuild(&mut self, cell_m: f32, positions: &[Vec2]) {
+        self.cell_m = cell_m;
+        for v in self.cells.values_mut() {
+            v.clear();
+        }
+        for (i, p) in positions.iter().enumerate() {
+            let c = self.cell_of(*p);
+            // A world holds fewer than u32::MAX entities (ids are u32).
+            self.cells.entry(c).or_default().push(i as u32);
+        }
+        // Cells an entity left stay allocated only while something is in them.
+        self.cells.retain(|_, v| !v.is_empty());
+    }
+
+    /// Every entity in the cells that a circle of `reach` around `center` touches.
+    fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(u32)) {
+        let lo = self.cell_of(center - Vec2::splat(reach));
+        let hi = self.cell_of(center + Vec2::splat(reach));
+        // With cells as wide as the reach this is at most 3 × 3 cells; a far-off or
+        // non-finite view point is cut to the cells that exist.
+        if i64::from(hi.0) - i64::from(lo.0) > 4 || i64::from(hi.1) - i64::from(lo.1) > 4 {
+            return;
+        }
+        for cx in lo.0..=hi.0 {
+            for cz in lo.1..=hi.1 {
+                if let Some(v) = self.cells.get(&(cx, cz)) {
+                    v.iter().copied().for_each(&mut each);
+                }
+            }
+        }
+    }
+}
+
+/// One client's scope as of the last send tick.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Scope {
+    /// The entities in scope, sorted by id.
+    pub(super) visible: Vec<EntityId>,
+    /// Rooms the client is in.
+    pub(super) rooms: BTreeSet<RoomId>,
+    /// Set by the game; otherwise the owned entity's position.
+    pub(super) view_point: Option<Vec3>,
+}
+
+/// What one client receives this send tick.
+#[derive(Debug)]
+pub(super) struct ScopedWorld {
+    pub(super) world: QuantizedWorld,
+    /// Priority weight per entity of `world`, when distance priority is on.
+    pub(super) weights: Option<Vec<f32>>,
+}
+
+/// Rooms, the area of interest, and the per-tick index of positions.
+#[derive(Debug, Default)]
+pub(super) struct Interest {
+    config: Option<InterestConfig>,
+    rooms: BTreeMap<RoomId, BTreeSet<ClientId>>,
+    entity_rooms: HashMap<EntityId, Vec<RoomId>>,
+    grid: Grid,
+    /// Ground-plane position of each entity of the tick's world, by index.
+    positions: Vec<Vec2>,
+    scratch: Vec<u32>,
+}
+
+fn ground(p: Vec3) -> Vec2 {
+    Vec2::new(p.x, p.z)
+}
+
+impl Interest {
+    pub(super) fn new(config: Option<InterestConfig>) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Whether clients get their own worlds (otherwise every client gets the whole one).
+    pub(super) fn active(&self) -> bool {
+        self.config.is_some() || !self.entity_rooms.is_empty()
+    }
+
+    pub(super) fn join(&mut self, room: RoomId, client: ClientId) {
+        self.rooms.entry(room).or_default().insert(client);
+    }
+
+    pub(super) fn leave(&mut self, room: RoomId, client: ClientId) {
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.remove(&client);
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    pub(super) fn members(&self, room: RoomId) -> impl Iterator<Item = ClientId> + '_ {
+        self.rooms.get(&room).into_iter().flatten().copied()
+    }
+
+    pub(super) fn add_entity(&mut self, entity: EntityId, room: RoomId) {
+        let rooms = self.entity_rooms.entry(entity).or_default();
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+
+    pub(super) fn remove_entity(&mut self, entity: EntityId, room: RoomId) {
+        if let Some(rooms) = self.entity_rooms.get_mut(&entity) {
+            rooms.retain(|r| *r != room);
+            if rooms.is_empty() {
+                self.entity_rooms.remove(&entity);
+            }
+        }
+    }
+
+    pub(super) fn forget_entity(&mut self, entity: EntityId) {
+        self.entity_rooms.remove(&entity);
+    }
+
+    pub(super) fn entity_rooms(&self, entity: EntityId) -> &[RoomId] {
+        self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
+    }
+
+    /// Index the positions of this send tick's world (`world` and `quantized` hold the same
+    /// entities in the same id order).
+    pub(super) fn index(&mut self, world: &World) {
+        self.positions.clear();
+        self.positions
+            .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
+        if let Some(c) = self.config {
+            self.grid.rebuild(c.outer_radius_m(), &self.positions);
+        }
+    }
+
+    /// The world `client` receives this tick; updates its scope.
+    pub(super) fn scope(
+        &mut self,
+        world: &QuantizedWorld,
+        owned: Option<EntityId>,
+        scope: &mut Scope,
+    ) -> ScopedWorld {
+        let entities = world.entities();
+        let owned_index = owned.and_then(|id| world.index_of(id));
+        let view = scope
+            .view_point
+            .map(ground)
+            .or_else(|| owned_index.and_then(|i| self.positions.get(i).copied()));
+        let rooms_in_use = !self.entity_rooms.is_empty();
+        let shares_room = |id: EntityId| {
+            !rooms_in_use
+                || self
+                    .entity_rooms
+                    .get(&id)
+                    .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
+        };
+        self.scratch.clear();
+        match self.config {
+            Some(c) => {
+                if let Some(view) = view.filter(|v| v.is_finite()) {
+                    let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
+                    let outer2 = outer * outer;
+                    let positions = &self.positions;
+                    let previous = &scope.visible;
+                    let scratch = &mut self.scratch;
+                    self.grid.near(view, outer, |i| {
+                        let d2 = positions[i as usize].distance_squared(view);
+                        if d2.is_nan() || d2 > outer2 {
+                            return;
+                        }
+                        let id = entities[i as usize].0;
+                        // Between the radius and the outer radius only what was in scope
+                        // stays: that is the hysteresis.
+                        if d2 > r2 && previous.binary_search(&id).is_err() {
+                            return;
+                        }
+                        if shares_room(id) {
+                            scratch.push(i);
+                        }
+                    });
+                }
+            }
+            None => {
+                for (i, (id, _)) in entities.iter().enumerate() {
+                    if shares_room(*id) {
+                        // A world holds fewer than u32::MAX entities (ids are u32).
+                        self.scratch.push(i as u32);
+                    }
+                }
+            }
+        }
+        if let Some(i) = owned_index {
+            self.scratch.push(i as u32);
+        }
+        self.scratch.sort_unstable();
+        self.scratch.dedup();
+
+        let selected = world.select(&self.scratch);
+        scope.visible.clear();
+        scope
+            .visible
+            .extend(self.scratch.iter().map(|&i| entities[i as usize].0));
+        let weights = match (self.config, view) {
+            (Some(c), Some(view)) if c.distance_priority => Some(
+                self.scratch
+                    .iter()
+                    .map(|&i| c.weight(self.positions[i as usize].distance(view)))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        ScopedWorld {
+            world: selected,
+            weights,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::snapshot::{EntityState, QuantizeConfig, Transform};
+
+    fn world_at(points: &[(u32, f32, f32)]) -> World {
+        let mut w = World::new();
+        for &(id, x, z) in points {
+            w.insert(
+                EntityId(id),
+                EntityState::new(Transform {
+                    position: Vec3::new(x, 0.0, z),
+                    ..Transform::default()
+                }),
+            );
+        }
+        w
+    }
+
+    fn ids(s: &Scope) -> Vec<u32> {
+        s.visible.iter().map(|e| e.0).collect()
+    }
+
+    #[test]
+    fn the_grid_finds_exactly_what_a_full_scan_finds() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let config = InterestConfig::radius(30.0);
+        for round in 0..20 {
+            let points: Vec<(u32, f32, f32)> = (0..500)
+                .map(|i| {
+                    (
+                        i,
+                        rng.random_range(-200.0..200.0),
+                        rng.random_range(-200.0..200.0),
+                    )
+                })
+                .collect();
+            let world = world_at(&points);
+            let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+            let mut interest = Interest::new(Some(config));
+            interest.index(&world);
+            let view = Vec3::new(
+                rng.random_range(-200.0..200.0),
+                0.0,
+                rng.random_range(-200.0..200.0),
+            );
+            let mut scope = Scope {
+                view_point: Some(view),
+                ..Scope::default()
+            };
+            interest.scope(&q, None, &mut scope);
+            let want: Vec<u32> = points
+                .iter()
+                .filter(|(_, x, z)| Vec2::new(*x, *z).distance(ground(view)) <= config.radius_m)
+                .map(|p| p.0)
+                .collect();
+            assert_eq!(ids(&scope), want, "round {round}");
+        }
+    }
+
+    #[test]
+    fn an_entity_leaves_only_beyond_the_hysteresis_and_enters_only_within_the_radius() {
+        let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
+        let mut scope = Scope {
+            view_point: Some(Vec3::ZERO),
+            ..Scope::default()
+        };
+        let mut at = |x: f32, scope: &mut Scope| {
+            let world = world_at(&[(1, x, 0.0)]);
+            let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+            interest.index(&world);
+            interest.scope(&q, None, scope);
+            !scope.visible.is_empty()
+        };
+        assert!(!at(10.5, &mut scope), "outside the radius, not yet seen");
+        assert!(at(9.5, &mut scope), "inside the radius");
+        assert!(
+            at(10.5, &mut scope),
+            "between radius and outer radius: stays"
+        );
+        assert!(at(10.9, &mut scope), "still within the hysteresis");
+        assert!(!at(11.1, &mut scope), "beyond the outer radius: leaves");
+        assert!(
+            !at(10.5, &mut scope),
+            "between the two again: not re-entered"
+        );
+    }
+
+    #[test]
+    fn rooms_limit_what_a_client_sees_and_the_owned_entity_is_always_seen() {
+        let world = world_at(&[(1, 0.0, 0.0), (2, 1.0, 0.0), (3, 2.0, 0.0), (4, 500.0, 0.0)]);
+        let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+        let mut interest = Interest::new(None);
+        interest.add_entity(EntityId(2), RoomId(7));
+        interest.add_entity(EntityId(3), RoomId(8));
+        interest.index(&world);
+        let mut outsider = Scope::default();
+        interest.scope(&q, None, &mut outsider);
+        assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
+        let mut member = Scope::default();
+        member.rooms.insert(RoomId(7));
+        interest.scope(&q, Some(EntityId(3)), &mut member);
+        assert_eq!(
+            ids(&member),
+            vec![1, 2, 3, 4],
+            "its room's entity and its own"
+        );
+
+        // With an area of interest, rooms and distance both apply.
+        let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
+        interest.add_entity(EntityId(2), RoomId(7));
+        interest.index(&world);
+        let mut far = Scope {
+            view_point: Some(Vec3::ZERO),
+            ..Scope::default()
+        };
+        interest.scope(&q, Some(EntityId(4)), &mut far);
+        assert_eq!(
+            ids(&far),
+            vec![1, 3, 4],
+            "near public ones, the own far one"
+        );
+    }
+
+    #[test]
+    fn nothing_in_scope_without_a_view_point_and_bad_positions_do_not_panic() {
+        let world = world_at(&[(1, f32::NAN, 0.0), (2, f32::INFINITY, 1e30), (3, 0.0, 0.0)]);
+        let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+        let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
+        interest.index(&world);
+        let mut none = Scope::default();
+        interest.scope(&q, None, &mut none);
+        assert!(none.visible.is_empty());
+        for view in [Vec3::NAN, Vec3::splat(f32::INFINITY), Vec3::splat(1e38)] {
+            let mut s = Scope {
+                view_point: Some(view),
+                ..Scope::default()
+            };
+            interest.scope(&q, None, &mut s);
+            assert!(s.visible.is_empty(), "{view}");
+        }
+        let mut s = Scope {
+            view_point: Some(Vec3::ZERO),
+            ..Scope::default()
+        };
+        interest.scope(&q, None, &mut s);
+        assert_eq!(ids(&s), vec![3]);
+    }
+
+    #[test]
+    fn unusable_interest_configs_are_refused() {
+        assert!(InterestConfig::radius(100.0).validate().is_ok());
+        for r in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(InterestConfig::radius(r).validate().is_err(), "{r}");
+        }
+        let mut c = InterestConfig::radius(10.0);
+        c.hysteresis_m = -1.0;
+        assert!(c.validate().is_err());
+        c.hysteresis_m = f32::MAX;
+        c.radius_m = f32::MAX;
+        assert!(c.validate().is_err());
+    }
+}

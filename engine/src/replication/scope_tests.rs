@@ -1,0 +1,361 @@
+//! Rooms and the area of interest end to end, in virtual time over seeded bad links: what
+//! a client holds after each complete snapshot is exactly the scope the server computed for
+//! that tick, and scope changes under loss end with the client's view equal to its scope.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use glam::{Vec2, Vec3};
+
+use super::*;
+use crate::conditioner::ConditionerConfig;
+use crate::connection::ClientId;
+use crate::sim::Sim;
+use crate::snapshot::{
+    EntityId, EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform, World,
+};
+
+const TICK: Duration = Duration::from_micros(16_667);
+const RADIUS_M: f32 = 15.0;
+const HYSTERESIS_M: f32 = 3.0;
+
+type ScopeSim = Sim<Server, Client<u8>>;
+
+/// The id the server gave client `i`, once welcomed.
+fn client_id(sim: &ScopeSim, i: usize) -> Option<ClientId> {
+    sim.clients[i].client.welcome().map(|w| w.client_id)
+}
+
+fn config(interest: Option<InterestConfig>) -> ServerConfig {
+    ServerConfig {
+        quantize: QuantizeConfig {
+            tick_interval: TICK,
+            ..QuantizeConfig::default()
+        },
+        interest,
+        seed: Some(3),
+        ..ServerConfig::default()
+    }
+}
+
+fn bad_link(loss_pct: f64) -> ConditionerConfig {
+    ConditionerConfig {
+        enabled: true,
+        loss_pct,
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(10),
+        duplicate_pct: 2.0,
+        ..ConditionerConfig::off()
+    }
+}
+
+/// Where mover `id` is at `tick`: circles of different radii and speeds around the origin,
+/// so movers keep crossing the clients' scopes in both directions.
+fn mover_at(id: u32, tick: u32) -> Vec3 {
+    let t = tick as f32 * TICK.as_secs_f32();
+    let r = 5.0 + (id % 8) as f32 * 5.0;
+    let w = 0.4 + (id % 5) as f32 * 0.15;
+    let a = w * t + id as f32;
+    Vec3::new(r * a.cos(), 0.0, r * a.sin())
+}
+
+struct ScopeGame {
+    sim: ScopeSim,
+    world: World,
+    movers: u32,
+    moving: bool,
+    views: Vec<Vec3>,
+    /// The scope the server computed for each client, by tick.
+    scopes: Vec<BTreeMap<u32, Vec<EntityId>>>,
+    /// Positions of every entity at each tick the world was sent.
+    positions: BTreeMap<u32, BTreeMap<EntityId, Vec3>>,
+    /// Complete ticks already compared, per client.
+    verified: Vec<BTreeSet<u32>>,
+    next_tick_at: Instant,
+}
+
+impl ScopeGame {
+    fn new(
+        interest: Option<InterestConfig>,
+        movers: u32,
+        views: Vec<Vec3>,
+        seed: u64,
+        loss: f64,
+    ) -> Self {
+        let mut sim = Sim::replication(config(interest), seed).unwrap();
+        for i in 0..views.len() {
+            sim.add_replication_client(ClientConfig::default()).unwrap();
+            sim.set_link(i, bad_link(loss), bad_link(loss));
+        }
+        let next_tick_at = sim.now + TICK;
+        let n = views.len();
+        let mut g = Self {
+            sim,
+            world: World::new(),
+            movers,
+            moving: true,
+            views,
+            scopes: vec![BTreeMap::new(); n],
+            positions: BTreeMap::new(),
+            verified: vec![BTreeSet::new(); n],
+            next_tick_at,
+        };
+        g.place(0);
+        g
+    }
+
+    fn place(&mut self, tick: u32) {
+        for id in 0..self.movers {
+            self.world.insert(
+                EntityId(id),
+                EntityState::new(Transform {
+                    position: mover_at(id, tick),
+                    ..Transform::default()
+                }),
+            );
+        }
+    }
+
+    fn server_tick(&mut self) {
+        self.sim.server_events.clear();
+        for (i, view) in self.views.iter().enumerate() {
+            if let Some(id) = client_id(&self.sim, i) {
+                self.sim.server.set_view_point(id, Some(*view));
+            }
+        }
+        let next = self.sim.server.current_tick().0 + 1;
+        if self.moving {
+            self.place(next);
+        }
+        let now = self.sim.now;
+        let tick = self.sim.server.tick(now, &self.world);
+        self.positions.insert(
+            tick.0,
+            self.world
+                .iter()
+                .map(|(id, e)| (id, e.transform.position))
+                .collect(),
+        );
+        for i in 0..self.views.len() {
+            if let Some(id) = client_id(&self.sim, i)
+                && let Some(v) = self.sim.server.visible_entities(id)
+            {
+                self.scopes[i].insert(tick.0, v.to_vec());
+            }
+        }
+    }
+
+    /// Compare every complete tick the client holds with the server's scope at that tick.
+    fn verify(&mut self) {
+        let current = self.sim.server.current_tick().0;
+        let outer = RADIUS_M + HYSTERESIS_M;
+        for i in 0..self.views.len() {
+            let Some(r) = self.sim.clients[i].client.receiver() else {
+                continue;
+            };
+            for t in current.saturating_sub(64)..=current {
+                if self.verified[i].contains(&t) {
+                    continue;
+                }
+                let Some(held) = r.composite(Tick(t)) else {
+                    continue;
+                };
+                // Without rooms or an area of interest there is no scope to compare.
+                let Some(scope) = self.scopes[i].get(&t) else {
+                    continue;
+                };
+                let held: Vec<EntityId> = held.iter().map(|(id, _)| id).collect();
+                assert_eq!(
+                    &held, scope,
+                    "client {i} at tick {t}: a complete snapshot is the scope of its tick"
+                );
+                let view = Vec2::new(self.views[i].x, self.views[i].z);
+                for id in &held {
+                    let p = self.positions[&t][id];
+                    let d = Vec2::new(p.x, p.z).distance(view);
+                    assert!(d <= outer + 0.01, "client {i} tick {t}: {id:?} at {d} m");
+                }
+                self.verified[i].insert(t);
+            }
+        }
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.sim.now + d;
+        while self.next_tick_at <= end {
+            self.sim.run_until(self.next_tick_at);
+            self.server_tick();
+            self.sim.run_until(self.next_tick_at + TICK / 2);
+            self.verify();
+            self.next_tick_at += TICK;
+        }
+    }
+}
+
+fn views() -> Vec<Vec3> {
+    vec![
+        Vec3::ZERO,
+        Vec3::new(25.0, 0.0, 0.0),
+        Vec3::new(-20.0, 0.0, -20.0),
+    ]
+}
+
+fn interest() -> InterestConfig {
+    let mut c = InterestConfig::radius(RADIUS_M);
+    c.hysteresis_m = HYSTERESIS_M;
+    c
+}
+
+#[test]
+fn every_complete_snapshot_holds_exactly_the_scope_of_its_tick() {
+    for seed in [1, 2, 3] {
+        let mut g = ScopeGame::new(Some(interest()), 60, views(), seed, 10.0);
+        g.run(Duration::from_secs(6));
+        let ticks = g.sim.server.current_tick().0 as usize;
+        for (i, v) in g.verified.iter().enumerate() {
+            // At 10 % loss most ticks arrive whole; each of those was compared.
+            assert!(
+                v.len() > ticks / 2,
+                "seed {seed} client {i}: {} of {ticks}",
+                v.len()
+            );
+        }
+        let totals = g.sim.server.snapshot_totals();
+        assert!(
+            totals.despawns_sent > 30,
+            "seed {seed}: entities left scopes ({} despawns)",
+            totals.despawns_sent
+        );
+        let scope = g.sim.server.stats().mean_scope();
+        assert!(
+            scope > 3.0 && scope < 40.0,
+            "seed {seed}: a scope is a part of the world ({scope:.1} of 60)"
+        );
+    }
+}
+
+#[test]
+fn scope_changes_under_20_pct_loss_end_with_the_view_equal_to_the_visible_set() {
+    for seed in [11, 12, 13, 14, 15] {
+        let mut g = ScopeGame::new(Some(interest()), 60, views(), seed, 20.0);
+        g.run(Duration::from_secs(4));
+        g.moving = false;
+        g.run(Duration::from_secs(3));
+        let server = QuantizedWorld::from_world(&g.world, &config(None).quantize);
+        for i in 0..g.views.len() {
+            let id = client_id(&g.sim, i).expect("connected");
+            let visible = g.sim.server.visible_entities(id).expect("scoped").to_vec();
+            let view = Vec2::new(g.views[i].x, g.views[i].z);
+            let inside = server
+                .iter()
+                .filter(|(_, e)| {
+                    let p = config(None).quantize.dequantize(&e.transform).position;
+                    Vec2::new(p.x, p.z).distance(view) <= RADIUS_M
+                })
+                .count();
+            assert!(
+                visible.len() >= inside,
+                "seed {seed} client {i}: all within the radius"
+            );
+            let live = g.sim.clients[i]
+                .client
+                .receiver()
+                .expect("welcomed")
+                .live_world();
+            let held: Vec<EntityId> = live.iter().map(|(id, _)| id).collect();
+            assert_eq!(
+                held, visible,
+                "seed {seed} client {i}: the view is the scope"
+            );
+            for (id, e) in live.iter() {
+                assert_eq!(Some(e), server.get(id), "seed {seed} client {i}: {id:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_entity_on_the_edge_is_spawned_once_not_every_tick() {
+    // One mover sways 1 m either side of the radius; one client watches from the origin.
+    let mut g = ScopeGame::new(Some(interest()), 0, vec![Vec3::ZERO], 4, 0.0);
+    for k in 0..240 {
+        let x = RADIUS_M + (k as f32 * 0.2).sin();
+        g.world.insert(
+            EntityId(0),
+            EntityState::new(Transform {
+                position: Vec3::new(x, 0.0, 0.0),
+                ..Transform::default()
+            }),
+        );
+        g.run(TICK);
+    }
+    let totals = g.sim.server.snapshot_totals();
+    assert_eq!(totals.despawns_sent, 0, "never left: within the hysteresis");
+    let id = client_id(&g.sim, 0).unwrap();
+    assert_eq!(g.sim.server.visible_entities(id), Some(&[EntityId(0)][..]));
+}
+
+#[test]
+fn rooms_decide_who_sees_an_entity_and_a_room_message_reaches_exactly_its_members() {
+    let still = vec![Vec3::ZERO; 4];
+    let mut g = ScopeGame::new(None, 0, still, 5, 5.0);
+    for id in 0..3 {
+        g.world
+            .insert(EntityId(id), EntityState::new(Transform::default()));
+    }
+    g.run(Duration::from_millis(500));
+    let ids: Vec<ClientId> = (0..4)
+        .map(|i| client_id(&g.sim, i).expect("connected"))
+        .collect();
+    let (red, blue) = (RoomId(1), RoomId(2));
+    assert!(g.sim.server.join_room(ids[0], red));
+    assert!(g.sim.server.join_room(ids[1], red));
+    assert!(g.sim.server.join_room(ids[2], blue));
+    g.sim.server.add_entity_to_room(EntityId(1), red);
+    g.sim.server.add_entity_to_room(EntityId(2), blue);
+    assert_eq!(
+        g.sim.server.room_members(red).collect::<BTreeSet<_>>(),
+        BTreeSet::from([ids[0], ids[1]])
+    );
+    let now = g.sim.now;
+    assert_eq!(g.sim.server.send_to_room(now, red, 0, b"red only"), 2);
+    assert_eq!(g.sim.server.send_to_room(now, blue, 0, b"blue only"), 1);
+    g.run(Duration::from_secs(2));
+
+    let messages = |g: &mut ScopeGame, i: usize| -> Vec<Vec<u8>> {
+        g.sim.clients[i]
+            .events
+            .drain(..)
+            .filter_map(|e| match e {
+                ClientEvent::Message { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(messages(&mut g, 0), vec![b"red only".to_vec()]);
+    assert_eq!(messages(&mut g, 1), vec![b"red only".to_vec()]);
+    assert_eq!(messages(&mut g, 2), vec![b"blue only".to_vec()]);
+    assert!(
+        messages(&mut g, 3).is_empty(),
+        "not in a room: no room message"
+    );
+
+    let held = |g: &ScopeGame, i: usize| -> Vec<u32> {
+        let r = g.sim.clients[i].client.receiver().expect("welcomed");
+        r.live_world().iter().map(|(id, _)| id.0).collect()
+    };
+    assert_eq!(held(&g, 0), vec![0, 1]);
+    assert_eq!(held(&g, 1), vec![0, 1]);
+    assert_eq!(held(&g, 2), vec![0, 2]);
+    assert_eq!(held(&g, 3), vec![0], "public entities only");
+
+    // Leaving a room takes its entities out of the client's view; the rest stay.
+    g.sim.server.leave_room(ids[1], red);
+    g.run(Duration::from_secs(1));
+    assert_eq!(held(&g, 1), vec![0]);
+    assert_eq!(held(&g, 0), vec![0, 1]);
+    assert_eq!(
+        g.sim.server.room_members(red).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+}
