@@ -1,9 +1,11 @@
 //! Tick-rate sweep: what each tick rate costs the server and buys the players.
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
-//! [--clients N]` (the last two narrow the sweep).
-//! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (arena scene, 64 bodies plus
-//! one avatar per client, bots playing, 20 ms latency each way), the whole `udp` demo runs
+//! [--clients N] [--scene arena|cubes|massive]` (`--hz` and `--clients` narrow the sweep;
+//! `--clients` also takes a count outside it, e.g. 1000).
+//! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
+//! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
+//! what is within 100 m; bots playing, 20 ms latency each way), the whole `udp` demo runs
 //! in virtual time through `demo_server::simulate`, once on a clean link and once with 5 %
 //! loss. Printed as a markdown table, written as CSV (default `target/tickrate.csv`).
 //!
@@ -59,15 +61,22 @@ impl Row {
     }
 }
 
-fn options(tick_rate: f64, clients: usize, loss_pct: f64, seed: u64) -> SimulationOptions {
+fn options(
+    scene: SceneKind,
+    tick_rate: f64,
+    clients: usize,
+    loss_pct: f64,
+    seed: u64,
+) -> SimulationOptions {
     SimulationOptions {
         game: GameOptions {
-            scene: SceneKind::Arena,
+            scene,
             entities: None,
             tick_rate,
             send_rate: tick_rate,
             budget_bytes: DEFAULT_BUDGET_BYTES,
             seed,
+            aoi_radius_m: None,
         },
         clients,
         frame_rate: DEFAULT_FRAME_RATE_HZ,
@@ -101,15 +110,16 @@ fn markdown(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| tick Hz | clients | tick cost p50 | tick cost p99 | kbit/s per client | update gap p99 (0% / 5% loss) | staleness p99 (0% / 5% loss) |"
+        "| tick Hz | clients | entities per client | tick cost p50 | tick cost p99 | kbit/s per client | update gap p99 (0% / 5% loss) | staleness p99 (0% / 5% loss) |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} % | {:.1} % | {:.0} | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
+            "| {} | {} | {:.0} | {:.1} % | {:.1} % | {:.0} | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
             r.tick_rate,
             r.clients,
+            r.clean.entities_per_client,
             r.tick_cost_pct(0.5),
             r.tick_cost_pct(0.99),
             r.clean.kbps_down_per_client,
@@ -187,17 +197,40 @@ fn main() {
             .and_then(|v| v.parse::<f64>().ok())
     };
     let (only_hz, only_clients) = (pick("--hz"), pick("--clients"));
+    let scene = match args
+        .iter()
+        .position(|a| a == "--scene")
+        .map(|i| args.get(i + 1).map(|s| s.parse::<SceneKind>()))
+    {
+        None => SceneKind::Arena,
+        Some(Some(Ok(s))) => s,
+        Some(Some(Err(e))) => {
+            eprintln!("tickrate: {e}");
+            std::process::exit(2);
+        }
+        Some(None) => {
+            eprintln!("tickrate: --scene needs a value");
+            std::process::exit(2);
+        }
+    };
+    // A client count outside the sweep (e.g. 1000) is run as asked.
+    let extra: Vec<usize> = only_clients
+        .map(|c| c as usize)
+        .filter(|c| !clients.contains(c))
+        .into_iter()
+        .collect();
     let started = Instant::now();
     let mut rows = Vec::new();
     for &n in clients
         .iter()
+        .chain(&extra)
         .filter(|&&n| only_clients.is_none_or(|c| c == n as f64))
     {
         for &rate in rates.iter().filter(|&&r| only_hz.is_none_or(|h| h == r)) {
             let seed = 1000 + n as u64;
             let duration = duration_at(rate);
-            let clean = run(&options(rate, n, 0.0, seed), WARM_UP, duration);
-            let lossy = run(&options(rate, n, LOSS_PCT, seed), WARM_UP, duration);
+            let clean = run(&options(scene, rate, n, 0.0, seed), WARM_UP, duration);
+            let lossy = run(&options(scene, rate, n, LOSS_PCT, seed), WARM_UP, duration);
             let (clean, lossy) = match (clean, lossy) {
                 (Ok(c), Ok(l)) => (c, l),
                 (Err(e), _) | (_, Err(e)) => {
@@ -231,10 +264,17 @@ fn main() {
             .then(a.clients.cmp(&b.clients))
     });
     println!(
-        "\nTick-rate sweep ({}): arena scene, 64 bodies + 1 avatar per client, {} ms latency each way, \
-         {} measured per run after {} s warm-up. Tick cost is server CPU per tick as a share \
-         of the tick period.\n",
+        "\nTick-rate sweep ({}): {} scene, {} ms latency each way, {} measured per run after {} s \
+         warm-up. Tick cost is server CPU per tick as a share of the tick period; a tick's \
+         update counts when all of its parts arrived.\n",
         if quick { "quick" } else { "full" },
+        match scene {
+            SceneKind::Arena => "arena: 64 bodies + 1 avatar per client".to_string(),
+            SceneKind::Massive =>
+                "massive: 10,000 NPCs on 1 km² + 1 avatar per client, 100 m area of interest"
+                    .to_string(),
+            s => s.to_string(),
+        },
         LATENCY.as_millis(),
         if quick {
             format!("{} s", QUICK_DURATION.as_secs())

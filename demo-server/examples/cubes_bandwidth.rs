@@ -126,6 +126,7 @@ fn main() {
                 send_rate: TICK_RATE,
                 budget_bytes: DEFAULT_BUDGET_BYTES,
                 seed: 1,
+                aoi_radius_m: None,
             },
             clients: 1,
             frame_rate: TICK_RATE,

@@ -41,6 +41,7 @@ fn main() {
                     send_rate: TICK_RATE,
                     budget_bytes: DEFAULT_BUDGET_BYTES,
                     seed: 1,
+                    aoi_radius_m: None,
                 },
                 clients: CLIENTS,
                 frame_rate: TICK_RATE,

@@ -27,6 +27,12 @@ pub fn quantize_config(scene: SceneKind, tick_rate: f64) -> QuantizeConfig {
             position_max: glam::Vec3::new(256.0, 63.0, 256.0),
             ..base
         },
+        // 1 km across and 64 m up: 19 + 15 + 19 bits for a full position.
+        SceneKind::Massive => QuantizeConfig {
+            position_min: glam::Vec3::new(-512.0, -1.0, -512.0),
+            position_max: glam::Vec3::new(512.0, 63.0, 512.0),
+            ..base
+        },
         SceneKind::Arena => base,
     }
 }
@@ -46,6 +52,9 @@ pub struct GameOptions {
     pub budget_bytes: usize,
     /// Scene seed.
     pub seed: u64,
+    /// Each client sees only what is within this many metres of its avatar (default: the
+    /// scene's, 100 m in `massive`, everything elsewhere).
+    pub aoi_radius_m: Option<f32>,
 }
 
 impl GameOptions {
@@ -63,7 +72,17 @@ impl GameOptions {
                 self.tick_rate, self.send_rate
             ));
         }
+        if let Some(r) = self.aoi_radius_m
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Err(format!("--aoi-radius must be above 0 m (got {r})"));
+        }
         Ok(())
+    }
+
+    /// The area-of-interest radius in effect.
+    pub fn aoi_radius(&self) -> Option<f32> {
+        self.aoi_radius_m.or(self.scene.default_aoi_radius_m())
     }
 
     /// The replication server's settings for this game: quantization, send interval,
@@ -84,6 +103,7 @@ impl GameOptions {
                 scene: self.scene.to_string(),
             }
             .encode(),
+            interest: self.aoi_radius().map(replication::InterestConfig::radius),
             ..replication::ServerConfig::default()
         };
         config.server.max_clients = max_clients;
@@ -163,19 +183,32 @@ impl GameServer {
     /// Run one tick: step the scene and hand its state to the replication server.
     pub fn tick(&mut self, now: Instant, server: &mut replication::Server) {
         self.scene.step(self.dt);
-        self.world.clear();
-        for b in self.scene.bodies() {
-            self.world.insert(
-                EntityId(b.id),
-                EntityState::new(Transform {
-                    position: b.position,
-                    rotation: b.rotation,
-                    // Velocity feeds client extrapolation, and the delta coder predicts
-                    // positions from it, which saves more bits than it costs (47 vs 61 bits
-                    // per changed cube).
-                    velocity: Some(b.velocity),
-                }),
-            );
+        let transform = |b: &Body| Transform {
+            position: b.position,
+            rotation: b.rotation,
+            // Velocity feeds client extrapolation, and the delta coder predicts positions
+            // from it, which saves more bits than it costs (47 vs 61 bits per changed cube).
+            velocity: Some(b.velocity),
+        };
+        let bodies = self.scene.bodies();
+        // Most ticks the same entities exist as before: update them in place rather than
+        // rebuilding the world (both lists are sorted by id).
+        let same = self.world.len() == bodies.len()
+            && self
+                .world
+                .iter()
+                .zip(bodies)
+                .all(|((id, _), b)| id.0 == b.id);
+        if same {
+            for ((_, state), b) in self.world.iter_mut().zip(bodies) {
+                state.transform = transform(b);
+            }
+        } else {
+            self.world.clear();
+            for b in bodies {
+                self.world
+                    .insert(EntityId(b.id), EntityState::new(transform(b)));
+            }
         }
         server.tick(now, &self.world);
     }

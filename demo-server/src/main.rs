@@ -25,12 +25,17 @@ struct Args {
     /// Snapshots per second (default: the tick rate).
     #[arg(long, value_name = "HZ")]
     send_rate: Option<f64>,
-    /// Scene to simulate: arena (bodies in a box, one avatar per client) or cubes (901 cubes).
+    /// Scene to simulate: arena (bodies in a box, one avatar per client), cubes (901 cubes)
+    /// or massive (1 km², 10,000 NPCs, one avatar per client, area of interest).
     #[arg(long, default_value = "arena")]
     scene: SceneKind,
-    /// Number of entities (arena bodies; cubes in the cubes scene).
+    /// Number of entities (arena bodies; cubes in the cubes scene; NPCs in massive).
     #[arg(long, value_name = "N")]
     entities: Option<usize>,
+    /// Send each client only the entities within M metres of its avatar (default: 100 in
+    /// massive; everything in the other scenes).
+    #[arg(long, value_name = "M")]
+    aoi_radius: Option<f32>,
     /// Most clients at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_clients: usize,
@@ -98,6 +103,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         send_rate: args.send_rate.unwrap_or(args.tick_rate),
         scene: args.scene,
         entities: args.entities,
+        aoi_radius_m: args.aoi_radius,
         max_clients: args.max_clients,
         transport: args.transport,
         duration: args.duration.map(|d| seconds("duration", d)).transpose()?,

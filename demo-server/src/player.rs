@@ -172,7 +172,9 @@ impl GameClient {
                     _ => client.set_prediction(false),
                 }
             }
-            ClientEvent::Snapshot { tick, received_at } => {
+            // A tick counts when all of its parts arrived: a tick missing a part leaves the
+            // player with a partial world, and loss must show in the gap.
+            ClientEvent::SnapshotComplete { tick, received_at } => {
                 if let Some(prev) = self.last_newer_arrival {
                     let gap = received_at.saturating_duration_since(prev);
                     if gap > Duration::from_millis(50) {

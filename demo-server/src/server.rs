@@ -38,6 +38,8 @@ pub struct ServerOptions {
     pub scene: SceneKind,
     /// Entity count override.
     pub entities: Option<usize>,
+    /// Area-of-interest radius override, metres.
+    pub aoi_radius_m: Option<f32>,
     /// Most clients at once.
     pub max_clients: usize,
     /// How snapshots travel.
@@ -118,6 +120,7 @@ impl Default for ServerOptions {
             send_rate: 60.0,
             scene: SceneKind::Arena,
             entities: None,
+            aoi_radius_m: None,
             max_clients: 64,
             transport: Transport::Udp,
             duration: None,
@@ -260,6 +263,7 @@ pub async fn run(
         send_rate: opts.send_rate,
         budget_bytes: opts.budget_bytes,
         seed: opts.seed,
+        aoi_radius_m: opts.aoi_radius_m,
     };
     let mut game = GameServer::new(&game_opts).map_err(ServerError::Options)?;
     let delivery = match opts.transport {

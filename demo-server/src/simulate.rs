@@ -61,6 +61,7 @@ impl Default for SimulationOptions {
                 send_rate: 60.0,
                 budget_bytes: DEFAULT_BUDGET_BYTES,
                 seed: 1,
+                aoi_radius_m: None,
             },
             clients: 1,
             frame_rate: DEFAULT_FRAME_RATE_HZ,
@@ -119,6 +120,9 @@ pub struct SimulationReport {
     pub parts_rejected: u64,
     /// Entities in the server's newest snapshot.
     pub entities: usize,
+    /// Entities a client is sent on average: its scope where there is an area of interest
+    /// or rooms, the whole world otherwise.
+    pub entities_per_client: f64,
     /// From an input to the first frame that drew it, every client merged.
     pub input_latency: DurationHistogram,
     /// Reconciliation jumps of predicted entities, every client merged.
@@ -433,6 +437,14 @@ impl Simulation {
             snapshots_received,
             parts_rejected,
             entities: self.sim.server.stats().entities,
+            entities_per_client: {
+                let s = self.sim.server.stats();
+                if s.scoped_snapshots > 0 {
+                    s.mean_scope()
+                } else {
+                    s.entities as f64
+                }
+            },
             input_latency,
             correction_m,
         }
@@ -460,6 +472,35 @@ mod tests {
     use snapsync::replication::CloseReason;
 
     use super::*;
+
+    #[test]
+    fn in_massive_each_client_is_sent_its_neighbourhood_not_the_world() {
+        let mut opts = SimulationOptions {
+            clients: 4,
+            conditioner: ConditionerConfig {
+                enabled: true,
+                loss_pct: 5.0,
+                latency: Duration::from_millis(20),
+                ..ConditionerConfig::off()
+            },
+            ..SimulationOptions::default()
+        };
+        opts.game.scene = SceneKind::Massive;
+        opts.game.entities = Some(3000);
+        opts.game.tick_rate = 30.0;
+        opts.game.send_rate = 30.0;
+        let r = run(&opts, Duration::from_secs(1), Duration::from_secs(2)).unwrap();
+        assert_eq!((r.connected, r.disconnects), (4, 0));
+        assert_eq!(r.entities, 3004, "NPCs plus one avatar per player");
+        // 3000 NPCs on 1 km²: about 94 within 100 m of a player, plus the player itself.
+        assert!(
+            (20.0..300.0).contains(&r.entities_per_client),
+            "entities per client {}",
+            r.entities_per_client
+        );
+        assert!(r.snapshots_per_client_per_s() > 20.0);
+        assert!(r.input_latency.count() > 0, "players walk their avatars");
+    }
 
     #[test]
     fn when_the_server_ends_the_session_the_players_keep_what_they_measured() {

@@ -146,6 +146,16 @@ fn bounce(body: &mut Body, spin: Vec3, dt: f32) {
 /// starts from. It reads and writes only the transform (heading from the rotation, vertical
 /// speed from the velocity), which is what a snapshot carries.
 pub fn walk_avatar(state: &mut EntityState, input: &PlayerInput, dt: f32) {
+    walk_within(state, input, dt, ARENA_HALF_WIDTH_M);
+}
+
+/// [`walk_avatar`] inside a square of `half_width_m` (the box's height stays the arena's).
+pub(crate) fn walk_within(
+    state: &mut EntityState,
+    input: &PlayerInput,
+    dt: f32,
+    half_width_m: f32,
+) {
     let Some(dt) = usable_dt(dt) else { return };
     let input = input.sanitized();
     let t = &mut state.transform;
@@ -160,7 +170,7 @@ pub fn walk_avatar(state: &mut EntityState, input: &PlayerInput, dt: f32) {
         velocity.y -= GRAVITY_M_PER_S2 * dt;
     }
     let mut position = t.position + velocity * dt;
-    let wall = ARENA_HALF_WIDTH_M - h;
+    let wall = half_width_m - h;
     position.x = position.x.clamp(-wall, wall);
     position.z = position.z.clamp(-wall, wall);
     if position.y <= h {

@@ -9,6 +9,7 @@
 mod arena;
 mod cubes;
 mod input;
+mod massive;
 #[cfg(test)]
 mod quantized;
 
@@ -20,6 +21,7 @@ use glam::{Quat, Vec3};
 pub use arena::{ArenaScene, DEFAULT_ARENA_BODIES, walk_avatar};
 pub use cubes::{CubesScene, DEFAULT_CUBES_ENTITIES};
 pub use input::PlayerInput;
+pub use massive::{DEFAULT_MASSIVE_NPCS, MASSIVE_HALF_WIDTH_M, MassiveScene, roam_avatar};
 
 /// Largest entity count a scene accepts; `build_scene` clamps larger requests to it.
 ///
@@ -56,6 +58,9 @@ pub enum SceneKind {
     Arena,
     /// 900 small cubes knocked about by one large player cube (the bandwidth yardstick).
     Cubes,
+    /// 1 km × 1 km with 10,000 wandering NPCs plus one avatar per player: each client is
+    /// sent only what is near it (the area of interest).
+    Massive,
 }
 
 impl SceneKind {
@@ -64,6 +69,7 @@ impl SceneKind {
         match self {
             SceneKind::Arena => "arena",
             SceneKind::Cubes => "cubes",
+            SceneKind::Massive => "massive",
         }
     }
 
@@ -74,6 +80,7 @@ impl SceneKind {
         match self {
             SceneKind::Arena => Some(walk_avatar),
             SceneKind::Cubes => None,
+            SceneKind::Massive => Some(roam_avatar),
         }
     }
 
@@ -82,6 +89,16 @@ impl SceneKind {
         match self {
             SceneKind::Arena => DEFAULT_ARENA_BODIES,
             SceneKind::Cubes => DEFAULT_CUBES_ENTITIES,
+            SceneKind::Massive => DEFAULT_MASSIVE_NPCS,
+        }
+    }
+
+    /// The area-of-interest radius when `--aoi-radius` is not given: `massive` sends each
+    /// client what is within 100 m; the small scenes send everything.
+    pub fn default_aoi_radius_m(self) -> Option<f32> {
+        match self {
+            SceneKind::Massive => Some(100.0),
+            SceneKind::Arena | SceneKind::Cubes => None,
         }
     }
 }
@@ -94,7 +111,7 @@ impl fmt::Display for SceneKind {
 
 /// A scene name that is neither `arena` nor `cubes`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scene {0:?} (expected arena or cubes)")]
+#[error("unknown scene {0:?} (expected arena, cubes or massive)")]
 pub struct UnknownSceneError(pub String);
 
 impl FromStr for SceneKind {
@@ -104,6 +121,7 @@ impl FromStr for SceneKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "arena" => Ok(SceneKind::Arena),
             "cubes" => Ok(SceneKind::Cubes),
+            "massive" => Ok(SceneKind::Massive),
             _ => Err(UnknownSceneError(s.to_owned())),
         }
     }
@@ -150,6 +168,7 @@ pub fn build_scene(kind: SceneKind, entities: Option<usize>, seed: u64) -> Box<d
     match kind {
         SceneKind::Arena => Box::new(ArenaScene::new(entities, seed)),
         SceneKind::Cubes => Box::new(CubesScene::new(entities, seed)),
+        SceneKind::Massive => Box::new(MassiveScene::new(entities, seed)),
     }
 }
 
@@ -164,14 +183,14 @@ mod tests {
 
     #[test]
     fn scene_kind_parses_and_displays() {
-        for kind in [SceneKind::Arena, SceneKind::Cubes] {
+        for kind in [SceneKind::Arena, SceneKind::Cubes, SceneKind::Massive] {
             assert_eq!(kind.to_string().parse::<SceneKind>(), Ok(kind));
         }
         assert_eq!(" Cubes ".parse::<SceneKind>(), Ok(SceneKind::Cubes));
         let err = "space".parse::<SceneKind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown scene \"space\" (expected arena or cubes)"
+            "unknown scene \"space\" (expected arena, cubes or massive)"
         );
     }
 
@@ -195,7 +214,7 @@ mod tests {
 
     #[test]
     fn bodies_are_sorted_by_id_in_both_scenes() {
-        for kind in [SceneKind::Arena, SceneKind::Cubes] {
+        for kind in [SceneKind::Arena, SceneKind::Cubes, SceneKind::Massive] {
             let mut scene = build_scene(kind, Some(50), 7);
             scene.add_player(3);
             scene.add_player(9);

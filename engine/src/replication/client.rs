@@ -63,6 +63,14 @@ pub enum ClientEvent {
         /// The entity now owned.
         entity: Option<EntityId>,
     },
+    /// Every part of a snapshot newer than every complete one before arrived: the client
+    /// now holds the server's whole world (its scope of it) as of `tick`.
+    SnapshotComplete {
+        /// Its tick.
+        tick: Tick,
+        /// When its last part arrived.
+        received_at: Instant,
+    },
     /// The first part of a snapshot newer than every one before arrived.
     Snapshot {
         /// Its tick.
@@ -663,6 +671,10 @@ impl<I: Serialize> Client<I> {
         }
         if info.completed && s.reconciled.is_none_or(|r| info.tick > r) {
             s.reconciled = Some(info.tick);
+            self.events.push_back(ClientEvent::SnapshotComplete {
+                tick: info.tick,
+                received_at: at,
+            });
             self.reconcile(at, info.tick);
         }
         if !self.predicting() {

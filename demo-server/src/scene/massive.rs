@@ -1,0 +1,256 @@
+//! `massive`: a square kilometre of wandering NPCs plus one avatar per player — the world
+//! that needs an area of interest, because no client can be sent all of it.
+
+use std::collections::BTreeMap;
+
+use glam::{Quat, Vec2, Vec3};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use snapsync::snapshot::{EntityState, Transform};
+
+use super::arena::walk_within;
+use super::{Body, PlayerInput, Scene, usable_dt};
+
+/// NPCs when `--entities` is not given.
+pub const DEFAULT_MASSIVE_NPCS: usize = 10_000;
+/// Half the map's width along X and Z: the map spans `-500..=500` m.
+pub const MASSIVE_HALF_WIDTH_M: f32 = 500.0;
+/// Half extent of an NPC and of an avatar (people-sized boxes).
+const NPC_HALF_EXTENT_M: f32 = 0.4;
+/// Walking speed of an NPC.
+const NPC_SPEED_M_PER_S: f32 = 1.4;
+/// How far an NPC walks before it rests: uniform in this range.
+const NPC_LEG_M: (f32, f32) = (4.0, 40.0);
+/// How long an NPC rests between legs: uniform in this range. With legs of 16 s on average,
+/// about a third of the NPCs walk at any time.
+const NPC_REST_S: (f32, f32) = (8.0, 56.0);
+
+/// One NPC's plan.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    Walk { to: Vec2 },
+    Rest { left_s: f32 },
+}
+
+/// 1 km × 1 km of NPCs that walk a leg, rest, and walk again; players walk anywhere.
+///
+/// NPCs have ids `0..N`; each player's avatar gets a fresh id above every id used so far.
+#[derive(Debug)]
+pub struct MassiveScene {
+    /// Sorted by id: the NPCs, then the avatars in the order they joined.
+    bodies: Vec<Body>,
+    plans: Vec<Plan>,
+    npc_count: usize,
+    avatars: BTreeMap<u32, u32>,
+    next_id: u32,
+    rng: ChaCha8Rng,
+}
+
+impl MassiveScene {
+    /// `npcs` NPCs spread over the map from `seed`, a third of them walking.
+    pub fn new(npcs: usize, seed: u64) -> MassiveScene {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut bodies = Vec::with_capacity(npcs);
+        let mut plans = Vec::with_capacity(npcs);
+        let reach = MASSIVE_HALF_WIDTH_M - 1.0;
+        for id in 0..npcs {
+            let p = Vec2::new(
+                rng.random_range(-reach..reach),
+                rng.random_range(-reach..reach),
+            );
+            bodies.push(Body {
+                // MAX_SCENE_ENTITIES keeps `npcs` far below u32::MAX.
+                id: id as u32,
+                position: Vec3::new(p.x, NPC_HALF_EXTENT_M, p.y),
+                rotation: Quat::from_rotation_y(rng.random_range(-3.1..3.1)),
+                velocity: Vec3::ZERO,
+                half_extent: NPC_HALF_EXTENT_M,
+            });
+            let plan = if rng.random_bool(1.0 / 3.0) {
+                Plan::Walk {
+                    to: next_leg(&mut rng, p),
+                }
+            } else {
+                Plan::Rest {
+                    left_s: rng.random_range(0.0..NPC_REST_S.1),
+                }
+            };
+            plans.push(plan);
+        }
+        MassiveScene {
+            bodies,
+            plans,
+            npc_count: npcs,
+            avatars: BTreeMap::new(),
+            next_id: npcs as u32,
+            rng,
+        }
+    }
+
+    fn index_of(&self, entity: u32) -> Option<usize> {
+        self.bodies.binary_search_by_key(&entity, |b| b.id).ok()
+    }
+
+    /// NPCs walking right now.
+    pub fn walking(&self) -> usize {
+        self.plans
+            .iter()
+            .filter(|p| matches!(p, Plan::Walk { .. }))
+            .count()
+    }
+}
+
+/// A point a leg away from `from`, inside the map.
+fn next_leg(rng: &mut ChaCha8Rng, from: Vec2) -> Vec2 {
+    let heading = rng.random_range(0.0..std::f32::consts::TAU);
+    let length = rng.random_range(NPC_LEG_M.0..NPC_LEG_M.1);
+    let reach = MASSIVE_HALF_WIDTH_M - 1.0;
+    (from + Vec2::new(heading.cos(), heading.sin()) * length)
+        .clamp(Vec2::splat(-reach), Vec2::splat(reach))
+}
+
+/// How one input moves an avatar in `massive`: the arena's walk, on the whole map.
+pub fn roam_avatar(state: &mut EntityState, input: &PlayerInput, dt: f32) {
+    walk_within(state, input, dt, MASSIVE_HALF_WIDTH_M);
+}
+
+impl Scene for MassiveScene {
+    fn step(&mut self, dt: f32) {
+        let Some(dt) = usable_dt(dt) else { return };
+        let npcs = self
+            .bodies
+            .iter_mut()
+            .zip(&mut self.plans)
+            .take(self.npc_count);
+        for (body, plan) in npcs {
+            match plan {
+                Plan::Walk { to } => {
+                    let here = Vec2::new(body.position.x, body.position.z);
+                    let way = *to - here;
+                    let step = NPC_SPEED_M_PER_S * dt;
+                    if way.length() <= step {
+                        body.position = Vec3::new(to.x, body.position.y, to.y);
+                        body.velocity = Vec3::ZERO;
+                        *plan = Plan::Rest {
+                            left_s: self.rng.random_range(NPC_REST_S.0..NPC_REST_S.1),
+                        };
+                    } else {
+                        let dir = way / way.length();
+                        body.position += Vec3::new(dir.x, 0.0, dir.y) * step;
+                        body.velocity = Vec3::new(dir.x, 0.0, dir.y) * NPC_SPEED_M_PER_S;
+                        // Yaw that points local +Z along the walk, as avatars face.
+                        body.rotation = Quat::from_rotation_y(dir.x.atan2(dir.y));
+                    }
+                }
+                Plan::Rest { left_s } => {
+                    *left_s -= dt;
+                    if *left_s <= 0.0 {
+                        let here = Vec2::new(body.position.x, body.position.z);
+                        *plan = Plan::Walk {
+                            to: next_leg(&mut self.rng, here),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn bodies(&self) -> &[Body] {
+        &self.bodies
+    }
+
+    fn add_player(&mut self, player: u32) -> u32 {
+        if let Some(&entity) = self.avatars.get(&player) {
+            return entity;
+        }
+        let entity = self.next_id;
+        // Four billion joins would be needed to wrap; ids stay unique until then.
+        self.next_id = self.next_id.wrapping_add(1);
+        let reach = MASSIVE_HALF_WIDTH_M * 0.9;
+        self.bodies.push(Body {
+            id: entity,
+            position: Vec3::new(
+                self.rng.random_range(-reach..reach),
+                NPC_HALF_EXTENT_M,
+                self.rng.random_range(-reach..reach),
+            ),
+            rotation: Quat::IDENTITY,
+            velocity: Vec3::ZERO,
+            half_extent: NPC_HALF_EXTENT_M,
+        });
+        // Avatars have no plan; `step` only walks the first `npc_count` bodies.
+        self.avatars.insert(player, entity);
+        entity
+    }
+
+    fn remove_player(&mut self, player: u32) {
+        let Some(entity) = self.avatars.remove(&player) else {
+            return;
+        };
+        if let Some(index) = self.index_of(entity) {
+            self.bodies.remove(index);
+        }
+    }
+
+    fn apply_input(&mut self, player: u32, input: &PlayerInput, dt: f32) {
+        let Some(index) = self
+            .avatars
+            .get(&player)
+            .and_then(|&entity| self.index_of(entity))
+        else {
+            return;
+        };
+        let body = &mut self.bodies[index];
+        let mut state = EntityState::new(Transform {
+            position: body.position,
+            rotation: body.rotation,
+            velocity: Some(body.velocity),
+        });
+        roam_avatar(&mut state, input, dt);
+        body.position = state.transform.position;
+        body.rotation = state.transform.rotation;
+        body.velocity = state.transform.velocity.unwrap_or(Vec3::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn about_a_third_of_the_npcs_walk_and_all_stay_on_the_map() {
+        let mut s = MassiveScene::new(3000, 9);
+        for _ in 0..(60 * 30) {
+            s.step(1.0 / 30.0);
+        }
+        let share = s.walking() as f64 / 3000.0;
+        assert!((0.2..0.45).contains(&share), "walking share {share}");
+        for b in s.bodies() {
+            assert!(b.position.x.abs() <= MASSIVE_HALF_WIDTH_M, "{b:?}");
+            assert!(b.position.z.abs() <= MASSIVE_HALF_WIDTH_M, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn an_avatar_roams_beyond_the_arena_walls() {
+        let mut s = MassiveScene::new(10, 1);
+        let e = s.add_player(7);
+        let start = s.bodies()[s.index_of(e).unwrap()].position;
+        let east = PlayerInput {
+            movement: Vec2::new(1.0, 0.0),
+            jump: false,
+        };
+        for _ in 0..(30 * 20) {
+            s.apply_input(7, &east, 1.0 / 30.0);
+        }
+        let end = s.bodies()[s.index_of(e).unwrap()].position;
+        let walked = (end.x - start.x).abs();
+        // 6 m/s for 20 s, unless the map's edge came first.
+        assert!(
+            walked > 40.0 || end.x >= MASSIVE_HALF_WIDTH_M - 1.0,
+            "{start} -> {end}"
+        );
+        s.remove_player(7);
+        assert_eq!(s.bodies().len(), 10);
+    }
+}
