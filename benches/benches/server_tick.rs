@@ -1,5 +1,7 @@
 //! One server tick, sans-IO: `GameServer::tick` plus the datagrams it produces through a
-//! `snapsync::Server`, for 1 / 16 / 64 / 256 connected clients × 64 / 1000 arena bodies.
+//! `snapsync::Server`, for 1 / 16 / 64 / 256 connected clients × 64 / 1000 arena bodies; the
+//! cubes scene (901 cubes) at 1 and 16 clients; and the per-tick world work alone (the
+//! game's `World` refreshed from the scene and quantized once) for 901 cubes.
 //!
 //! Run: `cargo bench -p benches --bench server_tick`. Each setup is a running game from
 //! `demo_server::simulate` (clients connected, playing, acking; 20 ms latency, no loss),
@@ -12,8 +14,11 @@ use std::time::Duration;
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
+use demo_server::game::quantize_config;
+use demo_server::scene::{SceneKind, build_scene};
 use demo_server::simulate::{Simulation, SimulationOptions};
 use snapsync::conditioner::ConditionerConfig;
+use snapsync::snapshot::{EntityId, EntityState, QuantizedWorld, Transform, World};
 
 const CLIENTS: [usize; 4] = [1, 16, 64, 256];
 const BODIES: [usize; 2] = [64, 1000];
@@ -21,6 +26,10 @@ const BODIES: [usize; 2] = [64, 1000];
 const WARM_UP: Duration = Duration::from_secs(1);
 
 fn game(clients: usize, bodies: usize) -> Simulation {
+    game_in(SceneKind::Arena, clients, Some(bodies))
+}
+
+fn game_in(scene: SceneKind, clients: usize, entities: Option<usize>) -> Simulation {
     let mut opts = SimulationOptions {
         clients,
         conditioner: ConditionerConfig {
@@ -32,7 +41,8 @@ fn game(clients: usize, bodies: usize) -> Simulation {
         predict: true,
         ..SimulationOptions::default()
     };
-    opts.game.entities = Some(bodies);
+    opts.game.scene = scene;
+    opts.game.entities = entities;
     // The options are constants known to be valid.
     let mut sim = Simulation::new(&opts).expect("valid simulation options");
     sim.run_for(WARM_UP);
@@ -73,5 +83,54 @@ fn server_tick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, server_tick);
+/// The cubes scene: the bandwidth yardstick, 901 entities, most of them still.
+fn cubes_tick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("server_tick_cubes_60hz");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for clients in [1, 16] {
+        let mut sim = game_in(SceneKind::Cubes, clients, None);
+        group.throughput(Throughput::Elements(clients as u64));
+        group.bench_function(
+            BenchmarkId::new("901_cubes", format!("{clients}_clients")),
+            |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| sim.step_tick()).sum());
+            },
+        );
+    }
+    group.finish();
+}
+
+/// What a tick costs before any client: the game's `World` refreshed from the scene's
+/// bodies (in place, as `GameServer::tick` does) and quantized once for every client.
+fn world_build_quantize(c: &mut Criterion) {
+    let mut scene = build_scene(SceneKind::Cubes, None, 11);
+    let config = quantize_config(SceneKind::Cubes, 60.0);
+    scene.add_player(1);
+    let mut world = World::new();
+    for b in scene.bodies() {
+        world.insert(EntityId(b.id), EntityState::default());
+    }
+    // Let the cubes start moving, as in a running game.
+    for _ in 0..60 {
+        scene.step(1.0 / 60.0);
+    }
+    c.bench_function("world_build_quantize/901_cubes", |b| {
+        b.iter(|| {
+            for ((_, state), body) in world.iter_mut().zip(scene.bodies()) {
+                state.transform = Transform {
+                    position: body.position,
+                    rotation: body.rotation,
+                    velocity: Some(body.velocity),
+                };
+            }
+            QuantizedWorld::from_world(&world, &config)
+        });
+    });
+}
+
+criterion_group!(benches, server_tick, cubes_tick, world_build_quantize);
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! Tick-rate sweep: what each tick rate costs the server and buys the players.
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
-//! [--clients N] [--scene arena|cubes|massive]` (`--hz` and `--clients` narrow the sweep;
+//! [--clients N] [--scene arena|cubes|massive] [--threads N]` (`--hz` and `--clients` narrow
+//! the sweep; `--threads` builds snapshots on N threads, 0 = one per core;
 //! `--clients` also takes a count outside it, e.g. 1000).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
 //! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
@@ -63,6 +64,7 @@ impl Row {
 
 fn options(
     scene: SceneKind,
+    threads: usize,
     tick_rate: f64,
     clients: usize,
     loss_pct: f64,
@@ -77,6 +79,7 @@ fn options(
             budget_bytes: DEFAULT_BUDGET_BYTES,
             seed,
             aoi_radius_m: None,
+            snapshot_threads: threads,
         },
         clients,
         frame_rate: DEFAULT_FRAME_RATE_HZ,
@@ -213,6 +216,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // `--threads N`: threads building snapshots (default 1, the single-thread figure).
+    let threads = pick("--threads").map_or(1, |t| t as usize);
     // A client count outside the sweep (e.g. 1000) is run as asked.
     let extra: Vec<usize> = only_clients
         .map(|c| c as usize)
@@ -229,8 +234,16 @@ fn main() {
         for &rate in rates.iter().filter(|&&r| only_hz.is_none_or(|h| h == r)) {
             let seed = 1000 + n as u64;
             let duration = duration_at(rate);
-            let clean = run(&options(scene, rate, n, 0.0, seed), WARM_UP, duration);
-            let lossy = run(&options(scene, rate, n, LOSS_PCT, seed), WARM_UP, duration);
+            let clean = run(
+                &options(scene, threads, rate, n, 0.0, seed),
+                WARM_UP,
+                duration,
+            );
+            let lossy = run(
+                &options(scene, threads, rate, n, LOSS_PCT, seed),
+                WARM_UP,
+                duration,
+            );
             let (clean, lossy) = match (clean, lossy) {
                 (Ok(c), Ok(l)) => (c, l),
                 (Err(e), _) | (_, Err(e)) => {

@@ -42,6 +42,7 @@ fn main() {
                     budget_bytes: DEFAULT_BUDGET_BYTES,
                     seed: 1,
                     aoi_radius_m: None,
+                    snapshot_threads: 1,
                 },
                 clients: CLIENTS,
                 frame_rate: TICK_RATE,

@@ -55,6 +55,8 @@ pub struct GameOptions {
     /// Each client sees only what is within this many metres of its avatar (default: the
     /// scene's, 100 m in `massive`, everything elsewhere).
     pub aoi_radius_m: Option<f32>,
+    /// Threads building the clients' snapshots (1: the tick's own thread; 0: one per core).
+    pub snapshot_threads: usize,
 }
 
 impl GameOptions {
@@ -104,6 +106,7 @@ impl GameOptions {
             }
             .encode(),
             interest: self.aoi_radius().map(replication::InterestConfig::radius),
+            snapshot_threads: self.snapshot_threads,
             ..replication::ServerConfig::default()
         };
         config.server.max_clients = max_clients;

@@ -36,6 +36,9 @@ struct Args {
     /// massive; everything in the other scenes).
     #[arg(long, value_name = "M")]
     aoi_radius: Option<f32>,
+    /// Threads building the clients' snapshots each tick (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
     /// Most clients at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_clients: usize,
@@ -104,6 +107,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         scene: args.scene,
         entities: args.entities,
         aoi_radius_m: args.aoi_radius,
+        snapshot_threads: args.threads,
         max_clients: args.max_clients,
         transport: args.transport,
         duration: args.duration.map(|d| seconds("duration", d)).transpose()?,

@@ -40,6 +40,8 @@ pub struct ServerOptions {
     pub entities: Option<usize>,
     /// Area-of-interest radius override, metres.
     pub aoi_radius_m: Option<f32>,
+    /// Threads building the clients' snapshots.
+    pub snapshot_threads: usize,
     /// Most clients at once.
     pub max_clients: usize,
     /// How snapshots travel.
@@ -121,6 +123,7 @@ impl Default for ServerOptions {
             scene: SceneKind::Arena,
             entities: None,
             aoi_radius_m: None,
+            snapshot_threads: 1,
             max_clients: 64,
             transport: Transport::Udp,
             duration: None,
@@ -264,6 +267,7 @@ pub async fn run(
         budget_bytes: opts.budget_bytes,
         seed: opts.seed,
         aoi_radius_m: opts.aoi_radius_m,
+        snapshot_threads: opts.snapshot_threads,
     };
     let mut game = GameServer::new(&game_opts).map_err(ServerError::Options)?;
     let delivery = match opts.transport {

@@ -62,6 +62,7 @@ impl Default for SimulationOptions {
                 budget_bytes: DEFAULT_BUDGET_BYTES,
                 seed: 1,
                 aoi_radius_m: None,
+                snapshot_threads: 1,
             },
             clients: 1,
             frame_rate: DEFAULT_FRAME_RATE_HZ,

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// Each client sees only the entities near its view point (default `None`: every
     /// client sees every entity, unless rooms say otherwise). See [`InterestConfig`].
     pub interest: Option<InterestConfig>,
+    /// Threads that build the clients' snapshots each send tick (default 1: the calling
+    /// thread; 0: one per core). Each client's snapshot depends on that client alone, so
+    /// more threads divide the per-client work; the bytes sent are the same.
+    pub snapshot_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             welcome_data: Vec::new(),
             seed: None,
             interest: None,
+            snapshot_threads: 1,
         }
     }
 }
@@ -186,6 +191,9 @@ impl ServerConfig {
         self.quantize.validate()?;
         if let Some(i) = &self.interest {
             i.validate()?;
+        }
+        if self.snapshot_threads > 256 {
+            return Err(ConfigError::Invalid("at most 256 snapshot threads"));
         }
         if self.send_interval_ticks == 0 {
             return Err(ConfigError::Invalid(

@@ -149,6 +149,8 @@ pub(super) struct Scope {
     pub(super) rooms: BTreeSet<RoomId>,
     /// Set by the game; otherwise the owned entity's position.
     pub(super) view_point: Option<Vec3>,
+    /// World indices in scope, reused from tick to tick.
+    scratch: Vec<u32>,
 }
 
 /// What one client receives this send tick.
@@ -168,7 +170,6 @@ pub(super) struct Interest {
     grid: Grid,
     /// Ground-plane position of each entity of the tick's world, by index.
     positions: Vec<Vec2>,
-    scratch: Vec<u32>,
 }
 
 fn ground(p: Vec3) -> Vec2 {
@@ -242,7 +243,7 @@ impl Interest {
 
     /// The world `client` receives this tick; updates its scope.
     pub(super) fn scope(
-        &mut self,
+        &self,
         world: &QuantizedWorld,
         owned: Option<EntityId>,
         scope: &mut Scope,
@@ -261,7 +262,8 @@ impl Interest {
                     .get(&id)
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
-        self.scratch.clear();
+        let scratch = &mut scope.scratch;
+        scratch.clear();
         match self.config {
             Some(c) => {
                 if let Some(view) = view.filter(|v| v.is_finite()) {
@@ -269,7 +271,6 @@ impl Interest {
                     let outer2 = outer * outer;
                     let positions = &self.positions;
                     let previous = &scope.visible;
-                    let scratch = &mut self.scratch;
                     self.grid.near(view, outer, |i| {
                         let d2 = positions[i as usize].distance_squared(view);
                         if d2.is_nan() || d2 > outer2 {
@@ -291,25 +292,25 @@ impl Interest {
                 for (i, (id, _)) in entities.iter().enumerate() {
                     if shares_room(*id) {
                         // A world holds fewer than u32::MAX entities (ids are u32).
-                        self.scratch.push(i as u32);
+                        scratch.push(i as u32);
                     }
                 }
             }
         }
         if let Some(i) = owned_index {
-            self.scratch.push(i as u32);
+            scratch.push(i as u32);
         }
-        self.scratch.sort_unstable();
-        self.scratch.dedup();
+        scratch.sort_unstable();
+        scratch.dedup();
 
-        let selected = world.select(&self.scratch);
+        let selected = world.select(scratch);
         scope.visible.clear();
         scope
             .visible
-            .extend(self.scratch.iter().map(|&i| entities[i as usize].0));
+            .extend(scratch.iter().map(|&i| entities[i as usize].0));
         let weights = match (self.config, view) {
             (Some(c), Some(view)) if c.distance_priority => Some(
-                self.scratch
+                scratch
                     .iter()
                     .map(|&i| c.weight(self.positions[i as usize].distance(view)))
                     .collect(),

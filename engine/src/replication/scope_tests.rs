@@ -82,7 +82,17 @@ impl ScopeGame {
         seed: u64,
         loss: f64,
     ) -> Self {
-        let mut sim = Sim::replication(config(interest), seed).unwrap();
+        Self::with_config(config(interest), movers, views, seed, loss)
+    }
+
+    fn with_config(
+        config: ServerConfig,
+        movers: u32,
+        views: Vec<Vec3>,
+        seed: u64,
+        loss: f64,
+    ) -> Self {
+        let mut sim = Sim::replication(config, seed).unwrap();
         for i in 0..views.len() {
             sim.add_replication_client(ClientConfig::default()).unwrap();
             sim.set_link(i, bad_link(loss), bad_link(loss));
@@ -358,4 +368,33 @@ fn rooms_decide_who_sees_an_entity_and_a_room_message_reaches_exactly_its_member
         g.sim.server.room_members(red).collect::<Vec<_>>(),
         vec![ids[0]]
     );
+}
+
+#[test]
+fn snapshots_built_on_several_threads_are_the_ones_built_on_one() {
+    let run = |threads: usize| {
+        let mut c = config(Some(interest()));
+        c.snapshot_threads = threads;
+        let mut g = ScopeGame::with_config(c, 60, views(), 21, 10.0);
+        g.run(Duration::from_secs(3));
+        let worlds: Vec<QuantizedWorld> = g
+            .sim
+            .clients
+            .iter()
+            .map(|c| c.client.receiver().expect("welcomed").live_world())
+            .collect();
+        (g.sim.server.snapshot_totals(), worlds)
+    };
+    let (one, one_worlds) = run(1);
+    let (three, three_worlds) = run(3);
+    assert!(one.bytes > 0);
+    assert_eq!(one, three, "the same snapshots, byte for byte in total");
+    assert_eq!(one_worlds, three_worlds, "the clients hold the same worlds");
+}
+
+#[test]
+fn too_many_snapshot_threads_are_refused_when_the_server_is_built() {
+    let mut c = config(None);
+    c.snapshot_threads = 10_000;
+    assert!(Server::new(c, Instant::now()).is_err());
 }

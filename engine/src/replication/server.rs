@@ -11,6 +11,8 @@ use super::wire::{
     write_part_prefix,
 };
 use super::{InputTick, REPLICATION_VERSION};
+use rayon::prelude::*;
+
 use crate::Sequence;
 use crate::channel;
 use crate::codec;
@@ -164,6 +166,8 @@ pub struct Server {
     reliable_part_seq: Sequence,
     /// Rooms and the area of interest.
     interest: Interest,
+    /// Threads that build snapshots, when the config asks for more than one.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Server {
@@ -180,6 +184,17 @@ impl Server {
         inner.connection.channels = with_control_channel(&inner.connection.channels)?.0;
         let seed = config.seed.unwrap_or_else(rand::random);
         let interest = config.interest;
+        let pool = match config.snapshot_threads {
+            1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    // 0: rayon's default, one thread per core.
+                    .num_threads(n)
+                    .thread_name(|i| format!("snapsync-snapshots-{i}"))
+                    .build()
+                    .map_err(|_| ConfigError::Invalid("cannot start the snapshot threads"))?,
+            ),
+        };
         Ok(Self {
             conn: connection::Server::new(inner, now, seed)?,
             config,
@@ -194,6 +209,7 @@ impl Server {
             datagram: Vec::with_capacity(connection::MAX_DATAGRAM_BYTES),
             reliable_part_seq: Sequence(0),
             interest: Interest::new(interest),
+            pool,
         })
     }
 
@@ -305,20 +321,41 @@ impl Server {
     }
 
     fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {
-        let scoped = self.interest.active();
-        for (&id, peer) in self.peers.iter_mut().filter(|(_, p)| p.ready) {
-            let built = if scoped {
+        let interest = &self.interest;
+        let scoped = interest.active();
+        // Each client's scope and snapshot depend on that client alone, so they are built
+        // first — on the pool's threads when there is one — and sent in id order after.
+        let build = |(id, peer): (ClientId, &mut Peer)| {
+            let (built, in_scope) = if scoped {
                 let ScopedWorld { world, weights } =
-                    self.interest.scope(world, peer.owned, &mut peer.scope);
-                self.stats.scoped_snapshots += 1;
-                self.stats.scoped_entities += world.len() as u64;
-                peer.sender
-                    .build_weighted(tick, &world, peer.budget_bytes, weights.as_deref())
+                    interest.scope(world, peer.owned, &mut peer.scope);
+                let n = world.len();
+                let built =
+                    peer.sender
+                        .build_weighted(tick, &world, peer.budget_bytes, weights.as_deref());
+                (built, n)
             } else {
-                peer.sender.build(tick, world, peer.budget_bytes)
+                (peer.sender.build(tick, world, peer.budget_bytes), 0)
             };
+            (id, built, in_scope)
+        };
+        let jobs: Vec<(ClientId, &mut Peer)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.ready)
+            .map(|(id, p)| (*id, p))
+            .collect();
+        let built: Vec<_> = match &self.pool {
+            Some(pool) => pool.install(|| jobs.into_par_iter().map(build).collect()),
+            None => jobs.into_iter().map(build).collect(),
+        };
+        for (id, parts, in_scope) in built {
+            if scoped {
+                self.stats.scoped_snapshots += 1;
+                self.stats.scoped_entities += in_scope as u64;
+            }
             // Ticks only grow, so the one refusal `build` has cannot happen.
-            let Ok(parts) = built else {
+            let (Ok(parts), Some(peer)) = (parts, self.peers.get_mut(&id)) else {
                 continue;
             };
             let ack = peer.last_applied;

@@ -92,7 +92,7 @@ fn bits_for(max_value: u32) -> u32 {
 
 fn steps(range: f32, resolution: f32) -> u32 {
     // Saturating cast; validate() rejects configs whose step count is out of range.
-    (f64::from(range) / f64::from(resolution)).round() as u32
+    round_half_away(f64::from(range) / f64::from(resolution)) as u32
 }
 
 /// Step counts and bit widths derived from a config, computed once instead of per entity.
@@ -119,13 +119,36 @@ impl Limits {
         let mut out = position;
         for axis in 0..3 {
             let v = f64::from(velocity[axis]) * self.velocity_resolution_mps - self.max_speed_mps;
-            let moved = (v * f64::from(ticks) * self.position_steps_per_mps_tick).round();
+            let moved = round_half_away(v * f64::from(ticks) * self.position_steps_per_mps_tick);
             let p = (f64::from(position[axis]) + moved)
                 .clamp(0.0, f64::from(self.position_steps[axis]));
             // Clamped into 0..=steps (a u32) just above.
             out[axis] = p as u32;
         }
         out
+    }
+}
+
+/// `x.round()` (half away from zero), computed inline.
+///
+/// Without SSE4.1, which the baseline x86-64 target lacks, `f64::round` is a call into libm;
+/// quantizing a world rounds about ten values per entity, so the call showed in profiles.
+/// Truncation through `i64` is one instruction, and the result is the same for every input.
+fn round_half_away(x: f64) -> f64 {
+    // Every f64 of at least 2^52 in magnitude is an integer already.
+    const EXACT: f64 = 4_503_599_627_370_496.0;
+    if x.is_nan() || x.abs() >= EXACT {
+        return x;
+    }
+    // |x| < 2^52: the cast truncates toward zero without saturating, and `x - t` is exact.
+    let t = (x as i64) as f64;
+    let frac = x - t;
+    if frac >= 0.5 {
+        t + 1.0
+    } else if frac <= -0.5 {
+        t - 1.0
+    } else {
+        t
     }
 }
 
@@ -224,7 +247,7 @@ impl QuantizeConfig {
         let mut position = [0u32; 3];
         for (axis, p) in position.iter_mut().enumerate() {
             let offset = f64::from(t.position[axis]) - f64::from(self.position_min[axis]);
-            let q = (offset / f64::from(self.position_resolution_m)).round();
+            let q = round_half_away(offset / f64::from(self.position_resolution_m));
             // `as` saturates and maps NaN to 0; min() keeps it inside the box.
             *p = (q as u32).min(lim.position_steps[axis]);
         }
@@ -232,7 +255,7 @@ impl QuantizeConfig {
             let mut out = [0u32; 3];
             for (axis, o) in out.iter_mut().enumerate() {
                 let offset = f64::from(v[axis]) + f64::from(self.max_speed_mps);
-                let q = (offset / f64::from(self.velocity_resolution_mps)).round();
+                let q = round_half_away(offset / f64::from(self.velocity_resolution_mps));
                 *o = (q as u32).min(lim.velocity_steps);
             }
             out
@@ -305,7 +328,7 @@ impl QuantizeConfig {
             }
             let unit = (v + FRAC_1_SQRT_2) / (2.0 * FRAC_1_SQRT_2);
             // Clamped to 0..=max (< 2^15), so the cast is exact.
-            smallest[k] = (unit * max).round().clamp(0.0, max) as u16;
+            smallest[k] = round_half_away(unit * max).clamp(0.0, max) as u16;
             k += 1;
         }
         QuantizedRotation {
@@ -338,6 +361,50 @@ impl QuantizeConfig {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn same_rounding(x: f64) {
+        let (want, got) = (x.round(), round_half_away(x));
+        assert!(
+            want == got || (want.is_nan() && got.is_nan()),
+            "{x:e}: {want:e} vs {got:e}"
+        );
+    }
+
+    #[test]
+    fn inline_rounding_is_f64_round_at_the_edges() {
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            0.49999999999999994,
+            -0.49999999999999994,
+            4_503_599_627_370_495.5,
+            4_503_599_627_370_496.0,
+            9.3e18,
+            -9.3e18,
+            1e300,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::EPSILON,
+        ] {
+            same_rounding(x);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn inline_rounding_is_f64_round(bits in any::<u64>(), small in -1e7f64..1e7) {
+            same_rounding(f64::from_bits(bits));
+            same_rounding(small);
+        }
+    }
 
     fn quat_from(a: f32, b: f32, c: f32, d: f32) -> Quat {
         let q = Quat::from_xyzw(a, b, c, d);
