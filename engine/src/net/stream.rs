@@ -282,6 +282,8 @@ fn ws_error(e: tungstenite::Error) -> io::Error {
 /// The server's half of the upgrade: any path; the subprotocol echoed when offered.
 async fn accept_websocket(stream: TcpStream) -> io::Result<WebSocketStream<TcpStream>> {
     let _ = stream.set_nodelay(true);
+    // The signature is tungstenite's callback's; its error is an HTTP response it sends.
+    #[allow(clippy::result_large_err)]
     let echo = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let offered = request
             .headers()
