@@ -103,7 +103,8 @@ async fn connect(opts: &SessionOptions) -> Result<ReplicationClient<PlayerInput>
         let token = source.token().await.map_err(SessionError::Connect)?;
         config.client.security = ClientSecurity::Secure { token };
     }
-    let joined = match opts.transport {
+    let failed = |e: ConnectError| SessionError::Connect(e.to_string());
+    match opts.transport {
         Transport::Udp | Transport::UdpReliable => {
             let c = opts.conditioner.clone();
             let udp = ReplicationClient::join_udp(
@@ -116,26 +117,47 @@ async fn connect(opts: &SessionOptions) -> Result<ReplicationClient<PlayerInput>
             .await;
             match (udp, opts.fallback) {
                 (Err(ConnectError::NoAnswer { after, .. }), Some(fallback)) => {
-                    eprintln!(
-                        "demo-client: {}: no answer over udp within {:.1} s; falling back to a websocket",
-                        opts.label,
-                        after.as_secs_f64()
-                    );
-                    // A fresh token: if the UDP requests did reach the server, it has bound
-                    // the first token to the UDP address and would refuse it from the
-                    // stream's.
-                    if let Some(source) = &opts.token {
-                        let token = source.token().await.map_err(SessionError::Connect)?;
-                        config.client.security = ClientSecurity::Secure { token };
-                    }
-                    ReplicationClient::join_websocket(opts.server, config, fallback.addr).await
+                    fall_back(opts, config, fallback, after).await
                 }
-                (udp, _) => udp,
+                (udp, _) => udp.map_err(failed),
             }
         }
-        Transport::Tcp => ReplicationClient::join_stream(opts.server, config).await,
-    };
-    joined.map_err(|e| SessionError::Connect(e.to_string()))
+        Transport::Tcp => ReplicationClient::join_stream(opts.server, config)
+            .await
+            .map_err(failed),
+    }
+}
+
+/// Join afresh over a WebSocket, after UDP got no answer within `after`.
+async fn fall_back(
+    opts: &SessionOptions,
+    mut config: replication::ClientConfig,
+    fallback: Fallback,
+    after: Duration,
+) -> Result<ReplicationClient<PlayerInput>, SessionError> {
+    let after = after.as_secs_f64();
+    // Beside the stats lines: if the stream fails too, the error stays one line on stderr.
+    if opts.stats_interval.is_some() {
+        println!(
+            "{}: no answer over udp within {after:.1} s; falling back to a websocket",
+            opts.label
+        );
+    }
+    // A fresh token: if the UDP requests did reach the server, it has bound the first token
+    // to the UDP address and would refuse it from the stream's.
+    if let Some(source) = &opts.token {
+        let token = source.token().await.map_err(SessionError::Connect)?;
+        config.client.security = ClientSecurity::Secure { token };
+    }
+    let to = fallback.addr.unwrap_or(opts.server);
+    ReplicationClient::join_websocket(opts.server, config, fallback.addr)
+        .await
+        .map_err(|e| {
+            SessionError::Connect(format!(
+                "{} did not answer over udp within {after:.1} s, and the websocket fallback to {to} failed: {e}",
+                opts.server
+            ))
+        })
 }
 
 /// Play one session to its end and report what it measured.
