@@ -95,6 +95,8 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
             seed: opts.seed,
             quiet: true,
             security,
+            // Its clients never fall back (see below): nothing to listen for.
+            websocket: false,
             ..ServerOptions::default()
         };
         let server = tokio::spawn(server::run(server_opts, ctl_rx, Some(ready_tx)));
@@ -119,6 +121,8 @@ pub(crate) async fn run(opts: &CompareOptions) -> Result<Vec<Row>, String> {
                 predict: true,
                 token: token.clone(),
                 pcap: None,
+                // The comparison measures the transport it names: no fallback to another.
+                fallback: None,
             };
             sessions.push(tokio::spawn(session::run(s)));
         }

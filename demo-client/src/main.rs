@@ -134,6 +134,14 @@ struct RunArgs {
     /// clients, client i writes PATH with `-i` before the extension).
     #[arg(long, value_name = "PATH")]
     pcap: Option<std::path::PathBuf>,
+    /// On the udp transports: when the server has not answered the handshake over UDP within
+    /// SECS, connect afresh over a WebSocket (TCP) instead, for networks that block UDP
+    /// (0: never). The JSON's `transport_in_use` says which one each client played over.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    fallback_after: f64,
+    /// Where the server accepts WebSockets (default: the --server address, over TCP).
+    #[arg(long, value_name = "HOST:PORT")]
+    fallback_addr: Option<String>,
     #[command(flatten)]
     conditioner: ConditionerArgs,
 }
@@ -146,13 +154,13 @@ enum OnOff {
 }
 
 /// Resolve `HOST:PORT` (a name or an address) to the first address it names.
-async fn resolve(server: &str) -> Result<SocketAddr, String> {
+async fn resolve(flag: &str, server: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = server.parse() {
         return Ok(addr);
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server)
         .await
-        .map_err(|e| format!("--server {server}: {e} (expected HOST:PORT)"))?
+        .map_err(|e| format!("--{flag} {server}: {e} (expected HOST:PORT)"))?
         .collect();
     // IPv4 first: `localhost` often names ::1 first, while servers (ours by default) listen
     // on 127.0.0.1.
@@ -161,7 +169,7 @@ async fn resolve(server: &str) -> Result<SocketAddr, String> {
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| format!("--server {server}: the name has no address"))
+        .ok_or_else(|| format!("--{flag} {server}: the name has no address"))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -267,7 +275,19 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
     let frame_rate = rate("frame-rate", args.frame_rate)?;
     let stats = seconds("stats-interval", args.stats_interval)?;
     let quiet = args.json.as_deref() == Some("-");
-    let server = resolve(&args.server).await?;
+    let server = resolve("server", &args.server).await?;
+    let fallback_after = seconds("fallback-after", args.fallback_after)?;
+    let fallback = match &args.fallback_addr {
+        Some(a) => Some(resolve("fallback-addr", a).await?),
+        None => None,
+    };
+    if fallback_after.is_zero() && fallback.is_some() {
+        return Err("--fallback-addr needs --fallback-after above 0".into());
+    }
+    let fallback = (!fallback_after.is_zero()).then_some(snapsync::net::Fallback {
+        after: fallback_after,
+        addr: fallback,
+    });
     let token = if args.insecure {
         None
     } else {
@@ -309,6 +329,7 @@ async fn run_clients(args: RunArgs) -> Result<(), String> {
             interp: args.interp.0,
             predict: args.predict == OnOff::On,
             token: token.clone(),
+            fallback,
             pcap: args.pcap.as_ref().map(|p| {
                 if args.clients == 1 {
                     p.clone()

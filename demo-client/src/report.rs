@@ -154,9 +154,12 @@ pub(crate) fn aggregate(clients: &[ClientReport]) -> ClientReport {
         a.corrections += c.corrections;
         a.correction_m.merge(&c.correction_m);
         a.server_closed |= c.server_closed;
-        if a.transport_in_use.is_none() {
-            a.transport_in_use = c.transport_in_use.clone();
-        }
+        // One name when every client used the same transport; "mixed" when some fell back.
+        a.transport_in_use = match (&a.transport_in_use, &c.transport_in_use) {
+            (None, t) => t.clone(),
+            (Some(a), Some(t)) if a != t => Some("mixed".into()),
+            (a, _) => a.clone(),
+        };
     }
     // Per-client rate in the aggregate: total snapshots over clients.
     a.duration_s *= n;
@@ -273,5 +276,25 @@ mod tests {
             assert!(json["clients"][0].get(key).is_some(), "missing {key}");
         }
         assert!(json["aggregate"]["update_gap_ms"].get("p95").is_some());
+    }
+
+    #[test]
+    fn the_aggregate_names_one_transport_or_says_mixed() {
+        let on = |t: &str| ClientReport {
+            transport_in_use: Some(t.into()),
+            ..ClientReport::default()
+        };
+        let name = |clients: &[ClientReport]| aggregate(clients).transport_in_use;
+        assert_eq!(name(&[on("udp"), on("udp")]), Some("udp".into()));
+        assert_eq!(
+            name(&[on("websocket"), ClientReport::default()]),
+            Some("websocket".into()),
+            "a client that never connected does not count"
+        );
+        assert_eq!(name(&[on("udp"), on("websocket")]), Some("mixed".into()));
+        assert_eq!(
+            name(&[on("udp"), on("websocket"), on("udp")]),
+            Some("mixed".into())
+        );
     }
 }

@@ -12,7 +12,7 @@ use demo_server::server::header_bytes;
 use rand::{Rng, SeedableRng};
 use snapsync::conditioner::ConditionerConfig;
 use snapsync::connection::{ClientSecurity, DisconnectReason};
-use snapsync::net::ReplicationClient;
+use snapsync::net::{ConnectError, Fallback, ReplicationClient, TransportInUse};
 use snapsync::packet::DisconnectReasonCode;
 use snapsync::replication::{self, CloseReason};
 
@@ -45,6 +45,9 @@ pub(crate) struct SessionOptions {
     pub(crate) token: Option<TokenSource>,
     /// Record every datagram into this pcap file (UDP transports).
     pub(crate) pcap: Option<std::path::PathBuf>,
+    /// On the UDP transports: when and where to move to a WebSocket if UDP gets no answer
+    /// (`None`: never).
+    pub(crate) fallback: Option<Fallback>,
 }
 
 /// Where a secure client gets its connect token.
@@ -100,20 +103,61 @@ async fn connect(opts: &SessionOptions) -> Result<ReplicationClient<PlayerInput>
         let token = source.token().await.map_err(SessionError::Connect)?;
         config.client.security = ClientSecurity::Secure { token };
     }
-    let joined = match opts.transport {
+    let failed = |e: ConnectError| SessionError::Connect(e.to_string());
+    match opts.transport {
         Transport::Udp | Transport::UdpReliable => {
             let c = opts.conditioner.clone();
-            ReplicationClient::join_captured(
+            let udp = ReplicationClient::join_udp(
                 opts.server,
-                config,
+                config.clone(),
                 Some((c.clone(), c)),
                 opts.pcap.as_deref(),
+                opts.fallback.map(|f| f.after),
             )
-            .await
+            .await;
+            match (udp, opts.fallback) {
+                (Err(ConnectError::NoAnswer { after, .. }), Some(fallback)) => {
+                    fall_back(opts, config, fallback, after).await
+                }
+                (udp, _) => udp.map_err(failed),
+            }
         }
-        Transport::Tcp => ReplicationClient::join_stream(opts.server, config).await,
-    };
-    joined.map_err(|e| SessionError::Connect(e.to_string()))
+        Transport::Tcp => ReplicationClient::join_stream(opts.server, config)
+            .await
+            .map_err(failed),
+    }
+}
+
+/// Join afresh over a WebSocket, after UDP got no answer within `after`.
+async fn fall_back(
+    opts: &SessionOptions,
+    mut config: replication::ClientConfig,
+    fallback: Fallback,
+    after: Duration,
+) -> Result<ReplicationClient<PlayerInput>, SessionError> {
+    let after = after.as_secs_f64();
+    // Beside the stats lines: if the stream fails too, the error stays one line on stderr.
+    if opts.stats_interval.is_some() {
+        println!(
+            "{}: no answer over udp within {after:.1} s; falling back to a websocket",
+            opts.label
+        );
+    }
+    // A fresh token: if the UDP requests did reach the server, it has bound the first token
+    // to the UDP address and would refuse it from the stream's.
+    if let Some(source) = &opts.token {
+        let token = source.token().await.map_err(SessionError::Connect)?;
+        config.client.security = ClientSecurity::Secure { token };
+    }
+    let to = fallback.addr.unwrap_or(opts.server);
+    ReplicationClient::join_websocket(opts.server, config, fallback.addr)
+        .await
+        .map_err(|e| {
+            SessionError::Connect(format!(
+                "{} did not answer over udp within {after:.1} s, and the websocket fallback to {to} failed: {e}",
+                opts.server
+            ))
+        })
 }
 
 /// Play one session to its end and report what it measured.
@@ -194,8 +238,15 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
         }
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-9);
+    let over_websocket = net.transport_in_use() == TransportInUse::WebSocket;
+    // A WebSocket message's header (2 to 8 bytes) is about the TCP transport's frame length.
+    let header = if over_websocket {
+        header_bytes(Transport::Tcp)
+    } else {
+        header_bytes(opts.transport)
+    };
     // The last figures seen while connected: they outlive a session the server ended.
-    if let Some(f) = game.link_figures(header_bytes(opts.transport), elapsed) {
+    if let Some(f) = game.link_figures(header, elapsed) {
         report.loss_pct = f.loss_pct;
         report.kbps_in = f.kbps_in;
         report.kbps_out = f.kbps_out;
@@ -222,6 +273,11 @@ pub(crate) async fn run(opts: SessionOptions) -> Result<ClientReport, SessionErr
     report.correction_m = game.correction_m.clone();
     report.rtt = rtt;
     report.duration_s = elapsed;
-    report.transport_in_use = Some(opts.transport.name().to_string());
+    // The transport asked for, unless the client had to fall back from it.
+    report.transport_in_use = Some(if over_websocket {
+        TransportInUse::WebSocket.name().to_string()
+    } else {
+        opts.transport.name().to_string()
+    });
     Ok(report)
 }

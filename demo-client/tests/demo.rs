@@ -321,9 +321,19 @@ fn console_loss_command_changes_the_servers_link_without_restart() {
     let mut server = Server::start(&["--duration", "50", "--insecure"]);
     // By host name, as a person would type it.
     let addr = server.addr.replace("127.0.0.1", "localhost");
+    // No fallback: the WebSocket bypasses the simulated link, so with it a client would
+    // get through `loss 100` as through a real UDP block.
     let play = |json: &str| {
         run_client(
-            &["--server", &addr, "--insecure", "--duration", "1"],
+            &[
+                "--server",
+                &addr,
+                "--insecure",
+                "--duration",
+                "1",
+                "--fallback-after",
+                "0",
+            ],
             &dir.join(json),
         )
     };
@@ -401,6 +411,45 @@ fn udp_reliable_and_tcp_transports_deliver_snapshots() {
             assert_played(c, transport);
         }
     }
+}
+
+#[test]
+fn a_client_that_hears_nothing_over_udp_falls_back_to_a_websocket() {
+    let dir = tmp_dir("fallback");
+    let server_json = dir.join("server.json");
+    let server_json_arg = server_json.to_string_lossy().to_string();
+    let server = Server::start(&["--duration", "50", "--json", &server_json_arg]);
+    assert!(
+        server.listening.starts_with("demo-server: udp "),
+        "{}",
+        server.listening
+    );
+    // `--loss 100` drops every datagram this client sends or receives, as a network that
+    // blocks UDP would; the fallback is short so the test is quick.
+    let (out, j) = run_client(
+        &server.client_args(&[
+            "--loss",
+            "100",
+            "--fallback-after",
+            "0.3",
+            "--duration",
+            "2",
+        ]),
+        &dir.join("client.json"),
+    );
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.quit();
+    let j = j.unwrap();
+    assert_eq!(j["transport"], "udp", "the transport asked for");
+    assert_played(&j["clients"][0], "websocket");
+    assert_eq!(j["aggregate"]["transport_in_use"], "websocket");
+    let sj = read_json(&server_json);
+    assert_eq!(sj["websockets_opened"], 1, "{sj}");
+    assert_eq!(sj["invalid_packets"], 0, "{sj}");
 }
 
 #[test]

@@ -93,8 +93,19 @@ struct Args {
     /// scripts/wireshark/snapsync.lua).
     #[arg(long, value_name = "PATH")]
     pcap: Option<std::path::PathBuf>,
+    /// On the udp transports, also accept WebSockets on TCP at the --bind port number:
+    /// clients whose network blocks UDP fall back to it (demo-client --fallback-after).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    websocket: OnOff,
     #[command(flatten)]
     conditioner: ConditionerArgs,
+}
+
+/// A switch on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 fn options(args: &Args) -> Result<ServerOptions, String> {
@@ -120,6 +131,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         agones: args.agones,
         public_addr: args.public_addr,
         pcap: args.pcap.clone(),
+        websocket: args.websocket == OnOff::On,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         security: if args.insecure {
             ServerSecurity::Insecure

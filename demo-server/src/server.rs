@@ -73,6 +73,9 @@ pub struct ServerOptions {
     pub public_addr: Option<SocketAddr>,
     /// Write every datagram the server sends and receives to this pcap file.
     pub pcap: Option<std::path::PathBuf>,
+    /// On the UDP transports, also accept WebSockets on TCP at the UDP port number: the
+    /// fallback of clients whose network blocks UDP (default on; `--websocket off`).
+    pub websocket: bool,
     /// Publish the world after every tick here (for an in-process observer such as
     /// `demo-client view`); `None`: publish nothing.
     pub truth: Option<TruthSender>,
@@ -139,6 +142,7 @@ impl Default for ServerOptions {
             public_addr: None,
             truth: None,
             pcap: None,
+            websocket: true,
         }
     }
 }
@@ -229,6 +233,8 @@ pub struct ServerSummary {
     pub snapshots: u64,
     /// Snapshots that had no usable baseline (full state).
     pub full_snapshots: u64,
+    /// Clients that came in over a WebSocket (their network blocked UDP).
+    pub websockets_opened: u64,
     /// Seconds run.
     pub duration_s: f64,
 }
@@ -239,6 +245,16 @@ pub enum ServerError {
     /// Could not bind or use the socket.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Could not listen for WebSockets at the UDP port number.
+    #[error(
+        "cannot listen for websockets on tcp {addr}: {source} (--websocket off serves udp only)"
+    )]
+    WebSocketBind {
         /// Address.
         addr: SocketAddr,
         /// Cause.
@@ -277,12 +293,8 @@ pub async fn run(
         Transport::Udp | Transport::Tcp => SnapshotDelivery::Datagrams,
     };
     let mut config = game_opts.replication_config(unix_micros_now(), opts.max_clients, delivery);
-    let socket = tokio::net::UdpSocket::bind(opts.bind)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: opts.bind,
-            source,
-        })?;
+    let websocket = opts.websocket && opts.transport != Transport::Tcp;
+    let (socket, websocket) = bind_sockets(opts.bind, websocket).await?;
     let mut local = socket.local_addr()?;
     // The address clients reach the server at, which a token must name: the bound one, or
     // loopback when bound to every interface.
@@ -373,6 +385,10 @@ pub async fn run(
         net.set_conditioner(opts.conditioner.clone(), opts.conditioner.clone())
             .map_err(|e| ServerError::Options(e.to_string()))?;
     }
+    let websocket_at = match websocket {
+        Some(listener) => Some(net.listen_websocket_on(listener)?),
+        None => None,
+    };
     if let Some(ready) = ready {
         let _ = ready.send(local);
     }
@@ -394,6 +410,11 @@ pub async fn run(
         opts.send_rate,
         describe(conditioner.active())
     ));
+    if let Some(at) = websocket_at {
+        say(format!(
+            "demo-server: websocket fallback on tcp {at} (for clients whose network blocks udp)"
+        ));
+    }
     if let Some(at) = token_at {
         say(format!(
             "demo-server: connect tokens at http://{at}/connect"
@@ -609,8 +630,44 @@ pub async fn run(
         snapshot_bytes: snaps.bytes,
         snapshots: snaps.snapshots,
         full_snapshots: snaps.full_snapshots,
+        websockets_opened: net.stream_stats().websockets_opened,
         duration_s: elapsed,
     })
+}
+
+/// Times a kernel-picked UDP port is tried for TCP before giving up.
+const PORT_PAIR_ATTEMPTS: usize = 32;
+
+/// Bind the UDP socket at `bind` and, with `websocket`, a TCP listener at the same address.
+/// With port 0 the kernel picks the UDP port, whose number may be taken for TCP: then both
+/// are bound afresh, so an in-process server (`compare`, the tests) never fails on a
+/// collision. A port given explicitly must be free for both.
+async fn bind_sockets(
+    bind: SocketAddr,
+    websocket: bool,
+) -> Result<(tokio::net::UdpSocket, Option<tokio::net::TcpListener>), ServerError> {
+    let mut last = None;
+    for _ in 0..PORT_PAIR_ATTEMPTS {
+        let socket = tokio::net::UdpSocket::bind(bind)
+            .await
+            .map_err(|source| ServerError::Bind { addr: bind, source })?;
+        if !websocket {
+            return Ok((socket, None));
+        }
+        let local = socket.local_addr()?;
+        match tokio::net::TcpListener::bind(local).await {
+            Ok(listener) => return Ok((socket, Some(listener))),
+            Err(source) if bind.port() == 0 => last = Some((local, source)),
+            Err(source) => {
+                return Err(ServerError::WebSocketBind {
+                    addr: local,
+                    source,
+                });
+            }
+        }
+    }
+    let (addr, source) = last.expect("the loop ran at least once and only continues on an error");
+    Err(ServerError::WebSocketBind { addr, source })
 }
 
 /// Header bytes counted per packet on the wire: IPv4 + UDP, or IPv4 + TCP and the frame

@@ -273,6 +273,8 @@ pub(crate) async fn start(opts: ViewOptions) -> Result<ViewHandle, String> {
             } else {
                 demo_server::server::ServerSecurity::Insecure
             },
+            // The view's clients join over the transport they show; none falls back.
+            websocket: false,
             ..ServerOptions::default()
         };
         servers.push((

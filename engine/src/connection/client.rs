@@ -158,9 +158,17 @@ impl Client {
         self.secure.as_ref().map(|n| n.stats())
     }
 
-    /// Current state.
+    /// Current state. In secure mode the handshake is netcode's: `Responding` once its
+    /// challenge arrived, so in both modes `Requesting` means the server has not answered.
     pub fn state(&self) -> ClientState {
         match &self.phase {
+            Phase::Handshake { cookie: None, .. }
+                if self.secure.as_ref().is_some_and(|n| {
+                    n.state() == crate::netcode::ClientState::SendingConnectionResponse
+                }) =>
+            {
+                ClientState::Responding
+            }
             Phase::Handshake { cookie: None, .. } => ClientState::Requesting,
             Phase::Handshake {
                 cookie: Some(_), ..

@@ -326,3 +326,28 @@ fn handshake_retries_under_loss_are_not_counted_invalid() {
     }
     assert!(late > 0, "no retry crossed an answer in 20 seeds");
 }
+
+#[test]
+fn a_secure_handshake_reports_responding_once_the_server_answered() {
+    // The stream fallback reads "still Requesting" as "the server never answered": secure
+    // mode must leave Requesting at netcode's challenge, as plain mode does at its cookie.
+    let mut sim = secure_sim(1, 11);
+    // Latency, so the states last long enough for the 1 ms steps to see each.
+    sim.set_all_links(ConditionerConfig {
+        latency: Duration::from_millis(20),
+        enabled: true,
+        ..ConditionerConfig::off()
+    });
+    let mut seen = Vec::new();
+    let ok = sim.run_until_cond(Duration::from_secs(3), |s| {
+        let state = s.clients[0].client.state();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        s.clients[0].client.is_connected()
+    });
+    assert!(ok, "did not connect");
+    let first = seen.first().copied();
+    assert_eq!(first, Some(ClientState::Requesting), "{seen:?}");
+    assert!(seen.contains(&ClientState::Responding), "{seen:?}");
+}

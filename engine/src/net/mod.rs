@@ -21,6 +21,13 @@
 //! }
 //! # }
 //! ```
+//!
+//! Where a network blocks UDP, the same packets can ride a stream: a server that also
+//! [`listen_websocket`](Driver::listen_websocket)s on its port number over TCP serves
+//! clients that [`join_with_fallback`](ReplicationClient::join_with_fallback), which try UDP
+//! first and move to a WebSocket when nothing answered within [`Fallback::after`]. The
+//! session above is the same; only the link changes, and with it the cost of a loss: a lost
+//! TCP segment holds back everything behind it.
 
 mod capture;
 pub mod frame;
@@ -28,12 +35,12 @@ mod stream;
 
 pub use capture::PcapCapture;
 
-pub use stream::StreamStats;
+pub use stream::{StreamStats, WEBSOCKET_PATH, WEBSOCKET_SUBPROTOCOL};
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
@@ -159,6 +166,37 @@ pub struct SocketStats {
     pub oversized: u64,
 }
 
+/// The transport a connection runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum TransportInUse {
+    /// Datagrams on the driver's UDP socket: the engine's normal transport.
+    Udp,
+    /// A TCP stream of length-prefixed frames ([`Driver::listen_stream`]).
+    Tcp,
+    /// A WebSocket over TCP, one binary message per packet ([`Driver::listen_websocket`]):
+    /// the fallback where UDP is blocked.
+    WebSocket,
+}
+
+impl TransportInUse {
+    /// The lowercase name reports use: `udp`, `tcp` or `websocket`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportInUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A sans-IO endpoint on a real UDP socket, with a conditioner per direction.
 #[derive(Debug)]
 pub struct Driver<E: Endpoint> {
@@ -174,6 +212,8 @@ pub struct Driver<E: Endpoint> {
     streams: Option<stream::Streams>,
     /// Where every UDP datagram sent and received is recorded, with the socket's address.
     capture: Option<(PcapCapture, SocketAddr)>,
+    /// What a client's connection runs on, as its join chose.
+    transport: TransportInUse,
 }
 
 /// The server on a socket.
@@ -202,6 +242,7 @@ impl<E: Endpoint> Driver<E> {
             stats: SocketStats::default(),
             streams: None,
             capture: None,
+            transport: TransportInUse::Udp,
         }
     }
 
@@ -238,13 +279,55 @@ impl<E: Endpoint> Driver<E> {
         let local = listener.local_addr()?;
         self.streams
             .get_or_insert_with(stream::Streams::new)
-            .listen(listener);
+            .listen(listener, stream::Framing::LengthPrefixed);
+        Ok(local)
+    }
+
+    /// Also accept WebSockets at `addr` (typically the UDP socket's own address: the same
+    /// port number over TCP, where [`ReplicationClient::join_with_fallback`] looks by
+    /// default). A WebSocket peer speaks the same protocol, one packet per binary message,
+    /// and bypasses the conditioner as any stream does. Returns the address listened on.
+    pub async fn listen_websocket(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        self.listen_websocket_on(listener)
+    }
+
+    /// [`listen_websocket`](Self::listen_websocket) on a listener the caller bound (to pick
+    /// a port free for both UDP and TCP, say).
+    pub fn listen_websocket_on(
+        &mut self,
+        listener: tokio::net::TcpListener,
+    ) -> io::Result<SocketAddr> {
+        let local = listener.local_addr()?;
+        self.streams
+            .get_or_insert_with(stream::Streams::new)
+            .listen(listener, stream::Framing::WebSocket);
         Ok(local)
     }
 
     /// Counters of the stream side (zero when no stream was ever used).
     pub fn stream_stats(&self) -> StreamStats {
-        self.streams.as_ref().map(|s| s.stats).unwrap_or_default()
+        self.streams
+            .as_ref()
+            .map(stream::Streams::stats)
+            .unwrap_or_default()
+    }
+
+    /// What this client's connection runs on: [`TransportInUse::Udp`] unless it joined over
+    /// a stream, or fell back to one. A server reports `Udp` here; see
+    /// [`peer_transport`](Self::peer_transport) for each of its peers.
+    pub fn transport_in_use(&self) -> TransportInUse {
+        self.transport
+    }
+
+    /// What the packets for `peer` travel on: a stream when one from (or to) that address
+    /// is open, else UDP.
+    pub fn peer_transport(&self, peer: SocketAddr) -> TransportInUse {
+        match self.streams.as_ref().and_then(|s| s.framing_of(peer)) {
+            Some(stream::Framing::LengthPrefixed) => TransportInUse::Tcp,
+            Some(stream::Framing::WebSocket) => TransportInUse::WebSocket,
+            None => TransportInUse::Udp,
+        }
     }
 
     /// The sans-IO endpoint, for sends and queries.
@@ -551,6 +634,63 @@ pub enum ConnectError {
         /// What happened.
         reason: replication::CloseReason,
     },
+    /// Nothing answered the handshake over UDP in time: the sign of a network that blocks
+    /// UDP, and the cue to fall back to a stream.
+    #[error("no answer over udp from {server} within {after:?}")]
+    NoAnswer {
+        /// Where we tried to connect.
+        server: SocketAddr,
+        /// How long we waited.
+        after: Duration,
+    },
+}
+
+/// When a client gives up on UDP, and where it goes instead: a WebSocket to the server.
+///
+/// Checked when the join starts (an unusable one is a [`ConnectError::Config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    /// Give up on UDP when the server has not answered the handshake within this long
+    /// ([`Fallback::DEFAULT_AFTER`] by default). Only silence counts: once the server has
+    /// answered, UDP gets through, and a slow handshake goes on until the connect timeout.
+    pub after: Duration,
+    /// Where the server accepts WebSockets. `None` (the default): the server's IP and port
+    /// number, over TCP (the address the endpoint talks to, which in secure mode is the
+    /// connect token's).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Fallback {
+    /// 2 s: twenty handshake attempts at the default 10 Hz. A UDP path that works answers
+    /// within one round trip, and even at 50 % loss each way one of twenty attempts gets
+    /// through both ways 99.7 % of the time; a player whose network blocks UDP waits only
+    /// this long before playing over the stream.
+    pub const DEFAULT_AFTER: Duration = Duration::from_secs(2);
+
+    fn validate(&self) -> Result<(), replication::ConfigError> {
+        if self.after.is_zero() {
+            return Err(replication::ConfigError::Invalid(
+                "fallback time must be above zero",
+            ));
+        }
+        if let Some(a) = self.addr
+            && (a.port() == 0 || a.ip().is_unspecified())
+        {
+            return Err(replication::ConfigError::Invalid(
+                "fallback address must name a host and a port",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Self {
+            after: Self::DEFAULT_AFTER,
+            addr: None,
+        }
+    }
 }
 
 impl NetClient {
@@ -643,6 +783,21 @@ impl<I: Serialize> ReplicationClient<I> {
         conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
         capture: Option<&std::path::Path>,
     ) -> Result<Self, ConnectError> {
+        Self::join_udp(server, config, conditioner, capture, None).await
+    }
+
+    /// [`join_captured`](Self::join_captured), giving up with [`ConnectError::NoAnswer`]
+    /// when nothing at all answered the handshake within `give_up_after` (or by the connect
+    /// timeout, if that comes first). An answer that came keeps the join going until the
+    /// welcome or the connect timeout: UDP gets through, so there is nothing to fall back
+    /// from.
+    pub async fn join_udp(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+        conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
+        capture: Option<&std::path::Path>,
+        give_up_after: Option<Duration>,
+    ) -> Result<Self, ConnectError> {
         let socket = UdpSocket::bind(unspecified_for(server)).await?;
         let client = replication::Client::new(config, server, now())?;
         let mut driver = Self::new(socket, client, rand::random());
@@ -654,7 +809,73 @@ impl<I: Serialize> ReplicationClient<I> {
                 .set_conditioner(inbound, outbound)
                 .map_err(ConnectError::Conditioner)?;
         }
-        driver.wait_for_welcome(server).await
+        driver.wait_for_welcome(server, give_up_after).await
+    }
+
+    /// Join over UDP; when nothing answers within `fallback.after`, abandon that attempt
+    /// and join afresh (a new handshake) over a WebSocket to `fallback.addr`, with the same
+    /// `config`. [`transport_in_use`](Driver::transport_in_use) tells which one won. The
+    /// conditioner applies to the UDP attempt only: a stream's link is the kernel's TCP.
+    ///
+    /// In secure mode the stream reuses the connect token. That is right where UDP never
+    /// reached the server, the usual way networks block it. Where requests may reach the
+    /// server but no answer comes back, the server has bound the token to the UDP address
+    /// and refuses it from the stream's (netcode forbids a token's reuse from another
+    /// address): compose [`join_udp`](Self::join_udp) and
+    /// [`join_websocket`](Self::join_websocket) with a fresh token instead.
+    pub async fn join_with_fallback(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+        conditioner: Option<(ConditionerConfig, ConditionerConfig)>,
+        fallback: Fallback,
+    ) -> Result<Self, ConnectError> {
+        fallback.validate()?;
+        match Self::join_udp(
+            server,
+            config.clone(),
+            conditioner,
+            None,
+            Some(fallback.after),
+        )
+        .await
+        {
+            Err(ConnectError::NoAnswer { after, .. }) => {
+                tracing::info!(%server, ?after, "no answer over udp; falling back to a websocket");
+                Self::join_websocket(server, config, fallback.addr).await
+            }
+            joined => joined,
+        }
+    }
+
+    /// Like [`join`](Self::join), but over a WebSocket to `websocket` (default: the
+    /// server's IP and port number, over TCP), which the server must
+    /// [`listen_websocket`](Driver::listen_websocket) on. The endpoint still talks to
+    /// `server` (in secure mode, to its token's address, which the server checks against
+    /// its own): only the bytes take the stream.
+    pub async fn join_websocket(
+        server: SocketAddr,
+        config: replication::ClientConfig,
+        websocket: Option<SocketAddr>,
+    ) -> Result<Self, ConnectError> {
+        let timeout = config.client.connect_timeout;
+        let client = replication::Client::new(config, server, now())?;
+        let peer = client.connection().server_addr();
+        let target = websocket.unwrap_or(peer);
+        let socket = UdpSocket::bind(unspecified_for(server)).await?;
+        let mut driver = Self::new(socket, client, rand::random());
+        let mut streams = stream::Streams::new();
+        match tokio::time::timeout(timeout, streams.connect_websocket(target, peer)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(ConnectError::Refused {
+                    server,
+                    reason: DisconnectReason::ConnectTimedOut,
+                });
+            }
+        }
+        driver.streams = Some(streams);
+        driver.transport = TransportInUse::WebSocket;
+        driver.wait_for_welcome(server, None).await
     }
 
     /// Like [`join`](Self::join), but over a TCP stream to `server` (which must
@@ -679,23 +900,56 @@ impl<I: Serialize> ReplicationClient<I> {
             }
         }
         driver.streams = Some(streams);
-        driver.wait_for_welcome(server).await
+        driver.transport = TransportInUse::Tcp;
+        driver.wait_for_welcome(server, None).await
     }
 
-    async fn wait_for_welcome(mut self, server: SocketAddr) -> Result<Self, ConnectError> {
+    /// Drive until the welcome, the end of the session, or (with `give_up_after`) that long
+    /// without any answer to the handshake.
+    async fn wait_for_welcome(
+        mut self,
+        server: SocketAddr,
+        give_up_after: Option<Duration>,
+    ) -> Result<Self, ConnectError> {
+        let started = tokio::time::Instant::now();
+        let give_up_at = give_up_after.map(|d| started + d);
+        // Whether the server ever answered: a challenge moves the state past Requesting.
+        let mut answered = false;
         loop {
-            let step = tokio::time::Instant::now() + std::time::Duration::from_millis(10);
+            let mut step = tokio::time::Instant::now() + Duration::from_millis(10);
+            if let Some(g) = give_up_at {
+                step = step.min(g);
+            }
             self.drive_until(step).await?;
             if self.endpoint.welcome().is_some() {
                 return Ok(self);
             }
+            match self.endpoint.connection().state() {
+                crate::ClientState::Requesting | crate::ClientState::Disconnected(_) => {}
+                _ => answered = true,
+            }
+            let unanswered = give_up_after.is_some() && !answered;
             if let Some(reason) = self.endpoint.close_reason().cloned() {
                 return Err(match reason {
+                    replication::CloseReason::Connection(DisconnectReason::ConnectTimedOut)
+                        if unanswered =>
+                    {
+                        ConnectError::NoAnswer {
+                            server,
+                            after: started.elapsed(),
+                        }
+                    }
                     replication::CloseReason::Connection(reason) => {
                         ConnectError::Refused { server, reason }
                     }
                     reason => ConnectError::Closed { server, reason },
                 });
+            }
+            if let (Some(at), Some(after)) = (give_up_at, give_up_after)
+                && unanswered
+                && tokio::time::Instant::now() >= at
+            {
+                return Err(ConnectError::NoAnswer { server, after });
             }
         }
     }

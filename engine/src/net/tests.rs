@@ -495,3 +495,277 @@ async fn replication_over_udp_and_over_a_tcp_stream_on_loopback() {
         );
     }
 }
+
+/// A replication server on loopback that accepts UDP and, on the same port number over TCP,
+/// WebSockets. The UDP port is the kernel's choice; when that number is taken for TCP by
+/// something else, another is tried.
+async fn server_with_websocket(
+    make: impl Fn(SocketAddr) -> replication::ServerConfig,
+) -> ReplicationServer {
+    for _ in 0..32 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let Ok(listener) = tokio::net::TcpListener::bind(addr).await else {
+            continue;
+        };
+        let endpoint = replication::Server::new(make(addr), now()).unwrap();
+        let mut server = ReplicationServer::new(socket, endpoint, 5);
+        assert_eq!(server.listen_websocket_on(listener).unwrap(), addr);
+        return server;
+    }
+    panic!("no port number free for both UDP and TCP on loopback");
+}
+
+/// Serve one moving entity until `clients` have left (or the loopback limit passes);
+/// returns how many left and the server's stream counters.
+async fn serve_until_left(mut server: ReplicationServer, clients: usize) -> (usize, StreamStats) {
+    use crate::snapshot::{EntityId, EntityState, Transform, World};
+    let mut world = World::new();
+    world.insert(EntityId(0), EntityState::new(Transform::default()));
+    let end = Instant::now() + LOOPBACK_LIMIT;
+    let mut left = 0;
+    let mut x = 0.0;
+    while Instant::now() < end && left < clients {
+        server
+            .drive_until(Instant::now() + Duration::from_millis(16))
+            .await
+            .unwrap();
+        while let Some(e) = server.poll_event() {
+            if let replication::ServerEvent::ClientLeft { .. } = e {
+                left += 1;
+            }
+        }
+        x += 0.1;
+        world.get_mut(EntityId(0)).unwrap().transform.position.x = x;
+        let now = server.now();
+        server.endpoint_mut().tick(now, &world);
+        server.flush();
+    }
+    (left, server.stream_stats())
+}
+
+/// The blocked client's wait for an answer over UDP: short, so the test is quick; nothing
+/// in it depends on the machine being fast, since the blocked client can never get an
+/// answer over UDP, however long it waits.
+const TEST_FALLBACK_AFTER: Duration = Duration::from_millis(300);
+/// The unblocked client's: long, so a loaded machine that is slow to answer on loopback
+/// cannot push it onto the stream.
+const GENEROUS_FALLBACK_AFTER: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_whose_udp_is_blocked_falls_back_to_a_websocket_another_stays_on_udp() {
+    let server = server_with_websocket(|_| replication::ServerConfig::default()).await;
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(serve_until_left(server, 2));
+
+    // Everything this client sends over UDP is lost: the server never hears of it.
+    let started = Instant::now();
+    let blocked = ReplicationClient::<u32>::join_with_fallback(
+        addr,
+        replication::ClientConfig::default(),
+        Some((ConditionerConfig::off(), all_lost())),
+        Fallback {
+            after: TEST_FALLBACK_AFTER,
+            addr: None,
+        },
+    )
+    .await
+    .expect("joined over the websocket");
+    assert!(
+        started.elapsed() >= TEST_FALLBACK_AFTER,
+        "waited for udp first"
+    );
+    assert_eq!(blocked.transport_in_use(), TransportInUse::WebSocket);
+    assert_eq!(blocked.stream_stats().websockets_opened, 1);
+    assert_eq!(
+        blocked.conditioners().1.stats().dropped,
+        blocked.socket_stats().sent,
+        "the fresh driver sent nothing over udp"
+    );
+    let snapshots = replication_client(blocked).await;
+    assert!(snapshots > 0, "snapshots over the websocket");
+
+    let open = ReplicationClient::<u32>::join_with_fallback(
+        addr,
+        replication::ClientConfig::default(),
+        None,
+        Fallback {
+            after: GENEROUS_FALLBACK_AFTER,
+            addr: None,
+        },
+    )
+    .await
+    .expect("joined over udp");
+    assert_eq!(open.transport_in_use(), TransportInUse::Udp);
+    assert_eq!(open.stream_stats().opened, 0);
+    let snapshots = replication_client(open).await;
+    assert!(snapshots > 0, "snapshots over udp");
+
+    let (left, streams) = serving.await.unwrap();
+    assert_eq!(left, 2, "both said goodbye");
+    assert_eq!(streams.websockets_opened, 1, "one client came by websocket");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn secure_mode_falls_back_to_a_websocket_on_another_port_with_the_same_token() {
+    use crate::connection::{ClientSecurity, SecureServerConfig, Security};
+    use crate::netcode::{self, TokenSettings, generate_connect_token};
+    let unix = 1_800_000_000;
+    let key = netcode::generate_key();
+    let mut server = server_with_websocket(|public| {
+        let mut config = replication::ServerConfig::default();
+        config.server.security = Security::Secure(SecureServerConfig {
+            netcode: netcode::ServerConfig::new(42, key, public),
+            unix_secs_at_start: unix,
+        });
+        config
+    })
+    .await;
+    let public = server.local_addr().unwrap();
+    // A second WebSocket listener on a port of its own: the token names only the UDP
+    // address, which the server checks against its own public address, not the port the
+    // bytes came in on.
+    let elsewhere = server
+        .listen_websocket("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(elsewhere, public);
+    let serving = tokio::spawn(serve_until_left(server, 1));
+    let settings = TokenSettings {
+        protocol_id: 42,
+        client_id: 9,
+        server_addresses: vec![public],
+        expire_seconds: 60,
+        timeout_seconds: 5,
+        user_data: [0; netcode::USER_DATA_BYTES],
+    };
+    let token = generate_connect_token(unix, &settings, &key).unwrap();
+    let mut config = replication::ClientConfig::default();
+    config.client.security = ClientSecurity::Secure {
+        token: token.to_bytes().to_vec(),
+    };
+    let client = ReplicationClient::<u32>::join_with_fallback(
+        public,
+        config,
+        Some((ConditionerConfig::off(), all_lost())),
+        Fallback {
+            after: TEST_FALLBACK_AFTER,
+            addr: Some(elsewhere),
+        },
+    )
+    .await
+    .expect("joined over the websocket in secure mode");
+    assert_eq!(client.transport_in_use(), TransportInUse::WebSocket);
+    assert!(client.endpoint().connection().secure_stats().is_some());
+    let snapshots = replication_client(client).await;
+    assert!(snapshots > 0, "snapshots over the secure websocket");
+    let (left, streams) = serving.await.unwrap();
+    assert_eq!(left, 1);
+    assert_eq!(streams.websockets_opened, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unusable_fallback_is_refused_before_anything_is_sent() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for fallback in [
+        Fallback {
+            after: Duration::ZERO,
+            addr: None,
+        },
+        Fallback {
+            after: Duration::from_secs(1),
+            addr: Some("0.0.0.0:7777".parse().unwrap()),
+        },
+        Fallback {
+            after: Duration::from_secs(1),
+            addr: Some("127.0.0.1:0".parse().unwrap()),
+        },
+    ] {
+        let err = ReplicationClient::<u32>::join_with_fallback(
+            addr,
+            replication::ClientConfig::default(),
+            None,
+            fallback,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ConnectError::Config(_)), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_silent_server_without_websockets_gives_a_clear_no_answer_then_a_refusal() {
+    // Nothing answers over UDP, and nothing listens for TCP at the same number.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let err = ReplicationClient::<u32>::join_udp(
+        addr,
+        replication::ClientConfig::default(),
+        None,
+        None,
+        Some(TEST_FALLBACK_AFTER),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::NoAnswer { after, .. } if after == TEST_FALLBACK_AFTER),
+        "{err}"
+    );
+    // The fallback then finds no WebSocket: an error, not a hang (the TCP port may be
+    // closed, refusing at once, or held by something that is not a WebSocket server).
+    let mut config = replication::ClientConfig::default();
+    config.client.connect_timeout = Duration::from_secs(2);
+    let r = ReplicationClient::<u32>::join_with_fallback(
+        addr,
+        config,
+        None,
+        Fallback {
+            after: TEST_FALLBACK_AFTER,
+            addr: None,
+        },
+    )
+    .await;
+    assert!(r.is_err());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bad_websocket_peers_are_cut_off_and_a_good_one_still_plays() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = server_with_websocket(|_| replication::ServerConfig::default()).await;
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(serve_until_left(server, 1));
+    let url = format!("ws://{addr}{WEBSOCKET_PATH}");
+
+    // Not HTTP at all: the upgrade fails and the connection is closed.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(&[0xff; 600]).await.unwrap();
+    // A text message is not this protocol; a binary message larger than any packet is
+    // refused by the WebSocket layer before it is buffered whole; random bytes in a binary
+    // message reach the endpoint, which drops and counts them.
+    for bad in [
+        Message::Text("hello".into()),
+        Message::Binary(vec![0u8; 64 * 1024].into()),
+        Message::Binary(vec![0x5a; 40].into()),
+    ] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let _ = ws.send(bad).await;
+        // Read until the server ends the stream or a short while passes: either is fine,
+        // what matters is that the server carries on.
+        let _ = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+    }
+
+    let client =
+        ReplicationClient::<u32>::join_websocket(addr, replication::ClientConfig::default(), None)
+            .await
+            .expect("a good client still joins");
+    let snapshots = replication_client(client).await;
+    assert!(snapshots > 0);
+    let (left, streams) = serving.await.unwrap();
+    assert_eq!(left, 1);
+    assert!(streams.refused >= 1, "{streams:?}");
+    assert_eq!(streams.websockets_opened, 4, "{streams:?}");
+}
