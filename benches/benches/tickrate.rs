@@ -260,8 +260,9 @@ fn main() {
                 std::process::exit(1);
             }
             eprintln!(
-                "tickrate: {rate} Hz × {n} clients done ({:.0} s so far)",
-                started.elapsed().as_secs_f64()
+                "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; {:.0} % of snapshots shared)",
+                started.elapsed().as_secs_f64(),
+                clean.shared_pct
             );
             rows.push(Row {
                 tick_rate: rate,

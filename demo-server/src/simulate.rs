@@ -121,6 +121,8 @@ pub struct SimulationReport {
     pub parts_rejected: u64,
     /// Entities in the server's newest snapshot.
     pub entities: usize,
+    /// Share of snapshots sent as encoded for another client with the same baseline, percent.
+    pub shared_pct: f64,
     /// Entities a client is sent on average: its scope where there is an area of interest
     /// or rooms, the whole world otherwise.
     pub entities_per_client: f64,
@@ -438,6 +440,11 @@ impl Simulation {
             snapshots_received,
             parts_rejected,
             entities: self.sim.server.stats().entities,
+            shared_pct: {
+                let s = self.sim.server.stats();
+                let all = self.sim.server.snapshot_totals().snapshots;
+                s.shared_snapshots as f64 / all.max(1) as f64 * 100.0
+            },
             entities_per_client: {
                 let s = self.sim.server.stats();
                 if s.scoped_snapshots > 0 {

@@ -13,13 +13,16 @@ use super::wire::{
 use super::{InputTick, REPLICATION_VERSION};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::Sequence;
 use crate::channel;
 use crate::codec;
 use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
 use crate::packet::DisconnectReasonCode;
 use crate::snapshot::{
-    EntityId, QuantizedWorld, SenderConfig, SenderStats, SnapshotSender, Tick, World,
+    EntityId, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot, SnapshotSender, Tick,
+    World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -123,6 +126,9 @@ pub struct ReplicationStats {
     pub scoped_snapshots: u64,
     /// Entities in those scopes, summed over the snapshots.
     pub scoped_entities: u64,
+    /// Snapshots sent as built for another client: both held the same baseline, and the
+    /// snapshot carried every difference from it, so it was encoded once for both.
+    pub shared_snapshots: u64,
 }
 
 impl ReplicationStats {
@@ -345,9 +351,44 @@ impl Server {
             .filter(|(_, p)| p.ready)
             .map(|(id, p)| (*id, p))
             .collect();
-        let built: Vec<_> = match &self.pool {
-            Some(pool) => pool.install(|| jobs.into_par_iter().map(build).collect()),
-            None => jobs.into_iter().map(build).collect(),
+        let built: Vec<(ClientId, Result<Arc<[Vec<u8>]>, _>, usize)> = if scoped {
+            let built: Vec<_> = match &self.pool {
+                Some(pool) => pool.install(|| jobs.into_par_iter().map(build).collect()),
+                None => jobs.into_iter().map(build).collect(),
+            };
+            built
+                .into_iter()
+                .map(|(id, parts, n)| (id, parts.map(Arc::from), n))
+                .collect()
+        } else {
+            // Everyone is sent the same world. Clients that hold the same baseline get the
+            // same snapshot when it carries every difference (the budget allowed it): it is
+            // encoded for the first of them and sent as is to the rest. At low loss most
+            // clients hold one of a few baselines, so this is most of the work saved.
+            let mut shared: Vec<SharedSnapshot> = Vec::new();
+            let mut out = Vec::with_capacity(jobs.len());
+            for (id, peer) in jobs {
+                let budget = peer.budget_bytes;
+                let adopted = shared
+                    .iter()
+                    .find(|s| peer.sender.adopt(s, world, budget))
+                    .map(|s| s.parts.clone());
+                let parts = match adopted {
+                    Some(parts) => {
+                        self.stats.shared_snapshots += 1;
+                        Ok(parts)
+                    }
+                    None => peer
+                        .sender
+                        .build_shareable(tick, world, budget)
+                        .map(|(parts, s)| {
+                            shared.extend(s);
+                            parts
+                        }),
+                };
+                out.push((id, parts, 0));
+            }
+            out
         };
         for (id, parts, in_scope) in built {
             if scoped {
@@ -705,17 +746,4 @@ fn send_control(
     msg: &ControlMsg,
 ) -> bool {
     codec::encode(msg).is_ok_and(|bytes| conn.send_message(now, id, control, &bytes).is_ok())
-}
-
-fn add_stats(total: &mut SenderStats, s: &SenderStats) {
-    total.snapshots += s.snapshots;
-    total.full_snapshots += s.full_snapshots;
-    total.parts += s.parts;
-    total.bytes += s.bytes;
-    total.entities_sent += s.entities_sent;
-    total.despawns_sent += s.despawns_sent;
-    total.entity_payload_bits += s.entity_payload_bits;
-    total.resets += s.resets;
-    total.entities_deferred += s.entities_deferred;
-    total.entities_oversized += s.entities_oversized;
 }

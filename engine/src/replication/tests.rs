@@ -248,6 +248,42 @@ fn clients_equal_the_server_after_motion_stops_at_10_pct_loss_and_100_ms_latency
 }
 
 #[test]
+fn clients_holding_one_baseline_share_one_encoding_and_each_still_equals_the_server() {
+    // Same link for all: most clients hold the same baseline most of the time. A tight
+    // budget for one client makes its snapshots its own (entities wait), and 5 % loss
+    // spreads the baselines; every client must still end with the server's world.
+    let lossy = link(5.0, 20, |_| {});
+    let mut g = Game::new(100, 17, 6, lossy.clone(), lossy);
+    g.run(Duration::from_millis(500));
+    let tight = g.sim.clients[5]
+        .client
+        .welcome()
+        .expect("welcomed")
+        .client_id;
+    g.sim.server.set_budget(tight, 300);
+    g.run(Duration::from_secs(3));
+    let shared = g.sim.server.stats().shared_snapshots;
+    let all = g.sim.server.snapshot_totals().snapshots;
+    assert!(
+        shared * 2 > all,
+        "most snapshots were encoded once for several clients ({shared} of {all})"
+    );
+    let tight_summary = g.sim.server.client_summary(tight).unwrap();
+    assert!(
+        tight_summary.snapshots.entities_deferred > 0,
+        "the tight budget bit"
+    );
+    g.moving = false;
+    g.send_inputs = false;
+    g.run(Duration::from_secs(3));
+    let server = crate::snapshot::QuantizedWorld::from_world(&g.world, &server_config().quantize);
+    for (i, sc) in g.sim.clients.iter().enumerate() {
+        let r = sc.client.receiver().expect("welcomed");
+        assert_eq!(r.live_world(), server, "client {i}");
+    }
+}
+
+#[test]
 fn the_owned_entity_converges_to_the_servers_state_after_inputs_stop() {
     for seed in 0..5 {
         let bad = link(5.0, 50, |c| c.jitter = Duration::from_millis(5));

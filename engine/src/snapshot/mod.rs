@@ -69,6 +69,7 @@ pub use quantize::{
 };
 pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
+pub(crate) use sender::{SharedSnapshot, add_stats};
 pub use world::{EntityId, EntityState, QuantizedEntity, QuantizedWorld, Tick, Transform, World};
 
 /// Why a snapshot part or a config was rejected.

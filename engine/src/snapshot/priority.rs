@@ -45,6 +45,11 @@ impl PriorityAccumulator {
         out
     }
 
+    /// Everything was sent: no entity is waiting (the weights stay).
+    pub(crate) fn clear_priorities(&mut self) {
+        self.priority.clear();
+    }
+
     /// `id` was sent: start accumulating from zero again.
     pub(crate) fn reset(&mut self, id: EntityId) {
         self.priority.remove(&id);

@@ -2,6 +2,7 @@
 //! ranked by the priority accumulator, and the split into independently decodable parts.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::SnapshotError;
 use super::bits::{BitWriter, varint_bits};
@@ -70,12 +71,43 @@ pub struct SenderStats {
 #[derive(Debug, Clone)]
 struct SentTick {
     tick: Tick,
-    baseline_world: QuantizedWorld,
-    /// Included entities, sorted by id: `Some` = new state, `None` = despawn.
-    changes: Vec<Change>,
+    /// What the client will hold once every part arrives.
+    holds: Holds,
     part_acked: Vec<bool>,
     acked_parts: usize,
 }
+
+/// The world a client holds once every part of a tick arrived.
+#[derive(Debug, Clone)]
+enum Holds {
+    /// The baseline with the changes sent (sorted by id: `Some` = new state, `None` =
+    /// despawn): some differences waited for budget.
+    Patched {
+        baseline: QuantizedWorld,
+        changes: Vec<Change>,
+    },
+    /// Exactly the world of that tick: every difference was sent. Such a baseline is the
+    /// same for every client that holds it, so a snapshot against it can be shared.
+    Whole(QuantizedWorld),
+}
+
+/// A snapshot that every client holding the same baseline can be sent as is: it carries
+/// every difference between that baseline and the tick's world (nothing waited for budget).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSnapshot {
+    tick: Tick,
+    baseline: Option<BaselineKey>,
+    budget_bytes: usize,
+    world: QuantizedWorld,
+    /// The encoded parts, one per datagram.
+    pub(crate) parts: Arc<[Vec<u8>]>,
+    /// This snapshot's share of the sender's counters.
+    stats: SenderStats,
+}
+
+/// A baseline many clients can hold at once: a tick and the very world value (one `Arc`)
+/// they hold for it. Two clients with equal keys hold the same world.
+pub(crate) type BaselineKey = (Tick, usize);
 
 /// One entity waiting to be sent.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +127,9 @@ pub struct SnapshotSender {
     limits: Limits,
     ring: VecDeque<SentTick>,
     part_of_seq: HashMap<Sequence, (Tick, u16)>,
-    acked: Option<(Tick, QuantizedWorld)>,
+    /// The newest tick the client holds in full, its world, and whether that world is the
+    /// tick's whole world (see [`Holds::Whole`]).
+    acked: Option<(Tick, QuantizedWorld, bool)>,
     last_tick: Option<Tick>,
     priority: PriorityAccumulator,
     stats: SenderStats,
@@ -143,7 +177,80 @@ impl SnapshotSender {
 
     /// The newest tick the client holds in full, and the world it holds for it.
     pub fn acked_baseline(&self) -> Option<(Tick, &QuantizedWorld)> {
-        self.acked.as_ref().map(|(t, w)| (*t, w))
+        self.acked.as_ref().map(|(t, w, _)| (*t, w))
+    }
+
+    /// The baseline the next snapshot at `tick` would use, when a snapshot against it can
+    /// be shared with other clients (`Some(None)`: a full snapshot, which any client
+    /// without a baseline can share); `None` when the baseline is this client's own.
+    pub(crate) fn shareable_baseline(&self, tick: Tick) -> Option<Option<BaselineKey>> {
+        match &self.acked {
+            Some((t, w, whole)) if tick.0.saturating_sub(t.0) < self.config.ring_ticks => {
+                whole.then_some(Some((*t, w.identity())))
+            }
+            _ => Some(None),
+        }
+    }
+
+    /// Take a snapshot built for another client as this client's own for its tick: the
+    /// same parts go out, and the same bookkeeping follows. False (and nothing changes)
+    /// when it does not fit: another baseline or budget, or a tick not newer than the last.
+    pub(crate) fn adopt(
+        &mut self,
+        shared: &SharedSnapshot,
+        world: &QuantizedWorld,
+        budget_bytes: usize,
+    ) -> bool {
+        let tick = shared.tick;
+        if self.last_tick.is_some_and(|last| tick <= last)
+            || budget_bytes != shared.budget_bytes
+            || world.identity() != shared.world.identity()
+            || self.shareable_baseline(tick) != Some(shared.baseline)
+        {
+            return false;
+        }
+        self.last_tick = Some(tick);
+        self.prune(tick);
+        // Every difference went out, so nothing is waiting: no priority to carry over.
+        self.priority.clear_priorities();
+        add_stats(&mut self.stats, &shared.stats);
+        self.ring.push_back(SentTick {
+            tick,
+            holds: Holds::Whole(shared.world.clone()),
+            part_acked: vec![false; shared.parts.len()],
+            acked_parts: 0,
+        });
+        true
+    }
+
+    /// [`Self::build`] when the result can be shared: also returns it as a
+    /// [`SharedSnapshot`] if it holds every difference from a shareable baseline. Share it
+    /// only with clients given the very same `world` value (see [`Self::adopt`]).
+    pub(crate) fn build_shareable(
+        &mut self,
+        tick: Tick,
+        world: &QuantizedWorld,
+        budget_bytes: usize,
+    ) -> Result<(Arc<[Vec<u8>]>, Option<SharedSnapshot>), SnapshotError> {
+        let key = self.shareable_baseline(tick);
+        let before = self.stats;
+        let parts: Arc<[Vec<u8>]> = self.build_weighted(tick, world, budget_bytes, None)?.into();
+        let whole = self
+            .ring
+            .back()
+            .is_some_and(|s| s.tick == tick && matches!(s.holds, Holds::Whole(_)));
+        let shared = match key {
+            Some(baseline) if whole => Some(SharedSnapshot {
+                tick,
+                baseline,
+                budget_bytes,
+                world: world.clone(),
+                parts: parts.clone(),
+                stats: stats_since(&before, &self.stats),
+            }),
+            _ => None,
+        };
+        Ok((parts, shared))
     }
 
     /// Forget the acked baseline and every tick still awaiting acks, so the next snapshot is
@@ -202,7 +309,7 @@ impl SnapshotSender {
 
         let lim = self.limits;
         let (baseline_tick, baseline) = match &self.acked {
-            Some((t, w)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
+            Some((t, w, _)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
             _ => (None, QuantizedWorld::default()),
         };
         let base = baseline.entities();
@@ -419,11 +526,21 @@ impl SnapshotSender {
             self.stats.full_snapshots += 1;
         }
 
-        normalize_changes(&mut sent_ids);
+        // Every difference went out (no deferral, nothing oversized, no part limit hit): the
+        // client will hold exactly this tick's world.
+        let whole = sent_ids.len() == candidates.len() + despawns.len();
+        let holds = if whole {
+            Holds::Whole(world.clone())
+        } else {
+            normalize_changes(&mut sent_ids);
+            Holds::Patched {
+                baseline,
+                changes: sent_ids,
+            }
+        };
         self.ring.push_back(SentTick {
             tick,
-            baseline_world: baseline,
-            changes: sent_ids,
+            holds,
             part_acked: vec![false; count],
             acked_parts: 0,
         });
@@ -468,11 +585,13 @@ impl SnapshotSender {
         if sent.acked_parts < sent.part_acked.len() {
             return;
         }
-        if self.acked.as_ref().is_some_and(|(t, _)| *t >= tick) {
+        if self.acked.as_ref().is_some_and(|(t, _, _)| *t >= tick) {
             return;
         }
-        let composite = sent.baseline_world.apply(&sent.changes);
-        self.acked = Some((tick, composite));
+        self.acked = Some(match &sent.holds {
+            Holds::Whole(world) => (tick, world.clone(), true),
+            Holds::Patched { baseline, changes } => (tick, baseline.apply(changes), false),
+        });
         // Older history can never become a baseline again.
         while self.ring.front().is_some_and(|s| s.tick < tick) {
             self.ring.pop_front();
@@ -490,6 +609,36 @@ impl SnapshotSender {
             let oldest = self.ring.front().map_or(now, |s| s.tick);
             self.part_of_seq.retain(|_, (t, _)| *t >= oldest);
         }
+    }
+}
+
+/// Add `s` to `total`.
+pub(crate) fn add_stats(total: &mut SenderStats, s: &SenderStats) {
+    total.snapshots += s.snapshots;
+    total.full_snapshots += s.full_snapshots;
+    total.parts += s.parts;
+    total.bytes += s.bytes;
+    total.entities_sent += s.entities_sent;
+    total.despawns_sent += s.despawns_sent;
+    total.entity_payload_bits += s.entity_payload_bits;
+    total.resets += s.resets;
+    total.entities_deferred += s.entities_deferred;
+    total.entities_oversized += s.entities_oversized;
+}
+
+/// What was added to the counters between `before` and `after`.
+fn stats_since(before: &SenderStats, after: &SenderStats) -> SenderStats {
+    SenderStats {
+        snapshots: after.snapshots - before.snapshots,
+        full_snapshots: after.full_snapshots - before.full_snapshots,
+        parts: after.parts - before.parts,
+        bytes: after.bytes - before.bytes,
+        entities_sent: after.entities_sent - before.entities_sent,
+        despawns_sent: after.despawns_sent - before.despawns_sent,
+        entity_payload_bits: after.entity_payload_bits - before.entity_payload_bits,
+        resets: after.resets - before.resets,
+        entities_deferred: after.entities_deferred - before.entities_deferred,
+        entities_oversized: after.entities_oversized - before.entities_oversized,
     }
 }
 
@@ -511,6 +660,56 @@ mod reset_tests {
             );
         }
         QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn a_snapshot_is_shared_only_with_a_client_holding_the_same_whole_baseline() {
+        let mut seq = Sequence(0);
+        let mut deliver = |s: &mut SnapshotSender, tick: u32, parts: usize| {
+            for i in 0..parts {
+                s.on_part_sent(Tick(tick), i, seq);
+                s.on_delivery(seq, true);
+                seq = seq.next();
+            }
+        };
+        let (w1, w2) = (world(0.0), world(1.0));
+        let (mut a, mut b) = (
+            SnapshotSender::new(SenderConfig::default()).unwrap(),
+            SnapshotSender::new(SenderConfig::default()).unwrap(),
+        );
+        // Both start without a baseline: a full snapshot, built once.
+        let (parts, shared) = a.build_shareable(Tick(1), &w1, 8800).unwrap();
+        let shared = shared.expect("every entity fit: shareable");
+        assert!(!b.adopt(&shared, &w1, 4000), "another budget");
+        assert!(
+            !b.adopt(&shared, &world(0.0), 8800),
+            "another world value, equal or not"
+        );
+        assert!(b.adopt(&shared, &w1, 8800));
+        assert_eq!(b.stats().bytes, a.stats().bytes);
+        deliver(&mut a, 1, parts.len());
+        deliver(&mut b, 1, parts.len());
+        assert_eq!(
+            b.acked_baseline().map(|(t, w)| (t, w.clone())),
+            Some((Tick(1), w1.clone()))
+        );
+
+        // A delta both can take, then one the budget cuts: that one is not shareable, and
+        // its baseline is the client's own.
+        let (_, shared) = a.build_shareable(Tick(2), &w2, 8800).unwrap();
+        assert!(b.adopt(&shared.expect("shareable"), &w2, 8800));
+        let (parts, shared) = a.build_shareable(Tick(3), &world(2.0), 40).unwrap();
+        assert!(
+            shared.is_none(),
+            "entities waited: not every difference was sent"
+        );
+        deliver(&mut a, 3, parts.len());
+        assert_eq!(
+            a.shareable_baseline(Tick(4)),
+            None,
+            "a patched baseline is its own"
+        );
+        assert!(b.shareable_baseline(Tick(4)).is_some());
     }
 
     #[test]

@@ -238,6 +238,13 @@ impl QuantizedWorld {
         self.index_of(id).map(|i| &self.entities[i].1)
     }
 
+    /// Which value this is: equal for clones of one world, different for separately built
+    /// worlds (even with equal contents). Lets the server see that clients hold the same
+    /// world without comparing it.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.entities) as usize
+    }
+
     /// A world of the entities at `indices` of this one (ascending, each in range): one
     /// client's view of the world when not everyone sees everything.
     pub(crate) fn select(&self, indices: &[u32]) -> QuantizedWorld {
