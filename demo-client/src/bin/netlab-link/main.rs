@@ -64,10 +64,15 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // clap's first line names the problem; the usage after it is one --help away.
+            // clap's first paragraph names the problem (a missing flag is on the line below
+            // it); the usage after it is one --help away.
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("netlab-link: {line}");
+            let problem: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("netlab-link: {}", problem.join(" "));
             return ExitCode::from(2);
         }
         Err(e) => {
