@@ -115,7 +115,9 @@ if [ "$LINK" = nft ]; then
 else
   [ -c /dev/net/tun ] || die "needs /dev/net/tun"
 fi
-for b in demo-server demo-client netlab-link; do
+bins="demo-server demo-client"
+[ "$LINK" = tun ] && bins="$bins netlab-link"
+for b in $bins; do
   [ -x "$BIN_DIR/$b" ] ||
     die "no $b in $BIN_DIR: run cargo build --release -p demo-server -p demo-client"
 done
