@@ -10,16 +10,16 @@
 //! removed again when it exits); `scripts/netlab.sh` moves them into their namespaces after
 //! this prints `ready`. Runs until SIGTERM or SIGINT, then prints each direction's counters.
 
+#[cfg(target_os = "linux")]
+mod forward;
+// Without TUN devices (not Linux) only the tests drive the link.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod link;
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::Parser;
-use demo_server::cli::{ConditionerArgs, describe};
-use link::{Direction, DirectionCounters, MAX_PACKET_BYTES};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_tun::Tun;
+use demo_server::cli::ConditionerArgs;
 
 /// Forward IP packets between two TUN devices through the engine's link conditioner.
 ///
@@ -28,6 +28,8 @@ use tokio_tun::Tun;
 /// `--latency 40` gives a round trip of 80 ms.
 #[derive(Debug, Parser)]
 #[command(name = "netlab-link", version)]
+// Not Linux: the flags are parsed and checked, then nothing reads them.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Cli {
     /// TUN device on the client's side (opened, or created if missing).
     #[arg(long, value_name = "NAME", value_parser = device_name)]
@@ -85,17 +87,7 @@ fn main() -> ExitCode {
         eprintln!("netlab-link: error: --client-tun and --server-tun must differ");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("netlab-link: error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netlab-link: error: {e}");
@@ -104,92 +96,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(name: &str) -> Result<Tun, String> {
-    // No packet-info header (IFF_NO_PI, as `ip tuntap add` makes them): reads and writes are
-    // bare IP packets. Addresses, MTU and `up` are set by the lab inside the namespace.
-    let mut tuns = Tun::builder()
-        .name(name)
+#[cfg(target_os = "linux")]
+fn run(cli: Cli) -> Result<(), String> {
+    // One thread: the forwarder waits on two devices and a timer, and the lab's machine
+    // has few cores to spare for it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .map_err(|e| format!("cannot open TUN device {name}: {e} (needs root or CAP_NET_ADMIN)"))?;
-    tuns.pop()
-        .ok_or_else(|| format!("cannot open TUN device {name}: no queue"))
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(forward::run(cli))
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    let config = cli.conditioner.to_config()?;
-    let seed = cli.conditioner.seed;
-    let mut to_server = Direction::new(config.clone(), seed).map_err(|e| e.to_string())?;
-    let mut to_client =
-        Direction::new(config.clone(), seed.wrapping_add(1)).map_err(|e| e.to_string())?;
-    let client = open(&cli.client_tun)?;
-    let server = open(&cli.server_tun)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    println!(
-        "netlab-link: ready: {} <-> {}, each direction: {}, seed {seed}",
-        cli.client_tun,
-        cli.server_tun,
-        describe(&config)
-    );
-    // One byte more than the largest IP packet, so a read that fills it was cut short.
-    let mut from_client = vec![0u8; MAX_PACKET_BYTES + 1];
-    let mut from_server = vec![0u8; MAX_PACKET_BYTES + 1];
-    let result = loop {
-        let next = [to_server.poll_timeout(), to_client.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        // Each branch is one input; after any of them, everything due is written out below.
-        tokio::select! {
-            _ = sigterm.recv() => break Ok(()),
-            _ = sigint.recv() => break Ok(()),
-            read = client.recv(&mut from_client) => match read {
-                Ok(n) => to_server.push(Instant::now(), &from_client[..n]),
-                Err(e) => break Err(format!("read from {}: {e}", cli.client_tun)),
-            },
-            read = server.recv(&mut from_server) => match read {
-                Ok(n) => to_client.push(Instant::now(), &from_server[..n]),
-                Err(e) => break Err(format!("read from {}: {e}", cli.server_tun)),
-            },
-            () = sleep => {}
-        }
-        let now = Instant::now();
-        drain(&mut to_server, &server, now);
-        drain(&mut to_client, &client, now);
-    };
-    print_counters("client->server", to_server.counters());
-    print_counters("server->client", to_client.counters());
-    result
-}
-
-/// Writes every packet due at `now` to `device`.
-fn drain(dir: &mut Direction, device: &Tun, now: Instant) {
-    while let Some(packet) = dir.poll(now) {
-        // A TUN write hands the packet to the kernel's receive path and never waits; a
-        // refusal (device down during setup, a packet the kernel will not take) is one lost
-        // packet, counted, as on a real link.
-        let written = device.try_send(&packet).is_ok_and(|n| n == packet.len());
-        dir.record_write(written);
-    }
-}
-
-fn print_counters(name: &str, c: DirectionCounters) {
-    println!(
-        "netlab-link: {name}: received {}, forwarded {}, dropped {} (loss {}, queue full {}, \
-         not IP {}, write refused {}), in flight {}",
-        c.received,
-        c.forwarded,
-        c.dropped(),
-        c.dropped_loss,
-        c.dropped_overflow,
-        c.rejected,
-        c.write_errors,
-        c.in_flight
-    );
+#[cfg(not(target_os = "linux"))]
+fn run(_cli: Cli) -> Result<(), String> {
+    Err("needs Linux (TUN devices and network namespaces)".to_string())
 }
