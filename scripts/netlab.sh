@@ -4,8 +4,9 @@
 #
 # Two links:
 #
-# tun (the default when --latency > 0): two network namespaces, the client's and the
-#   server's, each with one TUN device (10.77.0.1 and 10.77.0.2, MTU 1500, point to point).
+# tun (the default when --latency or --jitter > 0; --link tun also without delay): two
+#   network namespaces, the client's and the server's, each with one TUN device (10.77.0.1
+#   and 10.77.0.2, MTU 1500, point to point).
 #   `netlab-link` (a binary of demo-client) holds both devices and forwards every IP packet
 #   from one to the other through the engine's seeded conditioner, one per direction: the
 #   latency (one way; the round trip is twice it), jitter and loss are the engine's own
@@ -26,7 +27,8 @@
 # twice PCT). For each loss rate and transport it runs demo-server in the server's
 # namespace (secure mode: its key in OUT/server.key, connect tokens on port 8080 of its
 # address, which the client asks by default) and --clients demo-clients in the client's,
-# prints one Markdown table and, with --json, writes the rows. Needs Linux, root, iproute2
+# prints one Markdown table and, with --json, writes the rows. Each run's logs and JSON
+# summaries are in OUT, netlab-link's counters per direction in OUT/link-TRANSPORT-LOSS.log. Needs Linux, root, iproute2
 # (and nftables for --link nft). Cleans up namespaces, devices and processes on exit,
 # including Ctrl-C and kill.
 #
