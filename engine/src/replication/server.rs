@@ -21,8 +21,8 @@ use crate::codec;
 use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
 use crate::packet::DisconnectReasonCode;
 use crate::snapshot::{
-    EntityId, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot, SnapshotSender, Tick,
-    World, add_stats,
+    EntityId, Parts, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot, SnapshotSender,
+    Tick, World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -351,7 +351,7 @@ impl Server {
             .filter(|(_, p)| p.ready)
             .map(|(id, p)| (*id, p))
             .collect();
-        let built: Vec<(ClientId, Result<Arc<[Vec<u8>]>, _>, usize)> = if scoped {
+        let built: Vec<(ClientId, Result<Parts, _>, usize)> = if scoped {
             let built: Vec<_> = match &self.pool {
                 Some(pool) => pool.install(|| jobs.into_par_iter().map(build).collect()),
                 None => jobs.into_iter().map(build).collect(),

@@ -68,8 +68,8 @@ pub use quantize::{
     QuantizedTransform,
 };
 pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
+pub(crate) use sender::{Parts, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
-pub(crate) use sender::{SharedSnapshot, add_stats};
 pub use world::{EntityId, EntityState, QuantizedEntity, QuantizedWorld, Tick, Transform, World};
 
 /// Why a snapshot part or a config was rejected.

@@ -100,10 +100,13 @@ pub(crate) struct SharedSnapshot {
     budget_bytes: usize,
     world: QuantizedWorld,
     /// The encoded parts, one per datagram.
-    pub(crate) parts: Arc<[Vec<u8>]>,
+    pub(crate) parts: Parts,
     /// This snapshot's share of the sender's counters.
     stats: SenderStats,
 }
+
+/// A snapshot's encoded parts, one per datagram, shared between the clients sent them.
+pub(crate) type Parts = Arc<[Vec<u8>]>;
 
 /// A baseline many clients can hold at once: a tick and the very world value (one `Arc`)
 /// they hold for it. Two clients with equal keys hold the same world.
@@ -231,10 +234,10 @@ impl SnapshotSender {
         tick: Tick,
         world: &QuantizedWorld,
         budget_bytes: usize,
-    ) -> Result<(Arc<[Vec<u8>]>, Option<SharedSnapshot>), SnapshotError> {
+    ) -> Result<(Parts, Option<SharedSnapshot>), SnapshotError> {
         let key = self.shareable_baseline(tick);
         let before = self.stats;
-        let parts: Arc<[Vec<u8>]> = self.build_weighted(tick, world, budget_bytes, None)?.into();
+        let parts: Parts = self.build_weighted(tick, world, budget_bytes, None)?.into();
         let whole = self
             .ring
             .back()
