@@ -11,6 +11,7 @@ mod client;
 mod cookie;
 mod established;
 mod server;
+mod table;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! The server endpoint: one socket, many clients, stateless handshake.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cookie::{CookieCheck, CookieJar};
 use super::established::Established;
+use super::table::{Client, ClientTable};
 use super::{
     ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
     InvalidPacket, SendError, Transmit,
@@ -141,7 +142,7 @@ pub struct Server {
     rng: ChaCha8Rng,
     cookies: CookieJar,
     next_client_id: u32,
-    clients: BTreeMap<ClientId, Client>,
+    clients: ClientTable,
     by_addr: HashMap<SocketAddr, ClientId>,
     replies: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<(ClientId, Event)>,
@@ -152,12 +153,6 @@ pub struct Server {
     secure: Option<SecureServer>,
     /// False while draining: new clients are denied (`ShuttingDown`), connected ones stay.
     accepting: bool,
-}
-
-#[derive(Debug)]
-struct Client {
-    nonce: u64,
-    conn: Established,
 }
 
 /// The secure mode's state: the netcode server and which slot is which client.
@@ -215,7 +210,7 @@ impl Server {
             epoch: now,
             rng,
             next_client_id: 1,
-            clients: BTreeMap::new(),
+            clients: ClientTable::default(),
             by_addr: HashMap::new(),
             replies: VecDeque::new(),
             events: VecDeque::new(),
@@ -251,6 +246,11 @@ impl Server {
 
     /// Feed one received datagram. Invalid ones are dropped and counted, never a panic.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.handle_datagram_inner(now, from, datagram);
+        self.clients.reindex();
+    }
+
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         if let Some(sec) = self.secure.as_mut() {
@@ -338,6 +338,8 @@ impl Server {
         let Some(sec) = self.secure.as_mut() else {
             return;
         };
+        // Connections a payload reached: only they can have closed here.
+        let mut touched: Vec<ClientId> = Vec::new();
         while let Some(e) = sec.netcode.poll_event() {
             match e {
                 crate::netcode::ServerEvent::ClientConnected {
@@ -393,6 +395,7 @@ impl Server {
                     let Some(c) = self.clients.get_mut(&id) else {
                         continue;
                     };
+                    touched.push(id);
                     let result = match Packet::decode(&payload) {
                         Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => {
                             c.conn.handle_packet(now, &packet, payload.len())
@@ -410,13 +413,7 @@ impl Server {
                 }
             }
         }
-        let closed: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.conn.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in closed {
+        for id in touched {
             self.remove_if_closed_at(now, id);
         }
     }
@@ -549,23 +546,26 @@ impl Server {
             sec.netcode.handle_timeout(now);
             self.pump_secure(now);
         }
-        for (id, c) in self.clients.iter_mut() {
-            c.conn.handle_timeout(now);
-            Self::move_events(*id, &mut c.conn, &mut self.events);
-        }
-        let closed: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.conn.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in closed {
+        // Only connections whose timeout is due have anything to do (for the others the
+        // call is a no-op), and only they can have closed.
+        for id in self.clients.due(now) {
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.conn.handle_timeout(now);
+                Self::move_events(id, &mut c.conn, &mut self.events);
+            }
             self.remove_if_closed_at(now, id);
         }
+        self.clients.reindex();
     }
 
     /// Next datagram to send, written to `buf` (at least [`MAX_PACKET_BYTES`] long).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let t = self.poll_transmit_inner(now, buf);
+        self.clients.reindex();
+        t
+    }
+
+    fn poll_transmit_inner(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if buf.len() < MAX_PACKET_BYTES {
             return None;
         }
@@ -621,33 +621,33 @@ impl Server {
             }
             // Round-robin from the cursor so no client's traffic waits behind another's.
             let start = self.cursor.unwrap_or(ClientId(0));
-            let ids: Vec<ClientId> = self
-                .clients
-                .range(start..)
-                .chain(self.clients.range(..start))
-                .map(|(id, _)| *id)
-                .collect();
-            let mut sealed = false;
-            for id in ids {
-                let Some(c) = self.clients.get_mut(&id) else {
-                    continue;
-                };
-                let Some(len) = c.conn.poll_transmit(now, buf) else {
-                    continue;
-                };
-                Self::move_events(id, &mut c.conn, &mut self.events);
-                self.cursor = Some(ClientId(id.0.wrapping_add(1)));
-                // At most MAX_PAYLOAD_BYTES by the connection's packet limit; a refusal
-                // (the slot just left) loses only this packet.
-                let _ = sec.netcode.send_payload(now, secure_index(id), &buf[..len]);
-                self.remove_if_closed_at(now, id);
-                sealed = true;
-                break;
+            let mut found = None;
+            for (id, c) in self.clients.range_mut(start..) {
+                if let Some(len) = c.conn.poll_transmit(now, buf) {
+                    found = Some((*id, len));
+                    break;
+                }
             }
-            if !sealed {
+            if found.is_none() {
+                for (id, c) in self.clients.range_mut(..start) {
+                    if let Some(len) = c.conn.poll_transmit(now, buf) {
+                        found = Some((*id, len));
+                        break;
+                    }
+                }
+            }
+            let Some((id, len)) = found else {
                 self.cursor = None;
                 return None;
+            };
+            if let Some(c) = self.clients.get_mut(&id) {
+                Self::move_events(id, &mut c.conn, &mut self.events);
             }
+            self.cursor = Some(ClientId(id.0.wrapping_add(1)));
+            // At most MAX_PAYLOAD_BYTES by the connection's packet limit; a refusal (the
+            // slot just left) loses only this packet.
+            let _ = sec.netcode.send_payload(now, secure_index(id), &buf[..len]);
+            self.remove_if_closed_at(now, id);
         }
     }
 
@@ -667,11 +667,7 @@ impl Server {
             return Some(self.epoch);
         }
         let netcode = self.secure.as_ref().and_then(|s| s.netcode.poll_timeout());
-        self.clients
-            .values()
-            .filter_map(|c| c.conn.poll_timeout())
-            .chain(netcode)
-            .min()
+        self.clients.next_timeout().into_iter().chain(netcode).min()
     }
 
     /// Send an unreliable datagram (e.g. a snapshot part) to `client` now, in its own packet,
@@ -687,7 +683,9 @@ impl Server {
             .clients
             .get_mut(&client)
             .ok_or(SendError::UnknownClient)?;
-        c.conn.send_datagram(now, datagram)
+        let r = c.conn.send_datagram(now, datagram);
+        self.clients.reindex();
+        r
     }
 
     /// Queue a message on `channel` for `client`.
@@ -702,7 +700,9 @@ impl Server {
             .clients
             .get_mut(&client)
             .ok_or(SendError::UnknownClient)?;
-        c.conn.send_message(now, channel, message)
+        let r = c.conn.send_message(now, channel, message);
+        self.clients.reindex();
+        r
     }
 
     /// Disconnect one client cleanly (it is told, redundantly).
@@ -710,6 +710,7 @@ impl Server {
         if let Some(c) = self.clients.get_mut(&client) {
             c.conn.disconnect(code);
         }
+        self.clients.reindex();
     }
 
     /// Accept new clients or not. While not (draining), a new client is denied with
@@ -732,6 +733,7 @@ impl Server {
         for c in self.clients.values_mut() {
             c.conn.disconnect(DisconnectReasonCode::ServerShutdown);
         }
+        self.clients.reindex();
     }
 
     /// Connected clients, in id order.
