@@ -136,6 +136,9 @@ pub struct SnapshotSender {
     last_tick: Option<Tick>,
     priority: PriorityAccumulator,
     stats: SenderStats,
+    /// Tests: always take the ranked path, to check the shortcut against it.
+    #[cfg(test)]
+    always_rank: bool,
 }
 
 fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
@@ -165,6 +168,8 @@ impl SnapshotSender {
             last_tick: None,
             priority: PriorityAccumulator::default(),
             stats: SenderStats::default(),
+            #[cfg(test)]
+            always_rank: false,
         })
     }
 
@@ -364,22 +369,6 @@ impl SnapshotSender {
             }
         }
 
-        let boosts: Vec<(EntityId, f32)> = candidates
-            .iter()
-            .map(|c| {
-                let boost = if c.base_index.is_none() {
-                    self.config.spawn_boost
-                } else {
-                    1.0
-                };
-                let weight = weights.and_then(|w| w.get(c.world_index)).copied();
-                (c.id, boost * weight.unwrap_or(1.0))
-            })
-            .collect();
-        for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {
-            c.priority = p;
-        }
-
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
         // the highest priorities; skip what does not fit and let it wait. The estimate
         // charges one part header per part's worth of entries and the typical index gap, so
@@ -394,29 +383,62 @@ impl SnapshotSender {
         };
         let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
         let index_bits = varint_bits(typical_gap as u32, INDEX_GAP_CHUNK_BITS);
-        let mut used = 0usize;
-        let mut chosen_despawns = Vec::new();
-        for &d in &despawns {
-            if !fits(used + index_bits) && !chosen_despawns.is_empty() {
-                break;
+        // 48 bits covers the largest index or id gap varint.
+        let fits_a_part =
+            |c: &Candidate| PART_OVERHEAD_BITS + c.payload_bits + 48 <= part_capacity_bits;
+        let all_bits = (candidates.len() + despawns.len()) * index_bits
+            + candidates.iter().map(|c| c.payload_bits).sum::<usize>();
+        #[cfg(test)]
+        let shortcut = !self.always_rank;
+        #[cfg(not(test))]
+        let shortcut = true;
+        let everything_fits = fits(all_bits) && candidates.iter().all(fits_a_part);
+        let (chosen_despawns, chosen) = if shortcut && everything_fits {
+            // Every difference fits: nothing waits, so ranking could not change what is
+            // sent (the ranked path below would choose the same) and no priority carries
+            // over. The usual case, and the cheap one.
+            self.priority.clear_priorities();
+            (despawns.clone(), candidates.clone())
+        } else {
+            let boosts: Vec<(EntityId, f32)> = candidates
+                .iter()
+                .map(|c| {
+                    let boost = if c.base_index.is_none() {
+                        self.config.spawn_boost
+                    } else {
+                        1.0
+                    };
+                    let weight = weights.and_then(|w| w.get(c.world_index)).copied();
+                    (c.id, boost * weight.unwrap_or(1.0))
+                })
+                .collect();
+            for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {
+                c.priority = p;
             }
-            used += index_bits;
-            chosen_despawns.push(d);
-        }
-        candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
-        let mut chosen: Vec<Candidate> = Vec::new();
-        for c in &candidates {
-            // 48 bits covers the largest index or id gap varint.
-            if PART_OVERHEAD_BITS + c.payload_bits + 48 > part_capacity_bits {
-                self.stats.entities_oversized += 1;
-                continue;
+            let mut used = 0usize;
+            let mut chosen_despawns = Vec::new();
+            for &d in &despawns {
+                if !fits(used + index_bits) && !chosen_despawns.is_empty() {
+                    break;
+                }
+                used += index_bits;
+                chosen_despawns.push(d);
             }
-            let cost = c.payload_bits + index_bits;
-            if fits(used + cost) || (chosen.is_empty() && chosen_despawns.is_empty()) {
-                used += cost;
-                chosen.push(*c);
+            candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
+            let mut chosen: Vec<Candidate> = Vec::new();
+            for c in &candidates {
+                if !fits_a_part(c) {
+                    self.stats.entities_oversized += 1;
+                    continue;
+                }
+                let cost = c.payload_bits + index_bits;
+                if fits(used + cost) || (chosen.is_empty() && chosen_despawns.is_empty()) {
+                    used += cost;
+                    chosen.push(*c);
+                }
             }
-        }
+            (chosen_despawns, chosen)
+        };
 
         // Pack in wire order: updates by baseline index, despawns, spawns by id.
         let mut updates: Vec<&Candidate> =
@@ -663,6 +685,43 @@ mod reset_tests {
             );
         }
         QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn when_everything_fits_the_shortcut_sends_what_ranking_would() {
+        let mut fast = SnapshotSender::new(SenderConfig::default()).unwrap();
+        let mut ranked = fast.clone();
+        ranked.always_rank = true;
+        let mut seq = Sequence(0);
+        for tick in 1..40u32 {
+            // Entities come and go and move; every other tick's parts are acknowledged.
+            let mut w = World::new();
+            for i in 0..30 {
+                if (i + tick) % 7 != 0 {
+                    w.insert(
+                        EntityId(i),
+                        EntityState::new(Transform {
+                            position: glam::Vec3::new((i * tick) as f32 * 0.1, 0.0, 0.0),
+                            rotation: glam::Quat::IDENTITY,
+                            velocity: None,
+                        }),
+                    );
+                }
+            }
+            let q = QuantizedWorld::from_world(&w, &QuantizeConfig::default());
+            let a = fast.build(Tick(tick), &q, 8800).unwrap();
+            let b = ranked.build(Tick(tick), &q, 8800).unwrap();
+            assert_eq!(a, b, "tick {tick}");
+            for i in 0..a.len() {
+                fast.on_part_sent(Tick(tick), i, seq);
+                ranked.on_part_sent(Tick(tick), i, seq);
+                fast.on_delivery(seq, tick % 2 == 0);
+                ranked.on_delivery(seq, tick % 2 == 0);
+                seq = seq.next();
+            }
+        }
+        assert_eq!(fast.stats(), ranked.stats());
+        assert_eq!(fast.stats().entities_deferred, 0);
     }
 
     #[test]
