@@ -309,9 +309,50 @@ fn udp_clients_under_loss_keep_the_json_contract() {
         "entities",
         "changed_pct",
         "bits_per_changed_entity",
+        "entities_per_client",
     ] {
         assert!(sj.get(key).is_some(), "server JSON lacks {key}");
     }
+}
+
+#[test]
+fn in_the_massive_scene_each_client_is_sent_its_neighbourhood() {
+    let dir = tmp_dir("massive");
+    let server_json = dir.join("server.json");
+    let server_json_arg = server_json.to_string_lossy().to_string();
+    let server = Server::start(&[
+        "--duration",
+        "50",
+        "--scene",
+        "massive",
+        "--entities",
+        "3000",
+        "--tick-rate",
+        "30",
+        "--json",
+        &server_json_arg,
+    ]);
+    let (c, cj) = run_client(
+        &server.client_args(&["--clients", "2", "--duration", "2"]),
+        &dir.join("client.json"),
+    );
+    assert!(
+        c.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
+    server.quit();
+    for c in cj.unwrap()["clients"].as_array().unwrap() {
+        assert_played(c, "udp");
+    }
+    let sj = read_json(&server_json);
+    assert_eq!(sj["scene"], "massive");
+    // NPCs plus the avatars still there at the last snapshot (a client may have left).
+    let entities = sj["entities"].as_u64().unwrap();
+    assert!((3000..=3002).contains(&entities), "{sj}");
+    // 3000 NPCs on 1 km²: about 94 within the default 100 m of an avatar, plus the avatar.
+    let scope = sj["entities_per_client"].as_f64().unwrap();
+    assert!((10.0..300.0).contains(&scope), "{sj}");
 }
 
 #[test]

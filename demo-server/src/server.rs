@@ -223,6 +223,9 @@ pub struct ServerSummary {
     pub conditioner: ConditionerSummary,
     /// Entities in the scene at the end.
     pub entities: u64,
+    /// Entities in a client's snapshot on average: its scope under an area of interest,
+    /// the whole scene otherwise.
+    pub entities_per_client: f64,
     /// Mean share of entities whose quantized state changed per sent snapshot, percent.
     pub changed_pct: f64,
     /// Snapshot payload bits sent per changed entity sent.
@@ -626,6 +629,11 @@ pub async fn run(
         },
         entities: replication.entities as u64,
         changed_pct: replication.changed_pct(),
+        entities_per_client: if replication.scoped_snapshots > 0 {
+            replication.mean_scope()
+        } else {
+            replication.entities as f64
+        },
         bits_per_changed_entity: bits_per_changed_entity(&snaps),
         snapshot_bytes: snaps.bytes,
         snapshots: snaps.snapshots,
