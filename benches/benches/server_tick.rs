@@ -1,6 +1,7 @@
 //! One server tick, sans-IO: `GameServer::tick` plus the datagrams it produces through a
 //! `snapsync::Server`, for 1 / 16 / 64 / 256 connected clients × 64 / 1000 arena bodies; the
-//! cubes scene (901 cubes) at 1 and 16 clients; and the per-tick world work alone (the
+//! cubes scene (901 cubes) at 1 and 16 clients; the massive scene (10,000 NPCs, 100 m area
+//! of interest, 30 Hz) at 16 and 64 clients; and the per-tick world work alone (the
 //! game's `World` refreshed from the scene and quantized once) for 901 cubes.
 //!
 //! Run: `cargo bench -p benches --bench server_tick`. Each setup is a running game from
@@ -104,6 +105,42 @@ fn cubes_tick(c: &mut Criterion) {
     group.finish();
 }
 
+/// The massive scene at 30 Hz: 10,000 NPCs on 1 km², each client sent what is within
+/// 100 m of its avatar.
+fn massive_tick(c: &mut Criterion) {
+    let mut group = c.benchmark_group("server_tick_massive_30hz");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for clients in [16, 64] {
+        let mut opts = SimulationOptions {
+            clients,
+            conditioner: ConditionerConfig {
+                enabled: true,
+                latency: Duration::from_millis(20),
+                ..ConditionerConfig::off()
+            },
+            seed: 11,
+            ..SimulationOptions::default()
+        };
+        opts.game.scene = SceneKind::Massive;
+        opts.game.tick_rate = 30.0;
+        opts.game.send_rate = 30.0;
+        // The options are constants known to be valid.
+        let mut sim = Simulation::new(&opts).expect("valid simulation options");
+        sim.run_for(WARM_UP);
+        assert_eq!(sim.connected(), clients, "every client connected");
+        group.throughput(Throughput::Elements(clients as u64));
+        group.bench_function(
+            BenchmarkId::new("10000_npcs", format!("{clients}_clients")),
+            |b| b.iter_custom(|iters| (0..iters).map(|_| sim.step_tick()).sum()),
+        );
+    }
+    group.finish();
+}
+
 /// What a tick costs before any client: the game's `World` refreshed from the scene's
 /// bodies (in place, as `GameServer::tick` does) and quantized once for every client.
 fn world_build_quantize(c: &mut Criterion) {
@@ -132,5 +169,11 @@ fn world_build_quantize(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, server_tick, cubes_tick, world_build_quantize);
+criterion_group!(
+    benches,
+    server_tick,
+    cubes_tick,
+    massive_tick,
+    world_build_quantize
+);
 criterion_main!(benches);
