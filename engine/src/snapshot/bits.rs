@@ -127,6 +127,11 @@ impl<'a> BitReader<'a> {
         Self { bytes, pos_bits: 0 }
     }
 
+    /// Bits in the whole input.
+    pub(crate) fn bit_len(&self) -> usize {
+        self.bytes.len() * 8
+    }
+
     /// Bits not yet read (including the final padding).
     pub(crate) fn remaining_bits(&self) -> usize {
         (self.bytes.len() * 8).saturating_sub(self.pos_bits)

@@ -98,6 +98,75 @@ pub(crate) struct PartContent<'a> {
     pub(crate) spawns: Vec<(EntityId, &'a QuantizedEntity)>,
 }
 
+/// Bits of decoded snapshot parts, by what they code: where a part's bits go.
+///
+/// Counted by [`SnapshotReceiver`](super::SnapshotReceiver) over every part it decoded
+/// without error (see `SnapshotReceiver::field_bits`). The fields sum to the parts' bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldBits {
+    /// Parts counted.
+    pub parts: u64,
+    /// Updated and spawned entities decoded.
+    pub entities: u64,
+    /// The part header, section counts, per-part code parameters and the final padding.
+    pub part_headers: u64,
+    /// Baseline indices of updates and despawns, and ids of spawns.
+    pub index_gaps: u64,
+    /// Per-entity bits saying which fields changed.
+    pub flags: u64,
+    /// Positions (with their prediction choice, if any).
+    pub position: u64,
+    /// Rotations.
+    pub rotation: u64,
+    /// Velocities (with their presence bit).
+    pub velocity: u64,
+    /// Application components (presence, length and bytes).
+    pub component: u64,
+}
+
+impl FieldBits {
+    /// Every bit counted.
+    pub fn total(&self) -> u64 {
+        self.part_headers
+            + self.index_gaps
+            + self.flags
+            + self.position
+            + self.rotation
+            + self.velocity
+            + self.component
+    }
+
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &FieldBits) {
+        self.parts += other.parts;
+        self.entities += other.entities;
+        self.part_headers += other.part_headers;
+        self.index_gaps += other.index_gaps;
+        self.flags += other.flags;
+        self.position += other.position;
+        self.rotation += other.rotation;
+        self.velocity += other.velocity;
+        self.component += other.component;
+    }
+}
+
+/// Counts the bits a reader consumed since the last call.
+struct Meter(usize);
+
+impl Meter {
+    fn new(r: &BitReader<'_>) -> Self {
+        Meter(r.remaining_bits())
+    }
+
+    /// Bits read since the last call (or since `new`).
+    fn take(&mut self, r: &BitReader<'_>) -> u64 {
+        let now = r.remaining_bits();
+        let used = self.0 - now;
+        self.0 = now;
+        used as u64
+    }
+}
+
 fn zigzag(d: i64) -> u64 {
     ((d << 1) ^ (d >> 63)) as u64
 }
@@ -271,10 +340,15 @@ pub(crate) fn read_entity(
     base: &QuantizedEntity,
     ticks: u32,
     lim: &Limits,
+    tally: &mut FieldBits,
 ) -> Result<QuantizedEntity, SnapshotError> {
     let mut e = base.clone();
+    let mut m = Meter::new(r);
+    tally.entities += 1;
 
-    if r.read_bool()? {
+    let changed = r.read_bool()?;
+    tally.flags += m.take(r);
+    if changed {
         let mut reference = base.transform.position;
         if let Some(predicted) = prediction(&base.transform, ticks, lim)
             && r.read_bool()?
@@ -289,8 +363,11 @@ pub(crate) fn read_entity(
             lim.position_steps,
         )?;
     }
+    tally.position += m.take(r);
 
-    if r.read_bool()? {
+    let changed = r.read_bool()?;
+    tally.flags += m.take(r);
+    if changed {
         let max = i64::from(lim.rotation_max);
         let small = r.read_bool()?;
         let mut rot = QuantizedRotation {
@@ -316,8 +393,11 @@ pub(crate) fn read_entity(
         }
         e.transform.rotation = rot;
     }
+    tally.rotation += m.take(r);
 
-    if r.read_bool()? {
+    let changed = r.read_bool()?;
+    tally.flags += m.take(r);
+    if changed {
         e.transform.velocity = if r.read_bool()? {
             let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(lim));
             let steps = lim.velocity_steps;
@@ -332,8 +412,11 @@ pub(crate) fn read_entity(
             None
         };
     }
+    tally.velocity += m.take(r);
 
-    if r.read_bool()? {
+    let changed = r.read_bool()?;
+    tally.flags += m.take(r);
+    if changed {
         e.component = if r.read_bool()? {
             let len = r.read_varint(LENGTH_CHUNK_BITS)? as usize;
             if len > r.remaining_bits() / 8 {
@@ -349,6 +432,7 @@ pub(crate) fn read_entity(
             None
         };
     }
+    tally.component += m.take(r);
     Ok(e)
 }
 
@@ -521,7 +605,8 @@ fn read_index_list(
     Ok(out)
 }
 
-/// Decode the body of a part (after [`read_header`]) against `baseline`.
+/// Decode the body of a part (after [`read_header`]) against `baseline`, adding where its
+/// bits went to `tally` (only once the whole part decoded).
 ///
 /// Returns the changes sorted by id. On error nothing outside the return value was touched.
 pub(crate) fn decode_body(
@@ -529,15 +614,24 @@ pub(crate) fn decode_body(
     header: &PartHeader,
     baseline: &QuantizedWorld,
     lim: &Limits,
+    tally: &mut FieldBits,
 ) -> Result<Vec<Change>, SnapshotError> {
     let base = baseline.entities();
     let ticks = header.ticks_since_baseline();
     let mut changes: Vec<Change> = Vec::new();
+    let mut t = FieldBits {
+        parts: 1,
+        part_headers: (r.bit_len() - r.remaining_bits()) as u64,
+        ..FieldBits::default()
+    };
+    let mut m = Meter::new(r);
 
     let n = read_count(r, base.len())?;
     let mut updates = Vec::new();
     if n > 0 {
-        let indices = if r.read_bool()? {
+        let use_mask = r.read_bool()?;
+        t.part_headers += m.take(r);
+        let indices = if use_mask {
             let first = u64::from(r.read_varint(INDEX_GAP_CHUNK_BITS)?);
             let extra = u64::from(r.read_varint(COUNT_CHUNK_BITS)?);
             let span = n as u64 + extra;
@@ -561,34 +655,42 @@ pub(crate) fn decode_body(
         } else {
             read_index_list(r, n, base.len())?
         };
+        t.index_gaps += m.take(r);
         for i in indices {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, ticks, lim)?)));
+            updates.push((*id, Some(read_entity(r, b, ticks, lim, &mut t)?)));
         }
+        m = Meter::new(r);
     }
 
     let n = read_count(r, base.len())?;
+    t.part_headers += m.take(r);
     let despawns = read_index_list(r, n, base.len())?;
+    t.index_gaps += m.take(r);
 
     let n = read_count(r, usize::MAX)?;
+    t.part_headers += m.take(r);
     let spawn_base = spawn_base();
     let mut spawns = Vec::with_capacity(n);
     let mut next = 0u64;
     for _ in 0..n {
         let id = next + u64::from(r.read_varint(ID_GAP_CHUNK_BITS)?);
+        t.index_gaps += m.take(r);
         let id = u32::try_from(id).map_err(|_| SnapshotError::IndexOutOfRange)?;
         let id = EntityId(id);
         if baseline.index_of(id).is_some() {
             return Err(SnapshotError::SpawnExists);
         }
-        spawns.push((id, Some(read_entity(r, &spawn_base, 0, lim)?)));
+        spawns.push((id, Some(read_entity(r, &spawn_base, 0, lim, &mut t)?)));
+        m = Meter::new(r);
         next = u64::from(id.0) + 1;
     }
 
     if r.remaining_bits() >= 8 {
         return Err(SnapshotError::TrailingBytes);
     }
+    t.part_headers += r.remaining_bits() as u64;
 
     // Updates and despawns are both increasing baseline indices: merge to find overlap.
     let mut d = despawns.iter().peekable();
@@ -607,5 +709,6 @@ pub(crate) fn decode_body(
     changes.extend(despawns.iter().map(|&i| (base[i].0, None)));
     changes.extend(spawns);
     super::world::normalize_changes(&mut changes);
+    tally.add(&t);
     Ok(changes)
 }

@@ -131,7 +131,14 @@ fn sync_fully(
 fn decode(bytes: &[u8], baseline: &QuantizedWorld) -> Vec<(EntityId, Option<QuantizedEntity>)> {
     let mut r = BitReader::new(bytes);
     let h = part::read_header(&mut r).unwrap();
-    part::decode_body(&mut r, &h, baseline, &QuantizeConfig::default().limits()).unwrap()
+    part::decode_body(
+        &mut r,
+        &h,
+        baseline,
+        &QuantizeConfig::default().limits(),
+        &mut part::FieldBits::default(),
+    )
+    .unwrap()
 }
 
 proptest! {
