@@ -14,7 +14,17 @@ pub enum BitsError {
     /// A varint ran past 32 bits.
     #[error("varint too long")]
     VarintTooLong,
+    /// An Exp-Golomb code longer than any value the format can hold.
+    #[error("exp-golomb code too long")]
+    ExpGolombTooLong,
 }
+
+/// Largest order of an Exp-Golomb code (parts send it in 4 bits).
+pub(crate) const MAX_EXP_GOLOMB_K: u32 = 15;
+
+/// Largest value an Exp-Golomb code may carry: every coded quantity (a zig-zag delta of
+/// 30-bit values, a baseline index, an entity id gap) fits 32 bits.
+pub(crate) const MAX_EXP_GOLOMB_VALUE: u64 = u32::MAX as u64;
 
 /// Something bits can be written to: a [`BitWriter`], or a [`BitCounter`] that only measures.
 ///
@@ -42,6 +52,31 @@ pub(crate) trait BitSink {
             }
         }
     }
+
+    /// Write `value` (≤ [`MAX_EXP_GOLOMB_VALUE`]) as an Exp-Golomb code of order `k`
+    /// (≤ [`MAX_EXP_GOLOMB_K`]).
+    ///
+    /// `x = value + 2^k` has `n` significant bits: `n − 1 − k` zero bits, a one bit, then the
+    /// low `n − 1` bits of `x`. Small values cost `k + 1` bits and the cost grows with the
+    /// logarithm of the value, so a long tail (a collision, a teleport) stays affordable.
+    fn write_exp_golomb(&mut self, value: u64, k: u32) {
+        debug_assert!(value <= MAX_EXP_GOLOMB_VALUE && k <= MAX_EXP_GOLOMB_K);
+        let x = value + (1u64 << k);
+        let n = 64 - x.leading_zeros();
+        // n − 1 ≤ 32: value < 2^32 and k ≤ 15, so x < 2^33.
+        self.write_bits(0, n - 1 - k);
+        self.write_bool(true);
+        // The low n − 1 bits; the leading one is implied by the prefix.
+        self.write_bits(x as u32, n - 1);
+    }
+}
+
+/// Bits [`BitSink::write_exp_golomb`] spends on `value` with order `k`: `k + 1` for values
+/// below `2^k`, then two more for every doubling.
+pub(crate) fn exp_golomb_bits(value: u64, k: u32) -> usize {
+    let x = value + (1u64 << k);
+    let n = 64 - x.leading_zeros();
+    (2 * n - 1 - k) as usize
 }
 
 /// Counts the bits that would be written.
@@ -108,6 +143,7 @@ impl BitSink for BitWriter {
 }
 
 /// Bits [`BitSink::write_varint`] spends on `value`.
+#[cfg(test)]
 pub(crate) fn varint_bits(value: u32, chunk_bits: u32) -> usize {
     let significant = (32 - value.leading_zeros()).max(1);
     let chunks = significant.div_ceil(chunk_bits);
@@ -181,6 +217,30 @@ impl<'a> BitReader<'a> {
                 return Err(BitsError::VarintTooLong);
             }
         }
+    }
+}
+
+impl BitReader<'_> {
+    /// Read a value written by [`BitSink::write_exp_golomb`] with the same `k`.
+    ///
+    /// A prefix longer than any value up to [`MAX_EXP_GOLOMB_VALUE`] can have is an error,
+    /// so at most 33 bits are scanned, whatever the input.
+    pub(crate) fn read_exp_golomb(&mut self, k: u32) -> Result<u64, BitsError> {
+        debug_assert!(k <= MAX_EXP_GOLOMB_K);
+        let mut zeros = 0u32;
+        while !self.read_bool()? {
+            zeros += 1;
+            if zeros + k > 32 {
+                return Err(BitsError::ExpGolombTooLong);
+            }
+        }
+        // zeros + k ≤ 32, checked in the loop.
+        let low = u64::from(self.read_bits(zeros + k)?);
+        let value = ((1u64 << (zeros + k)) | low) - (1u64 << k);
+        if value > MAX_EXP_GOLOMB_VALUE {
+            return Err(BitsError::ExpGolombTooLong);
+        }
+        Ok(value)
     }
 }
 

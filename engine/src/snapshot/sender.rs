@@ -5,10 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::SnapshotError;
-use super::bits::{BitWriter, varint_bits};
+use super::bits::BitWriter;
 use super::part::{
-    self, ID_GAP_CHUNK_BITS, INDEX_GAP_CHUNK_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
-    PartContent, PartHeader,
+    self, MAX_GAP_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS, PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
@@ -143,7 +142,7 @@ fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
         Some(p) => index - p - 1,
         None => index,
     };
-    varint_bits(gap as u32, INDEX_GAP_CHUNK_BITS)
+    part::index_gap_bits(gap)
 }
 
 impl SnapshotSender {
@@ -393,7 +392,7 @@ impl SnapshotSender {
             bits + parts * PART_OVERHEAD_BITS <= budget_bits
         };
         let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
-        let index_bits = varint_bits(typical_gap as u32, INDEX_GAP_CHUNK_BITS);
+        let index_bits = part::index_gap_bits(typical_gap);
         let mut used = 0usize;
         let mut chosen_despawns = Vec::new();
         for &d in &despawns {
@@ -406,8 +405,7 @@ impl SnapshotSender {
         candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
         let mut chosen: Vec<Candidate> = Vec::new();
         for c in &candidates {
-            // 48 bits covers the largest index or id gap varint.
-            if PART_OVERHEAD_BITS + c.payload_bits + 48 > part_capacity_bits {
+            if PART_OVERHEAD_BITS + c.payload_bits + MAX_GAP_BITS > part_capacity_bits {
                 self.stats.entities_oversized += 1;
                 continue;
             }
@@ -475,15 +473,14 @@ impl SnapshotSender {
                     None => c.id.0,
                 };
                 let mut cost =
-                    varint_bits(gap(content.spawns.last().map(|s| s.0)), ID_GAP_CHUNK_BITS)
-                        + c.payload_bits;
+                    part::id_gap_bits(gap(content.spawns.last().map(|s| s.0))) + c.payload_bits;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
                     }
                     parts.push(std::mem::take(&mut content));
                     bits = PART_OVERHEAD_BITS;
-                    cost = varint_bits(gap(None), ID_GAP_CHUNK_BITS) + c.payload_bits;
+                    cost = part::id_gap_bits(gap(None)) + c.payload_bits;
                 }
                 bits += cost;
                 let e = &cur[c.world_index].1;

@@ -285,21 +285,23 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     let before = rx.live_world();
 
     let mut cases: Vec<(Vec<u8>, SnapshotError)> = Vec::new();
-    // Update index 1000 in a 10-entity baseline.
+    // Update index 1000 in a 10-entity baseline (index order 0, no fields change).
     let mut w = BitWriter::new();
     header(&mut w, 11, Some(1));
     w.write_varint(1, 7);
-    w.write_bool(false);
-    w.write_varint(1000, 4);
+    w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(1000, 0);
     cases.push((w.finish(), SnapshotError::IndexOutOfRange));
-    // A changed-bit span running past the baseline.
+    // An index gap whose Exp-Golomb prefix is longer than any value.
     let mut w = BitWriter::new();
     header(&mut w, 11, Some(1));
     w.write_varint(1, 7);
-    w.write_bool(true);
-    w.write_varint(5, 4);
-    w.write_varint(20, 7);
-    cases.push((w.finish(), SnapshotError::IndexOutOfRange));
+    w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_bits(0, 32);
+    w.write_bits(0, 8);
+    cases.push((w.finish(), SnapshotError::Bits(BitsError::ExpGolombTooLong)));
     // A count of two million entities in a few bytes.
     let mut w = BitWriter::new();
     header(&mut w, 11, None);
@@ -312,7 +314,8 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     header(&mut w, 11, Some(1));
     w.write_varint(0, 7);
     w.write_varint(1, 7);
-    w.write_varint(10, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(10, 0);
     w.write_varint(0, 7);
     cases.push((w.finish(), SnapshotError::IndexOutOfRange));
     // Part index beyond the part count.
@@ -331,8 +334,9 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     w.write_varint(0, 7);
     w.write_varint(0, 7);
     w.write_varint(1, 7);
-    w.write_varint(q0.entities()[0].0.0, 6);
     w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(u64::from(q0.entities()[0].0.0), 0);
     cases.push((w.finish(), SnapshotError::SpawnExists));
     // Baseline before tick zero.
     let mut w = BitWriter::new();
@@ -341,20 +345,52 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
         w.finish(),
         SnapshotError::BadHeader("baseline before tick zero"),
     ));
-    // An absolute position past the box.
+    // Spawns with one changing field (`field`), every entity of the common set 1.
+    let spawn_section = |w: &mut BitWriter, field: u32| {
+        header(w, 11, None);
+        w.write_varint(0, 7);
+        w.write_varint(0, 7);
+        w.write_varint(1, 7);
+        w.write_bits(0, 4); // id order
+        w.write_bits(field, 4);
+        w.write_bits(0b11, 2); // both common sets: the one field
+    };
+    // A position past the box.
     let mut w = BitWriter::new();
-    header(&mut w, 11, None);
-    w.write_varint(0, 7);
-    w.write_varint(0, 7);
-    w.write_varint(1, 7);
-    w.write_varint(99, 6);
+    spawn_section(&mut w, 1);
+    w.write_bits(0, 12); // position orders
+    w.write_exp_golomb(99, 0);
     w.write_bool(true);
     for _ in 0..3 {
-        w.write_bits(3, 2);
-        w.write_bits((1 << 20) - 1, 20);
+        w.write_exp_golomb(2 << 20, 0);
     }
-    w.write_bits(0, 3);
     cases.push((w.finish(), SnapshotError::ValueOutOfRange));
+    // An absolute rotation component past its range.
+    let mut w = BitWriter::new();
+    spawn_section(&mut w, 2);
+    w.write_bits(0, 4); // rotation order
+    w.write_exp_golomb(99, 0);
+    w.write_bool(true);
+    w.write_bool(false); // another largest component
+    w.write_bits(3, 2);
+    for _ in 0..3 {
+        w.write_bits(511, 9);
+    }
+    cases.push((w.finish(), SnapshotError::ValueOutOfRange));
+    // A velocity appearing in a section that said none would.
+    let mut w = BitWriter::new();
+    spawn_section(&mut w, 4);
+    w.write_bool(false); // no presence bits
+    w.write_bits(0, 12); // velocity orders
+    w.write_exp_golomb(99, 0);
+    w.write_bool(true);
+    for _ in 0..3 {
+        w.write_exp_golomb(0, 0);
+    }
+    cases.push((
+        w.finish(),
+        SnapshotError::BadHeader("velocity appears in a section without presence bits"),
+    ));
     // Trailing bytes after a valid empty part.
     let mut w = BitWriter::new();
     header(&mut w, 11, None);
