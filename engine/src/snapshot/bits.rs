@@ -290,6 +290,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn exp_golomb_extremes_round_trip_for_every_order() {
+        for k in 0..=MAX_EXP_GOLOMB_K {
+            let edge = 1u64 << k;
+            for v in [
+                0,
+                1,
+                edge - 1,
+                edge,
+                2 * edge - 1,
+                2 * edge,
+                MAX_EXP_GOLOMB_VALUE,
+            ] {
+                let mut w = BitWriter::new();
+                w.write_exp_golomb(v, k);
+                assert_eq!(w.bit_len(), exp_golomb_bits(v, k), "v {v} k {k}");
+                let bytes = w.finish();
+                assert_eq!(BitReader::new(&bytes).read_exp_golomb(k), Ok(v), "k {k}");
+            }
+            // Below 2^k a value costs k + 1 bits; the largest at most 65.
+            assert_eq!(exp_golomb_bits(0, k), k as usize + 1);
+            assert!(exp_golomb_bits(MAX_EXP_GOLOMB_VALUE, k) <= 65);
+        }
+    }
+
+    #[test]
+    fn overlong_exp_golomb_codes_are_errors() {
+        // 33 zero bits: no value up to 2^32 - 1 has so long a prefix, whatever the order.
+        for k in 0..=MAX_EXP_GOLOMB_K {
+            assert_eq!(
+                BitReader::new(&[0; 8]).read_exp_golomb(k),
+                Err(BitsError::ExpGolombTooLong)
+            );
+        }
+        // A prefix the value does not fit: 32 zeros, the one, then 32 one bits = 2^33 − 2.
+        let mut w = BitWriter::new();
+        w.write_bits(0, 32);
+        w.write_bool(true);
+        w.write_bits(u32::MAX, 32);
+        let bytes = w.finish();
+        assert_eq!(
+            BitReader::new(&bytes).read_exp_golomb(0),
+            Err(BitsError::ExpGolombTooLong)
+        );
+        // Cut short anywhere: truncated, never a panic.
+        let mut w = BitWriter::new();
+        w.write_exp_golomb(123_456_789, 3);
+        let bytes = w.finish();
+        for len in 0..bytes.len() {
+            assert_eq!(
+                BitReader::new(&bytes[..len]).read_exp_golomb(3),
+                Err(BitsError::Truncated),
+                "len {len}"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn random_fields_round_trip(fields in prop::collection::vec((any::<u32>(), 0u32..=32), 0..40),
@@ -309,6 +366,28 @@ mod tests {
         }
 
         #[test]
+        fn exp_golomb_round_trips_for_every_order(
+            codes in prop::collection::vec((any::<u32>(), 0u32..=32, 0u32..=MAX_EXP_GOLOMB_K), 1..40),
+        ) {
+            let mut w = BitWriter::new();
+            let mut want_bits = 0;
+            // Shift to spread values over every magnitude, not just the large ones.
+            let values: Vec<(u64, u32)> =
+                codes.iter().map(|&(v, shift, k)| (u64::from(v.checked_shr(shift).unwrap_or(0)), k)).collect();
+            for &(v, k) in &values {
+                w.write_exp_golomb(v, k);
+                want_bits += exp_golomb_bits(v, k);
+            }
+            prop_assert_eq!(w.bit_len(), want_bits);
+            let bytes = w.finish();
+            let mut r = BitReader::new(&bytes);
+            for &(v, k) in &values {
+                prop_assert_eq!(r.read_exp_golomb(k), Ok(v));
+            }
+            prop_assert!(r.remaining_bits() < 8);
+        }
+
+        #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), widths in prop::collection::vec(0u32..=32, 0..64)) {
             let mut r = BitReader::new(&bytes);
             for b in widths {
@@ -318,6 +397,7 @@ mod tests {
                     Err(_) => prop_assert!((b as usize) > before),
                 }
                 let _ = r.read_varint(3);
+                let _ = r.read_exp_golomb(b % (MAX_EXP_GOLOMB_K + 1));
             }
         }
     }

@@ -71,17 +71,21 @@ use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 /// Most parts one snapshot may be split into (the index travels in 8 bits).
 pub const MAX_PARTS_PER_SNAPSHOT: usize = 256;
 
-/// Bits a part's header, section counts, code parameters and padding can take at most.
+/// Bits a part's header, section counts and padding can take at most.
 ///
-/// Header: tick 32 + baseline flag 1 + offset varint ≤ 16 + index 8 + count 8 = 65; three
-/// counts varint ≤ 16 each (a part holds fewer than 2^14 entries) = 48; updates: index_k 4 +
-/// entity code ≤ 42 (fields 4, common 8, toggles 1, velocity_k 12, predicted 1,
-/// position_k 12, rotation_k 4); despawns: index_k 4; spawns: id_k 4 + entity code 42;
-/// padding 7. 65 + 48 + 46 + 4 + 46 + 7 = 216.
-pub(crate) const PART_OVERHEAD_BITS: usize = 216;
+/// tick 32 + baseline flag 1 + offset varint ≤ 16 + index 8 + count 8 = 65; three counts
+/// varint ≤ 16 each (a part holds fewer than 2^14 entries) = 48; padding 7. The parameters
+/// of each section are charged to its first entry ([`SECTION_CODE_BITS`]), so that a part
+/// of one kind of entry pays for one section only.
+pub(crate) const PART_OVERHEAD_BITS: usize = 120;
 
-/// Most bits one index or id gap can take (an order-0 code of the largest value).
-pub(crate) const MAX_GAP_BITS: usize = 65;
+/// Bits of a section's parameters at most: its index or id order 4 + entity code ≤ 42
+/// (fields 4, common 8, toggles 1, velocity_k 12, predicted 1, position_k 12, rotation_k 4).
+pub(crate) const SECTION_CODE_BITS: usize = 46;
+
+/// Most bits an index or id can cost a part, with the section parameters the first entry of
+/// a section brings: an order-0 code of the largest value takes 65.
+pub(crate) const MAX_INDEX_BITS: usize = SECTION_CODE_BITS + 65;
 
 /// Varint chunk for counts and the baseline offset: 7 bits, so any count a part can hold
 /// (< 2^14) fits in two chunks.
@@ -350,9 +354,10 @@ pub(crate) fn spawn_base() -> QuantizedEntity {
     QuantizedEntity::default()
 }
 
-/// What a changed position is coded against: the old position, or where the body went if it
-/// moved at the mean of its old and new velocity (exact for constant acceleration: friction,
-/// gravity, a steady push), when `predicted` and a velocity is known.
+/// What a changed position is coded against: the old position, or, when `predicted` and a
+/// velocity is known, where the body went if it moved at the mean of its old and new
+/// velocity. That mean is the true mean speed under constant acceleration (friction,
+/// gravity, a steady push); the old velocity alone misses by half the speed change.
 fn position_reference(
     base: &QuantizedTransform,
     velocity: Option<[u32; 3]>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::SnapshotError;
 use super::bits::BitWriter;
 use super::part::{
-    self, MAX_GAP_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS, PartContent, PartHeader,
+    self, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS, PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
@@ -137,12 +137,22 @@ pub struct SnapshotSender {
     stats: SenderStats,
 }
 
+/// Bits a baseline index adds to a part after `prev`; the first of a section (`None`) also
+/// brings the section's code.
 fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
-    let gap = match prev {
-        Some(p) => index - p - 1,
-        None => index,
-    };
-    part::index_gap_bits(gap)
+    match prev {
+        Some(p) => part::index_gap_bits(index - p - 1),
+        None => part::SECTION_CODE_BITS + part::index_gap_bits(index),
+    }
+}
+
+/// Bits a spawned id adds to a part after `prev`; the first (`None`) also brings the
+/// section's code.
+fn spawn_gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
+    match prev {
+        Some(p) => part::id_gap_bits(id.0 - p.0 - 1),
+        None => part::SECTION_CODE_BITS + part::id_gap_bits(id.0),
+    }
 }
 
 impl SnapshotSender {
@@ -405,7 +415,7 @@ impl SnapshotSender {
         candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
         let mut chosen: Vec<Candidate> = Vec::new();
         for c in &candidates {
-            if PART_OVERHEAD_BITS + c.payload_bits + MAX_GAP_BITS > part_capacity_bits {
+            if PART_OVERHEAD_BITS + c.payload_bits + MAX_INDEX_BITS > part_capacity_bits {
                 self.stats.entities_oversized += 1;
                 continue;
             }
@@ -468,19 +478,15 @@ impl SnapshotSender {
         }
         if !full {
             for c in &spawns {
-                let gap = |prev: Option<EntityId>| match prev {
-                    Some(p) => c.id.0 - p.0 - 1,
-                    None => c.id.0,
-                };
                 let mut cost =
-                    part::id_gap_bits(gap(content.spawns.last().map(|s| s.0))) + c.payload_bits;
+                    spawn_gap_bits(content.spawns.last().map(|s| s.0), c.id) + c.payload_bits;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
                     }
                     parts.push(std::mem::take(&mut content));
                     bits = PART_OVERHEAD_BITS;
-                    cost = part::id_gap_bits(gap(None)) + c.payload_bits;
+                    cost = spawn_gap_bits(None, c.id) + c.payload_bits;
                 }
                 bits += cost;
                 let e = &cur[c.world_index].1;
