@@ -227,12 +227,30 @@ impl BitReader<'_> {
     /// so at most 33 bits are scanned, whatever the input.
     pub(crate) fn read_exp_golomb(&mut self, k: u32) -> Result<u64, BitsError> {
         debug_assert!(k <= MAX_EXP_GOLOMB_K);
+        // The zero prefix, scanned a byte at a time (prefixes are short, but bit-by-bit reads
+        // showed in decoding profiles).
         let mut zeros = 0u32;
-        while !self.read_bool()? {
-            zeros += 1;
+        loop {
+            let left = self.remaining_bits();
+            if left == 0 {
+                return Err(BitsError::Truncated);
+            }
+            let offset = self.pos_bits % 8;
+            // In bounds: at least one bit is left.
+            let byte = u32::from(self.bytes[self.pos_bits / 8]) >> offset;
+            let n = (8 - offset).min(left) as u32;
+            // A sentinel one past the bits this byte has left caps the count at n.
+            let run = (byte | (1 << n)).trailing_zeros();
+            zeros += run;
             if zeros + k > 32 {
                 return Err(BitsError::ExpGolombTooLong);
             }
+            if run < n {
+                // The run and the one that ends it.
+                self.pos_bits += run as usize + 1;
+                break;
+            }
+            self.pos_bits += n as usize;
         }
         // zeros + k ≤ 32, checked in the loop.
         let low = u64::from(self.read_bits(zeros + k)?);
