@@ -42,6 +42,9 @@ fn kbps_split(bytes_per_tick: f64) -> f64 {
     (bytes_per_tick + datagrams * PER_DATAGRAM_BYTES) * 8.0 * TICK_RATE / 1000.0
 }
 
+/// One row of the per-field table: its name and how to read its count.
+type FieldRow = (&'static str, fn(&FieldBits) -> u64);
+
 /// The client's per-field bit counts so far (zero before it has a receiver).
 fn client_field_bits(sim: &Simulation) -> FieldBits {
     sim.network()
@@ -64,7 +67,7 @@ fn print_field_table(loss: f64, before: &FieldBits, after: &FieldBits) {
     );
     eprintln!("  | field | bits per changed cube | share |");
     eprintln!("  |---|---:|---:|");
-    let rows: [(&str, fn(&FieldBits) -> u64); 7] = [
+    let rows: [FieldRow; 7] = [
         ("index gaps", |f| f.index_gaps),
         ("flags", |f| f.flags),
         ("position", |f| f.position),

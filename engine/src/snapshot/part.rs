@@ -414,11 +414,8 @@ fn write_entity<W: BitSink>(
 
     if set & POSITION != 0 {
         let reference = position_reference(bt, ct.velocity, ticks, code.predicted, lim);
-        for axis in 0..3 {
-            w.write_exp_golomb(
-                delta(ct.position[axis], reference[axis]),
-                code.ks.position[axis],
-            );
+        for (axis, r) in reference.iter().enumerate() {
+            w.write_exp_golomb(delta(ct.position[axis], *r), code.ks.position[axis]);
         }
     }
 
@@ -515,9 +512,9 @@ fn read_entity(
 
     if set & POSITION != 0 {
         let reference = position_reference(bt, e.transform.velocity, ticks, code.predicted, lim);
-        for axis in 0..3 {
+        for (axis, base) in reference.iter().enumerate() {
             let z = r.read_exp_golomb(code.ks.position[axis])?;
-            e.transform.position[axis] = apply_delta(reference[axis], z, lim.position_steps[axis])?;
+            e.transform.position[axis] = apply_delta(*base, z, lim.position_steps[axis])?;
         }
         tally.position += m.take(r);
     }
