@@ -49,8 +49,11 @@ use std::fmt;
 
 use crate::connection::DisconnectReason;
 
-/// Version of the replication layer's messages; a client refuses a welcome of another.
-pub const REPLICATION_VERSION: u16 = 1;
+/// Version of the replication layer's messages and of the snapshot parts they carry; a
+/// client refuses a welcome of another, before any part is sent to it.
+///
+/// 2: snapshot parts code indices and deltas as Exp-Golomb codes with per-part orders.
+pub const REPLICATION_VERSION: u16 = 2;
 
 /// The number of a client input: the server tick the client produced it for. Inputs of one
 /// client are numbered consecutively (a client that skips ticks skips numbers).

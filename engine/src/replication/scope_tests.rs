@@ -413,7 +413,7 @@ fn updates_near_and_far(distance_priority: bool) -> [u32; 40] {
     let mut interest = InterestConfig::radius(100.0);
     interest.distance_priority = distance_priority;
     let mut c = config(Some(interest));
-    c.budget_bytes = 120;
+    c.budget_bytes = 80;
     let mut g = ScopeGame::with_config(c, 0, vec![Vec3::ZERO], 31, 0.0);
     g.check_scopes = false;
     let place = |g: &mut ScopeGame, t: f32| {

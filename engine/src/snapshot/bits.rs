@@ -14,7 +14,17 @@ pub enum BitsError {
     /// A varint ran past 32 bits.
     #[error("varint too long")]
     VarintTooLong,
+    /// An Exp-Golomb code longer than any value the format can hold.
+    #[error("exp-golomb code too long")]
+    ExpGolombTooLong,
 }
+
+/// Largest order of an Exp-Golomb code (parts send it in 4 bits).
+pub(crate) const MAX_EXP_GOLOMB_K: u32 = 15;
+
+/// Largest value an Exp-Golomb code may carry: every coded quantity (a zig-zag delta of
+/// 30-bit values, a baseline index, an entity id gap) fits 32 bits.
+pub(crate) const MAX_EXP_GOLOMB_VALUE: u64 = u32::MAX as u64;
 
 /// Something bits can be written to: a [`BitWriter`], or a [`BitCounter`] that only measures.
 ///
@@ -42,6 +52,31 @@ pub(crate) trait BitSink {
             }
         }
     }
+
+    /// Write `value` (≤ [`MAX_EXP_GOLOMB_VALUE`]) as an Exp-Golomb code of order `k`
+    /// (≤ [`MAX_EXP_GOLOMB_K`]).
+    ///
+    /// `x = value + 2^k` has `n` significant bits: `n − 1 − k` zero bits, a one bit, then the
+    /// low `n − 1` bits of `x`. Small values cost `k + 1` bits and the cost grows with the
+    /// logarithm of the value, so a long tail (a collision, a teleport) stays affordable.
+    fn write_exp_golomb(&mut self, value: u64, k: u32) {
+        debug_assert!(value <= MAX_EXP_GOLOMB_VALUE && k <= MAX_EXP_GOLOMB_K);
+        let x = value + (1u64 << k);
+        let n = 64 - x.leading_zeros();
+        // n − 1 ≤ 32: value < 2^32 and k ≤ 15, so x < 2^33.
+        self.write_bits(0, n - 1 - k);
+        self.write_bool(true);
+        // The low n − 1 bits; the leading one is implied by the prefix.
+        self.write_bits(x as u32, n - 1);
+    }
+}
+
+/// Bits [`BitSink::write_exp_golomb`] spends on `value` with order `k`: `k + 1` for values
+/// below `2^k`, then two more for every doubling.
+pub(crate) fn exp_golomb_bits(value: u64, k: u32) -> usize {
+    let x = value + (1u64 << k);
+    let n = 64 - x.leading_zeros();
+    (2 * n - 1 - k) as usize
 }
 
 /// Counts the bits that would be written.
@@ -108,6 +143,7 @@ impl BitSink for BitWriter {
 }
 
 /// Bits [`BitSink::write_varint`] spends on `value`.
+#[cfg(test)]
 pub(crate) fn varint_bits(value: u32, chunk_bits: u32) -> usize {
     let significant = (32 - value.leading_zeros()).max(1);
     let chunks = significant.div_ceil(chunk_bits);
@@ -125,6 +161,11 @@ impl<'a> BitReader<'a> {
     /// A reader at the first bit of `bytes`.
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos_bits: 0 }
+    }
+
+    /// Bits in the whole input.
+    pub(crate) fn bit_len(&self) -> usize {
+        self.bytes.len() * 8
     }
 
     /// Bits not yet read (including the final padding).
@@ -179,6 +220,48 @@ impl<'a> BitReader<'a> {
     }
 }
 
+impl BitReader<'_> {
+    /// Read a value written by [`BitSink::write_exp_golomb`] with the same `k`.
+    ///
+    /// A prefix longer than any value up to [`MAX_EXP_GOLOMB_VALUE`] can have is an error,
+    /// so at most 33 bits are scanned, whatever the input.
+    pub(crate) fn read_exp_golomb(&mut self, k: u32) -> Result<u64, BitsError> {
+        debug_assert!(k <= MAX_EXP_GOLOMB_K);
+        // The zero prefix, scanned a byte at a time (prefixes are short, but bit-by-bit reads
+        // showed in decoding profiles).
+        let mut zeros = 0u32;
+        loop {
+            let left = self.remaining_bits();
+            if left == 0 {
+                return Err(BitsError::Truncated);
+            }
+            let offset = self.pos_bits % 8;
+            // In bounds: at least one bit is left.
+            let byte = u32::from(self.bytes[self.pos_bits / 8]) >> offset;
+            let n = (8 - offset).min(left) as u32;
+            // A sentinel one past the bits this byte has left caps the count at n.
+            let run = (byte | (1 << n)).trailing_zeros();
+            zeros += run;
+            if zeros + k > 32 {
+                return Err(BitsError::ExpGolombTooLong);
+            }
+            if run < n {
+                // The run and the one that ends it.
+                self.pos_bits += run as usize + 1;
+                break;
+            }
+            self.pos_bits += n as usize;
+        }
+        // zeros + k ≤ 32, checked in the loop.
+        let low = u64::from(self.read_bits(zeros + k)?);
+        let value = ((1u64 << (zeros + k)) | low) - (1u64 << k);
+        if value > MAX_EXP_GOLOMB_VALUE {
+            return Err(BitsError::ExpGolombTooLong);
+        }
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +308,63 @@ mod tests {
         );
     }
 
+    #[test]
+    fn exp_golomb_extremes_round_trip_for_every_order() {
+        for k in 0..=MAX_EXP_GOLOMB_K {
+            let edge = 1u64 << k;
+            for v in [
+                0,
+                1,
+                edge - 1,
+                edge,
+                2 * edge - 1,
+                2 * edge,
+                MAX_EXP_GOLOMB_VALUE,
+            ] {
+                let mut w = BitWriter::new();
+                w.write_exp_golomb(v, k);
+                assert_eq!(w.bit_len(), exp_golomb_bits(v, k), "v {v} k {k}");
+                let bytes = w.finish();
+                assert_eq!(BitReader::new(&bytes).read_exp_golomb(k), Ok(v), "k {k}");
+            }
+            // Below 2^k a value costs k + 1 bits; the largest at most 65.
+            assert_eq!(exp_golomb_bits(0, k), k as usize + 1);
+            assert!(exp_golomb_bits(MAX_EXP_GOLOMB_VALUE, k) <= 65);
+        }
+    }
+
+    #[test]
+    fn overlong_exp_golomb_codes_are_errors() {
+        // 33 zero bits: no value up to 2^32 - 1 has so long a prefix, whatever the order.
+        for k in 0..=MAX_EXP_GOLOMB_K {
+            assert_eq!(
+                BitReader::new(&[0; 8]).read_exp_golomb(k),
+                Err(BitsError::ExpGolombTooLong)
+            );
+        }
+        // A prefix the value does not fit: 32 zeros, the one, then 32 one bits = 2^33 − 2.
+        let mut w = BitWriter::new();
+        w.write_bits(0, 32);
+        w.write_bool(true);
+        w.write_bits(u32::MAX, 32);
+        let bytes = w.finish();
+        assert_eq!(
+            BitReader::new(&bytes).read_exp_golomb(0),
+            Err(BitsError::ExpGolombTooLong)
+        );
+        // Cut short anywhere: truncated, never a panic.
+        let mut w = BitWriter::new();
+        w.write_exp_golomb(123_456_789, 3);
+        let bytes = w.finish();
+        for len in 0..bytes.len() {
+            assert_eq!(
+                BitReader::new(&bytes[..len]).read_exp_golomb(3),
+                Err(BitsError::Truncated),
+                "len {len}"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn random_fields_round_trip(fields in prop::collection::vec((any::<u32>(), 0u32..=32), 0..40),
@@ -244,6 +384,28 @@ mod tests {
         }
 
         #[test]
+        fn exp_golomb_round_trips_for_every_order(
+            codes in prop::collection::vec((any::<u32>(), 0u32..=32, 0u32..=MAX_EXP_GOLOMB_K), 1..40),
+        ) {
+            let mut w = BitWriter::new();
+            let mut want_bits = 0;
+            // Shift to spread values over every magnitude, not just the large ones.
+            let values: Vec<(u64, u32)> =
+                codes.iter().map(|&(v, shift, k)| (u64::from(v.checked_shr(shift).unwrap_or(0)), k)).collect();
+            for &(v, k) in &values {
+                w.write_exp_golomb(v, k);
+                want_bits += exp_golomb_bits(v, k);
+            }
+            prop_assert_eq!(w.bit_len(), want_bits);
+            let bytes = w.finish();
+            let mut r = BitReader::new(&bytes);
+            for &(v, k) in &values {
+                prop_assert_eq!(r.read_exp_golomb(k), Ok(v));
+            }
+            prop_assert!(r.remaining_bits() < 8);
+        }
+
+        #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), widths in prop::collection::vec(0u32..=32, 0..64)) {
             let mut r = BitReader::new(&bytes);
             for b in widths {
@@ -253,6 +415,7 @@ mod tests {
                     Err(_) => prop_assert!((b as usize) > before),
                 }
                 let _ = r.read_varint(3);
+                let _ = r.read_exp_golomb(b % (MAX_EXP_GOLOMB_K + 1));
             }
         }
     }

@@ -62,7 +62,7 @@ mod tests;
 
 pub use bits::BitsError;
 pub use interpolation::{InterpolationBuffer, InterpolationConfig, InterpolationStats};
-pub use part::MAX_PARTS_PER_SNAPSHOT;
+pub use part::{FieldBits, MAX_PARTS_PER_SNAPSHOT};
 pub use quantize::{
     MAX_AXIS_BITS, MAX_ROTATION_ERROR_RAD_9_BITS, QuantizeConfig, QuantizedRotation,
     QuantizedTransform,

@@ -1,12 +1,21 @@
 //! The wire format of one snapshot part: a header, then the entities it changes relative to
-//! the baseline, each field coded as a small delta where that is cheaper.
+//! the baseline, each field coded as a small delta.
 //!
 //! A part decodes on its own against its baseline; parts of one tick carry disjoint entities.
 //! Decoding never trusts a count: every count is checked against the bits left and the
 //! baseline's size before anything is read or allocated.
 //!
-//! Layout (a bit stream, least-significant bit first; `varint(k)` = groups of k bits, low
-//! group first, each followed by a 1-bit "more" flag):
+//! Indices and deltas are Exp-Golomb codes whose order `k` the encoder picks per part and per
+//! field, and sends in 4 bits: the same code then fits a part of resting jitter, a part of
+//! bodies thrown about, and a full snapshot of absolute values. Choices that hold for a whole
+//! section (which fields change at all, the two most common sets of changed fields, whether
+//! velocities appear or vanish, whether positions are predicted) are sent once per section
+//! instead of as bits on every entity.
+//!
+//! Layout (a bit stream, least-significant bit first; `varint(c)` = groups of c bits, low
+//! group first, each followed by a 1-bit "more" flag; `eg(k)` = Exp-Golomb code of order k:
+//! for `x = value + 2^k` of n significant bits, n − 1 − k zero bits, a one bit, then the low
+//! n − 1 bits of x; `zz` = zig-zag, 0, −1, 1, −2, … ↦ 0, 1, 2, 3, …):
 //!
 //! ```text
 //! tick                      32
@@ -15,61 +24,106 @@
 //! part_index                 8
 //! part_count - 1             8
 //! update_count               varint(7)
-//!   mode                     1                    only if update_count > 0
-//!   mode 0: update_count × baseline-index gap     varint(4) (first: the index itself,
+//!   index_k 4, entity code                        only if update_count > 0
+//!   update_count × baseline-index gap eg(index_k) (first: the index itself,
 //!                                                 then index − previous − 1)
-//!   mode 1: first index varint(4), span − update_count varint(7), span changed-bits
 //!   update_count × entity delta vs its baseline entity, in index order
 //! despawn_count              varint(7)
-//!   despawn_count × baseline-index gap            varint(4)
+//!   index_k 4                                     only if despawn_count > 0
+//!   despawn_count × baseline-index gap eg(index_k)
 //! spawn_count                varint(7)
-//!   spawn_count × (id gap varint(6), entity delta vs the all-zero entity)
+//!   id_k 4, entity code                           only if spawn_count > 0
+//!   spawn_count × (id gap eg(id_k), entity delta vs the all-zero entity)
 //! zero padding to the byte   0..=7 (8 or more left over is an error)
 //!
+//! entity code (one per section that has entities):
+//!   fields 4                 which fields change in some entity of the section: bit 0
+//!                            position, 1 rotation, 2 velocity, 3 component; F = how many
+//!   common 2 × F             the two most frequent sets of changed fields, each as F bits
+//!                            (one per field of `fields`, lowest field first)
+//!   if velocity in fields:   toggles 1 (1: some velocity appears or vanishes),
+//!                            velocity_k 3 × 4
+//!   if position in fields:   predicted 1 (only when the part has a baseline),
+//!                            position_k 3 × 4
+//!   if rotation in fields:   rotation_k 4
+//!
 //! entity delta:
-//!   position changed 1, then
-//!     predicted 1          only if the base has a velocity and the part a baseline: the
-//!                          reference is the base position moved by the base velocity over
-//!                          (tick − baseline) ticks of `tick_interval`, else the base position
-//!     per axis: class 2 (0 same as reference, 1 zig-zag 6, 2 zig-zag 11,
-//!                        3 absolute position_bits)
-//!   rotation changed 1, then small 1: 3 × zig-zag 6 (same largest component)
-//!                           or: largest 2 + 3 × rotation_bits
-//!   velocity changed 1, then present 1, then per axis: class 2 (zig-zag 4 / 8 / absolute
-//!                       velocity_bits), against the old velocity or zero
-//!   component changed 1, then present 1, then length varint(7) + bytes × 8
+//!   changed fields           nothing if F = 0; else 1 = common[0], or 0 then 1 = common[1],
+//!                            or 0 0 then the set as F bits
+//!   velocity, if changed:    present 1 (only if toggles, else present), then per axis
+//!                            eg(velocity_k[axis]) of zz(new − reference); the reference is
+//!                            the old velocity, or mid-range (zero) without one
+//!   position, if changed:    per axis eg(position_k[axis]) of zz(new − reference); the
+//!                            reference is the old position, or, if predicted and the entity
+//!                            has an old or new velocity, the old position moved over
+//!                            (tick − baseline) ticks by the mean of the old and the new
+//!                            velocity (the one there is if only one is)
+//!   rotation, if changed:    same_largest 1, then 3 × eg(rotation_k) of zz(new − old) for
+//!                            the smallest three; or 0, then largest 2 + 3 × rotation_bits
+//!   component, if changed:   present 1, then length varint(7) + bytes × 8
 //! ```
 
 use super::SnapshotError;
-use super::bits::{BitCounter, BitReader, BitSink, varint_bits};
+use super::bits::{BitCounter, BitReader, BitSink, MAX_EXP_GOLOMB_K, exp_golomb_bits};
 use super::quantize::{Limits, QuantizedRotation, QuantizedTransform};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 
 /// Most parts one snapshot may be split into (the index travels in 8 bits).
 pub const MAX_PARTS_PER_SNAPSHOT: usize = 256;
 
-/// Bits a part header and its three section counts can take at most, plus byte padding.
+/// Bits a part's header, section counts and padding can take at most.
 ///
-/// tick 32 + baseline flag 1 + offset varint ≤ 16 + index 8 + count 8 + three counts
-/// varint ≤ 16 each + mode flag 1 + padding 7 = 121; rounded up.
-pub(crate) const PART_OVERHEAD_BITS: usize = 128;
+/// tick 32 + baseline flag 1 + offset varint ≤ 16 + index 8 + count 8 = 65; three counts
+/// varint ≤ 16 each (a part holds fewer than 2^14 entries) = 48; padding 7. The parameters
+/// of each section are charged to its first entry ([`SECTION_CODE_BITS`]), so that a part
+/// of one kind of entry pays for one section only.
+pub(crate) const PART_OVERHEAD_BITS: usize = 120;
+
+/// Bits of a section's parameters at most: its index or id order 4 + entity code ≤ 42
+/// (fields 4, common 8, toggles 1, velocity_k 12, predicted 1, position_k 12, rotation_k 4).
+pub(crate) const SECTION_CODE_BITS: usize = 46;
+
+/// Most bits an index or id can cost a part, with the section parameters the first entry of
+/// a section brings: an order-0 code of the largest value takes 65.
+pub(crate) const MAX_INDEX_BITS: usize = SECTION_CODE_BITS + 65;
 
 /// Varint chunk for counts and the baseline offset: 7 bits, so any count a part can hold
 /// (< 2^14) fits in two chunks.
 const COUNT_CHUNK_BITS: u32 = 7;
-/// Varint chunk for gaps between baseline indices: with ~10 % changed, gaps are mostly < 16.
-pub(crate) const INDEX_GAP_CHUNK_BITS: u32 = 4;
-/// Varint chunk for gaps between spawned ids.
-pub(crate) const ID_GAP_CHUNK_BITS: u32 = 6;
+/// Bits of every Exp-Golomb order sent in a part (0..=15).
+const K_BITS: u32 = 4;
 /// Varint chunk for a component's byte length.
 const LENGTH_CHUNK_BITS: u32 = 7;
-/// Zig-zag widths of the two small position-delta classes, in bits (±32 and ±1024 steps:
-/// a resting jitter, and ~2 m, what a fast body covers over several ticks of ack delay).
-const POSITION_DELTA_BITS: [u32; 2] = [6, 11];
-/// Zig-zag widths of the two small velocity-delta classes, in bits.
-const VELOCITY_DELTA_BITS: [u32; 2] = [4, 8];
-/// Zig-zag width of a small rotation-component delta, in bits.
-const ROTATION_DELTA_BITS: u32 = 6;
+
+/// Exp-Golomb orders the sender's size estimates assume. The encoder picks each order per
+/// part among candidates that include these, so a part never comes out larger than the
+/// estimate. They are typical of bodies in motion a few ticks after their baseline: ~10 %
+/// of entities changed (index gaps of a few), residuals of a few steps.
+const DEFAULT_INDEX_K: u32 = 2;
+/// Spawned ids usually follow one another.
+const DEFAULT_ID_K: u32 = 0;
+const DEFAULT_UPDATE_K: FieldKs = FieldKs {
+    position: [3; 3],
+    velocity: [3; 3],
+    rotation: 3,
+};
+/// Spawns are coded against the all-zero entity: positions are absolute values (up to 20
+/// bits and more), velocities near mid-range, rotations mostly of another largest component.
+const DEFAULT_SPAWN_K: FieldKs = FieldKs {
+    position: [MAX_EXP_GOLOMB_K; 3],
+    velocity: [6; 3],
+    rotation: 8,
+};
+
+/// Field bits of a set of changed fields, in wire order (lowest bit first).
+const POSITION: u8 = 1;
+const ROTATION: u8 = 2;
+const VELOCITY: u8 = 4;
+const COMPONENT: u8 = 8;
+const ALL_FIELDS: u8 = POSITION | ROTATION | VELOCITY | COMPONENT;
+/// The sets of changed fields the estimates assume most common: a body sliding (position
+/// and velocity) and a body tumbling as well.
+const DEFAULT_COMMON: [u8; 2] = [POSITION | VELOCITY, POSITION | ROTATION | VELOCITY];
 
 /// The fixed fields at the front of every part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,66 +152,197 @@ pub(crate) struct PartContent<'a> {
     pub(crate) spawns: Vec<(EntityId, &'a QuantizedEntity)>,
 }
 
+/// Bits of decoded snapshot parts, by what they code: where a part's bits go.
+///
+/// Counted by [`SnapshotReceiver`](super::SnapshotReceiver) over every part it decoded
+/// without error (see `SnapshotReceiver::field_bits`). The fields sum to the parts' bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldBits {
+    /// Parts counted.
+    pub parts: u64,
+    /// Updated and spawned entities decoded.
+    pub entities: u64,
+    /// The part header, section counts, per-part code parameters and the final padding.
+    pub part_headers: u64,
+    /// Baseline indices of updates and despawns, and ids of spawns.
+    pub index_gaps: u64,
+    /// Per-entity bits saying which fields changed.
+    pub flags: u64,
+    /// Positions (with their prediction choice, if any).
+    pub position: u64,
+    /// Rotations.
+    pub rotation: u64,
+    /// Velocities (with their presence bit).
+    pub velocity: u64,
+    /// Application components (presence, length and bytes).
+    pub component: u64,
+}
+
+impl FieldBits {
+    /// Every bit counted.
+    pub fn total(&self) -> u64 {
+        self.part_headers
+            + self.index_gaps
+            + self.flags
+            + self.position
+            + self.rotation
+            + self.velocity
+            + self.component
+    }
+
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &FieldBits) {
+        self.parts += other.parts;
+        self.entities += other.entities;
+        self.part_headers += other.part_headers;
+        self.index_gaps += other.index_gaps;
+        self.flags += other.flags;
+        self.position += other.position;
+        self.rotation += other.rotation;
+        self.velocity += other.velocity;
+        self.component += other.component;
+    }
+}
+
+/// Counts the bits a reader consumed since the last call.
+struct Meter(usize);
+
+impl Meter {
+    fn new(r: &BitReader<'_>) -> Self {
+        Meter(r.remaining_bits())
+    }
+
+    /// Bits read since the last call (or since `new`).
+    fn take(&mut self, r: &BitReader<'_>) -> u64 {
+        let now = r.remaining_bits();
+        let used = self.0 - now;
+        self.0 = now;
+        used as u64
+    }
+}
+
+/// Exp-Golomb orders of one section's deltas, per field and axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FieldKs {
+    position: [u32; 3],
+    velocity: [u32; 3],
+    rotation: u32,
+}
+
+/// How one section's entities are coded: chosen by the encoder, sent once per section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EntityCode {
+    /// Fields that change in some entity of the section; the others cost nothing.
+    fields: u8,
+    /// The two most frequent sets of changed fields (subsets of `fields`).
+    common: [u8; 2],
+    /// Some velocity appears or vanishes: each changed velocity carries a presence bit.
+    toggles: bool,
+    /// Positions are coded against the velocity prediction (only with a baseline).
+    predicted: bool,
+    ks: FieldKs,
+}
+
+impl EntityCode {
+    /// The code the sender's size estimates assume for entities `ticks` after their base
+    /// (0: spawns). Every choice is the costliest the encoder can fall back to.
+    fn estimate(ticks: u32) -> Self {
+        Self {
+            fields: ALL_FIELDS,
+            common: DEFAULT_COMMON,
+            toggles: true,
+            predicted: ticks > 0,
+            ks: if ticks > 0 {
+                DEFAULT_UPDATE_K
+            } else {
+                DEFAULT_SPAWN_K
+            },
+        }
+    }
+}
+
 fn zigzag(d: i64) -> u64 {
     ((d << 1) ^ (d >> 63)) as u64
 }
 
-fn unzigzag(z: u32) -> i64 {
-    let z = i64::from(z);
+fn unzigzag(z: u64) -> i64 {
+    // Exp-Golomb values are at most u32::MAX, so the cast is exact.
+    let z = z as i64;
     (z >> 1) ^ -(z & 1)
 }
 
-fn fits(d: i64, bits: u32) -> bool {
-    zigzag(d) < (1u64 << bits)
+/// Zig-zag of the difference of two values below 2^30 (so below 2^31, an Exp-Golomb value).
+fn delta(cur: u32, reference: u32) -> u64 {
+    zigzag(i64::from(cur) - i64::from(reference))
 }
 
-/// Per axis: 2-bit class (0 same, 1/2 small zig-zag delta, 3 absolute), then the payload.
-fn write_axes<W: BitSink>(
-    w: &mut W,
-    base: [u32; 3],
-    cur: [u32; 3],
-    widths: [u32; 2],
-    abs_bits: [u32; 3],
-) {
-    for axis in 0..3 {
-        let d = i64::from(cur[axis]) - i64::from(base[axis]);
-        if d == 0 {
-            w.write_bits(0, 2);
-        } else if fits(d, widths[0]) {
-            w.write_bits(1, 2);
-            w.write_bits(zigzag(d) as u32, widths[0]);
-        } else if fits(d, widths[1]) {
-            w.write_bits(2, 2);
-            w.write_bits(zigzag(d) as u32, widths[1]);
-        } else {
-            w.write_bits(3, 2);
-            w.write_bits(cur[axis], abs_bits[axis]);
+/// The order that codes `values` in the fewest bits, among a window around the order their
+/// mean suggests and `default` (so the result is never worse than `default`); ties go to the
+/// smaller order.
+fn best_k(values: &[u64], default: u32) -> u32 {
+    if values.is_empty() {
+        return default;
+    }
+    let sum: u64 = values.iter().sum();
+    let mean = sum / values.len() as u64;
+    // An order near log2(mean) is near the best for geometric-like tails.
+    let guess = 64 - mean.leading_zeros();
+    let low = guess.saturating_sub(2);
+    let high = (guess + 1).min(MAX_EXP_GOLOMB_K);
+    let cost = |k: u32| -> usize { values.iter().map(|&v| exp_golomb_bits(v, k)).sum() };
+    let mut best = (cost(default), default);
+    for k in low..=high {
+        let c = cost(k);
+        if c < best.0 || (c == best.0 && k < best.1) {
+            best = (c, k);
         }
     }
+    best.1
 }
 
-fn read_axes(
-    r: &mut BitReader<'_>,
-    base: [u32; 3],
-    widths: [u32; 2],
-    abs_bits: [u32; 3],
-    max: [u32; 3],
-) -> Result<[u32; 3], SnapshotError> {
-    let mut out = base;
-    for axis in 0..3 {
-        let v = match r.read_bits(2)? {
-            0 => i64::from(base[axis]),
-            1 => i64::from(base[axis]) + unzigzag(r.read_bits(widths[0])?),
-            2 => i64::from(base[axis]) + unzigzag(r.read_bits(widths[1])?),
-            _ => i64::from(r.read_bits(abs_bits[axis])?),
-        };
-        if !(0..=i64::from(max[axis])).contains(&v) {
-            return Err(SnapshotError::ValueOutOfRange);
-        }
-        // Checked to lie in 0..=max (a u32) just above.
-        out[axis] = v as u32;
+/// Which fields of `cur` differ from `base`.
+fn changed_fields(base: &QuantizedEntity, cur: &QuantizedEntity) -> u8 {
+    let (bt, ct) = (&base.transform, &cur.transform);
+    let mut set = 0;
+    if ct.position != bt.position {
+        set |= POSITION;
     }
-    Ok(out)
+    if ct.rotation != bt.rotation {
+        set |= ROTATION;
+    }
+    if ct.velocity != bt.velocity {
+        set |= VELOCITY;
+    }
+    if cur.component != base.component {
+        set |= COMPONENT;
+    }
+    set
+}
+
+/// `set` (a subset of `fields`) as one bit per field of `fields`, lowest first.
+fn pack_fields(set: u8, fields: u8) -> u32 {
+    let (mut out, mut bit) = (0u32, 0);
+    for f in [POSITION, ROTATION, VELOCITY, COMPONENT] {
+        if fields & f != 0 {
+            out |= u32::from(set & f != 0) << bit;
+            bit += 1;
+        }
+    }
+    out
+}
+
+/// The inverse of [`pack_fields`]: any value gives a subset of `fields`.
+fn unpack_fields(packed: u32, fields: u8) -> u8 {
+    let (mut set, mut bit) = (0u8, 0);
+    for f in [POSITION, ROTATION, VELOCITY, COMPONENT] {
+        if fields & f != 0 {
+            if (packed >> bit) & 1 == 1 {
+                set |= f;
+            }
+            bit += 1;
+        }
+    }
+    set
 }
 
 fn velocity_mid(lim: &Limits) -> [u32; 3] {
@@ -169,82 +354,89 @@ pub(crate) fn spawn_base() -> QuantizedEntity {
     QuantizedEntity::default()
 }
 
-/// Code `cur` relative to `base`: four field flags, each followed by its payload when set.
-///
-/// `ticks` is how many ticks the snapshot is newer than the baseline (0 for spawns). When
-/// the base has a velocity and `ticks > 0`, the position carries one more bit: whether it is
-/// coded against the base position moved by that velocity (cheaper for bodies in flight).
-pub(crate) fn write_entity<W: BitSink>(
+/// What a changed position is coded against: the old position, or, when `predicted` and a
+/// velocity is known, where the body went if it moved at the mean of its old and new
+/// velocity. That mean is the true mean speed under constant acceleration (friction,
+/// gravity, a steady push); the old velocity alone misses by half the speed change.
+fn position_reference(
+    base: &QuantizedTransform,
+    velocity: Option<[u32; 3]>,
+    ticks: u32,
+    predicted: bool,
+    lim: &Limits,
+) -> [u32; 3] {
+    if !predicted || ticks == 0 {
+        return base.position;
+    }
+    match (base.velocity, velocity) {
+        (Some(old), Some(new)) => lim.predict(base.position, old, new, ticks),
+        (Some(v), None) | (None, Some(v)) => lim.predict(base.position, v, v, ticks),
+        (None, None) => base.position,
+    }
+}
+
+/// Code `cur` relative to `base` with the section's `code`; `ticks` is how many ticks the
+/// snapshot is newer than the baseline (0 for spawns). `cur`'s changed fields must lie in
+/// `code.fields`, and a velocity may appear or vanish only with `code.toggles`.
+fn write_entity<W: BitSink>(
     w: &mut W,
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
     ticks: u32,
     lim: &Limits,
+    code: &EntityCode,
 ) {
     let (bt, ct) = (&base.transform, &cur.transform);
-
-    w.write_bool(ct.position != bt.position);
-    if ct.position != bt.position {
-        let mut reference = bt.position;
-        if let Some(predicted) = prediction(bt, ticks, lim) {
-            let cost = |r: [u32; 3]| {
-                let mut c = BitCounter::default();
-                write_axes(
-                    &mut c,
-                    r,
-                    ct.position,
-                    POSITION_DELTA_BITS,
-                    lim.position_bits,
-                );
-                c.bits
-            };
-            let use_prediction = cost(predicted) < cost(bt.position);
-            w.write_bool(use_prediction);
-            if use_prediction {
-                reference = predicted;
-            }
-        }
-        write_axes(
-            w,
-            reference,
-            ct.position,
-            POSITION_DELTA_BITS,
-            lim.position_bits,
-        );
-    }
-
-    w.write_bool(ct.rotation != bt.rotation);
-    if ct.rotation != bt.rotation {
-        let small = ct.rotation.largest == bt.rotation.largest
-            && (0..3).all(|i| {
-                let d = i64::from(ct.rotation.smallest[i]) - i64::from(bt.rotation.smallest[i]);
-                fits(d, ROTATION_DELTA_BITS)
-            });
-        w.write_bool(small);
-        for i in 0..3 {
-            if small {
-                let d = i64::from(ct.rotation.smallest[i]) - i64::from(bt.rotation.smallest[i]);
-                w.write_bits(zigzag(d) as u32, ROTATION_DELTA_BITS);
-            } else {
-                if i == 0 {
-                    w.write_bits(u32::from(ct.rotation.largest), 2);
-                }
-                w.write_bits(u32::from(ct.rotation.smallest[i]), lim.rotation_bits);
+    let set = changed_fields(base, cur);
+    debug_assert_eq!(set & !code.fields, 0);
+    let f = code.fields.count_ones();
+    if f > 0 {
+        w.write_bool(set == code.common[0]);
+        if set != code.common[0] {
+            w.write_bool(set == code.common[1]);
+            if set != code.common[1] {
+                w.write_bits(pack_fields(set, code.fields), f);
             }
         }
     }
 
-    w.write_bool(ct.velocity != bt.velocity);
-    if ct.velocity != bt.velocity {
-        w.write_bool(ct.velocity.is_some());
+    if set & VELOCITY != 0 {
+        if code.toggles {
+            w.write_bool(ct.velocity.is_some());
+        }
         if let Some(v) = ct.velocity {
-            let b = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
-            write_axes(w, b, v, VELOCITY_DELTA_BITS, [lim.velocity_bits; 3]);
+            let reference = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+            for axis in 0..3 {
+                w.write_exp_golomb(delta(v[axis], reference[axis]), code.ks.velocity[axis]);
+            }
         }
     }
 
-    w.write_bool(cur.component != base.component);
-    if cur.component != base.component {
+    if set & POSITION != 0 {
+        let reference = position_reference(bt, ct.velocity, ticks, code.predicted, lim);
+        for (axis, r) in reference.iter().enumerate() {
+            w.write_exp_golomb(delta(ct.position[axis], *r), code.ks.position[axis]);
+        }
+    }
+
+    if set & ROTATION != 0 {
+        let same = ct.rotation.largest == bt.rotation.largest;
+        w.write_bool(same);
+        if !same {
+            w.write_bits(u32::from(ct.rotation.largest), 2);
+        }
+        for i in 0..3 {
+            let c = u32::from(ct.rotation.smallest[i]);
+            if same {
+                let b = u32::from(bt.rotation.smallest[i]);
+                w.write_exp_golomb(delta(c, b), code.ks.rotation);
+            } else {
+                w.write_bits(c, lim.rotation_bits);
+            }
+        }
+    }
+
+    if set & COMPONENT != 0 {
         w.write_bool(cur.component.is_some());
         if let Some(bytes) = &cur.component {
             // Lengths beyond u32 cannot occur: the sender never sends an entity larger than
@@ -257,83 +449,105 @@ pub(crate) fn write_entity<W: BitSink>(
     }
 }
 
-/// Where the base is heading: its position moved by its velocity over `ticks`.
-fn prediction(base: &QuantizedTransform, ticks: u32, lim: &Limits) -> Option<[u32; 3]> {
-    match base.velocity {
-        Some(v) if ticks > 0 => Some(lim.predict(base.position, v, ticks)),
-        _ => None,
+/// `base + delta`, which must lie in `0..=max`.
+fn apply_delta(base: u32, z: u64, max: u32) -> Result<u32, SnapshotError> {
+    let v = i64::from(base) + unzigzag(z);
+    if !(0..=i64::from(max)).contains(&v) {
+        return Err(SnapshotError::ValueOutOfRange);
     }
+    // In 0..=max, a u32, as checked above.
+    Ok(v as u32)
 }
 
-/// Read an entity coded by [`write_entity`] against the same `base` and `ticks`.
-pub(crate) fn read_entity(
+/// Read an entity coded by [`write_entity`] against the same `base`, `ticks` and `code`,
+/// adding its bits to `tally`.
+fn read_entity(
     r: &mut BitReader<'_>,
     base: &QuantizedEntity,
     ticks: u32,
     lim: &Limits,
+    code: &EntityCode,
+    tally: &mut FieldBits,
 ) -> Result<QuantizedEntity, SnapshotError> {
     let mut e = base.clone();
+    let bt = &base.transform;
+    let mut m = Meter::new(r);
+    tally.entities += 1;
 
-    if r.read_bool()? {
-        let mut reference = base.transform.position;
-        if let Some(predicted) = prediction(&base.transform, ticks, lim)
-            && r.read_bool()?
-        {
-            reference = predicted;
-        }
-        e.transform.position = read_axes(
-            r,
-            reference,
-            POSITION_DELTA_BITS,
-            lim.position_bits,
-            lim.position_steps,
-        )?;
-    }
+    let f = code.fields.count_ones();
+    let set = if f == 0 {
+        0
+    } else if r.read_bool()? {
+        code.common[0]
+    } else if r.read_bool()? {
+        code.common[1]
+    } else {
+        unpack_fields(r.read_bits(f)?, code.fields)
+    };
+    tally.flags += m.take(r);
 
-    if r.read_bool()? {
-        let max = i64::from(lim.rotation_max);
-        let small = r.read_bool()?;
-        let mut rot = QuantizedRotation {
-            largest: base.transform.rotation.largest,
-            smallest: [0; 3],
-        };
-        for i in 0..3 {
-            let v = if small {
-                i64::from(base.transform.rotation.smallest[i])
-                    + unzigzag(r.read_bits(ROTATION_DELTA_BITS)?)
-            } else {
-                if i == 0 {
-                    // Two bits: always a valid index 0..=3.
-                    rot.largest = r.read_bits(2)? as u8;
+    if set & VELOCITY != 0 {
+        let present = !code.toggles || r.read_bool()?;
+        e.transform.velocity = if present {
+            let reference = match bt.velocity {
+                Some(v) => v,
+                None if code.toggles => velocity_mid(lim),
+                None => {
+                    return Err(SnapshotError::BadHeader(
+                        "velocity appears in a section without presence bits",
+                    ));
                 }
-                i64::from(r.read_bits(lim.rotation_bits)?)
             };
-            if !(0..=max).contains(&v) {
-                return Err(SnapshotError::ValueOutOfRange);
+            let mut v = [0u32; 3];
+            for axis in 0..3 {
+                let z = r.read_exp_golomb(code.ks.velocity[axis])?;
+                v[axis] = apply_delta(reference[axis], z, lim.velocity_steps)?;
             }
-            // In 0..=rotation_max (< 2^15) as checked above.
-            rot.smallest[i] = v as u16;
-        }
-        e.transform.rotation = rot;
-    }
-
-    if r.read_bool()? {
-        e.transform.velocity = if r.read_bool()? {
-            let b = base.transform.velocity.unwrap_or_else(|| velocity_mid(lim));
-            let steps = lim.velocity_steps;
-            Some(read_axes(
-                r,
-                b,
-                VELOCITY_DELTA_BITS,
-                [lim.velocity_bits; 3],
-                [steps; 3],
-            )?)
+            Some(v)
         } else {
             None
         };
+        tally.velocity += m.take(r);
     }
 
-    if r.read_bool()? {
+    if set & POSITION != 0 {
+        let reference = position_reference(bt, e.transform.velocity, ticks, code.predicted, lim);
+        for (axis, base) in reference.iter().enumerate() {
+            let z = r.read_exp_golomb(code.ks.position[axis])?;
+            e.transform.position[axis] = apply_delta(*base, z, lim.position_steps[axis])?;
+        }
+        tally.position += m.take(r);
+    }
+
+    if set & ROTATION != 0 {
+        let same = r.read_bool()?;
+        let mut rot = QuantizedRotation {
+            largest: bt.rotation.largest,
+            smallest: [0; 3],
+        };
+        if !same {
+            // Two bits: always a valid index 0..=3.
+            rot.largest = r.read_bits(2)? as u8;
+        }
+        for i in 0..3 {
+            let v = if same {
+                let z = r.read_exp_golomb(code.ks.rotation)?;
+                apply_delta(u32::from(bt.rotation.smallest[i]), z, lim.rotation_max)?
+            } else {
+                let v = r.read_bits(lim.rotation_bits)?;
+                if v > lim.rotation_max {
+                    return Err(SnapshotError::ValueOutOfRange);
+                }
+                v
+            };
+            // At most rotation_max (< 2^15), checked above.
+            rot.smallest[i] = v as u16;
+        }
+        e.transform.rotation = rot;
+        tally.rotation += m.take(r);
+    }
+
+    if set & COMPONENT != 0 {
         e.component = if r.read_bool()? {
             let len = r.read_varint(LENGTH_CHUNK_BITS)? as usize;
             if len > r.remaining_bits() / 8 {
@@ -348,11 +562,13 @@ pub(crate) fn read_entity(
         } else {
             None
         };
+        tally.component += m.take(r);
     }
     Ok(e)
 }
 
-/// Bits of one entity as [`write_entity`] would write it.
+/// Bits of one entity as the sender's estimate counts it: coded with [`EntityCode::estimate`],
+/// never fewer than the part it goes into will spend on it.
 pub(crate) fn entity_bits(
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
@@ -360,8 +576,169 @@ pub(crate) fn entity_bits(
     lim: &Limits,
 ) -> usize {
     let mut c = BitCounter::default();
-    write_entity(&mut c, base, cur, ticks, lim);
+    write_entity(&mut c, base, cur, ticks, lim, &EntityCode::estimate(ticks));
     c.bits
+}
+
+/// Bits of a gap between baseline indices as the sender's estimate counts it.
+pub(crate) fn index_gap_bits(gap: usize) -> usize {
+    // Baseline indices are below the entity count, far below u32::MAX.
+    exp_golomb_bits(gap as u64, DEFAULT_INDEX_K)
+}
+
+/// Bits of a gap between spawned ids as the sender's estimate counts it.
+pub(crate) fn id_gap_bits(gap: u32) -> usize {
+    exp_golomb_bits(u64::from(gap), DEFAULT_ID_K)
+}
+
+/// Choose the code of a section: the fields, common sets and orders that spend the fewest
+/// bits on `pairs` of (base, new) entities; never more than [`EntityCode::estimate`] would.
+fn choose_code<'a>(
+    pairs: impl Iterator<Item = (&'a QuantizedEntity, &'a QuantizedEntity)>,
+    ticks: u32,
+    lim: &Limits,
+) -> EntityCode {
+    let defaults = EntityCode::estimate(ticks).ks;
+    let mut counts = [0u32; 16];
+    let mut toggles = false;
+    let mut velocity: [Vec<u64>; 3] = Default::default();
+    let mut rotation: Vec<u64> = Vec::new();
+    // Position residuals against the old position [0] and against the prediction [1].
+    let mut position: [[Vec<u64>; 3]; 2] = Default::default();
+    for (b, c) in pairs {
+        let (bt, ct) = (&b.transform, &c.transform);
+        let set = changed_fields(b, c);
+        counts[usize::from(set)] += 1;
+        if set & VELOCITY != 0 {
+            toggles |= bt.velocity.is_some() != ct.velocity.is_some();
+            if let Some(v) = ct.velocity {
+                let reference = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+                for axis in 0..3 {
+                    velocity[axis].push(delta(v[axis], reference[axis]));
+                }
+            }
+        }
+        if set & POSITION != 0 {
+            for (mode, residuals) in position.iter_mut().enumerate() {
+                let reference = position_reference(bt, ct.velocity, ticks, mode == 1, lim);
+                for axis in 0..3 {
+                    residuals[axis].push(delta(ct.position[axis], reference[axis]));
+                }
+            }
+        }
+        if set & ROTATION != 0 && ct.rotation.largest == bt.rotation.largest {
+            for i in 0..3 {
+                rotation.push(delta(
+                    u32::from(ct.rotation.smallest[i]),
+                    u32::from(bt.rotation.smallest[i]),
+                ));
+            }
+        }
+    }
+
+    let fields = (0..16u8)
+        .filter(|&s| counts[usize::from(s)] > 0)
+        .fold(0, |a, s| a | s);
+    // The two most frequent sets (ties: the smaller set), which minimises the flag bits.
+    let mut ranked: Vec<u8> = (0..16u8).collect();
+    ranked.sort_by_key(|&s| (std::cmp::Reverse(counts[usize::from(s)]), s));
+    let ks_of = |values: &[Vec<u64>; 3], default: [u32; 3]| -> [u32; 3] {
+        std::array::from_fn(|axis| best_k(&values[axis], default[axis]))
+    };
+    let cost_of = |values: &[Vec<u64>; 3], ks: [u32; 3]| -> usize {
+        (0..3)
+            .map(|axis| {
+                let k = ks[axis];
+                values[axis]
+                    .iter()
+                    .map(|&v| exp_golomb_bits(v, k))
+                    .sum::<usize>()
+            })
+            .sum()
+    };
+    let plain_ks = ks_of(&position[0], defaults.position);
+    let mut predicted = false;
+    let mut position_ks = plain_ks;
+    if ticks > 0 {
+        let predicted_ks = ks_of(&position[1], defaults.position);
+        if cost_of(&position[1], predicted_ks) <= cost_of(&position[0], plain_ks) {
+            predicted = true;
+            position_ks = predicted_ks;
+        }
+    }
+    EntityCode {
+        fields,
+        common: [ranked[0] & fields, ranked[1] & fields],
+        toggles,
+        predicted,
+        ks: FieldKs {
+            position: position_ks,
+            velocity: ks_of(&velocity, defaults.velocity),
+            rotation: best_k(&rotation, defaults.rotation),
+        },
+    }
+}
+
+fn write_code<W: BitSink>(w: &mut W, code: &EntityCode, ticks: u32) {
+    w.write_bits(u32::from(code.fields), 4);
+    let f = code.fields.count_ones();
+    for set in code.common {
+        w.write_bits(pack_fields(set, code.fields), f);
+    }
+    if code.fields & VELOCITY != 0 {
+        w.write_bool(code.toggles);
+        for k in code.ks.velocity {
+            w.write_bits(k, K_BITS);
+        }
+    }
+    if code.fields & POSITION != 0 {
+        if ticks > 0 {
+            w.write_bool(code.predicted);
+        }
+        for k in code.ks.position {
+            w.write_bits(k, K_BITS);
+        }
+    }
+    if code.fields & ROTATION != 0 {
+        w.write_bits(code.ks.rotation, K_BITS);
+    }
+}
+
+fn read_code(r: &mut BitReader<'_>, ticks: u32) -> Result<EntityCode, SnapshotError> {
+    // A 4-bit read: always a set of the four fields.
+    let fields = r.read_bits(4)? as u8;
+    let f = fields.count_ones();
+    let mut code = EntityCode {
+        fields,
+        common: [0; 2],
+        toggles: false,
+        predicted: false,
+        ks: FieldKs {
+            position: [0; 3],
+            velocity: [0; 3],
+            rotation: 0,
+        },
+    };
+    for set in &mut code.common {
+        *set = unpack_fields(r.read_bits(f)?, fields);
+    }
+    // Every order is a 4-bit read, so within 0..=MAX_EXP_GOLOMB_K.
+    if fields & VELOCITY != 0 {
+        code.toggles = r.read_bool()?;
+        for k in &mut code.ks.velocity {
+            *k = r.read_bits(K_BITS)?;
+        }
+    }
+    if fields & POSITION != 0 {
+        code.predicted = ticks > 0 && r.read_bool()?;
+        for k in &mut code.ks.position {
+            *k = r.read_bits(K_BITS)?;
+        }
+    }
+    if fields & ROTATION != 0 {
+        code.ks.rotation = r.read_bits(K_BITS)?;
+    }
+    Ok(code)
 }
 
 fn write_header<W: BitSink>(w: &mut W, h: &PartHeader) {
@@ -402,35 +779,27 @@ pub(crate) fn read_header(r: &mut BitReader<'_>) -> Result<PartHeader, SnapshotE
     })
 }
 
-fn write_index_list<W: BitSink>(w: &mut W, indices: &[usize]) {
+/// Gaps between increasing `indices`: the first index itself, then index − previous − 1.
+fn index_gaps(indices: impl Iterator<Item = usize>) -> Vec<u64> {
     let mut prev: Option<usize> = None;
-    for &i in indices {
-        let gap = match prev {
-            Some(p) => i - p - 1,
-            None => i,
-        };
-        // Baseline indices are below the entity count, far below u32::MAX.
-        w.write_varint(gap as u32, INDEX_GAP_CHUNK_BITS);
-        prev = Some(i);
-    }
+    indices
+        .map(|i| {
+            let gap = match prev {
+                Some(p) => i - p - 1,
+                None => i,
+            };
+            prev = Some(i);
+            // Baseline indices and ids fit 32 bits.
+            gap as u64
+        })
+        .collect()
 }
 
-fn index_list_bits(indices: &[usize]) -> usize {
-    let mut c = BitCounter::default();
-    write_index_list(&mut c, indices);
-    c.bits
-}
-
-fn index_mask_bits(indices: &[usize]) -> usize {
-    match (indices.first(), indices.last()) {
-        (Some(&first), Some(&last)) => {
-            let span = last - first + 1;
-            varint_bits(first as u32, INDEX_GAP_CHUNK_BITS)
-                + varint_bits((span - indices.len()) as u32, COUNT_CHUNK_BITS)
-                + span
-        }
-        _ => 0,
-    }
+/// Write `gaps` with the order that suits them best (after the order itself).
+fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u64], default_k: u32) -> u32 {
+    let k = best_k(gaps, default_k);
+    w.write_bits(k, K_BITS);
+    k
 }
 
 /// Encode one part. The caller guarantees the content is sorted and valid for `baseline`.
@@ -448,47 +817,45 @@ pub(crate) fn encode_part<W: BitSink>(
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(content.updates.len() as u32, COUNT_CHUNK_BITS);
     if !content.updates.is_empty() {
-        let indices: Vec<usize> = content.updates.iter().map(|(i, _)| *i).collect();
-        let use_mask = index_mask_bits(&indices) < index_list_bits(&indices);
-        w.write_bool(use_mask);
-        if use_mask {
-            // Non-empty, checked above.
-            let first = indices[0];
-            let last = indices[indices.len() - 1];
-            let span = last - first + 1;
-            w.write_varint(first as u32, INDEX_GAP_CHUNK_BITS);
-            w.write_varint((span - indices.len()) as u32, COUNT_CHUNK_BITS);
-            let mut next = indices.iter().peekable();
-            for i in first..=last {
-                let hit = next.peek() == Some(&&i);
-                if hit {
-                    next.next();
-                }
-                w.write_bool(hit);
-            }
-        } else {
-            write_index_list(w, &indices);
+        let gaps = index_gaps(content.updates.iter().map(|(i, _)| *i));
+        let k = write_gaps(w, &gaps, DEFAULT_INDEX_K);
+        // The sender takes indices from this baseline.
+        let pairs = || content.updates.iter().map(|(i, e)| (&base[*i].1, *e));
+        let code = choose_code(pairs(), ticks, lim);
+        write_code(w, &code, ticks);
+        for &g in &gaps {
+            w.write_exp_golomb(g, k);
         }
-        for (i, e) in &content.updates {
-            // The sender takes indices from this baseline.
-            write_entity(w, &base[*i].1, e, ticks, lim);
+        for (b, e) in pairs() {
+            write_entity(w, b, e, ticks, lim, &code);
         }
     }
 
     w.write_varint(content.despawns.len() as u32, COUNT_CHUNK_BITS);
-    write_index_list(w, &content.despawns);
+    if !content.despawns.is_empty() {
+        let gaps = index_gaps(content.despawns.iter().copied());
+        let k = write_gaps(w, &gaps, DEFAULT_INDEX_K);
+        for &g in &gaps {
+            w.write_exp_golomb(g, k);
+        }
+    }
 
     w.write_varint(content.spawns.len() as u32, COUNT_CHUNK_BITS);
-    let spawn_base = spawn_base();
-    let mut prev: Option<EntityId> = None;
-    for (id, e) in &content.spawns {
-        let gap = match prev {
-            Some(p) => id.0 - p.0 - 1,
-            None => id.0,
-        };
-        w.write_varint(gap, ID_GAP_CHUNK_BITS);
-        write_entity(w, &spawn_base, e, 0, lim);
-        prev = Some(*id);
+    if !content.spawns.is_empty() {
+        // Ids are u32; as usize they keep their order.
+        let gaps = index_gaps(content.spawns.iter().map(|(id, _)| id.0 as usize));
+        let k = write_gaps(w, &gaps, DEFAULT_ID_K);
+        let spawn_base = spawn_base();
+        let code = choose_code(
+            content.spawns.iter().map(|(_, e)| (&spawn_base, *e)),
+            0,
+            lim,
+        );
+        write_code(w, &code, 0);
+        for (&g, (_, e)) in gaps.iter().zip(&content.spawns) {
+            w.write_exp_golomb(g, k);
+            write_entity(w, &spawn_base, e, 0, lim, &code);
+        }
     }
 }
 
@@ -505,12 +872,13 @@ fn read_index_list(
     r: &mut BitReader<'_>,
     n: usize,
     len: usize,
+    k: u32,
 ) -> Result<Vec<usize>, SnapshotError> {
     // n was checked against the baseline size and the bits left.
     let mut out = Vec::with_capacity(n);
     let mut next = 0u64;
     for _ in 0..n {
-        let i = next + u64::from(r.read_varint(INDEX_GAP_CHUNK_BITS)?);
+        let i = next + r.read_exp_golomb(k)?;
         if i >= len as u64 {
             return Err(SnapshotError::IndexOutOfRange);
         }
@@ -521,7 +889,8 @@ fn read_index_list(
     Ok(out)
 }
 
-/// Decode the body of a part (after [`read_header`]) against `baseline`.
+/// Decode the body of a part (after [`read_header`]) against `baseline`, adding where its
+/// bits went to `tally` (only once the whole part decoded).
 ///
 /// Returns the changes sorted by id. On error nothing outside the return value was touched.
 pub(crate) fn decode_body(
@@ -529,66 +898,76 @@ pub(crate) fn decode_body(
     header: &PartHeader,
     baseline: &QuantizedWorld,
     lim: &Limits,
+    tally: &mut FieldBits,
 ) -> Result<Vec<Change>, SnapshotError> {
     let base = baseline.entities();
     let ticks = header.ticks_since_baseline();
     let mut changes: Vec<Change> = Vec::new();
+    let mut t = FieldBits {
+        parts: 1,
+        part_headers: (r.bit_len() - r.remaining_bits()) as u64,
+        ..FieldBits::default()
+    };
+    let mut m = Meter::new(r);
 
     let n = read_count(r, base.len())?;
     let mut updates = Vec::new();
     if n > 0 {
-        let indices = if r.read_bool()? {
-            let first = u64::from(r.read_varint(INDEX_GAP_CHUNK_BITS)?);
-            let extra = u64::from(r.read_varint(COUNT_CHUNK_BITS)?);
-            let span = n as u64 + extra;
-            if first + span > base.len() as u64 {
-                return Err(SnapshotError::IndexOutOfRange);
-            }
-            if span > r.remaining_bits() as u64 {
-                return Err(SnapshotError::CountTooLarge);
-            }
-            let mut out = Vec::with_capacity(n);
-            for i in first..first + span {
-                if r.read_bool()? {
-                    // Below base.len() (checked above), a usize.
-                    out.push(i as usize);
-                }
-            }
-            if out.len() != n {
-                return Err(SnapshotError::BadHeader("changed-bit count mismatch"));
-            }
-            out
-        } else {
-            read_index_list(r, n, base.len())?
-        };
+        let k = r.read_bits(K_BITS)?;
+        let code = read_code(r, ticks)?;
+        t.part_headers += m.take(r);
+        let indices = read_index_list(r, n, base.len(), k)?;
+        t.index_gaps += m.take(r);
+        updates.reserve(n);
         for i in indices {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, ticks, lim)?)));
+            updates.push((*id, Some(read_entity(r, b, ticks, lim, &code, &mut t)?)));
         }
+        m = Meter::new(r);
     }
 
     let n = read_count(r, base.len())?;
-    let despawns = read_index_list(r, n, base.len())?;
+    let despawns = if n > 0 {
+        let k = r.read_bits(K_BITS)?;
+        t.part_headers += m.take(r);
+        let despawns = read_index_list(r, n, base.len(), k)?;
+        t.index_gaps += m.take(r);
+        despawns
+    } else {
+        Vec::new()
+    };
 
     let n = read_count(r, usize::MAX)?;
-    let spawn_base = spawn_base();
     let mut spawns = Vec::with_capacity(n);
-    let mut next = 0u64;
-    for _ in 0..n {
-        let id = next + u64::from(r.read_varint(ID_GAP_CHUNK_BITS)?);
-        let id = u32::try_from(id).map_err(|_| SnapshotError::IndexOutOfRange)?;
-        let id = EntityId(id);
-        if baseline.index_of(id).is_some() {
-            return Err(SnapshotError::SpawnExists);
+    if n > 0 {
+        let k = r.read_bits(K_BITS)?;
+        let code = read_code(r, 0)?;
+        t.part_headers += m.take(r);
+        let spawn_base = spawn_base();
+        let mut next = 0u64;
+        for _ in 0..n {
+            let id = next + r.read_exp_golomb(k)?;
+            t.index_gaps += m.take(r);
+            let id = u32::try_from(id).map_err(|_| SnapshotError::IndexOutOfRange)?;
+            let id = EntityId(id);
+            if baseline.index_of(id).is_some() {
+                return Err(SnapshotError::SpawnExists);
+            }
+            spawns.push((
+                id,
+                Some(read_entity(r, &spawn_base, 0, lim, &code, &mut t)?),
+            ));
+            m = Meter::new(r);
+            next = u64::from(id.0) + 1;
         }
-        spawns.push((id, Some(read_entity(r, &spawn_base, 0, lim)?)));
-        next = u64::from(id.0) + 1;
     }
+    t.part_headers += m.take(r);
 
     if r.remaining_bits() >= 8 {
         return Err(SnapshotError::TrailingBytes);
     }
+    t.part_headers += r.remaining_bits() as u64;
 
     // Updates and despawns are both increasing baseline indices: merge to find overlap.
     let mut d = despawns.iter().peekable();
@@ -607,5 +986,6 @@ pub(crate) fn decode_body(
     changes.extend(despawns.iter().map(|&i| (base[i].0, None)));
     changes.extend(spawns);
     super::world::normalize_changes(&mut changes);
+    tally.add(&t);
     Ok(changes)
 }

@@ -111,14 +111,24 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// `position` moved by `velocity` over `ticks` ticks, in steps, clamped into the box.
+    /// `position` moved over `ticks` ticks at the mean of velocities `old` and `new`, in
+    /// steps, clamped into the box: where a body under constant acceleration goes (pass the
+    /// same velocity twice for constant speed).
     ///
     /// Plain f64 arithmetic (no fused operations) and a final round: IEEE 754 makes this
     /// bit-identical on every platform, which both ends rely on.
-    pub(crate) fn predict(&self, position: [u32; 3], velocity: [u32; 3], ticks: u32) -> [u32; 3] {
+    pub(crate) fn predict(
+        &self,
+        position: [u32; 3],
+        old: [u32; 3],
+        new: [u32; 3],
+        ticks: u32,
+    ) -> [u32; 3] {
         let mut out = position;
         for axis in 0..3 {
-            let v = f64::from(velocity[axis]) * self.velocity_resolution_mps - self.max_speed_mps;
+            let mps = |v: u32| f64::from(v) * self.velocity_resolution_mps - self.max_speed_mps;
+            // Exact for equal velocities: halving a doubled f64 loses nothing.
+            let v = (mps(old[axis]) + mps(new[axis])) * 0.5;
             let moved = round_half_away(v * f64::from(ticks) * self.position_steps_per_mps_tick);
             let p = (f64::from(position[axis]) + moved)
                 .clamp(0.0, f64::from(self.position_steps[axis]));
@@ -536,7 +546,8 @@ mod tests {
             ..Transform::default()
         };
         let q = c.quantize(&t);
-        let p = lim.predict(q.position, q.velocity.unwrap(), 6);
+        let v = q.velocity.unwrap();
+        let p = lim.predict(q.position, v, v, 6);
         let moved = c.dequantize(&QuantizedTransform {
             position: p,
             ..QuantizedTransform::default()
@@ -545,7 +556,7 @@ mod tests {
         let want = Vec3::new(10.3, 0.5, -3.15);
         assert!((moved.position - want).abs().max_element() <= c.position_resolution_m);
         // Far in the future the prediction is clamped to the box, never wraps.
-        let far = lim.predict(q.position, q.velocity.unwrap(), 100_000);
+        let far = lim.predict(q.position, v, v, 100_000);
         assert_eq!(far[0], c.position_steps(0));
         assert_eq!(far[2], 0);
     }

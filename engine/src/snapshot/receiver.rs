@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::SnapshotError;
 use super::bits::BitReader;
-use super::part;
+use super::part::{self, FieldBits};
 use super::quantize::{Limits, QuantizeConfig};
 use super::world::{
     Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, normalize_changes,
@@ -92,6 +92,7 @@ pub struct SnapshotReceiver {
     live_overlay: BTreeMap<EntityId, Option<QuantizedEntity>>,
     newest: Option<(Tick, Instant)>,
     stats: ReceiverStats,
+    field_bits: FieldBits,
 }
 
 impl SnapshotReceiver {
@@ -110,12 +111,18 @@ impl SnapshotReceiver {
             live_overlay: BTreeMap::new(),
             newest: None,
             stats: ReceiverStats::default(),
+            field_bits: FieldBits::default(),
         })
     }
 
     /// The counters.
     pub fn stats(&self) -> ReceiverStats {
         self.stats
+    }
+
+    /// Where the bits of every part decoded so far went, field by field.
+    pub fn field_bits(&self) -> FieldBits {
+        self.field_bits
     }
 
     /// The newest tick applied to the live view.
@@ -217,7 +224,7 @@ impl SnapshotReceiver {
                 .ok_or(SnapshotError::MissingBaseline(b.0))?,
         };
         // Decoded into a fresh vector: nothing is touched until it succeeded.
-        let changes = part::decode_body(&mut r, &h, &base, &self.limits)?;
+        let changes = part::decode_body(&mut r, &h, &base, &self.limits, &mut self.field_bits)?;
 
         let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
             baseline: h.baseline,

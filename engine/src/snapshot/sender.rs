@@ -5,10 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::SnapshotError;
-use super::bits::{BitWriter, varint_bits};
+use super::bits::BitWriter;
 use super::part::{
-    self, ID_GAP_CHUNK_BITS, INDEX_GAP_CHUNK_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
-    PartContent, PartHeader,
+    self, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS, PartContent, PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
@@ -141,12 +140,22 @@ pub struct SnapshotSender {
     always_rank: bool,
 }
 
+/// Bits a baseline index adds to a part after `prev`; the first of a section (`None`) also
+/// brings the section's code.
 fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
-    let gap = match prev {
-        Some(p) => index - p - 1,
-        None => index,
-    };
-    varint_bits(gap as u32, INDEX_GAP_CHUNK_BITS)
+    match prev {
+        Some(p) => part::index_gap_bits(index - p - 1),
+        None => part::SECTION_CODE_BITS + part::index_gap_bits(index),
+    }
+}
+
+/// Bits a spawned id adds to a part after `prev`; the first (`None`) also brings the
+/// section's code.
+fn spawn_gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
+    match prev {
+        Some(p) => part::id_gap_bits(id.0 - p.0 - 1),
+        None => part::SECTION_CODE_BITS + part::id_gap_bits(id.0),
+    }
 }
 
 impl SnapshotSender {
@@ -382,10 +391,10 @@ impl SnapshotSender {
             bits + parts * PART_OVERHEAD_BITS <= budget_bits
         };
         let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
-        let index_bits = varint_bits(typical_gap as u32, INDEX_GAP_CHUNK_BITS);
-        // 48 bits covers the largest index or id gap varint.
-        let fits_a_part =
-            |c: &Candidate| PART_OVERHEAD_BITS + c.payload_bits + 48 <= part_capacity_bits;
+        let index_bits = part::index_gap_bits(typical_gap);
+        let fits_a_part = |c: &Candidate| {
+            PART_OVERHEAD_BITS + c.payload_bits + MAX_INDEX_BITS <= part_capacity_bits
+        };
         let all_bits = (candidates.len() + despawns.len()) * index_bits
             + candidates.iter().map(|c| c.payload_bits).sum::<usize>();
         #[cfg(test)]
@@ -492,20 +501,15 @@ impl SnapshotSender {
         }
         if !full {
             for c in &spawns {
-                let gap = |prev: Option<EntityId>| match prev {
-                    Some(p) => c.id.0 - p.0 - 1,
-                    None => c.id.0,
-                };
                 let mut cost =
-                    varint_bits(gap(content.spawns.last().map(|s| s.0)), ID_GAP_CHUNK_BITS)
-                        + c.payload_bits;
+                    spawn_gap_bits(content.spawns.last().map(|s| s.0), c.id) + c.payload_bits;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
                     }
                     parts.push(std::mem::take(&mut content));
                     bits = PART_OVERHEAD_BITS;
-                    cost = varint_bits(gap(None), ID_GAP_CHUNK_BITS) + c.payload_bits;
+                    cost = spawn_gap_bits(None, c.id) + c.payload_bits;
                 }
                 bits += cost;
                 let e = &cur[c.world_index].1;

@@ -131,7 +131,14 @@ fn sync_fully(
 fn decode(bytes: &[u8], baseline: &QuantizedWorld) -> Vec<(EntityId, Option<QuantizedEntity>)> {
     let mut r = BitReader::new(bytes);
     let h = part::read_header(&mut r).unwrap();
-    part::decode_body(&mut r, &h, baseline, &QuantizeConfig::default().limits()).unwrap()
+    part::decode_body(
+        &mut r,
+        &h,
+        baseline,
+        &QuantizeConfig::default().limits(),
+        &mut part::FieldBits::default(),
+    )
+    .unwrap()
 }
 
 proptest! {
@@ -278,21 +285,23 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     let before = rx.live_world();
 
     let mut cases: Vec<(Vec<u8>, SnapshotError)> = Vec::new();
-    // Update index 1000 in a 10-entity baseline.
+    // Update index 1000 in a 10-entity baseline (index order 0, no fields change).
     let mut w = BitWriter::new();
     header(&mut w, 11, Some(1));
     w.write_varint(1, 7);
-    w.write_bool(false);
-    w.write_varint(1000, 4);
+    w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(1000, 0);
     cases.push((w.finish(), SnapshotError::IndexOutOfRange));
-    // A changed-bit span running past the baseline.
+    // An index gap whose Exp-Golomb prefix is longer than any value.
     let mut w = BitWriter::new();
     header(&mut w, 11, Some(1));
     w.write_varint(1, 7);
-    w.write_bool(true);
-    w.write_varint(5, 4);
-    w.write_varint(20, 7);
-    cases.push((w.finish(), SnapshotError::IndexOutOfRange));
+    w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_bits(0, 32);
+    w.write_bits(0, 8);
+    cases.push((w.finish(), SnapshotError::Bits(BitsError::ExpGolombTooLong)));
     // A count of two million entities in a few bytes.
     let mut w = BitWriter::new();
     header(&mut w, 11, None);
@@ -305,7 +314,8 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     header(&mut w, 11, Some(1));
     w.write_varint(0, 7);
     w.write_varint(1, 7);
-    w.write_varint(10, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(10, 0);
     w.write_varint(0, 7);
     cases.push((w.finish(), SnapshotError::IndexOutOfRange));
     // Part index beyond the part count.
@@ -324,8 +334,9 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
     w.write_varint(0, 7);
     w.write_varint(0, 7);
     w.write_varint(1, 7);
-    w.write_varint(q0.entities()[0].0.0, 6);
     w.write_bits(0, 4);
+    w.write_bits(0, 4);
+    w.write_exp_golomb(u64::from(q0.entities()[0].0.0), 0);
     cases.push((w.finish(), SnapshotError::SpawnExists));
     // Baseline before tick zero.
     let mut w = BitWriter::new();
@@ -334,20 +345,52 @@ fn hostile_parts_are_rejected_without_touching_the_world() {
         w.finish(),
         SnapshotError::BadHeader("baseline before tick zero"),
     ));
-    // An absolute position past the box.
+    // Spawns with one changing field (`field`), every entity of the common set 1.
+    let spawn_section = |w: &mut BitWriter, field: u32| {
+        header(w, 11, None);
+        w.write_varint(0, 7);
+        w.write_varint(0, 7);
+        w.write_varint(1, 7);
+        w.write_bits(0, 4); // id order
+        w.write_bits(field, 4);
+        w.write_bits(0b11, 2); // both common sets: the one field
+    };
+    // A position past the box.
     let mut w = BitWriter::new();
-    header(&mut w, 11, None);
-    w.write_varint(0, 7);
-    w.write_varint(0, 7);
-    w.write_varint(1, 7);
-    w.write_varint(99, 6);
+    spawn_section(&mut w, 1);
+    w.write_bits(0, 12); // position orders
+    w.write_exp_golomb(99, 0);
     w.write_bool(true);
     for _ in 0..3 {
-        w.write_bits(3, 2);
-        w.write_bits((1 << 20) - 1, 20);
+        w.write_exp_golomb(2 << 20, 0);
     }
-    w.write_bits(0, 3);
     cases.push((w.finish(), SnapshotError::ValueOutOfRange));
+    // An absolute rotation component past its range.
+    let mut w = BitWriter::new();
+    spawn_section(&mut w, 2);
+    w.write_bits(0, 4); // rotation order
+    w.write_exp_golomb(99, 0);
+    w.write_bool(true);
+    w.write_bool(false); // another largest component
+    w.write_bits(3, 2);
+    for _ in 0..3 {
+        w.write_bits(511, 9);
+    }
+    cases.push((w.finish(), SnapshotError::ValueOutOfRange));
+    // A velocity appearing in a section that said none would.
+    let mut w = BitWriter::new();
+    spawn_section(&mut w, 4);
+    w.write_bool(false); // no presence bits
+    w.write_bits(0, 12); // velocity orders
+    w.write_exp_golomb(99, 0);
+    w.write_bool(true);
+    for _ in 0..3 {
+        w.write_exp_golomb(0, 0);
+    }
+    cases.push((
+        w.finish(),
+        SnapshotError::BadHeader("velocity appears in a section without presence bits"),
+    ));
     // Trailing bytes after a valid empty part.
     let mut w = BitWriter::new();
     header(&mut w, 11, None);
@@ -686,30 +729,9 @@ fn cubes_scene_bits_per_changed_entity() {
     let mut seq = Sequence(0);
     let mut acks: VecDeque<(u32, Sequence)> = VecDeque::new();
     let mut measured = SenderStats::default();
-    // Bits per field over every entity encoded after warm-up: position, rotation, velocity.
-    let mut field_bits = [0usize; 3];
-    let mut field_entities = 0usize;
+    let mut fields_before = FieldBits::default();
     for t in 1..=600u32 {
         let q = QuantizedWorld::from_world(&cubes_world(t), &cfg);
-        if t > 120 {
-            let (bt, base) = s.acked_baseline().expect("acked by now");
-            let ticks = t - bt.0;
-            for (id, cur) in q.iter() {
-                let Some(b) = base.get(id).filter(|b| *b != cur) else {
-                    continue;
-                };
-                let full = part::entity_bits(b, cur, ticks, &cfg.limits());
-                let without = |f: &dyn Fn(&mut QuantizedEntity)| {
-                    let mut c = cur.clone();
-                    f(&mut c);
-                    full - part::entity_bits(b, &c, ticks, &cfg.limits())
-                };
-                field_bits[0] += without(&|c| c.transform.position = b.transform.position);
-                field_bits[1] += without(&|c| c.transform.rotation = b.transform.rotation);
-                field_bits[2] += without(&|c| c.transform.velocity = b.transform.velocity);
-                field_entities += 1;
-            }
-        }
         let parts = s.build(Tick(t), &q, 100_000).unwrap();
         for (i, p) in parts.iter().enumerate() {
             s.on_part_sent(Tick(t), i, seq);
@@ -724,29 +746,35 @@ fn cubes_scene_bits_per_changed_entity() {
         }
         if t == 120 {
             measured = s.stats();
+            fields_before = rx.field_bits();
         }
         assert_eq!(rx.live_world(), q);
     }
     let st = s.stats();
     let entities = st.entities_sent - measured.entities_sent;
-    let payload = st.entity_payload_bits - measured.entity_payload_bits;
     let wire_bits = (st.bytes - measured.bytes) * 8;
-    let per_entity_payload = payload as f64 / entities as f64;
     let per_entity_wire = wire_bits as f64 / entities as f64;
+    let f = rx.field_bits();
+    let per =
+        |field: fn(&FieldBits) -> u64| (field(&f) - field(&fields_before)) as f64 / entities as f64;
     eprintln!(
-        "cubes: {entities} changed entities sent over 480 ticks, payload {per_entity_payload:.1} \
-         bits each, {per_entity_wire:.1} bits each including headers and indices, \
-         {:.0} bytes per tick",
+        "cubes: {entities} changed entities sent over 480 ticks, {per_entity_wire:.1} bits \
+         each including headers and indices, {:.0} bytes per tick",
         (st.bytes - measured.bytes) as f64 / 480.0
     );
-    let per = |i: usize| field_bits[i] as f64 / field_entities as f64;
     eprintln!(
-        "cubes: per changed entity: 4 flag bits, position {:.1}, rotation {:.1}, velocity {:.1}",
-        per(0),
-        per(1),
-        per(2)
+        "cubes: per changed entity: index gaps {:.1}, flags {:.1}, position {:.1}, rotation \
+         {:.1}, velocity {:.1}, part headers {:.1}",
+        per(|f| f.index_gaps),
+        per(|f| f.flags),
+        per(|f| f.position),
+        per(|f| f.rotation),
+        per(|f| f.velocity),
+        per(|f| f.part_headers),
     );
-    assert_eq!(field_entities as u64, entities);
+    // The receiver decoded exactly what the sender sent, bit for bit.
+    assert_eq!(f.entities - fields_before.entities, entities);
+    assert_eq!(f.total() - fields_before.total(), wire_bits);
     // Fiedler's per-field averages come to about 57 bits per changed cube.
     assert!(per_entity_wire < 57.0, "{per_entity_wire}");
 }
@@ -981,4 +1009,190 @@ fn interpolation_without_velocity_holds_on_underrun_and_takes_the_newer_velocity
     assert_eq!(find(&s, 3).expect("drawn").position.x, 0.1);
     let two = find(&s, 2).expect("drawn").position.x;
     assert!((two - (0.1 + 0.3)).abs() < 1e-3, "{two}");
+}
+
+/// A quantized entity whose every value is an edge of its range (0, 1, max − 1, max) or
+/// random, with or without velocity and component.
+fn edge_entity(r: &mut ChaCha8Rng, cfg: &QuantizeConfig) -> QuantizedEntity {
+    let mut pick = |max: u32| match r.random_range(0..5) {
+        0 => 0,
+        1 => 1.min(max),
+        2 => max.saturating_sub(1),
+        3 => max,
+        _ => r.random_range(0..=max),
+    };
+    let position = [0, 1, 2].map(|axis| pick(cfg.position_steps(axis)));
+    let smallest = [0; 3].map(|_| pick(cfg.rotation_max()) as u16);
+    let velocity = [0; 3].map(|_| pick(cfg.velocity_steps()));
+    let largest = pick(3) as u8;
+    let has_velocity = pick(1) == 1;
+    let component = match pick(2) {
+        0 => None,
+        1 => Some(Arc::from(&[][..])),
+        _ => Some(Arc::from(&[1, 2, 3][..])),
+    };
+    QuantizedEntity {
+        transform: QuantizedTransform {
+            position,
+            rotation: QuantizedRotation { largest, smallest },
+            velocity: has_velocity.then_some(velocity),
+        },
+        component,
+    }
+}
+
+/// `e` with some of its fields moved: a small step, a jump to an edge, or a new value.
+fn edge_change(r: &mut ChaCha8Rng, cfg: &QuantizeConfig, e: &QuantizedEntity) -> QuantizedEntity {
+    let other = edge_entity(r, cfg);
+    let mut out = e.clone();
+    let t = &mut out.transform;
+    if r.random_bool(0.6) {
+        for axis in 0..3 {
+            let step: i64 = r.random_range(-40..=40);
+            let max = i64::from(cfg.position_steps(axis));
+            t.position[axis] = (i64::from(t.position[axis]) + step).clamp(0, max) as u32;
+        }
+    }
+    if r.random_bool(0.2) {
+        t.position = other.transform.position;
+    }
+    if r.random_bool(0.4) {
+        // Same largest component, small turn.
+        for c in &mut t.rotation.smallest {
+            let step: i32 = r.random_range(-20..=20);
+            *c = (i32::from(*c) + step).clamp(0, cfg.rotation_max() as i32) as u16;
+        }
+    }
+    if r.random_bool(0.2) {
+        t.rotation = other.transform.rotation;
+    }
+    if r.random_bool(0.5) {
+        t.velocity = other.transform.velocity;
+    }
+    if r.random_bool(0.2) {
+        out.component = other.component;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Values at the edges of their ranges, velocities that appear and vanish, rotations that
+    /// change their largest component, baselines up to a ring's length back (prediction
+    /// clamped at the box), updates at the first and last index of a large baseline and
+    /// spawns up to id u32::MAX: every part decodes to the sender's world bit for bit, and
+    /// never spends more bits than the sender's estimate allowed for.
+    #[test]
+    fn edge_values_round_trip_within_the_estimate(
+        seed: u64, n in 1usize..400, ticks in 1u32..64, max_part in 64usize..1100,
+        with_components: bool,
+    ) {
+        let cfg = QuantizeConfig::default();
+        let lim = cfg.limits();
+        let mut r = rng(seed);
+        let strip = |mut e: QuantizedEntity| {
+            if !with_components {
+                e.component = None;
+            }
+            e
+        };
+        let base: Vec<(EntityId, QuantizedEntity)> =
+            (0..n as u32).map(|i| (EntityId(i * 3), strip(edge_entity(&mut r, &cfg)))).collect();
+        let mut next: Vec<(EntityId, QuantizedEntity)> = Vec::new();
+        for (i, (id, e)) in base.iter().enumerate() {
+            // The first and the last index always change; a fifth of the others.
+            if i == 0 || i == n - 1 || r.random_bool(0.2) {
+                next.push((*id, strip(edge_change(&mut r, &cfg, e))));
+            } else if !r.random_bool(0.05) {
+                next.push((*id, e.clone()));
+            }
+        }
+        for id in [u32::MAX, u32::MAX - 1, u32::MAX - 1000] {
+            if r.random_bool(0.5) {
+                next.push((EntityId(id), strip(edge_entity(&mut r, &cfg))));
+            }
+        }
+        let q0 = QuantizedWorld::from_entities(base);
+        let q1 = QuantizedWorld::from_entities(next);
+
+        let mut s = sender(max_part);
+        let mut rx = receiver();
+        let mut seq = Sequence(0);
+        let now = Instant::now();
+        sync_fully(&mut s, &mut rx, now, Tick(1), &q0, &mut seq);
+        let parts = s.build(Tick(1 + ticks), &q1, usize::MAX / 16).unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            prop_assert!(p.len() <= max_part);
+            let mut bits = part::FieldBits::default();
+            let mut reader = BitReader::new(p);
+            let h = part::read_header(&mut reader).unwrap();
+            let changes = part::decode_body(&mut reader, &h, &q0, &lim, &mut bits).unwrap();
+            // The most the sender's estimate can have charged for these entities: each with
+            // its index or id, and the parameters of a section.
+            let mut estimate = part::PART_OVERHEAD_BITS;
+            for (id, change) in &changes {
+                match (q0.get(*id), change) {
+                    (Some(b), Some(e)) => estimate += part::entity_bits(b, e, ticks, &lim),
+                    (None, Some(e)) => estimate += part::entity_bits(&part::spawn_base(), e, 0, &lim),
+                    _ => {}
+                }
+                estimate += part::MAX_INDEX_BITS;
+            }
+            prop_assert!(p.len() * 8 <= estimate, "{} bits > estimate {estimate}", p.len() * 8);
+            prop_assert_eq!(bits.total(), p.len() as u64 * 8);
+            if !with_components {
+                prop_assert_eq!(bits.component, 0);
+            }
+            s.on_part_sent(Tick(1 + ticks), i, seq);
+            rx.read_part(now, p).unwrap();
+            seq = seq.next();
+        }
+        prop_assert_eq!(rx.live_world(), q1);
+    }
+}
+
+#[test]
+fn parts_without_components_spend_no_flag_bits_on_them() {
+    // Every entity moves and turns, none has a component: one flag bit each, no component
+    // bits, and the per-section code says so once.
+    let cfg = QuantizeConfig::default();
+    let world = |t: u32| {
+        let mut w = World::new();
+        for i in 0..100u32 {
+            let x = i as f32 + t as f32 * 0.05;
+            let state = EntityState::new(Transform {
+                position: Vec3::new(x, 0.5, 0.0),
+                rotation: Quat::from_rotation_y(x),
+                velocity: Some(Vec3::new(3.0, 0.0, 0.0)),
+            });
+            w.insert(EntityId(i), state);
+        }
+        QuantizedWorld::from_world(&w, &cfg)
+    };
+    let mut s = sender(1100);
+    let mut rx = receiver();
+    let mut seq = Sequence(0);
+    sync_fully(
+        &mut s,
+        &mut rx,
+        Instant::now(),
+        Tick(1),
+        &world(1),
+        &mut seq,
+    );
+    let before = rx.field_bits();
+    sync_fully(
+        &mut s,
+        &mut rx,
+        Instant::now(),
+        Tick(4),
+        &world(4),
+        &mut seq,
+    );
+    let after = rx.field_bits();
+    assert_eq!(after.entities - before.entities, 100);
+    assert_eq!(after.flags - before.flags, 100);
+    assert_eq!(after.component, 0);
+    assert_eq!(rx.live_world(), world(4));
 }
