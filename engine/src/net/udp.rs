@@ -9,6 +9,11 @@
 //! what the kernel supports are quinn-udp's; where the kernel has no GSO or GRO, or the
 //! socket refuses quinn-udp's options, every datagram takes its own call, as on a plain
 //! socket, and nothing else changes.
+//!
+//! quinn-udp also sets the don't-fragment bit without fragmenting locally
+//! (`IP_PMTUDISC_PROBE`): the engine's packets, at most 1428 bytes on the wire, fit any
+//! 1500-byte link, and an interface with a smaller MTU refuses them (a send error, counted)
+//! rather than sending fragments, of which losing one loses the packet.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
