@@ -351,8 +351,9 @@ impl<E: Endpoint> Driver<E> {
         self.udp.local_addr()
     }
 
-    /// What the kernel offers this socket for batching (UDP GSO and GRO), as probed when
-    /// the driver was made.
+    /// What the kernel offers this socket for batching (UDP GSO and GRO), as quinn-udp
+    /// probed it when the driver was made; GSO is given up for good on a path that refuses
+    /// a GSO send.
     pub fn udp_offloads(&self) -> UdpOffloads {
         self.udp.offloads()
     }
