@@ -1,16 +1,18 @@
 //! Loopback throughput: datagrams per second from the engine's server to its clients through
 //! real sockets on 127.0.0.1, against a bare tokio `UdpSocket::send_to` loop with the same
-//! payload sizes and destinations, in the same run.
+//! payload sizes, destinations and datagram counts, in the same run.
 //!
 //! Run: `cargo bench -p benches --bench loopback [-- --quick]`. 8 `NetClient`s connect to a
 //! plain `NetServer`, and 8 more with connect tokens to a secure one (netcode 1.02: every
 //! packet encrypted); for 1100-byte and 200-byte payloads, the raw loop, the plain engine and
-//! the secure engine (`send_datagram` to every client in turn, `flush`, and the server's
-//! receive/timer step every 64 datagrams, as a tick would) send in 5 alternating rounds
-//! (2.5 s each in all) while the clients receive on their own tasks. Printed: sender-side
-//! datagrams/s for each, receive rates, and `engine/raw throughput ratio: X` and
-//! `secure engine/raw throughput ratio: X` per size. Under `--test` (CI smoke) or `--quick`
-//! each phase runs 0.2 s.
+//! the secure engine send in 5 alternating rounds (2.5 s each in all) while the clients
+//! receive on their own tasks. Both sides send in ticks of 8 datagrams to each client: the
+//! raw loop as 64 `send_to` calls, one datagram each, then a yield; the engine as 64
+//! `send_datagram`s (8 rounds over the clients), one `flush` (which hands them to the kernel
+//! in batches: one GSO send per client where the kernel has GSO), and the server's
+//! receive/timer step. Printed: sender-side datagrams/s for each, receive rates, datagrams
+//! per send call, and `engine/raw throughput ratio: X` and `secure engine/raw throughput
+//! ratio: X` per size. Under `--test` (CI smoke) or `--quick` each phase runs 0.2 s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +30,9 @@ const CLIENTS: usize = 8;
 const PAYLOAD_BYTES: [usize; 2] = [1100, 200];
 const FULL_PHASE: Duration = Duration::from_millis(2500);
 const QUICK_PHASE: Duration = Duration::from_millis(200);
-/// Datagrams between two receive/timer steps of the engine server.
-const DRIVE_EVERY_DATAGRAMS: u64 = 64;
+/// Datagrams each client gets per tick: a tick's snapshot parts and messages, sent before
+/// one `flush` and one receive/timer step of the server (64 datagrams a tick in all).
+const DATAGRAMS_PER_CLIENT_PER_TICK: usize = 8;
 
 /// Alternating raw / engine / secure engine rounds per payload size.
 const ROUNDS: u32 = 5;
@@ -41,6 +44,8 @@ const SECURE_PROTOCOL_ID: u64 = 0x5EC0_BE4C;
 struct Phase {
     sent: u64,
     send_errors: u64,
+    /// System calls that sent them (the engine's; the raw loop makes one per datagram).
+    send_calls: u64,
     received: u64,
     secs: f64,
 }
@@ -49,6 +54,7 @@ impl Phase {
     fn add(&mut self, other: &Phase) {
         self.sent += other.sent;
         self.send_errors += other.send_errors;
+        self.send_calls += other.send_calls;
         self.received += other.received;
         self.secs += other.secs;
     }
@@ -120,15 +126,16 @@ async fn raw_phase(dests: &[SocketAddr], size: usize, d: Duration, rx: &Receiver
     let start = Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
     while start.elapsed() < d {
-        for to in dests {
-            match socket.send_to(&payload, to).await {
-                Ok(_) => sent += 1,
-                Err(_) => errors += 1,
+        // One tick: the same datagrams the engine sends in one, each its own system call.
+        for _ in 0..DATAGRAMS_PER_CLIENT_PER_TICK {
+            for to in dests {
+                match socket.send_to(&payload, to).await {
+                    Ok(_) => sent += 1,
+                    Err(_) => errors += 1,
+                }
             }
         }
-        if sent % DRIVE_EVERY_DATAGRAMS < dests.len() as u64 {
-            tokio::task::yield_now().await;
-        }
+        tokio::task::yield_now().await;
     }
     let secs = start.elapsed().as_secs_f64();
     // Let what is in flight land before counting.
@@ -136,6 +143,7 @@ async fn raw_phase(dests: &[SocketAddr], size: usize, d: Duration, rx: &Receiver
     Phase {
         sent,
         send_errors: errors,
+        send_calls: sent + errors,
         received: rx.count() - rx0,
         secs,
     }
@@ -152,25 +160,20 @@ async fn engine_phase(
     let before = server.socket_stats();
     let rx0 = rx.count();
     let start = Instant::now();
-    let mut queued = 0u64;
     while start.elapsed() < d {
+        // One tick: the datagrams for every client, one flush, then the server's other
+        // work (acks in, timers, events out).
         let now = server.now();
-        for &id in ids {
-            if server
-                .endpoint_mut()
-                .send_datagram(now, id, &payload)
-                .is_ok()
-            {
-                queued += 1;
+        for _ in 0..DATAGRAMS_PER_CLIENT_PER_TICK {
+            for &id in ids {
+                // Refused only for a client that left, which none does here.
+                let _ = server.endpoint_mut().send_datagram(now, id, &payload);
             }
         }
         server.flush();
-        if queued % DRIVE_EVERY_DATAGRAMS < ids.len() as u64 {
-            // A tick's worth of the server's other work: acks in, timers, events out.
-            let _ = server.drive_until(Instant::now()).await;
-            while server.poll_event().is_some() {}
-            tokio::task::yield_now().await;
-        }
+        let _ = server.drive_until(Instant::now()).await;
+        while server.poll_event().is_some() {}
+        tokio::task::yield_now().await;
     }
     let secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -178,6 +181,7 @@ async fn engine_phase(
     Phase {
         sent: after.sent - before.sent,
         send_errors: after.send_errors - before.send_errors,
+        send_calls: after.send_calls - before.send_calls,
         received: rx.count() - rx0,
         secs,
     }
@@ -279,8 +283,13 @@ async fn bench(phase: Duration) {
     let rx = Receivers::start(clients);
     let secure_rx = Receivers::start(secure_clients);
     println!(
-        "loopback: {CLIENTS} clients, {} s per transport and size in {ROUNDS} alternating rounds, sender-side datagrams/s (received/s at the clients)",
+        "loopback: {CLIENTS} clients, {DATAGRAMS_PER_CLIENT_PER_TICK} datagrams to each per tick, {} s per transport and size in {ROUNDS} alternating rounds, sender-side datagrams/s (received/s at the clients)",
         phase.as_secs_f64()
+    );
+    let offloads = server.udp_offloads();
+    println!(
+        "  udp offloads (quinn-udp's probe of the server socket): gso {} segments, gro {} segments, batched calls {}",
+        offloads.gso_segments, offloads.gro_segments, offloads.batched
     );
     for size in PAYLOAD_BYTES {
         // Alternate short rounds so load from elsewhere on a shared machine hits all alike.
@@ -300,11 +309,12 @@ async fn bench(phase: Duration) {
             ("secure engine", &secure_engine),
         ] {
             println!(
-                "  {size:>4} B {name:<17}: {:>9.0} dgrams/s sent ({:.0} Mbit/s payload), {:>9.0} received/s, {} send errors",
+                "  {size:>4} B {name:<17}: {:>9.0} dgrams/s sent ({:.0} Mbit/s payload), {:>9.0} received/s, {} send errors, {:.1} dgrams per send call",
                 p.sent_per_s(),
                 p.sent_per_s() * size as f64 * 8.0 / 1e6,
                 p.received_per_s(),
-                p.send_errors
+                p.send_errors,
+                p.sent as f64 / p.send_calls.max(1) as f64
             );
         }
         println!(

@@ -54,11 +54,15 @@ fn tshark_decodes_a_demo_capture_and_flags_truncated_packets() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let line = BufReader::new(server.stdout.take().unwrap())
-        .lines()
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
         .map_while(Result::ok)
         .find(|l| l.contains(" listening on "))
         .expect("the listening line");
+    // Read the server's other lines to its end: with the pipe closed, its next line (the
+    // websocket one, printed right after) would fail, and the server with it.
+    std::thread::spawn(move || lines.map_while(Result::ok).count());
     let addr: SocketAddr = line
         .split(" listening on ")
         .nth(1)

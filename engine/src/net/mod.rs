@@ -32,8 +32,10 @@
 mod capture;
 pub mod frame;
 mod stream;
+mod udp;
 
 pub use capture::PcapCapture;
+pub use udp::UdpOffloads;
 
 pub use stream::{StreamStats, WEBSOCKET_PATH, WEBSOCKET_SUBPROTOCOL};
 
@@ -52,8 +54,9 @@ use crate::packet::MAX_PACKET_BYTES;
 use crate::replication;
 use serde::Serialize;
 
-/// Receive buffer size: larger than any valid packet, so oversized datagrams are seen whole
-/// enough to be counted and dropped rather than silently truncated into something valid.
+/// Receive buffer size per datagram (and the largest stream frame): larger than any valid
+/// packet, so oversized datagrams are seen whole enough to be counted and dropped rather
+/// than silently truncated into something valid.
 const RECV_BUFFER_BYTES: usize = 2048;
 /// Datagrams read per wake-up before yielding to timers, so a flood cannot starve ticks.
 const MAX_RECV_BATCH: usize = 256;
@@ -164,6 +167,12 @@ pub struct SocketStats {
     pub received: u64,
     /// Datagrams larger than any valid packet, dropped before the core saw them.
     pub oversized: u64,
+    /// System calls that sent datagrams: `sent / send_calls` is how many one call carried
+    /// (several to one peer with UDP GSO).
+    pub send_calls: u64,
+    /// System calls that received datagrams: `received / recv_calls` is how many one call
+    /// brought (several buffers with `recvmmsg`, several datagrams a buffer with UDP GRO).
+    pub recv_calls: u64,
 }
 
 /// The transport a connection runs on.
@@ -200,13 +209,15 @@ impl std::fmt::Display for TransportInUse {
 /// A sans-IO endpoint on a real UDP socket, with a conditioner per direction.
 #[derive(Debug)]
 pub struct Driver<E: Endpoint> {
-    socket: UdpSocket,
+    udp: udp::UdpIo,
     endpoint: E,
     inbound: LinkConditioner,
     outbound: LinkConditioner,
     events: VecDeque<E::Event>,
-    send_buf: Vec<u8>,
-    recv_buf: Vec<u8>,
+    /// What a flush sends, written in place by the endpoint; fixed size.
+    send: udp::SendBatch,
+    /// What one receive call brings; fixed size.
+    recv: udp::RecvBatch,
     stats: SocketStats,
     /// TCP streams carrying the same packets, once listened for or connected.
     streams: Option<stream::Streams>,
@@ -228,8 +239,10 @@ fn now() -> Instant {
 impl<E: Endpoint> Driver<E> {
     /// Wrap an endpoint and a bound socket.
     pub fn new(socket: UdpSocket, endpoint: E, seed: u64) -> Self {
+        let udp = udp::UdpIo::new(socket);
         Self {
-            socket,
+            recv: udp::RecvBatch::new(&udp),
+            udp,
             endpoint,
             // The off config always validates.
             inbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x1111)
@@ -237,8 +250,7 @@ impl<E: Endpoint> Driver<E> {
             outbound: Conditioner::new(ConditionerConfig::off(), seed ^ 0x2222)
                 .expect("off is valid"),
             events: VecDeque::new(),
-            send_buf: vec![0; MAX_PACKET_BYTES],
-            recv_buf: vec![0; RECV_BUFFER_BYTES],
+            send: udp::SendBatch::new(),
             stats: SocketStats::default(),
             streams: None,
             capture: None,
@@ -250,7 +262,7 @@ impl<E: Endpoint> Driver<E> {
     /// at `path` (as the wire carries them: after the outbound conditioner, before the
     /// inbound one). Streams are not recorded.
     pub fn capture_to(&mut self, path: &std::path::Path) -> io::Result<()> {
-        let local = self.socket.local_addr()?;
+        let local = self.udp.local_addr()?;
         self.capture = Some((PcapCapture::create(path)?, local));
         Ok(())
     }
@@ -261,13 +273,7 @@ impl<E: Endpoint> Driver<E> {
     }
 
     fn record(&mut self, from: Option<SocketAddr>, to: Option<SocketAddr>, bytes: &[u8]) {
-        if let Some((c, local)) = self.capture.as_mut() {
-            let (from, to) = (from.unwrap_or(*local), to.unwrap_or(*local));
-            if let Err(e) = c.record(from, to, bytes) {
-                tracing::warn!(error = %e, "packet capture stopped");
-                self.capture = None;
-            }
-        }
+        record(&mut self.capture, from, to, bytes);
     }
 
     /// Also accept TCP streams at `addr` (which may be the UDP socket's own address: the
@@ -342,7 +348,14 @@ impl<E: Endpoint> Driver<E> {
 
     /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.udp.local_addr()
+    }
+
+    /// What the kernel offers this socket for batching (UDP GSO and GRO), as quinn-udp
+    /// probed it when the driver was made; GSO is given up for good on a path that refuses
+    /// a GSO send.
+    pub fn udp_offloads(&self) -> UdpOffloads {
+        self.udp.offloads()
     }
 
     /// Condition what this side receives and what it sends. Takes effect for the next
@@ -388,49 +401,70 @@ impl<E: Endpoint> Driver<E> {
     /// Send everything the endpoint has ready (through the outbound conditioner), and
     /// anything the conditioner now releases. Never blocks: a full socket buffer drops the
     /// datagram, as a congested network would.
+    ///
+    /// The datagrams leave in batches: the endpoint writes each straight into a fixed batch
+    /// buffer, and a full batch (or the end of the flush) goes to the socket with as few
+    /// system calls as the kernel allows (one per run of one peer's datagrams, with GSO).
     pub fn flush(&mut self) {
         let t = now();
-        while let Some(tx) = self.endpoint.poll_transmit(t, &mut self.send_buf) {
+        loop {
+            if self.send.is_full() {
+                self.send_batch();
+            }
+            let slot = self.send.next_slot();
+            let Some(tx) = self.endpoint.poll_transmit(t, slot) else {
+                break;
+            };
+            // A transmit is never longer than the buffer it was written into.
+            let bytes = &slot[..tx.len];
             if let Some(streams) = self.streams.as_mut()
-                && streams.send(tx.destination, &self.send_buf[..tx.len])
+                && streams.send(tx.destination, bytes)
             {
                 continue;
             }
-            // With the conditioner off and nothing held in it, send straight from the buffer:
-            // one allocation, one copy and one queue round trip fewer per datagram.
+            // With the conditioner off and nothing held in it, the datagram stays where the
+            // endpoint wrote it: no allocation, no copy, no queue round trip.
             if self.outbound.is_idle() && self.outbound.config().is_pass_through() {
-                let bytes = &self.send_buf[..tx.len];
-                match self.socket.try_send_to(bytes, tx.destination) {
-                    Ok(_) => {
-                        self.stats.sent += 1;
-                        if self.capture.is_some() {
-                            let bytes = self.send_buf[..tx.len].to_vec();
-                            self.record(None, Some(tx.destination), &bytes);
-                        }
-                    }
-                    Err(e) => {
-                        self.stats.send_errors += 1;
-                        tracing::debug!(to = %tx.destination, error = %e, "send failed");
-                    }
-                }
+                self.send.commit(tx.destination, tx.len);
                 continue;
             }
-            let bytes = self.send_buf[..tx.len].to_vec();
+            let bytes = bytes.to_vec();
             self.outbound.push(t, (tx.destination, bytes), tx.len);
         }
         while let Some((to, bytes)) = self.outbound.poll(t) {
-            match self.socket.try_send_to(&bytes, to) {
-                Ok(_) => {
-                    self.stats.sent += 1;
-                    self.record(None, Some(to), &bytes);
-                }
-                Err(e) => {
-                    self.stats.send_errors += 1;
-                    tracing::debug!(%to, error = %e, "send failed");
-                }
+            if self.send.is_full() {
+                self.send_batch();
+            }
+            if !self.send.push(to, &bytes) {
+                // Only the endpoint's own packets pass through the conditioner, and none is
+                // longer than a packet; counted rather than trusted.
+                self.stats.send_errors += 1;
             }
         }
+        self.send_batch();
         self.pump_events();
+    }
+
+    /// Hand the queued batch to the socket; count and record what left.
+    fn send_batch(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let (stats, capture) = (&mut self.stats, &mut self.capture);
+        self.send
+            .send(&self.udp, |to, bytes, segment, result| match result {
+                Ok(()) => {
+                    stats.send_calls += 1;
+                    for d in udp::datagrams(bytes, segment) {
+                        stats.sent += 1;
+                        record(capture, None, Some(to), d);
+                    }
+                }
+                Err(e) => {
+                    stats.send_errors += udp::datagrams(bytes, segment).count() as u64;
+                    tracing::debug!(%to, error = %e, "send failed");
+                }
+            });
     }
 
     fn deliver_inbound(&mut self, t: Instant) {
@@ -439,27 +473,21 @@ impl<E: Endpoint> Driver<E> {
         }
     }
 
-    fn on_datagram(&mut self, t: Instant, len: usize, from: SocketAddr) {
+    fn on_datagram(&mut self, t: Instant, from: SocketAddr, bytes: &[u8]) {
         self.stats.received += 1;
-        if self.capture.is_some() {
-            let bytes = self.recv_buf[..len].to_vec();
-            self.record(Some(from), None, &bytes);
-        }
-        if len > MAX_PACKET_BYTES {
+        self.record(Some(from), None, bytes);
+        if bytes.len() > MAX_PACKET_BYTES {
             self.stats.oversized += 1;
             // Let the core count it as invalid too, without copying the whole thing.
-            self.endpoint
-                .handle_datagram(t, from, &self.recv_buf[..len]);
+            self.endpoint.handle_datagram(t, from, bytes);
             return;
         }
         // Conditioner off and empty: hand the datagram over in place, keeping arrival order.
         if self.inbound.is_idle() && self.inbound.config().is_pass_through() {
-            self.endpoint
-                .handle_datagram(t, from, &self.recv_buf[..len]);
+            self.endpoint.handle_datagram(t, from, bytes);
             return;
         }
-        let bytes = self.recv_buf[..len].to_vec();
-        self.inbound.push(t, (from, bytes), len);
+        self.inbound.push(t, (from, bytes.to_vec()), bytes.len());
     }
 
     fn on_stream_message(&mut self, m: Option<stream::StreamIn>) {
@@ -480,13 +508,38 @@ impl<E: Endpoint> Driver<E> {
         }
     }
 
-    fn try_recv_batch(&mut self, t: Instant) {
-        for _ in 0..MAX_RECV_BATCH {
-            match self.socket.try_recv_from(&mut self.recv_buf) {
-                Ok((len, from)) => self.on_datagram(t, len, from),
-                Err(_) => break,
+    /// Read what the socket holds, a batch per system call, until it is empty or
+    /// `MAX_RECV_BATCH` datagrams came in. Errors other than transient ones are returned.
+    fn recv_ready(&mut self, t: Instant) -> io::Result<()> {
+        // Out of `self` while its datagrams are handed on, which needs `&mut self`; the
+        // empty batch left behind is never read.
+        let mut batch = std::mem::take(&mut self.recv);
+        let mut received = 0;
+        let mut calls = 0;
+        let result = loop {
+            if received >= MAX_RECV_BATCH || calls >= MAX_RECV_BATCH {
+                break Ok(());
             }
-        }
+            calls += 1;
+            match batch.recv(&self.udp) {
+                Ok(n) => {
+                    self.stats.recv_calls += 1;
+                    for i in 0..n {
+                        let (from, bytes, stride) = batch.get(i);
+                        for d in udp::datagrams(bytes, stride) {
+                            received += 1;
+                            self.on_datagram(t, from, d);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                // ICMP errors surface here on some platforms; a datagram socket carries on.
+                Err(e) if is_transient(&e) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.recv = batch;
+        result
     }
 
     /// Run receive, timers and sends until `deadline`, then return (events wait in
@@ -494,8 +547,8 @@ impl<E: Endpoint> Driver<E> {
     pub async fn drive_until(&mut self, deadline: tokio::time::Instant) -> io::Result<()> {
         loop {
             // Drain what is already queued first, so a caller that arrives late (deadline
-            // already past) still receives.
-            self.try_recv_batch(now());
+            // already past) still receives. An error shows again once the socket wakes us.
+            let _ = self.recv_ready(now());
             let t = now();
             self.deliver_inbound(t);
             if self.endpoint.poll_timeout().is_some_and(|w| w <= t) {
@@ -518,18 +571,9 @@ impl<E: Endpoint> Driver<E> {
                 return Ok(());
             }
             tokio::select! {
-                r = self.socket.recv_from(&mut self.recv_buf) => {
-                    match r {
-                        Ok((len, from)) => {
-                            let t = now();
-                            self.on_datagram(t, len, from);
-                            self.try_recv_batch(t);
-                        }
-                        // ICMP errors surface here on some platforms; a datagram socket
-                        // carries on.
-                        Err(e) if is_transient(&e) => {}
-                        Err(e) => return Err(e),
-                    }
+                r = self.udp.readable() => {
+                    r?;
+                    self.recv_ready(now())?;
                 }
                 m = async {
                     match self.streams.as_mut() {
@@ -541,6 +585,23 @@ impl<E: Endpoint> Driver<E> {
                 }
                 _ = tokio::time::sleep_until(wake) => {}
             }
+        }
+    }
+}
+
+/// Record a datagram into the capture, if one runs; a write error ends the capture, never
+/// the game.
+fn record(
+    capture: &mut Option<(PcapCapture, SocketAddr)>,
+    from: Option<SocketAddr>,
+    to: Option<SocketAddr>,
+    bytes: &[u8],
+) {
+    if let Some((c, local)) = capture.as_mut() {
+        let (from, to) = (from.unwrap_or(*local), to.unwrap_or(*local));
+        if let Err(e) = c.record(from, to, bytes) {
+            tracing::warn!(error = %e, "packet capture stopped");
+            *capture = None;
         }
     }
 }
@@ -971,6 +1032,8 @@ fn unspecified_for(server: SocketAddr) -> SocketAddr {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod udp_tests;
 
 #[cfg(test)]
 mod close_tests {
