@@ -21,8 +21,8 @@ use crate::codec;
 use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
 use crate::packet::DisconnectReasonCode;
 use crate::snapshot::{
-    EntityId, Parts, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot, SnapshotSender,
-    Tick, World, add_stats,
+    EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot,
+    SnapshotSender, Tick, World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -172,6 +172,8 @@ pub struct Server {
     reliable_part_seq: Sequence,
     /// Rooms and the area of interest.
     interest: Interest,
+    /// Last tick's quantization, so unchanged entities are not quantized again.
+    quantize_cache: QuantizeCache,
     /// Threads that build snapshots, when the config asks for more than one.
     pool: Option<rayon::ThreadPool>,
 }
@@ -215,6 +217,7 @@ impl Server {
             datagram: Vec::with_capacity(connection::MAX_DATAGRAM_BYTES),
             reliable_part_seq: Sequence(0),
             interest: Interest::new(interest),
+            quantize_cache: QuantizeCache::default(),
             pool,
         })
     }
@@ -301,7 +304,11 @@ impl Server {
         }
         let send_tick = tick.0.is_multiple_of(self.config.send_interval_ticks);
         if send_tick && self.peers.values().any(|p| p.ready) {
-            let quantized = QuantizedWorld::from_world(world, &self.config.quantize);
+            let quantized = QuantizedWorld::from_world_cached(
+                world,
+                &self.config.quantize,
+                &mut self.quantize_cache,
+            );
             self.count_changes(&quantized);
             if self.interest.active() {
                 self.interest.index(world);

@@ -70,7 +70,9 @@ pub use quantize::{
 pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
 pub(crate) use sender::{Parts, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
-pub use world::{EntityId, EntityState, QuantizedEntity, QuantizedWorld, Tick, Transform, World};
+pub use world::{
+    EntityId, EntityState, QuantizeCache, QuantizedEntity, QuantizedWorld, Tick, Transform, World,
+};
 
 /// Why a snapshot part or a config was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
