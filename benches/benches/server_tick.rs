@@ -27,10 +27,10 @@ const BODIES: [usize; 2] = [64, 1000];
 const WARM_UP: Duration = Duration::from_secs(1);
 
 fn game(clients: usize, bodies: usize) -> Simulation {
-    game_in(SceneKind::Arena, clients, Some(bodies))
+    game_in(SceneKind::Arena, 60.0, clients, Some(bodies))
 }
 
-fn game_in(scene: SceneKind, clients: usize, entities: Option<usize>) -> Simulation {
+fn game_in(scene: SceneKind, hz: f64, clients: usize, entities: Option<usize>) -> Simulation {
     let mut opts = SimulationOptions {
         clients,
         conditioner: ConditionerConfig {
@@ -44,6 +44,8 @@ fn game_in(scene: SceneKind, clients: usize, entities: Option<usize>) -> Simulat
     };
     opts.game.scene = scene;
     opts.game.entities = entities;
+    opts.game.tick_rate = hz;
+    opts.game.send_rate = hz;
     // The options are constants known to be valid.
     let mut sim = Simulation::new(&opts).expect("valid simulation options");
     sim.run_for(WARM_UP);
@@ -93,7 +95,7 @@ fn cubes_tick(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     for clients in [1, 16] {
-        let mut sim = game_in(SceneKind::Cubes, clients, None);
+        let mut sim = game_in(SceneKind::Cubes, 60.0, clients, None);
         group.throughput(Throughput::Elements(clients as u64));
         group.bench_function(
             BenchmarkId::new("901_cubes", format!("{clients}_clients")),
@@ -115,23 +117,7 @@ fn massive_tick(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     for clients in [16, 64] {
-        let mut opts = SimulationOptions {
-            clients,
-            conditioner: ConditionerConfig {
-                enabled: true,
-                latency: Duration::from_millis(20),
-                ..ConditionerConfig::off()
-            },
-            seed: 11,
-            ..SimulationOptions::default()
-        };
-        opts.game.scene = SceneKind::Massive;
-        opts.game.tick_rate = 30.0;
-        opts.game.send_rate = 30.0;
-        // The options are constants known to be valid.
-        let mut sim = Simulation::new(&opts).expect("valid simulation options");
-        sim.run_for(WARM_UP);
-        assert_eq!(sim.connected(), clients, "every client connected");
+        let mut sim = game_in(SceneKind::Massive, 30.0, clients, None);
         group.throughput(Throughput::Elements(clients as u64));
         group.bench_function(
             BenchmarkId::new("10000_npcs", format!("{clients}_clients")),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use glam::{EulerRot, Quat, Vec3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snapsync::snapshot::{EntityState, Transform};
+use snapsync::snapshot::EntityState;
 
 use super::{Body, GRAVITY_M_PER_S2, PlayerInput, Scene, usable_dt};
 
@@ -259,16 +259,7 @@ impl Scene for ArenaScene {
         else {
             return;
         };
-        let body = &mut self.bodies[index];
-        let mut state = EntityState::new(Transform {
-            position: body.position,
-            rotation: body.rotation,
-            velocity: Some(body.velocity),
-        });
-        walk_avatar(&mut state, input, dt);
-        body.position = state.transform.position;
-        body.rotation = state.transform.rotation;
-        body.velocity = state.transform.velocity.unwrap_or(Vec3::ZERO);
+        self.bodies[index].step_by(walk_avatar, input, dt);
     }
 }
 

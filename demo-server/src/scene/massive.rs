@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use glam::{Quat, Vec2, Vec3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snapsync::snapshot::{EntityState, Transform};
+use snapsync::snapshot::EntityState;
 
 use super::arena::walk_within;
 use super::{Body, PlayerInput, Scene, usable_dt};
@@ -200,16 +200,7 @@ impl Scene for MassiveScene {
         else {
             return;
         };
-        let body = &mut self.bodies[index];
-        let mut state = EntityState::new(Transform {
-            position: body.position,
-            rotation: body.rotation,
-            velocity: Some(body.velocity),
-        });
-        roam_avatar(&mut state, input, dt);
-        body.position = state.transform.position;
-        body.rotation = state.transform.rotation;
-        body.velocity = state.transform.velocity.unwrap_or(Vec3::ZERO);
+        self.bodies[index].step_by(roam_avatar, input, dt);
     }
 }
 

@@ -51,6 +51,22 @@ pub struct Body {
     pub half_extent: f32,
 }
 
+impl Body {
+    /// Move this body by one input with `step`, the function a predicting client runs on
+    /// its copy: the body goes through the same transform the client predicts from.
+    pub(crate) fn step_by(&mut self, step: AvatarStep, input: &PlayerInput, dt: f32) {
+        let mut state = snapsync::snapshot::EntityState::new(snapsync::snapshot::Transform {
+            position: self.position,
+            rotation: self.rotation,
+            velocity: Some(self.velocity),
+        });
+        step(&mut state, input, dt);
+        self.position = state.transform.position;
+        self.rotation = state.transform.rotation;
+        self.velocity = state.transform.velocity.unwrap_or(Vec3::ZERO);
+    }
+}
+
 /// Which simulation to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SceneKind {
