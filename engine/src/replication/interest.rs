@@ -233,12 +233,14 @@ impl Interest {
     /// Index the positions of this send tick's world (`world` and `quantized` hold the same
     /// entities in the same id order).
     pub(super) fn index(&mut self, world: &World) {
+        // Rooms alone need no positions.
+        let Some(c) = self.config else {
+            return;
+        };
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
-        if let Some(c) = self.config {
-            self.grid.rebuild(c.outer_radius_m(), &self.positions);
-        }
+        self.grid.rebuild(c.outer_radius_m(), &self.positions);
     }
 
     /// The world `client` receives this tick; updates its scope.
