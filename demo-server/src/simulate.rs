@@ -334,6 +334,7 @@ impl Simulation {
             let c = &mut self.sim.clients[i];
             if !c.partitioned {
                 c.down.push(now, self.buf[..t.len].to_vec(), t.len);
+                self.sim.touched(i);
             }
         }
         work_start.elapsed()
@@ -343,6 +344,8 @@ impl Simulation {
     fn client_frame(&mut self, i: usize) {
         let now = self.sim.now;
         let micros = now.saturating_duration_since(self.start).as_micros() as u64;
+        // Only this client changes: the network's next run need not look at the others.
+        self.sim.touched(i);
         let c = &mut self.sim.clients[i];
         let p = &mut self.players[i];
         if p.game.closed().is_some() {

@@ -5,6 +5,7 @@
 //! real second; the same seed gives the same run. Applications can use it too, to try their
 //! game logic on a bad network without sockets.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,18 @@ pub struct Sim<S: Endpoint = Server, C: Endpoint = Client> {
     pub stray: Vec<(SocketAddr, Vec<u8>)>,
     seed: u64,
     buf: Vec<u8>,
+    /// Each client's next wakeup (the earliest of its endpoint and its two links), as last
+    /// computed, and the same ordered by time: the network visits only clients that are due
+    /// or were handed something, so a step costs what moves, not the number of clients.
+    wake_of: Vec<Option<Instant>>,
+    wakes: BTreeSet<(Instant, usize)>,
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Clients to visit in the next round whatever their wakeup (a datagram arrived, or the
+    /// caller changed them).
+    active: Vec<usize>,
+    /// The clients the caller said it changed since the last run ([`Sim::touched`]); `None`:
+    /// it did not say, so any may have changed.
+    touched: Option<Vec<usize>>,
 }
 
 impl Sim {
@@ -139,6 +152,11 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             stray: Vec::new(),
             seed,
             buf: vec![0; MAX_PACKET_BYTES],
+            wake_of: Vec::new(),
+            wakes: BTreeSet::new(),
+            by_addr: HashMap::new(),
+            active: Vec::new(),
+            touched: None,
         }
     }
 
@@ -167,7 +185,88 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             down: Conditioner::new(ConditionerConfig::off(), seed ^ 2).expect("off is valid"),
             partitioned: false,
         });
+        self.by_addr.insert(addr, i);
+        self.wake_of.push(None);
+        self.refresh(i);
         i
+    }
+
+    /// Tell the network that, since it last ran, the caller changed client `i` (its
+    /// endpoint, its links, its events) and, unless it names them too, no other client.
+    ///
+    /// Optional: without it every run first looks at every client, which costs O(clients)
+    /// per call. A caller that drives many clients one at a time (a frame of client 7, then
+    /// a run up to the next frame) names the one it changed so each run costs what moves.
+    /// Naming some but changing others is a harness bug; debug builds check for it.
+    pub fn touched(&mut self, i: usize) {
+        if i < self.clients.len() {
+            self.touched.get_or_insert_with(Vec::new).push(i);
+        }
+    }
+
+    /// Recompute client `i`'s wakeup in the index.
+    fn refresh(&mut self, i: usize) {
+        let c = &self.clients[i];
+        let t = [
+            c.client.poll_timeout(),
+            c.up.poll_timeout(),
+            c.down.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let old = std::mem::replace(&mut self.wake_of[i], t);
+        if old != t {
+            if let Some(o) = old {
+                self.wakes.remove(&(o, i));
+            }
+            if let Some(t) = t {
+                self.wakes.insert((t, i));
+            }
+        }
+    }
+
+    /// Take in what the caller changed since the last run: the clients it named, or all.
+    fn take_touched(&mut self) {
+        match self.touched.take() {
+            Some(named) => {
+                #[cfg(debug_assertions)]
+                for (i, &w) in self.wake_of.iter().enumerate() {
+                    let c = &self.clients[i];
+                    let live = [
+                        c.client.poll_timeout(),
+                        c.up.poll_timeout(),
+                        c.down.poll_timeout(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                    assert!(
+                        named.contains(&i) || live == w,
+                        "Sim: client {i} changed but was not named in Sim::touched"
+                    );
+                }
+                for i in named {
+                    self.refresh(i);
+                    self.active.push(i);
+                }
+            }
+            None => {
+                for i in 0..self.clients.len() {
+                    self.refresh(i);
+                    self.active.push(i);
+                }
+            }
+        }
+    }
+
+    /// The client at `addr`, if it is one of the simulated ones.
+    fn client_at(&self, addr: SocketAddr) -> Option<usize> {
+        match self.by_addr.get(&addr) {
+            Some(&i) if self.clients.get(i).is_some_and(|c| c.addr == addr) => Some(i),
+            // The caller moved a client: look for it the slow way.
+            _ => self.clients.iter().position(|c| c.addr == addr),
+        }
     }
 
     /// Condition both directions of client `i`'s link.
@@ -179,6 +278,9 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         let c = &mut self.clients[i];
         if let Err(e) = c.up.set_config(up).and_then(|()| c.down.set_config(down)) {
             panic!("invalid conditioner config for the simulation: {e}");
+        }
+        if let Some(named) = &mut self.touched {
+            named.push(i);
         }
     }
 
@@ -237,21 +339,22 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
 
     /// Run the network until virtual time `end`.
     pub fn run_until(&mut self, end: Instant) {
+        self.take_touched();
         loop {
-            self.pump();
+            self.pump_now();
             let next = self.next_wakeup();
             match next {
                 Some(t) if t <= end => {
                     self.now = t.max(self.now + MIN_STEP).min(end.max(self.now));
                     if self.now >= end {
                         self.now = end;
-                        self.pump();
+                        self.pump_now();
                         return;
                     }
                 }
                 _ => {
                     self.now = end.max(self.now);
-                    self.pump();
+                    self.pump_now();
                     return;
                 }
             }
@@ -278,18 +381,11 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        let mut t = self.server.poll_timeout();
-        let mut take = |x: Option<Instant>| {
-            if let Some(x) = x {
-                t = Some(t.map_or(x, |t: Instant| t.min(x)));
-            }
-        };
-        for c in &self.clients {
-            take(c.client.poll_timeout());
-            take(c.up.poll_timeout());
-            take(c.down.poll_timeout());
-        }
-        t
+        let clients = self.wakes.first().map(|&(t, _)| t);
+        [self.server.poll_timeout(), clients]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Process everything due at `now` until nothing moves.
@@ -299,63 +395,86 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     /// endpoints answer each other without time passing (a livelock), a bug the test must see
     /// rather than a network that quietly stops.
     pub fn pump(&mut self) {
+        self.take_touched();
+        self.pump_now();
+    }
+
+    fn pump_now(&mut self) {
         let now = self.now;
         settle(|| self.pump_round(now));
     }
 
     /// One round of [`pump`](Self::pump); true if any datagram moved.
     fn pump_round(&mut self, now: Instant) -> bool {
-        {
-            let mut moved = false;
-            if self.server.poll_timeout().is_some_and(|t| t <= now) {
-                self.server.handle_timeout(now);
-            }
-            while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
-                moved = true;
-                let bytes = self.buf[..t.len].to_vec();
-                match self.clients.iter_mut().find(|c| c.addr == t.destination) {
-                    Some(c) if !c.partitioned => c.down.push(now, bytes, t.len),
-                    Some(_) => {}
-                    None => self.stray.push((t.destination, bytes)),
-                }
-            }
-            while let Some(e) = self.server.poll_event() {
-                self.server_events.push(e);
-            }
-            for c in &mut self.clients {
-                if c.client.poll_timeout().is_some_and(|t| t <= now) {
-                    c.client.handle_timeout(now);
-                }
-                while let Some(t) = c.client.poll_transmit(now, &mut self.buf) {
-                    moved = true;
-                    if !c.partitioned {
-                        c.up.push(now, self.buf[..t.len].to_vec(), t.len);
-                    }
-                }
-                while let Some(d) = c.down.poll(now) {
-                    moved = true;
-                    if !c.partitioned {
-                        c.client.handle_datagram(now, self.server_addr, &d);
-                    }
-                }
-                while let Some(e) = c.client.poll_event() {
-                    c.events.push(e);
-                }
-            }
-            for i in 0..self.clients.len() {
-                while let Some(d) = self.clients[i].up.poll(now) {
-                    moved = true;
-                    if !self.clients[i].partitioned {
-                        let from = self.clients[i].addr;
-                        self.server.handle_datagram(now, from, &d);
-                    }
-                }
-            }
-            while let Some(e) = self.server.poll_event() {
-                self.server_events.push(e);
-            }
-            moved
+        let mut moved = false;
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now);
         }
+        while let Some(t) = self.server.poll_transmit(now, &mut self.buf) {
+            moved = true;
+            let bytes = self.buf[..t.len].to_vec();
+            match self.client_at(t.destination) {
+                Some(i) => {
+                    let c = &mut self.clients[i];
+                    if !c.partitioned {
+                        c.down.push(now, bytes, t.len);
+                        self.active.push(i);
+                    }
+                }
+                None => self.stray.push((t.destination, bytes)),
+            }
+        }
+        while let Some(e) = self.server.poll_event() {
+            self.server_events.push(e);
+        }
+        // The clients with anything to do: due now, or handed something. In index order, as
+        // a round over every client would visit them.
+        let mut visit = std::mem::take(&mut self.active);
+        visit.extend(self.wakes.range(..=(now, usize::MAX)).map(|&(_, i)| i));
+        visit.sort_unstable();
+        visit.dedup();
+        for &i in &visit {
+            let c = &mut self.clients[i];
+            if c.client.poll_timeout().is_some_and(|t| t <= now) {
+                c.client.handle_timeout(now);
+            }
+            while let Some(t) = c.client.poll_transmit(now, &mut self.buf) {
+                moved = true;
+                if !c.partitioned {
+                    c.up.push(now, self.buf[..t.len].to_vec(), t.len);
+                }
+            }
+            while let Some(d) = c.down.poll(now) {
+                moved = true;
+                if !c.partitioned {
+                    c.client.handle_datagram(now, self.server_addr, &d);
+                }
+            }
+            while let Some(e) = c.client.poll_event() {
+                c.events.push(e);
+            }
+        }
+        for &i in &visit {
+            let c = &mut self.clients[i];
+            while let Some(d) = c.up.poll(now) {
+                moved = true;
+                if !c.partitioned {
+                    self.server.handle_datagram(now, c.addr, &d);
+                }
+            }
+        }
+        while let Some(e) = self.server.poll_event() {
+            self.server_events.push(e);
+        }
+        for &i in &visit {
+            self.refresh(i);
+        }
+        // Keep the allocation for the next round.
+        visit.clear();
+        if self.active.is_empty() {
+            self.active = visit;
+        }
+        moved
     }
 }
 

@@ -146,8 +146,6 @@ pub struct Server {
     by_addr: HashMap<SocketAddr, ClientId>,
     replies: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<(ClientId, Event)>,
-    /// Where the round-robin of `poll_transmit` resumes.
-    cursor: Option<ClientId>,
     stats: ServerStats,
     /// The netcode server underneath, in secure mode.
     secure: Option<SecureServer>,
@@ -214,7 +212,6 @@ impl Server {
             by_addr: HashMap::new(),
             replies: VecDeque::new(),
             events: VecDeque::new(),
-            cursor: None,
             stats: ServerStats::default(),
         })
     }
@@ -580,31 +577,17 @@ impl Server {
                 len: bytes.len(),
             });
         }
-        // Round-robin from the cursor so no client's traffic waits behind another's.
-        let start = self.cursor.unwrap_or(ClientId(0));
-        let mut sent = None;
-        for (id, c) in self.clients.range_mut(start..) {
-            if let Some(len) = c.conn.poll_transmit(now, buf) {
-                sent = Some((*id, c.conn.peer, len));
-                break;
-            }
-        }
-        if sent.is_none() {
-            for (id, c) in self.clients.range_mut(..start) {
-                if let Some(len) = c.conn.poll_transmit(now, buf) {
-                    sent = Some((*id, c.conn.peer, len));
-                    break;
-                }
-            }
-        }
-        let Some((id, destination, len)) = sent else {
-            self.cursor = None;
-            return None;
-        };
+        // Only a connection whose timeout is due has anything to send, and the one that has
+        // waited longest goes first, so no client's traffic waits behind another's.
+        let sent = self.clients.first_due(now, |id, c| {
+            c.conn
+                .poll_transmit(now, buf)
+                .map(|len| (id, c.conn.peer, len))
+        });
+        let (id, destination, len) = sent?;
         if let Some(c) = self.clients.get_mut(&id) {
             Self::move_events(id, &mut c.conn, &mut self.events);
         }
-        self.cursor = Some(ClientId(id.0.wrapping_add(1)));
         self.count_out(len);
         self.remove_if_closed(id);
         Some(Transmit { destination, len })
@@ -619,31 +602,13 @@ impl Server {
                 self.count_out(t.len);
                 return Some(t);
             }
-            // Round-robin from the cursor so no client's traffic waits behind another's.
-            let start = self.cursor.unwrap_or(ClientId(0));
-            let mut found = None;
-            for (id, c) in self.clients.range_mut(start..) {
-                if let Some(len) = c.conn.poll_transmit(now, buf) {
-                    found = Some((*id, len));
-                    break;
-                }
-            }
-            if found.is_none() {
-                for (id, c) in self.clients.range_mut(..start) {
-                    if let Some(len) = c.conn.poll_transmit(now, buf) {
-                        found = Some((*id, len));
-                        break;
-                    }
-                }
-            }
-            let Some((id, len)) = found else {
-                self.cursor = None;
-                return None;
-            };
+            // As in plain mode: the due connection that has waited longest first.
+            let (id, len) = self
+                .clients
+                .first_due(now, |id, c| c.conn.poll_transmit(now, buf).map(|len| (id, len)))?;
             if let Some(c) = self.clients.get_mut(&id) {
                 Self::move_events(id, &mut c.conn, &mut self.events);
             }
-            self.cursor = Some(ClientId(id.0.wrapping_add(1)));
             // At most MAX_PAYLOAD_BYTES by the connection's packet limit; a refusal (the
             // slot just left) loses only this packet.
             let _ = sec.netcode.send_payload(now, secure_index(id), &buf[..len]);

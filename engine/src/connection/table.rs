@@ -109,6 +109,29 @@ impl ClientTable {
             .min()
     }
 
+    /// The first `Some` that `f` gives for a connection due at `now`, trying them in order
+    /// of their timeouts (the longest waiting first); each one tried is marked dirty.
+    ///
+    /// A connection has something to send only once its timeout is due (its timeout covers
+    /// every reason it sends), so this looks at the due ones alone, not at every connection.
+    pub(super) fn first_due<R>(
+        &mut self,
+        now: Instant,
+        mut f: impl FnMut(ClientId, &mut Client) -> Option<R>,
+    ) -> Option<R> {
+        self.reindex();
+        for &(_, id) in self.timers.range(..=(now, ClientId(u32::MAX))) {
+            let Some(c) = self.map.get_mut(&id) else {
+                continue;
+            };
+            self.dirty.push(id);
+            if let Some(r) = f(id, c) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
     /// Recompute the timeouts of the connections taken mutably since the last call.
     pub(super) fn reindex(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
