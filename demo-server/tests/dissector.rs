@@ -1,6 +1,7 @@
 //! The Wireshark dissector (scripts/wireshark/snapsync.lua) read by Debian's tshark on a
-//! capture the demo made, and on truncated packets. Needs tshark: `.ci/run` installs it and
-//! runs this. Every wait is bounded.
+//! capture the demo made, on snapshot parts the engine encoded from known entities, and on
+//! truncated and malformed packets. Needs tshark: `.ci/run` installs it and runs this.
+//! Every wait is bounded.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
