@@ -135,6 +135,42 @@ fn markdown(rows: &[Row]) -> String {
     s
 }
 
+/// Per-entity staleness: how long a client held an entity's state after the server's had
+/// changed (zero while current), over every client frame × entity held. Printed apart from
+/// the table above, whose columns outside scripts read.
+fn entity_staleness(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "Per-entity staleness (how long a client holds an entity's state after the server's changed; \
+         0 while current), every client frame × entity held:\n\n\
+         | tick Hz | clients | p50 (0% / 5% loss) | p99 (0% / 5% loss) | max (0% / 5% loss) |\n\
+         |---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let (c, l) = (&r.clean.entity_staleness, &r.lossy.entity_staleness);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
+            r.tick_rate,
+            r.clients,
+            c.quantile_ms(0.5),
+            l.quantile_ms(0.5),
+            c.quantile_ms(0.99),
+            l.quantile_ms(0.99),
+            c.quantile_ms(1.0),
+            l.quantile_ms(1.0),
+        );
+        let beyond =
+            r.clean.entity_staleness_beyond_history + r.lossy.entity_staleness_beyond_history;
+        if beyond > 0 {
+            let _ = writeln!(
+                s,
+                "  ({beyond} samples were older than the states kept and count at that age: a lower bound)"
+            );
+        }
+    }
+    s
+}
+
 fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "tick_hz,clients,entities,tick_cost_p50_us,tick_cost_p99_us,tick_cost_p50_pct,tick_cost_p99_pct,\
@@ -302,6 +338,7 @@ fn main() {
         WARM_UP.as_secs()
     );
     print!("{}", markdown(&rows));
+    print!("\n{}", entity_staleness(&rows));
     let path = out_path(&args);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);

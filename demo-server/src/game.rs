@@ -147,6 +147,11 @@ impl GameServer {
         self.scene.bodies()
     }
 
+    /// The world replicated at the last tick.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
     /// Inputs that did not decode.
     pub fn invalid_inputs(&self) -> u64 {
         self.invalid_inputs

@@ -10,6 +10,7 @@
 pub mod cli;
 #[cfg(feature = "agones")]
 pub mod fleet;
+mod freshness;
 pub mod game;
 pub mod metrics;
 pub mod ops;

@@ -24,6 +24,7 @@ use snapsync::packet::{IP_UDP_HEADER_BYTES, MAX_PACKET_BYTES};
 use snapsync::replication::{self, SnapshotDelivery};
 use snapsync::sim::Sim;
 
+use crate::freshness::EntityHistory;
 use crate::game::{GameOptions, GameServer};
 use crate::metrics::{DistanceHistogram, DurationHistogram};
 use crate::player::{GameClient, PlayerClient};
@@ -115,6 +116,11 @@ pub struct SimulationReport {
     pub update_gap: DurationHistogram,
     /// Staleness samples of every client, merged (virtual time).
     pub staleness: DurationHistogram,
+    /// Per-entity staleness, every client frame × entity it holds: how long the client had
+    /// held the entity's state after the server's had changed (zero while current).
+    pub entity_staleness: DurationHistogram,
+    /// Of those samples, the ones older than the history kept (counted at its length).
+    pub entity_staleness_beyond_history: u64,
     /// Newer snapshots received, summed over clients.
     pub snapshots_received: u64,
     /// Snapshot parts the clients could not use (undecodable or missing baseline).
@@ -179,6 +185,9 @@ pub struct Simulation {
     frame_period: Duration,
     buf: Vec<u8>,
     tick_cost: DurationHistogram,
+    /// The server's recent entity states, for per-entity staleness.
+    history: EntityHistory,
+    entity_staleness: DurationHistogram,
     disconnects: u64,
     measure_start: Instant,
     ticks_base: u32,
@@ -222,6 +231,7 @@ impl Simulation {
             let phase = frame_period.mul_f64(i as f64 / opts.clients as f64);
             schedule.push(Reverse((start + phase, Due::Frame(i))));
         }
+        let history = EntityHistory::new(sim.server.config().quantize);
         Ok(Self {
             sim,
             game,
@@ -233,6 +243,8 @@ impl Simulation {
             frame_period,
             buf: vec![0; MAX_PACKET_BYTES],
             tick_cost: DurationHistogram::new(),
+            history,
+            entity_staleness: DurationHistogram::new(),
             disconnects: 0,
             measure_start: start,
             ticks_base: 0,
@@ -304,6 +316,8 @@ impl Simulation {
                 let cost = self.server_tick();
                 self.tick_cost.record(cost);
                 let ticks = self.sim.server.current_tick().0;
+                // Outside the measured work: the harness's own record of the truth.
+                self.history.record(ticks, self.game.world());
                 let next = self.start + self.tick_period * (ticks + 1);
                 self.schedule.push(Reverse((next, Due::Tick)));
                 Some(cost)
@@ -359,6 +373,17 @@ impl Simulation {
             return;
         }
         p.game.on_frame(&mut c.client, now, micros);
+        if p.game.is_ready()
+            && let Some(receiver) = c.client.receiver()
+        {
+            let (start, period) = (self.start, self.tick_period);
+            let tick_time = |t: u32| start + period * t;
+            for (id, held) in receiver.live() {
+                if let Some(age) = self.history.staleness(id, held, now, tick_time) {
+                    self.entity_staleness.record(age);
+                }
+            }
+        }
     }
 
     /// Bytes on the wire (with IP+UDP headers) sent so far: server → clients, clients →
@@ -394,6 +419,8 @@ impl Simulation {
     /// Forget everything measured so far (e.g. after a warm-up); the game carries on.
     pub fn reset_measurements(&mut self) {
         self.tick_cost = DurationHistogram::new();
+        self.entity_staleness = DurationHistogram::new();
+        self.history.reset_beyond_history();
         for (p, c) in self.players.iter_mut().zip(&self.sim.clients) {
             p.game.update_gap = DurationHistogram::new();
             p.game.staleness = DurationHistogram::new();
@@ -440,6 +467,8 @@ impl Simulation {
             kbps_up_per_client: per_client(up.saturating_sub(self.wire_base.1)),
             update_gap,
             staleness,
+            entity_staleness: self.entity_staleness.clone(),
+            entity_staleness_beyond_history: self.history.beyond_history(),
             snapshots_received,
             parts_rejected,
             entities: self.sim.server.stats().entities,

@@ -603,9 +603,9 @@ impl Server {
                 return Some(t);
             }
             // As in plain mode: the due connection that has waited longest first.
-            let (id, len) = self
-                .clients
-                .first_due(now, |id, c| c.conn.poll_transmit(now, buf).map(|len| (id, len)))?;
+            let (id, len) = self.clients.first_due(now, |id, c| {
+                c.conn.poll_transmit(now, buf).map(|len| (id, len))
+            })?;
             if let Some(c) = self.clients.get_mut(&id) {
                 Self::move_events(id, &mut c.conn, &mut self.events);
             }
