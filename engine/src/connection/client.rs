@@ -487,6 +487,19 @@ impl Client {
         }
     }
 
+    /// The stream under the connection (a TCP stream or a WebSocket) closed: nothing more can
+    /// arrive, so the client ends now with [`DisconnectReason::StreamClosed`] instead of
+    /// waiting out its timeout. A datagram client never calls this.
+    pub fn stream_closed(&mut self, now: Instant) {
+        self.last_now = now;
+        match &mut self.phase {
+            Phase::Connected { conn, .. } => conn.close(DisconnectReason::StreamClosed),
+            Phase::Handshake { .. } => self.finish(DisconnectReason::StreamClosed),
+            Phase::Done(_) => {}
+        }
+        self.after_connection_io();
+    }
+
     /// Disconnect cleanly: the next polls send the goodbye (redundantly), then the client
     /// reports `Disconnected { reason: Requested }`. While still handshaking, stop at once.
     pub fn disconnect(&mut self) {

@@ -276,7 +276,7 @@ impl Established {
         }
     }
 
-    fn close(&mut self, reason: DisconnectReason) {
+    pub(crate) fn close(&mut self, reason: DisconnectReason) {
         if self.closed.is_none() {
             self.closed = Some(reason);
             self.events.push_back(Event::Disconnected { reason });

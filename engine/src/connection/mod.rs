@@ -115,6 +115,9 @@ pub enum DisconnectReason {
     Replaced,
     /// Secure mode: the connect token did not parse or expired.
     TokenRefused,
+    /// The stream under the connection (a TCP stream or a WebSocket) closed: nothing more
+    /// can arrive, so the connection ended at once rather than at its timeout.
+    StreamClosed,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -130,6 +133,7 @@ impl fmt::Display for DisconnectReason {
             Self::ConnectTimedOut => write!(f, "server did not answer within the connect timeout"),
             Self::Replaced => write!(f, "replaced by a new connection from the same address"),
             Self::TokenRefused => write!(f, "the connect token is invalid or expired"),
+            Self::StreamClosed => write!(f, "the stream under the connection closed"),
         }
     }
 }

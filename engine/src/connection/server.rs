@@ -537,6 +537,30 @@ impl Server {
         }
     }
 
+    /// The stream carrying `peer`'s packets (a TCP stream or a WebSocket) closed: nothing
+    /// more can arrive from it, so its connection ends now with
+    /// [`DisconnectReason::StreamClosed`] (and its slot is free) instead of at its timeout.
+    /// An address with no connection is ignored.
+    pub fn stream_closed(&mut self, now: Instant, peer: SocketAddr) {
+        // Plain mode indexes connections by address; secure mode's are found by their peer
+        // (a stream closing is rare, so the scan costs nothing that matters).
+        let id = self.by_addr.get(&peer).copied().or_else(|| {
+            self.clients
+                .keys()
+                .copied()
+                .find(|id| self.clients.get(id).is_some_and(|c| c.conn.peer == peer))
+        });
+        let Some(id) = id else {
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.conn.close(DisconnectReason::StreamClosed);
+            Self::move_events(id, &mut c.conn, &mut self.events);
+        }
+        self.remove_if_closed_at(now, id);
+        self.clients.reindex();
+    }
+
     /// Advance timers: keep-alives, loss detection, timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(sec) = self.secure.as_mut() {

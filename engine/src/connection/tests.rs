@@ -309,6 +309,52 @@ fn clean_disconnect_is_seen_within_100ms() {
 }
 
 #[test]
+fn a_closed_stream_ends_its_connection_at_once_on_either_side() {
+    let mut sim = connected_sim(3, 16);
+    sim.run_for(Duration::from_millis(500));
+    let (id0, id2) = (sim.client_id(0).unwrap(), sim.client_id(2).unwrap());
+    // The server hears client 0's stream close: that connection ends now, the others play.
+    let addr0 = sim.clients[0].addr;
+    sim.server.stream_closed(sim.now, addr0);
+    let mut events = Vec::new();
+    while let Some(e) = sim.server.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(
+        events,
+        vec![(
+            id0,
+            Event::Disconnected {
+                reason: DisconnectReason::StreamClosed
+            }
+        )]
+    );
+    assert_eq!(sim.server.client_count(), 2);
+    assert_eq!(sim.server.client_addr(id0), None);
+    // An address without a connection changes nothing.
+    sim.server.stream_closed(sim.now, addr0);
+    assert_eq!(sim.server.client_count(), 2);
+    // Client 1 hears its stream close: it ends now, not at its timeout.
+    sim.clients[1].client.stream_closed(sim.now);
+    assert_eq!(
+        sim.clients[1].client.state(),
+        ClientState::Disconnected(DisconnectReason::StreamClosed)
+    );
+    let mut events = Vec::new();
+    while let Some(e) = sim.clients[1].client.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(
+        disconnect_reason(&events),
+        Some(DisconnectReason::StreamClosed)
+    );
+    // Client 2 was never touched: still connected on both sides a second later.
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.clients[2].client.is_connected());
+    assert_eq!(sim.server.client_addr(id2), Some(sim.clients[2].addr));
+}
+
+#[test]
 fn connect_gives_up_when_the_server_never_answers() {
     let mut sim = Sim::new(ServerConfig::default(), 8);
     sim.add_client(ClientConfig::default());

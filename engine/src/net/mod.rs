@@ -75,6 +75,11 @@ pub trait Endpoint {
     fn poll_event(&mut self) -> Option<Self::Event>;
     /// Next timer deadline.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// The stream carrying `peer`'s packets (TCP or WebSocket) closed. The connection
+    /// endpoints end that connection at once; the default ignores it (datagrams only).
+    fn stream_closed(&mut self, now: Instant, peer: SocketAddr) {
+        let _ = (now, peer);
+    }
 }
 
 impl Endpoint for Server {
@@ -93,6 +98,9 @@ impl Endpoint for Server {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Server::poll_timeout(self)
+    }
+    fn stream_closed(&mut self, now: Instant, peer: SocketAddr) {
+        Server::stream_closed(self, now, peer)
     }
 }
 
@@ -113,6 +121,10 @@ impl Endpoint for Client {
     fn poll_timeout(&self) -> Option<Instant> {
         Client::poll_timeout(self)
     }
+    // A client has one stream, to its server: whichever closes, it is that one.
+    fn stream_closed(&mut self, now: Instant, _peer: SocketAddr) {
+        Client::stream_closed(self, now)
+    }
 }
 
 impl Endpoint for replication::Server {
@@ -132,6 +144,9 @@ impl Endpoint for replication::Server {
     fn poll_timeout(&self) -> Option<Instant> {
         replication::Server::poll_timeout(self)
     }
+    fn stream_closed(&mut self, now: Instant, peer: SocketAddr) {
+        replication::Server::stream_closed(self, now, peer)
+    }
 }
 
 impl<I: Serialize> Endpoint for replication::Client<I> {
@@ -150,6 +165,10 @@ impl<I: Serialize> Endpoint for replication::Client<I> {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         replication::Client::poll_timeout(self)
+    }
+    // A client has one stream, to its server: whichever closes, it is that one.
+    fn stream_closed(&mut self, now: Instant, _peer: SocketAddr) {
+        replication::Client::stream_closed(self, now)
     }
 }
 
@@ -491,20 +510,32 @@ impl<E: Endpoint> Driver<E> {
     }
 
     fn on_stream_message(&mut self, m: Option<stream::StreamIn>) {
-        let (Some(m), Some(streams)) = (m, self.streams.as_mut()) else {
+        let Some(m) = m else {
             return;
         };
-        if let Some((from, bytes)) = streams.on_message(m) {
-            let t = now();
-            self.stats.received += 1;
-            self.endpoint.handle_datagram(t, from, &bytes);
-        }
+        self.take_stream_message(m);
         // Frames that queued up meanwhile, without waiting for another wake-up.
         while let Some(m) = self.streams.as_mut().and_then(|s| s.rx.try_recv().ok()) {
-            if let Some((from, bytes)) = self.streams.as_mut().and_then(|s| s.on_message(m)) {
-                self.stats.received += 1;
-                self.endpoint.handle_datagram(now(), from, &bytes);
-            }
+            self.take_stream_message(m);
+        }
+    }
+
+    fn take_stream_message(&mut self, m: stream::StreamIn) {
+        let Some(streams) = self.streams.as_mut() else {
+            return;
+        };
+        // A closed stream ends its connection now: nothing more can come over it, and
+        // waiting for the timeout would hold the slot (and the player) for seconds.
+        let closed = match &m {
+            stream::StreamIn::Closed(peer) => Some(*peer),
+            _ => None,
+        };
+        if let Some((from, bytes)) = streams.on_message(m) {
+            self.stats.received += 1;
+            self.endpoint.handle_datagram(now(), from, &bytes);
+        }
+        if let Some(peer) = closed {
+            self.endpoint.stream_closed(now(), peer);
         }
     }
 

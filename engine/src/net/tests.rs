@@ -729,6 +729,57 @@ async fn a_silent_server_without_websockets_gives_a_clear_no_answer_then_a_refus
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_websocket_that_closes_ends_its_connection_at_once_not_at_the_timeout() {
+    // The server side: a client whose WebSocket goes away (its process died, say) leaves
+    // with `StreamClosed`; a timeout would say `TimedOut`, and only after 5 s.
+    let server = server_with_websocket(|_| replication::ServerConfig::default()).await;
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(replication_server(server, 8));
+    let mut client =
+        ReplicationClient::<u32>::join_websocket(addr, replication::ClientConfig::default(), None)
+            .await
+            .expect("joined over the websocket");
+    client
+        .drive_until(Instant::now() + Duration::from_millis(200))
+        .await
+        .unwrap();
+    // No goodbye: the driver and its stream are dropped.
+    drop(client);
+    let (_, left) = serving.await.unwrap();
+    assert_eq!(
+        left,
+        vec![replication::CloseReason::Connection(
+            DisconnectReason::StreamClosed
+        )]
+    );
+
+    // The client side: the server goes away without a goodbye; the client ends at once.
+    let server = server_with_websocket(|_| replication::ServerConfig::default()).await;
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(replication_server(server, 1));
+    let mut client =
+        ReplicationClient::<u32>::join_websocket(addr, replication::ClientConfig::default(), None)
+            .await
+            .expect("joined over the websocket");
+    // The server task ends after its second and drops its streams. Bounded: well within the
+    // client's 5 s timeout, whose reason would differ anyway.
+    let end = Instant::now() + Duration::from_secs(4);
+    while client.endpoint().close_reason().is_none() && Instant::now() < end {
+        client
+            .drive_until(Instant::now() + Duration::from_millis(20))
+            .await
+            .unwrap();
+    }
+    serving.await.unwrap();
+    assert_eq!(
+        client.endpoint().close_reason(),
+        Some(&replication::CloseReason::Connection(
+            DisconnectReason::StreamClosed
+        ))
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn bad_websocket_peers_are_cut_off_and_a_good_one_still_plays() {
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::AsyncWriteExt;

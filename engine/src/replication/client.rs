@@ -333,6 +333,13 @@ impl<I: Serialize> Client<I> {
         self.pump(now);
     }
 
+    /// The stream under the connection (TCP or WebSocket) closed: the client ends now
+    /// ([`connection::Client::stream_closed`]) rather than at its timeout.
+    pub fn stream_closed(&mut self, now: Instant) {
+        self.conn.stream_closed(now);
+        self.pump(now);
+    }
+
     /// Next datagram to send, written to `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<connection::Transmit> {
         let t = self.conn.poll_transmit(now, buf);

@@ -249,6 +249,13 @@ impl Server {
         self.pump();
     }
 
+    /// The stream carrying `peer`'s packets (TCP or WebSocket) closed: its client leaves
+    /// now ([`connection::Server::stream_closed`]) rather than at its timeout.
+    pub fn stream_closed(&mut self, now: Instant, peer: SocketAddr) {
+        self.conn.stream_closed(now, peer);
+        self.pump();
+    }
+
     /// Next datagram to send, written to `buf` (at least
     /// [`MAX_PACKET_BYTES`](crate::packet::MAX_PACKET_BYTES) long).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<connection::Transmit> {
