@@ -68,6 +68,8 @@ pub mod channel;
 pub mod codec;
 pub mod conditioner;
 pub mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod netcode;
