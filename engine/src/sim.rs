@@ -512,4 +512,47 @@ mod tests {
     fn a_livelock_fails_instead_of_stopping_quietly() {
         settle(|| true);
     }
+
+    /// Two clients that connect, then play for a while with both links delayed.
+    fn two_connected() -> Sim {
+        let mut sim = Sim::new(ServerConfig::default(), 3);
+        for _ in 0..2 {
+            sim.add_client(ClientConfig::default());
+        }
+        assert!(sim.run_until_cond(Duration::from_secs(2), |s| {
+            s.clients.iter().all(|c| c.client.is_connected())
+        }));
+        sim
+    }
+
+    #[test]
+    fn a_named_change_is_taken_in_and_the_run_goes_on() {
+        let mut sim = two_connected();
+        sim.clients[1]
+            .client
+            .send_message(sim.now, 0, b"hello")
+            .unwrap();
+        sim.touched(1);
+        // The links have no delay: taken in, the message goes at once, not at the client's
+        // next timer (its keep-alive, far later).
+        sim.run_for(Duration::from_millis(1));
+        let got = sim.server_events.iter().any(|(_, e)| {
+            matches!(e, crate::connection::Event::Message { payload, .. } if payload == b"hello")
+        });
+        assert!(got, "the named client's message arrived");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not named")]
+    fn changing_a_client_without_naming_it_is_caught_when_others_are_named() {
+        let mut sim = two_connected();
+        // Client 0 gets a message to send, but only client 1 is named.
+        sim.clients[0]
+            .client
+            .send_message(sim.now, 0, b"hello")
+            .unwrap();
+        sim.touched(1);
+        sim.run_for(Duration::from_millis(10));
+    }
 }
