@@ -15,6 +15,8 @@ use crate::{Sequence, SequenceBuffer};
 
 /// Payload flag: a datagram section follows.
 const FLAG_DATAGRAM: u8 = 0x01;
+/// Sent packet buffers a connection keeps for reuse: enough for a tick's snapshot parts.
+const SPARE_BUFFERS: usize = 8;
 const KNOWN_FLAGS: u8 = FLAG_DATAGRAM;
 /// Bytes of the flags byte plus the datagram length prefix.
 const DATAGRAM_FRAMING_BYTES: usize = 3;
@@ -49,6 +51,11 @@ pub(crate) struct Established {
     received_since_sent: u32,
     /// Encoded packets built eagerly by `send_datagram`, awaiting `poll_transmit`.
     queued: VecDeque<Vec<u8>>,
+    /// Packet buffers already sent, kept for the next packets: the steady state allocates
+    /// nothing per packet (at most `SPARE_BUFFERS` are kept).
+    spare: Vec<Vec<u8>>,
+    /// The payload being assembled, reused from packet to packet.
+    payload: Vec<u8>,
     carried_datagram: SequenceBuffer<()>,
     pub(crate) events: VecDeque<Event>,
     /// Disconnect packets still to send before the connection is gone.
@@ -91,6 +98,8 @@ impl Established {
             last_sent: now,
             received_since_sent: 0,
             queued: VecDeque::new(),
+            spare: Vec::new(),
+            payload: Vec::new(),
             carried_datagram: SequenceBuffer::new(DATAGRAM_RECORD_PACKETS),
             events: VecDeque::new(),
             goodbyes_left: 0,
@@ -307,6 +316,7 @@ impl Established {
             let len = bytes.len().min(buf.len());
             buf[..len].copy_from_slice(&bytes[..len]);
             self.note_sent(now, len);
+            self.recycle(bytes);
             return Some(len);
         }
         let rtt = self.rtt_or_default();
@@ -318,9 +328,17 @@ impl Established {
             let len = bytes.len().min(buf.len());
             buf[..len].copy_from_slice(&bytes[..len]);
             self.note_sent(now, len);
+            self.recycle(bytes);
             return Some(len);
         }
         None
+    }
+
+    /// Keep a sent packet's buffer for a later packet.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(buf);
+        }
     }
 
     fn note_sent(&mut self, now: Instant, len: usize) {
@@ -336,7 +354,8 @@ impl Established {
     ) -> (Sequence, Vec<u8>) {
         let seq = self.acks.on_send(now);
         let (ack, ack_bits, ack_delay) = self.acks.ack_fields(now);
-        let mut payload = Vec::with_capacity(self.max_packet_bytes);
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
         if let Some(d) = datagram {
             payload.push(FLAG_DATAGRAM);
             // MAX_DATAGRAM_BYTES < u16::MAX, checked by the caller.
@@ -369,11 +388,14 @@ impl Established {
         };
         // Exactly the packet's size: zeroing a full MAX_PACKET_BYTES buffer for every small
         // packet showed in the loopback profile.
-        let mut out = vec![0u8; packet.encoded_len().min(MAX_PACKET_BYTES)];
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        out.resize(packet.encoded_len().min(MAX_PACKET_BYTES), 0);
         // The payload was sized to fit MAX_PACKET_BYTES above, so encoding cannot fail;
         // a zero length would only drop this packet, never corrupt state.
         let len = packet.encode(&mut out).unwrap_or(0);
         out.truncate(len);
+        self.payload = payload;
         (seq, out)
     }
 
