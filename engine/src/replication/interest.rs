@@ -478,6 +478,186 @@ mod tests {
         assert_eq!(ids(&s), vec![3]);
     }
 
+    /// A seeded crowd in the shape of the `massive` scene (a third walking, velocities that
+    /// vanish, components, spawns and despawns, rooms), seen by clients with generous and
+    /// tight budgets over a lossy, late ack stream.
+    ///
+    /// Returns every part each client was sent, and the senders' totals.
+    fn scoped_snapshots_of_a_seeded_crowd() -> (Vec<Vec<u8>>, Vec<crate::snapshot::SenderStats>) {
+        use crate::Sequence;
+        use crate::snapshot::{SenderConfig, SnapshotSender, Tick};
+        use std::time::Duration;
+
+        const HALF_WIDTH_M: f32 = 120.0;
+        let quantize = QuantizeConfig {
+            position_min: Vec3::new(-128.0, -1.0, -128.0),
+            position_max: Vec3::new(128.0, 63.0, 128.0),
+            tick_interval: Duration::from_secs(1) / 30,
+            ..QuantizeConfig::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(77);
+        let mut world = World::new();
+        let mut headings: BTreeMap<EntityId, Option<f32>> = BTreeMap::new();
+        let mut next_id = 0u32;
+        let spawn = |rng: &mut ChaCha8Rng, world: &mut World, id: u32| {
+            let transform = Transform {
+                position: Vec3::new(
+                    rng.random_range(-HALF_WIDTH_M..HALF_WIDTH_M),
+                    0.4,
+                    rng.random_range(-HALF_WIDTH_M..HALF_WIDTH_M),
+                ),
+                rotation: glam::Quat::from_rotation_y(rng.random_range(-3.1..3.1)),
+                // Most have a velocity (zero at rest); some never do.
+                velocity: rng.random_bool(0.9).then_some(Vec3::ZERO),
+            };
+            let component = id.is_multiple_of(40).then(|| vec![id as u8, 7]);
+            world.insert(
+                EntityId(id),
+                EntityState {
+                    transform,
+                    component,
+                },
+            );
+        };
+        for _ in 0..1500 {
+            spawn(&mut rng, &mut world, next_id);
+            let walking = rng.random_bool(1.0 / 3.0);
+            headings.insert(
+                EntityId(next_id),
+                walking.then(|| rng.random_range(0.0..std::f32::consts::TAU)),
+            );
+            next_id += 1;
+        }
+
+        let mut interest = Interest::new(Some(InterestConfig::radius(40.0)));
+        for id in 0..30 {
+            interest.add_entity(EntityId(id * 3), RoomId(1));
+        }
+        let budgets = [8800, 8800, 2000, 600, 8800, 300];
+        let mut clients: Vec<(Scope, SnapshotSender, Option<EntityId>)> = (0..budgets.len())
+            .map(|i| {
+                let mut scope = Scope::default();
+                if i != 5 {
+                    scope.view_point = Some(Vec3::new(i as f32 * 30.0 - 70.0, 0.0, 10.0));
+                }
+                if i == 0 {
+                    scope.rooms.insert(RoomId(1));
+                }
+                let sender = SnapshotSender::new(SenderConfig {
+                    quantize,
+                    ..SenderConfig::default()
+                })
+                .unwrap();
+                // The last client sees from the entity it owns.
+                let owned = (i == 5).then_some(EntityId(10));
+                (scope, sender, owned)
+            })
+            .collect();
+        clients[2].1.set_priority_weight(EntityId(5), 3.0);
+
+        let mut out = Vec::new();
+        let mut seq = vec![Sequence(0); budgets.len()];
+        // Parts in flight: (delivery tick, client, sequence, acked).
+        let mut in_flight: Vec<(u32, usize, Sequence, bool)> = Vec::new();
+        let dt = 1.0 / 30.0;
+        for tick in 1..=45u32 {
+            // Walk, stop, start, turn; a few leave and a few arrive.
+            let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                let heading = headings.get_mut(&id).unwrap();
+                if rng.random_bool(0.02) {
+                    *heading = match heading {
+                        Some(_) => None,
+                        None => Some(rng.random_range(0.0..std::f32::consts::TAU)),
+                    };
+                }
+                let e = world.get_mut(id).unwrap();
+                match *heading {
+                    Some(h) => {
+                        let v = Vec3::new(h.cos(), 0.0, h.sin()) * 1.4;
+                        e.transform.position += v * dt;
+                        e.transform.rotation = glam::Quat::from_rotation_y(h);
+                        // A walker without a velocity keeps none; one in twenty loses it.
+                        if e.transform.velocity.is_some() {
+                            e.transform.velocity = rng.random_bool(0.95).then_some(v);
+                        }
+                    }
+                    None => {
+                        if let Some(v) = &mut e.transform.velocity {
+                            *v = Vec3::ZERO;
+                        }
+                    }
+                }
+                if id.0.is_multiple_of(40) && rng.random_bool(0.1) {
+                    e.component = Some(vec![tick as u8; 1 + (tick % 5) as usize]);
+                }
+            }
+            for _ in 0..3 {
+                let id = EntityId(rng.random_range(20..next_id));
+                world.remove(id);
+                headings.remove(&id);
+                spawn(&mut rng, &mut world, next_id);
+                headings.insert(EntityId(next_id), None);
+                next_id += 1;
+            }
+
+            let q = QuantizedWorld::from_world(&world, &quantize);
+            interest.index(&world);
+            for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
+                if c == 4 && tick == 20 {
+                    sender.reset_baseline();
+                }
+                if let Some(v) = &mut scope.view_point {
+                    v.x += 0.5 * c as f32;
+                }
+                let ScopedWorld { world, weights } = interest.scope(&q, *owned, scope);
+                let parts = sender
+                    .build_weighted(Tick(tick), &world, budgets[c], weights.as_deref())
+                    .unwrap();
+                for (i, part) in parts.into_iter().enumerate() {
+                    sender.on_part_sent(Tick(tick), i, seq[c]);
+                    let lost = (tick * 7 + c as u32 * 3 + i as u32).is_multiple_of(6);
+                    in_flight.push((tick + 2, c, seq[c], !lost));
+                    seq[c] = seq[c].next();
+                    out.push(part);
+                }
+            }
+            in_flight.retain(|&(due, c, s, acked)| {
+                if due > tick {
+                    return true;
+                }
+                clients[c].1.on_delivery(s, acked);
+                false
+            });
+        }
+        let stats = clients.iter().map(|(_, s, _)| s.stats()).collect();
+        (out, stats)
+    }
+
+    #[test]
+    fn scoped_snapshots_of_a_seeded_crowd_keep_their_exact_bytes() {
+        let (parts, stats) = scoped_snapshots_of_a_seeded_crowd();
+        // The run covers what the encoder can do: full snapshots, deltas, several parts,
+        // entities that waited for budget.
+        let total = |f: fn(&crate::snapshot::SenderStats) -> u64| stats.iter().map(f).sum::<u64>();
+        assert!(total(|s| s.full_snapshots) >= 7);
+        assert!(total(|s| s.entities_deferred) > 1000);
+        assert!(total(|s| s.despawns_sent) > 20);
+        assert!(parts.len() > 45 * 6);
+        let mut crc = crc32fast::Hasher::new();
+        for p in &parts {
+            crc.update(&(p.len() as u32).to_le_bytes());
+            crc.update(p);
+        }
+        let bytes: usize = parts.iter().map(Vec::len).sum();
+        // Pinned from the encoder before its speed work: any change to these is a change
+        // of the wire format.
+        assert_eq!(
+            (parts.len(), bytes, crc.finalize()),
+            (285, 92197, 3764195565)
+        );
+    }
+
     #[test]
     fn unusable_interest_configs_are_refused() {
         assert!(InterestConfig::radius(100.0).validate().is_ok());
