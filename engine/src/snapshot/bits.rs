@@ -102,8 +102,17 @@ pub(crate) struct BitWriter {
 
 impl BitWriter {
     /// An empty writer.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty writer with room for `bytes` bytes.
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
     }
 
     /// Bits written so far.
