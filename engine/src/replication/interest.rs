@@ -18,8 +18,8 @@
 //!
 //! The view point is the position of the client's owned entity unless the game sets one
 //! ([`Server::set_view_point`](super::Server::set_view_point)). Positions are indexed once
-//! per send tick in a uniform grid whose cells are as wide as the scope's outer radius, so a
-//! client's scope costs the entities of the 3 × 3 cells around it, not the whole world.
+//! per send tick in a uniform grid whose cells are half as wide as the scope's outer radius,
+//! so a client's scope costs the entities of the 5 × 5 cells around it, not the whole world.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -90,12 +90,19 @@ impl InterestConfig {
     }
 }
 
+/// Grid cells per scope reach: a scope visits at most 5 × 5 cells half its reach wide, an
+/// area of 2.5 reaches squared (against 3 reaches squared with cells a reach wide), so fewer
+/// entities are measured only to be left out.
+const GRID_CELLS_PER_REACH: f32 = 2.0;
+
 /// The world positions of one send tick, bucketed by grid cell.
 #[derive(Debug, Default)]
 struct Grid {
     cell_m: f32,
-    /// Index into the tick's world of every entity in a cell.
-    cells: HashMap<(i32, i32), Vec<u32>>,
+    /// Every entity in a cell: its index in the tick's world and its ground position (kept
+    /// beside the index, so that scanning a cell reads one run of memory), by increasing
+    /// index.
+    cells: HashMap<(i32, i32), Vec<(u32, Vec2)>>,
 }
 
 impl Grid {
@@ -115,25 +122,26 @@ impl Grid {
         for (i, p) in positions.iter().enumerate() {
             let c = self.cell_of(*p);
             // A world holds fewer than u32::MAX entities (ids are u32).
-            self.cells.entry(c).or_default().push(i as u32);
+            self.cells.entry(c).or_default().push((i as u32, *p));
         }
         // Cells an entity left stay allocated only while something is in them.
         self.cells.retain(|_, v| !v.is_empty());
     }
 
-    /// Every entity in the cells that a circle of `reach` around `center` touches.
-    fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(u32)) {
+    /// Every entity (index and ground position) in the cells that a circle of `reach` around
+    /// `center` touches.
+    fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(u32, Vec2)) {
         let lo = self.cell_of(center - Vec2::splat(reach));
         let hi = self.cell_of(center + Vec2::splat(reach));
-        // With cells as wide as the reach this is at most 3 × 3 cells; a far-off or
+        // With cells half as wide as the reach this is at most 5 × 5 cells; a far-off or
         // non-finite view point is cut to the cells that exist.
-        if i64::from(hi.0) - i64::from(lo.0) > 4 || i64::from(hi.1) - i64::from(lo.1) > 4 {
+        if i64::from(hi.0) - i64::from(lo.0) > 6 || i64::from(hi.1) - i64::from(lo.1) > 6 {
             return;
         }
         for cx in lo.0..=hi.0 {
             for cz in lo.1..=hi.1 {
                 if let Some(v) = self.cells.get(&(cx, cz)) {
-                    v.iter().copied().for_each(&mut each);
+                    v.iter().for_each(|&(i, p)| each(i, p));
                 }
             }
         }
@@ -151,14 +159,46 @@ pub(super) struct Scope {
     pub(super) view_point: Option<Vec3>,
     /// World indices in scope, reused from tick to tick.
     scratch: Vec<u32>,
+    /// One bit per entity of the tick's world, to put `scratch` in order.
+    seen: Vec<u64>,
+    /// The priority weights of the last scope, reused from tick to tick.
+    weights: Vec<f32>,
 }
 
 /// What one client receives this send tick.
 #[derive(Debug)]
-pub(super) struct ScopedWorld {
+pub(super) struct ScopedWorld<'a> {
     pub(super) world: QuantizedWorld,
     /// Priority weight per entity of `world`, when distance priority is on.
-    pub(super) weights: Option<Vec<f32>>,
+    pub(super) weights: Option<&'a [f32]>,
+}
+
+/// Put `indices` (each below `len`) in increasing order without duplicates.
+///
+/// A scope gathers its indices cell by cell, so they come out of order. Setting one bit per
+/// index in a bitmap of the world and reading the bits back costs a word per 64 entities of
+/// the world: far less than sorting, unless the scope is a small share of a huge world.
+fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
+    let words = len.div_ceil(64);
+    if words > 4 * indices.len() + 64 {
+        indices.sort_unstable();
+        indices.dedup();
+        return;
+    }
+    seen.clear();
+    seen.resize(words, 0);
+    for &i in indices.iter() {
+        seen[i as usize / 64] |= 1 << (i % 64);
+    }
+    indices.clear();
+    for (w, &word) in seen.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            // Below len, which fits a u32 (ids are u32).
+            indices.push((w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
+        }
+    }
 }
 
 /// Rooms, the area of interest, and the per-tick index of positions.
@@ -240,16 +280,17 @@ impl Interest {
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
-        self.grid.rebuild(c.outer_radius_m(), &self.positions);
+        self.grid
+            .rebuild(c.outer_radius_m() / GRID_CELLS_PER_REACH, &self.positions);
     }
 
     /// The world `client` receives this tick; updates its scope.
-    pub(super) fn scope(
+    pub(super) fn scope<'a>(
         &self,
         world: &QuantizedWorld,
         owned: Option<EntityId>,
-        scope: &mut Scope,
-    ) -> ScopedWorld {
+        scope: &'a mut Scope,
+    ) -> ScopedWorld<'a> {
         let entities = world.entities();
         let owned_index = owned.and_then(|id| world.index_of(id));
         let view = scope
@@ -271,10 +312,9 @@ impl Interest {
                 if let Some(view) = view.filter(|v| v.is_finite()) {
                     let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
                     let outer2 = outer * outer;
-                    let positions = &self.positions;
                     let previous = &scope.visible;
-                    self.grid.near(view, outer, |i| {
-                        let d2 = positions[i as usize].distance_squared(view);
+                    self.grid.near(view, outer, |i, p| {
+                        let d2 = p.distance_squared(view);
                         if d2.is_nan() || d2 > outer2 {
                             return;
                         }
@@ -302,8 +342,7 @@ impl Interest {
         if let Some(i) = owned_index {
             scratch.push(i as u32);
         }
-        scratch.sort_unstable();
-        scratch.dedup();
+        sort_dedup(scratch, &mut scope.seen, entities.len());
 
         let selected = world.select(scratch);
         scope.visible.clear();
@@ -311,12 +350,15 @@ impl Interest {
             .visible
             .extend(scratch.iter().map(|&i| entities[i as usize].0));
         let weights = match (self.config, view) {
-            (Some(c), Some(view)) if c.distance_priority => Some(
-                scratch
-                    .iter()
-                    .map(|&i| c.weight(self.positions[i as usize].distance(view)))
-                    .collect(),
-            ),
+            (Some(c), Some(view)) if c.distance_priority => {
+                scope.weights.clear();
+                scope.weights.extend(
+                    scratch
+                        .iter()
+                        .map(|&i| c.weight(self.positions[i as usize].distance(view))),
+                );
+                Some(scope.weights.as_slice())
+            }
             _ => None,
         };
         ScopedWorld {
@@ -612,7 +654,7 @@ mod tests {
                 }
                 let ScopedWorld { world, weights } = interest.scope(&q, *owned, scope);
                 let parts = sender
-                    .build_weighted(Tick(tick), &world, budgets[c], weights.as_deref())
+                    .build_weighted(Tick(tick), &world, budgets[c], weights)
                     .unwrap();
                 for (i, part) in parts.into_iter().enumerate() {
                     sender.on_part_sent(Tick(tick), i, seq[c]);
