@@ -279,16 +279,23 @@ fn best_k(values: &[u32], default: u32) -> (u32, usize) {
     let guess = 64 - mean.leading_zeros();
     let low = guess.saturating_sub(2);
     let high = (guess + 1).min(MAX_EXP_GOLOMB_K);
-    let cost = |k: u32| -> usize {
-        values
-            .iter()
-            .map(|&v| exp_golomb_bits(u64::from(v), k))
-            .sum()
-    };
-    let mut best = (default, cost(default));
-    // The default, already counted, can never replace itself.
+    // The default first, then the window (at most four orders) in increasing order. Every
+    // order is counted in one pass over the values, which a section repeats for each field
+    // and axis; spare slots count the default again and are never read.
+    let mut ks = [default; 5];
+    let mut n = 1;
     for k in (low..=high).filter(|&k| k != default) {
-        let c = cost(k);
+        ks[n] = k;
+        n += 1;
+    }
+    let mut costs = [0usize; 5];
+    for &v in values {
+        for (cost, &k) in costs.iter_mut().zip(&ks) {
+            *cost += exp_golomb_bits(u64::from(v), k);
+        }
+    }
+    let mut best = (default, costs[0]);
+    for (&k, &c) in ks.iter().zip(&costs).take(n).skip(1) {
         if c < best.1 || (c == best.1 && k < best.0) {
             best = (k, c);
         }
