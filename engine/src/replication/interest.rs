@@ -99,10 +99,17 @@ const GRID_CELLS_PER_REACH: f32 = 2.0;
 #[derive(Debug, Default)]
 struct Grid {
     cell_m: f32,
-    /// Every entity in a cell: its index in the tick's world and its ground position (kept
-    /// beside the index, so that scanning a cell reads one run of memory), by increasing
-    /// index.
-    cells: HashMap<(i32, i32), Vec<(u32, Vec2)>>,
+    /// The entities in each cell, by increasing index.
+    cells: HashMap<(i32, i32), Vec<GridEntity>>,
+}
+
+/// One entity in a grid cell: its index in the tick's world, with its id and ground position
+/// beside it, so that scanning a cell reads one run of memory and never the world itself.
+#[derive(Clone, Copy, Debug)]
+struct GridEntity {
+    index: u32,
+    id: EntityId,
+    position: Vec2,
 }
 
 impl Grid {
@@ -114,23 +121,27 @@ impl Grid {
         )
     }
 
-    fn rebuild(&mut self, cell_m: f32, positions: &[Vec2]) {
+    /// Bucket `entities` (id and ground position, in world order).
+    fn rebuild(&mut self, cell_m: f32, entities: impl Iterator<Item = (EntityId, Vec2)>) {
         self.cell_m = cell_m;
         for v in self.cells.values_mut() {
             v.clear();
         }
-        for (i, p) in positions.iter().enumerate() {
-            let c = self.cell_of(*p);
-            // A world holds fewer than u32::MAX entities (ids are u32).
-            self.cells.entry(c).or_default().push((i as u32, *p));
+        for (i, (id, position)) in entities.enumerate() {
+            let c = self.cell_of(position);
+            self.cells.entry(c).or_default().push(GridEntity {
+                // A world holds fewer than u32::MAX entities (ids are u32).
+                index: i as u32,
+                id,
+                position,
+            });
         }
         // Cells an entity left stay allocated only while something is in them.
         self.cells.retain(|_, v| !v.is_empty());
     }
 
-    /// Every entity (index and ground position) in the cells that a circle of `reach` around
-    /// `center` touches.
-    fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(u32, Vec2)) {
+    /// The entities of each cell that a circle of `reach` around `center` touches.
+    fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(&[GridEntity])) {
         let lo = self.cell_of(center - Vec2::splat(reach));
         let hi = self.cell_of(center + Vec2::splat(reach));
         // With cells half as wide as the reach this is at most 5 × 5 cells; a far-off or
@@ -141,7 +152,7 @@ impl Grid {
         for cx in lo.0..=hi.0 {
             for cz in lo.1..=hi.1 {
                 if let Some(v) = self.cells.get(&(cx, cz)) {
-                    v.iter().for_each(|&(i, p)| each(i, p));
+                    each(v);
                 }
             }
         }
@@ -280,8 +291,11 @@ impl Interest {
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
-        self.grid
-            .rebuild(c.outer_radius_m() / GRID_CELLS_PER_REACH, &self.positions);
+        let ids = world.iter().map(|(id, _)| id);
+        self.grid.rebuild(
+            c.outer_radius_m() / GRID_CELLS_PER_REACH,
+            ids.zip(self.positions.iter().copied()),
+        );
     }
 
     /// The world `client` receives this tick; updates its scope.
@@ -313,20 +327,29 @@ impl Interest {
                     let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
                     let outer2 = outer * outer;
                     let previous = &scope.visible;
-                    self.grid.near(view, outer, |i, p| {
-                        let d2 = p.distance_squared(view);
-                        if d2.is_nan() || d2 > outer2 {
-                            return;
+                    self.grid.near(view, outer, |cell| {
+                        // Every index is written and kept only when in scope, so the usual
+                        // entity (well inside or outside, no rooms) takes no branch: whether
+                        // it is in scope is as good as random, and mispredicted branches
+                        // dominated this loop.
+                        let mut n = scratch.len();
+                        scratch.resize(n + cell.len(), 0);
+                        for e in cell {
+                            let d2 = e.position.distance_squared(view);
+                            // A NaN distance is neither.
+                            let inside = d2 <= r2;
+                            let near_edge = !inside & (d2 <= outer2);
+                            let mut keep = inside & !rooms_in_use;
+                            if near_edge | (inside & rooms_in_use) {
+                                // Between the radius and the outer radius only what was in
+                                // scope stays: that is the hysteresis.
+                                keep = (inside || previous.binary_search(&e.id).is_ok())
+                                    && shares_room(e.id);
+                            }
+                            scratch[n] = e.index;
+                            n += usize::from(keep);
                         }
-                        let id = entities[i as usize].0;
-                        // Between the radius and the outer radius only what was in scope
-                        // stays: that is the hysteresis.
-                        if d2 > r2 && previous.binary_search(&id).is_err() {
-                            return;
-                        }
-                        if shares_room(id) {
-                            scratch.push(i);
-                        }
+                        scratch.truncate(n);
                     });
                 }
             }
