@@ -356,9 +356,9 @@ impl Server {
                 let ScopedWorld { world, weights } =
                     interest.scope(world, peer.owned, &mut peer.scope);
                 let n = world.len();
-                let built =
-                    peer.sender
-                        .build_weighted(tick, &world, peer.budget_bytes, weights.as_deref());
+                let built = peer
+                    .sender
+                    .build_weighted(tick, &world, peer.budget_bytes, weights);
                 (built, n)
             } else {
                 (peer.sender.build(tick, world, peer.budget_bytes), 0)

@@ -63,11 +63,19 @@ pub(crate) trait BitSink {
         debug_assert!(value <= MAX_EXP_GOLOMB_VALUE && k <= MAX_EXP_GOLOMB_K);
         let x = value + (1u64 << k);
         let n = 64 - x.leading_zeros();
-        // n − 1 ≤ 32: value < 2^32 and k ≤ 15, so x < 2^33.
-        self.write_bits(0, n - 1 - k);
-        self.write_bool(true);
-        // The low n − 1 bits; the leading one is implied by the prefix.
-        self.write_bits(x as u32, n - 1);
+        let zeros = n - 1 - k;
+        // The low n − 1 bits of x; the leading one is implied by the prefix.
+        let low = x & ((1u64 << (n - 1)) - 1);
+        let len = zeros + n;
+        if len <= 32 {
+            // Most codes are short: the zeros, the one and the low bits in one write.
+            self.write_bits((((low << 1) | 1) << zeros) as u32, len);
+        } else {
+            // n − 1 ≤ 32: value < 2^32 and k ≤ 15, so x < 2^33.
+            self.write_bits(0, zeros);
+            self.write_bool(true);
+            self.write_bits(low as u32, n - 1);
+        }
     }
 }
 
@@ -90,20 +98,34 @@ impl BitSink for BitCounter {
     fn write_bits(&mut self, _value: u32, bits: u32) {
         self.bits += bits as usize;
     }
+
+    fn write_exp_golomb(&mut self, value: u64, k: u32) {
+        self.bits += exp_golomb_bits(value, k);
+    }
 }
 
 /// Appends bit fields to a byte vector.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct BitWriter {
     bytes: Vec<u8>,
+    /// Bits not yet in `bytes`, the first in bit 0; always fewer than 32.
     scratch: u64,
     scratch_bits: u32,
 }
 
 impl BitWriter {
     /// An empty writer.
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty writer with room for `bytes` bytes.
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
     }
 
     /// Bits written so far.
@@ -114,9 +136,9 @@ impl BitWriter {
 
     /// Pad with zero bits to a whole byte and return the bytes.
     pub(crate) fn finish(mut self) -> Vec<u8> {
-        if self.scratch_bits > 0 {
-            self.bytes.push(self.scratch as u8);
-        }
+        let tail = self.scratch_bits.div_ceil(8) as usize;
+        self.bytes
+            .extend_from_slice(&self.scratch.to_le_bytes()[..tail]);
         self.bytes
     }
 }
@@ -132,12 +154,15 @@ impl BitSink for BitWriter {
         } else {
             (1u64 << bits) - 1
         };
+        // Fewer than 32 bits wait in `scratch`, so up to 32 more fit its 64.
         self.scratch |= (u64::from(value) & mask) << self.scratch_bits;
         self.scratch_bits += bits;
-        while self.scratch_bits >= 8 {
-            self.bytes.push(self.scratch as u8);
-            self.scratch >>= 8;
-            self.scratch_bits -= 8;
+        if self.scratch_bits >= 32 {
+            // Four bytes at once: a push per byte showed in encoding profiles.
+            self.bytes
+                .extend_from_slice(&(self.scratch as u32).to_le_bytes());
+            self.scratch >>= 32;
+            self.scratch_bits -= 32;
         }
     }
 }

@@ -141,17 +141,6 @@ impl PartHeader {
     }
 }
 
-/// What one part carries, as the sender chose it.
-#[derive(Debug, Default)]
-pub(crate) struct PartContent<'a> {
-    /// Changed entities: (index in the baseline, new state), increasing index.
-    pub(crate) updates: Vec<(usize, &'a QuantizedEntity)>,
-    /// Removed entities: indices in the baseline, increasing.
-    pub(crate) despawns: Vec<usize>,
-    /// New entities: (id, state), increasing id, none of them in the baseline.
-    pub(crate) spawns: Vec<(EntityId, &'a QuantizedEntity)>,
-}
-
 /// Bits of decoded snapshot parts, by what they code: where a part's bits go.
 ///
 /// Counted by [`SnapshotReceiver`](super::SnapshotReceiver) over every part it decoded
@@ -272,32 +261,46 @@ fn unzigzag(z: u64) -> i64 {
 }
 
 /// Zig-zag of the difference of two values below 2^30 (so below 2^31, an Exp-Golomb value).
-fn delta(cur: u32, reference: u32) -> u64 {
-    zigzag(i64::from(cur) - i64::from(reference))
+fn delta(cur: u32, reference: u32) -> u32 {
+    // Below 2^31, as above: the cast is exact.
+    zigzag(i64::from(cur) - i64::from(reference)) as u32
 }
 
 /// The order that codes `values` in the fewest bits, among a window around the order their
 /// mean suggests and `default` (so the result is never worse than `default`); ties go to the
-/// smaller order.
-fn best_k(values: &[u64], default: u32) -> u32 {
+/// smaller order. Returns the order and the bits `values` take with it.
+fn best_k(values: &[u32], default: u32) -> (u32, usize) {
     if values.is_empty() {
-        return default;
+        return (default, 0);
     }
-    let sum: u64 = values.iter().sum();
+    let sum: u64 = values.iter().map(|&v| u64::from(v)).sum();
     let mean = sum / values.len() as u64;
     // An order near log2(mean) is near the best for geometric-like tails.
     let guess = 64 - mean.leading_zeros();
     let low = guess.saturating_sub(2);
     let high = (guess + 1).min(MAX_EXP_GOLOMB_K);
-    let cost = |k: u32| -> usize { values.iter().map(|&v| exp_golomb_bits(v, k)).sum() };
-    let mut best = (cost(default), default);
-    for k in low..=high {
-        let c = cost(k);
-        if c < best.0 || (c == best.0 && k < best.1) {
-            best = (c, k);
+    // The default first, then the window (at most four orders) in increasing order. Every
+    // order is counted in one pass over the values, which a section repeats for each field
+    // and axis; spare slots count the default again and are never read.
+    let mut ks = [default; 5];
+    let mut n = 1;
+    for k in (low..=high).filter(|&k| k != default) {
+        ks[n] = k;
+        n += 1;
+    }
+    let mut costs = [0usize; 5];
+    for &v in values {
+        for (cost, &k) in costs.iter_mut().zip(&ks) {
+            *cost += exp_golomb_bits(u64::from(v), k);
         }
     }
-    best.1
+    let mut best = (default, costs[0]);
+    for (&k, &c) in ks.iter().zip(&costs).take(n).skip(1) {
+        if c < best.1 || (c == best.1 && k < best.0) {
+            best = (k, c);
+        }
+    }
+    best
 }
 
 /// Which fields of `cur` differ from `base`.
@@ -375,19 +378,92 @@ fn position_reference(
     }
 }
 
-/// Code `cur` relative to `base` with the section's `code`; `ticks` is how many ticks the
-/// snapshot is newer than the baseline (0 for spawns). `cur`'s changed fields must lie in
-/// `code.fields`, and a velocity may appear or vanish only with `code.toggles`.
+/// One changed entity measured against its base once: which fields changed, and every
+/// residual a section's code may send for it.
+///
+/// The sender's size estimate, the choice of a section's code and the writing of the entity
+/// all need the same residuals, and the position prediction behind them is the costliest
+/// step of the encoder: measured once, it is computed once per entity, and the three cannot
+/// disagree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EntityDelta {
+    /// Which fields changed.
+    set: u8,
+    /// A velocity appears or vanishes (only with a changed velocity).
+    toggles: bool,
+    /// The new state has a velocity.
+    has_velocity: bool,
+    /// zz(new − reference) of the new velocity per axis (with a changed velocity).
+    velocity: [u32; 3],
+    /// zz(new − reference) of a changed position per axis: against the old position [0]
+    /// and against the velocity prediction [1] (the same without ticks since the base).
+    position: [[u32; 3]; 2],
+    /// A changed rotation keeps its largest component: `rotation` holds zz(new − old) of the
+    /// smallest three; otherwise the new smallest three as they are.
+    same_largest: bool,
+    /// The new rotation's largest component.
+    largest: u8,
+    rotation: [u32; 3],
+}
+
+impl EntityDelta {
+    /// `cur` measured against `base`, `ticks` after it (0 for spawns, against
+    /// [`spawn_base`]).
+    pub(crate) fn new(
+        base: &QuantizedEntity,
+        cur: &QuantizedEntity,
+        ticks: u32,
+        lim: &Limits,
+    ) -> Self {
+        let (bt, ct) = (&base.transform, &cur.transform);
+        let set = changed_fields(base, cur);
+        let mut d = EntityDelta {
+            set,
+            has_velocity: ct.velocity.is_some(),
+            ..EntityDelta::default()
+        };
+        if set & VELOCITY != 0 {
+            d.toggles = bt.velocity.is_some() != ct.velocity.is_some();
+            if let Some(v) = ct.velocity {
+                let reference = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+                d.velocity = std::array::from_fn(|axis| delta(v[axis], reference[axis]));
+            }
+        }
+        if set & POSITION != 0 {
+            let plain = std::array::from_fn(|axis| delta(ct.position[axis], bt.position[axis]));
+            let reference = position_reference(bt, ct.velocity, ticks, true, lim);
+            d.position = [
+                plain,
+                std::array::from_fn(|axis| delta(ct.position[axis], reference[axis])),
+            ];
+        }
+        if set & ROTATION != 0 {
+            d.same_largest = ct.rotation.largest == bt.rotation.largest;
+            d.largest = ct.rotation.largest;
+            d.rotation = std::array::from_fn(|i| {
+                let c = u32::from(ct.rotation.smallest[i]);
+                if d.same_largest {
+                    delta(c, u32::from(bt.rotation.smallest[i]))
+                } else {
+                    c
+                }
+            });
+        }
+        d
+    }
+}
+
+/// Code the entity `delta` measures (whose new state is `cur`) with the section's `code`.
+/// Its changed fields must lie in `code.fields`, and a velocity may appear or vanish only
+/// with `code.toggles`.
 fn write_entity<W: BitSink>(
     w: &mut W,
-    base: &QuantizedEntity,
+    d: &EntityDelta,
     cur: &QuantizedEntity,
-    ticks: u32,
     lim: &Limits,
     code: &EntityCode,
 ) {
-    let (bt, ct) = (&base.transform, &cur.transform);
-    let set = changed_fields(base, cur);
+    let set = d.set;
     debug_assert_eq!(set & !code.fields, 0);
     let f = code.fields.count_ones();
     if f > 0 {
@@ -402,36 +478,32 @@ fn write_entity<W: BitSink>(
 
     if set & VELOCITY != 0 {
         if code.toggles {
-            w.write_bool(ct.velocity.is_some());
+            w.write_bool(d.has_velocity);
         }
-        if let Some(v) = ct.velocity {
-            let reference = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
+        if d.has_velocity {
             for axis in 0..3 {
-                w.write_exp_golomb(delta(v[axis], reference[axis]), code.ks.velocity[axis]);
+                w.write_exp_golomb(u64::from(d.velocity[axis]), code.ks.velocity[axis]);
             }
         }
     }
 
     if set & POSITION != 0 {
-        let reference = position_reference(bt, ct.velocity, ticks, code.predicted, lim);
-        for (axis, r) in reference.iter().enumerate() {
-            w.write_exp_golomb(delta(ct.position[axis], *r), code.ks.position[axis]);
+        let residuals = &d.position[usize::from(code.predicted)];
+        for (&r, &k) in residuals.iter().zip(&code.ks.position) {
+            w.write_exp_golomb(u64::from(r), k);
         }
     }
 
     if set & ROTATION != 0 {
-        let same = ct.rotation.largest == bt.rotation.largest;
-        w.write_bool(same);
-        if !same {
-            w.write_bits(u32::from(ct.rotation.largest), 2);
-        }
-        for i in 0..3 {
-            let c = u32::from(ct.rotation.smallest[i]);
-            if same {
-                let b = u32::from(bt.rotation.smallest[i]);
-                w.write_exp_golomb(delta(c, b), code.ks.rotation);
-            } else {
-                w.write_bits(c, lim.rotation_bits);
+        w.write_bool(d.same_largest);
+        if d.same_largest {
+            for r in d.rotation {
+                w.write_exp_golomb(u64::from(r), code.ks.rotation);
+            }
+        } else {
+            w.write_bits(u32::from(d.largest), 2);
+            for r in d.rotation {
+                w.write_bits(r, lim.rotation_bits);
             }
         }
     }
@@ -569,14 +641,25 @@ fn read_entity(
 
 /// Bits of one entity as the sender's estimate counts it: coded with [`EntityCode::estimate`],
 /// never fewer than the part it goes into will spend on it.
+#[cfg(test)]
 pub(crate) fn entity_bits(
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
     ticks: u32,
     lim: &Limits,
 ) -> usize {
+    delta_bits(&EntityDelta::new(base, cur, ticks, lim), cur, ticks, lim)
+}
+
+/// [`entity_bits`] of the entity `d` measures, whose new state is `cur`.
+pub(crate) fn delta_bits(
+    d: &EntityDelta,
+    cur: &QuantizedEntity,
+    ticks: u32,
+    lim: &Limits,
+) -> usize {
     let mut c = BitCounter::default();
-    write_entity(&mut c, base, cur, ticks, lim, &EntityCode::estimate(ticks));
+    write_entity(&mut c, d, cur, lim, &EntityCode::estimate(ticks));
     c.bits
 }
 
@@ -591,48 +674,56 @@ pub(crate) fn id_gap_bits(gap: u32) -> usize {
     exp_golomb_bits(u64::from(gap), DEFAULT_ID_K)
 }
 
+/// Buffers the encoder fills for every section, kept from part to part and tick to tick so
+/// that encoding allocates nothing once they have grown.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EncodeScratch {
+    velocity: [Vec<u32>; 3],
+    /// Position residuals against the old position [0] and against the prediction [1].
+    position: [[Vec<u32>; 3]; 2],
+    rotation: Vec<u32>,
+    gaps: Vec<u32>,
+}
+
 /// Choose the code of a section: the fields, common sets and orders that spend the fewest
-/// bits on `pairs` of (base, new) entities; never more than [`EntityCode::estimate`] would.
+/// bits on the entities `deltas` measure; never more than [`EntityCode::estimate`] would.
 fn choose_code<'a>(
-    pairs: impl Iterator<Item = (&'a QuantizedEntity, &'a QuantizedEntity)>,
+    deltas: impl Iterator<Item = &'a EntityDelta>,
     ticks: u32,
-    lim: &Limits,
+    scratch: &mut EncodeScratch,
 ) -> EntityCode {
     let defaults = EntityCode::estimate(ticks).ks;
     let mut counts = [0u32; 16];
     let mut toggles = false;
-    let mut velocity: [Vec<u64>; 3] = Default::default();
-    let mut rotation: Vec<u64> = Vec::new();
-    // Position residuals against the old position [0] and against the prediction [1].
-    let mut position: [[Vec<u64>; 3]; 2] = Default::default();
-    for (b, c) in pairs {
-        let (bt, ct) = (&b.transform, &c.transform);
-        let set = changed_fields(b, c);
+    let EncodeScratch {
+        velocity,
+        position,
+        rotation,
+        ..
+    } = scratch;
+    velocity.iter_mut().for_each(Vec::clear);
+    position.iter_mut().flatten().for_each(Vec::clear);
+    rotation.clear();
+    for d in deltas {
+        let set = d.set;
         counts[usize::from(set)] += 1;
         if set & VELOCITY != 0 {
-            toggles |= bt.velocity.is_some() != ct.velocity.is_some();
-            if let Some(v) = ct.velocity {
-                let reference = bt.velocity.unwrap_or_else(|| velocity_mid(lim));
-                for axis in 0..3 {
-                    velocity[axis].push(delta(v[axis], reference[axis]));
+            toggles |= d.toggles;
+            if d.has_velocity {
+                for (values, &v) in velocity.iter_mut().zip(&d.velocity) {
+                    values.push(v);
                 }
             }
         }
         if set & POSITION != 0 {
-            for (mode, residuals) in position.iter_mut().enumerate() {
-                let reference = position_reference(bt, ct.velocity, ticks, mode == 1, lim);
-                for axis in 0..3 {
-                    residuals[axis].push(delta(ct.position[axis], reference[axis]));
+            for (residuals, mode) in position.iter_mut().zip(&d.position) {
+                for (values, &v) in residuals.iter_mut().zip(mode) {
+                    values.push(v);
                 }
             }
         }
-        if set & ROTATION != 0 && ct.rotation.largest == bt.rotation.largest {
-            for i in 0..3 {
-                rotation.push(delta(
-                    u32::from(ct.rotation.smallest[i]),
-                    u32::from(bt.rotation.smallest[i]),
-                ));
-            }
+        if set & ROTATION != 0 && d.same_largest {
+            rotation.extend_from_slice(&d.rotation);
         }
     }
 
@@ -640,28 +731,21 @@ fn choose_code<'a>(
         .filter(|&s| counts[usize::from(s)] > 0)
         .fold(0, |a, s| a | s);
     // The two most frequent sets (ties: the smaller set), which minimises the flag bits.
-    let mut ranked: Vec<u8> = (0..16u8).collect();
-    ranked.sort_by_key(|&s| (std::cmp::Reverse(counts[usize::from(s)]), s));
-    let ks_of = |values: &[Vec<u64>; 3], default: [u32; 3]| -> [u32; 3] {
-        std::array::from_fn(|axis| best_k(&values[axis], default[axis]))
+    // Every key differs, so the order is the same whatever the sort.
+    let mut ranked: [u8; 16] = std::array::from_fn(|s| s as u8);
+    ranked.sort_unstable_by_key(|&s| (std::cmp::Reverse(counts[usize::from(s)]), s));
+    // The best order per axis, and the bits all axes take with them.
+    let ks_of = |values: &[Vec<u32>; 3], default: [u32; 3]| -> ([u32; 3], usize) {
+        let best: [(u32, usize); 3] =
+            std::array::from_fn(|axis| best_k(&values[axis], default[axis]));
+        (best.map(|b| b.0), best.iter().map(|b| b.1).sum())
     };
-    let cost_of = |values: &[Vec<u64>; 3], ks: [u32; 3]| -> usize {
-        (0..3)
-            .map(|axis| {
-                let k = ks[axis];
-                values[axis]
-                    .iter()
-                    .map(|&v| exp_golomb_bits(v, k))
-                    .sum::<usize>()
-            })
-            .sum()
-    };
-    let plain_ks = ks_of(&position[0], defaults.position);
+    let (plain_ks, plain_cost) = ks_of(&position[0], defaults.position);
     let mut predicted = false;
     let mut position_ks = plain_ks;
     if ticks > 0 {
-        let predicted_ks = ks_of(&position[1], defaults.position);
-        if cost_of(&position[1], predicted_ks) <= cost_of(&position[0], plain_ks) {
+        let (predicted_ks, predicted_cost) = ks_of(&position[1], defaults.position);
+        if predicted_cost <= plain_cost {
             predicted = true;
             position_ks = predicted_ks;
         }
@@ -673,8 +757,8 @@ fn choose_code<'a>(
         predicted,
         ks: FieldKs {
             position: position_ks,
-            velocity: ks_of(&velocity, defaults.velocity),
-            rotation: best_k(&rotation, defaults.rotation),
+            velocity: ks_of(velocity, defaults.velocity).0,
+            rotation: best_k(rotation, defaults.rotation).0,
         },
     }
 }
@@ -779,82 +863,82 @@ pub(crate) fn read_header(r: &mut BitReader<'_>) -> Result<PartHeader, SnapshotE
     })
 }
 
-/// Gaps between increasing `indices`: the first index itself, then index − previous − 1.
-fn index_gaps(indices: impl Iterator<Item = usize>) -> Vec<u64> {
+/// Fill `gaps` with the gaps between increasing `indices`: the first index itself, then
+/// index − previous − 1.
+fn index_gaps(gaps: &mut Vec<u32>, indices: impl Iterator<Item = usize>) {
+    gaps.clear();
     let mut prev: Option<usize> = None;
-    indices
-        .map(|i| {
-            let gap = match prev {
-                Some(p) => i - p - 1,
-                None => i,
-            };
-            prev = Some(i);
-            // Baseline indices and ids fit 32 bits.
-            gap as u64
-        })
-        .collect()
+    gaps.extend(indices.map(|i| {
+        let gap = match prev {
+            Some(p) => i - p - 1,
+            None => i,
+        };
+        prev = Some(i);
+        // Baseline indices and ids fit 32 bits.
+        gap as u32
+    }));
 }
 
-/// Write `gaps` with the order that suits them best (after the order itself).
-fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u64], default_k: u32) -> u32 {
-    let k = best_k(gaps, default_k);
+/// Write the order that suits `gaps` best, and return it.
+fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u32], default_k: u32) -> u32 {
+    let k = best_k(gaps, default_k).0;
     w.write_bits(k, K_BITS);
     k
 }
 
-/// Encode one part. The caller guarantees the content is sorted and valid for `baseline`.
-pub(crate) fn encode_part<W: BitSink>(
+/// An entity a part carries: its index in the baseline (an update) or its id (a spawn), its
+/// new state, and its [`EntityDelta`] against its base.
+pub(crate) type PartEntity<'a> = (usize, &'a QuantizedEntity, &'a EntityDelta);
+
+/// Encode one part: `updates` by increasing baseline index, `despawns` (baseline indices)
+/// increasing, `spawns` by increasing id, none of them in the baseline. The caller
+/// guarantees the content is sorted and valid for the header's baseline, and that every
+/// delta was measured `header.ticks_since_baseline()` ticks after its base (spawns: 0).
+pub(crate) fn encode_part<'a, W: BitSink>(
     w: &mut W,
     header: &PartHeader,
-    baseline: &QuantizedWorld,
-    content: &PartContent<'_>,
+    updates: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
+    despawns: &[usize],
+    spawns: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
     lim: &Limits,
+    scratch: &mut EncodeScratch,
 ) {
     write_header(w, header);
-    let base = baseline.entities();
     let ticks = header.ticks_since_baseline();
 
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
-    w.write_varint(content.updates.len() as u32, COUNT_CHUNK_BITS);
-    if !content.updates.is_empty() {
-        let gaps = index_gaps(content.updates.iter().map(|(i, _)| *i));
-        let k = write_gaps(w, &gaps, DEFAULT_INDEX_K);
-        // The sender takes indices from this baseline.
-        let pairs = || content.updates.iter().map(|(i, e)| (&base[*i].1, *e));
-        let code = choose_code(pairs(), ticks, lim);
+    w.write_varint(updates.len() as u32, COUNT_CHUNK_BITS);
+    if updates.len() > 0 {
+        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _)| i));
+        let k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
+        let code = choose_code(updates.clone().map(|(_, _, d)| d), ticks, scratch);
         write_code(w, &code, ticks);
-        for &g in &gaps {
-            w.write_exp_golomb(g, k);
+        for &g in &scratch.gaps {
+            w.write_exp_golomb(u64::from(g), k);
         }
-        for (b, e) in pairs() {
-            write_entity(w, b, e, ticks, lim, &code);
-        }
-    }
-
-    w.write_varint(content.despawns.len() as u32, COUNT_CHUNK_BITS);
-    if !content.despawns.is_empty() {
-        let gaps = index_gaps(content.despawns.iter().copied());
-        let k = write_gaps(w, &gaps, DEFAULT_INDEX_K);
-        for &g in &gaps {
-            w.write_exp_golomb(g, k);
+        for (_, e, d) in updates {
+            write_entity(w, d, e, lim, &code);
         }
     }
 
-    w.write_varint(content.spawns.len() as u32, COUNT_CHUNK_BITS);
-    if !content.spawns.is_empty() {
-        // Ids are u32; as usize they keep their order.
-        let gaps = index_gaps(content.spawns.iter().map(|(id, _)| id.0 as usize));
-        let k = write_gaps(w, &gaps, DEFAULT_ID_K);
-        let spawn_base = spawn_base();
-        let code = choose_code(
-            content.spawns.iter().map(|(_, e)| (&spawn_base, *e)),
-            0,
-            lim,
-        );
+    w.write_varint(despawns.len() as u32, COUNT_CHUNK_BITS);
+    if !despawns.is_empty() {
+        index_gaps(&mut scratch.gaps, despawns.iter().copied());
+        let k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
+        for &g in &scratch.gaps {
+            w.write_exp_golomb(u64::from(g), k);
+        }
+    }
+
+    w.write_varint(spawns.len() as u32, COUNT_CHUNK_BITS);
+    if spawns.len() > 0 {
+        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _)| id));
+        let k = write_gaps(w, &scratch.gaps, DEFAULT_ID_K);
+        let code = choose_code(spawns.clone().map(|(_, _, d)| d), 0, scratch);
         write_code(w, &code, 0);
-        for (&g, (_, e)) in gaps.iter().zip(&content.spawns) {
-            w.write_exp_golomb(g, k);
-            write_entity(w, &spawn_base, e, 0, lim, &code);
+        for (&g, (_, e, d)) in scratch.gaps.iter().zip(spawns) {
+            w.write_exp_golomb(u64::from(g), k);
+            write_entity(w, d, e, lim, &code);
         }
     }
 }

@@ -2,12 +2,14 @@
 //! ranked by the priority accumulator, and the split into independently decodable parts.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::SnapshotError;
 use super::bits::BitWriter;
 use super::part::{
-    self, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS, PartContent, PartHeader,
+    self, EncodeScratch, EntityDelta, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
+    PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
@@ -120,6 +122,68 @@ struct Candidate {
     world_index: usize,
     payload_bits: usize,
     priority: f32,
+    /// The entity measured against its base (the all-zero entity for spawns).
+    delta: EntityDelta,
+}
+
+/// Which entries of the sorted update, despawn and spawn lists one part carries.
+#[derive(Debug, Clone, Default)]
+struct PartRanges {
+    updates: Range<usize>,
+    despawns: Range<usize>,
+    spawns: Range<usize>,
+    /// The estimate of the part's size (never below what it spends).
+    bits: usize,
+}
+
+/// End `part` with its estimated `bits` and start the next at positions `at` of the update,
+/// despawn and spawn lists.
+fn next_part(parts: &mut Vec<PartRanges>, part: &mut PartRanges, bits: &mut usize, at: [usize; 3]) {
+    part.bits = *bits;
+    let next = PartRanges {
+        updates: at[0]..at[0],
+        despawns: at[1]..at[1],
+        spawns: at[2]..at[2],
+        bits: 0,
+    };
+    parts.push(std::mem::replace(part, next));
+    *bits = PART_OVERHEAD_BITS;
+}
+
+/// The lists one snapshot is built in, kept from tick to tick: once grown to a tick's
+/// size, building allocates only the parts themselves.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    /// Entities that differ from the baseline, in merge (id) order.
+    candidates: Vec<Candidate>,
+    /// Baseline indices of entities the world no longer has, increasing.
+    despawns: Vec<usize>,
+    /// Candidates chosen to go out (indices into `candidates`).
+    chosen: Vec<usize>,
+    /// Chosen updates by increasing baseline index, and chosen spawns by increasing id.
+    updates: Vec<usize>,
+    spawns: Vec<usize>,
+    parts: Vec<PartRanges>,
+    encode: EncodeScratch,
+}
+
+impl Scratch {
+    /// Give back memory a rare large tick (a full snapshot of a big world) grew, so a
+    /// sender does not keep it for the rest of the connection.
+    fn shrink(&mut self) {
+        /// Entries kept whatever the last tick used.
+        const KEEP: usize = 1024;
+        let candidates = self.candidates.len();
+        if self.candidates.capacity() > KEEP.max(4 * candidates) {
+            self.candidates.shrink_to(KEEP.max(2 * candidates));
+            self.chosen.shrink_to(KEEP.max(2 * candidates));
+            self.updates.shrink_to(KEEP.max(2 * candidates));
+            self.spawns.shrink_to(KEEP.max(2 * candidates));
+        }
+        if self.despawns.capacity() > KEEP.max(4 * self.despawns.len()) {
+            self.despawns.shrink_to(KEEP.max(2 * self.despawns.len()));
+        }
+    }
 }
 
 /// Encodes one client's snapshots; see the module docs of [`crate::snapshot`].
@@ -135,6 +199,7 @@ pub struct SnapshotSender {
     last_tick: Option<Tick>,
     priority: PriorityAccumulator,
     stats: SenderStats,
+    scratch: Scratch,
     /// Tests: always take the ranked path, to check the shortcut against it.
     #[cfg(test)]
     always_rank: bool,
@@ -177,6 +242,7 @@ impl SnapshotSender {
             last_tick: None,
             priority: PriorityAccumulator::default(),
             stats: SenderStats::default(),
+            scratch: Scratch::default(),
             #[cfg(test)]
             always_rank: false,
         })
@@ -332,10 +398,21 @@ impl SnapshotSender {
         let base = baseline.entities();
         let cur = world.entities();
         let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
+        let Scratch {
+            candidates,
+            despawns,
+            chosen,
+            updates,
+            spawns,
+            parts,
+            encode,
+        } = &mut self.scratch;
+        candidates.clear();
+        despawns.clear();
 
-        // Merge the two sorted entity lists into updates, spawns and despawns.
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let mut despawns: Vec<usize> = Vec::new();
+        // Merge the two sorted entity lists into updates, spawns and despawns. Each
+        // candidate is measured against its base here, once: the estimate below, the code
+        // of its section and the writing all reuse that.
         let spawn_base = part::spawn_base();
         let (mut bi, mut wi) = (0, 0);
         while bi < base.len() || wi < cur.len() {
@@ -344,12 +421,14 @@ impl SnapshotSender {
             match (b, w) {
                 (Some((bid, be)), Some((wid, we))) if bid == wid => {
                     if be != we {
+                        let delta = EntityDelta::new(be, we, ticks, &lim);
                         candidates.push(Candidate {
                             id: *wid,
                             base_index: Some(bi),
                             world_index: wi,
-                            payload_bits: part::entity_bits(be, we, ticks, &lim),
+                            payload_bits: part::delta_bits(&delta, we, ticks, &lim),
                             priority: 0.0,
+                            delta,
                         });
                     }
                     bi += 1;
@@ -364,12 +443,14 @@ impl SnapshotSender {
                     bi += 1;
                 }
                 (_, Some((wid, we))) => {
+                    let delta = EntityDelta::new(&spawn_base, we, 0, &lim);
                     candidates.push(Candidate {
                         id: *wid,
                         base_index: None,
                         world_index: wi,
-                        payload_bits: part::entity_bits(&spawn_base, we, 0, &lim),
+                        payload_bits: part::delta_bits(&delta, we, 0, &lim),
                         priority: 0.0,
+                        delta,
                     });
                     wi += 1;
                 }
@@ -402,12 +483,15 @@ impl SnapshotSender {
         #[cfg(not(test))]
         let shortcut = true;
         let everything_fits = fits(all_bits) && candidates.iter().all(fits_a_part);
-        let (chosen_despawns, chosen) = if shortcut && everything_fits {
+        // The candidates chosen (indices), and how many despawns (the first ones).
+        chosen.clear();
+        let chosen_despawns = if shortcut && everything_fits {
             // Every difference fits: nothing waits, so ranking could not change what is
             // sent (the ranked path below would choose the same) and no priority carries
             // over. The usual case, and the cheap one.
             self.priority.clear_priorities();
-            (despawns.clone(), candidates.clone())
+            chosen.extend(0..candidates.len());
+            despawns.len()
         } else {
             let boosts: Vec<(EntityId, f32)> = candidates
                 .iter()
@@ -425,104 +509,119 @@ impl SnapshotSender {
                 c.priority = p;
             }
             let mut used = 0usize;
-            let mut chosen_despawns = Vec::new();
-            for &d in &despawns {
-                if !fits(used + index_bits) && !chosen_despawns.is_empty() {
+            let mut chosen_despawns = 0;
+            for _ in despawns.iter() {
+                if !fits(used + index_bits) && chosen_despawns > 0 {
                     break;
                 }
                 used += index_bits;
-                chosen_despawns.push(d);
+                chosen_despawns += 1;
             }
-            candidates.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id)));
-            let mut chosen: Vec<Candidate> = Vec::new();
-            for c in &candidates {
+            let mut ranked: Vec<usize> = (0..candidates.len()).collect();
+            // Ids differ, so this order is total: the same whatever the sort.
+            ranked.sort_unstable_by(|&a, &b| {
+                let (a, b) = (&candidates[a], &candidates[b]);
+                b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
+            });
+            for i in ranked {
+                let c = &candidates[i];
                 if !fits_a_part(c) {
                     self.stats.entities_oversized += 1;
                     continue;
                 }
                 let cost = c.payload_bits + index_bits;
-                if fits(used + cost) || (chosen.is_empty() && chosen_despawns.is_empty()) {
+                if fits(used + cost) || (chosen.is_empty() && chosen_despawns == 0) {
                     used += cost;
-                    chosen.push(*c);
+                    chosen.push(i);
                 }
             }
-            (chosen_despawns, chosen)
+            chosen_despawns
         };
 
-        // Pack in wire order: updates by baseline index, despawns, spawns by id.
-        let mut updates: Vec<&Candidate> =
-            chosen.iter().filter(|c| c.base_index.is_some()).collect();
-        updates.sort_by_key(|c| c.base_index);
-        let mut spawns: Vec<&Candidate> =
-            chosen.iter().filter(|c| c.base_index.is_none()).collect();
-        spawns.sort_by_key(|c| c.id);
+        // Pack in wire order: updates by baseline index, despawns, spawns by id (baseline
+        // indices and ids differ, so an unstable sort gives the one order).
+        updates.clear();
+        updates.extend(
+            chosen
+                .iter()
+                .copied()
+                .filter(|&i| candidates[i].base_index.is_some()),
+        );
+        updates.sort_unstable_by_key(|&i| candidates[i].base_index);
+        spawns.clear();
+        spawns.extend(
+            chosen
+                .iter()
+                .copied()
+                .filter(|&i| candidates[i].base_index.is_none()),
+        );
+        spawns.sort_unstable_by_key(|&i| candidates[i].id);
 
-        let mut parts: Vec<PartContent<'_>> = Vec::new();
-        let mut content = PartContent::default();
+        // Each part is a run of each list; `part` is the one being filled.
+        parts.clear();
+        let mut part = PartRanges::default();
         let mut bits = PART_OVERHEAD_BITS;
-        let mut sent_ids: Vec<Change> = Vec::new();
-        let mut payload_bits = 0usize;
         let mut full = false;
-        for c in &updates {
+        // Start a new part at these positions in the three lists.
+        for (n, &i) in updates.iter().enumerate() {
+            let c = &candidates[i];
             // Updates have a base index by the filter above.
             let bi = c.base_index.unwrap_or(0);
-            let mut cost = list_gap_bits(content.updates.last().map(|u| u.0), bi) + c.payload_bits;
+            let prev = (!part.updates.is_empty())
+                .then(|| candidates[updates[n - 1]].base_index.unwrap_or(0));
+            let mut cost = list_gap_bits(prev, bi) + c.payload_bits;
             if bits + cost > part_capacity_bits {
                 if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                     full = true;
                     break;
                 }
-                parts.push(std::mem::take(&mut content));
-                bits = PART_OVERHEAD_BITS;
+                next_part(parts, &mut part, &mut bits, [n, 0, 0]);
                 cost = list_gap_bits(None, bi) + c.payload_bits;
             }
             bits += cost;
-            let e = &cur[c.world_index].1;
-            content.updates.push((bi, e));
-            sent_ids.push((c.id, Some(e.clone())));
-            payload_bits += c.payload_bits;
+            part.updates.end = n + 1;
         }
         if !full {
-            for &d in &chosen_despawns {
-                let mut cost = list_gap_bits(content.despawns.last().copied(), d);
+            let at_updates = part.updates.end;
+            for (n, &d) in despawns[..chosen_despawns].iter().enumerate() {
+                let prev = (!part.despawns.is_empty()).then(|| despawns[n - 1]);
+                let mut cost = list_gap_bits(prev, d);
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         full = true;
                         break;
                     }
-                    parts.push(std::mem::take(&mut content));
-                    bits = PART_OVERHEAD_BITS;
+                    next_part(parts, &mut part, &mut bits, [at_updates, n, 0]);
                     cost = list_gap_bits(None, d);
                 }
                 bits += cost;
-                content.despawns.push(d);
-                sent_ids.push((base[d].0, None));
+                part.despawns.end = n + 1;
             }
         }
         if !full {
-            for c in &spawns {
-                let mut cost =
-                    spawn_gap_bits(content.spawns.last().map(|s| s.0), c.id) + c.payload_bits;
+            let at = [part.updates.end, part.despawns.end];
+            for (n, &i) in spawns.iter().enumerate() {
+                let c = &candidates[i];
+                let prev = (!part.spawns.is_empty()).then(|| candidates[spawns[n - 1]].id);
+                let mut cost = spawn_gap_bits(prev, c.id) + c.payload_bits;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
                     }
-                    parts.push(std::mem::take(&mut content));
-                    bits = PART_OVERHEAD_BITS;
+                    next_part(parts, &mut part, &mut bits, [at[0], at[1], n]);
                     cost = spawn_gap_bits(None, c.id) + c.payload_bits;
                 }
                 bits += cost;
-                let e = &cur[c.world_index].1;
-                content.spawns.push((c.id, e));
-                sent_ids.push((c.id, Some(e.clone())));
-                payload_bits += c.payload_bits;
+                part.spawns.end = n + 1;
             }
         }
-        parts.push(content);
+        part.bits = bits;
+        let sent = [part.updates.end, part.despawns.end, part.spawns.end];
+        parts.push(part);
 
         let count = parts.len();
         let mut out = Vec::with_capacity(count);
-        for (index, content) in parts.iter().enumerate() {
+        for (index, p) in parts.iter().enumerate() {
             let header = PartHeader {
                 tick,
                 baseline: baseline_tick,
@@ -530,24 +629,44 @@ impl SnapshotSender {
                 index: index as u16,
                 count: count as u16,
             };
-            let mut w = BitWriter::new();
-            part::encode_part(&mut w, &header, &baseline, content, &lim);
+            // The estimate is never below what the part spends: one allocation.
+            let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
+            let entity = |key: usize, i: usize| {
+                let c = &candidates[i];
+                (key, &cur[c.world_index].1, &c.delta)
+            };
+            part::encode_part(
+                &mut w,
+                &header,
+                updates[p.updates.clone()]
+                    .iter()
+                    // Updates have a base index by the filter above.
+                    .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
+                &despawns[p.despawns.clone()],
+                spawns[p.spawns.clone()]
+                    .iter()
+                    // Ids are u32; as usize they keep their order.
+                    .map(|&i| entity(candidates[i].id.0 as usize, i)),
+                &lim,
+                encode,
+            );
             let bytes = w.finish();
             debug_assert!(bytes.len() <= self.config.max_part_bytes);
             self.stats.bytes += bytes.len() as u64;
             out.push(bytes);
         }
 
-        for (id, change) in &sent_ids {
-            if change.is_some() {
-                self.priority.reset(*id);
-                self.stats.entities_sent += 1;
-            } else {
-                self.stats.despawns_sent += 1;
-            }
+        let sent_entities = updates[..sent[0]].iter().chain(&spawns[..sent[2]]);
+        let mut payload_bits = 0usize;
+        for &i in sent_entities.clone() {
+            let c = &candidates[i];
+            self.priority.reset(c.id);
+            payload_bits += c.payload_bits;
         }
-        let sent_entities = sent_ids.iter().filter(|c| c.1.is_some()).count();
-        self.stats.entities_deferred += (candidates.len() - sent_entities) as u64;
+        let entities_sent = sent[0] + sent[2];
+        self.stats.entities_sent += entities_sent as u64;
+        self.stats.despawns_sent += sent[1] as u64;
+        self.stats.entities_deferred += (candidates.len() - entities_sent) as u64;
         self.stats.entity_payload_bits += payload_bits as u64;
         self.stats.snapshots += 1;
         self.stats.parts += count as u64;
@@ -557,16 +676,20 @@ impl SnapshotSender {
 
         // Every difference went out (no deferral, nothing oversized, no part limit hit): the
         // client will hold exactly this tick's world.
-        let whole = sent_ids.len() == candidates.len() + despawns.len();
+        let whole = entities_sent + sent[1] == candidates.len() + despawns.len();
         let holds = if whole {
             Holds::Whole(world.clone())
         } else {
-            normalize_changes(&mut sent_ids);
-            Holds::Patched {
-                baseline,
-                changes: sent_ids,
-            }
+            let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
+            changes.extend(sent_entities.map(|&i| {
+                let c = &candidates[i];
+                (c.id, Some(cur[c.world_index].1.clone()))
+            }));
+            changes.extend(despawns[..sent[1]].iter().map(|&d| (base[d].0, None)));
+            normalize_changes(&mut changes);
+            Holds::Patched { baseline, changes }
         };
+        self.scratch.shrink();
         self.ring.push_back(SentTick {
             tick,
             holds,
