@@ -415,6 +415,15 @@ async fn run_view(args: ViewArgs) -> Result<(), String> {
             return Err(format!("--transports names {t} twice"));
         }
     }
+    // The page's frames carry positions in centimetres in an i16 (±327 m) and draw the
+    // whole truth; the massive scene is a kilometre wide with 10,000 entities.
+    if args.scene == SceneKind::Massive {
+        return Err(
+            "the live view draws scenes within ±327 m (arena, cubes); massive is 1 km wide: \
+             measure it with `cargo bench -p benches --bench tickrate -- --scene massive`"
+                .into(),
+        );
+    }
     let opts = view::ViewOptions {
         http: args.http,
         tick_rate: rate("tick-rate", args.tick_rate)?,

@@ -609,6 +609,11 @@ fn bad_command_lines_exit_non_zero_with_a_reason() {
             vec!["--transport", "carrier-pigeon"],
             "carrier-pigeon",
         ),
+        (
+            client_bin(),
+            vec!["view", "--scene", "massive", "--duration", "1"],
+            "massive is 1 km wide",
+        ),
     ];
     for (bin, args, needle) in cases {
         let out = Command::new(&bin).args(&args).output().unwrap();
