@@ -15,8 +15,7 @@
 //! microseconds since the start as their clock.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use snapsync::conditioner::ConditionerConfig;
@@ -177,8 +176,6 @@ pub struct Simulation {
     sim: Sim<replication::Server, PlayerClient>,
     game: GameServer,
     players: Vec<Player>,
-    /// Index of the player behind each simulated address, for routing the server's datagrams.
-    by_addr: HashMap<SocketAddr, usize>,
     schedule: BinaryHeap<Reverse<(Instant, Due)>>,
     start: Instant,
     tick_period: Duration,
@@ -208,10 +205,8 @@ impl Simulation {
             .replication_config(0, opts.clients, SnapshotDelivery::Datagrams);
         let mut sim = Sim::replication(config, opts.seed)?;
         let mut players = Vec::with_capacity(opts.clients);
-        let mut by_addr = HashMap::with_capacity(opts.clients);
         for i in 0..opts.clients {
-            let idx = sim.add_replication_client(replication::ClientConfig::default())?;
-            by_addr.insert(sim.clients[idx].addr, idx);
+            sim.add_replication_client(replication::ClientConfig::default())?;
             let bot_seed = opts.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
             players.push(Player {
                 game: GameClient::new(bot_seed, opts.predict),
@@ -236,7 +231,6 @@ impl Simulation {
             sim,
             game,
             players,
-            by_addr,
             schedule,
             start,
             tick_period,
@@ -341,7 +335,7 @@ impl Simulation {
         self.game.tick(now, &mut self.sim.server);
         // The real server's flush: every datagram copied into its outbound link.
         while let Some(t) = self.sim.server.poll_transmit(now, &mut self.buf) {
-            let Some(&i) = self.by_addr.get(&t.destination) else {
+            let Some(i) = self.sim.client_at(t.destination) else {
                 continue;
             };
             // `t.len` is at most the buffer's length, and `i` came from `add_client`.

@@ -204,17 +204,22 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         }
     }
 
-    /// Recompute client `i`'s wakeup in the index.
-    fn refresh(&mut self, i: usize) {
+    /// Client `i`'s next wakeup: the earliest of its endpoint's and its two links'.
+    fn wakeup(&self, i: usize) -> Option<Instant> {
         let c = &self.clients[i];
-        let t = [
+        [
             c.client.poll_timeout(),
             c.up.poll_timeout(),
             c.down.poll_timeout(),
         ]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+    }
+
+    /// Recompute client `i`'s wakeup in the index.
+    fn refresh(&mut self, i: usize) {
+        let t = self.wakeup(i);
         let old = std::mem::replace(&mut self.wake_of[i], t);
         if old != t {
             if let Some(o) = old {
@@ -232,17 +237,8 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             Some(named) => {
                 #[cfg(debug_assertions)]
                 for (i, &w) in self.wake_of.iter().enumerate() {
-                    let c = &self.clients[i];
-                    let live = [
-                        c.client.poll_timeout(),
-                        c.up.poll_timeout(),
-                        c.down.poll_timeout(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min();
                     assert!(
-                        named.contains(&i) || live == w,
+                        named.contains(&i) || self.wakeup(i) == w,
                         "Sim: client {i} changed but was not named in Sim::touched"
                     );
                 }
@@ -260,8 +256,8 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         }
     }
 
-    /// The client at `addr`, if it is one of the simulated ones.
-    fn client_at(&self, addr: SocketAddr) -> Option<usize> {
+    /// The index of the client at `addr`, if it is one of the simulated ones.
+    pub fn client_at(&self, addr: SocketAddr) -> Option<usize> {
         match self.by_addr.get(&addr) {
             Some(&i) if self.clients.get(i).is_some_and(|c| c.addr == addr) => Some(i),
             // The caller moved a client: look for it the slow way.
