@@ -71,11 +71,12 @@ fn kernel_drop_stalls_tcp_but_not_udp() {
         &[],
         &[("DURATION", "6"), ("LOSSES", "0 5"), ("LINK", "nft")],
     );
-    let staleness_p99 = |transport: &str, loss: &str| -> f64 {
-        client_aggregate(&out_dir, transport, loss)["staleness_ms"]["p99"]
+    let staleness = |transport: &str, loss: &str, q: &str| -> f64 {
+        client_aggregate(&out_dir, transport, loss)["staleness_ms"][q]
             .as_f64()
             .unwrap()
     };
+    let staleness_p99 = |transport: &str, loss: &str| staleness(transport, loss, "p99");
     for t in ["udp", "udp-reliable", "tcp"] {
         // A clean link: every transport keeps state within about a tick.
         assert!(staleness_p99(t, "0") < 40.0, "{t} at 0%");
@@ -85,9 +86,18 @@ fn kernel_drop_stalls_tcp_but_not_udp() {
     let tcp = staleness_p99("tcp", "5");
     let reliable = staleness_p99("udp-reliable", "5");
     assert!(udp < 60.0, "udp p99 staleness {udp}");
-    // Kernel TCP falls back to its 200 ms retransmission timer now and then: several times
-    // UDP's p99 in every run so far (4.5x to 5x).
-    assert!(tcp > 1.5 * udp, "tcp {tcp} vs udp {udp}");
+    // On a sub-millisecond round trip kernel TCP repairs most losses within a tick (fast
+    // retransmit, tail-loss probes), so its p99 is anywhere from 1.3x to 5x UDP's from run to
+    // run: no ratio of p99s holds every time. What always shows is the stall behind a lost
+    // retransmission, which waits for the 200 ms retransmission timer: over 4 clients x 6 s at
+    // 5 % drop some retransmission is lost in practically every run (each is lost with 5 %),
+    // while UDP never waits for anything (its worst is a few lost ticks in a row).
+    let tcp_max = staleness("tcp", "5", "max");
+    let udp_max = staleness("udp", "5", "max");
+    assert!(
+        tcp_max >= 150.0 && udp_max < 100.0,
+        "worst staleness: tcp {tcp_max} vs udp {udp_max} (p99 tcp {tcp}, udp {udp})"
+    );
     // The engine's reliable channel detects a loss from the ack bits within a tick or two on
     // this sub-millisecond round trip, so it is only somewhat worse than UDP here (1.4x to
     // 1.6x seen); a fixed ratio would fail now and then. That every later snapshot waits
