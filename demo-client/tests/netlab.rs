@@ -62,7 +62,7 @@ fn client_aggregate(out_dir: &Path, transport: &str, loss: &str) -> serde_json::
 
 #[test]
 #[ignore = "needs root, nftables and iproute2: creates a network namespace; .ci/run runs it"]
-fn kernel_drop_stalls_tcp_but_not_udp() {
+fn kernel_drop_on_loopback_costs_udp_a_tick_and_the_reliable_channel_a_resend() {
     let _lab = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     build_release();
     // The environment variables are the script's older interface; they still work.
@@ -81,28 +81,27 @@ fn kernel_drop_stalls_tcp_but_not_udp() {
         // A clean link: every transport keeps state within about a tick.
         assert!(staleness_p99(t, "0") < 40.0, "{t} at 0%");
     }
-    // At 5% kernel drop the streams wait for retransmissions; UDP does not.
-    let udp = staleness_p99("udp", "5");
-    let tcp = staleness_p99("tcp", "5");
-    let reliable = staleness_p99("udp-reliable", "5");
-    assert!(udp < 60.0, "udp p99 staleness {udp}");
-    // On a sub-millisecond round trip kernel TCP repairs most losses within a tick (fast
-    // retransmit, tail-loss probes), so its p99 is anywhere from 1.3x to 5x UDP's from run to
-    // run: no ratio of p99s holds every time. What always shows is the stall behind a lost
-    // retransmission, which waits for the 200 ms retransmission timer: over 4 clients x 6 s at
-    // 5 % drop some retransmission is lost in practically every run (each is lost with 5 %),
-    // while UDP never waits for anything (its worst is a few lost ticks in a row).
-    let tcp_max = staleness("tcp", "5", "max");
-    let udp_max = staleness("udp", "5", "max");
+    // The kernel drop takes effect: the engine's own loss estimate over UDP (from its acks)
+    // sees about the 5 % the rule drops (4.4 % to 5.4 % in ten runs).
+    let udp_loss = client_aggregate(&out_dir, "udp", "5")["loss_pct"]
+        .as_f64()
+        .unwrap();
     assert!(
-        tcp_max >= 150.0 && udp_max < 100.0,
-        "worst staleness: tcp {tcp_max} vs udp {udp_max} (p99 tcp {tcp}, udp {udp})"
+        (2.5..9.0).contains(&udp_loss),
+        "udp measured loss {udp_loss} %"
     );
-    // The engine's reliable channel detects a loss from the ack bits within a tick or two on
-    // this sub-millisecond round trip, so it is only somewhat worse than UDP here (1.4x to
-    // 1.6x seen); a fixed ratio would fail now and then. That every later snapshot waits
-    // behind the resend is what must show.
-    assert!(reliable >= udp, "udp-reliable {reliable} vs udp {udp}");
+    // At 5 % drop UDP keeps state within a few ticks.
+    let udp = staleness_p99("udp", "5");
+    assert!(udp < 60.0, "udp p99 staleness {udp}");
+    // Every later snapshot on the engine's reliable channel waits behind a resend, which
+    // comes a tick or two later on this round trip: 1.45x to 1.65x UDP's p99 in ten runs.
+    let reliable = staleness_p99("udp-reliable", "5");
+    assert!(reliable > udp, "udp-reliable {reliable} vs udp {udp}");
+    // Kernel TCP is not compared here: on a sub-millisecond round trip it repairs most losses
+    // within a tick (fast retransmit, tail-loss probes), and both its p99 (1.3x to 18x UDP's)
+    // and its worst case (69 ms to 700 ms) vary from run to run with how many
+    // retransmissions were lost in turn. Its cost shows on a real round trip, which
+    // `a_real_round_trip_makes_tcp_pay_for_every_loss` asserts.
 }
 
 /// One row of `netlab.sh --json`.
