@@ -182,6 +182,8 @@ pub(super) struct ScopedWorld<'a> {
     pub(super) world: QuantizedWorld,
     /// Priority weight per entity of `world`, when distance priority is on.
     pub(super) weights: Option<&'a [f32]>,
+    /// The index in the whole world of each entity of `world`.
+    pub(super) indices: &'a [u32],
 }
 
 /// Put `indices` (each below `len`) in increasing order without duplicates.
@@ -387,6 +389,7 @@ impl Interest {
         ScopedWorld {
             world: selected,
             weights,
+            indices: &scope.scratch,
         }
     }
 }
@@ -677,7 +680,7 @@ mod tests {
                 }
                 let ScopedWorld { world, weights } = interest.scope(&q, *owned, scope);
                 let parts = sender
-                    .build_weighted(Tick(tick), &world, budgets[c], weights)
+                    .build_weighted(Tick(tick), &world, budgets[c], weights, None)
                     .unwrap();
                 for (i, part) in parts.into_iter().enumerate() {
                     sender.on_part_sent(Tick(tick), i, seq[c]);

@@ -20,9 +20,10 @@ use crate::channel;
 use crate::codec;
 use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
 use crate::packet::DisconnectReasonCode;
+use crate::snapshot::shared::SharedDeltas;
 use crate::snapshot::{
-    EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats, SharedSnapshot,
-    SnapshotSender, Tick, World, add_stats,
+    EncodeScratch, EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats,
+    SharedSnapshot, SnapshotSender, Tick, World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -176,7 +177,15 @@ pub struct Server {
     quantize_cache: QuantizeCache,
     /// Threads that build snapshots, when the config asks for more than one.
     pool: Option<rayon::ThreadPool>,
+    /// The last worlds sent (oldest first), to choose the codes scoped clients share.
+    history: VecDeque<(Tick, QuantizedWorld)>,
+    /// This tick's shared codes and entity deltas for scoped clients.
+    shared: SharedDeltas,
+    shared_scratch: EncodeScratch,
 }
+
+/// Worlds kept for shared codes: baselines older than this many ticks code alone.
+const SHARED_HISTORY_TICKS: usize = 8;
 
 impl Server {
     /// A server whose clock starts at `now`; fails when the config is unusable.
@@ -219,6 +228,9 @@ impl Server {
             interest: Interest::new(interest),
             quantize_cache: QuantizeCache::default(),
             pool,
+            history: VecDeque::new(),
+            shared: SharedDeltas::default(),
+            shared_scratch: EncodeScratch::default(),
         })
     }
 
@@ -347,18 +359,29 @@ impl Server {
     }
 
     fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {
+        let scoped = self.interest.active();
+        if scoped {
+            self.prepare_shared(tick, world);
+        }
         let interest = &self.interest;
-        let scoped = interest.active();
+        let shared = &self.shared;
         // Each client's scope and snapshot depend on that client alone, so they are built
         // first — on the pool's threads when there is one — and sent in id order after.
         let build = |(id, peer): (ClientId, &mut Peer)| {
             let (built, in_scope) = if scoped {
-                let ScopedWorld { world, weights } =
-                    interest.scope(world, peer.owned, &mut peer.scope);
+                let ScopedWorld {
+                    world,
+                    weights,
+                    indices,
+                } = interest.scope(world, peer.owned, &mut peer.scope);
                 let n = world.len();
-                let built = peer
-                    .sender
-                    .build_weighted(tick, &world, peer.budget_bytes, weights);
+                let built = peer.sender.build_weighted(
+                    tick,
+                    &world,
+                    peer.budget_bytes,
+                    weights,
+                    Some((shared, indices)),
+                );
                 (built, n)
             } else {
                 (peer.sender.build(tick, world, peer.budget_bytes), 0)
@@ -446,6 +469,44 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Fix this tick's shared codes: one per baseline age that two or more ready clients
+    /// hold, and one for spawns.
+    fn prepare_shared(&mut self, tick: Tick, world: &QuantizedWorld) {
+        let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut ready = 0;
+        for p in self.peers.values().filter(|p| p.ready) {
+            ready += 1;
+            if let Some((t, _)) = p.sender.acked_baseline() {
+                let k = tick.0.saturating_sub(t.0);
+                if k > 0 && (k as usize) <= SHARED_HISTORY_TICKS {
+                    *ages.entry(k).or_default() += 1;
+                }
+            }
+        }
+        let mut ticks: Vec<u32> = ages
+            .into_iter()
+            .filter(|&(_, n)| n >= 2)
+            .map(|(k, _)| k)
+            .collect();
+        if ready >= 2 {
+            ticks.push(0);
+        }
+        let lim = self.config.quantize.limits();
+        self.history.make_contiguous();
+        self.shared.prepare(
+            tick,
+            world,
+            self.history.as_slices().0,
+            &ticks,
+            &lim,
+            &mut self.shared_scratch,
+        );
+        if self.history.len() >= SHARED_HISTORY_TICKS {
+            self.history.pop_front();
+        }
+        self.history.push_back((tick, world.clone()));
     }
 
     /// Give `client` an entity of its own (its avatar), or take it away. The client learns

@@ -55,6 +55,7 @@ mod priority;
 mod quantize;
 mod receiver;
 mod sender;
+pub(crate) mod shared;
 mod world;
 
 #[cfg(test)]
@@ -62,6 +63,7 @@ mod tests;
 
 pub use bits::BitsError;
 pub use interpolation::{InterpolationBuffer, InterpolationConfig, InterpolationStats};
+pub(crate) use part::EncodeScratch;
 pub use part::{FieldBits, MAX_PARTS_PER_SNAPSHOT};
 pub use quantize::{
     MAX_AXIS_BITS, MAX_ROTATION_ERROR_RAD_9_BITS, QuantizeConfig, QuantizedRotation,

@@ -64,7 +64,9 @@
 //! ```
 
 use super::SnapshotError;
-use super::bits::{BitCounter, BitReader, BitSink, MAX_EXP_GOLOMB_K, exp_golomb_bits};
+use super::bits::{
+    BitCounter, BitReader, BitSink, BitString, BitWriter, MAX_EXP_GOLOMB_K, exp_golomb_bits,
+};
 use super::quantize::{Limits, QuantizedRotation, QuantizedTransform};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
 
@@ -683,11 +685,13 @@ pub(crate) struct EncodeScratch {
     position: [[Vec<u32>; 3]; 2],
     rotation: Vec<u32>,
     gaps: Vec<u32>,
+    /// The order of the update section's gaps.
+    index_k: u32,
 }
 
 /// Choose the code of a section: the fields, common sets and orders that spend the fewest
 /// bits on the entities `deltas` measure; never more than [`EntityCode::estimate`] would.
-fn choose_code<'a>(
+pub(crate) fn choose_code<'a>(
     deltas: impl Iterator<Item = &'a EntityDelta>,
     ticks: u32,
     scratch: &mut EncodeScratch,
@@ -887,21 +891,89 @@ fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u32], default_k: u32) -> u32 {
 }
 
 /// An entity a part carries: its index in the baseline (an update) or its id (a spawn), its
-/// new state, and its [`EntityDelta`] against its base.
-pub(crate) type PartEntity<'a> = (usize, &'a QuantizedEntity, &'a EntityDelta);
+/// new state, its [`EntityDelta`] against its base, and, when its section has a shared code,
+/// the entity already written with that code.
+pub(crate) type PartEntity<'a> = (
+    usize,
+    &'a QuantizedEntity,
+    &'a EntityDelta,
+    Option<&'a BitString>,
+);
+
+/// The entity `d` measures (new state `cur`) written with `code`, to be appended as is to
+/// every part that codes its section with `code`.
+pub(crate) fn shared_bits(
+    d: &EntityDelta,
+    cur: &QuantizedEntity,
+    lim: &Limits,
+    code: &EntityCode,
+) -> BitString {
+    let mut b = BitString::default();
+    write_entity(&mut b, d, cur, lim, code);
+    b
+}
+
+/// `code` can write every entity of a section: their changed fields lie in its fields, and
+/// a velocity appears or vanishes only if it has presence bits.
+fn covers<'a>(code: &EntityCode, mut deltas: impl Iterator<Item = &'a EntityDelta>) -> bool {
+    deltas.all(|d| {
+        d.set & !code.fields == 0 && (code.toggles || !(d.set & VELOCITY != 0 && d.toggles))
+    })
+}
+
+/// Write a section's entities: with `shared` when given and it covers them all (appending
+/// the bits written once for all clients), else with the section's own best code.
+fn write_section<'a>(
+    w: &mut BitWriter,
+    entities: impl Iterator<Item = PartEntity<'a>> + Clone,
+    shared: Option<&EntityCode>,
+    ticks: u32,
+    lim: &Limits,
+    scratch: &mut EncodeScratch,
+    gaps: Option<u32>,
+) {
+    let shared = shared.filter(|c| covers(c, entities.clone().map(|(_, _, d, _)| d)));
+    let (code, use_bits) = match shared {
+        Some(c) => (*c, true),
+        None => (
+            choose_code(entities.clone().map(|(_, _, d, _)| d), ticks, scratch),
+            false,
+        ),
+    };
+    write_code(w, &code, ticks);
+    let id_k = gaps;
+    if id_k.is_none() {
+        // Updates: every gap before the entities.
+        let k = scratch.index_k;
+        for &g in &scratch.gaps {
+            w.write_exp_golomb(u64::from(g), k);
+        }
+    }
+    for (n, (_, e, d, bits)) in entities.enumerate() {
+        if let Some(k) = id_k {
+            w.write_exp_golomb(u64::from(scratch.gaps[n]), k);
+        }
+        match bits {
+            Some(b) if use_bits && !b.overflowed() => b.write_to(w),
+            _ => write_entity(w, d, e, lim, &code),
+        }
+    }
+}
 
 /// Encode one part: `updates` by increasing baseline index, `despawns` (baseline indices)
 /// increasing, `spawns` by increasing id, none of them in the baseline. The caller
 /// guarantees the content is sorted and valid for the header's baseline, and that every
 /// delta was measured `header.ticks_since_baseline()` ticks after its base (spawns: 0).
-pub(crate) fn encode_part<'a, W: BitSink>(
-    w: &mut W,
+#[allow(clippy::too_many_arguments)] // A prototype: the shared codes ride along.
+pub(crate) fn encode_part<'a>(
+    w: &mut BitWriter,
     header: &PartHeader,
     updates: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
     despawns: &[usize],
     spawns: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
     lim: &Limits,
     scratch: &mut EncodeScratch,
+    shared: [Option<&EntityCode>; 2],
 ) {
     write_header(w, header);
     let ticks = header.ticks_since_baseline();
@@ -909,16 +981,9 @@ pub(crate) fn encode_part<'a, W: BitSink>(
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(updates.len() as u32, COUNT_CHUNK_BITS);
     if updates.len() > 0 {
-        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _)| i));
-        let k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
-        let code = choose_code(updates.clone().map(|(_, _, d)| d), ticks, scratch);
-        write_code(w, &code, ticks);
-        for &g in &scratch.gaps {
-            w.write_exp_golomb(u64::from(g), k);
-        }
-        for (_, e, d) in updates {
-            write_entity(w, d, e, lim, &code);
-        }
+        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _, _)| i));
+        scratch.index_k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
+        write_section(w, updates, shared[0], ticks, lim, scratch, None);
     }
 
     w.write_varint(despawns.len() as u32, COUNT_CHUNK_BITS);
@@ -932,14 +997,9 @@ pub(crate) fn encode_part<'a, W: BitSink>(
 
     w.write_varint(spawns.len() as u32, COUNT_CHUNK_BITS);
     if spawns.len() > 0 {
-        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _)| id));
+        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _, _)| id));
         let k = write_gaps(w, &scratch.gaps, DEFAULT_ID_K);
-        let code = choose_code(spawns.clone().map(|(_, _, d)| d), 0, scratch);
-        write_code(w, &code, 0);
-        for (&g, (_, e, d)) in scratch.gaps.iter().zip(spawns) {
-            w.write_exp_golomb(u64::from(g), k);
-            write_entity(w, d, e, lim, &code);
-        }
+        write_section(w, spawns, shared[1], 0, lim, scratch, Some(k));
     }
 }
 

@@ -6,13 +6,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::SnapshotError;
-use super::bits::BitWriter;
+use super::bits::{BitString, BitWriter};
 use super::part::{
     self, EncodeScratch, EntityDelta, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
     PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
+use super::shared::SharedDeltas;
 use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
 use crate::Sequence;
 
@@ -124,6 +125,8 @@ struct Candidate {
     priority: f32,
     /// The entity measured against its base (the all-zero entity for spawns).
     delta: EntityDelta,
+    /// The entity written with its section's shared code, if that section has one.
+    bits: Option<BitString>,
 }
 
 /// Which entries of the sorted update, despawn and spawn lists one part carries.
@@ -317,7 +320,9 @@ impl SnapshotSender {
     ) -> Result<(Parts, Option<SharedSnapshot>), SnapshotError> {
         let key = self.shareable_baseline(tick);
         let before = self.stats;
-        let parts: Parts = self.build_weighted(tick, world, budget_bytes, None)?.into();
+        let parts: Parts = self
+            .build_weighted(tick, world, budget_bytes, None, None)?
+            .into();
         let whole = self
             .ring
             .back()
@@ -372,7 +377,7 @@ impl SnapshotSender {
         world: &QuantizedWorld,
         budget_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
-        self.build_weighted(tick, world, budget_bytes, None)
+        self.build_weighted(tick, world, budget_bytes, None, None)
     }
 
     /// [`Self::build`], with a priority weight for each entity of `world` (by index; e.g.
@@ -383,6 +388,7 @@ impl SnapshotSender {
         world: &QuantizedWorld,
         budget_bytes: usize,
         weights: Option<&[f32]>,
+        shared: Option<(&SharedDeltas, &[u32])>,
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
         if self.last_tick.is_some_and(|last| tick <= last) {
             return Err(SnapshotError::TickNotNewer);
@@ -414,6 +420,12 @@ impl SnapshotSender {
         // candidate is measured against its base here, once: the estimate below, the code
         // of its section and the writing all reuse that.
         let spawn_base = part::spawn_base();
+        // Sections whose code is shared this tick, and the index in the tick's whole world
+        // of each entity of `world`.
+        let update_section = shared
+            .filter(|_| baseline_tick.is_some())
+            .and_then(|(s, g)| Some((s.section(tick, ticks)?, g)));
+        let spawn_section = shared.and_then(|(s, g)| Some((s.section(tick, 0)?, g)));
         let (mut bi, mut wi) = (0, 0);
         while bi < base.len() || wi < cur.len() {
             let b = base.get(bi);
@@ -421,14 +433,26 @@ impl SnapshotSender {
             match (b, w) {
                 (Some((bid, be)), Some((wid, we))) if bid == wid => {
                     if be != we {
-                        let delta = EntityDelta::new(be, we, ticks, &lim);
+                        let found =
+                            update_section.and_then(|(s, g)| s.delta(g[wi] as usize, be, we, &lim));
+                        let (delta, payload_bits, bits) = match &found {
+                            Some(l) => {
+                                let d = l.get();
+                                (d.delta, d.payload_bits(), Some(d.bits))
+                            }
+                            None => {
+                                let delta = EntityDelta::new(be, we, ticks, &lim);
+                                (delta, part::delta_bits(&delta, we, ticks, &lim), None)
+                            }
+                        };
                         candidates.push(Candidate {
                             id: *wid,
                             base_index: Some(bi),
                             world_index: wi,
-                            payload_bits: part::delta_bits(&delta, we, ticks, &lim),
+                            payload_bits,
                             priority: 0.0,
                             delta,
+                            bits,
                         });
                     }
                     bi += 1;
@@ -443,14 +467,26 @@ impl SnapshotSender {
                     bi += 1;
                 }
                 (_, Some((wid, we))) => {
-                    let delta = EntityDelta::new(&spawn_base, we, 0, &lim);
+                    let found = spawn_section
+                        .and_then(|(s, g)| s.delta(g[wi] as usize, &spawn_base, we, &lim));
+                    let (delta, payload_bits, bits) = match &found {
+                        Some(l) => {
+                            let d = l.get();
+                            (d.delta, d.payload_bits(), Some(d.bits))
+                        }
+                        None => {
+                            let delta = EntityDelta::new(&spawn_base, we, 0, &lim);
+                            (delta, part::delta_bits(&delta, we, 0, &lim), None)
+                        }
+                    };
                     candidates.push(Candidate {
                         id: *wid,
                         base_index: None,
                         world_index: wi,
-                        payload_bits: part::delta_bits(&delta, we, 0, &lim),
+                        payload_bits,
                         priority: 0.0,
                         delta,
+                        bits,
                     });
                     wi += 1;
                 }
@@ -633,7 +669,7 @@ impl SnapshotSender {
             let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
             let entity = |key: usize, i: usize| {
                 let c = &candidates[i];
-                (key, &cur[c.world_index].1, &c.delta)
+                (key, &cur[c.world_index].1, &c.delta, c.bits.as_ref())
             };
             part::encode_part(
                 &mut w,
@@ -649,6 +685,10 @@ impl SnapshotSender {
                     .map(|&i| entity(candidates[i].id.0 as usize, i)),
                 &lim,
                 encode,
+                [
+                    update_section.map(|(s, _)| &s.code),
+                    spawn_section.map(|(s, _)| &s.code),
+                ],
             );
             let bytes = w.finish();
             debug_assert!(bytes.len() <= self.config.max_part_bytes);

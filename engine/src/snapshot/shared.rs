@@ -1,0 +1,177 @@
+//! Entity deltas encoded once per tick for every scoped client that needs them.
+//!
+//! Clients with their own scope each get their own snapshot, but at low loss most of them
+//! hold a baseline of the same age, and an entity's encoded delta depends only on its
+//! baseline state, its new state, the baseline's age in ticks and the section's code. So
+//! per tick and per baseline age one code is fixed from the whole world (a sample of its
+//! changes), and each entity's delta under that code is encoded by the first client that
+//! needs it and appended as bits by the rest whose baseline holds the same state.
+//!
+//! The code depends on the world alone and the bits are a function of their inputs, so who
+//! fills the cache first changes nothing in the output: one thread or several, the same
+//! bytes go out.
+
+use std::sync::OnceLock;
+
+use super::bits::BitString;
+use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
+use super::quantize::Limits;
+use super::world::{QuantizedEntity, QuantizedWorld, Tick};
+
+/// Every this many entities of the world, one measures the changes a shared code is chosen
+/// from: a few hundred changes of the massive scene describe it as well as all of them.
+const CODE_SAMPLE_STRIDE: usize = 8;
+
+/// One entity's delta under its section's shared code.
+#[derive(Debug)]
+pub(crate) struct SharedDelta {
+    /// The baseline state it was measured against.
+    pub(crate) base: QuantizedEntity,
+    pub(crate) delta: EntityDelta,
+    /// Bits of the sender's estimate ([`part::delta_bits`]).
+    pub(crate) estimate_bits: usize,
+    /// The delta written with the shared code.
+    pub(crate) bits: BitString,
+}
+
+impl SharedDelta {
+    /// What the packer must charge: never below what either code spends.
+    pub(crate) fn payload_bits(&self) -> usize {
+        self.estimate_bits.max(self.bits.len())
+    }
+}
+
+/// The shared code for deltas `ticks` after their baseline (0: spawns), and the deltas
+/// encoded with it so far, by the entity's index in the tick's world.
+#[derive(Debug)]
+pub(crate) struct SharedSection {
+    pub(crate) ticks: u32,
+    pub(crate) code: EntityCode,
+    slots: Vec<OnceLock<SharedDelta>>,
+}
+
+impl SharedSection {
+    /// The delta of the entity at `index` of the tick's world against `base`, encoding it
+    /// (and keeping it, if no other base came first) when it is not there yet.
+    pub(crate) fn delta(
+        &self,
+        index: usize,
+        base: &QuantizedEntity,
+        cur: &QuantizedEntity,
+        lim: &Limits,
+    ) -> Option<SharedLookup<'_>> {
+        let slot = self.slots.get(index)?;
+        if let Some(d) = slot.get() {
+            if d.base == *base {
+                return Some(SharedLookup::Hit(d));
+            }
+            return Some(SharedLookup::Own(self.encode(base, cur, lim)));
+        }
+        let mut fresh = Some(self.encode(base, cur, lim));
+        // The slot may have been filled meanwhile: use it only if against the same base.
+        let kept = slot.get_or_init(|| fresh.take().unwrap_or_else(|| unreachable!()));
+        Some(match fresh {
+            Some(own) if kept.base != *base => SharedLookup::Own(own),
+            _ => SharedLookup::Hit(kept),
+        })
+    }
+
+    fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
+        let delta = EntityDelta::new(base, cur, self.ticks, lim);
+        SharedDelta {
+            base: base.clone(),
+            estimate_bits: part::delta_bits(&delta, cur, self.ticks, lim),
+            bits: part::shared_bits(&delta, cur, lim, &self.code),
+            delta,
+        }
+    }
+}
+
+/// A delta found in a [`SharedSection`] or, for a baseline state no one shares, encoded for
+/// this client alone.
+#[derive(Debug)]
+pub(crate) enum SharedLookup<'a> {
+    Hit(&'a SharedDelta),
+    Own(SharedDelta),
+}
+
+impl SharedLookup<'_> {
+    pub(crate) fn get(&self) -> &SharedDelta {
+        match self {
+            SharedLookup::Hit(d) => d,
+            SharedLookup::Own(d) => d,
+        }
+    }
+}
+
+/// The shared codes and deltas of one tick's world.
+#[derive(Debug, Default)]
+pub(crate) struct SharedDeltas {
+    tick: Tick,
+    sections: Vec<SharedSection>,
+}
+
+impl SharedDeltas {
+    /// Start `tick`'s world: a section per age in `ticks` (0: spawns) whose world then is in
+    /// `history` (tick, world), with its code chosen from a sample of the changes since.
+    pub(crate) fn prepare(
+        &mut self,
+        tick: Tick,
+        world: &QuantizedWorld,
+        history: &[(Tick, QuantizedWorld)],
+        ticks: &[u32],
+        lim: &Limits,
+        scratch: &mut EncodeScratch,
+    ) {
+        self.tick = tick;
+        let mut old = std::mem::take(&mut self.sections);
+        self.sections.clear();
+        let cur = world.entities();
+        let spawn_base = part::spawn_base();
+        let mut deltas: Vec<EntityDelta> = Vec::new();
+        for &k in ticks {
+            deltas.clear();
+            if k == 0 {
+                deltas.extend(
+                    cur.iter()
+                        .step_by(CODE_SAMPLE_STRIDE)
+                        .map(|(_, e)| EntityDelta::new(&spawn_base, e, 0, lim)),
+                );
+            } else {
+                let Some((_, then)) = history.iter().find(|(t, _)| t.0 + k == tick.0) else {
+                    continue;
+                };
+                for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
+                    if let Some(b) = then.get(*id)
+                        && b != e
+                    {
+                        deltas.push(EntityDelta::new(b, e, k, lim));
+                    }
+                }
+            }
+            if deltas.is_empty() {
+                continue;
+            }
+            let code = part::choose_code(deltas.iter(), k, scratch);
+            // Reuse a section's slots from an earlier tick.
+            let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
+            slots.clear();
+            slots.resize_with(cur.len(), OnceLock::new);
+            self.sections.push(SharedSection {
+                ticks: k,
+                code,
+                slots,
+            });
+        }
+        old.clear();
+    }
+
+    /// The section for deltas `ticks` after their baseline at `tick`, if any. The entity
+    /// indices it takes are those of the world [`Self::prepare`] was given.
+    pub(crate) fn section(&self, tick: Tick, ticks: u32) -> Option<&SharedSection> {
+        if tick != self.tick {
+            return None;
+        }
+        self.sections.iter().find(|s| s.ticks == ticks)
+    }
+}
