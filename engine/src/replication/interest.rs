@@ -678,7 +678,7 @@ mod tests {
                 if let Some(v) = &mut scope.view_point {
                     v.x += 0.5 * c as f32;
                 }
-                let ScopedWorld { world, weights } = interest.scope(&q, *owned, scope);
+                let ScopedWorld { world, weights, .. } = interest.scope(&q, *owned, scope);
                 let parts = sender
                     .build_weighted(Tick(tick), &world, budgets[c], weights, None)
                     .unwrap();
