@@ -43,7 +43,7 @@ pub use client::{Client, ClientEvent, ClientStats, InputError, View, Welcome};
 pub use config::{ClientConfig, ConfigError, PredictionConfig, ServerConfig, SnapshotDelivery};
 pub use interest::{InterestConfig, RoomId};
 pub use predict::StepFn;
-pub use server::{ClientSummary, ReplicationStats, Server, ServerEvent};
+pub use server::{ClientSummary, ReplicationStats, SHARE_MIN_VIEWERS, Server, ServerEvent};
 
 use std::fmt;
 

@@ -471,3 +471,76 @@ fn under_a_tight_budget_near_entities_update_more_often_than_far_ones() {
     let ratio = sum(&u[..20]) / sum(&u[20..]);
     assert!((0.75..1.33).contains(&ratio), "ratio {ratio}: {u:?}");
 }
+
+/// Scoped clients sharing entity encodings (forced on: three clients would never reach
+/// [`SHARE_MIN_VIEWERS`]) hold exactly their scopes after every complete snapshot, end with
+/// exactly the server's state under 20 % loss, and build the same bytes on any number of
+/// threads, whichever client encodes a shared entity first.
+#[test]
+fn clients_sharing_encodings_hold_their_scopes_exactly() {
+    let run = |threads: usize, seed: u64, loss: f64| {
+        let mut c = config(Some(interest()));
+        c.snapshot_threads = threads;
+        let mut g = ScopeGame::with_config(c, 60, views(), seed, loss);
+        g.sim.server.share_encodings_from(0.0);
+        g.run(Duration::from_secs(4));
+        g.moving = false;
+        g.run(Duration::from_secs(3));
+        g
+    };
+    for seed in [31, 32, 33] {
+        let g = run(1, seed, 20.0);
+        let ticks = g.sim.server.current_tick().0 as usize;
+        for (i, v) in g.verified.iter().enumerate() {
+            assert!(
+                v.len() > ticks / 3,
+                "seed {seed} client {i}: {} of {ticks}",
+                v.len()
+            );
+        }
+        let totals = g.sim.server.snapshot_totals();
+        assert!(
+            totals.entities_shared > totals.entities_sent / 10,
+            "seed {seed}: encodings were shared ({} of {} entities)",
+            totals.entities_shared,
+            totals.entities_sent
+        );
+        assert!(g.sim.server.stats().shared_encoding_ticks > 0);
+        let server = QuantizedWorld::from_world(&g.world, &config(None).quantize);
+        for i in 0..g.views.len() {
+            let id = client_id(&g.sim, i).expect("connected");
+            let visible = g.sim.server.visible_entities(id).expect("scoped").to_vec();
+            let live = g.sim.clients[i]
+                .client
+                .receiver()
+                .expect("welcomed")
+                .live_world();
+            let held: Vec<EntityId> = live.iter().map(|(id, _)| id).collect();
+            assert_eq!(
+                held, visible,
+                "seed {seed} client {i}: the view is the scope"
+            );
+            for (id, e) in live.iter() {
+                assert_eq!(Some(e), server.get(id), "seed {seed} client {i}: {id:?}");
+            }
+        }
+    }
+    let totals = |g: &ScopeGame| g.sim.server.snapshot_totals();
+    let (one, three) = (run(1, 34, 10.0), run(3, 34, 10.0));
+    assert!(totals(&one).entities_shared > 0);
+    assert_eq!(
+        totals(&one),
+        totals(&three),
+        "the same snapshots on 1 and 3 threads"
+    );
+}
+
+/// Below the threshold nothing is shared, and the bytes are those of a server that never
+/// shares.
+#[test]
+fn a_server_with_few_viewers_per_entity_shares_nothing() {
+    let mut g = ScopeGame::new(Some(interest()), 60, views(), 35, 10.0);
+    g.run(Duration::from_secs(3));
+    assert_eq!(g.sim.server.snapshot_totals().entities_shared, 0);
+    assert_eq!(g.sim.server.stats().shared_encoding_ticks, 0);
+}

@@ -130,6 +130,9 @@ pub struct ReplicationStats {
     /// Snapshots sent as built for another client: both held the same baseline, and the
     /// snapshot carried every difference from it, so it was encoded once for both.
     pub shared_snapshots: u64,
+    /// Send ticks on which clients with their own scopes shared entity encodings (see
+    /// [`SHARE_MIN_VIEWERS`]).
+    pub shared_encoding_ticks: u64,
 }
 
 impl ReplicationStats {
@@ -179,6 +182,10 @@ pub struct Server {
     pool: Option<rayon::ThreadPool>,
     /// The last worlds sent (oldest first), to choose the codes scoped clients share.
     history: VecDeque<(Tick, QuantizedWorld)>,
+    /// Entities in the last send tick's scopes per entity of its world.
+    viewers_per_entity: f64,
+    /// [`SHARE_MIN_VIEWERS`], or another threshold in tests.
+    share_min_viewers: f64,
     /// This tick's shared codes and entity deltas for scoped clients.
     shared: SharedDeltas,
     shared_scratch: EncodeScratch,
@@ -186,6 +193,18 @@ pub struct Server {
 
 /// Worlds kept for shared codes: baselines older than this many ticks code alone.
 const SHARED_HISTORY_TICKS: usize = 8;
+
+/// Clients with their own scopes share entity encodings once the last send tick's scopes
+/// held at least this many entities per entity of the world (each entity seen by this many
+/// clients on average).
+///
+/// Sharing has a cost of its own each tick (a code per baseline age, chosen from a sample of
+/// the world, and a slot per entity) and each lookup costs about what encoding alone does,
+/// so it pays only when most lookups find an entity another client already encoded. On the
+/// `massive` scene (docs/BENCHMARKS.md) it cost more at 16 and 64 clients (under 2 viewers
+/// per entity), broke even at 256 (8), and saved a tenth of the tick at 512 (17) and a
+/// fifth at 1,000 (33).
+pub const SHARE_MIN_VIEWERS: f64 = 12.0;
 
 impl Server {
     /// A server whose clock starts at `now`; fails when the config is unusable.
@@ -229,6 +248,8 @@ impl Server {
             quantize_cache: QuantizeCache::default(),
             pool,
             history: VecDeque::new(),
+            viewers_per_entity: 0.0,
+            share_min_viewers: SHARE_MIN_VIEWERS,
             shared: SharedDeltas::default(),
             shared_scratch: EncodeScratch::default(),
         })
@@ -433,10 +454,12 @@ impl Server {
             }
             out
         };
+        let mut in_view = 0;
         for (id, parts, in_scope) in built {
             if scoped {
                 self.stats.scoped_snapshots += 1;
                 self.stats.scoped_entities += in_scope as u64;
+                in_view += in_scope;
             }
             // Ticks only grow, so the one refusal `build` has cannot happen.
             let (Ok(parts), Some(peer)) = (parts, self.peers.get_mut(&id)) else {
@@ -469,14 +492,25 @@ impl Server {
                 }
             }
         }
+        if scoped {
+            self.viewers_per_entity = in_view as f64 / world.len().max(1) as f64;
+        }
     }
 
-    /// Fix this tick's shared codes: one per baseline age that two or more ready clients
-    /// hold, and one for spawns.
+    /// Share encodings from `viewers` per entity instead of [`SHARE_MIN_VIEWERS`] (tests:
+    /// 0 shares on every tick).
+    #[cfg(test)]
+    pub(crate) fn share_encodings_from(&mut self, viewers: f64) {
+        self.share_min_viewers = viewers;
+    }
+
+    /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
+    /// baseline age that two or more ready clients hold, and one for spawns.
     fn prepare_shared(&mut self, tick: Tick, world: &QuantizedWorld) {
         let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
         let mut ready = 0;
-        for p in self.peers.values().filter(|p| p.ready) {
+        let share = self.viewers_per_entity >= self.share_min_viewers;
+        for p in self.peers.values().filter(|p| share && p.ready) {
             ready += 1;
             if let Some((t, _)) = p.sender.acked_baseline() {
                 let k = tick.0.saturating_sub(t.0);
@@ -492,6 +526,9 @@ impl Server {
             .collect();
         if ready >= 2 {
             ticks.push(0);
+        }
+        if share {
+            self.stats.shared_encoding_ticks += 1;
         }
         let lim = self.config.quantize.limits();
         self.history.make_contiguous();

@@ -509,6 +509,27 @@ mod tests {
         }
 
         #[test]
+        fn a_bit_string_appended_anywhere_writes_what_writing_directly_does(
+            lead in prop::collection::vec((any::<u32>(), 0u32..=32), 0..6),
+            fields in prop::collection::vec((any::<u32>(), 0u32..=32), 0..12),
+        ) {
+            // Written directly...
+            let mut direct = BitWriter::new();
+            for (v, b) in lead.iter().chain(&fields) { direct.write_bits(*v, *b); }
+            // ...and the same fields written once into a string, then appended after the lead.
+            let mut string = BitString::default();
+            for (v, b) in &fields { string.write_bits(*v, *b); }
+            let mut appended = BitWriter::new();
+            for (v, b) in &lead { appended.write_bits(*v, *b); }
+            if string.overflowed() {
+                prop_assert!(string.len() > BitString::CAPACITY_BITS);
+            } else {
+                string.write_to(&mut appended);
+                prop_assert_eq!(appended.finish(), direct.finish());
+            }
+        }
+
+        #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), widths in prop::collection::vec(0u32..=32, 0..64)) {
             let mut r = BitReader::new(&bytes);
             for b in widths {

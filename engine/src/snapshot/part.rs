@@ -964,7 +964,7 @@ fn write_section<'a>(
 /// increasing, `spawns` by increasing id, none of them in the baseline. The caller
 /// guarantees the content is sorted and valid for the header's baseline, and that every
 /// delta was measured `header.ticks_since_baseline()` ticks after its base (spawns: 0).
-#[allow(clippy::too_many_arguments)] // A prototype: the shared codes ride along.
+#[allow(clippy::too_many_arguments)] // The shared codes of scoped clients ride along.
 pub(crate) fn encode_part<'a>(
     w: &mut BitWriter,
     header: &PartHeader,

@@ -13,7 +13,7 @@ use super::part::{
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
-use super::shared::SharedDeltas;
+use super::shared::{SharedDeltas, SharedLookup};
 use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
 use crate::Sequence;
 
@@ -67,6 +67,9 @@ pub struct SenderStats {
     pub entities_deferred: u64,
     /// Entities too large to fit in any part (never sent).
     pub entities_oversized: u64,
+    /// Entities whose encoding another client's snapshot of the same tick had already made
+    /// (clients with their own scopes, when the server shares encodings).
+    pub entities_shared: u64,
 }
 
 /// What was sent at one tick, enough to rebuild the composite the client will hold.
@@ -427,6 +430,7 @@ impl SnapshotSender {
             .and_then(|(s, g)| Some((s.section(tick, ticks)?, g)));
         let spawn_section = shared.and_then(|(s, g)| Some((s.section(tick, 0)?, g)));
         let (mut bi, mut wi) = (0, 0);
+        let mut shared_hits = 0;
         while bi < base.len() || wi < cur.len() {
             let b = base.get(bi);
             let w = cur.get(wi);
@@ -437,6 +441,7 @@ impl SnapshotSender {
                             update_section.and_then(|(s, g)| s.delta(g[wi] as usize, be, we, &lim));
                         let (delta, payload_bits, bits) = match &found {
                             Some(l) => {
+                                shared_hits += usize::from(matches!(l, SharedLookup::Hit(_)));
                                 let d = l.get();
                                 (d.delta, d.payload_bits(), Some(d.bits))
                             }
@@ -471,6 +476,7 @@ impl SnapshotSender {
                         .and_then(|(s, g)| s.delta(g[wi] as usize, &spawn_base, we, &lim));
                     let (delta, payload_bits, bits) = match &found {
                         Some(l) => {
+                            shared_hits += usize::from(matches!(l, SharedLookup::Hit(_)));
                             let d = l.get();
                             (d.delta, d.payload_bits(), Some(d.bits))
                         }
@@ -709,6 +715,7 @@ impl SnapshotSender {
         self.stats.entities_deferred += (candidates.len() - entities_sent) as u64;
         self.stats.entity_payload_bits += payload_bits as u64;
         self.stats.snapshots += 1;
+        self.stats.entities_shared += shared_hits as u64;
         self.stats.parts += count as u64;
         if baseline_tick.is_none() {
             self.stats.full_snapshots += 1;
@@ -816,6 +823,7 @@ pub(crate) fn add_stats(total: &mut SenderStats, s: &SenderStats) {
     total.resets += s.resets;
     total.entities_deferred += s.entities_deferred;
     total.entities_oversized += s.entities_oversized;
+    total.entities_shared += s.entities_shared;
 }
 
 /// What was added to the counters between `before` and `after`.
@@ -831,6 +839,7 @@ fn stats_since(before: &SenderStats, after: &SenderStats) -> SenderStats {
         resets: after.resets - before.resets,
         entities_deferred: after.entities_deferred - before.entities_deferred,
         entities_oversized: after.entities_oversized - before.entities_oversized,
+        entities_shared: after.entities_shared - before.entities_shared,
     }
 }
 
