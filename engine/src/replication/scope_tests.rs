@@ -197,6 +197,46 @@ impl ScopeGame {
         }
     }
 
+    /// Once the world stands still: each client holds exactly its scope (which has every
+    /// entity within the radius), each entity in the server's state.
+    fn assert_views_are_the_scopes(&self, seed: u64) {
+        let server = QuantizedWorld::from_world(&self.world, &config(None).quantize);
+        for i in 0..self.views.len() {
+            let id = client_id(&self.sim, i).expect("connected");
+            let visible = self
+                .sim
+                .server
+                .visible_entities(id)
+                .expect("scoped")
+                .to_vec();
+            let view = Vec2::new(self.views[i].x, self.views[i].z);
+            let inside = server
+                .iter()
+                .filter(|(_, e)| {
+                    let p = config(None).quantize.dequantize(&e.transform).position;
+                    Vec2::new(p.x, p.z).distance(view) <= RADIUS_M
+                })
+                .count();
+            assert!(
+                visible.len() >= inside,
+                "seed {seed} client {i}: all within the radius"
+            );
+            let live = self.sim.clients[i]
+                .client
+                .receiver()
+                .expect("welcomed")
+                .live_world();
+            let held: Vec<EntityId> = live.iter().map(|(id, _)| id).collect();
+            assert_eq!(
+                held, visible,
+                "seed {seed} client {i}: the view is the scope"
+            );
+            for (id, e) in live.iter() {
+                assert_eq!(Some(e), server.get(id), "seed {seed} client {i}: {id:?}");
+            }
+        }
+    }
+
     fn run(&mut self, d: Duration) {
         let end = self.sim.now + d;
         while self.next_tick_at <= end {
@@ -258,36 +298,7 @@ fn scope_changes_under_20_pct_loss_end_with_the_view_equal_to_the_visible_set() 
         g.run(Duration::from_secs(4));
         g.moving = false;
         g.run(Duration::from_secs(3));
-        let server = QuantizedWorld::from_world(&g.world, &config(None).quantize);
-        for i in 0..g.views.len() {
-            let id = client_id(&g.sim, i).expect("connected");
-            let visible = g.sim.server.visible_entities(id).expect("scoped").to_vec();
-            let view = Vec2::new(g.views[i].x, g.views[i].z);
-            let inside = server
-                .iter()
-                .filter(|(_, e)| {
-                    let p = config(None).quantize.dequantize(&e.transform).position;
-                    Vec2::new(p.x, p.z).distance(view) <= RADIUS_M
-                })
-                .count();
-            assert!(
-                visible.len() >= inside,
-                "seed {seed} client {i}: all within the radius"
-            );
-            let live = g.sim.clients[i]
-                .client
-                .receiver()
-                .expect("welcomed")
-                .live_world();
-            let held: Vec<EntityId> = live.iter().map(|(id, _)| id).collect();
-            assert_eq!(
-                held, visible,
-                "seed {seed} client {i}: the view is the scope"
-            );
-            for (id, e) in live.iter() {
-                assert_eq!(Some(e), server.get(id), "seed {seed} client {i}: {id:?}");
-            }
-        }
+        g.assert_views_are_the_scopes(seed);
     }
 }
 
@@ -506,24 +517,7 @@ fn clients_sharing_encodings_hold_their_scopes_exactly() {
             totals.entities_sent
         );
         assert!(g.sim.server.stats().shared_encoding_ticks > 0);
-        let server = QuantizedWorld::from_world(&g.world, &config(None).quantize);
-        for i in 0..g.views.len() {
-            let id = client_id(&g.sim, i).expect("connected");
-            let visible = g.sim.server.visible_entities(id).expect("scoped").to_vec();
-            let live = g.sim.clients[i]
-                .client
-                .receiver()
-                .expect("welcomed")
-                .live_world();
-            let held: Vec<EntityId> = live.iter().map(|(id, _)| id).collect();
-            assert_eq!(
-                held, visible,
-                "seed {seed} client {i}: the view is the scope"
-            );
-            for (id, e) in live.iter() {
-                assert_eq!(Some(e), server.get(id), "seed {seed} client {i}: {id:?}");
-            }
-        }
+        g.assert_views_are_the_scopes(seed);
     }
     let totals = |g: &ScopeGame| g.sim.server.snapshot_totals();
     let (one, three) = (run(1, 34, 10.0), run(3, 34, 10.0));

@@ -13,8 +13,8 @@ use super::part::{
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
-use super::shared::{SharedDeltas, SharedLookup};
-use super::world::{Change, EntityId, QuantizedWorld, Tick, normalize_changes};
+use super::shared::{SharedDeltas, SharedLookup, SharedSection};
+use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, normalize_changes};
 use crate::Sequence;
 
 /// Sender settings.
@@ -209,6 +209,32 @@ pub struct SnapshotSender {
     /// Tests: always take the ranked path, to check the shortcut against it.
     #[cfg(test)]
     always_rank: bool,
+}
+
+/// The entity at `index` of the client's world (new state `cur`) measured against `base`
+/// `ticks` later: its delta, the bits the packer charges for it, and its bits under the
+/// shared code when its section has one (`section`, with the index in the tick's whole
+/// world of each entity of the client's). Counts in `hits` a delta another client encoded.
+fn measure(
+    section: Option<(&SharedSection, &[u32])>,
+    index: usize,
+    base: &QuantizedEntity,
+    cur: &QuantizedEntity,
+    ticks: u32,
+    lim: &Limits,
+    hits: &mut usize,
+) -> (EntityDelta, usize, Option<BitString>) {
+    match section.and_then(|(s, g)| s.delta(g[index] as usize, base, cur, lim)) {
+        Some(found) => {
+            *hits += usize::from(matches!(found, SharedLookup::Hit(_)));
+            let d = found.get();
+            (d.delta, d.payload_bits(), Some(d.bits))
+        }
+        None => {
+            let delta = EntityDelta::new(base, cur, ticks, lim);
+            (delta, part::delta_bits(&delta, cur, ticks, lim), None)
+        }
+    }
 }
 
 /// Bits a baseline index adds to a part after `prev`; the first of a section (`None`) also
@@ -437,19 +463,8 @@ impl SnapshotSender {
             match (b, w) {
                 (Some((bid, be)), Some((wid, we))) if bid == wid => {
                     if be != we {
-                        let found =
-                            update_section.and_then(|(s, g)| s.delta(g[wi] as usize, be, we, &lim));
-                        let (delta, payload_bits, bits) = match &found {
-                            Some(l) => {
-                                shared_hits += usize::from(matches!(l, SharedLookup::Hit(_)));
-                                let d = l.get();
-                                (d.delta, d.payload_bits(), Some(d.bits))
-                            }
-                            None => {
-                                let delta = EntityDelta::new(be, we, ticks, &lim);
-                                (delta, part::delta_bits(&delta, we, ticks, &lim), None)
-                            }
-                        };
+                        let (delta, payload_bits, bits) =
+                            measure(update_section, wi, be, we, ticks, &lim, &mut shared_hits);
                         candidates.push(Candidate {
                             id: *wid,
                             base_index: Some(bi),
@@ -472,19 +487,15 @@ impl SnapshotSender {
                     bi += 1;
                 }
                 (_, Some((wid, we))) => {
-                    let found = spawn_section
-                        .and_then(|(s, g)| s.delta(g[wi] as usize, &spawn_base, we, &lim));
-                    let (delta, payload_bits, bits) = match &found {
-                        Some(l) => {
-                            shared_hits += usize::from(matches!(l, SharedLookup::Hit(_)));
-                            let d = l.get();
-                            (d.delta, d.payload_bits(), Some(d.bits))
-                        }
-                        None => {
-                            let delta = EntityDelta::new(&spawn_base, we, 0, &lim);
-                            (delta, part::delta_bits(&delta, we, 0, &lim), None)
-                        }
-                    };
+                    let (delta, payload_bits, bits) = measure(
+                        spawn_section,
+                        wi,
+                        &spawn_base,
+                        we,
+                        0,
+                        &lim,
+                        &mut shared_hits,
+                    );
                     candidates.push(Candidate {
                         id: *wid,
                         base_index: None,
