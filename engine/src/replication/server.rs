@@ -394,13 +394,18 @@ impl Server {
                     world,
                     weights,
                     indices,
-                } = interest.scope(world, peer.owned, &mut peer.scope);
+                } = interest.scope(
+                    world,
+                    peer.owned,
+                    &mut peer.scope,
+                    peer.sender.spare_world(),
+                );
                 let n = world.len();
                 let built = peer.sender.build_weighted(
                     tick,
                     &world,
                     peer.budget_bytes,
-                    weights,
+                    weights.as_ref().map(|w| w as _),
                     Some((shared, indices)),
                 );
                 (built, n)

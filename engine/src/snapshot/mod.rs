@@ -70,7 +70,7 @@ pub use quantize::{
     QuantizedTransform,
 };
 pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
-pub(crate) use sender::{Parts, SharedSnapshot, add_stats};
+pub(crate) use sender::{Parts, PriorityWeights, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
 pub use world::{
     EntityId, EntityState, QuantizeCache, QuantizedEntity, QuantizedWorld, Tick, Transform, World,

@@ -332,17 +332,24 @@ impl QuantizedWorld {
         Arc::as_ptr(&self.entities) as usize
     }
 
-    /// A world of the entities at `indices` of this one (ascending, each in range): one
+    /// A world of the entities at `indices` of this one (ascending, each in range), built in
+    /// `buf` (cleared first, so a spare from [`Self::into_unique`] saves an allocation): one
     /// client's view of the world when not everyone sees everything.
-    pub(crate) fn select(&self, indices: &[u32]) -> QuantizedWorld {
+    pub(crate) fn select(
+        &self,
+        indices: &[u32],
+        mut buf: Vec<(EntityId, QuantizedEntity)>,
+    ) -> QuantizedWorld {
+        buf.clear();
+        buf.extend(indices.iter().map(|&i| self.entities[i as usize].clone()));
         QuantizedWorld {
-            entities: Arc::new(
-                indices
-                    .iter()
-                    .map(|&i| self.entities[i as usize].clone())
-                    .collect(),
-            ),
+            entities: Arc::new(buf),
         }
+    }
+
+    /// The entities, when no other clone of this world is left.
+    pub(crate) fn into_unique(self) -> Option<Vec<(EntityId, QuantizedEntity)>> {
+        Arc::try_unwrap(self.entities).ok()
     }
 
     /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
