@@ -66,7 +66,10 @@ pub struct ServerConfig {
     pub interest: Option<InterestConfig>,
     /// Threads that build the clients' snapshots each send tick (default 1: the calling
     /// thread; 0: one per core). Each client's snapshot depends on that client alone, so
-    /// more threads divide the per-client work; the bytes sent are the same.
+    /// more threads divide the per-client work, each thread the same share of the clients
+    /// every tick (their state stays in its core's caches); the bytes sent are the same.
+    /// Only clients with scopes of their own (rooms, an area of interest) are built apart;
+    /// without them one snapshot serves many clients and is built on the calling thread.
     pub snapshot_threads: usize,
 }
 

@@ -11,9 +11,8 @@ use super::wire::{
     write_part_prefix,
 };
 use super::{InputTick, REPLICATION_VERSION};
-use rayon::prelude::*;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::Sequence;
 use crate::channel;
@@ -422,7 +421,28 @@ impl Server {
             .collect();
         let built: Vec<(ClientId, Result<Parts, _>, usize)> = if scoped {
             let built: Vec<_> = match &self.pool {
-                Some(pool) => pool.install(|| jobs.into_par_iter().map(build).collect()),
+                Some(pool) => {
+                    // Each thread builds the same clients every tick (a contiguous share,
+                    // in id order), so a client's sender state stays in the caches of the
+                    // core that used it last; work stealing moved clients between threads
+                    // from tick to tick. The mutexes only hand each thread its own share
+                    // (never contended).
+                    let per = jobs.len().div_ceil(pool.current_num_threads()).max(1);
+                    let mut shares = Vec::new();
+                    let mut rest = jobs;
+                    while !rest.is_empty() {
+                        let tail = rest.split_off(per.min(rest.len()));
+                        shares.push(Mutex::new(rest));
+                        rest = tail;
+                    }
+                    let built: Vec<Vec<_>> = pool.broadcast(|ctx| {
+                        let share = shares.get(ctx.index()).map(|s| {
+                            std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()))
+                        });
+                        share.unwrap_or_default().into_iter().map(build).collect()
+                    });
+                    built.into_iter().flatten().collect()
+                }
                 None => jobs.into_iter().map(build).collect(),
             };
             built
