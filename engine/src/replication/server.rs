@@ -532,10 +532,20 @@ impl Server {
     /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
     /// baseline age that two or more ready clients hold, and one for spawns.
     fn prepare_shared(&mut self, tick: Tick, world: &QuantizedWorld) {
+        let lim = self.config.quantize.limits();
+        if self.viewers_per_entity < self.share_min_viewers {
+            // No sections: every lookup misses. Worlds are kept only while sharing (one of
+            // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
+            // only the spawns and the ages kept so far.
+            self.shared
+                .prepare(tick, world, &[], &[], &lim, &mut self.shared_scratch);
+            self.history.clear();
+            return;
+        }
+        self.stats.shared_encoding_ticks += 1;
         let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
         let mut ready = 0;
-        let share = self.viewers_per_entity >= self.share_min_viewers;
-        for p in self.peers.values().filter(|p| share && p.ready) {
+        for p in self.peers.values().filter(|p| p.ready) {
             ready += 1;
             if let Some((t, _)) = p.sender.acked_baseline() {
                 let k = tick.0.saturating_sub(t.0);
@@ -552,10 +562,6 @@ impl Server {
         if ready >= 2 {
             ticks.push(0);
         }
-        if share {
-            self.stats.shared_encoding_ticks += 1;
-        }
-        let lim = self.config.quantize.limits();
         self.history.make_contiguous();
         self.shared.prepare(
             tick,
@@ -565,12 +571,6 @@ impl Server {
             &lim,
             &mut self.shared_scratch,
         );
-        // Worlds are kept only while sharing: a world of 10,000 entities is about 0.6 MB. The
-        // first ticks after sharing starts code only the spawns and the ages kept so far.
-        if !share {
-            self.history.clear();
-            return;
-        }
         if self.history.len() >= SHARED_HISTORY_TICKS {
             self.history.pop_front();
         }

@@ -921,8 +921,10 @@ fn covers<'a>(code: &EntityCode, mut deltas: impl Iterator<Item = &'a EntityDelt
     })
 }
 
-/// Write a section's entities: with `shared` when given and it covers them all (appending
-/// the bits written once for all clients), else with the section's own best code.
+/// Write a section's code, gaps and entities: with `shared` when given and it covers them
+/// all (appending the bits written once for all clients), else with the section's own best
+/// code. Updates (`id_k` `None`) write every gap (`scratch.gaps`, order `scratch.index_k`)
+/// before the entities; spawns write each id gap, of order `id_k`, before its entity.
 fn write_section<'a>(
     w: &mut BitWriter,
     entities: impl Iterator<Item = PartEntity<'a>> + Clone,
@@ -930,7 +932,7 @@ fn write_section<'a>(
     ticks: u32,
     lim: &Limits,
     scratch: &mut EncodeScratch,
-    gaps: Option<u32>,
+    id_k: Option<u32>,
 ) {
     let shared = shared.filter(|c| covers(c, entities.clone().map(|(_, _, d, _)| d)));
     let (code, use_bits) = match shared {
@@ -941,7 +943,6 @@ fn write_section<'a>(
         ),
     };
     write_code(w, &code, ticks);
-    let id_k = gaps;
     if id_k.is_none() {
         // Updates: every gap before the entities.
         let k = scratch.index_k;

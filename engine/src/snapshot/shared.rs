@@ -62,17 +62,20 @@ impl SharedSection {
     ) -> Option<SharedLookup<'_>> {
         let slot = self.slots.get(index)?;
         if let Some(d) = slot.get() {
-            if d.base == *base {
-                return Some(SharedLookup::Hit(d));
-            }
-            return Some(SharedLookup::Own(self.encode(base, cur, lim)));
+            return Some(if d.base == *base {
+                SharedLookup::Hit(d)
+            } else {
+                SharedLookup::Own(self.encode(base, cur, lim))
+            });
         }
-        let mut fresh = Some(self.encode(base, cur, lim));
-        // The slot may have been filled meanwhile: use it only if against the same base.
-        let kept = slot.get_or_init(|| fresh.take().unwrap_or_else(|| unreachable!()));
-        Some(match fresh {
-            Some(own) if kept.base != *base => SharedLookup::Own(own),
-            _ => SharedLookup::Hit(kept),
+        // Another thread may fill the slot meanwhile: then this encoding is used only if
+        // that one is against another base.
+        Some(match slot.set(self.encode(base, cur, lim)) {
+            Ok(()) => SharedLookup::Kept(slot.get()?),
+            Err(own) => match slot.get() {
+                Some(d) if d.base == *base => SharedLookup::Hit(d),
+                _ => SharedLookup::Own(own),
+            },
         })
     }
 
@@ -87,18 +90,19 @@ impl SharedSection {
     }
 }
 
-/// A delta found in a [`SharedSection`] or, for a baseline state no one shares, encoded for
-/// this client alone.
+/// A delta from a [`SharedSection`]: encoded by another client, or by this one and kept for
+/// the others, or, for a baseline state no one shares, encoded for this client alone.
 #[derive(Debug)]
 pub(crate) enum SharedLookup<'a> {
     Hit(&'a SharedDelta),
+    Kept(&'a SharedDelta),
     Own(SharedDelta),
 }
 
 impl SharedLookup<'_> {
     pub(crate) fn get(&self) -> &SharedDelta {
         match self {
-            SharedLookup::Hit(d) => d,
+            SharedLookup::Hit(d) | SharedLookup::Kept(d) => d,
             SharedLookup::Own(d) => d,
         }
     }
