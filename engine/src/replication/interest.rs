@@ -170,8 +170,12 @@ pub(super) struct Scope {
     pub(super) view_point: Option<Vec3>,
     /// World indices in scope, reused from tick to tick.
     scratch: Vec<u32>,
-    /// One bit per entity of the tick's world, to put `scratch` in order.
+    /// One bit per entity of the tick's world, to put `scratch` in order; after that, the
+    /// entities in scope by index, which the next tick reads for the hysteresis while
+    /// the world's entities stay the same (`seen_layout`).
     seen: Vec<u64>,
+    /// The [`Interest`] layout `seen` holds the scope of, if it does.
+    seen_layout: Option<u64>,
 }
 
 /// What one client receives this send tick.
@@ -215,12 +219,14 @@ impl PriorityWeights for DistanceWeights<'_> {
 /// A scope gathers its indices cell by cell, so they come out of order. Setting one bit per
 /// index in a bitmap of the world and reading the bits back costs a word per 64 entities of
 /// the world: far less than sorting, unless the scope is a small share of a huge world.
-fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
+///
+/// Returns whether `seen` now holds the indices as bits.
+fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) -> bool {
     let words = len.div_ceil(64);
     if words > 4 * indices.len() + 64 {
         indices.sort_unstable();
         indices.dedup();
-        return;
+        return false;
     }
     seen.clear();
     seen.resize(words, 0);
@@ -236,6 +242,7 @@ fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
             word &= word - 1;
         }
     }
+    true
 }
 
 /// Rooms, the area of interest, and the per-tick index of positions.
@@ -247,6 +254,11 @@ pub(super) struct Interest {
     grid: Grid,
     /// Ground-plane position of each entity of the tick's world, by index.
     positions: Vec<Vec2>,
+    /// The ids of the tick's world, in order.
+    ids: Vec<EntityId>,
+    /// Changes whenever `ids` does: while it stays, an index means the same entity from
+    /// tick to tick.
+    layout: u64,
 }
 
 fn ground(p: Vec3) -> Vec2 {
@@ -317,6 +329,11 @@ impl Interest {
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
+        if !world.iter().map(|(id, _)| id).eq(self.ids.iter().copied()) {
+            self.layout += 1;
+            self.ids.clear();
+            self.ids.extend(world.iter().map(|(id, _)| id));
+        }
         let ids = world.iter().map(|(id, _)| id);
         self.grid.rebuild(
             c.outer_radius_m() / GRID_CELLS_PER_REACH,
@@ -354,6 +371,16 @@ impl Interest {
                     let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
                     let outer2 = outer * outer;
                     let previous = &scope.visible;
+                    // Last tick's scope by index, when indices still mean the same
+                    // entities: a bit test instead of a search of the previous scope.
+                    let previous_bits = (scope.seen_layout == Some(self.layout))
+                        .then_some(scope.seen.as_slice());
+                    let was_visible = |e: &GridEntity| match previous_bits {
+                        Some(bits) => bits
+                            .get(e.index as usize / 64)
+                            .is_some_and(|w| w & (1 << (e.index % 64)) != 0),
+                        None => previous.binary_search(&e.id).is_ok(),
+                    };
                     self.grid.near(view, outer, |cell| {
                         // Every index is written and kept only when in scope, so the usual
                         // entity (well inside or outside, no rooms) takes no branch: whether
@@ -370,8 +397,7 @@ impl Interest {
                             if near_edge | (inside & rooms_in_use) {
                                 // Between the radius and the outer radius only what was in
                                 // scope stays: that is the hysteresis.
-                                keep = (inside || previous.binary_search(&e.id).is_ok())
-                                    && shares_room(e.id);
+                                keep = (inside || was_visible(e)) && shares_room(e.id);
                             }
                             scratch[n] = e.index;
                             n += usize::from(keep);
@@ -392,7 +418,9 @@ impl Interest {
         if let Some(i) = owned_index {
             scratch.push(i as u32);
         }
-        sort_dedup(scratch, &mut scope.seen, entities.len());
+        let as_bits = sort_dedup(scratch, &mut scope.seen, entities.len());
+        // Positions (and so the layout) are indexed only with an area of interest.
+        scope.seen_layout = (as_bits && self.config.is_some()).then_some(self.layout);
 
         let selected = world.select(scratch, buf);
         scope.visible.clear();
@@ -477,6 +505,60 @@ mod tests {
                 .collect();
             assert_eq!(ids(&scope), want, "round {round}");
         }
+    }
+
+    #[test]
+    fn the_hysteresis_follows_each_entity_whether_or_not_the_world_s_entities_change() {
+        // A crowd drifting around the view point, some ticks with entities coming and going
+        // (indices then mean other entities) and some without (last tick's scope is read by
+        // index), checked against the rule itself: in within the radius, out beyond the
+        // outer radius, otherwise as before.
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let config = InterestConfig::radius(20.0);
+        let mut interest = Interest::new(Some(config));
+        let mut scope = Scope {
+            view_point: Some(Vec3::ZERO),
+            ..Scope::default()
+        };
+        let mut points: BTreeMap<u32, Vec2> = (0..300)
+            .map(|i| {
+                let p = Vec2::new(rng.random_range(-30.0..30.0), rng.random_range(-30.0..30.0));
+                (i, p)
+            })
+            .collect();
+        let mut want: BTreeSet<u32> = BTreeSet::new();
+        let (mut by_bits, mut by_search) = (0, 0);
+        for tick in 0..200 {
+            if tick % 3 == 0 {
+                let gone = rng.random_range(0..400);
+                points.remove(&gone);
+                let born = rng.random_range(0..400);
+                points.entry(born).or_insert(Vec2::ZERO);
+            }
+            for p in points.values_mut() {
+                *p += Vec2::new(rng.random_range(-1.5..1.5), rng.random_range(-1.5..1.5));
+            }
+            let list: Vec<(u32, f32, f32)> = points.iter().map(|(&i, p)| (i, p.x, p.y)).collect();
+            let world = world_at(&list);
+            let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+            interest.index(&world);
+            if scope.seen_layout == Some(interest.layout) {
+                by_bits += 1;
+            } else {
+                by_search += 1;
+            }
+            interest.scope(&q, None, &mut scope, Vec::new());
+            want = points
+                .iter()
+                .filter(|&(i, p)| {
+                    let d = p.length();
+                    d <= config.radius_m || (d <= config.outer_radius_m() && want.contains(i))
+                })
+                .map(|(&i, _)| i)
+                .collect();
+            assert_eq!(ids(&scope), want.iter().copied().collect::<Vec<_>>(), "tick {tick}");
+        }
+        assert!(by_bits > 50 && by_search > 50, "{by_bits} / {by_search}");
     }
 
     #[test]
