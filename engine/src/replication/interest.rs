@@ -27,7 +27,7 @@ use glam::{Vec2, Vec3};
 
 use super::config::ConfigError;
 use crate::connection::ClientId;
-use crate::snapshot::{EntityId, PriorityWeights, QuantizedEntity, QuantizedWorld, World};
+use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld, World};
 
 /// A named group of clients and entities (a match, a zone, a team's chat), chosen by the game.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,11 +181,10 @@ pub(super) struct Scope {
 /// What one client receives this send tick.
 #[derive(Debug)]
 pub(super) struct ScopedWorld<'a> {
-    pub(super) world: QuantizedWorld,
+    /// A view of the tick's world.
+    pub(super) world: ClientWorld,
     /// Priority weight per entity of `world`, when distance priority is on.
     pub(super) weights: Option<DistanceWeights<'a>>,
-    /// The index in the whole world of each entity of `world`.
-    pub(super) indices: &'a [u32],
 }
 
 /// How fast each entity gains priority for one client: by its distance from the client's
@@ -341,14 +340,16 @@ impl Interest {
         );
     }
 
-    /// The world `client` receives this tick; updates its scope.
+    /// The world `client` receives this tick, its picks written in `buf` (cleared first);
+    /// updates its scope.
     pub(super) fn scope<'a>(
         &'a self,
-        world: &QuantizedWorld,
+        tick_world: &TickWorld,
         owned: Option<EntityId>,
         scope: &'a mut Scope,
-        buf: Vec<(EntityId, QuantizedEntity)>,
+        mut buf: Vec<(EntityId, u32)>,
     ) -> ScopedWorld<'a> {
+        let world = &tick_world.world;
         let entities = world.entities();
         let owned_index = owned.and_then(|id| world.index_of(id));
         let view = scope
@@ -373,8 +374,8 @@ impl Interest {
                     let previous = &scope.visible;
                     // Last tick's scope by index, when indices still mean the same
                     // entities: a bit test instead of a search of the previous scope.
-                    let previous_bits = (scope.seen_layout == Some(self.layout))
-                        .then_some(scope.seen.as_slice());
+                    let previous_bits =
+                        (scope.seen_layout == Some(self.layout)).then_some(scope.seen.as_slice());
                     let was_visible = |e: &GridEntity| match previous_bits {
                         Some(bits) => bits
                             .get(e.index as usize / 64)
@@ -422,11 +423,11 @@ impl Interest {
         // Positions (and so the layout) are indexed only with an area of interest.
         scope.seen_layout = (as_bits && self.config.is_some()).then_some(self.layout);
 
-        let selected = world.select(scratch, buf);
+        buf.clear();
+        buf.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
         scope.visible.clear();
-        scope
-            .visible
-            .extend(scratch.iter().map(|&i| entities[i as usize].0));
+        scope.visible.extend(buf.iter().map(|&(id, _)| id));
+        let selected = ClientWorld::View(tick_world.view(buf));
         let weights = match (self.config, view) {
             (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
                 config,
@@ -439,7 +440,6 @@ impl Interest {
         ScopedWorld {
             world: selected,
             weights,
-            indices: &scope.scratch,
         }
     }
 }
@@ -450,7 +450,12 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::snapshot::{EntityState, QuantizeConfig, Transform};
+    use crate::snapshot::{EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform};
+
+    /// A world as the server's only one so far.
+    fn first(q: &QuantizedWorld) -> TickWorld {
+        TickWorld::new(q.clone(), Tick(1), None)
+    }
 
     fn world_at(points: &[(u32, f32, f32)]) -> World {
         let mut w = World::new();
@@ -497,7 +502,7 @@ mod tests {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&q, None, &mut scope, Vec::new());
+            interest.scope(&first(&q), None, &mut scope, Vec::new());
             let want: Vec<u32> = points
                 .iter()
                 .filter(|(_, x, z)| Vec2::new(*x, *z).distance(ground(view)) <= config.radius_m)
@@ -547,7 +552,7 @@ mod tests {
             } else {
                 by_search += 1;
             }
-            interest.scope(&q, None, &mut scope, Vec::new());
+            interest.scope(&first(&q), None, &mut scope, Vec::new());
             want = points
                 .iter()
                 .filter(|&(i, p)| {
@@ -556,7 +561,11 @@ mod tests {
                 })
                 .map(|(&i, _)| i)
                 .collect();
-            assert_eq!(ids(&scope), want.iter().copied().collect::<Vec<_>>(), "tick {tick}");
+            assert_eq!(
+                ids(&scope),
+                want.iter().copied().collect::<Vec<_>>(),
+                "tick {tick}"
+            );
         }
         assert!(by_bits > 50 && by_search > 50, "{by_bits} / {by_search}");
     }
@@ -572,7 +581,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             interest.index(&world);
-            interest.scope(&q, None, scope, Vec::new());
+            interest.scope(&first(&q), None, scope, Vec::new());
             !scope.visible.is_empty()
         };
         assert!(!at(10.5, &mut scope), "outside the radius, not yet seen");
@@ -598,11 +607,11 @@ mod tests {
         interest.add_entity(EntityId(3), RoomId(8));
         interest.index(&world);
         let mut outsider = Scope::default();
-        interest.scope(&q, None, &mut outsider, Vec::new());
+        interest.scope(&first(&q), None, &mut outsider, Vec::new());
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
         let mut member = Scope::default();
         member.rooms.insert(RoomId(7));
-        interest.scope(&q, Some(EntityId(3)), &mut member, Vec::new());
+        interest.scope(&first(&q), Some(EntityId(3)), &mut member, Vec::new());
         assert_eq!(
             ids(&member),
             vec![1, 2, 3, 4],
@@ -617,7 +626,7 @@ mod tests {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&q, Some(EntityId(4)), &mut far, Vec::new());
+        interest.scope(&first(&q), Some(EntityId(4)), &mut far, Vec::new());
         assert_eq!(
             ids(&far),
             vec![1, 3, 4],
@@ -632,21 +641,21 @@ mod tests {
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
         interest.index(&world);
         let mut none = Scope::default();
-        interest.scope(&q, None, &mut none, Vec::new());
+        interest.scope(&first(&q), None, &mut none, Vec::new());
         assert!(none.visible.is_empty());
         for view in [Vec3::NAN, Vec3::splat(f32::INFINITY), Vec3::splat(1e38)] {
             let mut s = Scope {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&q, None, &mut s, Vec::new());
+            interest.scope(&first(&q), None, &mut s, Vec::new());
             assert!(s.visible.is_empty(), "{view}");
         }
         let mut s = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&q, None, &mut s, Vec::new());
+        interest.scope(&first(&q), None, &mut s, Vec::new());
         assert_eq!(ids(&s), vec![3]);
     }
 
@@ -732,6 +741,8 @@ mod tests {
         // Parts in flight: (delivery tick, client, sequence, acked).
         let mut in_flight: Vec<(u32, usize, Sequence, bool)> = Vec::new();
         let dt = 1.0 / 30.0;
+        // The server's worlds, as views of which the clients are sent their scopes.
+        let mut previous: Option<TickWorld> = None;
         for tick in 1..=45u32 {
             // Walk, stop, start, turn; a few leave and a few arrive.
             let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
@@ -774,6 +785,7 @@ mod tests {
             }
 
             let q = QuantizedWorld::from_world(&world, &quantize);
+            let q = TickWorld::new(q, Tick(tick), previous.as_ref());
             interest.index(&world);
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
@@ -808,6 +820,7 @@ mod tests {
                 clients[c].1.on_delivery(s, acked);
                 false
             });
+            previous = Some(q);
         }
         let stats = clients.iter().map(|(_, s, _)| s.stats()).collect();
         (out, stats)

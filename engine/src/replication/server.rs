@@ -22,7 +22,7 @@ use crate::packet::DisconnectReasonCode;
 use crate::snapshot::shared::SharedDeltas;
 use crate::snapshot::{
     EncodeScratch, EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats,
-    SharedSnapshot, SnapshotSender, Tick, World, add_stats,
+    SharedSnapshot, SnapshotSender, Tick, TickWorld, World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -167,8 +167,9 @@ pub struct Server {
     events: VecDeque<ServerEvent>,
     departed: SenderStats,
     stats: ReplicationStats,
-    /// The previous world sent, to measure how much changes per send.
-    previous_world: Option<QuantizedWorld>,
+    /// The previous world sent, to measure how much changes per send and to find each
+    /// entity's change tick.
+    previous_world: Option<TickWorld>,
     /// Reused buffer for prefixed parts.
     datagram: Vec<u8>,
     /// Stand-in sequences for parts on the reliable channel (delivered once queued).
@@ -348,6 +349,7 @@ impl Server {
                 &self.config.quantize,
                 &mut self.quantize_cache,
             );
+            let quantized = TickWorld::new(quantized, tick, self.previous_world.as_ref());
             self.count_changes(&quantized);
             if self.interest.active() {
                 self.interest.index(world);
@@ -358,27 +360,17 @@ impl Server {
         tick
     }
 
-    fn count_changes(&mut self, world: &QuantizedWorld) {
+    fn count_changes(&mut self, world: &TickWorld) {
         self.stats.worlds += 1;
-        self.stats.entities = world.len();
-        if let Some(prev) = &self.previous_world
-            && !world.is_empty()
-        {
-            // Both are sorted by id: one merge walk, not a search per entity.
-            let mut before = prev.entities().iter().peekable();
-            let mut changed = 0usize;
-            for (id, e) in world.entities() {
-                while before.next_if(|(p, _)| p < id).is_some() {}
-                match before.next_if(|(p, _)| p == id) {
-                    Some((_, old)) if old == e => {}
-                    _ => changed += 1,
-                }
-            }
-            self.stats.changed_share_sum += changed as f64 / world.len() as f64;
+        self.stats.entities = world.world.len();
+        if self.previous_world.is_some() && !world.world.is_empty() {
+            let changed = world.changed_now();
+            self.stats.changed_share_sum += changed as f64 / world.world.len() as f64;
         }
     }
 
-    fn send_snapshots(&mut self, now: Instant, tick: Tick, world: &QuantizedWorld) {
+    fn send_snapshots(&mut self, now: Instant, tick: Tick, tick_world: &TickWorld) {
+        let world = &tick_world.world;
         let scoped = self.interest.active();
         if scoped {
             self.prepare_shared(tick, world);
@@ -389,15 +381,11 @@ impl Server {
         // first — on the pool's threads when there is one — and sent in id order after.
         let build = |(id, peer): (ClientId, &mut Peer)| {
             let (built, in_scope) = if scoped {
-                let ScopedWorld {
-                    world,
-                    weights,
-                    indices,
-                } = interest.scope(
-                    world,
+                let ScopedWorld { world, weights } = interest.scope(
+                    tick_world,
                     peer.owned,
                     &mut peer.scope,
-                    peer.sender.spare_world(),
+                    peer.sender.spare_picks(),
                 );
                 let n = world.len();
                 let built = peer.sender.build_weighted(
@@ -405,7 +393,7 @@ impl Server {
                     &world,
                     peer.budget_bytes,
                     weights.as_ref().map(|w| w as _),
-                    Some((shared, indices)),
+                    Some(shared),
                 );
                 (built, n)
             } else {
@@ -547,7 +535,7 @@ impl Server {
         let mut ready = 0;
         for p in self.peers.values().filter(|p| p.ready) {
             ready += 1;
-            if let Some((t, _)) = p.sender.acked_baseline() {
+            if let Some(t) = p.sender.acked_tick() {
                 let k = tick.0.saturating_sub(t.0);
                 if k > 0 && (k as usize) <= SHARED_HISTORY_TICKS {
                     *ages.entry(k).or_default() += 1;

@@ -70,8 +70,9 @@ pub use quantize::{
     QuantizedTransform,
 };
 pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
-pub(crate) use sender::{Parts, PriorityWeights, SharedSnapshot, add_stats};
+pub(crate) use sender::{ClientWorld, Parts, PriorityWeights, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
+pub(crate) use world::TickWorld;
 pub use world::{
     EntityId, EntityState, QuantizeCache, QuantizedEntity, QuantizedWorld, Tick, Transform, World,
 };

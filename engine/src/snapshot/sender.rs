@@ -14,7 +14,9 @@ use super::part::{
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
 use super::shared::{SharedDeltas, SharedLookup, SharedSection};
-use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, normalize_changes};
+use super::world::{
+    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, WorldView, normalize_changes,
+};
 use crate::Sequence;
 
 /// Sender settings.
@@ -88,12 +90,111 @@ enum Holds {
     /// The baseline with the changes sent (sorted by id: `Some` = new state, `None` =
     /// despawn): some differences waited for budget.
     Patched {
-        baseline: QuantizedWorld,
+        baseline: ClientWorld,
         changes: Vec<Change>,
     },
     /// Exactly the world of that tick: every difference was sent. Such a baseline is the
     /// same for every client that holds it, so a snapshot against it can be shared.
-    Whole(QuantizedWorld),
+    Whole(ClientWorld),
+}
+
+/// The world one client is sent at a tick, or holds: a world of its own, or a view of the
+/// server's world of that tick (the client's scope).
+#[derive(Debug, Clone)]
+pub(crate) enum ClientWorld {
+    Own(QuantizedWorld),
+    View(WorldView),
+}
+
+impl Default for ClientWorld {
+    fn default() -> Self {
+        ClientWorld::Own(QuantizedWorld::default())
+    }
+}
+
+impl ClientWorld {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ClientWorld::Own(w) => w.len(),
+            ClientWorld::View(v) => v.picks.len(),
+        }
+    }
+
+    fn id(&self, i: usize) -> EntityId {
+        match self {
+            ClientWorld::Own(w) => w.entities()[i].0,
+            ClientWorld::View(v) => v.picks[i].0,
+        }
+    }
+
+    fn state(&self, i: usize) -> &QuantizedEntity {
+        match self {
+            ClientWorld::Own(w) => &w.entities()[i].1,
+            ClientWorld::View(v) => &v.of.world.entities()[v.picks[i].1 as usize].1,
+        }
+    }
+
+    /// As a world of its own (a copy, for a view).
+    fn to_world(&self) -> QuantizedWorld {
+        match self {
+            ClientWorld::Own(w) => w.clone(),
+            ClientWorld::View(v) => v.to_world(),
+        }
+    }
+}
+
+/// The entities of a [`ClientWorld`] as the sender's merge reads them: sorted by id.
+trait Entries {
+    fn count(&self) -> usize;
+    fn id(&self, i: usize) -> EntityId;
+    fn state(&self, i: usize) -> &QuantizedEntity;
+    /// The index of entity `i` in the world of its tick.
+    fn global(&self, i: usize) -> usize;
+}
+
+impl Entries for [(EntityId, QuantizedEntity)] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn id(&self, i: usize) -> EntityId {
+        self[i].0
+    }
+    fn state(&self, i: usize) -> &QuantizedEntity {
+        &self[i].1
+    }
+    fn global(&self, i: usize) -> usize {
+        i
+    }
+}
+
+/// A [`WorldView`]'s entities.
+struct Picked<'a> {
+    all: &'a [(EntityId, QuantizedEntity)],
+    picks: &'a [(EntityId, u32)],
+}
+
+impl Entries for Picked<'_> {
+    fn count(&self) -> usize {
+        self.picks.len()
+    }
+    fn id(&self, i: usize) -> EntityId {
+        self.picks[i].0
+    }
+    fn state(&self, i: usize) -> &QuantizedEntity {
+        &self.all[self.picks[i].1 as usize].1
+    }
+    fn global(&self, i: usize) -> usize {
+        self.picks[i].1 as usize
+    }
+}
+
+impl<'a> Picked<'a> {
+    fn of(v: &'a WorldView) -> Self {
+        Picked {
+            all: v.of.world.entities(),
+            picks: &v.picks,
+        }
+    }
 }
 
 /// How fast each entity gains priority for one client, beyond the weights set on its
@@ -208,27 +309,27 @@ pub struct SnapshotSender {
     part_of_seq: HashMap<Sequence, (Tick, u16)>,
     /// The newest tick the client holds in full, its world, and whether that world is the
     /// tick's whole world (see [`Holds::Whole`]).
-    acked: Option<(Tick, QuantizedWorld, bool)>,
+    acked: Option<(Tick, ClientWorld, bool)>,
     last_tick: Option<Tick>,
     priority: PriorityAccumulator,
     stats: SenderStats,
     scratch: Scratch,
-    /// Scope worlds this sender built and no longer holds, to build the next ones in (see
-    /// [`Self::spare_world`]).
-    spare: Vec<Vec<(EntityId, QuantizedEntity)>>,
-    /// [`Self::spare_world`] was called: this sender is given worlds of its own.
+    /// Scope picks this sender was given and no longer holds, to build the next ones in
+    /// (see [`Self::spare_picks`]).
+    spare: Vec<Vec<(EntityId, u32)>>,
+    /// [`Self::spare_picks`] was called: this sender is given views.
     scoped: bool,
     /// Tests: always take the ranked path, to check the shortcut against it.
     #[cfg(test)]
     always_rank: bool,
 }
 
-/// The entity at `index` of the client's world (new state `cur`) measured against `base`
-/// `ticks` later: its delta, the bits the packer charges for it, and its bits under the
-/// shared code when its section has one (`section`, with the index in the tick's whole
-/// world of each entity of the client's). Counts in `hits` a delta another client encoded.
+/// An entity (new state `cur`, at `index` of the tick's whole world) measured against
+/// `base` `ticks` later: its delta, the bits the packer charges for it, and its bits under
+/// the shared code when its section has one. Counts in `hits` a delta another client
+/// encoded.
 fn measure(
-    section: Option<(&SharedSection, &[u32])>,
+    section: Option<&SharedSection>,
     index: usize,
     base: &QuantizedEntity,
     cur: &QuantizedEntity,
@@ -236,7 +337,7 @@ fn measure(
     lim: &Limits,
     hits: &mut usize,
 ) -> (EntityDelta, usize, Option<BitString>) {
-    match section.and_then(|(s, g)| s.delta(g[index] as usize, base, cur, lim)) {
+    match section.and_then(|s| s.delta(index, base, cur, lim)) {
         Some(found) => {
             *hits += usize::from(matches!(found, SharedLookup::Hit(_)));
             let d = found.get();
@@ -264,6 +365,103 @@ fn spawn_gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
     match prev {
         Some(p) => part::id_gap_bits(id.0 - p.0 - 1),
         None => part::SECTION_CODE_BITS + part::id_gap_bits(id.0),
+    }
+}
+
+/// The merge of a client's baseline with its new world into candidates and despawns.
+struct Diff<'a> {
+    candidates: &'a mut Vec<Candidate>,
+    despawns: &'a mut Vec<usize>,
+    update_section: Option<&'a SharedSection>,
+    spawn_section: Option<&'a SharedSection>,
+    /// Ticks since the baseline (0 without one).
+    ticks: u32,
+    lim: &'a Limits,
+    /// Deltas another client encoded.
+    hits: usize,
+}
+
+impl Diff<'_> {
+    /// Merge the two sorted entity lists into updates, spawns and despawns. Each candidate
+    /// is measured against its base here, once: the estimate, the code of its section and
+    /// the writing all reuse that. With `since` (the change tick of each entity of the new
+    /// world's tick, by index there, and the baseline's tick) an entity unchanged since the
+    /// baseline is skipped without reading its states.
+    fn run<B: Entries + ?Sized, C: Entries + ?Sized>(
+        &mut self,
+        base: &B,
+        cur: &C,
+        since: Option<(&[u32], u32)>,
+    ) {
+        let spawn_base = part::spawn_base();
+        let (nb, nc) = (base.count(), cur.count());
+        let (mut bi, mut wi) = (0, 0);
+        while bi < nb || wi < nc {
+            let b = (bi < nb).then(|| base.id(bi));
+            let w = (wi < nc).then(|| cur.id(wi));
+            match (b, w) {
+                (Some(bid), Some(wid)) if bid == wid => {
+                    let g = cur.global(wi);
+                    let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
+                    if !unchanged {
+                        let (be, we) = (base.state(bi), cur.state(wi));
+                        if be != we {
+                            let (delta, payload_bits, bits) = measure(
+                                self.update_section,
+                                g,
+                                be,
+                                we,
+                                self.ticks,
+                                self.lim,
+                                &mut self.hits,
+                            );
+                            self.candidates.push(Candidate {
+                                id: wid,
+                                base_index: Some(bi),
+                                world_index: wi,
+                                payload_bits,
+                                priority: 0.0,
+                                delta,
+                                bits,
+                            });
+                        }
+                    }
+                    bi += 1;
+                    wi += 1;
+                }
+                (Some(bid), Some(wid)) if bid < wid => {
+                    self.despawns.push(bi);
+                    bi += 1;
+                }
+                (Some(_), None) => {
+                    self.despawns.push(bi);
+                    bi += 1;
+                }
+                (_, Some(wid)) => {
+                    let (delta, payload_bits, bits) = measure(
+                        self.spawn_section,
+                        cur.global(wi),
+                        &spawn_base,
+                        cur.state(wi),
+                        0,
+                        self.lim,
+                        &mut self.hits,
+                    );
+                    self.candidates.push(Candidate {
+                        id: wid,
+                        base_index: None,
+                        world_index: wi,
+                        payload_bits,
+                        priority: 0.0,
+                        delta,
+                        bits,
+                    });
+                    wi += 1;
+                }
+                // Loop condition: at least one side has an entity left.
+                (None, None) => break,
+            }
+        }
     }
 }
 
@@ -304,9 +502,15 @@ impl SnapshotSender {
         self.stats
     }
 
-    /// The newest tick the client holds in full, and the world it holds for it.
-    pub fn acked_baseline(&self) -> Option<(Tick, &QuantizedWorld)> {
-        self.acked.as_ref().map(|(t, w, _)| (*t, w))
+    /// The newest tick the client holds in full, and the world it holds for it (a copy when
+    /// the sender holds it as a view of the server's world).
+    pub fn acked_baseline(&self) -> Option<(Tick, QuantizedWorld)> {
+        self.acked.as_ref().map(|(t, w, _)| (*t, w.to_world()))
+    }
+
+    /// The newest tick the client holds in full.
+    pub fn acked_tick(&self) -> Option<Tick> {
+        self.acked.as_ref().map(|(t, _, _)| *t)
     }
 
     /// The baseline the next snapshot at `tick` would use, when a snapshot against it can
@@ -314,9 +518,10 @@ impl SnapshotSender {
     /// without a baseline can share); `None` when the baseline is this client's own.
     pub(crate) fn shareable_baseline(&self, tick: Tick) -> Option<Option<BaselineKey>> {
         match &self.acked {
-            Some((t, w, whole)) if tick.0.saturating_sub(t.0) < self.config.ring_ticks => {
-                whole.then_some(Some((*t, w.identity())))
-            }
+            Some((t, w, whole)) if tick.0.saturating_sub(t.0) < self.config.ring_ticks => match w {
+                ClientWorld::Own(w) if *whole => Some(Some((*t, w.identity()))),
+                _ => None,
+            },
             _ => Some(None),
         }
     }
@@ -345,7 +550,7 @@ impl SnapshotSender {
         add_stats(&mut self.stats, &shared.stats);
         self.ring.push_back(SentTick {
             tick,
-            holds: Holds::Whole(shared.world.clone()),
+            holds: Holds::Whole(ClientWorld::Own(shared.world.clone())),
             part_acked: vec![false; shared.parts.len()],
             acked_parts: 0,
         });
@@ -364,7 +569,13 @@ impl SnapshotSender {
         let key = self.shareable_baseline(tick);
         let before = self.stats;
         let parts: Parts = self
-            .build_weighted(tick, world, budget_bytes, None, None)?
+            .build_weighted(
+                tick,
+                &ClientWorld::Own(world.clone()),
+                budget_bytes,
+                None,
+                None,
+            )?
             .into();
         let whole = self
             .ring
@@ -384,28 +595,28 @@ impl SnapshotSender {
         Ok((parts, shared))
     }
 
-    /// An empty buffer to build this client's next world of its own in (its scope): one this
-    /// sender no longer needs when there is one. A scope's copy of the world is tens of
-    /// kilobytes, and allocating it anew for every client every tick was a tenth of a
-    /// scoped server's time.
-    pub(crate) fn spare_world(&mut self) -> Vec<(EntityId, QuantizedEntity)> {
+    /// An empty buffer for this client's next scope picks (see [`WorldView`]): one this
+    /// sender no longer needs when there is one, so a scoped client costs no allocation
+    /// for its scope per tick.
+    pub(crate) fn spare_picks(&mut self) -> Vec<(EntityId, u32)> {
         self.scoped = true;
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Keep `world` as a spare if this sender builds worlds of its own and no one else
-    /// holds it (a few, and only scope-sized ones).
-    fn recycle(&mut self, world: QuantizedWorld) {
+    /// Keep the picks of `world` as a spare if this sender is given views and no one else
+    /// holds them (a few, and only scope-sized ones).
+    fn recycle(&mut self, world: ClientWorld) {
         const SPARES: usize = 2;
         const MAX_ENTITIES: usize = 4096;
         if !self.scoped || self.spare.len() >= SPARES {
             return;
         }
-        if let Some(mut entities) = world.into_unique()
-            && entities.capacity() <= MAX_ENTITIES
+        if let ClientWorld::View(v) = world
+            && let Some(mut picks) = v.into_unique_picks()
+            && picks.capacity() <= MAX_ENTITIES
         {
-            entities.clear();
-            self.spare.push(entities);
+            picks.clear();
+            self.spare.push(picks);
         }
     }
 
@@ -453,18 +664,25 @@ impl SnapshotSender {
         world: &QuantizedWorld,
         budget_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
-        self.build_weighted(tick, world, budget_bytes, None, None)
+        self.build_weighted(
+            tick,
+            &ClientWorld::Own(world.clone()),
+            budget_bytes,
+            None,
+            None,
+        )
     }
 
     /// [`Self::build`], with priority weights by index in `world` (e.g. by distance to the
-    /// client), on top of the per-entity weights set on this sender.
+    /// client), on top of the per-entity weights set on this sender, and the tick's shared
+    /// encodings (for views of the tick's world, whose indices they use).
     pub(crate) fn build_weighted(
         &mut self,
         tick: Tick,
-        world: &QuantizedWorld,
+        world: &ClientWorld,
         budget_bytes: usize,
         weights: Option<&dyn PriorityWeights>,
-        shared: Option<(&SharedDeltas, &[u32])>,
+        shared: Option<&SharedDeltas>,
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
         if self.last_tick.is_some_and(|last| tick <= last) {
             return Err(SnapshotError::TickNotNewer);
@@ -475,10 +693,9 @@ impl SnapshotSender {
         let lim = self.limits;
         let (baseline_tick, baseline) = match &self.acked {
             Some((t, w, _)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
-            _ => (None, QuantizedWorld::default()),
+            _ => (None, ClientWorld::default()),
         };
-        let base = baseline.entities();
-        let cur = world.entities();
+        let cur = world;
         let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
         let Scratch {
             candidates,
@@ -492,72 +709,38 @@ impl SnapshotSender {
         candidates.clear();
         despawns.clear();
 
-        // Merge the two sorted entity lists into updates, spawns and despawns. Each
-        // candidate is measured against its base here, once: the estimate below, the code
-        // of its section and the writing all reuse that.
-        let spawn_base = part::spawn_base();
-        // Sections whose code is shared this tick, and the index in the tick's whole world
-        // of each entity of `world`.
+        // Sections whose code is shared this tick.
         let update_section = shared
             .filter(|_| baseline_tick.is_some())
-            .and_then(|(s, g)| Some((s.section(tick, ticks)?, g)));
-        let spawn_section = shared.and_then(|(s, g)| Some((s.section(tick, 0)?, g)));
-        let (mut bi, mut wi) = (0, 0);
-        let mut shared_hits = 0;
-        while bi < base.len() || wi < cur.len() {
-            let b = base.get(bi);
-            let w = cur.get(wi);
-            match (b, w) {
-                (Some((bid, be)), Some((wid, we))) if bid == wid => {
-                    if be != we {
-                        let (delta, payload_bits, bits) =
-                            measure(update_section, wi, be, we, ticks, &lim, &mut shared_hits);
-                        candidates.push(Candidate {
-                            id: *wid,
-                            base_index: Some(bi),
-                            world_index: wi,
-                            payload_bits,
-                            priority: 0.0,
-                            delta,
-                            bits,
-                        });
-                    }
-                    bi += 1;
-                    wi += 1;
-                }
-                (Some((bid, _)), Some((wid, _))) if bid < wid => {
-                    despawns.push(bi);
-                    bi += 1;
-                }
-                (Some(_), None) => {
-                    despawns.push(bi);
-                    bi += 1;
-                }
-                (_, Some((wid, we))) => {
-                    let (delta, payload_bits, bits) = measure(
-                        spawn_section,
-                        wi,
-                        &spawn_base,
-                        we,
-                        0,
-                        &lim,
-                        &mut shared_hits,
-                    );
-                    candidates.push(Candidate {
-                        id: *wid,
-                        base_index: None,
-                        world_index: wi,
-                        payload_bits,
-                        priority: 0.0,
-                        delta,
-                        bits,
-                    });
-                    wi += 1;
-                }
-                // Loop condition: at least one side has an entity left.
-                (None, None) => break,
+            .and_then(|s| s.section(tick, ticks));
+        let spawn_section = shared.and_then(|s| s.section(tick, 0));
+        let mut diff = Diff {
+            candidates,
+            despawns,
+            update_section,
+            spawn_section,
+            ticks,
+            lim: &lim,
+            hits: 0,
+        };
+        match (&baseline, cur) {
+            (ClientWorld::View(b), ClientWorld::View(c)) => {
+                // Two views of the server's worlds: an entity whose change tick is not
+                // after the baseline's holds the same state in both (not even read).
+                let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
+                diff.run(&Picked::of(b), &Picked::of(c), since);
+            }
+            (ClientWorld::Own(b), ClientWorld::View(c)) => {
+                diff.run(b.entities(), &Picked::of(c), None)
+            }
+            (ClientWorld::View(b), ClientWorld::Own(c)) => {
+                diff.run(&Picked::of(b), c.entities(), None)
+            }
+            (ClientWorld::Own(b), ClientWorld::Own(c)) => {
+                diff.run(b.entities(), c.entities(), None)
             }
         }
+        let shared_hits = diff.hits;
 
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
         // the highest priorities; skip what does not fit and let it wait. The estimate
@@ -571,7 +754,7 @@ impl SnapshotSender {
                 .max(1);
             bits + parts * PART_OVERHEAD_BITS <= budget_bits
         };
-        let typical_gap = base.len() / (candidates.len() + despawns.len()).max(1);
+        let typical_gap = baseline.len() / (candidates.len() + despawns.len()).max(1);
         let index_bits = part::index_gap_bits(typical_gap);
         let fits_a_part = |c: &Candidate| {
             PART_OVERHEAD_BITS + c.payload_bits + MAX_INDEX_BITS <= part_capacity_bits
@@ -733,7 +916,7 @@ impl SnapshotSender {
             let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
             let entity = |key: usize, i: usize| {
                 let c = &candidates[i];
-                (key, &cur[c.world_index].1, &c.delta, c.bits.as_ref())
+                (key, cur.state(c.world_index), &c.delta, c.bits.as_ref())
             };
             part::encode_part(
                 &mut w,
@@ -750,8 +933,8 @@ impl SnapshotSender {
                 &lim,
                 encode,
                 [
-                    update_section.map(|(s, _)| &s.code),
-                    spawn_section.map(|(s, _)| &s.code),
+                    update_section.map(|s| &s.code),
+                    spawn_section.map(|s| &s.code),
                 ],
             );
             let bytes = w.finish();
@@ -788,9 +971,9 @@ impl SnapshotSender {
             let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
             changes.extend(sent_entities.map(|&i| {
                 let c = &candidates[i];
-                (c.id, Some(cur[c.world_index].1.clone()))
+                (c.id, Some(cur.state(c.world_index).clone()))
             }));
-            changes.extend(despawns[..sent[1]].iter().map(|&d| (base[d].0, None)));
+            changes.extend(despawns[..sent[1]].iter().map(|&d| (baseline.id(d), None)));
             normalize_changes(&mut changes);
             Holds::Patched { baseline, changes }
         };
@@ -847,7 +1030,11 @@ impl SnapshotSender {
         }
         let acked = match &sent.holds {
             Holds::Whole(world) => (tick, world.clone(), true),
-            Holds::Patched { baseline, changes } => (tick, baseline.apply(changes), false),
+            Holds::Patched { baseline, changes } => (
+                tick,
+                ClientWorld::Own(baseline.to_world().apply(changes)),
+                false,
+            ),
         };
         if let Some((_, old, _)) = self.acked.replace(acked) {
             self.recycle(old);
@@ -966,44 +1153,92 @@ mod reset_tests {
     }
 
     #[test]
-    fn a_scoped_sender_builds_its_next_worlds_in_the_ones_it_no_longer_holds() {
-        let mut s = SnapshotSender::new(SenderConfig::default()).unwrap();
-        let scope = [1u32, 3, 4, 8];
+    fn a_sender_given_views_sends_what_it_would_for_copies_and_reuses_its_picks() {
+        // One sender is given views of the server's worlds (the change ticks let it skip
+        // entities that did not move without reading them), the other copies of the same
+        // scopes: the same bytes and the same held worlds, whatever is lost.
+        use crate::snapshot::TickWorld;
+        let mut viewed = SnapshotSender::new(SenderConfig::default()).unwrap();
+        let mut copied = viewed.clone();
+        let mut previous: Option<TickWorld> = None;
         let mut seq = Sequence(0);
-        let mut buffers = Vec::new();
-        for tick in 1..20u32 {
-            let spare = s.spare_world();
-            buffers.push(spare.capacity() > 0);
-            let mine = world(tick as f32).select(&scope, spare);
-            let parts = s.build(Tick(tick), &mine, 8800).unwrap();
-            drop(mine);
-            for i in 0..parts.len() {
-                s.on_part_sent(Tick(tick), i, seq);
-                s.on_delivery(seq, true);
+        let mut reused = Vec::new();
+        let mut skipped = false;
+        for tick in 1..60u32 {
+            // Every third entity walks, every seventh turns now and then, one comes and goes.
+            let mut w = World::new();
+            for i in 0..40u32 {
+                if i == 17 && (tick / 4) % 2 == 1 {
+                    continue;
+                }
+                let x = if i % 3 == 0 { tick as f32 * 0.5 } else { 0.0 };
+                let turn = if i % 7 == 0 {
+                    (tick / 5) as f32 * 0.3
+                } else {
+                    0.0
+                };
+                w.insert(
+                    EntityId(i),
+                    EntityState::new(Transform {
+                        position: glam::Vec3::new(x + i as f32, 0.0, 0.0),
+                        rotation: glam::Quat::from_rotation_y(turn),
+                        velocity: None,
+                    }),
+                );
+            }
+            let q = QuantizedWorld::from_world(&w, &QuantizeConfig::default());
+            let tw = TickWorld::new(q, Tick(tick), previous.as_ref());
+            skipped |= tw.changed.iter().any(|&t| t < tick);
+            // The scope slides along the ids.
+            let lo = (tick / 3) % 10;
+            let mut picks = viewed.spare_picks();
+            reused.push(picks.capacity() > 0);
+            picks.extend(
+                tw.world
+                    .entities()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (id, _))| (lo..lo + 25).contains(&id.0))
+                    .map(|(i, (id, _))| (*id, i as u32)),
+            );
+            let view = ClientWorld::View(tw.view(picks));
+            let copy = view.to_world();
+            // A tight budget now and then, so some baselines are patched ones.
+            let budget = if tick % 9 == 0 { 60 } else { 8800 };
+            let a = viewed
+                .build_weighted(Tick(tick), &view, budget, None, None)
+                .unwrap();
+            let b = copied.build(Tick(tick), &copy, budget).unwrap();
+            assert_eq!(a, b, "tick {tick}");
+            drop(view);
+            for i in 0..a.len() {
+                viewed.on_part_sent(Tick(tick), i, seq);
+                copied.on_part_sent(Tick(tick), i, seq);
+                let acked = tick % 4 != 1;
+                viewed.on_delivery(seq, acked);
+                copied.on_delivery(seq, acked);
                 seq = seq.next();
             }
-            // What the client holds is untouched by the reuse.
-            let held = s.acked_baseline().unwrap().1.clone();
             assert_eq!(
-                held,
-                world(tick as f32).select(&scope, Vec::new()),
+                viewed.acked_baseline(),
+                copied.acked_baseline(),
                 "tick {tick}"
             );
+            previous = Some(tw);
         }
-        // From the third tick on, the world of two ticks before is free again.
-        assert_eq!(buffers[..2], [false, false]);
-        assert!(buffers[2..].iter().all(|&b| b), "{buffers:?}");
-        // A sender that is never asked for spares keeps none.
-        let mut plain = SnapshotSender::new(SenderConfig::default()).unwrap();
-        for tick in 1..5u32 {
-            let parts = plain.build(Tick(tick), &world(tick as f32), 8800).unwrap();
-            for i in 0..parts.len() {
-                plain.on_part_sent(Tick(tick), i, seq);
-                plain.on_delivery(seq, true);
-                seq = seq.next();
-            }
-        }
-        assert!(plain.spare.is_empty());
+        assert_eq!(viewed.stats(), copied.stats());
+        assert!(
+            viewed.stats().entities_deferred > 0,
+            "some baselines were patched"
+        );
+        assert!(skipped, "some entities kept their change tick");
+        // Picks come back once the client holds a newer tick.
+        assert!(
+            !reused[0] && reused[5..].iter().filter(|&&r| r).count() > 30,
+            "{reused:?}"
+        );
+        // A sender that is never given views keeps no spares.
+        assert!(copied.spare.is_empty());
     }
 
     #[test]
@@ -1033,10 +1268,7 @@ mod reset_tests {
         assert_eq!(b.stats().bytes, a.stats().bytes);
         deliver(&mut a, 1, parts.len());
         deliver(&mut b, 1, parts.len());
-        assert_eq!(
-            b.acked_baseline().map(|(t, w)| (t, w.clone())),
-            Some((Tick(1), w1.clone()))
-        );
+        assert_eq!(b.acked_baseline(), Some((Tick(1), w1.clone())));
 
         // A delta both can take, then one the budget cuts: that one is not shareable, and
         // its baseline is the client's own.

@@ -163,7 +163,7 @@ proptest! {
         let mut seq = Sequence(0);
         sync_fully(&mut s, &mut rx, now, Tick(1), &q0, &mut seq);
         prop_assert_eq!(rx.live_world(), q0.clone());
-        prop_assert_eq!(s.acked_baseline().unwrap().1, &q0);
+        prop_assert_eq!(s.acked_baseline().unwrap().1, q0.clone());
 
         let parts = s.build(Tick(2), &q1, usize::MAX / 16).unwrap();
         // Every part decodes alone; together they carry exactly the difference, disjointly.
@@ -508,7 +508,7 @@ fn replication_converges_under_loss_and_delayed_acks() {
         // Acks only follow delivery here, so the receiver must hold every acked baseline.
         if let Some((bt, bw)) = s.acked_baseline() {
             let c = rx.composite(bt).expect("receiver lacks the acked baseline");
-            assert_eq!(c, bw, "baselines disagree at {bt:?}");
+            assert_eq!(c, &bw, "baselines disagree at {bt:?}");
         }
         if t >= 250 && converged_at.is_none() && rx.live_world() == q {
             converged_at = Some(t);

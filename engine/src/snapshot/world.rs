@@ -332,26 +332,6 @@ impl QuantizedWorld {
         Arc::as_ptr(&self.entities) as usize
     }
 
-    /// A world of the entities at `indices` of this one (ascending, each in range), built in
-    /// `buf` (cleared first, so a spare from [`Self::into_unique`] saves an allocation): one
-    /// client's view of the world when not everyone sees everything.
-    pub(crate) fn select(
-        &self,
-        indices: &[u32],
-        mut buf: Vec<(EntityId, QuantizedEntity)>,
-    ) -> QuantizedWorld {
-        buf.clear();
-        buf.extend(indices.iter().map(|&i| self.entities[i as usize].clone()));
-        QuantizedWorld {
-            entities: Arc::new(buf),
-        }
-    }
-
-    /// The entities, when no other clone of this world is left.
-    pub(crate) fn into_unique(self) -> Option<Vec<(EntityId, QuantizedEntity)>> {
-        Arc::try_unwrap(self.entities).ok()
-    }
-
     /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
     pub(crate) fn apply(&self, changes: &[Change]) -> QuantizedWorld {
         let mut out = Vec::with_capacity(self.entities.len() + changes.len());
@@ -376,6 +356,96 @@ impl QuantizedWorld {
         QuantizedWorld {
             entities: Arc::new(out),
         }
+    }
+}
+
+/// The server's world of one send tick, with the send tick at which each of its entities
+/// last changed: what clients' scopes are views of.
+#[derive(Clone, Debug)]
+pub(crate) struct TickWorld {
+    pub(crate) world: QuantizedWorld,
+    pub(crate) tick: Tick,
+    /// By index in `world`: the earliest send tick since which the entity's quantized state
+    /// has been the same in every world the server built, so a client holding it from any
+    /// world of a send tick at or after that holds its current state.
+    pub(crate) changed: Arc<Vec<u32>>,
+}
+
+impl TickWorld {
+    /// The world of send tick `tick`, with change ticks found against `previous` (the world
+    /// the server built before, if any).
+    pub(crate) fn new(world: QuantizedWorld, tick: Tick, previous: Option<&TickWorld>) -> Self {
+        let mut changed = Vec::with_capacity(world.len());
+        match previous {
+            Some(p) => {
+                // Both are sorted by id: one merge walk, not a search per entity.
+                let mut before = p.world.entities().iter().zip(p.changed.iter()).peekable();
+                for (id, e) in world.entities() {
+                    while before.next_if(|((p, _), _)| p < id).is_some() {}
+                    changed.push(match before.next_if(|((p, _), _)| p == id) {
+                        Some(((_, old), &since)) if old == e => since,
+                        _ => tick.0,
+                    });
+                }
+            }
+            None => changed.resize(world.len(), tick.0),
+        }
+        Self {
+            world,
+            tick,
+            changed: Arc::new(changed),
+        }
+    }
+
+    /// How many entities changed since the previous world (those whose change tick is this
+    /// one).
+    pub(crate) fn changed_now(&self) -> usize {
+        self.changed.iter().filter(|&&t| t == self.tick.0).count()
+    }
+
+    /// The view of the entities `picks` names: (id, index in this world), by increasing id.
+    pub(crate) fn view(&self, picks: Vec<(EntityId, u32)>) -> WorldView {
+        debug_assert!(picks.windows(2).all(|w| w[0].0 < w[1].0));
+        debug_assert!(
+            picks
+                .iter()
+                .all(|&(id, i)| self.world.entities().get(i as usize).map(|e| e.0) == Some(id))
+        );
+        WorldView {
+            of: self.clone(),
+            picks: Arc::new(picks),
+        }
+    }
+}
+
+/// Some entities of a [`TickWorld`] — one client's scope — named by index, not copied: a
+/// scope of a few hundred entities is a few kilobytes of indices instead of tens of
+/// kilobytes of states, and a sender comparing two views of the server's worlds reads the
+/// states only of entities whose change tick says they moved.
+#[derive(Clone, Debug)]
+pub(crate) struct WorldView {
+    pub(crate) of: TickWorld,
+    /// Id and index in `of.world` of each entity in view, by increasing id.
+    pub(crate) picks: Arc<Vec<(EntityId, u32)>>,
+}
+
+impl WorldView {
+    /// The entities in view as a world of their own (a copy).
+    pub(crate) fn to_world(&self) -> QuantizedWorld {
+        let all = self.of.world.entities();
+        QuantizedWorld {
+            entities: Arc::new(
+                self.picks
+                    .iter()
+                    .map(|&(_, i)| all[i as usize].clone())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The picks, when no other clone of this view is left (to reuse their memory).
+    pub(crate) fn into_unique_picks(self) -> Option<Vec<(EntityId, u32)>> {
+        Arc::try_unwrap(self.picks).ok()
     }
 }
 
