@@ -424,7 +424,13 @@ impl Interest {
         scope.seen_layout = (as_bits && self.config.is_some()).then_some(self.layout);
 
         buf.clear();
-        buf.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
+        if self.ids.len() == entities.len() && self.config.is_some() {
+            // The ids indexed this tick: a read of a small array, where the world's own
+            // entries are a cache line apart each.
+            buf.extend(scratch.iter().map(|&i| (self.ids[i as usize], i)));
+        } else {
+            buf.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
+        }
         scope.visible.clear();
         scope.visible.extend(buf.iter().map(|&(id, _)| id));
         let selected = ClientWorld::View(tick_world.view(buf));

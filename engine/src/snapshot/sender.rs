@@ -80,7 +80,10 @@ struct SentTick {
     tick: Tick,
     /// What the client will hold once every part arrives.
     holds: Holds,
-    part_acked: Vec<bool>,
+    /// How many parts the tick went out in (at most [`MAX_PARTS_PER_SNAPSHOT`]).
+    parts: usize,
+    /// One bit per part acknowledged (a bitmap, not a list: no allocation per tick).
+    part_acked: [u64; MAX_PARTS_PER_SNAPSHOT / 64],
     acked_parts: usize,
 }
 
@@ -551,7 +554,8 @@ impl SnapshotSender {
         self.ring.push_back(SentTick {
             tick,
             holds: Holds::Whole(ClientWorld::Own(shared.world.clone())),
-            part_acked: vec![false; shared.parts.len()],
+            parts: shared.parts.len(),
+            part_acked: Default::default(),
             acked_parts: 0,
         });
         true
@@ -981,7 +985,8 @@ impl SnapshotSender {
         self.ring.push_back(SentTick {
             tick,
             holds,
-            part_acked: vec![false; count],
+            parts: count,
+            part_acked: Default::default(),
             acked_parts: 0,
         });
         Ok(out)
@@ -993,7 +998,7 @@ impl SnapshotSender {
         let known = self
             .ring
             .iter()
-            .any(|s| s.tick == tick && part_index < s.part_acked.len());
+            .any(|s| s.tick == tick && part_index < s.parts);
         if known {
             // part_index < part count ≤ 256.
             self.part_of_seq.insert(seq, (tick, part_index as u16));
@@ -1017,12 +1022,13 @@ impl SnapshotSender {
         };
         let sent = &mut self.ring[pos];
         let i = usize::from(index);
-        if i >= sent.part_acked.len() || sent.part_acked[i] {
+        let bit = 1u64 << (i % 64);
+        if i >= sent.parts || sent.part_acked[i / 64] & bit != 0 {
             return;
         }
-        sent.part_acked[i] = true;
+        sent.part_acked[i / 64] |= bit;
         sent.acked_parts += 1;
-        if sent.acked_parts < sent.part_acked.len() {
+        if sent.acked_parts < sent.parts {
             return;
         }
         if self.acked.as_ref().is_some_and(|(t, _, _)| *t >= tick) {
