@@ -409,6 +409,11 @@ pub(crate) struct EntityDelta {
 }
 
 impl EntityDelta {
+    /// Nothing changed: the two states were equal.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set == 0
+    }
+
     /// `cur` measured against `base`, `ticks` after it (0 for spawns, against
     /// [`spawn_base`]).
     pub(crate) fn new(

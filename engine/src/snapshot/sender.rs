@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::SnapshotError;
-use super::bits::{BitString, BitWriter};
+use super::bits::BitWriter;
 use super::part::{
     self, EncodeScratch, EntityDelta, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
     PartHeader,
@@ -137,6 +137,14 @@ impl ClientWorld {
         }
     }
 
+    /// The index of entity `i` in the world of its tick.
+    fn global(&self, i: usize) -> usize {
+        match self {
+            ClientWorld::Own(_) => i,
+            ClientWorld::View(v) => v.picks[i].1 as usize,
+        }
+    }
+
     /// As a world of its own (a copy, for a view).
     fn to_world(&self) -> QuantizedWorld {
         match self {
@@ -237,10 +245,9 @@ struct Candidate {
     world_index: usize,
     payload_bits: usize,
     priority: f32,
-    /// The entity measured against its base (the all-zero entity for spawns).
-    delta: EntityDelta,
-    /// The entity written with its section's shared code, if that section has one.
-    bits: Option<BitString>,
+    /// The entity measured against its base (the all-zero entity for spawns), or `None`
+    /// when its section's shared delta is used (at the entity's index in the tick's world).
+    delta: Option<EntityDelta>,
 }
 
 /// Which entries of the sorted update, despawn and spawn lists one part carries.
@@ -327,32 +334,6 @@ pub struct SnapshotSender {
     always_rank: bool,
 }
 
-/// An entity (new state `cur`, at `index` of the tick's whole world) measured against
-/// `base` `ticks` later: its delta, the bits the packer charges for it, and its bits under
-/// the shared code when its section has one. Counts in `hits` a delta another client
-/// encoded.
-fn measure(
-    section: Option<&SharedSection>,
-    index: usize,
-    base: &QuantizedEntity,
-    cur: &QuantizedEntity,
-    ticks: u32,
-    lim: &Limits,
-    hits: &mut usize,
-) -> (EntityDelta, usize, Option<BitString>) {
-    match section.and_then(|s| s.delta(index, base, cur, lim)) {
-        Some(found) => {
-            *hits += usize::from(matches!(found, SharedLookup::Hit(_)));
-            let d = found.get();
-            (d.delta, d.payload_bits(), Some(d.bits))
-        }
-        None => {
-            let delta = EntityDelta::new(base, cur, ticks, lim);
-            (delta, part::delta_bits(&delta, cur, ticks, lim), None)
-        }
-    }
-}
-
 /// Bits a baseline index adds to a part after `prev`; the first of a section (`None`) also
 /// brings the section's code.
 fn list_gap_bits(prev: Option<usize>, index: usize) -> usize {
@@ -384,10 +365,35 @@ struct Diff<'a> {
     hits: usize,
 }
 
-impl Diff<'_> {
+impl<'a> Diff<'a> {
+    /// Count a shared delta another client encoded; the delta.
+    fn count(&mut self, found: SharedLookup<'a>) -> &'a super::shared::SharedDelta {
+        self.hits += usize::from(matches!(found, SharedLookup::Hit(_)));
+        found.get()
+    }
+
+    fn push(
+        &mut self,
+        id: EntityId,
+        base_index: Option<usize>,
+        world_index: usize,
+        payload_bits: usize,
+        delta: Option<EntityDelta>,
+    ) {
+        self.candidates.push(Candidate {
+            id,
+            base_index,
+            world_index,
+            payload_bits,
+            priority: 0.0,
+            delta,
+        });
+    }
+
     /// Merge the two sorted entity lists into updates, spawns and despawns. Each candidate
-    /// is measured against its base here, once: the estimate, the code of its section and
-    /// the writing all reuse that. With `since` (the change tick of each entity of the new
+    /// is measured against its base here, once (or found measured in its section's shared
+    /// deltas): the estimate, the code of its section and the writing all reuse that. The
+    /// update section must be one for the baseline's tick, and `base` a view of its world. With `since` (the change tick of each entity of the new
     /// world's tick, by index there, and the baseline's tick) an entity unchanged since the
     /// baseline is skipped without reading its states.
     fn run<B: Entries + ?Sized, C: Entries + ?Sized>(
@@ -407,26 +413,22 @@ impl Diff<'_> {
                     let g = cur.global(wi);
                     let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
                     if !unchanged {
-                        let (be, we) = (base.state(bi), cur.state(wi));
-                        if be != we {
-                            let (delta, payload_bits, bits) = measure(
-                                self.update_section,
-                                g,
-                                be,
-                                we,
-                                self.ticks,
-                                self.lim,
-                                &mut self.hits,
-                            );
-                            self.candidates.push(Candidate {
-                                id: wid,
-                                base_index: Some(bi),
-                                world_index: wi,
-                                payload_bits,
-                                priority: 0.0,
-                                delta,
-                                bits,
-                            });
+                        let states = || (base.state(bi), cur.state(wi));
+                        if let Some(found) = self
+                            .update_section
+                            .and_then(|s| s.delta(g, states, self.lim))
+                        {
+                            let d = self.count(found);
+                            if !d.delta.is_empty() {
+                                self.push(wid, Some(bi), wi, d.payload_bits(), None);
+                            }
+                        } else {
+                            let (be, we) = states();
+                            if be != we {
+                                let delta = EntityDelta::new(be, we, self.ticks, self.lim);
+                                let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
+                                self.push(wid, Some(bi), wi, bits, Some(delta));
+                            }
                         }
                     }
                     bi += 1;
@@ -441,24 +443,21 @@ impl Diff<'_> {
                     bi += 1;
                 }
                 (_, Some(wid)) => {
-                    let (delta, payload_bits, bits) = measure(
-                        self.spawn_section,
-                        cur.global(wi),
-                        &spawn_base,
-                        cur.state(wi),
-                        0,
-                        self.lim,
-                        &mut self.hits,
-                    );
-                    self.candidates.push(Candidate {
-                        id: wid,
-                        base_index: None,
-                        world_index: wi,
-                        payload_bits,
-                        priority: 0.0,
-                        delta,
-                        bits,
-                    });
+                    let we = || cur.state(wi);
+                    match self
+                        .spawn_section
+                        .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we()), self.lim))
+                    {
+                        Some(found) => {
+                            let bits = self.count(found).payload_bits();
+                            self.push(wid, None, wi, bits, None);
+                        }
+                        None => {
+                            let delta = EntityDelta::new(&spawn_base, we(), 0, self.lim);
+                            let bits = part::delta_bits(&delta, we(), 0, self.lim);
+                            self.push(wid, None, wi, bits, Some(delta));
+                        }
+                    }
                     wi += 1;
                 }
                 // Loop condition: at least one side has an entity left.
@@ -734,13 +733,19 @@ impl SnapshotSender {
                 let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
                 diff.run(&Picked::of(b), &Picked::of(c), since);
             }
+            // A world of the client's own holds states no other client's baseline is known
+            // to share: no shared deltas for its updates.
             (ClientWorld::Own(b), ClientWorld::View(c)) => {
+                diff.update_section = None;
                 diff.run(b.entities(), &Picked::of(c), None)
             }
+            // Shared deltas are found by index in the tick's world, which only a view has.
             (ClientWorld::View(b), ClientWorld::Own(c)) => {
+                (diff.update_section, diff.spawn_section) = (None, None);
                 diff.run(&Picked::of(b), c.entities(), None)
             }
             (ClientWorld::Own(b), ClientWorld::Own(c)) => {
+                (diff.update_section, diff.spawn_section) = (None, None);
                 diff.run(b.entities(), c.entities(), None)
             }
         }
@@ -920,7 +925,22 @@ impl SnapshotSender {
             let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
             let entity = |key: usize, i: usize| {
                 let c = &candidates[i];
-                (key, cur.state(c.world_index), &c.delta, c.bits.as_ref())
+                let section = if c.base_index.is_some() {
+                    update_section
+                } else {
+                    spawn_section
+                };
+                let state = cur.state(c.world_index);
+                match (&c.delta, section) {
+                    (Some(d), _) => (key, state, d, None),
+                    // A candidate without a delta of its own found it in its section while
+                    // merging, and a section's slots stay filled for the tick.
+                    (None, Some(s)) => {
+                        let d = s.get(cur.global(c.world_index)).expect("looked up");
+                        (key, state, &d.delta, Some(&d.bits))
+                    }
+                    (None, None) => unreachable!("a shared delta without its section"),
+                }
             };
             part::encode_part(
                 &mut w,

@@ -2,10 +2,12 @@
 //!
 //! Clients with their own scope each get their own snapshot, but at low loss most of them
 //! hold a baseline of the same age, and an entity's encoded delta depends only on its
-//! baseline state, its new state, the baseline's age in ticks and the section's code. So
-//! per tick and per baseline age one code is fixed from the whole world (a sample of its
-//! changes), and each entity's delta under that code is encoded by the first client that
-//! needs it and appended as bits by the rest whose baseline holds the same state.
+//! baseline state, its new state, the baseline's age in ticks and the section's code. A
+//! client whose baseline is a view of the server's world of a tick holds that world's state
+//! of every entity it holds, the same as every other such client. So per tick and per
+//! baseline age one code is fixed from the whole world (a sample of its changes), and each
+//! entity's delta under that code is encoded by the first such client that needs it and
+//! appended as bits by the rest, which never read the entity's states.
 //!
 //! The code depends on the world alone and the bits are a function of their inputs, so who
 //! fills the cache first changes nothing in the output: one thread or several, the same
@@ -25,8 +27,6 @@ const CODE_SAMPLE_STRIDE: usize = 8;
 /// One entity's delta under its section's shared code.
 #[derive(Debug)]
 pub(crate) struct SharedDelta {
-    /// The baseline state it was measured against.
-    pub(crate) base: QuantizedEntity,
     pub(crate) delta: EntityDelta,
     /// Bits of the sender's estimate ([`part::delta_bits`]).
     pub(crate) estimate_bits: usize,
@@ -51,38 +51,36 @@ pub(crate) struct SharedSection {
 }
 
 impl SharedSection {
-    /// The delta of the entity at `index` of the tick's world against `base`, encoding it
-    /// (and keeping it, if no other base came first) when it is not there yet.
-    pub(crate) fn delta(
+    /// The delta of the entity at `index` of the tick's world against its state in the
+    /// world of the section's baseline tick (or against the spawn base, for spawns),
+    /// encoding it from `states` (base, new) when no client did yet.
+    pub(crate) fn delta<'a>(
         &self,
         index: usize,
-        base: &QuantizedEntity,
-        cur: &QuantizedEntity,
+        states: impl FnOnce() -> (&'a QuantizedEntity, &'a QuantizedEntity),
         lim: &Limits,
     ) -> Option<SharedLookup<'_>> {
         let slot = self.slots.get(index)?;
         if let Some(d) = slot.get() {
-            return Some(if d.base == *base {
-                SharedLookup::Hit(d)
-            } else {
-                SharedLookup::Own(self.encode(base, cur, lim))
-            });
+            return Some(SharedLookup::Hit(d));
         }
-        // Another thread may fill the slot meanwhile: then this encoding is used only if
-        // that one is against another base.
+        let (base, cur) = states();
+        // Another thread may fill the slot meanwhile, with the same delta (a function of
+        // the same states): then that one is used.
         Some(match slot.set(self.encode(base, cur, lim)) {
             Ok(()) => SharedLookup::Kept(slot.get()?),
-            Err(own) => match slot.get() {
-                Some(d) if d.base == *base => SharedLookup::Hit(d),
-                _ => SharedLookup::Own(own),
-            },
+            Err(_) => SharedLookup::Hit(slot.get()?),
         })
+    }
+
+    /// The delta of the entity at `index`, once some client looked it up.
+    pub(crate) fn get(&self, index: usize) -> Option<&SharedDelta> {
+        self.slots.get(index)?.get()
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
         let delta = EntityDelta::new(base, cur, self.ticks, lim);
         SharedDelta {
-            base: base.clone(),
             estimate_bits: part::delta_bits(&delta, cur, self.ticks, lim),
             bits: part::shared_bits(&delta, cur, lim, &self.code),
             delta,
@@ -91,19 +89,17 @@ impl SharedSection {
 }
 
 /// A delta from a [`SharedSection`]: encoded by another client, or by this one and kept for
-/// the others, or, for a baseline state no one shares, encoded for this client alone.
+/// the others.
 #[derive(Debug)]
 pub(crate) enum SharedLookup<'a> {
     Hit(&'a SharedDelta),
     Kept(&'a SharedDelta),
-    Own(SharedDelta),
 }
 
-impl SharedLookup<'_> {
-    pub(crate) fn get(&self) -> &SharedDelta {
+impl<'a> SharedLookup<'a> {
+    pub(crate) fn get(&self) -> &'a SharedDelta {
         match self {
             SharedLookup::Hit(d) | SharedLookup::Kept(d) => d,
-            SharedLookup::Own(d) => d,
         }
     }
 }
