@@ -911,6 +911,42 @@ impl SnapshotSender {
         let sent = [part.updates.end, part.despawns.end, part.spawns.end];
         parts.push(part);
 
+        // What each entity is written from, once: the encoder walks a section's entities
+        // several times (gaps, code, bits), and a shared delta is a read of memory other
+        // clients wrote.
+        let entity = |key: usize, i: usize| -> part::PartEntity<'_> {
+            let c = &candidates[i];
+            let section = if c.base_index.is_some() {
+                update_section
+            } else {
+                spawn_section
+            };
+            let state = cur.state(c.world_index);
+            match (&c.delta, section) {
+                (Some(d), _) => (key, state, d, None),
+                // A candidate without a delta of its own found it in its section while
+                // merging, and a section's slots stay filled for the tick.
+                (None, Some(s)) => {
+                    let d = s.get(cur.global(c.world_index)).expect("looked up");
+                    (key, state, &d.delta, Some(&d.bits))
+                }
+                (None, None) => unreachable!("a shared delta without its section"),
+            }
+        };
+        let mut written: Vec<part::PartEntity<'_>> = Vec::with_capacity(sent[0] + sent[2]);
+        // Updates have a base index by the filter above.
+        written.extend(
+            updates[..sent[0]]
+                .iter()
+                .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
+        );
+        // Ids are u32; as usize they keep their order.
+        written.extend(
+            spawns[..sent[2]]
+                .iter()
+                .map(|&i| entity(candidates[i].id.0 as usize, i)),
+        );
+        let (written_updates, written_spawns) = written.split_at(sent[0]);
         let count = parts.len();
         let mut out = Vec::with_capacity(count);
         for (index, p) in parts.iter().enumerate() {
@@ -923,37 +959,12 @@ impl SnapshotSender {
             };
             // The estimate is never below what the part spends: one allocation.
             let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
-            let entity = |key: usize, i: usize| {
-                let c = &candidates[i];
-                let section = if c.base_index.is_some() {
-                    update_section
-                } else {
-                    spawn_section
-                };
-                let state = cur.state(c.world_index);
-                match (&c.delta, section) {
-                    (Some(d), _) => (key, state, d, None),
-                    // A candidate without a delta of its own found it in its section while
-                    // merging, and a section's slots stay filled for the tick.
-                    (None, Some(s)) => {
-                        let d = s.get(cur.global(c.world_index)).expect("looked up");
-                        (key, state, &d.delta, Some(&d.bits))
-                    }
-                    (None, None) => unreachable!("a shared delta without its section"),
-                }
-            };
             part::encode_part(
                 &mut w,
                 &header,
-                updates[p.updates.clone()]
-                    .iter()
-                    // Updates have a base index by the filter above.
-                    .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
+                written_updates[p.updates.clone()].iter().copied(),
                 &despawns[p.despawns.clone()],
-                spawns[p.spawns.clone()]
-                    .iter()
-                    // Ids are u32; as usize they keep their order.
-                    .map(|&i| entity(candidates[i].id.0 as usize, i)),
+                written_spawns[p.spawns.clone()].iter().copied(),
                 &lim,
                 encode,
                 [
