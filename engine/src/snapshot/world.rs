@@ -492,7 +492,7 @@ mod tests {
         let config = QuantizeConfig::default();
         let mut cache = QuantizeCache::default();
         let mut world = World::new();
-        let mut step = |world: &mut World, cache: &mut QuantizeCache, t: u32| {
+        let step = |world: &mut World, cache: &mut QuantizeCache, t: u32| {
             for i in 0..100u32 {
                 world.insert(
                     EntityId(i),
