@@ -18,8 +18,9 @@
 //!
 //! The view point is the position of the client's owned entity unless the game sets one
 //! ([`Server::set_view_point`](super::Server::set_view_point)). Positions are indexed once
-//! per send tick in a uniform grid whose cells are half as wide as the scope's outer radius,
-//! so a client's scope costs the entities of the 5 × 5 cells around it, not the whole world.
+//! per send tick in a uniform grid whose cells are an eighth of the scope's outer radius
+//! wide, stored row by row, so a client's scope reads one run of memory per row of cells
+//! its circle crosses (about 1.25 times the circle's area), not the whole world.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -90,17 +91,36 @@ impl InterestConfig {
     }
 }
 
-/// Grid cells per scope reach: a scope visits at most 5 × 5 cells half its reach wide, an
-/// area of 2.5 reaches squared (against 3 reaches squared with cells a reach wide), so fewer
-/// entities are measured only to be left out.
-const GRID_CELLS_PER_REACH: f32 = 2.0;
+/// Grid cells per scope reach. A scope reads, row by row, the run of cells its circle
+/// crosses in that row (one slice of memory per row, see [`Grid`]), so the finer the cells,
+/// the closer what it reads comes to the circle itself: with 8 cells per reach about 1.25
+/// times the circle's area (the 5 × 5 cells half a reach wide read before were 2).
+const GRID_CELLS_PER_REACH: f32 = 8.0;
+
+/// Most cells a grid has per entity (and at least [`MIN_GRID_CELLS`]): entities beyond are
+/// counted in the edge cells (a scope still measures each one it reads, so it stays exact;
+/// only a world spread much wider than its scopes reads more than it needs), so a few
+/// strays far out cannot make the grid huge.
+const MAX_GRID_CELLS_PER_ENTITY: usize = 4;
+const MIN_GRID_CELLS: usize = 4096;
 
 /// The world positions of one send tick, bucketed by grid cell.
+///
+/// Cells are numbered row by row (z, then x) and the entities are stored sorted by cell, so
+/// a run of cells in one row is one slice of `entities`: a scope reads one slice per row.
 #[derive(Debug, Default)]
 struct Grid {
     cell_m: f32,
-    /// The entities in each cell, by increasing index.
-    cells: HashMap<(i32, i32), Vec<GridEntity>>,
+    /// The cell of the grid's first column and row.
+    origin: (i64, i64),
+    /// Columns and rows.
+    size: (i64, i64),
+    /// Where each cell's entities start in `entities` (one more entry, the end).
+    starts: Vec<u32>,
+    /// The entities of every cell, cell by cell, each cell's by increasing index.
+    entities: Vec<GridEntity>,
+    /// Each entity's cell number, reused from tick to tick.
+    cells: Vec<u32>,
 }
 
 /// One entity in a grid cell: its index in the tick's world, with its id and ground position
@@ -113,47 +133,135 @@ struct GridEntity {
 }
 
 impl Grid {
-    fn cell_of(&self, p: Vec2) -> (i32, i32) {
-        // `as` saturates (NaN becomes 0): a stray position lands in some cell, never panics.
+    /// The unbounded cell of `p` (`as` saturates, NaN becomes 0: a stray position lands in
+    /// some cell, never panics).
+    fn cell_of(&self, p: Vec2) -> (i64, i64) {
         (
-            (p.x / self.cell_m).floor() as i32,
-            (p.y / self.cell_m).floor() as i32,
+            (p.x / self.cell_m).floor() as i64,
+            (p.y / self.cell_m).floor() as i64,
         )
     }
 
-    /// Bucket `entities` (id and ground position, in world order).
-    fn rebuild(&mut self, cell_m: f32, entities: impl Iterator<Item = (EntityId, Vec2)>) {
-        self.cell_m = cell_m;
-        for v in self.cells.values_mut() {
-            v.clear();
+    /// Column or row `c` of axis `axis`, clamped into the grid.
+    fn clamp(&self, c: i64, axis: usize) -> i64 {
+        let (origin, size) = if axis == 0 {
+            (self.origin.0, self.size.0)
+        } else {
+            (self.origin.1, self.size.1)
+        };
+        (c.saturating_sub(origin)).clamp(0, size - 1)
+    }
+
+    /// Bucket `entities` (id and ground position, in world order) for scopes that reach
+    /// `reach`.
+    fn rebuild(&mut self, reach: f32, entities: impl Iterator<Item = (EntityId, Vec2)> + Clone) {
+        let (mut min, mut max) = (Vec2::MAX, Vec2::MIN);
+        let mut n = 0;
+        for (_, p) in entities.clone() {
+            n += 1;
+            if p.is_finite() {
+                (min, max) = (min.min(p), max.max(p));
+            }
         }
-        for (i, (id, position)) in entities.enumerate() {
-            let c = self.cell_of(position);
-            self.cells.entry(c).or_default().push(GridEntity {
+        if min.x > max.x {
+            (min, max) = (Vec2::ZERO, Vec2::ZERO);
+        }
+        let limit = (MAX_GRID_CELLS_PER_ENTITY * n).max(MIN_GRID_CELLS) as i64;
+        let span = |lo: i64, hi: i64| hi.saturating_sub(lo).saturating_add(1);
+        // Fine cells, unless the world is too wide for that many: then coarser ones, down
+        // to cells half a reach wide.
+        self.cell_m = reach / GRID_CELLS_PER_REACH;
+        let (lo, size) = loop {
+            let (lo, hi) = (self.cell_of(min), self.cell_of(max));
+            let size = (span(lo.0, hi.0), span(lo.1, hi.1));
+            if size.0.saturating_mul(size.1) <= limit || self.cell_m >= reach / 2.0 {
+                break (lo, size);
+            }
+            self.cell_m *= 2.0;
+        };
+        if size.0.saturating_mul(size.1) <= limit {
+            self.origin = lo;
+            self.size = size;
+        } else {
+            // Still too wide for its entities (strays far out): a square window of `limit`
+            // cells centred on the median entity, the rest counted in its edge cells.
+            let side = ((limit as f64).sqrt() as i64).max(1);
+            let median = |axis: fn((i64, i64)) -> i64| {
+                let mut v: Vec<i64> = entities
+                    .clone()
+                    .map(|(_, p)| axis(self.cell_of(p)))
+                    .collect();
+                let mid = v.len() / 2;
+                *v.select_nth_unstable(mid).1
+            };
+            let (mx, mz) = (median(|c| c.0), median(|c| c.1));
+            self.origin = (mx.saturating_sub(side / 2), mz.saturating_sub(side / 2));
+            self.size = (side, side);
+        }
+        // At most `limit` cells: a few per entity.
+        let cells = (self.size.0 * self.size.1) as usize;
+        self.starts.clear();
+        self.starts.resize(cells + 1, 0);
+        self.cells.clear();
+        for (_, p) in entities.clone() {
+            let (x, z) = self.cell_of(p);
+            let cell = (self.clamp(z, 1) * self.size.0 + self.clamp(x, 0)) as u32;
+            self.cells.push(cell);
+            self.starts[cell as usize + 1] += 1;
+        }
+        for i in 0..cells {
+            self.starts[i + 1] += self.starts[i];
+        }
+        // A counting sort: each entity goes to the next free place of its cell, in world
+        // order, so each cell's entities keep increasing indices.
+        let mut next = self.starts.clone();
+        self.entities.clear();
+        self.entities.resize(
+            self.cells.len(),
+            GridEntity {
+                index: 0,
+                id: EntityId(0),
+                position: Vec2::ZERO,
+            },
+        );
+        for (i, ((id, position), &cell)) in entities.zip(&self.cells).enumerate() {
+            let at = &mut next[cell as usize];
+            self.entities[*at as usize] = GridEntity {
                 // A world holds fewer than u32::MAX entities (ids are u32).
                 index: i as u32,
                 id,
                 position,
-            });
+            };
+            *at += 1;
         }
-        // Cells an entity left stay allocated only while something is in them.
-        self.cells.retain(|_, v| !v.is_empty());
     }
 
-    /// The entities of each cell that a circle of `reach` around `center` touches.
+    /// The entities of the cells that a circle of `reach` around `center` touches, a row of
+    /// cells at a time (each row cut to the circle's chord across it).
     fn near(&self, center: Vec2, reach: f32, mut each: impl FnMut(&[GridEntity])) {
-        let lo = self.cell_of(center - Vec2::splat(reach));
-        let hi = self.cell_of(center + Vec2::splat(reach));
-        // With cells half as wide as the reach this is at most 5 × 5 cells; a far-off or
-        // non-finite view point is cut to the cells that exist.
-        if i64::from(hi.0) - i64::from(lo.0) > 6 || i64::from(hi.1) - i64::from(lo.1) > 6 {
+        if self.entities.is_empty() || !center.is_finite() {
             return;
         }
-        for cx in lo.0..=hi.0 {
-            for cz in lo.1..=hi.1 {
-                if let Some(v) = self.cells.get(&(cx, cz)) {
-                    each(v);
-                }
+        let (_, z_lo) = self.cell_of(center - Vec2::splat(reach));
+        let (_, z_hi) = self.cell_of(center + Vec2::splat(reach));
+        let (z_lo, z_hi) = (self.clamp(z_lo, 1), self.clamp(z_hi, 1));
+        for row in z_lo..=z_hi {
+            // The row's band of z, and how far the circle reaches across it in x. The first
+            // and last rows also hold what lies beyond the grid: read them whole.
+            let half = if row == 0 || row == self.size.1 - 1 {
+                reach
+            } else {
+                let z0 = (row + self.origin.1) as f32 * self.cell_m;
+                let dz = (z0 - center.y).max(center.y - (z0 + self.cell_m)).max(0.0);
+                (reach * reach - dz * dz).max(0.0).sqrt()
+            };
+            let (x_lo, _) = self.cell_of(Vec2::new(center.x - half, 0.0));
+            let (x_hi, _) = self.cell_of(Vec2::new(center.x + half, 0.0));
+            let first = (row * self.size.0 + self.clamp(x_lo, 0)) as usize;
+            let last = (row * self.size.0 + self.clamp(x_hi, 0)) as usize;
+            let run = self.starts[first] as usize..self.starts[last + 1] as usize;
+            if !run.is_empty() {
+                each(&self.entities[run]);
             }
         }
     }
@@ -333,10 +441,9 @@ impl Interest {
             self.ids.clear();
             self.ids.extend(world.iter().map(|(id, _)| id));
         }
-        let ids = world.iter().map(|(id, _)| id);
         self.grid.rebuild(
-            c.outer_radius_m() / GRID_CELLS_PER_REACH,
-            ids.zip(self.positions.iter().copied()),
+            c.outer_radius_m(),
+            self.ids.iter().copied().zip(self.positions.iter().copied()),
         );
     }
 
@@ -485,8 +592,8 @@ mod tests {
     fn the_grid_finds_exactly_what_a_full_scan_finds() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let config = InterestConfig::radius(30.0);
-        for round in 0..20 {
-            let points: Vec<(u32, f32, f32)> = (0..500)
+        for round in 0..40 {
+            let mut points: Vec<(u32, f32, f32)> = (0..500)
                 .map(|i| {
                     (
                         i,
@@ -495,15 +602,31 @@ mod tests {
                     )
                 })
                 .collect();
+            // Half the rounds, a few strays far out (beyond what the grid spans, so they
+            // share its edge cells) and a pair near each other out there.
+            if round % 2 == 1 {
+                points.extend([
+                    (500, 3.0e7, 10.0),
+                    (501, -5.0e6, -2.0e8),
+                    (502, f32::NAN, 0.0),
+                    (503, 1.0e9, 1.0e9),
+                    (504, 1.0e9 + 64.0, 1.0e9),
+                ]);
+            }
             let world = world_at(&points);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
             interest.index(&world);
-            let view = Vec3::new(
-                rng.random_range(-200.0..200.0),
-                0.0,
-                rng.random_range(-200.0..200.0),
-            );
+            let view = match round % 4 {
+                // Out among the strays, or beyond everything.
+                1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
+                3 => Vec3::new(3.0e7 - 5.0, 0.0, 0.0),
+                _ => Vec3::new(
+                    rng.random_range(-260.0..260.0),
+                    0.0,
+                    rng.random_range(-260.0..260.0),
+                ),
+            };
             let mut scope = Scope {
                 view_point: Some(view),
                 ..Scope::default()
