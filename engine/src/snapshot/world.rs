@@ -181,8 +181,9 @@ pub struct QuantizeCache {
     built: VecDeque<Arc<Vec<(EntityId, QuantizedEntity)>>>,
 }
 
-/// Worlds a [`QuantizeCache`] keeps for their memory.
-const KEPT_WORLDS: usize = 8;
+/// Worlds a [`QuantizeCache`] keeps for their memory: more than a server keeps for its
+/// shared codes (8) with a few ticks in flight beside, so that the oldest is usually free.
+const KEPT_WORLDS: usize = 16;
 
 #[derive(Debug, Clone)]
 struct CachedEntity {
