@@ -14,6 +14,7 @@
 //! bytes go out.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
@@ -47,7 +48,46 @@ impl SharedDelta {
 pub(crate) struct SharedSection {
     pub(crate) ticks: u32,
     pub(crate) code: EntityCode,
+    slots: Slots,
+}
+
+/// One slot per entity of the tick's world, and which of them were filled, so that emptying
+/// them for the next tick touches those alone (a few thousand of 10,000, each two cache
+/// lines), not every slot.
+#[derive(Debug, Default)]
+struct Slots {
     slots: Vec<OnceLock<SharedDelta>>,
+    /// One bit per slot filled.
+    filled: Vec<AtomicU64>,
+}
+
+impl Slots {
+    /// Empty, with `len` slots.
+    fn reset(&mut self, len: usize) {
+        if self.slots.len() == len {
+            for (w, word) in self.filled.iter_mut().enumerate() {
+                let mut bits = std::mem::take(word.get_mut());
+                while bits != 0 {
+                    let i = w * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if let Some(slot) = self.slots.get_mut(i) {
+                        slot.take();
+                    }
+                }
+            }
+        } else {
+            self.slots.clear();
+            self.slots.resize_with(len, OnceLock::new);
+            self.filled.clear();
+            self.filled.resize_with(len.div_ceil(64), AtomicU64::default);
+        }
+    }
+
+    fn mark(&self, index: usize) {
+        if let Some(word) = self.filled.get(index / 64) {
+            word.fetch_or(1 << (index % 64), Ordering::Relaxed);
+        }
+    }
 }
 
 impl SharedSection {
@@ -60,7 +100,7 @@ impl SharedSection {
         states: impl FnOnce() -> (&'a QuantizedEntity, &'a QuantizedEntity),
         lim: &Limits,
     ) -> Option<SharedLookup<'_>> {
-        let slot = self.slots.get(index)?;
+        let slot = self.slots.slots.get(index)?;
         if let Some(d) = slot.get() {
             return Some(SharedLookup::Hit(d));
         }
@@ -68,14 +108,17 @@ impl SharedSection {
         // Another thread may fill the slot meanwhile, with the same delta (a function of
         // the same states): then that one is used.
         Some(match slot.set(self.encode(base, cur, lim)) {
-            Ok(()) => SharedLookup::Kept(slot.get()?),
+            Ok(()) => {
+                self.slots.mark(index);
+                SharedLookup::Kept(slot.get()?)
+            }
             Err(_) => SharedLookup::Hit(slot.get()?),
         })
     }
 
     /// The delta of the entity at `index`, once some client looked it up.
     pub(crate) fn get(&self, index: usize) -> Option<&SharedDelta> {
-        self.slots.get(index)?.get()
+        self.slots.slots.get(index)?.get()
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
@@ -155,8 +198,7 @@ impl SharedDeltas {
             let code = part::choose_code(deltas.iter(), k, scratch);
             // Reuse a section's slots from an earlier tick.
             let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
-            slots.clear();
-            slots.resize_with(cur.len(), OnceLock::new);
+            slots.reset(cur.len());
             self.sections.push(SharedSection {
                 ticks: k,
                 code,
