@@ -23,6 +23,7 @@
 //! its circle crosses (about 1.25 times the circle's area), not the whole world.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use glam::{Vec2, Vec3};
 
@@ -454,7 +455,7 @@ impl Interest {
         tick_world: &TickWorld,
         owned: Option<EntityId>,
         scope: &'a mut Scope,
-        mut buf: Vec<(EntityId, u32)>,
+        mut buf: Arc<Vec<(EntityId, u32)>>,
     ) -> ScopedWorld<'a> {
         let world = &tick_world.world;
         let entities = world.entities();
@@ -530,16 +531,24 @@ impl Interest {
         // Positions (and so the layout) are indexed only with an area of interest.
         scope.seen_layout = (as_bits && self.config.is_some()).then_some(self.layout);
 
-        buf.clear();
+        // A spare no one else holds is written in place; anything else is replaced.
+        let picks = match Arc::get_mut(&mut buf) {
+            Some(p) => p,
+            None => {
+                buf = Arc::default();
+                Arc::make_mut(&mut buf)
+            }
+        };
+        picks.clear();
         if self.ids.len() == entities.len() && self.config.is_some() {
             // The ids indexed this tick: a read of a small array, where the world's own
             // entries are a cache line apart each.
-            buf.extend(scratch.iter().map(|&i| (self.ids[i as usize], i)));
+            picks.extend(scratch.iter().map(|&i| (self.ids[i as usize], i)));
         } else {
-            buf.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
+            picks.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
         }
         scope.visible.clear();
-        scope.visible.extend(buf.iter().map(|&(id, _)| id));
+        scope.visible.extend(picks.iter().map(|&(id, _)| id));
         let selected = ClientWorld::View(tick_world.view(buf));
         let weights = match (self.config, view) {
             (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
@@ -631,7 +640,7 @@ mod tests {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&first(&q), None, &mut scope, Vec::new());
+            interest.scope(&first(&q), None, &mut scope, Arc::default());
             let want: Vec<u32> = points
                 .iter()
                 .filter(|(_, x, z)| Vec2::new(*x, *z).distance(ground(view)) <= config.radius_m)
@@ -681,7 +690,7 @@ mod tests {
             } else {
                 by_search += 1;
             }
-            interest.scope(&first(&q), None, &mut scope, Vec::new());
+            interest.scope(&first(&q), None, &mut scope, Arc::default());
             want = points
                 .iter()
                 .filter(|&(i, p)| {
@@ -710,7 +719,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             interest.index(&world);
-            interest.scope(&first(&q), None, scope, Vec::new());
+            interest.scope(&first(&q), None, scope, Arc::default());
             !scope.visible.is_empty()
         };
         assert!(!at(10.5, &mut scope), "outside the radius, not yet seen");
@@ -736,11 +745,11 @@ mod tests {
         interest.add_entity(EntityId(3), RoomId(8));
         interest.index(&world);
         let mut outsider = Scope::default();
-        interest.scope(&first(&q), None, &mut outsider, Vec::new());
+        interest.scope(&first(&q), None, &mut outsider, Arc::default());
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
         let mut member = Scope::default();
         member.rooms.insert(RoomId(7));
-        interest.scope(&first(&q), Some(EntityId(3)), &mut member, Vec::new());
+        interest.scope(&first(&q), Some(EntityId(3)), &mut member, Arc::default());
         assert_eq!(
             ids(&member),
             vec![1, 2, 3, 4],
@@ -755,7 +764,7 @@ mod tests {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&first(&q), Some(EntityId(4)), &mut far, Vec::new());
+        interest.scope(&first(&q), Some(EntityId(4)), &mut far, Arc::default());
         assert_eq!(
             ids(&far),
             vec![1, 3, 4],
@@ -770,21 +779,21 @@ mod tests {
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
         interest.index(&world);
         let mut none = Scope::default();
-        interest.scope(&first(&q), None, &mut none, Vec::new());
+        interest.scope(&first(&q), None, &mut none, Arc::default());
         assert!(none.visible.is_empty());
         for view in [Vec3::NAN, Vec3::splat(f32::INFINITY), Vec3::splat(1e38)] {
             let mut s = Scope {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&first(&q), None, &mut s, Vec::new());
+            interest.scope(&first(&q), None, &mut s, Arc::default());
             assert!(s.visible.is_empty(), "{view}");
         }
         let mut s = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&first(&q), None, &mut s, Vec::new());
+        interest.scope(&first(&q), None, &mut s, Arc::default());
         assert_eq!(ids(&s), vec![3]);
     }
 
@@ -924,7 +933,7 @@ mod tests {
                     v.x += 0.5 * c as f32;
                 }
                 let ScopedWorld { world, weights, .. } =
-                    interest.scope(&q, *owned, scope, Vec::new());
+                    interest.scope(&q, *owned, scope, Arc::default());
                 let parts = sender
                     .build_weighted(
                         Tick(tick),

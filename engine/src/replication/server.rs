@@ -12,7 +12,7 @@ use super::wire::{
 };
 use super::{InputTick, REPLICATION_VERSION};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crate::Sequence;
 use crate::channel;
@@ -407,7 +407,7 @@ impl Server {
             .filter(|(_, p)| p.ready)
             .map(|(id, p)| (*id, p))
             .collect();
-        let built: Vec<(ClientId, Result<Parts, _>, usize)> = if scoped {
+        let built: Vec<(ClientId, Result<Built, _>, usize)> = if scoped {
             let built: Vec<_> = match &self.pool {
                 Some(pool) => {
                     // Each thread builds the same clients every tick (a contiguous share,
@@ -435,7 +435,7 @@ impl Server {
             };
             built
                 .into_iter()
-                .map(|(id, parts, n)| (id, parts.map(Arc::from), n))
+                .map(|(id, parts, n)| (id, parts.map(Built::Own), n))
                 .collect()
         } else {
             // Everyone is sent the same world. Clients that hold the same baseline get the
@@ -453,12 +453,13 @@ impl Server {
                 let parts = match adopted {
                     Some(parts) => {
                         self.stats.shared_snapshots += 1;
-                        Ok(parts)
+                        Ok(Built::Shared(parts))
                     }
                     None => peer
                         .sender
                         .build_shareable(tick, world, budget)
                         .map(|(parts, s)| {
+                            let parts = Built::Shared(parts);
                             shared.extend(s);
                             parts
                         }),
@@ -479,7 +480,7 @@ impl Server {
                 continue;
             };
             let ack = peer.last_applied;
-            for (i, part) in parts.iter().enumerate() {
+            for (i, part) in parts.parts().iter().enumerate() {
                 match self.config.delivery {
                     SnapshotDelivery::Datagrams => {
                         write_part_prefix(&mut self.datagram, tick.0, ack);
@@ -857,6 +858,21 @@ impl Server {
             peer.inputs_received += 1;
         }
         release_inputs(id, peer, &mut self.events);
+    }
+}
+
+/// One client's snapshot parts as built: its own, or shared with other clients.
+enum Built {
+    Own(Vec<Vec<u8>>),
+    Shared(Parts),
+}
+
+impl Built {
+    fn parts(&self) -> &[Vec<u8>] {
+        match self {
+            Built::Own(p) => p,
+            Built::Shared(p) => p,
+        }
     }
 }
 

@@ -326,7 +326,7 @@ pub struct SnapshotSender {
     scratch: Scratch,
     /// Scope picks this sender was given and no longer holds, to build the next ones in
     /// (see [`Self::spare_picks`]).
-    spare: Vec<Vec<(EntityId, u32)>>,
+    spare: Vec<Arc<Vec<(EntityId, u32)>>>,
     /// [`Self::spare_picks`] was called: this sender is given views.
     scoped: bool,
     /// Tests: always take the ranked path, to check the shortcut against it.
@@ -598,10 +598,10 @@ impl SnapshotSender {
         Ok((parts, shared))
     }
 
-    /// An empty buffer for this client's next scope picks (see [`WorldView`]): one this
-    /// sender no longer needs when there is one, so a scoped client costs no allocation
-    /// for its scope per tick.
-    pub(crate) fn spare_picks(&mut self) -> Vec<(EntityId, u32)> {
+    /// An empty buffer for this client's next scope picks (see [`WorldView`]), held by no
+    /// one else: one this sender no longer needs when there is one, so a scoped client
+    /// costs no allocation for its scope per tick.
+    pub(crate) fn spare_picks(&mut self) -> Arc<Vec<(EntityId, u32)>> {
         self.scoped = true;
         self.spare.pop().unwrap_or_default()
     }
@@ -614,12 +614,14 @@ impl SnapshotSender {
         if !self.scoped || self.spare.len() >= SPARES {
             return;
         }
-        if let ClientWorld::View(v) = world
-            && let Some(mut picks) = v.into_unique_picks()
-            && picks.capacity() <= MAX_ENTITIES
-        {
-            picks.clear();
-            self.spare.push(picks);
+        if let ClientWorld::View(v) = world {
+            let mut picks = v.picks;
+            if let Some(p) = Arc::get_mut(&mut picks)
+                && p.capacity() <= MAX_ENTITIES
+            {
+                p.clear();
+                self.spare.push(picks);
+            }
         }
     }
 
@@ -1230,14 +1232,16 @@ mod reset_tests {
             let lo = (tick / 3) % 10;
             let mut picks = viewed.spare_picks();
             reused.push(picks.capacity() > 0);
-            picks.extend(
-                tw.world
-                    .entities()
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (id, _))| (lo..lo + 25).contains(&id.0))
-                    .map(|(i, (id, _))| (*id, i as u32)),
-            );
+            Arc::get_mut(&mut picks)
+                .expect("a spare is held by no one")
+                .extend(
+                    tw.world
+                        .entities()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (id, _))| (lo..lo + 25).contains(&id.0))
+                        .map(|(i, (id, _))| (*id, i as u32)),
+                );
             let view = ClientWorld::View(tw.view(picks));
             let copy = view.to_world();
             // A tight budget now and then, so some baselines are patched ones.

@@ -79,7 +79,8 @@ impl Slots {
             self.slots.clear();
             self.slots.resize_with(len, OnceLock::new);
             self.filled.clear();
-            self.filled.resize_with(len.div_ceil(64), AtomicU64::default);
+            self.filled
+                .resize_with(len.div_ceil(64), AtomicU64::default);
         }
     }
 

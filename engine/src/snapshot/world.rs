@@ -418,7 +418,7 @@ impl TickWorld {
     }
 
     /// The view of the entities `picks` names: (id, index in this world), by increasing id.
-    pub(crate) fn view(&self, picks: Vec<(EntityId, u32)>) -> WorldView {
+    pub(crate) fn view(&self, picks: Arc<Vec<(EntityId, u32)>>) -> WorldView {
         debug_assert!(picks.windows(2).all(|w| w[0].0 < w[1].0));
         debug_assert!(
             picks
@@ -427,7 +427,7 @@ impl TickWorld {
         );
         WorldView {
             of: self.clone(),
-            picks: Arc::new(picks),
+            picks,
         }
     }
 }
@@ -455,11 +455,6 @@ impl WorldView {
                     .collect(),
             ),
         }
-    }
-
-    /// The picks, when no other clone of this view is left (to reuse their memory).
-    pub(crate) fn into_unique_picks(self) -> Option<Vec<(EntityId, u32)>> {
-        Arc::try_unwrap(self.picks).ok()
     }
 }
 
