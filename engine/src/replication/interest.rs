@@ -497,6 +497,21 @@ impl Interest {
                         // dominated this loop.
                         let mut n = scratch.len();
                         scratch.resize(n + cell.len(), 0);
+                        if let (Some(bits), false) = (previous_bits, rooms_in_use) {
+                            // The usual case: no rooms, last tick's scope as bits. The
+                            // hysteresis is a bit read for every entity, so nothing
+                            // branches (one at the edge is as likely in as out).
+                            for e in cell {
+                                let d2 = e.position.distance_squared(view);
+                                let i = e.index as usize;
+                                let was = bits.get(i / 64).map_or(0, |w| (w >> (i % 64)) & 1);
+                                let keep = (d2 <= r2) | ((d2 <= outer2) & (was != 0));
+                                scratch[n] = e.index;
+                                n += usize::from(keep);
+                            }
+                            scratch.truncate(n);
+                            return;
+                        }
                         for e in cell {
                             let d2 = e.position.distance_squared(view);
                             // A NaN distance is neither.
