@@ -199,12 +199,12 @@ const SHARED_HISTORY_TICKS: usize = 8;
 /// clients on average).
 ///
 /// Sharing has a cost of its own each tick (a code per baseline age, chosen from a sample of
-/// the world, and a slot per entity) and each lookup costs about what encoding alone does,
-/// so it pays only when most lookups find an entity another client already encoded. On the
-/// `massive` scene (docs/BENCHMARKS.md) it cost more at 16 and 64 clients (under 2 viewers
-/// per entity), broke even at 256 (8), and saved a tenth of the tick at 512 (17) and a
-/// fifth at 1,000 (33).
-pub const SHARE_MIN_VIEWERS: f64 = 12.0;
+/// the world, and a slot per entity), and a lookup that finds no one encoded the entity yet
+/// costs a little more than encoding alone, so it pays only when entities are seen by more
+/// than one client. On the `massive` scene (docs/BENCHMARKS.md), sharing on every tick cost
+/// 13 % more at 16 clients (0.5 viewers per entity), the same at 64 (2), and saved a fifth
+/// of the tick at 256 (8.5).
+pub const SHARE_MIN_VIEWERS: f64 = 2.0;
 
 impl Server {
     /// A server whose clock starts at `now`; fails when the config is unusable.
