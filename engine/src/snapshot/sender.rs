@@ -393,9 +393,10 @@ impl<'a> Diff<'a> {
     /// Merge the two sorted entity lists into updates, spawns and despawns. Each candidate
     /// is measured against its base here, once (or found measured in its section's shared
     /// deltas): the estimate, the code of its section and the writing all reuse that. The
-    /// update section must be one for the baseline's tick, and `base` a view of its world. With `since` (the change tick of each entity of the new
-    /// world's tick, by index there, and the baseline's tick) an entity unchanged since the
-    /// baseline is skipped without reading its states.
+    /// update section must be one for the baseline's tick, and `base` a view of its world.
+    /// With `since` (the change tick of each entity of the new world's tick, by index there,
+    /// and the baseline's tick) an entity unchanged since the baseline is skipped without
+    /// reading its states.
     fn run<B: Entries + ?Sized, C: Entries + ?Sized>(
         &mut self,
         base: &B,
@@ -719,6 +720,14 @@ impl SnapshotSender {
             .filter(|_| baseline_tick.is_some())
             .and_then(|s| s.section(tick, ticks));
         let spawn_section = shared.and_then(|s| s.section(tick, 0));
+        let (update_section, spawn_section) = match (&baseline, cur) {
+            (ClientWorld::View(_), ClientWorld::View(_)) => (update_section, spawn_section),
+            // A world of the client's own holds states no other client's baseline is known
+            // to share: its updates are its own.
+            (ClientWorld::Own(_), ClientWorld::View(_)) => (None, spawn_section),
+            // Shared deltas are found by index in the tick's world, which only a view has.
+            (_, ClientWorld::Own(_)) => (None, None),
+        };
         let mut diff = Diff {
             candidates,
             despawns,
@@ -735,19 +744,13 @@ impl SnapshotSender {
                 let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
                 diff.run(&Picked::of(b), &Picked::of(c), since);
             }
-            // A world of the client's own holds states no other client's baseline is known
-            // to share: no shared deltas for its updates.
             (ClientWorld::Own(b), ClientWorld::View(c)) => {
-                diff.update_section = None;
                 diff.run(b.entities(), &Picked::of(c), None)
             }
-            // Shared deltas are found by index in the tick's world, which only a view has.
             (ClientWorld::View(b), ClientWorld::Own(c)) => {
-                (diff.update_section, diff.spawn_section) = (None, None);
                 diff.run(&Picked::of(b), c.entities(), None)
             }
             (ClientWorld::Own(b), ClientWorld::Own(c)) => {
-                (diff.update_section, diff.spawn_section) = (None, None);
                 diff.run(b.entities(), c.entities(), None)
             }
         }
