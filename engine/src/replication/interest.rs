@@ -322,6 +322,12 @@ impl PriorityWeights for DistanceWeights<'_> {
     }
 }
 
+/// Bit `i` of `bits` (0 beyond them), as a number so that reading it needs no branch.
+fn bit(bits: &[u64], i: u32) -> u64 {
+    let i = i as usize;
+    bits.get(i / 64).map_or(0, |w| (w >> (i % 64)) & 1)
+}
+
 /// Put `indices` (each below `len`) in increasing order without duplicates.
 ///
 /// A scope gathers its indices cell by cell, so they come out of order. Setting one bit per
@@ -485,9 +491,7 @@ impl Interest {
                     let previous_bits =
                         (scope.seen_layout == Some(self.layout)).then_some(scope.seen.as_slice());
                     let was_visible = |e: &GridEntity| match previous_bits {
-                        Some(bits) => bits
-                            .get(e.index as usize / 64)
-                            .is_some_and(|w| w & (1 << (e.index % 64)) != 0),
+                        Some(bits) => bit(bits, e.index) != 0,
                         None => previous.binary_search(&e.id).is_ok(),
                     };
                     self.grid.near(view, outer, |cell| {
@@ -503,9 +507,8 @@ impl Interest {
                             // branches (one at the edge is as likely in as out).
                             for e in cell {
                                 let d2 = e.position.distance_squared(view);
-                                let i = e.index as usize;
-                                let was = bits.get(i / 64).map_or(0, |w| (w >> (i % 64)) & 1);
-                                let keep = (d2 <= r2) | ((d2 <= outer2) & (was != 0));
+                                let was = bit(bits, e.index) != 0;
+                                let keep = (d2 <= r2) | ((d2 <= outer2) & was);
                                 scratch[n] = e.index;
                                 n += usize::from(keep);
                             }

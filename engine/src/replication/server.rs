@@ -181,7 +181,7 @@ pub struct Server {
     /// Threads that build snapshots, when the config asks for more than one.
     pool: Option<rayon::ThreadPool>,
     /// The last worlds sent (oldest first), to choose the codes scoped clients share.
-    history: VecDeque<(Tick, QuantizedWorld)>,
+    history: VecDeque<TickWorld>,
     /// Entities in the last send tick's scopes per entity of its world.
     viewers_per_entity: f64,
     /// [`SHARE_MIN_VIEWERS`], or another threshold in tests.
@@ -373,7 +373,7 @@ impl Server {
         let world = &tick_world.world;
         let scoped = self.interest.active();
         if scoped {
-            self.prepare_shared(tick, world);
+            self.prepare_shared(tick_world);
         }
         let interest = &self.interest;
         let shared = &self.shared;
@@ -520,7 +520,8 @@ impl Server {
 
     /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
     /// baseline age that two or more ready clients hold, and one for spawns.
-    fn prepare_shared(&mut self, tick: Tick, world: &QuantizedWorld) {
+    fn prepare_shared(&mut self, tick_world: &TickWorld) {
+        let (tick, world) = (tick_world.tick, &tick_world.world);
         let lim = self.config.quantize.limits();
         if self.viewers_per_entity < self.share_min_viewers {
             // No sections: every lookup misses. Worlds are kept only while sharing (one of
@@ -563,7 +564,7 @@ impl Server {
         if self.history.len() >= SHARED_HISTORY_TICKS {
             self.history.pop_front();
         }
-        self.history.push_back((tick, world.clone()));
+        self.history.push_back(tick_world.clone());
     }
 
     /// Give `client` an entity of its own (its avatar), or take it away. The client learns

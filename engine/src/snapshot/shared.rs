@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
 use super::quantize::Limits;
-use super::world::{QuantizedEntity, QuantizedWorld, Tick};
+use super::world::{QuantizedEntity, QuantizedWorld, Tick, TickWorld};
 
 /// Every this many entities of the world, one measures the changes a shared code is chosen
 /// from: a few hundred changes of the massive scene describe it as well as all of them.
@@ -157,12 +157,12 @@ pub(crate) struct SharedDeltas {
 
 impl SharedDeltas {
     /// Start `tick`'s world: a section per age in `ticks` (0: spawns) whose world then is in
-    /// `history` (tick, world), with its code chosen from a sample of the changes since.
+    /// `history`, with its code chosen from a sample of the changes since.
     pub(crate) fn prepare(
         &mut self,
         tick: Tick,
         world: &QuantizedWorld,
-        history: &[(Tick, QuantizedWorld)],
+        history: &[TickWorld],
         ticks: &[u32],
         lim: &Limits,
         scratch: &mut EncodeScratch,
@@ -182,11 +182,11 @@ impl SharedDeltas {
                         .map(|(_, e)| EntityDelta::new(&spawn_base, e, 0, lim)),
                 );
             } else {
-                let Some((_, then)) = history.iter().find(|(t, _)| t.0 + k == tick.0) else {
+                let Some(then) = history.iter().find(|h| h.tick.0 + k == tick.0) else {
                     continue;
                 };
                 for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
-                    if let Some(b) = then.get(*id)
+                    if let Some(b) = then.world.get(*id)
                         && b != e
                     {
                         deltas.push(EntityDelta::new(b, e, k, lim));
