@@ -197,13 +197,26 @@ impl BitWriter {
 /// [`BitString::overflowed`] and must be encoded again where it is needed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct BitString {
-    words: [u64; 4],
+    words: [u64; BitString::WORDS],
     bits: usize,
 }
 
 impl BitString {
+    /// Words a string keeps.
+    pub(crate) const WORDS: usize = 3;
     /// Bits a string keeps: most entity updates take 30 to 80, spawns up to about 150.
-    pub(crate) const CAPACITY_BITS: usize = 256;
+    pub(crate) const CAPACITY_BITS: usize = Self::WORDS * 64;
+
+    /// The string whose first `bits` bits are those of `words` (the rest must be zero).
+    pub(crate) fn from_words(words: [u64; Self::WORDS], bits: usize) -> Self {
+        debug_assert!(bits <= Self::CAPACITY_BITS);
+        Self { words, bits }
+    }
+
+    /// The bits kept, the first in the lowest bit of the first word; zero past the end.
+    pub(crate) fn words(&self) -> &[u64; Self::WORDS] {
+        &self.words
+    }
 
     /// Bits written (kept or not).
     pub(crate) fn len(&self) -> usize {

@@ -696,8 +696,8 @@ pub(crate) struct EncodeScratch {
 
 /// Choose the code of a section: the fields, common sets and orders that spend the fewest
 /// bits on the entities `deltas` measure; never more than [`EntityCode::estimate`] would.
-pub(crate) fn choose_code<'a>(
-    deltas: impl Iterator<Item = &'a EntityDelta>,
+pub(crate) fn choose_code(
+    deltas: impl Iterator<Item = EntityDelta>,
     ticks: u32,
     scratch: &mut EncodeScratch,
 ) -> EntityCode {
@@ -895,18 +895,36 @@ fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u32], default_k: u32) -> u32 {
     k
 }
 
+/// How an entity a part carries was measured: by this client, or written once with its
+/// section's shared code (which can write it) for every client that holds the same base.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Coded<'a> {
+    Own(&'a EntityDelta),
+    /// `base` is the entity's state in the baseline (`None`: a spawn), should the part need
+    /// a code of its own for the section.
+    Shared {
+        bits: &'a BitString,
+        base: Option<&'a QuantizedEntity>,
+    },
+}
+
 /// An entity a part carries: its index in the baseline (an update) or its id (a spawn), its
-/// new state, its [`EntityDelta`] against its base, and, when its section has a shared code,
-/// the entity already written with that code.
-pub(crate) type PartEntity<'a> = (
-    usize,
-    &'a QuantizedEntity,
-    &'a EntityDelta,
-    Option<&'a BitString>,
-);
+/// new state, and how it was measured.
+pub(crate) type PartEntity<'a> = (usize, &'a QuantizedEntity, Coded<'a>);
+
+/// The [`EntityDelta`] of `e` (new state `cur`), measured `ticks` after its base.
+fn delta_of(e: Coded<'_>, cur: &QuantizedEntity, ticks: u32, lim: &Limits) -> EntityDelta {
+    match e {
+        Coded::Own(d) => *d,
+        Coded::Shared { base, .. } => {
+            EntityDelta::new(base.unwrap_or(&spawn_base()), cur, ticks, lim)
+        }
+    }
+}
 
 /// The entity `d` measures (new state `cur`) written with `code`, to be appended as is to
-/// every part that codes its section with `code`.
+/// every part that codes its section with `code` (which must cover it, see
+/// [`code_covers`]).
 pub(crate) fn shared_bits(
     d: &EntityDelta,
     cur: &QuantizedEntity,
@@ -918,12 +936,10 @@ pub(crate) fn shared_bits(
     b
 }
 
-/// `code` can write every entity of a section: their changed fields lie in its fields, and
-/// a velocity appears or vanishes only if it has presence bits.
-fn covers<'a>(code: &EntityCode, mut deltas: impl Iterator<Item = &'a EntityDelta>) -> bool {
-    deltas.all(|d| {
-        d.set & !code.fields == 0 && (code.toggles || !(d.set & VELOCITY != 0 && d.toggles))
-    })
+/// `code` can write the entity `d` measures: its changed fields lie in the code's fields,
+/// and a velocity appears or vanishes only if the code has presence bits.
+pub(crate) fn code_covers(code: &EntityCode, d: &EntityDelta) -> bool {
+    d.set & !code.fields == 0 && (code.toggles || !(d.set & VELOCITY != 0 && d.toggles))
 }
 
 /// Write a section's code, gaps and entities: with `shared` when given and it covers them
@@ -939,13 +955,21 @@ fn write_section<'a>(
     scratch: &mut EncodeScratch,
     id_k: Option<u32>,
 ) {
-    let shared = shared.filter(|c| covers(c, entities.clone().map(|(_, _, d, _)| d)));
+    // Entities written with the shared code are covered by it.
+    let shared = shared.filter(|c| {
+        entities.clone().all(|(_, _, e)| match e {
+            Coded::Own(d) => code_covers(c, d),
+            Coded::Shared { .. } => true,
+        })
+    });
+    // Rarely (an entity the shared code cannot write shares the section), the shared
+    // entities are measured again for a code of the part's own.
+    let deltas = entities
+        .clone()
+        .map(|(_, cur, e)| delta_of(e, cur, ticks, lim));
     let (code, use_bits) = match shared {
         Some(c) => (*c, true),
-        None => (
-            choose_code(entities.clone().map(|(_, _, d, _)| d), ticks, scratch),
-            false,
-        ),
+        None => (choose_code(deltas, ticks, scratch), false),
     };
     write_code(w, &code, ticks);
     if id_k.is_none() {
@@ -955,13 +979,13 @@ fn write_section<'a>(
             w.write_exp_golomb(u64::from(g), k);
         }
     }
-    for (n, (_, e, d, bits)) in entities.enumerate() {
+    for (n, (_, cur, e)) in entities.enumerate() {
         if let Some(k) = id_k {
             w.write_exp_golomb(u64::from(scratch.gaps[n]), k);
         }
-        match bits {
-            Some(b) if use_bits && !b.overflowed() => b.write_to(w),
-            _ => write_entity(w, d, e, lim, &code),
+        match e {
+            Coded::Shared { bits, .. } if use_bits => bits.write_to(w),
+            _ => write_entity(w, &delta_of(e, cur, ticks, lim), cur, lim, &code),
         }
     }
 }
@@ -987,7 +1011,7 @@ pub(crate) fn encode_part<'a>(
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(updates.len() as u32, COUNT_CHUNK_BITS);
     if updates.len() > 0 {
-        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _, _)| i));
+        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _)| i));
         scratch.index_k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
         write_section(w, updates, shared[0], ticks, lim, scratch, None);
     }
@@ -1003,7 +1027,7 @@ pub(crate) fn encode_part<'a>(
 
     w.write_varint(spawns.len() as u32, COUNT_CHUNK_BITS);
     if spawns.len() > 0 {
-        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _, _)| id));
+        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _)| id));
         let k = write_gaps(w, &scratch.gaps, DEFAULT_ID_K);
         write_section(w, spawns, shared[1], 0, lim, scratch, Some(k));
     }

@@ -6,14 +6,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::SnapshotError;
-use super::bits::BitWriter;
+use super::bits::{BitString, BitWriter};
 use super::part::{
     self, EncodeScratch, EntityDelta, MAX_INDEX_BITS, MAX_PARTS_PER_SNAPSHOT, PART_OVERHEAD_BITS,
     PartHeader,
 };
 use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
-use super::shared::{SharedDeltas, SharedLookup, SharedSection};
+use super::shared::{SharedDelta, SharedDeltas, SharedLookup, SharedSection};
 use super::world::{
     Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, WorldView, normalize_changes,
 };
@@ -137,14 +137,6 @@ impl ClientWorld {
         }
     }
 
-    /// The index of entity `i` in the world of its tick.
-    fn global(&self, i: usize) -> usize {
-        match self {
-            ClientWorld::Own(_) => i,
-            ClientWorld::View(v) => v.picks[i].1 as usize,
-        }
-    }
-
     /// As a world of its own (a copy, for a view).
     fn to_world(&self) -> QuantizedWorld {
         match self {
@@ -245,9 +237,15 @@ struct Candidate {
     world_index: usize,
     payload_bits: usize,
     priority: f32,
-    /// The entity measured against its base (the all-zero entity for spawns), or `None`
-    /// when its section's shared delta is used (at the entity's index in the tick's world).
-    delta: Option<EntityDelta>,
+    measured: Measured,
+}
+
+/// A candidate measured against its base (the all-zero entity for spawns) by this client,
+/// or written with its section's shared code.
+#[derive(Debug, Clone, Copy)]
+enum Measured {
+    Own(EntityDelta),
+    Shared(BitString),
 }
 
 /// Which entries of the sorted update, despawn and spawn lists one part carries.
@@ -367,7 +365,7 @@ struct Diff<'a> {
 
 impl<'a> Diff<'a> {
     /// Count a shared delta another client encoded; the delta.
-    fn count(&mut self, found: SharedLookup<'a>) -> &'a super::shared::SharedDelta {
+    fn count(&mut self, found: SharedLookup) -> SharedDelta {
         self.hits += usize::from(matches!(found, SharedLookup::Hit(_)));
         found.get()
     }
@@ -378,7 +376,7 @@ impl<'a> Diff<'a> {
         base_index: Option<usize>,
         world_index: usize,
         payload_bits: usize,
-        delta: Option<EntityDelta>,
+        measured: Measured,
     ) {
         self.candidates.push(Candidate {
             id,
@@ -386,7 +384,7 @@ impl<'a> Diff<'a> {
             world_index,
             payload_bits,
             priority: 0.0,
-            delta,
+            measured,
         });
     }
 
@@ -415,20 +413,23 @@ impl<'a> Diff<'a> {
                     let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
                     if !unchanged {
                         let states = || (base.state(bi), cur.state(wi));
-                        if let Some(found) = self
+                        let found = self
                             .update_section
                             .and_then(|s| s.delta(g, states, self.lim))
-                        {
-                            let d = self.count(found);
-                            if !d.delta.is_empty() {
-                                self.push(wid, Some(bi), wi, d.payload_bits(), None);
+                            .map(|found| self.count(found));
+                        match found {
+                            Some(SharedDelta::Unchanged) => {}
+                            Some(SharedDelta::Bits { bits, estimate }) => {
+                                let payload = estimate.max(bits.len());
+                                self.push(wid, Some(bi), wi, payload, Measured::Shared(bits));
                             }
-                        } else {
-                            let (be, we) = states();
-                            if be != we {
-                                let delta = EntityDelta::new(be, we, self.ticks, self.lim);
-                                let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
-                                self.push(wid, Some(bi), wi, bits, Some(delta));
+                            Some(SharedDelta::Own) | None => {
+                                let (be, we) = states();
+                                if be != we {
+                                    let delta = EntityDelta::new(be, we, self.ticks, self.lim);
+                                    let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
+                                    self.push(wid, Some(bi), wi, bits, Measured::Own(delta));
+                                }
                             }
                         }
                     }
@@ -445,18 +446,20 @@ impl<'a> Diff<'a> {
                 }
                 (_, Some(wid)) => {
                     let we = || cur.state(wi);
-                    match self
+                    let found = self
                         .spawn_section
                         .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we()), self.lim))
-                    {
-                        Some(found) => {
-                            let bits = self.count(found).payload_bits();
-                            self.push(wid, None, wi, bits, None);
+                        .map(|found| self.count(found));
+                    match found {
+                        Some(SharedDelta::Bits { bits, estimate }) => {
+                            let payload = estimate.max(bits.len());
+                            self.push(wid, None, wi, payload, Measured::Shared(bits));
                         }
-                        None => {
+                        // A spawn is written even when it equals the spawn base.
+                        Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
                             let delta = EntityDelta::new(&spawn_base, we(), 0, self.lim);
                             let bits = part::delta_bits(&delta, we(), 0, self.lim);
-                            self.push(wid, None, wi, bits, Some(delta));
+                            self.push(wid, None, wi, bits, Measured::Own(delta));
                         }
                     }
                     wi += 1;
@@ -921,22 +924,14 @@ impl SnapshotSender {
         // clients wrote.
         let entity = |key: usize, i: usize| -> part::PartEntity<'_> {
             let c = &candidates[i];
-            let section = if c.base_index.is_some() {
-                update_section
-            } else {
-                spawn_section
+            let coded = match &c.measured {
+                Measured::Own(d) => part::Coded::Own(d),
+                Measured::Shared(bits) => part::Coded::Shared {
+                    bits,
+                    base: c.base_index.map(|b| baseline.state(b)),
+                },
             };
-            let state = cur.state(c.world_index);
-            match (&c.delta, section) {
-                (Some(d), _) => (key, state, d, None),
-                // A candidate without a delta of its own found it in its section while
-                // merging, and a section's slots stay filled for the tick.
-                (None, Some(s)) => {
-                    let d = s.get(cur.global(c.world_index)).expect("looked up");
-                    (key, state, &d.delta, Some(&d.bits))
-                }
-                (None, None) => unreachable!("a shared delta without its section"),
-            }
+            (key, cur.state(c.world_index), coded)
         };
         let mut written: Vec<part::PartEntity<'_>> = Vec::with_capacity(sent[0] + sent[2]);
         // Updates have a base index by the filter above.

@@ -13,7 +13,6 @@
 //! fills the cache first changes nothing in the output: one thread or several, the same
 //! bytes go out.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bits::BitString;
@@ -25,38 +24,42 @@ use super::world::{QuantizedEntity, QuantizedWorld, Tick, TickWorld};
 /// from: a few hundred changes of the massive scene describe it as well as all of them.
 const CODE_SAMPLE_STRIDE: usize = 8;
 
-/// One entity's delta under its section's shared code.
-#[derive(Debug)]
-pub(crate) struct SharedDelta {
-    pub(crate) delta: EntityDelta,
-    /// Bits of the sender's estimate ([`part::delta_bits`]).
-    pub(crate) estimate_bits: usize,
-    /// The delta written with the shared code.
-    pub(crate) bits: BitString,
+/// One entity's delta under its section's shared code, as its slot keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SharedDelta {
+    /// The entity holds the same state as in the baseline.
+    Unchanged,
+    /// The code cannot write this change, or it is longer than a slot keeps: each client
+    /// measures and writes it with a code of its own.
+    Own,
+    /// The delta written with the code.
+    Bits {
+        bits: BitString,
+        /// Bits of the sender's estimate ([`part::delta_bits`]).
+        estimate: usize,
+    },
 }
 
-impl SharedDelta {
-    /// What the packer must charge: never below what either code spends.
-    pub(crate) fn payload_bits(&self) -> usize {
-        self.estimate_bits.max(self.bits.len())
-    }
-}
+/// A slot's first word: filled, which [`SharedDelta`] (bits 32–33), the estimate (bits
+/// 16–31) and the length (bits 0–15); the string's words follow it.
+const FILLED: u64 = 1 << 63;
+const KIND_SHIFT: u32 = 32;
+const UNCHANGED: u64 = 0;
+const OWN: u64 = 1;
+const BITS: u64 = 2;
 
-/// The shared code for deltas `ticks` after their baseline (0: spawns), and the deltas
-/// encoded with it so far, by the entity's index in the tick's world.
-#[derive(Debug)]
-pub(crate) struct SharedSection {
-    pub(crate) ticks: u32,
-    pub(crate) code: EntityCode,
-    slots: Slots,
-}
+/// One entity's slot: [`FILLED`] and the rest of the first word, then the bits. Slots are
+/// read by every client that holds the entity, so they are small (two in a cache line of
+/// 64 bytes) and need no lock: two clients that fill a slot at once write the same words,
+/// and a reader that sees the first word filled (acquire) sees the words stored before it
+/// (release).
+type Slot = [AtomicU64; 1 + BitString::WORDS];
 
 /// One slot per entity of the tick's world, and which of them were filled, so that emptying
-/// them for the next tick touches those alone (a few thousand of 10,000, each two cache
-/// lines), not every slot.
+/// them for the next tick touches those alone (a few thousand of 10,000), not every slot.
 #[derive(Debug, Default)]
 struct Slots {
-    slots: Vec<OnceLock<SharedDelta>>,
+    slots: Vec<Slot>,
     /// One bit per slot filled.
     filled: Vec<AtomicU64>,
 }
@@ -71,24 +74,63 @@ impl Slots {
                     let i = w * 64 + bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     if let Some(slot) = self.slots.get_mut(i) {
-                        slot.take();
+                        *slot[0].get_mut() = 0;
                     }
                 }
             }
         } else {
             self.slots.clear();
-            self.slots.resize_with(len, OnceLock::new);
+            self.slots.resize_with(len, Default::default);
             self.filled.clear();
             self.filled
                 .resize_with(len.div_ceil(64), AtomicU64::default);
         }
     }
 
-    fn mark(&self, index: usize) {
+    fn load(slot: &Slot) -> Option<SharedDelta> {
+        let head = slot[0].load(Ordering::Acquire);
+        if head & FILLED == 0 {
+            return None;
+        }
+        Some(match (head >> KIND_SHIFT) & 3 {
+            UNCHANGED => SharedDelta::Unchanged,
+            BITS => {
+                let words = std::array::from_fn(|i| slot[1 + i].load(Ordering::Relaxed));
+                SharedDelta::Bits {
+                    bits: BitString::from_words(words, (head & 0xffff) as usize),
+                    estimate: ((head >> 16) & 0xffff) as usize,
+                }
+            }
+            _ => SharedDelta::Own,
+        })
+    }
+
+    fn store(&self, index: usize, slot: &Slot, delta: &SharedDelta) {
+        let head = match delta {
+            SharedDelta::Unchanged => UNCHANGED << KIND_SHIFT,
+            SharedDelta::Own => OWN << KIND_SHIFT,
+            SharedDelta::Bits { bits, estimate } => {
+                for (word, &bits) in slot[1..].iter().zip(bits.words()) {
+                    word.store(bits, Ordering::Relaxed);
+                }
+                // Both fit 16 bits: `SharedSection::encode` keeps no longer string.
+                (BITS << KIND_SHIFT) | ((*estimate as u64) << 16) | bits.len() as u64
+            }
+        };
+        slot[0].store(FILLED | head, Ordering::Release);
         if let Some(word) = self.filled.get(index / 64) {
             word.fetch_or(1 << (index % 64), Ordering::Relaxed);
         }
     }
+}
+
+/// The shared code for deltas `ticks` after their baseline (0: spawns), and the deltas
+/// encoded with it so far, by the entity's index in the tick's world.
+#[derive(Debug)]
+pub(crate) struct SharedSection {
+    pub(crate) ticks: u32,
+    pub(crate) code: EntityCode,
+    slots: Slots,
 }
 
 impl SharedSection {
@@ -100,50 +142,48 @@ impl SharedSection {
         index: usize,
         states: impl FnOnce() -> (&'a QuantizedEntity, &'a QuantizedEntity),
         lim: &Limits,
-    ) -> Option<SharedLookup<'_>> {
+    ) -> Option<SharedLookup> {
         let slot = self.slots.slots.get(index)?;
-        if let Some(d) = slot.get() {
+        if let Some(d) = Slots::load(slot) {
             return Some(SharedLookup::Hit(d));
         }
+        // Another thread may fill the slot meanwhile, with the same words (a function of
+        // the same states).
         let (base, cur) = states();
-        // Another thread may fill the slot meanwhile, with the same delta (a function of
-        // the same states): then that one is used.
-        Some(match slot.set(self.encode(base, cur, lim)) {
-            Ok(()) => {
-                self.slots.mark(index);
-                SharedLookup::Kept(slot.get()?)
-            }
-            Err(_) => SharedLookup::Hit(slot.get()?),
-        })
-    }
-
-    /// The delta of the entity at `index`, once some client looked it up.
-    pub(crate) fn get(&self, index: usize) -> Option<&SharedDelta> {
-        self.slots.slots.get(index)?.get()
+        let d = self.encode(base, cur, lim);
+        self.slots.store(index, slot, &d);
+        Some(SharedLookup::Kept(d))
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
         let delta = EntityDelta::new(base, cur, self.ticks, lim);
-        SharedDelta {
-            estimate_bits: part::delta_bits(&delta, cur, self.ticks, lim),
-            bits: part::shared_bits(&delta, cur, lim, &self.code),
-            delta,
+        if delta.is_empty() {
+            return SharedDelta::Unchanged;
         }
+        if !part::code_covers(&self.code, &delta) {
+            return SharedDelta::Own;
+        }
+        let bits = part::shared_bits(&delta, cur, lim, &self.code);
+        let estimate = part::delta_bits(&delta, cur, self.ticks, lim);
+        if bits.overflowed() || estimate > 0xffff {
+            return SharedDelta::Own;
+        }
+        SharedDelta::Bits { bits, estimate }
     }
 }
 
 /// A delta from a [`SharedSection`]: encoded by another client, or by this one and kept for
 /// the others.
 #[derive(Debug)]
-pub(crate) enum SharedLookup<'a> {
-    Hit(&'a SharedDelta),
-    Kept(&'a SharedDelta),
+pub(crate) enum SharedLookup {
+    Hit(SharedDelta),
+    Kept(SharedDelta),
 }
 
-impl<'a> SharedLookup<'a> {
-    pub(crate) fn get(&self) -> &'a SharedDelta {
+impl SharedLookup {
+    pub(crate) fn get(&self) -> SharedDelta {
         match self {
-            SharedLookup::Hit(d) | SharedLookup::Kept(d) => d,
+            SharedLookup::Hit(d) | SharedLookup::Kept(d) => *d,
         }
     }
 }
@@ -196,7 +236,7 @@ impl SharedDeltas {
             if deltas.is_empty() {
                 continue;
             }
-            let code = part::choose_code(deltas.iter(), k, scratch);
+            let code = part::choose_code(deltas.iter().copied(), k, scratch);
             // Reuse a section's slots from an earlier tick.
             let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
             slots.reset(cur.len());
