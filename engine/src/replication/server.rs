@@ -505,6 +505,9 @@ impl Server {
                     }
                 }
             }
+            if let Built::Own(parts) = parts {
+                peer.sender.recycle_parts(parts);
+            }
         }
         if scoped {
             self.viewers_per_entity = in_view as f64 / world.len().max(1) as f64;

@@ -120,10 +120,12 @@ impl BitWriter {
         Self::default()
     }
 
-    /// An empty writer with room for `bytes` bytes.
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
+    /// An empty writer in `bytes` (cleared), with room for `capacity` bytes.
+    pub(crate) fn in_buffer(mut bytes: Vec<u8>, capacity: usize) -> Self {
+        bytes.clear();
+        bytes.reserve(capacity);
         Self {
-            bytes: Vec::with_capacity(bytes),
+            bytes,
             ..Self::default()
         }
     }

@@ -287,6 +287,10 @@ struct Scratch {
     spawns: Vec<usize>,
     parts: Vec<PartRanges>,
     encode: EncodeScratch,
+    /// Buffers of parts sent and given back ([`SnapshotSender::recycle_parts`]), for the
+    /// next snapshot's parts and its list of them.
+    spare_parts: Vec<Vec<u8>>,
+    spare_list: Vec<Vec<u8>>,
 }
 
 impl Scratch {
@@ -610,6 +614,24 @@ impl SnapshotSender {
         self.spare.pop().unwrap_or_default()
     }
 
+    /// Give back the parts of a snapshot [`Self::build`] returned, once sent: the next
+    /// snapshots are written in their buffers instead of new ones.
+    pub fn recycle_parts(&mut self, mut parts: Vec<Vec<u8>>) {
+        /// Buffers kept: a snapshot of a scoped client is one or two parts.
+        const SPARES: usize = 4;
+        let spare = &mut self.scratch.spare_parts;
+        let room = SPARES.saturating_sub(spare.len());
+        spare.extend(
+            parts
+                .drain(..)
+                .filter(|p| p.capacity() <= self.config.max_part_bytes)
+                .take(room),
+        );
+        if parts.capacity() <= SPARES {
+            self.scratch.spare_list = parts;
+        }
+    }
+
     /// Keep the picks of `world` as a spare if this sender is given views and no one else
     /// holds them (a few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
@@ -714,6 +736,8 @@ impl SnapshotSender {
             spawns,
             parts,
             encode,
+            spare_parts,
+            spare_list,
         } = &mut self.scratch;
         candidates.clear();
         despawns.clear();
@@ -919,9 +943,7 @@ impl SnapshotSender {
         let sent = [part.updates.end, part.despawns.end, part.spawns.end];
         parts.push(part);
 
-        // What each entity is written from, once: the encoder walks a section's entities
-        // several times (gaps, code, bits), and a shared delta is a read of memory other
-        // clients wrote.
+        // What each entity is written from.
         let entity = |key: usize, i: usize| -> part::PartEntity<'_> {
             let c = &candidates[i];
             let coded = match &c.measured {
@@ -933,22 +955,14 @@ impl SnapshotSender {
             };
             (key, cur.state(c.world_index), coded)
         };
-        let mut written: Vec<part::PartEntity<'_>> = Vec::with_capacity(sent[0] + sent[2]);
-        // Updates have a base index by the filter above.
-        written.extend(
-            updates[..sent[0]]
-                .iter()
-                .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
-        );
-        // Ids are u32; as usize they keep their order.
-        written.extend(
-            spawns[..sent[2]]
-                .iter()
-                .map(|&i| entity(candidates[i].id.0 as usize, i)),
-        );
-        let (written_updates, written_spawns) = written.split_at(sent[0]);
+        // Updates have a base index by the filter above; ids are u32, as usize they keep
+        // their order.
+        let update = |&i: &usize| entity(candidates[i].base_index.unwrap_or(0), i);
+        let spawn = |&i: &usize| entity(candidates[i].id.0 as usize, i);
+        let (written_updates, written_spawns) = (&updates[..sent[0]], &spawns[..sent[2]]);
         let count = parts.len();
-        let mut out = Vec::with_capacity(count);
+        let mut out = std::mem::take(spare_list);
+        out.clear();
         for (index, p) in parts.iter().enumerate() {
             let header = PartHeader {
                 tick,
@@ -958,13 +972,14 @@ impl SnapshotSender {
                 count: count as u16,
             };
             // The estimate is never below what the part spends: one allocation.
-            let mut w = BitWriter::with_capacity(p.bits.div_ceil(8));
+            let buffer = spare_parts.pop().unwrap_or_default();
+            let mut w = BitWriter::in_buffer(buffer, p.bits.div_ceil(8));
             part::encode_part(
                 &mut w,
                 &header,
-                written_updates[p.updates.clone()].iter().copied(),
+                written_updates[p.updates.clone()].iter().map(update),
                 &despawns[p.despawns.clone()],
-                written_spawns[p.spawns.clone()].iter().copied(),
+                written_spawns[p.spawns.clone()].iter().map(spawn),
                 &lim,
                 encode,
                 [
@@ -1154,10 +1169,13 @@ mod reset_tests {
 
     #[test]
     fn when_everything_fits_the_shortcut_sends_what_ranking_would() {
+        // The fast sender is also given back its parts once sent, and writes the next
+        // snapshot in them: the same bytes as in new buffers.
         let mut fast = SnapshotSender::new(SenderConfig::default()).unwrap();
         let mut ranked = fast.clone();
         ranked.always_rank = true;
         let mut seq = Sequence(0);
+        let mut reused = 0;
         for tick in 1..40u32 {
             // Entities come and go and move; every other tick's parts are acknowledged.
             let mut w = World::new();
@@ -1174,9 +1192,21 @@ mod reset_tests {
                 }
             }
             let q = QuantizedWorld::from_world(&w, &QuantizeConfig::default());
+            // The buffer the first part is written in, if a spare can hold it.
+            let spare = fast
+                .scratch
+                .spare_parts
+                .last()
+                .map(|b| (b.as_ptr(), b.capacity()));
             let a = fast.build(Tick(tick), &q, 8800).unwrap();
             let b = ranked.build(Tick(tick), &q, 8800).unwrap();
             assert_eq!(a, b, "tick {tick}");
+            if let Some((at, capacity)) = spare
+                && a[0].len() <= capacity
+            {
+                assert_eq!(a[0].as_ptr(), at, "tick {tick}");
+                reused += 1;
+            }
             for i in 0..a.len() {
                 fast.on_part_sent(Tick(tick), i, seq);
                 ranked.on_part_sent(Tick(tick), i, seq);
@@ -1184,7 +1214,9 @@ mod reset_tests {
                 ranked.on_delivery(seq, tick % 2 == 0);
                 seq = seq.next();
             }
+            fast.recycle_parts(a);
         }
+        assert!(reused > 20, "{reused} snapshots written in a spare");
         assert_eq!(fast.stats(), ranked.stats());
         assert_eq!(fast.stats().entities_deferred, 0);
     }
