@@ -291,6 +291,16 @@ struct Scratch {
     /// next snapshot's parts and its list of them.
     spare_parts: Vec<Vec<u8>>,
     spare_list: Vec<Vec<u8>>,
+    /// The memory of the list of entities the last snapshot wrote (empty).
+    written: Vec<part::PartEntity<'static>>,
+}
+
+/// An empty `Vec<U>` in the memory of `v`: a collect from a `Vec`'s own iterator into
+/// elements of the same size and alignment (here, the same type with another lifetime)
+/// is done in place.
+fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 impl Scratch {
@@ -738,6 +748,7 @@ impl SnapshotSender {
             encode,
             spare_parts,
             spare_list,
+            written: written_buffer,
         } = &mut self.scratch;
         candidates.clear();
         despawns.clear();
@@ -955,11 +966,22 @@ impl SnapshotSender {
             };
             (key, cur.state(c.world_index), coded)
         };
-        // Updates have a base index by the filter above; ids are u32, as usize they keep
-        // their order.
-        let update = |&i: &usize| entity(candidates[i].base_index.unwrap_or(0), i);
-        let spawn = |&i: &usize| entity(candidates[i].id.0 as usize, i);
-        let (written_updates, written_spawns) = (&updates[..sent[0]], &spawns[..sent[2]]);
+        // Resolved once: the encoder walks a section's entities several times (gaps, code,
+        // bits). In the memory of the last snapshot's list.
+        let mut written: Vec<part::PartEntity<'_>> = reuse(std::mem::take(written_buffer));
+        // Updates have a base index by the filter above.
+        written.extend(
+            updates[..sent[0]]
+                .iter()
+                .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
+        );
+        // Ids are u32; as usize they keep their order.
+        written.extend(
+            spawns[..sent[2]]
+                .iter()
+                .map(|&i| entity(candidates[i].id.0 as usize, i)),
+        );
+        let (written_updates, written_spawns) = written.split_at(sent[0]);
         let count = parts.len();
         let mut out = std::mem::take(spare_list);
         out.clear();
@@ -977,9 +999,9 @@ impl SnapshotSender {
             part::encode_part(
                 &mut w,
                 &header,
-                written_updates[p.updates.clone()].iter().map(update),
+                written_updates[p.updates.clone()].iter().copied(),
                 &despawns[p.despawns.clone()],
-                written_spawns[p.spawns.clone()].iter().map(spawn),
+                written_spawns[p.spawns.clone()].iter().copied(),
                 &lim,
                 encode,
                 [
@@ -992,6 +1014,8 @@ impl SnapshotSender {
             self.stats.bytes += bytes.len() as u64;
             out.push(bytes);
         }
+
+        *written_buffer = reuse(written);
 
         let sent_entities = updates[..sent[0]].iter().chain(&spawns[..sent[2]]);
         let mut payload_bits = 0usize;
@@ -1165,6 +1189,28 @@ mod reset_tests {
             );
         }
         QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn the_list_of_entities_written_is_kept_in_the_same_memory_from_snapshot_to_snapshot() {
+        let kept: Vec<part::PartEntity<'static>> = Vec::with_capacity(300);
+        let at = kept.as_ptr() as usize;
+        let (state, bits) = (QuantizedEntity::default(), BitString::default());
+        let mut list: Vec<part::PartEntity<'_>> = reuse(kept);
+        list.push((
+            0,
+            &state,
+            part::Coded::Shared {
+                bits: &bits,
+                base: None,
+            },
+        ));
+        assert_eq!((list.as_ptr() as usize, list.capacity()), (at, 300));
+        let back: Vec<part::PartEntity<'static>> = reuse(list);
+        assert_eq!(
+            (back.as_ptr() as usize, back.capacity(), back.len()),
+            (at, 300, 0)
+        );
     }
 
     #[test]
