@@ -296,9 +296,14 @@ fn main() {
                 std::process::exit(1);
             }
             eprintln!(
-                "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; {:.0} % of snapshots shared)",
+                "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; {:.0} % of snapshots shared; \
+                 tick cost p50 / p99 {:.1} / {:.1} % without loss, {:.1} / {:.1} % at {LOSS_PCT} % loss)",
                 started.elapsed().as_secs_f64(),
-                clean.shared_pct
+                clean.shared_pct,
+                clean.tick_cost_pct(0.5),
+                clean.tick_cost_pct(0.99),
+                lossy.tick_cost_pct(0.5),
+                lossy.tick_cost_pct(0.99),
             );
             rows.push(Row {
                 tick_rate: rate,
