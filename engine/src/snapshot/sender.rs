@@ -1065,9 +1065,11 @@ impl SnapshotSender {
     /// Part `part_index` of `tick` (as returned by [`Self::build`]) went out in the packet
     /// numbered `seq`.
     pub fn on_part_sent(&mut self, tick: Tick, part_index: usize, seq: Sequence) {
+        // Newest first: parts go out as soon as their tick is built.
         let known = self
             .ring
             .iter()
+            .rev()
             .any(|s| s.tick == tick && part_index < s.parts);
         if known {
             // part_index < part count ≤ 256.

@@ -105,7 +105,9 @@ impl Slots {
         })
     }
 
-    fn store(&self, index: usize, slot: &Slot, delta: &SharedDelta) {
+    /// Fill `slot` (at `index`) with `delta`, unless another thread just did: whether this
+    /// one did. The words two threads store are the same; the first word is set once.
+    fn store(&self, index: usize, slot: &Slot, delta: &SharedDelta) -> bool {
         let head = match delta {
             SharedDelta::Unchanged => UNCHANGED << KIND_SHIFT,
             SharedDelta::Own => OWN << KIND_SHIFT,
@@ -117,10 +119,13 @@ impl Slots {
                 (BITS << KIND_SHIFT) | ((*estimate as u64) << 16) | bits.len() as u64
             }
         };
-        slot[0].store(FILLED | head, Ordering::Release);
-        if let Some(word) = self.filled.get(index / 64) {
+        let set = slot[0]
+            .compare_exchange(0, FILLED | head, Ordering::Release, Ordering::Relaxed)
+            .is_ok();
+        if set && let Some(word) = self.filled.get(index / 64) {
             word.fetch_or(1 << (index % 64), Ordering::Relaxed);
         }
+        set
     }
 }
 
@@ -148,11 +153,15 @@ impl SharedSection {
             return Some(SharedLookup::Hit(d));
         }
         // Another thread may fill the slot meanwhile, with the same words (a function of
-        // the same states).
+        // the same states): then this lookup counts as a hit, as it would had it come
+        // second, so the counts do not depend on the threads either.
         let (base, cur) = states();
         let d = self.encode(base, cur, lim);
-        self.slots.store(index, slot, &d);
-        Some(SharedLookup::Kept(d))
+        Some(if self.slots.store(index, slot, &d) {
+            SharedLookup::Kept(d)
+        } else {
+            SharedLookup::Hit(d)
+        })
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
@@ -193,6 +202,8 @@ impl SharedLookup {
 pub(crate) struct SharedDeltas {
     tick: Tick,
     sections: Vec<SharedSection>,
+    /// The sample of changes a code is chosen from, kept from tick to tick.
+    sample: Vec<EntityDelta>,
 }
 
 impl SharedDeltas {
@@ -212,7 +223,7 @@ impl SharedDeltas {
         self.sections.clear();
         let cur = world.entities();
         let spawn_base = part::spawn_base();
-        let mut deltas: Vec<EntityDelta> = Vec::new();
+        let mut deltas = std::mem::take(&mut self.sample);
         for &k in ticks {
             deltas.clear();
             if k == 0 {
@@ -225,8 +236,11 @@ impl SharedDeltas {
                 let Some(then) = history.iter().find(|h| h.tick.0 + k == tick.0) else {
                     continue;
                 };
+                // Both are sorted by id: one walk, not a search per entity.
+                let mut before = then.world.entities().iter().peekable();
                 for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
-                    if let Some(b) = then.world.get(*id)
+                    while before.next_if(|(b, _)| b < id).is_some() {}
+                    if let Some((_, b)) = before.next_if(|(b, _)| b == id)
                         && b != e
                     {
                         deltas.push(EntityDelta::new(b, e, k, lim));
@@ -247,6 +261,8 @@ impl SharedDeltas {
             });
         }
         old.clear();
+        deltas.clear();
+        self.sample = deltas;
     }
 
     /// The section for deltas `ticks` after their baseline at `tick`, if any. The entity
