@@ -274,3 +274,100 @@ impl SharedDeltas {
         self.sections.iter().find(|s| s.ticks == ticks)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{EntityId, EntityState, QuantizeConfig, Transform, World};
+
+    /// A world of `n` entities scattered, turned and some moving (`t` moves them on), the
+    /// first of them carrying `component` bytes and some others a few.
+    fn world(n: u32, t: f32, component: usize) -> QuantizedWorld {
+        let mut w = World::new();
+        for i in 0..n {
+            // A scatter of values from the index alone.
+            let h =
+                |k: u32| ((i.wrapping_mul(2_654_435_761).wrapping_add(k * 40_503)) % 1000) as f32;
+            let moving = i % 3 != 0;
+            let speed = if moving { h(1) / 100.0 - 5.0 } else { 0.0 };
+            let mut e = EntityState::new(Transform {
+                position: glam::Vec3::new(h(2) - 500.0 + speed * t, h(3) / 50.0, 400.0 - h(4) + t),
+                rotation: glam::Quat::from_rotation_y(h(5) / 100.0 + t * speed / 10.0),
+                velocity: (moving && i % 5 != 0).then(|| glam::Vec3::new(speed, 0.0, 1.0)),
+            });
+            if i == 0 && component > 0 {
+                e.component = Some(vec![0xa5; component]);
+            } else if i % 7 == 1 {
+                // A few bytes of component: spawns past two words.
+                e.component = Some(vec![i as u8; 2 + i as usize % 4]);
+            }
+            w.insert(EntityId(i), e);
+        }
+        QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn a_slot_keeps_the_bits_the_code_writes_and_leaves_longer_deltas_to_each_client() {
+        let lim = QuantizeConfig::default().limits();
+        let mut scratch = EncodeScratch::default();
+        let spawn_base = part::spawn_base();
+        // Entity 0 spawns with 40 bytes of component: longer than a slot keeps.
+        let (then, now) = (world(64, 0.0, 40), world(64, 0.1, 40));
+        let history = [TickWorld::new(then.clone(), Tick(1), None)];
+        let mut shared = SharedDeltas::default();
+        shared.prepare(Tick(3), &now, &history, &[0, 2], &lim, &mut scratch);
+        let (spawns, updates) = (
+            shared.section(Tick(3), 0).expect("a spawn section"),
+            shared
+                .section(Tick(3), 2)
+                .expect("a section two ticks after tick 1"),
+        );
+        let cur = now.entities();
+        let (mut long, mut unchanged) = (0, 0);
+        for (i, (_, e)) in cur.iter().enumerate() {
+            let spawn = spawns.delta(i, || (&spawn_base, e), &lim).unwrap().get();
+            let base = &then.entities()[i].1;
+            let update = updates.delta(i, || (base, e), &lim).unwrap().get();
+            for (section, d, old, ticks) in
+                [(spawns, spawn, &spawn_base, 0), (updates, update, base, 2)]
+            {
+                let delta = EntityDelta::new(old, e, ticks, &lim);
+                let written = part::shared_bits(&delta, e, &lim, &section.code);
+                match d {
+                    SharedDelta::Bits { bits, estimate } => {
+                        assert!(part::code_covers(&section.code, &delta));
+                        assert_eq!(bits, written, "entity {i}, {ticks} ticks");
+                        long += usize::from(bits.len() > 128);
+                        assert_eq!(estimate, part::delta_bits(&delta, e, ticks, &lim));
+                    }
+                    SharedDelta::Own => assert!(
+                        written.overflowed() || !part::code_covers(&section.code, &delta),
+                        "entity {i}, {ticks} ticks: a delta the slot could keep"
+                    ),
+                    SharedDelta::Unchanged => {
+                        assert!(delta.is_empty(), "entity {i}, {ticks} ticks");
+                        unchanged += 1;
+                    }
+                }
+            }
+            // The component's 320 bits do not fit a slot; every other spawn does.
+            assert_eq!(matches!(spawn, SharedDelta::Own), i == 0, "entity {i}");
+            // A second lookup reads what the first one kept.
+            assert!(
+                matches!(spawns.delta(i, || unreachable!(), &lim), Some(SharedLookup::Hit(d)) if d == spawn)
+            );
+        }
+        // Strings reach the slot's third word, and resting entities are unchanged.
+        assert!(
+            long > 0 && unchanged > 0,
+            "{long} long, {unchanged} unchanged"
+        );
+        // The next tick starts empty: the slots filled are cleared.
+        shared.prepare(Tick(4), &now, &[], &[0], &lim, &mut scratch);
+        let spawns = shared.section(Tick(4), 0).expect("a spawn section");
+        assert!(matches!(
+            spawns.delta(5, || (&spawn_base, &cur[5].1), &lim),
+            Some(SharedLookup::Kept(_))
+        ));
+    }
+}
