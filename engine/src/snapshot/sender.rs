@@ -315,6 +315,7 @@ impl Scratch {
             self.chosen.shrink_to(KEEP.max(2 * candidates));
             self.updates.shrink_to(KEEP.max(2 * candidates));
             self.spawns.shrink_to(KEEP.max(2 * candidates));
+            self.written.shrink_to(KEEP.max(2 * candidates));
         }
         if self.despawns.capacity() > KEEP.max(4 * self.despawns.len()) {
             self.despawns.shrink_to(KEEP.max(2 * self.despawns.len()));
@@ -1191,6 +1192,38 @@ mod reset_tests {
             );
         }
         QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn memory_one_large_snapshot_grew_is_given_back_after_it() {
+        let world = |n: u32| {
+            let mut w = World::new();
+            for i in 0..n {
+                w.insert(
+                    EntityId(i),
+                    EntityState::new(Transform {
+                        position: glam::Vec3::new(i as f32, 0.0, 0.0),
+                        ..Transform::default()
+                    }),
+                );
+            }
+            QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+        };
+        let mut s = SnapshotSender::new(SenderConfig::default()).unwrap();
+        let big = s.build(Tick(1), &world(5000), 1 << 20).unwrap();
+        let scratch = &s.scratch;
+        assert!(scratch.candidates.capacity() >= 5000 && scratch.written.capacity() >= 5000);
+        s.recycle_parts(big);
+        s.build(Tick(2), &world(10), 1 << 20).unwrap();
+        let scratch = &s.scratch;
+        for (what, capacity) in [
+            ("candidates", scratch.candidates.capacity()),
+            ("written", scratch.written.capacity()),
+            ("updates", scratch.updates.capacity()),
+            ("spare parts", scratch.spare_parts.len()),
+        ] {
+            assert!(capacity <= 2048, "{what}: {capacity}");
+        }
     }
 
     #[test]
