@@ -434,9 +434,9 @@ impl<'a> Diff<'a> {
                             .map(|found| self.count(found));
                         match found {
                             Some(SharedDelta::Unchanged) => {}
-                            Some(SharedDelta::Bits { bits, estimate }) => {
-                                let payload = estimate.max(bits.len());
-                                self.push(wid, Some(bi), wi, payload, Measured::Shared(bits));
+                            Some(SharedDelta::Bits { bits, payload_bits }) => {
+                                let shared = Measured::Shared(bits);
+                                self.push(wid, Some(bi), wi, payload_bits, shared);
                             }
                             Some(SharedDelta::Own) | None => {
                                 let (be, we) = states();
@@ -466,9 +466,8 @@ impl<'a> Diff<'a> {
                         .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we()), self.lim))
                         .map(|found| self.count(found));
                     match found {
-                        Some(SharedDelta::Bits { bits, estimate }) => {
-                            let payload = estimate.max(bits.len());
-                            self.push(wid, None, wi, payload, Measured::Shared(bits));
+                        Some(SharedDelta::Bits { bits, payload_bits }) => {
+                            self.push(wid, None, wi, payload_bits, Measured::Shared(bits));
                         }
                         // A spawn is written even when it equals the spawn base.
                         Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {

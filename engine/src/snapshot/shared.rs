@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
 use super::quantize::Limits;
-use super::world::{QuantizedEntity, QuantizedWorld, Tick, TickWorld};
+use super::world::{QuantizedEntity, QuantizedWorld, Tick, TickWorld, next_with_id};
 
 /// Every this many entities of the world, one measures the changes a shared code is chosen
 /// from: a few hundred changes of the massive scene describe it as well as all of them.
@@ -35,12 +35,13 @@ pub(crate) enum SharedDelta {
     /// The delta written with the code.
     Bits {
         bits: BitString,
-        /// Bits of the sender's estimate ([`part::delta_bits`]).
-        estimate: usize,
+        /// What the packer must charge: never below what either code spends (the sender's
+        /// estimate, [`part::delta_bits`], or the shared code).
+        payload_bits: usize,
     },
 }
 
-/// A slot's first word: filled, which [`SharedDelta`] (bits 32–33), the estimate (bits
+/// A slot's first word: filled, which [`SharedDelta`] (bits 32–33), the payload bits (bits
 /// 16–31) and the length (bits 0–15); the string's words follow it.
 const FILLED: u64 = 1 << 63;
 const KIND_SHIFT: u32 = 32;
@@ -98,7 +99,7 @@ impl Slots {
                 let words = std::array::from_fn(|i| slot[1 + i].load(Ordering::Relaxed));
                 SharedDelta::Bits {
                     bits: BitString::from_words(words, (head & 0xffff) as usize),
-                    estimate: ((head >> 16) & 0xffff) as usize,
+                    payload_bits: ((head >> 16) & 0xffff) as usize,
                 }
             }
             _ => SharedDelta::Own,
@@ -111,12 +112,12 @@ impl Slots {
         let head = match delta {
             SharedDelta::Unchanged => UNCHANGED << KIND_SHIFT,
             SharedDelta::Own => OWN << KIND_SHIFT,
-            SharedDelta::Bits { bits, estimate } => {
+            SharedDelta::Bits { bits, payload_bits } => {
                 for (word, &bits) in slot[1..].iter().zip(bits.words()) {
                     word.store(bits, Ordering::Relaxed);
                 }
                 // Both fit 16 bits: `SharedSection::encode` keeps no longer string.
-                (BITS << KIND_SHIFT) | ((*estimate as u64) << 16) | bits.len() as u64
+                (BITS << KIND_SHIFT) | ((*payload_bits as u64) << 16) | bits.len() as u64
             }
         };
         let set = slot[0]
@@ -173,11 +174,11 @@ impl SharedSection {
             return SharedDelta::Own;
         }
         let bits = part::shared_bits(&delta, cur, lim, &self.code);
-        let estimate = part::delta_bits(&delta, cur, self.ticks, lim);
-        if bits.overflowed() || estimate > 0xffff {
+        let payload_bits = part::delta_bits(&delta, cur, self.ticks, lim).max(bits.len());
+        if bits.overflowed() || payload_bits > 0xffff {
             return SharedDelta::Own;
         }
-        SharedDelta::Bits { bits, estimate }
+        SharedDelta::Bits { bits, payload_bits }
     }
 }
 
@@ -239,8 +240,7 @@ impl SharedDeltas {
                 // Both are sorted by id: one walk, not a search per entity.
                 let mut before = then.world.entities().iter().peekable();
                 for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
-                    while before.next_if(|(b, _)| b < id).is_some() {}
-                    if let Some((_, b)) = before.next_if(|(b, _)| b == id)
+                    if let Some((_, b)) = next_with_id(&mut before, *id, |(b, _)| *b)
                         && b != e
                     {
                         deltas.push(EntityDelta::new(b, e, k, lim));
@@ -334,11 +334,12 @@ mod tests {
                 let delta = EntityDelta::new(old, e, ticks, &lim);
                 let written = part::shared_bits(&delta, e, &lim, &section.code);
                 match d {
-                    SharedDelta::Bits { bits, estimate } => {
+                    SharedDelta::Bits { bits, payload_bits } => {
                         assert!(part::code_covers(&section.code, &delta));
                         assert_eq!(bits, written, "entity {i}, {ticks} ticks");
                         long += usize::from(bits.len() > 128);
-                        assert_eq!(estimate, part::delta_bits(&delta, e, ticks, &lim));
+                        let estimate = part::delta_bits(&delta, e, ticks, &lim);
+                        assert_eq!(payload_bits, estimate.max(written.len()));
                     }
                     SharedDelta::Own => assert!(
                         written.overflowed() || !part::code_covers(&section.code, &delta),

@@ -257,8 +257,7 @@ impl QuantizedWorld {
             let mut old = std::mem::take(&mut cache.entries).into_iter().peekable();
             let mut entries = Vec::with_capacity(world.len());
             for (id, s) in world.iter() {
-                while old.next_if(|e| e.id < id).is_some() {}
-                let entry = match old.next_if(|e| e.id == id) {
+                let entry = match next_with_id(&mut old, id, |e| e.id) {
                     Some(e) if e.holds(s) => e,
                     _ => CachedEntity {
                         id,
@@ -395,8 +394,7 @@ impl TickWorld {
                 // Both are sorted by id: one merge walk, not a search per entity.
                 let mut before = p.world.entities().iter().zip(p.changed.iter()).peekable();
                 for (id, e) in world.entities() {
-                    while before.next_if(|((p, _), _)| p < id).is_some() {}
-                    changed.push(match before.next_if(|((p, _), _)| p == id) {
+                    changed.push(match next_with_id(&mut before, *id, |((p, _), _)| *p) {
                         Some(((_, old), &since)) if old == e => since,
                         _ => tick.0,
                     });
@@ -456,6 +454,17 @@ impl WorldView {
             ),
         }
     }
+}
+
+/// The item of `walk` (sorted by id) with id `id`, if there is one, skipping those before
+/// it: looking up ids in increasing order this way is one walk, not a search per id.
+pub(crate) fn next_with_id<I: Iterator>(
+    walk: &mut std::iter::Peekable<I>,
+    id: EntityId,
+    id_of: impl Fn(&I::Item) -> EntityId,
+) -> Option<I::Item> {
+    while walk.next_if(|item| id_of(item) < id).is_some() {}
+    walk.next_if(|item| id_of(item) == id)
 }
 
 /// Sort changes by id and keep only the last change per id, so [`QuantizedWorld::apply`]
