@@ -526,22 +526,29 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn in_massive_each_client_is_sent_its_neighbourhood_not_the_world() {
+    /// Four players in the `massive` scene with `npcs`, at 30 Hz over a 20 ms link losing
+    /// `loss_pct`.
+    fn massive(npcs: usize, loss_pct: f64) -> SimulationOptions {
         let mut opts = SimulationOptions {
             clients: 4,
             conditioner: ConditionerConfig {
                 enabled: true,
-                loss_pct: 5.0,
+                loss_pct,
                 latency: Duration::from_millis(20),
                 ..ConditionerConfig::off()
             },
             ..SimulationOptions::default()
         };
         opts.game.scene = SceneKind::Massive;
-        opts.game.entities = Some(3000);
+        opts.game.entities = Some(npcs);
         opts.game.tick_rate = 30.0;
         opts.game.send_rate = 30.0;
+        opts
+    }
+
+    #[test]
+    fn in_massive_each_client_is_sent_its_neighbourhood_not_the_world() {
+        let opts = massive(3000, 5.0);
         let r = run(&opts, Duration::from_secs(1), Duration::from_secs(2)).unwrap();
         assert_eq!((r.connected, r.disconnects), (4, 0));
         assert_eq!(r.entities, 3004, "NPCs plus one avatar per player");
@@ -559,19 +566,7 @@ mod tests {
 
     #[test]
     fn clients_that_see_the_same_entities_share_their_encodings() {
-        let mut opts = SimulationOptions {
-            clients: 4,
-            conditioner: ConditionerConfig {
-                enabled: true,
-                latency: Duration::from_millis(20),
-                ..ConditionerConfig::off()
-            },
-            ..SimulationOptions::default()
-        };
-        opts.game.scene = SceneKind::Massive;
-        opts.game.entities = Some(500);
-        opts.game.tick_rate = 30.0;
-        opts.game.send_rate = 30.0;
+        let mut opts = massive(500, 0.0);
         // Every player sees the whole square kilometre: four viewers per entity.
         opts.game.aoi_radius_m = Some(2000.0);
         let r = run(&opts, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
