@@ -277,14 +277,26 @@ pub(super) struct Scope {
     pub(super) rooms: BTreeSet<RoomId>,
     /// Set by the game; otherwise the owned entity's position.
     pub(super) view_point: Option<Vec3>,
-    /// World indices in scope, reused from tick to tick.
+    /// World indices in scope, increasing, reused from tick to tick. The next tick reads
+    /// them for the hysteresis while the world's entities stay the same (`seen_layout`).
     scratch: Vec<u32>,
-    /// One bit per entity of the tick's world, to put `scratch` in order; after that, the
-    /// entities in scope by index, which the next tick reads for the hysteresis while
-    /// the world's entities stay the same (`seen_layout`).
-    seen: Vec<u64>,
-    /// The [`Interest`] layout `seen` holds the scope of, if it does.
+    /// The [`Interest`] layout `scratch` holds the scope in, if it does.
     seen_layout: Option<u64>,
+}
+
+/// Bitmaps of the tick's world a scope is worked out in, one pair per thread and used by
+/// every client that thread works for, in turn: a client's own were cold by its next turn
+/// (a thousand clients' scopes are worked out in between).
+#[derive(Debug, Default)]
+struct ScopeBits {
+    /// The client's last scope, by index.
+    previous: Vec<u64>,
+    /// To put the new scope's indices in order ([`sort_dedup`]).
+    order: Vec<u64>,
+}
+
+thread_local! {
+    static SCOPE_BITS: std::cell::RefCell<ScopeBits> = std::cell::RefCell::default();
 }
 
 /// What one client receives this send tick.
@@ -328,19 +340,23 @@ fn bit(bits: &[u64], i: u32) -> u64 {
     bits.get(i / 64).map_or(0, |w| (w >> (i % 64)) & 1)
 }
 
+/// Whether a bitmap of `words` words is cheaper to clear and read than `n` indices are to
+/// sort or search.
+fn bitmap_pays(words: usize, n: usize) -> bool {
+    words <= 4 * n + 64
+}
+
 /// Put `indices` (each below `len`) in increasing order without duplicates.
 ///
 /// A scope gathers its indices cell by cell, so they come out of order. Setting one bit per
 /// index in a bitmap of the world and reading the bits back costs a word per 64 entities of
 /// the world: far less than sorting, unless the scope is a small share of a huge world.
-///
-/// Returns whether `seen` now holds the indices as bits.
-fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) -> bool {
+fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
     let words = len.div_ceil(64);
-    if words > 4 * indices.len() + 64 {
+    if !bitmap_pays(words, indices.len()) {
         indices.sort_unstable();
         indices.dedup();
-        return false;
+        return;
     }
     seen.clear();
     seen.resize(words, 0);
@@ -356,7 +372,6 @@ fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) -> bool {
             word &= word - 1;
         }
     }
-    true
 }
 
 /// Rooms, the area of interest, and the per-tick index of positions.
@@ -478,6 +493,24 @@ impl Interest {
                     .get(&id)
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
+        let mut bits = SCOPE_BITS.take();
+        // Last tick's scope by index, when indices still mean the same entities: a bit
+        // test instead of a search of the previous scope.
+        let words = entities.len().div_ceil(64);
+        let previous_bits = (self.config.is_some()
+            && scope.seen_layout == Some(self.layout)
+            && bitmap_pays(words, scope.scratch.len()))
+        .then(|| {
+            let previous = &mut bits.previous;
+            previous.clear();
+            previous.resize(words, 0);
+            for &i in &scope.scratch {
+                if let Some(word) = previous.get_mut(i as usize / 64) {
+                    *word |= 1 << (i % 64);
+                }
+            }
+            previous.as_slice()
+        });
         let scratch = &mut scope.scratch;
         scratch.clear();
         match self.config {
@@ -486,10 +519,6 @@ impl Interest {
                     let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
                     let outer2 = outer * outer;
                     let previous = &scope.visible;
-                    // Last tick's scope by index, when indices still mean the same
-                    // entities: a bit test instead of a search of the previous scope.
-                    let previous_bits =
-                        (scope.seen_layout == Some(self.layout)).then_some(scope.seen.as_slice());
                     let was_visible = |e: &GridEntity| match previous_bits {
                         Some(bits) => bit(bits, e.index) != 0,
                         None => previous.binary_search(&e.id).is_ok(),
@@ -545,9 +574,10 @@ impl Interest {
         if let Some(i) = owned_index {
             scratch.push(i as u32);
         }
-        let as_bits = sort_dedup(scratch, &mut scope.seen, entities.len());
+        sort_dedup(scratch, &mut bits.order, entities.len());
+        SCOPE_BITS.set(bits);
         // Positions (and so the layout) are indexed only with an area of interest.
-        scope.seen_layout = (as_bits && self.config.is_some()).then_some(self.layout);
+        scope.seen_layout = self.config.is_some().then_some(self.layout);
 
         // A spare no one else holds is written in place; anything else is replaced.
         let picks = match Arc::get_mut(&mut buf) {
