@@ -346,6 +346,17 @@ fn bitmap_pays(words: usize, n: usize) -> bool {
     words <= 4 * n + 64
 }
 
+/// Make `bits` a bitmap of `words` words with the bit of each of `indices` set.
+fn set_bits(bits: &mut Vec<u64>, words: usize, indices: &[u32]) {
+    bits.clear();
+    bits.resize(words, 0);
+    for &i in indices {
+        if let Some(word) = bits.get_mut(i as usize / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+}
+
 /// Put `indices` (each below `len`) in increasing order without duplicates.
 ///
 /// A scope gathers its indices cell by cell, so they come out of order. Setting one bit per
@@ -358,11 +369,7 @@ fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
         indices.dedup();
         return;
     }
-    seen.clear();
-    seen.resize(words, 0);
-    for &i in indices.iter() {
-        seen[i as usize / 64] |= 1 << (i % 64);
-    }
+    set_bits(seen, words, indices);
     indices.clear();
     for (w, &word) in seen.iter().enumerate() {
         let mut word = word;
@@ -501,15 +508,8 @@ impl Interest {
             && scope.seen_layout == Some(self.layout)
             && bitmap_pays(words, scope.scratch.len()))
         .then(|| {
-            let previous = &mut bits.previous;
-            previous.clear();
-            previous.resize(words, 0);
-            for &i in &scope.scratch {
-                if let Some(word) = previous.get_mut(i as usize / 64) {
-                    *word |= 1 << (i % 64);
-                }
-            }
-            previous.as_slice()
+            set_bits(&mut bits.previous, words, &scope.scratch);
+            bits.previous.as_slice()
         });
         let scratch = &mut scope.scratch;
         scratch.clear();
