@@ -346,13 +346,32 @@ fn bitmap_pays(words: usize, n: usize) -> bool {
     words <= 4 * n + 64
 }
 
+/// Set bit `i` of `bits` when `on` (a number, so that setting it or not needs no branch);
+/// beyond the bitmap, nothing.
+fn set_bit(bits: &mut [u64], i: u32, on: bool) {
+    if let Some(word) = bits.get_mut(i as usize / 64) {
+        *word |= u64::from(on) << (i % 64);
+    }
+}
+
 /// Make `bits` a bitmap of `words` words with the bit of each of `indices` set.
 fn set_bits(bits: &mut Vec<u64>, words: usize, indices: &[u32]) {
     bits.clear();
     bits.resize(words, 0);
     for &i in indices {
-        if let Some(word) = bits.get_mut(i as usize / 64) {
-            *word |= 1 << (i % 64);
+        set_bit(bits, i, true);
+    }
+}
+
+/// Replace `indices` with the index of every bit set in `bits`, in increasing order.
+fn read_bits(bits: &[u64], indices: &mut Vec<u32>) {
+    indices.clear();
+    for (w, &word) in bits.iter().enumerate() {
+        let mut word = word;
+        while word != 0 {
+            // A bitmap of a world is as long as its entities, which fit a u32 (ids are u32).
+            indices.push((w * 64) as u32 + word.trailing_zeros());
+            word &= word - 1;
         }
     }
 }
@@ -370,15 +389,7 @@ fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
         return;
     }
     set_bits(seen, words, indices);
-    indices.clear();
-    for (w, &word) in seen.iter().enumerate() {
-        let mut word = word;
-        while word != 0 {
-            // Below len, which fits a u32 (ids are u32).
-            indices.push((w * 64) as u32 + word.trailing_zeros());
-            word &= word - 1;
-        }
-    }
+    read_bits(seen, indices);
 }
 
 /// Rooms, the area of interest, and the per-tick index of positions.
@@ -501,6 +512,7 @@ impl Interest {
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
         let mut bits = SCOPE_BITS.take();
+        let ScopeBits { previous, order } = &mut bits;
         // Last tick's scope by index, when indices still mean the same entities: a bit
         // test instead of a search of the previous scope.
         let words = entities.len().div_ceil(64);
@@ -508,9 +520,18 @@ impl Interest {
             && scope.seen_layout == Some(self.layout)
             && bitmap_pays(words, scope.scratch.len()))
         .then(|| {
-            set_bits(&mut bits.previous, words, &scope.scratch);
-            bits.previous.as_slice()
+            set_bits(previous, words, &scope.scratch);
+            previous.as_slice()
         });
+        // The usual case (last tick's scope as bits, no rooms): the scan sets the bit of
+        // each entity it keeps straight in a bitmap of the world, read back in order at the
+        // end, rather than listing the indices to set them afterwards (see [`sort_dedup`]).
+        // A scope that bits pay for last tick is about as large this tick.
+        let gathered = previous_bits.filter(|_| !rooms_in_use);
+        if gathered.is_some() {
+            order.clear();
+            order.resize(words, 0);
+        }
         let scratch = &mut scope.scratch;
         scratch.clear();
         match self.config {
@@ -524,26 +545,24 @@ impl Interest {
                         None => previous.binary_search(&e.id).is_ok(),
                     };
                     self.grid.near(view, outer, |cell| {
-                        // Every index is written and kept only when in scope, so the usual
-                        // entity (well inside or outside, no rooms) takes no branch: whether
-                        // it is in scope is as good as random, and mispredicted branches
-                        // dominated this loop.
-                        let mut n = scratch.len();
-                        scratch.resize(n + cell.len(), 0);
-                        if let (Some(bits), false) = (previous_bits, rooms_in_use) {
-                            // The usual case: no rooms, last tick's scope as bits. The
-                            // hysteresis is a bit read for every entity, so nothing
-                            // branches (one at the edge is as likely in as out).
+                        // Whether an entity is in scope is as good as random (one at the
+                        // edge is as likely in as out), and mispredicted branches dominated
+                        // this loop: so the usual entity (well inside or outside, no rooms)
+                        // takes no branch.
+                        if let Some(was_bits) = gathered {
+                            // The hysteresis is a bit read for every entity, and the entity
+                            // is kept by or-ing its bit, set or not.
                             for e in cell {
                                 let d2 = e.position.distance_squared(view);
-                                let was = bit(bits, e.index) != 0;
+                                let was = bit(was_bits, e.index) != 0;
                                 let keep = (d2 <= r2) | ((d2 <= outer2) & was);
-                                scratch[n] = e.index;
-                                n += usize::from(keep);
+                                set_bit(order, e.index, keep);
                             }
-                            scratch.truncate(n);
                             return;
                         }
+                        // Otherwise every index is written and kept only when in scope.
+                        let mut n = scratch.len();
+                        scratch.resize(n + cell.len(), 0);
                         for e in cell {
                             let d2 = e.position.distance_squared(view);
                             // A NaN distance is neither.
@@ -574,7 +593,15 @@ impl Interest {
         if let Some(i) = owned_index {
             scratch.push(i as u32);
         }
-        sort_dedup(scratch, &mut bits.order, entities.len());
+        if gathered.is_some() {
+            // Only the owned entity was listed.
+            for &i in scratch.iter() {
+                set_bit(order, i, true);
+            }
+            read_bits(order, scratch);
+        } else {
+            sort_dedup(scratch, order, entities.len());
+        }
         SCOPE_BITS.set(bits);
         // Positions (and so the layout) are indexed only with an area of interest.
         scope.seen_layout = self.config.is_some().then_some(self.layout);
