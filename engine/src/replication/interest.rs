@@ -590,16 +590,15 @@ impl Interest {
                 }
             }
         }
-        if let Some(i) = owned_index {
-            scratch.push(i as u32);
-        }
+        // A world holds fewer than u32::MAX entities (ids are u32).
+        let owned_index = owned_index.map(|i| i as u32);
         if gathered.is_some() {
-            // Only the owned entity was listed.
-            for &i in scratch.iter() {
+            if let Some(i) = owned_index {
                 set_bit(order, i, true);
             }
             read_bits(order, scratch);
         } else {
+            scratch.extend(owned_index);
             sort_dedup(scratch, order, entities.len());
         }
         SCOPE_BITS.set(bits);
