@@ -107,6 +107,12 @@ pub struct SimulationReport {
     pub duration: Duration,
     /// Server CPU time per tick (real time around the tick's work).
     pub tick_cost: DurationHistogram,
+    /// Server CPU time between one tick and the next, per tick period: the datagrams it
+    /// received (inputs, acks), its timers, its events ([`Sim::server_busy`]).
+    pub between_ticks_cost: DurationHistogram,
+    /// Server CPU time per tick period in all: the tick plus the work before it since the
+    /// last tick. What a server's core spends; `tick_cost` is the part a game schedules.
+    pub period_cost: DurationHistogram,
     /// Server → client kbit/s per connected client, as sent (28 B IP+UDP per datagram).
     pub kbps_down_per_client: f64,
     /// Client → server kbit/s per connected client, as sent.
@@ -144,6 +150,12 @@ impl SimulationReport {
     /// Tick cost at quantile `q` (0..=1) as a share of the tick period, percent.
     pub fn tick_cost_pct(&self, q: f64) -> f64 {
         self.tick_cost.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
+    }
+
+    /// The server's whole work per tick period ([`Self::period_cost`]) at quantile `q` as a
+    /// share of the period, percent.
+    pub fn period_cost_pct(&self, q: f64) -> f64 {
+        self.period_cost.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
     }
 
     /// Newer snapshots received per second per client.
@@ -185,6 +197,10 @@ pub struct Simulation {
     frame_period: Duration,
     buf: Vec<u8>,
     tick_cost: DurationHistogram,
+    between_ticks_cost: DurationHistogram,
+    period_cost: DurationHistogram,
+    /// [`Sim::server_busy`] at the end of the last tick.
+    busy_at_last_tick: Duration,
     /// The server's recent entity states, for per-entity staleness.
     history: EntityHistory,
     entity_staleness: DurationHistogram,
@@ -242,6 +258,9 @@ impl Simulation {
             frame_period,
             buf: vec![0; MAX_PACKET_BYTES],
             tick_cost: DurationHistogram::new(),
+            between_ticks_cost: DurationHistogram::new(),
+            period_cost: DurationHistogram::new(),
+            busy_at_last_tick: Duration::ZERO,
             history,
             entity_staleness: DurationHistogram::new(),
             disconnects: 0,
@@ -313,8 +332,14 @@ impl Simulation {
         self.sim.run_until(at);
         match due {
             Due::Tick => {
+                // The server's work since the last tick: what the network called it for.
+                let busy = self.sim.server_busy();
+                let between = busy.saturating_sub(self.busy_at_last_tick);
+                self.busy_at_last_tick = busy;
                 let cost = self.server_tick();
                 self.tick_cost.record(cost);
+                self.between_ticks_cost.record(between);
+                self.period_cost.record(cost + between);
                 let ticks = self.sim.server.current_tick().0;
                 // Outside the measured work: the harness's own record of the truth.
                 self.history.record(ticks, self.game.world());
@@ -419,6 +444,8 @@ impl Simulation {
     /// Forget everything measured so far (e.g. after a warm-up); the game carries on.
     pub fn reset_measurements(&mut self) {
         self.tick_cost = DurationHistogram::new();
+        self.between_ticks_cost = DurationHistogram::new();
+        self.period_cost = DurationHistogram::new();
         self.entity_staleness = DurationHistogram::new();
         self.history.reset_beyond_history();
         for (p, c) in self.players.iter_mut().zip(&self.sim.clients) {
@@ -479,6 +506,8 @@ impl Simulation {
             tick_period: self.tick_period,
             duration,
             tick_cost: self.tick_cost.clone(),
+            between_ticks_cost: self.between_ticks_cost.clone(),
+            period_cost: self.period_cost.clone(),
             kbps_down_per_client: per_client(down.saturating_sub(self.wire_base.0)),
             kbps_up_per_client: per_client(up.saturating_sub(self.wire_base.1)),
             update_gap,

@@ -56,6 +56,8 @@ pub struct Sim<S: Endpoint = Server, C: Endpoint = Client> {
     /// Datagrams the server sent to addresses that are not simulated clients (e.g. replies
     /// to injected handshake packets), with their destinations.
     pub stray: Vec<(SocketAddr, Vec<u8>)>,
+    /// Real time spent in the server's calls the network made ([`Sim::server_busy`]).
+    server_busy: Duration,
     seed: u64,
     buf: Vec<u8>,
     /// Each client's next wakeup (the earliest of its endpoint and its two links), as last
@@ -137,7 +139,8 @@ impl<I: serde::Serialize> Sim<replication::Server, replication::Client<I>> {
 impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     /// A network around the server `make` builds at the start of virtual time.
     pub fn with_server(make: impl FnOnce(Instant) -> S, seed: u64) -> Self {
-        // The one clock read: a base for virtual time. Nothing below reads it again.
+        // The one clock read for virtual time: its base. The network and both endpoints see
+        // only virtual time; the clock is read again only to measure the server's work.
         let now = Instant::now();
         Self::with_server_at(make(now), now, seed)
     }
@@ -150,6 +153,7 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             server_events: Vec::new(),
             clients: Vec::new(),
             stray: Vec::new(),
+            server_busy: Duration::ZERO,
             seed,
             buf: vec![0; MAX_PACKET_BYTES],
             wake_of: Vec::new(),
@@ -292,8 +296,20 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
 
     /// Deliver a raw datagram to the server as if from `from` (for bad-input tests).
     pub fn inject_to_server(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let started = Instant::now();
         self.server.handle_datagram(self.now, from, datagram);
+        self.server_busy += started.elapsed();
         self.pump();
+    }
+
+    /// Real (not virtual) time spent so far in the server's calls the network made: every
+    /// datagram received, its timers, its transmits between the caller's own calls (each
+    /// copied into its link, as a real server copies it into its socket), its events, and
+    /// each ask for its next timeout. Everything a server does that the caller does not
+    /// call itself (a game's tick): a bench adds it to the tick's cost to show a whole
+    /// core's work. A measurement only; nothing in the network reads it.
+    pub fn server_busy(&self) -> Duration {
+        self.server_busy
     }
 
     /// Complete a handshake by hand from `from` (an address that is not a simulated client),
@@ -338,7 +354,10 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         self.take_touched();
         loop {
             self.pump_now();
-            let next = self.next_wakeup();
+            let started = Instant::now();
+            let server = self.server.poll_timeout();
+            self.server_busy += started.elapsed();
+            let next = self.next_wakeup(server);
             match next {
                 Some(t) if t <= end => {
                     self.now = t.max(self.now + MIN_STEP).min(end.max(self.now));
@@ -376,12 +395,10 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         done(self)
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
+    /// The earliest of the server's next timeout (`server`) and every client's wakeup.
+    fn next_wakeup(&self, server: Option<Instant>) -> Option<Instant> {
         let clients = self.wakes.first().map(|&(t, _)| t);
-        [self.server.poll_timeout(), clients]
-            .into_iter()
-            .flatten()
-            .min()
+        [server, clients].into_iter().flatten().min()
     }
 
     /// Process everything due at `now` until nothing moves.
@@ -403,6 +420,7 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     /// One round of [`pump`](Self::pump); true if any datagram moved.
     fn pump_round(&mut self, now: Instant) -> bool {
         let mut moved = false;
+        let started = Instant::now();
         if self.server.poll_timeout().is_some_and(|t| t <= now) {
             self.server.handle_timeout(now);
         }
@@ -423,6 +441,7 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         while let Some(e) = self.server.poll_event() {
             self.server_events.push(e);
         }
+        self.server_busy += started.elapsed();
         // The clients with anything to do: due now, or handed something. In index order, as
         // a round over every client would visit them.
         let mut visit = std::mem::take(&mut self.active);
@@ -455,13 +474,17 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
             while let Some(d) = c.up.poll(now) {
                 moved = true;
                 if !c.partitioned {
+                    let started = Instant::now();
                     self.server.handle_datagram(now, c.addr, &d);
+                    self.server_busy += started.elapsed();
                 }
             }
         }
+        let started = Instant::now();
         while let Some(e) = self.server.poll_event() {
             self.server_events.push(e);
         }
+        self.server_busy += started.elapsed();
         for &i in &visit {
             self.refresh(i);
         }
