@@ -61,6 +61,11 @@ impl DurationHistogram {
         self.h.len()
     }
 
+    /// The mean of the values recorded, in milliseconds (0 when empty).
+    pub fn mean_ms(&self) -> f64 {
+        self.h.mean() / 1000.0
+    }
+
     /// The value at quantile `q` (0..=1), in milliseconds.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         self.h.value_at_quantile(q) as f64 / 1000.0

@@ -545,6 +545,19 @@ mod tests {
     }
 
     #[test]
+    fn the_server_s_work_is_counted_when_the_network_calls_it() {
+        let mut sim = Sim::new(ServerConfig::default(), 3);
+        assert_eq!(sim.server_busy(), Duration::ZERO, "nothing ran yet");
+        let before = sim.server_busy();
+        sim.add_client(ClientConfig::default());
+        // The handshake: the server takes in the client's packets and answers them.
+        assert!(sim.run_until_cond(Duration::from_secs(2), |s| {
+            s.clients[0].client.is_connected()
+        }));
+        assert!(sim.server_busy() > before);
+    }
+
+    #[test]
     fn a_named_change_is_taken_in_and_the_run_goes_on() {
         let mut sim = two_connected();
         sim.clients[1]
