@@ -9,8 +9,8 @@
 //! decode fails on the missing elements. Both are measured in `tests/decode_allocation.rs`.
 //! Swapping the serializer is a change to this file only.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Largest string one decode accepts, in bytes (the largest reliable message).
 pub const MAX_DECODE_BYTES: usize = 256 * 1024;
@@ -59,10 +59,25 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Deserialize one value from the front of `bytes`; returns it and how many bytes it used.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| match e {
+    bincode::serde::decode_from_slice(bytes, config()).map_err(decode_error)
+}
+
+/// Deserialize exactly one value that fills all of `bytes`, borrowing from them where its
+/// type does (`&[u8]`, `&str`) instead of copying: the same bytes as [`decode`] reads.
+pub fn decode_borrowed<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
+    let (value, used) =
+        bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(decode_error)?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+fn decode_error(e: bincode::error::DecodeError) -> CodecError {
+    match e {
         bincode::error::DecodeError::LimitExceeded => CodecError::TooLarge,
         e => CodecError::Decode(e.to_string()),
-    })
+    }
 }
 
 #[cfg(test)]

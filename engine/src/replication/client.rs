@@ -763,7 +763,7 @@ impl<I: Serialize> Client<I> {
             let frame = InputFrame {
                 resync,
                 first_tick: chosen.first().map_or(0, |p| p.tick),
-                inputs: chosen.iter().map(|p| p.bytes.clone()).collect(),
+                inputs: chosen.iter().map(|p| p.bytes.as_slice()).collect(),
             };
             match codec::encode(&frame) {
                 Ok(b) if b.len() <= MAX_DATAGRAM_BYTES || take == 0 => break b,

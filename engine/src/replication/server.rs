@@ -826,7 +826,7 @@ impl Server {
             return;
         };
         let max_bytes = self.config.max_input_bytes;
-        let frame = match codec::decode::<InputFrame>(payload) {
+        let frame = match codec::decode_borrowed::<InputFrame<'_>>(payload) {
             Ok(f)
                 if f.inputs.len() <= MAX_INPUTS_PER_FRAME
                     && f.inputs.iter().all(|i| i.len() <= max_bytes) =>
@@ -857,7 +857,7 @@ impl Server {
                 // Not taken: the client keeps sending it until it is acknowledged.
                 break;
             }
-            peer.queue.push_back((tick, bytes));
+            peer.queue.push_back((tick, bytes.to_vec()));
             peer.newest_taken = Some(tick);
             peer.inputs_received += 1;
         }

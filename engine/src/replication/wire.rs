@@ -49,11 +49,16 @@ pub(crate) enum ClientControl {
 
 /// Client → server datagram: the unacknowledged inputs, oldest first, numbered from
 /// `first_tick` up, and whether the client needs a full snapshot.
+///
+/// Each input is a slice of the bytes it was read from (decoded with
+/// [`codec::decode_borrowed`](crate::codec::decode_borrowed)): every input is resent until
+/// acknowledged, so the server already has most of those it reads, and copies only the new.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct InputFrame {
+pub(crate) struct InputFrame<'a> {
     pub(crate) resync: bool,
     pub(crate) first_tick: InputTick,
-    pub(crate) inputs: Vec<Vec<u8>>,
+    #[serde(borrow)]
+    pub(crate) inputs: Vec<&'a [u8]>,
 }
 
 /// The welcome as it travels.
@@ -164,6 +169,64 @@ pub(crate) fn input_ack(code: u64, tick: u32) -> Result<Option<InputTick>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{self, CodecError, MAX_DECODE_BYTES};
+
+    /// The frame as it was laid out when each input was its own vector: the bytes on the
+    /// wire must not change with the borrowing.
+    #[derive(Serialize)]
+    struct OwnedFrame {
+        resync: bool,
+        first_tick: InputTick,
+        inputs: Vec<Vec<u8>>,
+    }
+
+    #[test]
+    fn an_input_frame_reads_its_inputs_in_place_with_the_same_bytes_on_the_wire() {
+        let inputs: Vec<Vec<u8>> = vec![vec![], vec![7], (0..=255).collect(), vec![1; 300]];
+        let owned = OwnedFrame {
+            resync: true,
+            first_tick: 41,
+            inputs: inputs.clone(),
+        };
+        let frame = InputFrame {
+            resync: true,
+            first_tick: 41,
+            inputs: inputs.iter().map(Vec::as_slice).collect(),
+        };
+        let bytes = codec::encode(&frame).unwrap();
+        assert_eq!(bytes, codec::encode(&owned).unwrap());
+        let read: InputFrame<'_> = codec::decode_borrowed(&bytes).unwrap();
+        assert_eq!(read, frame);
+        // Each input points into the datagram: nothing was copied.
+        let span = bytes.as_ptr_range();
+        assert!(
+            read.inputs
+                .iter()
+                .all(|i| span.contains(&i.as_ptr()) || i.is_empty())
+        );
+
+        // Junk is refused as before: a byte too many, every truncation, a length past the
+        // limit.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            codec::decode_borrowed::<InputFrame<'_>>(&longer),
+            Err(CodecError::TrailingBytes(1))
+        ));
+        for n in 0..bytes.len() {
+            assert!(codec::decode_borrowed::<InputFrame<'_>>(&bytes[..n]).is_err());
+        }
+        let huge = OwnedFrame {
+            resync: false,
+            first_tick: 0,
+            inputs: vec![vec![0; MAX_DECODE_BYTES + 1]],
+        };
+        let bytes = codec::encode(&huge).unwrap();
+        assert!(matches!(
+            codec::decode_borrowed::<InputFrame<'_>>(&bytes),
+            Err(CodecError::TooLarge)
+        ));
+    }
 
     #[test]
     fn part_prefix_round_trips_and_refuses_junk() {
