@@ -7,10 +7,12 @@
 //! last frame, then sending the inputs that are due and drawing — as `demo-client` does.
 //!
 //! Everything the protocol sees runs on virtual time, so a seed gives the same run every
-//! time. The one real-time measurement is the server's CPU cost per tick, taken with
+//! time. The real-time measurements are the server's CPU cost per tick, taken with
 //! `Instant::now()` around the work the real server does per tick (handle events, run
-//! `GameServer::tick`, drain the datagrams it produced into the links) — a measurement, not
-//! a clock the protocol reads. Socket syscalls are not in it (see the loopback bench).
+//! `GameServer::tick`, drain the datagrams it produced into the links), and its work between
+//! ticks (what the network called it for: datagrams received, timers, events), which
+//! `Sim::server_busy` adds up — measurements, not clocks the protocol reads. Socket syscalls
+//! are in neither (see the loopback bench).
 //! Staleness uses virtual time: the game's tick 0 is the start of the run, and clients pass
 //! microseconds since the start as their clock.
 
