@@ -50,22 +50,25 @@ struct Row {
 }
 
 impl Row {
-    /// Tick cost of both runs together.
-    fn tick_cost(&self) -> DurationHistogram {
-        let mut h = self.clean.tick_cost.clone();
-        h.merge(&self.lossy.tick_cost);
+    /// One histogram of both runs together.
+    fn merged(&self, of: fn(&SimulationReport) -> &DurationHistogram) -> DurationHistogram {
+        let mut h = of(&self.clean).clone();
+        h.merge(of(&self.lossy));
         h
     }
 
+    /// Tick cost of both runs together.
+    fn tick_cost(&self) -> DurationHistogram {
+        self.merged(|r| &r.tick_cost)
+    }
+
     fn tick_cost_pct(&self, q: f64) -> f64 {
-        self.tick_cost().quantile_ms(q) / 1000.0 * self.tick_rate * 100.0
+        self.pct(|r| &r.tick_cost, q)
     }
 
     /// A histogram of both runs together, as a share of the tick period at quantile `q`.
     fn pct(&self, of: fn(&SimulationReport) -> &DurationHistogram, q: f64) -> f64 {
-        let mut h = of(&self.clean).clone();
-        h.merge(of(&self.lossy));
-        h.quantile_ms(q) / 1000.0 * self.tick_rate * 100.0
+        self.merged(of).quantile_ms(q) / 1000.0 * self.tick_rate * 100.0
     }
 }
 

@@ -151,13 +151,17 @@ pub struct SimulationReport {
 impl SimulationReport {
     /// Tick cost at quantile `q` (0..=1) as a share of the tick period, percent.
     pub fn tick_cost_pct(&self, q: f64) -> f64 {
-        self.tick_cost.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
+        self.share_of_period_pct(&self.tick_cost, q)
     }
 
     /// The server's whole work per tick period ([`Self::period_cost`]) at quantile `q` as a
     /// share of the period, percent.
     pub fn period_cost_pct(&self, q: f64) -> f64 {
-        self.period_cost.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
+        self.share_of_period_pct(&self.period_cost, q)
+    }
+
+    fn share_of_period_pct(&self, h: &DurationHistogram, q: f64) -> f64 {
+        h.quantile_ms(q) / 1000.0 / self.tick_period.as_secs_f64() * 100.0
     }
 
     /// Newer snapshots received per second per client.
