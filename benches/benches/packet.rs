@@ -61,7 +61,7 @@ fn ack_tracker(c: &mut Criterion) {
         b.iter(|| {
             for _ in 0..BATCH_PACKETS {
                 now += Duration::from_micros(500);
-                let seq = sender.on_send(now);
+                let seq = sender.on_send(now, 0);
                 black_box(receiver.on_receive(now, seq));
                 let (ack, bits, delay) = receiver.ack_fields(now);
                 sender.on_ack(now, ack, bits, delay, &mut rtt);
@@ -78,7 +78,7 @@ fn ack_tracker(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..BATCH_PACKETS {
                 now += Duration::from_micros(500);
-                let seq = sender.on_send(now);
+                let seq = sender.on_send(now, 0);
                 if i % 10 != 3 {
                     receiver.on_receive(now, seq);
                 }

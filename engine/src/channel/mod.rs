@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Sequence;
 use crate::codec::{self, CodecError};
-use crate::{Sequence, SequenceBuffer};
 
 pub use config::{
     ChannelConfig, ChannelKind, ChannelsConfig, ConfigError, DEFAULT_MAX_REASSEMBLIES,
@@ -56,8 +56,9 @@ use reliable::{ReliableReceiver, ReliableSender};
 use unreliable::{UnreliableReceiver, UnreliableSender};
 use wire::{SECTION_HEADER_BYTES, SectionWriter};
 
-/// Sent packets remembered for their delivery notice; a notice for an older packet is ignored
-/// (its reliable parts are resent on the timer instead).
+/// Sent packets with reliable parts remembered for their delivery notice; beyond that the
+/// oldest is forgotten and a notice for it ignored (its parts are resent on the timer
+/// instead).
 const SENT_PACKETS_TRACKED: usize = 1024;
 
 /// Why [`Channels::send`] refused a message.
@@ -198,13 +199,21 @@ impl Channel {
 pub struct Channels {
     channels: Vec<Channel>,
     min_resend_interval: Duration,
-    /// Which reliable parts went into each sent packet.
-    sent_packets: SequenceBuffer<Vec<(u8, Sequence)>>,
+    /// The sent packets that carried reliable parts, oldest first, with those parts. Only
+    /// these: a packet with none (every snapshot datagram with no message beside it) is not
+    /// recorded, so sending it and learning its fate touch no memory here but this struct.
+    sent_packets: VecDeque<(Sequence, Vec<(u8, Sequence)>)>,
     inbox: VecDeque<(u8, Vec<u8>)>,
     /// Channel that goes first in the next packet.
     next_first: usize,
     invalid: u64,
     latest_now: Option<Instant>,
+    /// [`Channels::poll_timeout`]'s last answer and the resend interval it was for, until
+    /// the channels change (every change goes through `touch`, which forgets it). A server
+    /// asks for each connection's timeout after every packet it sends or takes in, and with
+    /// no message traffic the answer stays the same; working it out again read every
+    /// channel's state, cold by each client's turn.
+    deadline: Option<(Duration, Option<Instant>)>,
 }
 
 impl Channels {
@@ -229,15 +238,17 @@ impl Channels {
                 .map(|l| Channel::new(l, &config))
                 .collect(),
             min_resend_interval: config.min_resend_interval,
-            sent_packets: SequenceBuffer::new(SENT_PACKETS_TRACKED),
+            sent_packets: VecDeque::new(),
             inbox: VecDeque::new(),
             next_first: 0,
             invalid: 0,
             latest_now: None,
+            deadline: None,
         })
     }
 
     fn touch(&mut self, now: Instant) {
+        self.deadline = None;
         if self.latest_now.is_none_or(|t| now > t) {
             self.latest_now = Some(now);
         }
@@ -360,15 +371,24 @@ impl Channels {
             }
             written = writer.finish();
         }
-        // Recorded even when empty, so the ring forgets older packets with the same slot.
-        self.sent_packets.insert(seq, sent_parts);
+        if !sent_parts.is_empty() {
+            if self.sent_packets.len() >= SENT_PACKETS_TRACKED {
+                self.sent_packets.pop_front();
+            }
+            self.sent_packets.push_back((seq, sent_parts));
+        }
         written
     }
 
-    /// The packet layer's verdict on packet `seq`: exactly once per packet written.
+    /// The packet layer's verdict on packet `seq`: exactly once per packet written (a packet
+    /// whose section was empty, `write_packet` returned 0, may be left out).
     pub fn on_delivery(&mut self, now: Instant, seq: Sequence, acked: bool) {
         self.touch(now);
-        let Some(parts) = self.sent_packets.remove(seq) else {
+        // Notices come about in sending order, so the packet is near the front.
+        let Some(at) = self.sent_packets.iter().position(|(s, _)| *s == seq) else {
+            return;
+        };
+        let Some((_, parts)) = self.sent_packets.remove(at) else {
             return;
         };
         for (channel, id) in parts {
@@ -477,6 +497,21 @@ impl Channels {
     /// [`Channels::write_packet`] the answer moves on.
     pub fn poll_timeout(&self, rtt: Duration) -> Option<Instant> {
         let interval = self.resend_interval(rtt);
+        match self.deadline {
+            Some((at, deadline)) if at == interval => deadline,
+            _ => self.work_out_timeout(interval),
+        }
+    }
+
+    /// [`Channels::poll_timeout`], remembered until the channels next change.
+    pub fn remember_timeout(&mut self, rtt: Duration) -> Option<Instant> {
+        let interval = self.resend_interval(rtt);
+        let deadline = self.poll_timeout(rtt);
+        self.deadline = Some((interval, deadline));
+        deadline
+    }
+
+    fn work_out_timeout(&self, interval: Duration) -> Option<Instant> {
         self.channels
             .iter()
             .flat_map(|ch| {

@@ -103,6 +103,7 @@ impl Link {
                 break;
             }
             self.send_one();
+            self.check_remembered_timeouts();
         }
         self.now += dt;
         while let Some(entry) = self.events.first_entry() {
@@ -117,9 +118,28 @@ impl Link {
                 }
                 Event::Notice(seq, acked) => self.sender.on_delivery(at, seq, acked),
             }
+            self.check_remembered_timeouts();
         }
         self.sender.handle_timeout(self.now);
         self.receiver.handle_timeout(self.now);
+        self.check_remembered_timeouts();
+    }
+
+    /// Each side's timeout, remembered since the last check, is what it would work out
+    /// afresh after whatever happened in between, whatever the round trip; then each side
+    /// remembers it again, as a server's connection table does.
+    fn check_remembered_timeouts(&mut self) {
+        for side in [&mut self.sender, &mut self.receiver] {
+            for rtt in [
+                self.rtt,
+                Duration::from_millis(5),
+                Duration::from_millis(400),
+            ] {
+                let fresh = side.work_out_timeout(side.resend_interval(rtt));
+                assert_eq!(side.poll_timeout(rtt), fresh, "a stale remembered timeout");
+            }
+            side.remember_timeout(self.rtt);
+        }
     }
 
     /// Write and transmit one packet; returns its section size (0: nothing sent).

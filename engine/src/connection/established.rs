@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{ConnectionConfig, DisconnectReason, Event, InvalidPacket, SendError};
+use crate::Sequence;
 use crate::channel::Channels;
 use crate::packet::{
     AckTracker, ConnectedHeader, DisconnectReasonCode, LinkStats, MAX_PACKET_BYTES, Packet,
     RttEstimator,
 };
-use crate::{Sequence, SequenceBuffer};
 
 /// Payload flag: a datagram section follows.
 const FLAG_DATAGRAM: u8 = 0x01;
@@ -33,8 +33,11 @@ const MIN_JITTER_ALLOWANCE: Duration = Duration::from_millis(25);
 /// Send an ack as soon as this many packets arrived since we last sent anything: the 32
 /// ack bits only reach back 33 packets, so a peer that sends in bursts must hear back often.
 const ACK_EVERY_PACKETS: u32 = 16;
-/// How many packets' fates are remembered to tell datagram-carrying packets apart.
-const DATAGRAM_RECORD_PACKETS: usize = 1024;
+/// Tags on sent packets ([`AckTracker::on_send`]), so that a notice reaches only the layers
+/// the packet carried something for: a packet with no channel section costs the channels
+/// nothing when its fate is known.
+const TAG_DATAGRAM: u8 = 0x01;
+const TAG_CHANNELS: u8 = 0x02;
 
 /// One live connection's state.
 #[derive(Debug)]
@@ -54,9 +57,6 @@ pub(crate) struct Established {
     /// Packet buffers already sent, kept for the next packets: the steady state allocates
     /// nothing per packet (at most `SPARE_BUFFERS` are kept).
     spare: Vec<Vec<u8>>,
-    /// The payload being assembled, reused from packet to packet.
-    payload: Vec<u8>,
-    carried_datagram: SequenceBuffer<()>,
     pub(crate) events: VecDeque<Event>,
     /// Disconnect packets still to send before the connection is gone.
     goodbyes_left: usize,
@@ -99,8 +99,6 @@ impl Established {
             received_since_sent: 0,
             queued: VecDeque::new(),
             spare: Vec::new(),
-            payload: Vec::new(),
-            carried_datagram: SequenceBuffer::new(DATAGRAM_RECORD_PACKETS),
             events: VecDeque::new(),
             goodbyes_left: 0,
             goodbye_reason: DisconnectReasonCode::Requested,
@@ -198,8 +196,10 @@ impl Established {
     fn drain_notices(&mut self, now: Instant) {
         while let Some(n) = self.acks.poll_notice() {
             self.stats.on_notice(n.acked);
-            self.channels.on_delivery(now, n.sequence, n.acked);
-            if self.carried_datagram.remove(n.sequence).is_some() {
+            if n.tag & TAG_CHANNELS != 0 {
+                self.channels.on_delivery(now, n.sequence, n.acked);
+            }
+            if n.tag & TAG_DATAGRAM != 0 {
                 self.events.push_back(Event::Delivery {
                     sequence: n.sequence,
                     acked: n.acked,
@@ -222,15 +222,33 @@ impl Established {
         self.channels.handle_timeout(now);
     }
 
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+    /// [`Self::poll_timeout`], with the channels' part remembered until they next change: a
+    /// server asks this after every packet each connection sends or takes in.
+    pub(crate) fn refresh_timeout(&mut self) -> Option<Instant> {
+        if self.timeout_without_timers().is_none() {
+            self.channels.remember_timeout(self.rtt_or_default());
+        }
+        self.poll_timeout()
+    }
+
+    /// The timeout when the timers need not be asked: none once closed, now while there is
+    /// something to send.
+    fn timeout_without_timers(&self) -> Option<Option<Instant>> {
         if self.closed.is_some() {
-            return None;
+            return Some(None);
         }
         if self.goodbyes_left > 0
             || !self.queued.is_empty()
             || self.received_since_sent >= ACK_EVERY_PACKETS
         {
-            return Some(self.last_sent);
+            return Some(Some(self.last_sent));
+        }
+        None
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(t) = self.timeout_without_timers() {
+            return t;
         }
         let rtt = self.rtt_or_default();
         [
@@ -257,7 +275,6 @@ impl Established {
             return Err(SendError::DatagramTooLarge(datagram.len()));
         }
         let (seq, bytes) = self.build_payload_packet(now, Some(datagram));
-        self.carried_datagram.insert(seq, ());
         self.queued.push_back(bytes);
         Ok(seq)
     }
@@ -352,29 +369,33 @@ impl Established {
         now: Instant,
         datagram: Option<&[u8]>,
     ) -> (Sequence, Vec<u8>) {
-        let seq = self.acks.on_send(now);
+        // The sequence is taken once the packet's tag (what it carries) is known, below.
+        let seq = self.acks.peek_next_sequence();
         let (ack, ack_bits, ack_delay) = self.acks.ack_fields(now);
-        let mut payload = std::mem::take(&mut self.payload);
-        payload.clear();
+        // The packet is written in place in a spare buffer: room for the header, then the
+        // payload, then the header and CRC over it. Copying the payload into a packet of
+        // its own (and zeroing that first) showed in the send path's profile.
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
+        out.resize(Packet::CONNECTED_HEADER_BYTES, 0);
         if let Some(d) = datagram {
-            payload.push(FLAG_DATAGRAM);
+            out.push(FLAG_DATAGRAM);
             // MAX_DATAGRAM_BYTES < u16::MAX, checked by the caller.
-            payload.extend_from_slice(&(d.len() as u16).to_le_bytes());
-            payload.extend_from_slice(d);
+            out.extend_from_slice(&(d.len() as u16).to_le_bytes());
+            out.extend_from_slice(d);
         } else {
-            payload.push(0);
+            out.push(0);
         }
-        let room = self
-            .max_packet_bytes
-            .saturating_sub(Packet::CONNECTED_HEADER_BYTES + payload.len());
+        let room = self.max_packet_bytes.saturating_sub(out.len());
         let rtt = self.rtt_or_default();
-        let written = self
-            .channels
-            .write_packet(now, seq, rtt, &mut payload, room);
+        let written = self.channels.write_packet(now, seq, rtt, &mut out, room);
         if datagram.is_none() && written == 0 {
             // A bare keep-alive: no flags byte at all.
-            payload.clear();
+            out.truncate(Packet::CONNECTED_HEADER_BYTES);
         }
+        let tag = if datagram.is_some() { TAG_DATAGRAM } else { 0 }
+            | if written > 0 { TAG_CHANNELS } else { 0 };
+        self.acks.on_send(now, tag);
         let header = ConnectedHeader {
             salt: self.salt,
             sequence: seq,
@@ -382,20 +403,11 @@ impl Established {
             ack_bits,
             ack_delay,
         };
-        let packet = Packet::Payload {
-            header,
-            payload: &payload,
-        };
-        // Exactly the packet's size: zeroing a full MAX_PACKET_BYTES buffer for every small
-        // packet showed in the loopback profile.
-        let mut out = self.spare.pop().unwrap_or_default();
-        out.clear();
-        out.resize(packet.encoded_len().min(MAX_PACKET_BYTES), 0);
-        // The payload was sized to fit MAX_PACKET_BYTES above, so encoding cannot fail;
-        // a zero length would only drop this packet, never corrupt state.
-        let len = packet.encode(&mut out).unwrap_or(0);
-        out.truncate(len);
-        self.payload = payload;
+        // The payload was sized to fit `max_packet_bytes` (at most MAX_PACKET_BYTES) above,
+        // so sealing cannot fail; an empty packet would only be dropped, never corrupt state.
+        if !header.seal_payload_packet(&mut out) {
+            out.clear();
+        }
         (seq, out)
     }
 

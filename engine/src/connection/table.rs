@@ -160,7 +160,7 @@ impl ClientTable {
             let Some(e) = self.map.get_mut(&id) else {
                 continue;
             };
-            let t = e.client.conn.poll_timeout();
+            let t = e.client.conn.refresh_timeout();
             if t == e.indexed {
                 continue;
             }

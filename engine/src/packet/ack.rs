@@ -31,11 +31,132 @@ pub struct DeliveryNotice {
     pub acked: bool,
     /// When it was sent.
     pub sent_at: Instant,
+    /// The tag the packet was sent with ([`AckTracker::on_send`]).
+    pub tag: u8,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct SentPacket {
     sent_at: Instant,
+    tag: u8,
+}
+
+/// The packets awaiting their notice: a ring of their records, and one bit per slot that
+/// says whether it holds one.
+///
+/// An ack names 33 sequences, most of them acknowledged by earlier acks already; the bits
+/// answer for those without reading the ring (33 records span 17 cache lines, cold by the
+/// time a server hears from that client again).
+#[derive(Debug)]
+struct SentRing {
+    records: SequenceBuffer<SentPacket>,
+    occupied: [u64; SENT_WINDOW_PACKETS / 64],
+}
+
+impl SentRing {
+    fn new() -> Self {
+        Self {
+            records: SequenceBuffer::new(SENT_WINDOW_PACKETS),
+            occupied: [0; SENT_WINDOW_PACKETS / 64],
+        }
+    }
+
+    fn bit(seq: Sequence) -> (usize, u64) {
+        let i = usize::from(seq.0) % SENT_WINDOW_PACKETS;
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn occupied(&self, seq: Sequence) -> bool {
+        let (word, mask) = Self::bit(seq);
+        self.occupied[word] & mask != 0
+    }
+
+    fn insert(&mut self, seq: Sequence, p: SentPacket) {
+        // Sequences are sent in order, so the ring takes each one and skips no slot.
+        if self.records.insert(seq, p) {
+            let (word, mask) = Self::bit(seq);
+            self.occupied[word] |= mask;
+        }
+    }
+
+    fn get(&self, seq: Sequence) -> Option<&SentPacket> {
+        self.occupied(seq).then(|| self.records.get(seq)).flatten()
+    }
+
+    fn remove(&mut self, seq: Sequence) -> Option<SentPacket> {
+        if !self.occupied(seq) {
+            return None;
+        }
+        // The slot may hold a packet a lap apart: the ring compares the sequence.
+        let p = self.records.remove(seq)?;
+        let (word, mask) = Self::bit(seq);
+        self.occupied[word] &= !mask;
+        Some(p)
+    }
+
+    fn len(&self) -> usize {
+        self.occupied.iter().map(|w| w.count_ones() as usize).sum()
+    }
+}
+
+/// Which of the last [`RECEIVED_WINDOW_PACKETS`] sequences arrived, one bit each, at the
+/// sequence modulo the window.
+///
+/// A bitmap inside the tracker rather than a ring of entries on the heap: checking a packet
+/// and writing the 32 ack bits read two cache lines the connection already holds. A server
+/// goes through its clients' connections one after another, so each is cold by its turn, and
+/// a separate ring was one more miss on every packet sent and received.
+#[derive(Debug, Clone)]
+struct ReceivedWindow {
+    newest: Option<Sequence>,
+    bits: [u64; RECEIVED_WINDOW_PACKETS / 64],
+}
+
+impl ReceivedWindow {
+    fn new() -> Self {
+        Self {
+            newest: None,
+            bits: [0; RECEIVED_WINDOW_PACKETS / 64],
+        }
+    }
+
+    fn bit(seq: Sequence) -> (usize, u64) {
+        let i = usize::from(seq.0) % RECEIVED_WINDOW_PACKETS;
+        (i / 64, 1 << (i % 64))
+    }
+
+    /// True when `seq` is within the window and arrived.
+    fn contains(&self, seq: Sequence) -> bool {
+        let Some(newest) = self.newest else {
+            return false;
+        };
+        let (word, mask) = Self::bit(seq);
+        (0..RECEIVED_WINDOW_PACKETS as i32).contains(&newest.distance(seq))
+            && self.bits[word] & mask != 0
+    }
+
+    /// Mark `seq` arrived; the caller refused sequences older than the window.
+    fn insert(&mut self, seq: Sequence) {
+        match self.newest {
+            Some(newest) if seq.is_newer_than(newest) => {
+                // The sequences skipped over take the bits of ones a lap older: clear them.
+                let gap = seq.distance(newest);
+                if gap as usize >= RECEIVED_WINDOW_PACKETS {
+                    self.bits = [0; RECEIVED_WINDOW_PACKETS / 64];
+                } else {
+                    for i in 1..gap {
+                        let (word, mask) = Self::bit(newest.plus(i as u16));
+                        self.bits[word] &= !mask;
+                    }
+                }
+                self.newest = Some(seq);
+            }
+            Some(_) => {}
+            None => self.newest = Some(seq),
+        }
+        let (word, mask) = Self::bit(seq);
+        self.bits[word] |= mask;
+    }
 }
 
 /// Per-connection ack state: numbers outgoing packets, builds ack fields for them, reads the
@@ -45,8 +166,8 @@ pub struct AckTracker {
     next_sequence: Sequence,
     /// Oldest sequence that may still be awaiting its notice.
     oldest_pending: Sequence,
-    sent: SequenceBuffer<SentPacket>,
-    received: SequenceBuffer<()>,
+    sent: SentRing,
+    received: ReceivedWindow,
     newest_received_at: Option<Instant>,
     newest_peer_ack: Option<Sequence>,
     notices: VecDeque<DeliveryNotice>,
@@ -73,16 +194,17 @@ impl AckTracker {
         Self {
             next_sequence: first,
             oldest_pending: first,
-            sent: SequenceBuffer::new(SENT_WINDOW_PACKETS),
-            received: SequenceBuffer::new(RECEIVED_WINDOW_PACKETS),
+            sent: SentRing::new(),
+            received: ReceivedWindow::new(),
             newest_received_at: None,
             newest_peer_ack: None,
             notices: VecDeque::new(),
         }
     }
 
-    /// Allocate the sequence for a packet sent at `now` and start awaiting its notice.
-    pub fn on_send(&mut self, now: Instant) -> Sequence {
+    /// Allocate the sequence for a packet sent at `now` and start awaiting its notice, which
+    /// will carry `tag` (the caller's own bits about the packet, e.g. what it carried).
+    pub fn on_send(&mut self, now: Instant, tag: u8) -> Sequence {
         let seq = self.next_sequence;
         // The ring slot is about to be reused: whatever still waits there is lost.
         let evicted = seq.minus(SENT_WINDOW_PACKETS as u16);
@@ -91,9 +213,10 @@ impl AckTracker {
                 sequence: evicted,
                 acked: false,
                 sent_at: old.sent_at,
+                tag: old.tag,
             });
         }
-        self.sent.insert(seq, SentPacket { sent_at: now });
+        self.sent.insert(seq, SentPacket { sent_at: now, tag });
         self.next_sequence = seq.next();
         seq
     }
@@ -106,14 +229,14 @@ impl AckTracker {
     /// Record a received sequence. Returns `false` for a duplicate or for one too old to
     /// tell apart from a replay; the caller must drop such a packet.
     pub fn on_receive(&mut self, now: Instant, seq: Sequence) -> bool {
-        if let Some(newest) = self.received.newest()
+        if let Some(newest) = self.received.newest
             && (newest.distance(seq) >= RECEIVED_WINDOW_PACKETS as i32
                 || self.received.contains(seq))
         {
             return false;
         }
-        let is_newest = self.received.newest().is_none_or(|n| seq.is_newer_than(n));
-        self.received.insert(seq, ());
+        let is_newest = self.received.newest.is_none_or(|n| seq.is_newer_than(n));
+        self.received.insert(seq);
         if is_newest {
             self.newest_received_at = Some(now);
         }
@@ -122,7 +245,7 @@ impl AckTracker {
 
     /// The `(ack, ack_bits, ack_delay)` fields for a packet sent at `now`.
     pub fn ack_fields(&self, now: Instant) -> (Sequence, u32, u16) {
-        let Some(ack) = self.received.newest() else {
+        let Some(ack) = self.received.newest else {
             return (Sequence(0), 0, 0);
         };
         let mut bits = 0u32;
@@ -161,6 +284,7 @@ impl AckTracker {
                 sequence: ack,
                 acked: true,
                 sent_at: p.sent_at,
+                tag: p.tag,
             });
         }
         for i in 0..ACK_BITS {
@@ -171,6 +295,7 @@ impl AckTracker {
                         sequence: seq,
                         acked: true,
                         sent_at: p.sent_at,
+                        tag: p.tag,
                     });
                 }
             }
@@ -231,7 +356,7 @@ impl AckTracker {
 
     /// Packets sent that have not yet had their notice.
     pub fn pending_count(&self) -> usize {
-        self.sent.iter().count()
+        self.sent.len()
     }
 
     /// Next delivery notice, oldest first.
@@ -258,12 +383,13 @@ impl AckTracker {
             match self.sent.get(seq) {
                 None => {}
                 Some(p) if expired(seq, p) => {
-                    let sent_at = p.sent_at;
+                    let (sent_at, tag) = (p.sent_at, p.tag);
                     self.sent.remove(seq);
                     self.notices.push_back(DeliveryNotice {
                         sequence: seq,
                         acked: false,
                         sent_at,
+                        tag,
                     });
                 }
                 Some(_) => return,
@@ -289,7 +415,7 @@ mod tests {
         let mut rtt = RttEstimator::default();
         for i in 0..10u64 {
             let now = t0 + Duration::from_millis(i);
-            let s = a.on_send(now);
+            let s = a.on_send(now, 0);
             if !s.0.is_multiple_of(3) {
                 assert!(b.on_receive(now, s));
             }
@@ -317,7 +443,7 @@ mod tests {
         let mut sender = AckTracker::new();
         let silent_peer = AckTracker::new();
         let mut rtt = RttEstimator::default();
-        let first = sender.on_send(t0);
+        let first = sender.on_send(t0, 0);
         let (ack, bits, delay) = silent_peer.ack_fields(t0);
         sender.on_ack(t0, ack, bits, delay, &mut rtt);
         assert!(
@@ -344,7 +470,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = AckTracker::new();
         let mut rtt = RttEstimator::default();
-        a.on_send(t0);
+        a.on_send(t0, 0);
         a.on_ack(t0, Sequence(500), u32::MAX, 0, &mut rtt);
         assert!(a.poll_notice().is_none());
         assert_eq!(a.pending_count(), 1);
@@ -357,8 +483,8 @@ mod tests {
         let mut a = AckTracker::starting_at(Sequence(0));
         let mut rtt = RttEstimator::default();
         rtt.on_sample(ms(40), Duration::ZERO); // smoothed 40 ms: threshold 45 ms
-        a.on_send(t0); // 0: will be lost
-        a.on_send(t0 + ms(16)); // 1: acked
+        a.on_send(t0, 0); // 0: will be lost
+        a.on_send(t0 + ms(16), 0); // 1: acked
         // Only one packet behind the newest acked: the packet threshold does not apply, and
         // at 30 ms of age the time threshold has not passed.
         a.on_ack(t0 + ms(30), Sequence(1), 0, 0, &mut rtt);
@@ -380,7 +506,7 @@ mod tests {
         let mut a = AckTracker::starting_at(Sequence(0));
         let mut rtt = RttEstimator::default();
         for _ in 0..40 {
-            a.on_send(t0);
+            a.on_send(t0, 0);
         }
         // Peer acks 39 and, by bits, 38 and 36 (bits 0 and 2), nothing else.
         a.on_ack(t0, Sequence(39), 0b101, 0, &mut rtt);
@@ -411,7 +537,7 @@ mod tests {
         let mut a = AckTracker::starting_at(Sequence(0));
         let mut rtt = RttEstimator::default();
         for i in 0..3 {
-            a.on_send(t0 + ms(i));
+            a.on_send(t0 + ms(i), 0);
         }
         a.handle_timeout(t0 + ms(600), ms(500), &rtt);
         let lost = drain(&mut a);
@@ -427,11 +553,122 @@ mod tests {
             "no RTT sample from a packet already judged"
         );
         // Packets sent after it are acked as usual.
-        let s = a.on_send(t0 + ms(800));
+        let s = a.on_send(t0 + ms(800), 0);
         a.on_ack(t0 + ms(850), s, 0b111, 0, &mut rtt);
         let n = drain(&mut a);
         assert_eq!(n.len(), 1);
         assert!(n[0].acked && n[0].sequence == s);
+    }
+
+    /// The received window against a model that counts sequences without wrapping: which
+    /// packets are refused and which ack bits go out, over reordering, duplicates, gaps
+    /// larger than the window and wrap-arounds of the 16-bit sequence.
+    #[test]
+    fn the_received_window_matches_a_model_without_wrapping() {
+        use rand::{Rng, SeedableRng};
+        let t0 = Instant::now();
+        for seed in 0..20u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut a = AckTracker::new();
+            let mut got = std::collections::HashSet::new();
+            let mut newest: Option<u64> = None;
+            let mut next = 100_000u64;
+            for _ in 0..20_000 {
+                next += match rng.random_range(0..100) {
+                    0 => rng.random_range(1000..30_000),
+                    1..=4 => rng.random_range(2..60),
+                    _ => 1,
+                };
+                // Mostly the next sequence; sometimes one from behind (reordered, a
+                // duplicate, or older than the window).
+                let abs = match rng.random_range(0..10) {
+                    0 => next - rng.random_range(0..1100),
+                    1 => next - rng.random_range(0..40),
+                    _ => next,
+                };
+                let fresh = match newest {
+                    Some(n) if abs + RECEIVED_WINDOW_PACKETS as u64 <= n => false,
+                    _ => !got.contains(&abs),
+                };
+                let seq = Sequence(abs as u16);
+                assert_eq!(a.on_receive(t0, seq), fresh, "seed {seed}, sequence {abs}");
+                if fresh {
+                    got.insert(abs);
+                    newest = newest.max(Some(abs));
+                }
+                let n = newest.unwrap();
+                let (ack, bits, _) = a.ack_fields(t0);
+                assert_eq!(ack, Sequence(n as u16));
+                let want = (0..32u64)
+                    .filter(|i| got.contains(&(n - 1 - i)))
+                    .fold(0u32, |b, i| b | 1 << i);
+                assert_eq!(bits, want, "seed {seed}, newest {n}");
+            }
+        }
+    }
+
+    /// Every packet sent gets exactly one notice, through acks that repeat, arrive late or
+    /// name packets a lap of the ring apart, sequence wrap-around and window overflow; the
+    /// count of packets awaiting theirs stays exact.
+    #[test]
+    fn every_packet_gets_one_notice_whatever_the_acks() {
+        use rand::{Rng, SeedableRng};
+        let t0 = Instant::now();
+        for seed in 0..20u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut a = AckTracker::starting_at(Sequence(rng.random_range(0..=u16::MAX)));
+            let mut rtt = RttEstimator::default();
+            let mut noticed = std::collections::HashMap::<u64, bool>::new();
+            let mut sent = 0u64;
+            let first = a.peek_next_sequence().0 as u64;
+            let mut now = t0;
+            for step in 0..6_000u64 {
+                now += Duration::from_micros(rng.random_range(0..3_000));
+                for _ in 0..rng.random_range(0..4) {
+                    a.on_send(now, (sent % 251) as u8);
+                    sent += 1;
+                }
+                if sent > 0 && rng.random_range(0..3) == 0 {
+                    // An ack for a packet up to 1,200 back, with random bits.
+                    let back = rng.random_range(1..=sent.min(1_200));
+                    let ack = Sequence((first + sent - back) as u16);
+                    a.on_ack(now, ack, rng.random(), 0, &mut rtt);
+                }
+                if step % 500 == 0 {
+                    a.handle_timeout(now, Duration::from_millis(300), &rtt);
+                }
+                while let Some(n) = a.poll_notice() {
+                    // The sequence's place in the send order: the newest one with its value.
+                    let lap = (first + sent - 1 - n.sequence.0 as u64) % 65_536;
+                    let abs = first + sent - 1 - lap;
+                    assert_eq!(n.tag, ((abs - first) % 251) as u8, "seed {seed}");
+                    assert!(
+                        noticed.insert(abs, n.acked).is_none(),
+                        "seed {seed}: {n:?} twice"
+                    );
+                }
+                assert_eq!(a.pending_count() as u64, sent - noticed.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn each_notice_carries_its_packet_s_tag() {
+        let t0 = Instant::now();
+        let mut a = AckTracker::starting_at(Sequence(0));
+        let mut rtt = RttEstimator::default();
+        for i in 0..8u8 {
+            a.on_send(t0, i * 3);
+        }
+        // 7 and 6 acked; 0..=4 are three or more behind and lost; 5 still in flight.
+        a.on_ack(t0, Sequence(7), 0b1, 0, &mut rtt);
+        a.handle_timeout(t0 + Duration::from_secs(5), Duration::from_secs(1), &rtt);
+        let mut n = drain(&mut a);
+        n.sort_by_key(|n| n.sequence.0);
+        assert_eq!(n.len(), 8);
+        for n in n {
+            assert_eq!(n.tag, n.sequence.0 as u8 * 3, "{n:?}");
+        }
     }
 
     #[test]
@@ -439,7 +676,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = AckTracker::new();
         for _ in 0..SENT_WINDOW_PACKETS + 5 {
-            a.on_send(t0);
+            a.on_send(t0, 0);
         }
         let n = drain(&mut a);
         assert_eq!(n.len(), 5);
