@@ -329,8 +329,21 @@ impl Channels {
         out: &mut Vec<u8>,
         budget: usize,
     ) -> usize {
-        self.touch(now);
         let interval = self.resend_interval(rtt);
+        // Nothing is due before the remembered timeout (a send, a resend), and time has not
+        // gone back: every channel would write nothing, so none is read. Most packets of a
+        // game carry a snapshot and no message.
+        let idle = self.latest_now.is_some_and(|t| now >= t)
+            && matches!(self.deadline, Some((at, d)) if at == interval && d.is_none_or(|d| d > now));
+        if idle {
+            self.latest_now = Some(now);
+            if budget >= SECTION_HEADER_BYTES {
+                // The turn moves on as when every channel is asked.
+                self.next_first = (self.next_first % self.channels.len() + 1) % self.channels.len();
+            }
+            return 0;
+        }
+        self.touch(now);
         let mut sent_parts = Vec::new();
         let mut written = 0;
         if let Some(mut remaining) = budget.checked_sub(SECTION_HEADER_BYTES) {

@@ -66,6 +66,13 @@ pub(super) struct Link {
     /// Packets the sender may write per step.
     pub(super) packets_per_step: usize,
     pub(super) packets_sent: u64,
+    /// Write a packet in every slot of a step, due or not, as a game that sends a snapshot
+    /// each tick does (each write's section is logged in `writes`).
+    pub(super) eager: bool,
+    /// Let both sides remember their timeouts between steps (as a server's connection table
+    /// does), so that writes may find the sender idle without asking its channels.
+    pub(super) remember: bool,
+    pub(super) writes: Vec<Vec<u8>>,
     rng: ChaCha8Rng,
     events: BTreeMap<(Instant, u64), Event>,
     next_event: u64,
@@ -84,6 +91,9 @@ impl Link {
             budget,
             packets_per_step: 4,
             packets_sent: 0,
+            eager: false,
+            remember: true,
+            writes: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             events: BTreeMap::new(),
             next_event: 0,
@@ -99,7 +109,7 @@ impl Link {
     /// Send what the sender wants to, advance time by `dt`, and deliver what became due.
     pub(super) fn step(&mut self, dt: Duration) {
         for _ in 0..self.packets_per_step {
-            if !self.sender.wants_to_send(self.now, self.rtt) {
+            if !self.eager && !self.sender.wants_to_send(self.now, self.rtt) {
                 break;
             }
             self.send_one();
@@ -138,7 +148,9 @@ impl Link {
                 let fresh = side.work_out_timeout(side.resend_interval(rtt));
                 assert_eq!(side.poll_timeout(rtt), fresh, "a stale remembered timeout");
             }
-            side.remember_timeout(self.rtt);
+            if self.remember {
+                side.remember_timeout(self.rtt);
+            }
         }
     }
 
@@ -150,6 +162,9 @@ impl Link {
             .sender
             .write_packet(self.now, seq, self.rtt, &mut bytes, self.budget);
         assert_eq!(n, bytes.len());
+        if self.eager {
+            self.writes.push(bytes.clone());
+        }
         if n == 0 {
             return 0;
         }

@@ -931,3 +931,51 @@ fn unreliable_fragments_reassemble_across_the_id_wrap() {
     }
     assert_eq!(rx.invalid_count(), 0);
 }
+
+/// A packet written for every snapshot, due or not, gets the same channel section whether
+/// the sender asks its channels or knows from its remembered timeout that none has anything
+/// due: the same bytes in every packet over a lossy link, the same messages delivered.
+#[test]
+fn an_idle_sender_writes_what_asking_every_channel_would() {
+    for seed in 0..6u64 {
+        let model = LinkModel {
+            loss: 0.2,
+            reorder: 0.1,
+            ..LinkModel::default()
+        };
+        let run = |remember: bool| {
+            let mut link = Link::new(ChannelsConfig::default(), model, seed);
+            link.eager = true;
+            link.remember = remember;
+            link.packets_per_step = 1;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut got = Vec::new();
+            for step in 0..1500u32 {
+                // Messages now and then, on every kind, with quiet spells between.
+                if step % 200 < 60 && rng.random_bool(0.2) {
+                    let ch = [RO, US, UN, RU][rng.random_range(0..4)];
+                    let len = rng.random_range(5..=1500);
+                    link.sender
+                        .send(link.now, ch, &message(ch, step, len))
+                        .unwrap();
+                }
+                link.step(STEP);
+                got.extend(link.drain());
+            }
+            (link.writes, got)
+        };
+        let (asked, asked_got) = run(false);
+        let (remembered, remembered_got) = run(true);
+        assert_eq!(asked.len(), remembered.len());
+        for (i, (a, b)) in asked.iter().zip(&remembered).enumerate() {
+            assert_eq!(a, b, "seed {seed}: packet {i} differs");
+        }
+        assert_eq!(asked_got, remembered_got, "seed {seed}");
+        let empty = asked.iter().filter(|w| w.is_empty()).count();
+        assert!(
+            empty > asked.len() / 4 && empty < asked.len(),
+            "seed {seed}: {empty} of {} writes empty",
+            asked.len()
+        );
+    }
+}
