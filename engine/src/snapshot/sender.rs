@@ -2,7 +2,7 @@
 //! ranked by the priority accumulator, and the split into independently decodable parts.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -335,7 +335,11 @@ pub struct SnapshotSender {
     config: SenderConfig,
     limits: Limits,
     ring: VecDeque<SentTick>,
-    part_of_seq: HashMap<Sequence, (Tick, u16)>,
+    /// Each part awaiting its delivery notice: the packet's sequence, the part's tick and
+    /// index, in the order sent. A few dozen at most (the parts of the ticks in flight), and
+    /// notices come oldest first, so a search from the front finds one in the first few
+    /// entries: cheaper than hashing, on memory that is cold by the client's next packet.
+    part_of_seq: VecDeque<(Sequence, Tick, u16)>,
     /// The newest tick the client holds in full, its world, and whether that world is the
     /// tick's whole world (see [`Holds::Whole`]).
     acked: Option<(Tick, ClientWorld, bool)>,
@@ -508,7 +512,7 @@ impl SnapshotSender {
             limits: config.quantize.limits(),
             config,
             ring: VecDeque::new(),
-            part_of_seq: HashMap::new(),
+            part_of_seq: VecDeque::new(),
             acked: None,
             last_tick: None,
             priority: PriorityAccumulator::default(),
@@ -1096,7 +1100,7 @@ impl SnapshotSender {
             .any(|s| s.tick == tick && part_index < s.parts);
         if known {
             // part_index < part count ≤ 256.
-            self.part_of_seq.insert(seq, (tick, part_index as u16));
+            self.part_of_seq.push_back((seq, tick, part_index as u16));
         }
     }
 
@@ -1106,7 +1110,12 @@ impl SnapshotSender {
     /// next snapshots (if it is newer than the current one). Call exactly once per packet,
     /// and only acknowledge packets whose part was given to the client's receiver.
     pub fn on_delivery(&mut self, seq: Sequence, acked: bool) {
-        let Some((tick, index)) = self.part_of_seq.remove(&seq) else {
+        let Some((_, tick, index)) = self
+            .part_of_seq
+            .iter()
+            .position(|&(s, _, _)| s == seq)
+            .and_then(|i| self.part_of_seq.remove(i))
+        else {
             return;
         };
         if !acked {
@@ -1146,7 +1155,7 @@ impl SnapshotSender {
                 self.recycle_tick(old);
             }
         }
-        self.part_of_seq.retain(|_, (t, _)| *t >= tick);
+        self.part_of_seq.retain(|&(_, t, _)| t >= tick);
     }
 
     fn prune(&mut self, now: Tick) {
@@ -1159,7 +1168,7 @@ impl SnapshotSender {
         }
         if self.ring.len() != before {
             let oldest = self.ring.front().map_or(now, |s| s.tick);
-            self.part_of_seq.retain(|_, (t, _)| *t >= oldest);
+            self.part_of_seq.retain(|&(_, t, _)| t >= oldest);
         }
     }
 }
