@@ -50,52 +50,81 @@ struct SentPacket {
 #[derive(Debug)]
 struct SentRing {
     records: SequenceBuffer<SentPacket>,
-    occupied: [u64; SENT_WINDOW_PACKETS / 64],
+    occupied: SequenceBits<{ SENT_WINDOW_PACKETS / 64 }>,
 }
 
 impl SentRing {
     fn new() -> Self {
         Self {
             records: SequenceBuffer::new(SENT_WINDOW_PACKETS),
-            occupied: [0; SENT_WINDOW_PACKETS / 64],
+            occupied: SequenceBits::new(),
         }
-    }
-
-    fn bit(seq: Sequence) -> (usize, u64) {
-        let i = usize::from(seq.0) % SENT_WINDOW_PACKETS;
-        (i / 64, 1 << (i % 64))
-    }
-
-    fn occupied(&self, seq: Sequence) -> bool {
-        let (word, mask) = Self::bit(seq);
-        self.occupied[word] & mask != 0
     }
 
     fn insert(&mut self, seq: Sequence, p: SentPacket) {
         // Sequences are sent in order, so the ring takes each one and skips no slot.
         if self.records.insert(seq, p) {
-            let (word, mask) = Self::bit(seq);
-            self.occupied[word] |= mask;
+            self.occupied.set(seq);
         }
     }
 
     fn get(&self, seq: Sequence) -> Option<&SentPacket> {
-        self.occupied(seq).then(|| self.records.get(seq)).flatten()
+        self.occupied
+            .get(seq)
+            .then(|| self.records.get(seq))
+            .flatten()
     }
 
     fn remove(&mut self, seq: Sequence) -> Option<SentPacket> {
-        if !self.occupied(seq) {
+        if !self.occupied.get(seq) {
             return None;
         }
         // The slot may hold a packet a lap apart: the ring compares the sequence.
         let p = self.records.remove(seq)?;
-        let (word, mask) = Self::bit(seq);
-        self.occupied[word] &= !mask;
+        self.occupied.clear(seq);
         Some(p)
     }
 
     fn len(&self) -> usize {
-        self.occupied.iter().map(|w| w.count_ones() as usize).sum()
+        self.occupied.count()
+    }
+}
+
+/// One bit per sequence, at the sequence modulo `64 * W`.
+#[derive(Debug, Clone)]
+struct SequenceBits<const W: usize>([u64; W]);
+
+impl<const W: usize> SequenceBits<W> {
+    fn new() -> Self {
+        Self([0; W])
+    }
+
+    fn at(seq: Sequence) -> (usize, u64) {
+        let i = usize::from(seq.0) % (64 * W);
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn get(&self, seq: Sequence) -> bool {
+        let (word, mask) = Self::at(seq);
+        self.0[word] & mask != 0
+    }
+
+    fn set(&mut self, seq: Sequence) {
+        let (word, mask) = Self::at(seq);
+        self.0[word] |= mask;
+    }
+
+    fn clear(&mut self, seq: Sequence) {
+        let (word, mask) = Self::at(seq);
+        self.0[word] &= !mask;
+    }
+
+    fn clear_all(&mut self) {
+        self.0 = [0; W];
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
 }
 
@@ -109,30 +138,23 @@ impl SentRing {
 #[derive(Debug, Clone)]
 struct ReceivedWindow {
     newest: Option<Sequence>,
-    bits: [u64; RECEIVED_WINDOW_PACKETS / 64],
+    bits: SequenceBits<{ RECEIVED_WINDOW_PACKETS / 64 }>,
 }
 
 impl ReceivedWindow {
     fn new() -> Self {
         Self {
             newest: None,
-            bits: [0; RECEIVED_WINDOW_PACKETS / 64],
+            bits: SequenceBits::new(),
         }
-    }
-
-    fn bit(seq: Sequence) -> (usize, u64) {
-        let i = usize::from(seq.0) % RECEIVED_WINDOW_PACKETS;
-        (i / 64, 1 << (i % 64))
     }
 
     /// True when `seq` is within the window and arrived.
     fn contains(&self, seq: Sequence) -> bool {
-        let Some(newest) = self.newest else {
-            return false;
-        };
-        let (word, mask) = Self::bit(seq);
-        (0..RECEIVED_WINDOW_PACKETS as i32).contains(&newest.distance(seq))
-            && self.bits[word] & mask != 0
+        self.newest.is_some_and(|newest| {
+            (0..RECEIVED_WINDOW_PACKETS as i32).contains(&newest.distance(seq))
+                && self.bits.get(seq)
+        })
     }
 
     /// Mark `seq` arrived; the caller refused sequences older than the window.
@@ -142,11 +164,10 @@ impl ReceivedWindow {
                 // The sequences skipped over take the bits of ones a lap older: clear them.
                 let gap = seq.distance(newest);
                 if gap as usize >= RECEIVED_WINDOW_PACKETS {
-                    self.bits = [0; RECEIVED_WINDOW_PACKETS / 64];
+                    self.bits.clear_all();
                 } else {
                     for i in 1..gap {
-                        let (word, mask) = Self::bit(newest.plus(i as u16));
-                        self.bits[word] &= !mask;
+                        self.bits.clear(newest.plus(i as u16));
                     }
                 }
                 self.newest = Some(seq);
@@ -154,8 +175,7 @@ impl ReceivedWindow {
             Some(_) => {}
             None => self.newest = Some(seq),
         }
-        let (word, mask) = Self::bit(seq);
-        self.bits[word] |= mask;
+        self.bits.set(seq);
     }
 }
 
