@@ -247,11 +247,30 @@ impl Channels {
         })
     }
 
+    /// Every change to the channels goes through here: the remembered timeout is forgotten.
     fn touch(&mut self, now: Instant) {
         self.deadline = None;
+        self.note_time(now);
+    }
+
+    fn note_time(&mut self, now: Instant) {
         if self.latest_now.is_none_or(|t| now > t) {
             self.latest_now = Some(now);
         }
+    }
+
+    /// The channel that goes first in this packet; the next packet starts with the one after.
+    fn next_turn(&mut self) -> usize {
+        let n = self.channels.len();
+        let first = self.next_first % n;
+        self.next_first = (first + 1) % n;
+        first
+    }
+
+    /// The remembered timeout, if it was worked out for this resend interval.
+    fn remembered(&self, interval: Duration) -> Option<Option<Instant>> {
+        self.deadline
+            .and_then(|(at, deadline)| (at == interval).then_some(deadline))
     }
 
     fn resend_interval(&self, rtt: Duration) -> Duration {
@@ -334,12 +353,14 @@ impl Channels {
         // gone back: every channel would write nothing, so none is read. Most packets of a
         // game carry a snapshot and no message.
         let idle = self.latest_now.is_some_and(|t| now >= t)
-            && matches!(self.deadline, Some((at, d)) if at == interval && d.is_none_or(|d| d > now));
+            && self
+                .remembered(interval)
+                .is_some_and(|d| d.is_none_or(|d| d > now));
         if idle {
-            self.latest_now = Some(now);
+            self.note_time(now);
             if budget >= SECTION_HEADER_BYTES {
                 // The turn moves on as when every channel is asked.
-                self.next_first = (self.next_first % self.channels.len() + 1) % self.channels.len();
+                self.next_turn();
             }
             return 0;
         }
@@ -349,8 +370,7 @@ impl Channels {
         if let Some(mut remaining) = budget.checked_sub(SECTION_HEADER_BYTES) {
             let mut writer = SectionWriter::new(out);
             let n = self.channels.len();
-            let first = self.next_first % n;
-            self.next_first = (first + 1) % n;
+            let first = self.next_turn();
             // Pass 0: every channel up to its own budget. Pass 1: the rest, first come.
             for pass in 0..2 {
                 for k in 0..n {
@@ -398,10 +418,12 @@ impl Channels {
     pub fn on_delivery(&mut self, now: Instant, seq: Sequence, acked: bool) {
         self.touch(now);
         // Notices come about in sending order, so the packet is near the front.
-        let Some(at) = self.sent_packets.iter().position(|(s, _)| *s == seq) else {
-            return;
-        };
-        let Some((_, parts)) = self.sent_packets.remove(at) else {
+        let Some((_, parts)) = self
+            .sent_packets
+            .iter()
+            .position(|(s, _)| *s == seq)
+            .and_then(|at| self.sent_packets.remove(at))
+        else {
             return;
         };
         for (channel, id) in parts {
@@ -510,10 +532,8 @@ impl Channels {
     /// [`Channels::write_packet`] the answer moves on.
     pub fn poll_timeout(&self, rtt: Duration) -> Option<Instant> {
         let interval = self.resend_interval(rtt);
-        match self.deadline {
-            Some((at, deadline)) if at == interval => deadline,
-            _ => self.work_out_timeout(interval),
-        }
+        self.remembered(interval)
+            .unwrap_or_else(|| self.work_out_timeout(interval))
     }
 
     /// [`Channels::poll_timeout`], remembered until the channels next change.

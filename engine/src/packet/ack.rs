@@ -41,6 +41,18 @@ struct SentPacket {
     tag: u8,
 }
 
+impl SentPacket {
+    /// The notice of packet `sequence`, sent as this record says.
+    fn notice(self, sequence: Sequence, acked: bool) -> DeliveryNotice {
+        DeliveryNotice {
+            sequence,
+            acked,
+            sent_at: self.sent_at,
+            tag: self.tag,
+        }
+    }
+}
+
 /// The packets awaiting their notice: a ring of their records, and one bit per slot that
 /// says whether it holds one.
 ///
@@ -229,12 +241,7 @@ impl AckTracker {
         // The ring slot is about to be reused: whatever still waits there is lost.
         let evicted = seq.minus(SENT_WINDOW_PACKETS as u16);
         if let Some(old) = self.sent.remove(evicted) {
-            self.notices.push_back(DeliveryNotice {
-                sequence: evicted,
-                acked: false,
-                sent_at: old.sent_at,
-                tag: old.tag,
-            });
+            self.notices.push_back(old.notice(evicted, false));
         }
         self.sent.insert(seq, SentPacket { sent_at: now, tag });
         self.next_sequence = seq.next();
@@ -300,23 +307,13 @@ impl AckTracker {
                 u64::from(ack_delay) * super::ConnectedHeader::ACK_DELAY_UNIT_MICROS,
             );
             rtt.on_sample(now.saturating_duration_since(p.sent_at), delay);
-            self.notices.push_back(DeliveryNotice {
-                sequence: ack,
-                acked: true,
-                sent_at: p.sent_at,
-                tag: p.tag,
-            });
+            self.notices.push_back(p.notice(ack, true));
         }
         for i in 0..ACK_BITS {
             if ack_bits & (1 << i) != 0 {
                 let seq = ack.minus(i + 1);
                 if let Some(p) = self.sent.remove(seq) {
-                    self.notices.push_back(DeliveryNotice {
-                        sequence: seq,
-                        acked: true,
-                        sent_at: p.sent_at,
-                        tag: p.tag,
-                    });
+                    self.notices.push_back(p.notice(seq, true));
                 }
             }
         }
@@ -402,15 +399,9 @@ impl AckTracker {
             let seq = self.oldest_pending;
             match self.sent.get(seq) {
                 None => {}
-                Some(p) if expired(seq, p) => {
-                    let (sent_at, tag) = (p.sent_at, p.tag);
+                Some(&p) if expired(seq, &p) => {
                     self.sent.remove(seq);
-                    self.notices.push_back(DeliveryNotice {
-                        sequence: seq,
-                        acked: false,
-                        sent_at,
-                        tag,
-                    });
+                    self.notices.push_back(p.notice(seq, false));
                 }
                 Some(_) => return,
             }
