@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::established::Established;
+use super::outbox::Outbox;
 use super::{
     ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
     InvalidPacket, SendError, Transmit,
@@ -104,6 +105,10 @@ pub struct Client {
     nonce: u64,
     started: Instant,
     phase: Phase,
+    /// Datagram packets built by `send_datagram`, written out before anything else.
+    outbox: Outbox<()>,
+    /// Room to build the connection's other packets in (acks, keep-alives, messages).
+    scratch: Vec<u8>,
     events: VecDeque<Event>,
     invalid_packets: u64,
 }
@@ -143,6 +148,8 @@ impl Client {
                 cookie: None,
                 next_send: now,
             },
+            outbox: Outbox::default(),
+            scratch: Vec::new(),
             events: VecDeque::new(),
             invalid_packets: 0,
         })
@@ -357,6 +364,7 @@ impl Client {
             if let Some(reason) = conn.closed_reason() {
                 // The connection already queued its Disconnected event.
                 self.phase = Phase::Done(reason);
+                self.outbox.clear();
                 // Secure mode: end the netcode session too (its own redundant disconnect
                 // packets), so nothing more is sent for a connection that is over.
                 if let Some(netcode) = self.secure.as_mut() {
@@ -415,7 +423,10 @@ impl Client {
                 };
                 packet.encode(buf)?
             }
-            Phase::Connected { conn, .. } => conn.poll_transmit(now, buf)?,
+            Phase::Connected { conn, .. } => match self.outbox.pop(buf) {
+                Some((_, _, len)) => len,
+                None => conn.poll_transmit(now, buf, &mut self.scratch)?,
+            },
             Phase::Done(_) => return None,
         };
         self.after_connection_io();
@@ -435,7 +446,10 @@ impl Client {
         let Phase::Connected { conn, .. } = &mut self.phase else {
             return None;
         };
-        let len = conn.poll_transmit(now, buf)?;
+        let len = match self.outbox.pop(buf) {
+            Some((_, _, len)) => len,
+            None => conn.poll_transmit(now, buf, &mut self.scratch)?,
+        };
         // At most MAX_PAYLOAD_BYTES by the connection's packet limit.
         let _ = netcode.send_payload(now, &buf[..len]);
         self.last_now = now;
@@ -460,6 +474,8 @@ impl Client {
             Phase::Handshake { next_send, .. } => {
                 Some((*next_send).min(self.started + self.config.connect_timeout))
             }
+            // Datagrams waiting: due now.
+            Phase::Connected { .. } if !self.outbox.is_empty() => Some(self.started),
             Phase::Connected { conn, .. } => conn.poll_timeout(),
             Phase::Done(_) => None,
         };
@@ -469,7 +485,11 @@ impl Client {
     /// Send an unreliable datagram now, in its own packet; see [`super::Server::send_datagram`].
     pub fn send_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<Sequence, SendError> {
         match &mut self.phase {
-            Phase::Connected { conn, .. } => conn.send_datagram(now, datagram),
+            Phase::Connected { conn, .. } => {
+                let server = self.server;
+                self.outbox
+                    .push((), server, |out| conn.send_datagram(now, datagram, out))
+            }
             _ => Err(SendError::NotConnected),
         }
     }
@@ -504,7 +524,11 @@ impl Client {
     /// reports `Disconnected { reason: Requested }`. While still handshaking, stop at once.
     pub fn disconnect(&mut self) {
         match &mut self.phase {
-            Phase::Connected { conn, .. } => conn.disconnect(DisconnectReasonCode::Requested),
+            Phase::Connected { conn, .. } => {
+                conn.disconnect(DisconnectReasonCode::Requested);
+                // Its goodbye goes next, not the datagrams still waiting.
+                self.outbox.clear();
+            }
             Phase::Handshake { .. } => {
                 if let Some(netcode) = self.secure.as_mut() {
                     netcode.disconnect(self.last_now);

@@ -15,8 +15,6 @@ use crate::packet::{
 
 /// Payload flag: a datagram section follows.
 const FLAG_DATAGRAM: u8 = 0x01;
-/// Sent packet buffers a connection keeps for reuse: enough for a tick's snapshot parts.
-const SPARE_BUFFERS: usize = 8;
 const KNOWN_FLAGS: u8 = FLAG_DATAGRAM;
 /// Bytes of the flags byte plus the datagram length prefix.
 const DATAGRAM_FRAMING_BYTES: usize = 3;
@@ -52,11 +50,6 @@ pub(crate) struct Established {
     last_received: Instant,
     last_sent: Instant,
     received_since_sent: u32,
-    /// Encoded packets built eagerly by `send_datagram`, awaiting `poll_transmit`.
-    queued: VecDeque<Vec<u8>>,
-    /// Packet buffers already sent, kept for the next packets: the steady state allocates
-    /// nothing per packet (at most `SPARE_BUFFERS` are kept).
-    spare: Vec<Vec<u8>>,
     pub(crate) events: VecDeque<Event>,
     /// Disconnect packets still to send before the connection is gone.
     goodbyes_left: usize,
@@ -97,8 +90,6 @@ impl Established {
             last_received: now,
             last_sent: now,
             received_since_sent: 0,
-            queued: VecDeque::new(),
-            spare: Vec::new(),
             events: VecDeque::new(),
             goodbyes_left: 0,
             goodbye_reason: DisconnectReasonCode::Requested,
@@ -237,10 +228,7 @@ impl Established {
         if self.closed.is_some() {
             return Some(None);
         }
-        if self.goodbyes_left > 0
-            || !self.queued.is_empty()
-            || self.received_since_sent >= ACK_EVERY_PACKETS
-        {
+        if self.goodbyes_left > 0 || self.received_since_sent >= ACK_EVERY_PACKETS {
             return Some(Some(self.last_sent));
         }
         None
@@ -262,11 +250,15 @@ impl Established {
         .min()
     }
 
-    /// Build one packet now carrying `datagram` plus whatever channel messages fit.
+    /// Build one packet now carrying `datagram` plus whatever channel messages fit, appended
+    /// to `out` (the owner's [`Outbox`](super::outbox::Outbox)). The packet counts as sent
+    /// now: its owner writes it out with the rest of the tick's, and drops it if the
+    /// connection ends first.
     pub(crate) fn send_datagram(
         &mut self,
         now: Instant,
         datagram: &[u8],
+        out: &mut Vec<u8>,
     ) -> Result<Sequence, SendError> {
         if self.closed.is_some() || self.goodbyes_left > 0 {
             return Err(SendError::NotConnected);
@@ -274,8 +266,9 @@ impl Established {
         if datagram.len() > max_datagram_bytes(self.max_packet_bytes) {
             return Err(SendError::DatagramTooLarge(datagram.len()));
         }
-        let (seq, bytes) = self.build_payload_packet(now, Some(datagram));
-        self.queued.push_back(bytes);
+        let start = out.len();
+        let seq = self.build_payload_packet(now, Some(datagram), out);
+        self.note_sent(now, out.len() - start);
         Ok(seq)
     }
 
@@ -298,7 +291,6 @@ impl Established {
         if self.closed.is_none() && self.goodbyes_left == 0 {
             self.goodbyes_left = super::DISCONNECT_REDUNDANCY;
             self.goodbye_reason = code;
-            self.queued.clear();
         }
     }
 
@@ -309,8 +301,15 @@ impl Established {
         }
     }
 
-    /// Next datagram for the peer, written to `buf`.
-    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+    /// Next datagram for the peer (its goodbye, an ack, a keep-alive or channel messages
+    /// due), written to `buf`; `scratch` is room to build it in. Datagrams already built wait
+    /// in the owner's outbox, which goes first.
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Option<usize> {
         if self.closed.is_some() {
             return None;
         }
@@ -329,33 +328,19 @@ impl Established {
             }
             return Some(len);
         }
-        if let Some(bytes) = self.queued.pop_front() {
-            let len = bytes.len().min(buf.len());
-            buf[..len].copy_from_slice(&bytes[..len]);
-            self.note_sent(now, len);
-            self.recycle(bytes);
-            return Some(len);
-        }
         let rtt = self.rtt_or_default();
         let keepalive_due = now.saturating_duration_since(self.last_sent)
             >= self.config.keepalive_interval
             || self.received_since_sent >= ACK_EVERY_PACKETS;
         if self.channels.wants_to_send(now, rtt) || keepalive_due {
-            let (_, bytes) = self.build_payload_packet(now, None);
-            let len = bytes.len().min(buf.len());
-            buf[..len].copy_from_slice(&bytes[..len]);
+            scratch.clear();
+            self.build_payload_packet(now, None, scratch);
+            let len = scratch.len().min(buf.len());
+            buf[..len].copy_from_slice(&scratch[..len]);
             self.note_sent(now, len);
-            self.recycle(bytes);
             return Some(len);
         }
         None
-    }
-
-    /// Keep a sent packet's buffer for a later packet.
-    fn recycle(&mut self, buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS {
-            self.spare.push(buf);
-        }
     }
 
     fn note_sent(&mut self, now: Instant, len: usize) {
@@ -364,20 +349,21 @@ impl Established {
         self.stats.on_sent(now, len);
     }
 
+    /// Build one packet and append it to `out`: its sequence.
     fn build_payload_packet(
         &mut self,
         now: Instant,
         datagram: Option<&[u8]>,
-    ) -> (Sequence, Vec<u8>) {
+        out: &mut Vec<u8>,
+    ) -> Sequence {
         // The sequence is taken once the packet's tag (what it carries) is known, below.
         let seq = self.acks.peek_next_sequence();
         let (ack, ack_bits, ack_delay) = self.acks.ack_fields(now);
-        // The packet is written in place in a spare buffer: room for the header, then the
-        // payload, then the header and CRC over it. Copying the payload into a packet of
-        // its own (and zeroing that first) showed in the send path's profile.
-        let mut out = self.spare.pop().unwrap_or_default();
-        out.clear();
-        out.resize(Packet::CONNECTED_HEADER_BYTES, 0);
+        // The packet is written in place: room for the header, then the payload, then the
+        // header and CRC over it. Copying the payload into a packet of its own (and zeroing
+        // that first) showed in the send path's profile.
+        let start = out.len();
+        out.resize(start + Packet::CONNECTED_HEADER_BYTES, 0);
         if let Some(d) = datagram {
             out.push(FLAG_DATAGRAM);
             // MAX_DATAGRAM_BYTES < u16::MAX, checked by the caller.
@@ -386,12 +372,12 @@ impl Established {
         } else {
             out.push(0);
         }
-        let room = self.max_packet_bytes.saturating_sub(out.len());
+        let room = self.max_packet_bytes.saturating_sub(out.len() - start);
         let rtt = self.rtt_or_default();
-        let written = self.channels.write_packet(now, seq, rtt, &mut out, room);
+        let written = self.channels.write_packet(now, seq, rtt, out, room);
         if datagram.is_none() && written == 0 {
             // A bare keep-alive: no flags byte at all.
-            out.truncate(Packet::CONNECTED_HEADER_BYTES);
+            out.truncate(start + Packet::CONNECTED_HEADER_BYTES);
         }
         let tag = if datagram.is_some() { TAG_DATAGRAM } else { 0 }
             | if written > 0 { TAG_CHANNELS } else { 0 };
@@ -405,10 +391,10 @@ impl Established {
         };
         // The payload was sized to fit `max_packet_bytes` (at most MAX_PACKET_BYTES) above,
         // so sealing cannot fail; an empty packet would only be dropped, never corrupt state.
-        if !header.seal_payload_packet(&mut out) {
-            out.clear();
+        if !header.seal_payload_packet(&mut out[start..]) {
+            out.truncate(start);
         }
-        (seq, out)
+        seq
     }
 
     pub(crate) fn link_snapshot(&self) -> ConnectionStats {

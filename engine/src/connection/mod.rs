@@ -10,6 +10,7 @@
 mod client;
 mod cookie;
 mod established;
+mod outbox;
 mod server;
 mod table;
 

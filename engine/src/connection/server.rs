@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cookie::{CookieCheck, CookieJar};
 use super::established::Established;
+use super::outbox::Outbox;
 use super::table::{Client, ClientTable};
 use super::{
     ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
@@ -145,6 +146,11 @@ pub struct Server {
     clients: ClientTable,
     by_addr: HashMap<SocketAddr, ClientId>,
     replies: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagram packets built by `send_datagram`, written out before anything else a
+    /// connection sends.
+    outbox: Outbox<ClientId>,
+    /// Room to build a connection's other packets in (acks, keep-alives, messages).
+    scratch: Vec<u8>,
     events: VecDeque<(ClientId, Event)>,
     stats: ServerStats,
     /// The netcode server underneath, in secure mode.
@@ -211,6 +217,8 @@ impl Server {
             clients: ClientTable::default(),
             by_addr: HashMap::new(),
             replies: VecDeque::new(),
+            outbox: Outbox::default(),
+            scratch: Vec::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
         })
@@ -364,6 +372,7 @@ impl Server {
                     let Some(id) = sec.by_index.remove(&client) else {
                         continue;
                     };
+                    self.outbox.forget(id);
                     if let Some(mut c) = self.clients.remove(&id) {
                         // The connection's own goodbye may have closed it already.
                         Self::move_events(id, &mut c.conn, &mut self.events);
@@ -439,6 +448,7 @@ impl Server {
                 },
             ));
             self.clients.remove(&id);
+            self.outbox.forget(id);
             self.by_addr.remove(&from);
         }
         if !self.accepting || self.clients.len() >= self.config.max_clients {
@@ -514,6 +524,7 @@ impl Server {
         if self.clients.get(&id).is_some_and(|c| c.conn.is_closed())
             && let Some(mut c) = self.clients.remove(&id)
         {
+            self.outbox.forget(id);
             Self::move_events(id, &mut c.conn, &mut self.events);
             self.by_addr.remove(&c.conn.peer);
         }
@@ -601,11 +612,17 @@ impl Server {
                 len: bytes.len(),
             });
         }
-        // Only a connection whose timeout is due has anything to send, and the one that has
-        // waited longest goes first, so no client's traffic waits behind another's.
+        // Datagrams in the order they were sent: each connection's before its other packets.
+        if let Some((_, destination, len)) = self.outbox.pop(buf) {
+            self.count_out(len);
+            return Some(Transmit { destination, len });
+        }
+        // Only a connection whose timeout is due has anything else to send, and the one that
+        // has waited longest goes first, so no client's traffic waits behind another's.
+        let scratch = &mut self.scratch;
         let sent = self.clients.first_due(now, |id, c| {
             c.conn
-                .poll_transmit(now, buf)
+                .poll_transmit(now, buf, scratch)
                 .map(|len| (id, c.conn.peer, len))
         });
         let (id, destination, len) = sent?;
@@ -626,9 +643,16 @@ impl Server {
                 self.count_out(t.len);
                 return Some(t);
             }
-            // As in plain mode: the due connection that has waited longest first.
+            // As in plain mode: datagrams in sending order, then the due connection that has
+            // waited longest.
+            if let Some((id, _, len)) = self.outbox.pop(buf) {
+                // As below: a refusal (the slot just left) loses only this packet.
+                let _ = sec.netcode.send_payload(now, secure_index(id), &buf[..len]);
+                continue;
+            }
+            let scratch = &mut self.scratch;
             let (id, len) = self.clients.first_due(now, |id, c| {
-                c.conn.poll_transmit(now, buf).map(|len| (id, len))
+                c.conn.poll_transmit(now, buf, scratch).map(|len| (id, len))
             })?;
             if let Some(c) = self.clients.get_mut(&id) {
                 Self::move_events(id, &mut c.conn, &mut self.events);
@@ -652,7 +676,7 @@ impl Server {
 
     /// When `handle_timeout` should next be called (or a transmit is ready to poll).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.replies.is_empty() {
+        if !self.replies.is_empty() || !self.outbox.is_empty() {
             return Some(self.epoch);
         }
         let netcode = self.secure.as_ref().and_then(|s| s.netcode.poll_timeout());
@@ -672,7 +696,10 @@ impl Server {
             .clients
             .get_mut(&client)
             .ok_or(SendError::UnknownClient)?;
-        let r = c.conn.send_datagram(now, datagram);
+        let peer = c.conn.peer;
+        let r = self
+            .outbox
+            .push(client, peer, |out| c.conn.send_datagram(now, datagram, out));
         self.clients.reindex();
         r
     }
@@ -698,6 +725,8 @@ impl Server {
     pub fn disconnect(&mut self, client: ClientId, code: DisconnectReasonCode) {
         if let Some(c) = self.clients.get_mut(&client) {
             c.conn.disconnect(code);
+            // Its goodbye goes next, not the datagrams still waiting.
+            self.outbox.forget(client);
         }
         self.clients.reindex();
     }
@@ -722,6 +751,7 @@ impl Server {
         for c in self.clients.values_mut() {
             c.conn.disconnect(DisconnectReasonCode::ServerShutdown);
         }
+        self.outbox.clear();
         self.clients.reindex();
     }
 

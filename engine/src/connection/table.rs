@@ -200,6 +200,7 @@ mod tests {
         let mut table = ClientTable::default();
         let mut now = start;
         let mut buf = vec![0u8; MAX_PACKET_BYTES];
+        let mut scratch = Vec::new();
         for round in 0..2000 {
             now += Duration::from_millis(rng.random_range(0..40));
             let id = ClientId(rng.random_range(1..40));
@@ -234,14 +235,14 @@ mod tests {
                 }
                 4 => {
                     for (_, c) in table.range_mut(id..) {
-                        if c.conn.poll_transmit(now, &mut buf).is_some() {
+                        if c.conn.poll_transmit(now, &mut buf, &mut scratch).is_some() {
                             break;
                         }
                     }
                 }
                 _ => {
                     if let Some(c) = table.get_mut(&id) {
-                        let _ = c.conn.send_datagram(now, b"part");
+                        let _ = c.conn.send_datagram(now, b"part", &mut scratch);
                     }
                 }
             }

@@ -1081,3 +1081,110 @@ fn unusable_configs_are_refused_when_the_endpoint_is_built() {
     assert!(Server::new(nobody, now, 1).is_err());
     assert!(Server::new(ServerConfig::default(), now, 1).is_ok());
 }
+
+/// Every datagram the server flushes, with where it went.
+fn flush(sim: &mut Sim) -> Vec<(SocketAddr, Vec<u8>)> {
+    let now = sim.now;
+    let mut buf = vec![0u8; MAX_PACKET_BYTES];
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let Some(t) = sim.server.poll_transmit(now, &mut buf) else {
+            return out;
+        };
+        out.push((t.destination, buf[..t.len].to_vec()));
+    }
+    panic!("the flush never ended");
+}
+
+#[test]
+fn datagrams_go_out_in_sending_order_and_a_goodbye_drops_the_waiting_ones() {
+    let mut sim = connected_sim(3, 91);
+    sim.run_for(Duration::from_secs(1));
+    let ids: Vec<ClientId> = (0..3).map(|i| sim.client_id(i).unwrap()).collect();
+    let addrs: Vec<SocketAddr> = sim.clients.iter().map(|c| c.addr).collect();
+    let now = sim.now;
+    // Three datagrams each, interleaved between the clients; each one's bytes say whose.
+    let mut sent = Vec::new();
+    for round in 0..3u8 {
+        for (i, &id) in ids.iter().enumerate() {
+            let datagram = vec![i as u8 * 16 + round; 40 + usize::from(round)];
+            let seq = sim.server.send_datagram(now, id, &datagram).unwrap();
+            sent.push((i, seq, datagram));
+        }
+    }
+    // Client 0 is told goodbye before the flush, and client 1 the same at shutdown's turn
+    // below: neither may receive what waited for it.
+    sim.server.disconnect(ids[0], DisconnectReasonCode::Kicked);
+    let out = flush(&mut sim);
+    let decoded: Vec<(usize, Packet<'_>)> = out
+        .iter()
+        .map(|(to, bytes)| {
+            let i = addrs
+                .iter()
+                .position(|a| a == to)
+                .expect("a client's address");
+            (i, Packet::decode(bytes).expect("a valid packet"))
+        })
+        .collect();
+    // Clients 1 and 2 get their datagrams in the order sent, with the sequences returned,
+    // before any other packet of theirs; client 0 gets its goodbye and nothing else.
+    let datagrams: Vec<(usize, Sequence, Vec<u8>)> = decoded
+        .iter()
+        .filter_map(|(i, p)| match p {
+            Packet::Payload { header, payload } if payload.first() == Some(&1) => {
+                Some((*i, header.sequence, payload[3..].to_vec()))
+            }
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(usize, Sequence, Vec<u8>)> =
+        sent.iter().filter(|(i, ..)| *i != 0).cloned().collect();
+    assert_eq!(datagrams, expected);
+    assert!(
+        decoded.iter().take(expected.len()).all(|(i, p)| *i != 0
+            && matches!(p, Packet::Payload { payload, .. } if payload.first() == Some(&1))),
+        "the datagrams go out first"
+    );
+    let to_first: Vec<&Packet<'_>> = decoded
+        .iter()
+        .filter(|(i, _)| *i == 0)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        !to_first.is_empty()
+            && to_first
+                .iter()
+                .all(|p| matches!(p, Packet::Disconnect { .. })),
+        "client 0 got {to_first:?}"
+    );
+
+    // At shutdown, what waits for anyone is dropped: only goodbyes go out.
+    let now = sim.now;
+    for &id in &ids[1..] {
+        sim.server.send_datagram(now, id, &[9; 40]).unwrap();
+    }
+    sim.server.shutdown();
+    let out = flush(&mut sim);
+    assert!(!out.is_empty());
+    for (to, bytes) in &out {
+        assert!(
+            matches!(Packet::decode(bytes), Ok(Packet::Disconnect { .. })),
+            "to {to}: {:?}",
+            Packet::decode(bytes)
+        );
+    }
+
+    // A connection that times out before the flush is sent nothing more.
+    let mut sim = connected_sim(1, 92);
+    sim.run_for(Duration::from_secs(1));
+    let (id, now) = (sim.client_id(0).unwrap(), sim.now);
+    sim.server.send_datagram(now, id, &[5; 40]).unwrap();
+    let later = now + ConnectionConfig::default().timeout;
+    sim.server.handle_timeout(later);
+    assert_eq!(sim.server.client_count(), 0, "timed out");
+    assert!(
+        sim.server
+            .poll_transmit(later, &mut [0u8; MAX_PACKET_BYTES])
+            .is_none()
+    );
+}
