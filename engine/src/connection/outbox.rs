@@ -11,6 +11,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
 
+/// Bytes already sent at the front of the buffer past which it is compacted while packets
+/// still wait: a caller that sends one more datagram for every one it polls never empties
+/// the outbox, and the buffer must not grow for it.
+const COMPACT_AFTER_BYTES: usize = 256 * 1024;
+
 /// One packet waiting: for whom (`K`: the server's client id), where to, and its bytes.
 #[derive(Debug, Clone)]
 struct Queued<K> {
@@ -68,8 +73,18 @@ impl<K: Copy + PartialEq> Outbox<K> {
         let bytes = &self.bytes[p.bytes];
         let len = bytes.len().min(buf.len());
         buf[..len].copy_from_slice(&bytes[..len]);
-        if self.packets.is_empty() {
-            self.bytes.clear();
+        match self.packets.front() {
+            None => self.bytes.clear(),
+            Some(next) if next.bytes.start >= COMPACT_AFTER_BYTES.max(self.bytes.len() / 2) => {
+                // Move what waits to the front: each byte moves at most once per its own
+                // length of bytes sent before it, so this costs O(1) per byte sent.
+                let sent = next.bytes.start;
+                self.bytes.drain(..sent);
+                for q in &mut self.packets {
+                    q.bytes = q.bytes.start - sent..q.bytes.end - sent;
+                }
+            }
+            Some(_) => {}
         }
         Some((p.to, p.destination, len))
     }
@@ -127,5 +142,35 @@ mod tests {
         assert_eq!(out.pop(&mut buf), Some((5, to, 16)));
         out.clear();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn an_outbox_never_emptied_stays_small() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut out: Outbox<u32> = Outbox::default();
+        let mut buf = [0u8; 1200];
+        let push = |out: &mut Outbox<u32>, n: u32| {
+            let _: Result<(), ()> = out.push(n, to, |v| {
+                v.extend_from_slice(&n.to_le_bytes());
+                v.resize(v.len() + 996, n as u8);
+                Ok(())
+            });
+        };
+        push(&mut out, 0);
+        // One packet in, one out, with one always waiting: 10 MB go through.
+        for n in 1..10_000u32 {
+            push(&mut out, n);
+            let (who, _, len) = out.pop(&mut buf).expect("a packet waits");
+            assert_eq!((who, len), (n - 1, 1000));
+            assert_eq!(
+                buf[..4],
+                (n - 1).to_le_bytes(),
+                "the bytes of packet {}",
+                n - 1
+            );
+            assert!(out.bytes.len() <= 2 * COMPACT_AFTER_BYTES + 1000);
+        }
+        assert_eq!(out.pop(&mut buf).map(|p| p.0), Some(9_999));
+        assert!(out.is_empty() && out.bytes.is_empty());
     }
 }
