@@ -408,7 +408,7 @@ impl Established {
 }
 
 /// Split a payload into its optional datagram and its channel section.
-fn split_payload(payload: &[u8]) -> Result<(Option<&[u8]>, &[u8]), InvalidPacket> {
+pub(super) fn split_payload(payload: &[u8]) -> Result<(Option<&[u8]>, &[u8]), InvalidPacket> {
     let Some((&flags, rest)) = payload.split_first() else {
         return Ok((None, &[]));
     };
