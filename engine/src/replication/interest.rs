@@ -29,7 +29,7 @@ use glam::{Vec2, Vec3};
 
 use super::config::ConfigError;
 use crate::connection::ClientId;
-use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld, World};
+use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, QuantizedWorld, TickWorld, World};
 
 /// A named group of clients and entities (a match, a zone, a team's chat), chosen by the game.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -271,17 +271,23 @@ impl Grid {
 /// One client's scope as of the last send tick.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Scope {
-    /// The entities in scope, sorted by id.
-    pub(super) visible: Vec<EntityId>,
     /// Rooms the client is in.
     pub(super) rooms: BTreeSet<RoomId>,
     /// Set by the game; otherwise the owned entity's position.
     pub(super) view_point: Option<Vec3>,
-    /// World indices in scope, increasing, reused from tick to tick. The next tick reads
-    /// them for the hysteresis while the world's entities stay the same (`seen_layout`).
-    scratch: Vec<u32>,
-    /// The [`Interest`] layout `scratch` holds the scope in, if it does.
-    seen_layout: Option<u64>,
+    /// The entities in scope: their indices in the last send tick's world, increasing. The
+    /// very list the client's view of that tick holds (one `Arc`, never copied), and the
+    /// next tick reads it for the hysteresis.
+    picks: Arc<Vec<u32>>,
+    /// The ids of that world, which `picks` index (see [`TickWorld::ids`]).
+    ids: Arc<Vec<EntityId>>,
+}
+
+impl Scope {
+    /// The entities in scope, by increasing id.
+    pub(super) fn visible(&self) -> impl ExactSizeIterator<Item = EntityId> + '_ {
+        self.picks.iter().map(|&i| self.ids[i as usize])
+    }
 }
 
 /// Bitmaps of the tick's world a scope is worked out in, one pair per thread and used by
@@ -401,11 +407,6 @@ pub(super) struct Interest {
     grid: Grid,
     /// Ground-plane position of each entity of the tick's world, by index.
     positions: Vec<Vec2>,
-    /// The ids of the tick's world, in order.
-    ids: Vec<EntityId>,
-    /// Changes whenever `ids` does: while it stays, an index means the same entity from
-    /// tick to tick.
-    layout: u64,
 }
 
 fn ground(p: Vec3) -> Vec2 {
@@ -466,9 +467,9 @@ impl Interest {
         self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
     }
 
-    /// Index the positions of this send tick's world (`world` and `quantized` hold the same
-    /// entities in the same id order).
-    pub(super) fn index(&mut self, world: &World) {
+    /// Index the positions of this send tick's world (`world` and `tick_world` hold the
+    /// same entities in the same id order).
+    pub(super) fn index(&mut self, world: &World, tick_world: &TickWorld) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
             return;
@@ -476,33 +477,40 @@ impl Interest {
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
-        if !world.iter().map(|(id, _)| id).eq(self.ids.iter().copied()) {
-            self.layout += 1;
-            self.ids.clear();
-            self.ids.extend(world.iter().map(|(id, _)| id));
-        }
         self.grid.rebuild(
             c.outer_radius_m(),
-            self.ids.iter().copied().zip(self.positions.iter().copied()),
+            tick_world
+                .ids
+                .iter()
+                .copied()
+                .zip(self.positions.iter().copied()),
         );
     }
 
-    /// The world `client` receives this tick, its picks written in `buf` (cleared first);
-    /// updates its scope.
+    /// Where a client views from this tick: its view point, or else its owned entity's
+    /// position; on the ground plane.
+    fn view(&self, world: &QuantizedWorld, owned: Option<EntityId>, scope: &Scope) -> Option<Vec2> {
+        scope.view_point.map(ground).or_else(|| {
+            owned
+                .and_then(|id| world.index_of(id))
+                .and_then(|i| self.positions.get(i).copied())
+        })
+    }
+
+    /// The world `client` receives this tick; updates its scope. Its picks are last tick's
+    /// list when the scope did not change, or else written in `spare()`, a buffer held by
+    /// no one else (it is cleared first).
     pub(super) fn scope<'a>(
         &'a self,
         tick_world: &TickWorld,
         owned: Option<EntityId>,
         scope: &'a mut Scope,
-        mut buf: Arc<Vec<(EntityId, u32)>>,
+        spare: impl FnOnce() -> Arc<Vec<u32>>,
     ) -> ScopedWorld<'a> {
         let world = &tick_world.world;
         let entities = world.entities();
         let owned_index = owned.and_then(|id| world.index_of(id));
-        let view = scope
-            .view_point
-            .map(ground)
-            .or_else(|| owned_index.and_then(|i| self.positions.get(i).copied()));
+        let view = self.view(world, owned, scope);
         let rooms_in_use = !self.entity_rooms.is_empty();
         let shares_room = |id: EntityId| {
             !rooms_in_use
@@ -511,16 +519,17 @@ impl Interest {
                     .get(&id)
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
+        // Last tick's picks index this tick's world too while the world holds the same
+        // entities: its scope is then a bit test by index instead of a search by id.
+        let same_layout = Arc::ptr_eq(&scope.ids, &tick_world.ids);
         let mut bits = SCOPE_BITS.take();
         let ScopeBits { previous, order } = &mut bits;
-        // Last tick's scope by index, when indices still mean the same entities: a bit
-        // test instead of a search of the previous scope.
         let words = entities.len().div_ceil(64);
         let previous_bits = (self.config.is_some()
-            && scope.seen_layout == Some(self.layout)
-            && bitmap_pays(words, scope.scratch.len()))
+            && same_layout
+            && bitmap_pays(words, scope.picks.len()))
         .then(|| {
-            set_bits(previous, words, &scope.scratch);
+            set_bits(previous, words, &scope.picks);
             previous.as_slice()
         });
         // The usual case (last tick's scope as bits, no rooms): the scan sets the bit of
@@ -532,17 +541,30 @@ impl Interest {
             order.clear();
             order.resize(words, 0);
         }
-        let scratch = &mut scope.scratch;
-        scratch.clear();
+        // The spare is taken only to be written: always when the scope is listed, and when
+        // it is gathered as bits only if it changed.
+        let mut spare = Some(spare);
+        let mut take_spare = || spare.take().map_or_else(Arc::default, |f| f());
+        let mut buf: Option<Arc<Vec<u32>>> = None;
+        let mut listed = Vec::new();
+        let list: &mut Vec<u32> = if gathered.is_some() {
+            &mut listed
+        } else {
+            writable(buf.insert(take_spare()))
+        };
         match self.config {
             Some(c) => {
                 if let Some(view) = view.filter(|v| v.is_finite()) {
                     let (r2, outer) = (c.radius_m * c.radius_m, c.outer_radius_m());
                     let outer2 = outer * outer;
-                    let previous = &scope.visible;
+                    let previous = &scope.picks;
+                    let previous_ids = &scope.ids;
                     let was_visible = |e: &GridEntity| match previous_bits {
                         Some(bits) => bit(bits, e.index) != 0,
-                        None => previous.binary_search(&e.id).is_ok(),
+                        // Picks increase, and so do their ids.
+                        None => previous
+                            .binary_search_by_key(&e.id, |&i| previous_ids[i as usize])
+                            .is_ok(),
                     };
                     self.grid.near(view, outer, |cell| {
                         // Whether an entity is in scope is as good as random (one at the
@@ -561,8 +583,8 @@ impl Interest {
                             return;
                         }
                         // Otherwise every index is written and kept only when in scope.
-                        let mut n = scratch.len();
-                        scratch.resize(n + cell.len(), 0);
+                        let mut n = list.len();
+                        list.resize(n + cell.len(), 0);
                         for e in cell {
                             let d2 = e.position.distance_squared(view);
                             // A NaN distance is neither.
@@ -574,10 +596,10 @@ impl Interest {
                                 // scope stays: that is the hysteresis.
                                 keep = (inside || was_visible(e)) && shares_room(e.id);
                             }
-                            scratch[n] = e.index;
+                            list[n] = e.index;
                             n += usize::from(keep);
                         }
-                        scratch.truncate(n);
+                        list.truncate(n);
                     });
                 }
             }
@@ -585,7 +607,7 @@ impl Interest {
                 for (i, (id, _)) in entities.iter().enumerate() {
                     if shares_room(*id) {
                         // A world holds fewer than u32::MAX entities (ids are u32).
-                        scratch.push(i as u32);
+                        list.push(i as u32);
                     }
                 }
             }
@@ -596,40 +618,28 @@ impl Interest {
             if let Some(i) = owned_index {
                 set_bit(order, i, true);
             }
-            read_bits(order, scratch);
+            // Most ticks most clients' scopes stay as they were (entities cross the edge of
+            // a scope now and then): then the client is sent last tick's list again,
+            // neither written nor read anew.
+            if *order != *previous {
+                read_bits(order, writable(buf.insert(take_spare())));
+            }
         } else {
-            scratch.extend(owned_index);
-            sort_dedup(scratch, order, entities.len());
+            list.extend(owned_index);
+            sort_dedup(list, order, entities.len());
         }
         SCOPE_BITS.set(bits);
-        // Positions (and so the layout) are indexed only with an area of interest.
-        scope.seen_layout = self.config.is_some().then_some(self.layout);
-
-        // A spare no one else holds is written in place; anything else is replaced.
-        let picks = match Arc::get_mut(&mut buf) {
-            Some(p) => p,
-            None => {
-                buf = Arc::default();
-                Arc::make_mut(&mut buf)
-            }
-        };
-        picks.clear();
-        if self.ids.len() == entities.len() && self.config.is_some() {
-            // The ids indexed this tick: a read of a small array, where the world's own
-            // entries are a cache line apart each.
-            picks.extend(scratch.iter().map(|&i| (self.ids[i as usize], i)));
-        } else {
-            picks.extend(scratch.iter().map(|&i| (entities[i as usize].0, i)));
+        if let Some(picks) = buf {
+            scope.picks = picks;
         }
-        scope.visible.clear();
-        scope.visible.extend(picks.iter().map(|&(id, _)| id));
-        let selected = ClientWorld::View(tick_world.view(buf));
+        scope.ids = tick_world.ids.clone();
+        let selected = ClientWorld::View(tick_world.view(scope.picks.clone()));
         let weights = match (self.config, view) {
             (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
                 config,
                 view,
                 positions: &self.positions,
-                indices: &scope.scratch,
+                indices: &scope.picks,
             }),
             _ => None,
         };
@@ -640,13 +650,24 @@ impl Interest {
     }
 }
 
+/// The list in `buf`, cleared, to write: in place when no one else holds it, or else in a
+/// new one.
+fn writable(buf: &mut Arc<Vec<u32>>) -> &mut Vec<u32> {
+    if Arc::get_mut(buf).is_none() {
+        *buf = Arc::default();
+    }
+    let list = Arc::make_mut(buf);
+    list.clear();
+    list
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::snapshot::{EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform};
+    use crate::snapshot::{EntityState, QuantizeConfig, Tick, Transform};
 
     /// A world as the server's only one so far.
     fn first(q: &QuantizedWorld) -> TickWorld {
@@ -668,7 +689,7 @@ mod tests {
     }
 
     fn ids(s: &Scope) -> Vec<u32> {
-        s.visible.iter().map(|e| e.0).collect()
+        s.visible().map(|e| e.0).collect()
     }
 
     #[test]
@@ -699,7 +720,8 @@ mod tests {
             let world = world_at(&points);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
-            interest.index(&world);
+            let tw = first(&q);
+            interest.index(&world, &tw);
             let view = match round % 4 {
                 // Out among the strays, or beyond everything.
                 1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
@@ -714,7 +736,7 @@ mod tests {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&first(&q), None, &mut scope, Arc::default());
+            interest.scope(&tw, None, &mut scope, Arc::default);
             let want: Vec<u32> = points
                 .iter()
                 .filter(|(_, x, z)| Vec2::new(*x, *z).distance(ground(view)) <= config.radius_m)
@@ -745,6 +767,7 @@ mod tests {
             .collect();
         let mut want: BTreeSet<u32> = BTreeSet::new();
         let (mut by_bits, mut by_search) = (0, 0);
+        let mut previous: Option<TickWorld> = None;
         for tick in 0..200 {
             if tick % 3 == 0 {
                 let gone = rng.random_range(0..400);
@@ -758,13 +781,22 @@ mod tests {
             let list: Vec<(u32, f32, f32)> = points.iter().map(|(&i, p)| (i, p.x, p.y)).collect();
             let world = world_at(&list);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
-            interest.index(&world);
-            if scope.seen_layout == Some(interest.layout) {
+            let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
+            interest.index(&world, &tw);
+            let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
+            if same_layout {
                 by_bits += 1;
             } else {
                 by_search += 1;
             }
-            interest.scope(&first(&q), None, &mut scope, Arc::default());
+            let (before, before_ids) = (scope.picks.clone(), ids(&scope));
+            interest.scope(&tw, None, &mut scope, Arc::default);
+            // Last tick's list is sent again exactly when it still names the scope.
+            assert_eq!(
+                Arc::ptr_eq(&scope.picks, &before),
+                same_layout && ids(&scope) == before_ids,
+                "tick {tick}"
+            );
             want = points
                 .iter()
                 .filter(|&(i, p)| {
@@ -778,8 +810,51 @@ mod tests {
                 want.iter().copied().collect::<Vec<_>>(),
                 "tick {tick}"
             );
+            previous = Some(tw);
         }
         assert!(by_bits > 50 && by_search > 50, "{by_bits} / {by_search}");
+    }
+
+    #[test]
+    fn a_scope_that_stays_is_last_tick_s_list_and_one_that_changes_is_written_anew() {
+        let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
+        let mut scope = Scope {
+            view_point: Some(Vec3::ZERO),
+            ..Scope::default()
+        };
+        let mut previous: Option<TickWorld> = None;
+        let mut spares = 0;
+        // (x of entity 2, whether the scope changes at that tick)
+        for (tick, (x, changes)) in [
+            (5.0, true),
+            (6.0, false),
+            (7.0, false),
+            (30.0, true),
+            (31.0, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Entities 1 and 3 stay in view, 4 stays out; 2 moves, in and then out.
+            let world = world_at(&[(1, 1.0, 0.0), (2, x, 0.0), (3, 0.0, 2.0), (4, 50.0, 0.0)]);
+            let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+            let tw = TickWorld::new(q, Tick(tick as u32 + 1), previous.as_ref());
+            interest.index(&world, &tw);
+            let before = scope.picks.clone();
+            let ScopedWorld { world: view, .. } = interest.scope(&tw, None, &mut scope, || {
+                spares += 1;
+                Arc::default()
+            });
+            let ClientWorld::View(view) = view else {
+                panic!("a scope is a view");
+            };
+            assert!(Arc::ptr_eq(&view.picks, &scope.picks), "tick {tick}");
+            assert_eq!(!Arc::ptr_eq(&scope.picks, &before), changes, "tick {tick}");
+            let want: &[u32] = if x < 10.0 { &[1, 2, 3] } else { &[1, 3] };
+            assert_eq!(ids(&scope), want, "tick {tick}");
+            previous = Some(tw);
+        }
+        assert_eq!(spares, 2, "a spare is taken only for a scope written anew");
     }
 
     #[test]
@@ -792,9 +867,10 @@ mod tests {
         let mut at = |x: f32, scope: &mut Scope| {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
-            interest.index(&world);
-            interest.scope(&first(&q), None, scope, Arc::default());
-            !scope.visible.is_empty()
+            let tw = first(&q);
+            interest.index(&world, &tw);
+            interest.scope(&tw, None, scope, Arc::default);
+            scope.visible().next().is_some()
         };
         assert!(!at(10.5, &mut scope), "outside the radius, not yet seen");
         assert!(at(9.5, &mut scope), "inside the radius");
@@ -814,16 +890,17 @@ mod tests {
     fn rooms_limit_what_a_client_sees_and_the_owned_entity_is_always_seen() {
         let world = world_at(&[(1, 0.0, 0.0), (2, 1.0, 0.0), (3, 2.0, 0.0), (4, 500.0, 0.0)]);
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+        let tw = first(&q);
         let mut interest = Interest::new(None);
         interest.add_entity(EntityId(2), RoomId(7));
         interest.add_entity(EntityId(3), RoomId(8));
-        interest.index(&world);
+        interest.index(&world, &tw);
         let mut outsider = Scope::default();
-        interest.scope(&first(&q), None, &mut outsider, Arc::default());
+        interest.scope(&tw, None, &mut outsider, Arc::default);
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
         let mut member = Scope::default();
         member.rooms.insert(RoomId(7));
-        interest.scope(&first(&q), Some(EntityId(3)), &mut member, Arc::default());
+        interest.scope(&tw, Some(EntityId(3)), &mut member, Arc::default);
         assert_eq!(
             ids(&member),
             vec![1, 2, 3, 4],
@@ -833,12 +910,12 @@ mod tests {
         // With an area of interest, rooms and distance both apply.
         let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
         interest.add_entity(EntityId(2), RoomId(7));
-        interest.index(&world);
+        interest.index(&world, &tw);
         let mut far = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&first(&q), Some(EntityId(4)), &mut far, Arc::default());
+        interest.scope(&tw, Some(EntityId(4)), &mut far, Arc::default);
         assert_eq!(
             ids(&far),
             vec![1, 3, 4],
@@ -850,24 +927,25 @@ mod tests {
     fn nothing_in_scope_without_a_view_point_and_bad_positions_do_not_panic() {
         let world = world_at(&[(1, f32::NAN, 0.0), (2, f32::INFINITY, 1e30), (3, 0.0, 0.0)]);
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+        let tw = first(&q);
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
-        interest.index(&world);
+        interest.index(&world, &tw);
         let mut none = Scope::default();
-        interest.scope(&first(&q), None, &mut none, Arc::default());
-        assert!(none.visible.is_empty());
+        interest.scope(&tw, None, &mut none, Arc::default);
+        assert!(none.visible().next().is_none());
         for view in [Vec3::NAN, Vec3::splat(f32::INFINITY), Vec3::splat(1e38)] {
             let mut s = Scope {
                 view_point: Some(view),
                 ..Scope::default()
             };
-            interest.scope(&first(&q), None, &mut s, Arc::default());
-            assert!(s.visible.is_empty(), "{view}");
+            interest.scope(&tw, None, &mut s, Arc::default);
+            assert!(s.visible().next().is_none(), "{view}");
         }
         let mut s = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
         };
-        interest.scope(&first(&q), None, &mut s, Arc::default());
+        interest.scope(&tw, None, &mut s, Arc::default);
         assert_eq!(ids(&s), vec![3]);
     }
 
@@ -998,7 +1076,7 @@ mod tests {
 
             let q = QuantizedWorld::from_world(&world, &quantize);
             let q = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(&world);
+            interest.index(&world, &q);
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
                     sender.reset_baseline();
@@ -1007,7 +1085,7 @@ mod tests {
                     v.x += 0.5 * c as f32;
                 }
                 let ScopedWorld { world, weights, .. } =
-                    interest.scope(&q, *owned, scope, Arc::default());
+                    interest.scope(&q, *owned, scope, Arc::default);
                 let parts = sender
                     .build_weighted(
                         Tick(tick),

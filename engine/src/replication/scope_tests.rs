@@ -167,7 +167,7 @@ impl ScopeGame {
             if let Some(id) = client_id(&self.sim, i)
                 && let Some(v) = self.sim.server.visible_entities(id)
             {
-                self.scopes[i].insert(tick.0, v.to_vec());
+                self.scopes[i].insert(tick.0, v.collect());
             }
         }
     }
@@ -221,7 +221,7 @@ impl ScopeGame {
                 .server
                 .visible_entities(id)
                 .expect("scoped")
-                .to_vec();
+                .collect::<Vec<_>>();
             let view = Vec2::new(self.views[i].x, self.views[i].z);
             let inside = server
                 .iter()
@@ -326,7 +326,8 @@ fn an_entity_on_the_edge_is_spawned_once_not_every_tick() {
     let totals = g.sim.server.snapshot_totals();
     assert_eq!(totals.despawns_sent, 0, "never left: within the hysteresis");
     let id = client_id(&g.sim, 0).unwrap();
-    assert_eq!(g.sim.server.visible_entities(id), Some(&[EntityId(0)][..]));
+    let visible: Option<Vec<_>> = g.sim.server.visible_entities(id).map(Iterator::collect);
+    assert_eq!(visible, Some(vec![EntityId(0)]));
 }
 
 #[test]

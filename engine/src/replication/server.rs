@@ -352,7 +352,7 @@ impl Server {
             let quantized = TickWorld::new(quantized, tick, self.previous_world.as_ref());
             self.count_changes(&quantized);
             if self.interest.active() {
-                self.interest.index(world);
+                self.interest.index(world, &quantized);
             }
             self.send_snapshots(now, tick, &quantized);
             self.previous_world = Some(quantized);
@@ -381,12 +381,10 @@ impl Server {
         // first — on the pool's threads when there is one — and sent in id order after.
         let build = |(id, peer): (ClientId, &mut Peer)| {
             let (built, in_scope) = if scoped {
-                let ScopedWorld { world, weights } = interest.scope(
-                    tick_world,
-                    peer.owned,
-                    &mut peer.scope,
-                    peer.sender.spare_picks(),
-                );
+                let ScopedWorld { world, weights } =
+                    interest.scope(tick_world, peer.owned, &mut peer.scope, || {
+                        peer.sender.spare_picks()
+                    });
                 let n = world.len();
                 let built = peer.sender.build_weighted(
                     tick,
@@ -524,14 +522,14 @@ impl Server {
     /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
     /// baseline age that two or more ready clients hold, and one for spawns.
     fn prepare_shared(&mut self, tick_world: &TickWorld) {
-        let (tick, world) = (tick_world.tick, &tick_world.world);
+        let tick = tick_world.tick;
         let lim = self.config.quantize.limits();
         if self.viewers_per_entity < self.share_min_viewers {
             // No sections: every lookup misses. Worlds are kept only while sharing (one of
             // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
             // only the spawns and the ages kept so far.
             self.shared
-                .prepare(tick, world, &[], &[], &lim, &mut self.shared_scratch);
+                .prepare(tick_world, &[], &[], &lim, &mut self.shared_scratch);
             self.history.clear();
             return;
         }
@@ -557,8 +555,7 @@ impl Server {
         }
         self.history.make_contiguous();
         self.shared.prepare(
-            tick,
-            world,
+            tick_world,
             self.history.as_slices().0,
             &ticks,
             &lim,
@@ -605,11 +602,14 @@ impl Server {
     /// The entities in `client`'s scope as of the last snapshot sent to it, sorted by id;
     /// `None` when every client sees every entity (no rooms hold entities and no area of
     /// interest is configured).
-    pub fn visible_entities(&self, client: ClientId) -> Option<&[EntityId]> {
+    pub fn visible_entities(
+        &self,
+        client: ClientId,
+    ) -> Option<impl ExactSizeIterator<Item = EntityId> + '_> {
         if !self.interest.active() {
             return None;
         }
-        self.peers.get(&client).map(|p| p.scope.visible.as_slice())
+        self.peers.get(&client).map(|p| p.scope.visible())
     }
 
     /// Put `client` in `room`: it sees the room's entities and gets its messages. Returns

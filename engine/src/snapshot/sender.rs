@@ -127,14 +127,14 @@ impl ClientWorld {
     fn id(&self, i: usize) -> EntityId {
         match self {
             ClientWorld::Own(w) => w.entities()[i].0,
-            ClientWorld::View(v) => v.picks[i].0,
+            ClientWorld::View(v) => v.of.ids[v.picks[i] as usize],
         }
     }
 
     fn state(&self, i: usize) -> &QuantizedEntity {
         match self {
             ClientWorld::Own(w) => &w.entities()[i].1,
-            ClientWorld::View(v) => &v.of.world.entities()[v.picks[i].1 as usize].1,
+            ClientWorld::View(v) => &v.of.world.entities()[v.picks[i] as usize].1,
         }
     }
 
@@ -150,6 +150,9 @@ impl ClientWorld {
 /// The entities of a [`ClientWorld`] as the sender's merge reads them: sorted by id.
 trait Entries {
     fn count(&self) -> usize;
+    /// What the merge orders entity `i` by: its id, or its index in the world of its tick
+    /// when both sides are views of one layout (the same order, and no id to read).
+    fn key(&self, i: usize) -> u32;
     fn id(&self, i: usize) -> EntityId;
     fn state(&self, i: usize) -> &QuantizedEntity;
     /// The index of entity `i` in the world of its tick.
@@ -159,6 +162,9 @@ trait Entries {
 impl Entries for [(EntityId, QuantizedEntity)] {
     fn count(&self) -> usize {
         self.len()
+    }
+    fn key(&self, i: usize) -> u32 {
+        self[i].0.0
     }
     fn id(&self, i: usize) -> EntityId {
         self[i].0
@@ -174,29 +180,43 @@ impl Entries for [(EntityId, QuantizedEntity)] {
 /// A [`WorldView`]'s entities.
 struct Picked<'a> {
     all: &'a [(EntityId, QuantizedEntity)],
-    picks: &'a [(EntityId, u32)],
+    ids: &'a [EntityId],
+    picks: &'a [u32],
+    /// Keyed by index: the other side of the merge is a view of the same layout.
+    by_index: bool,
 }
 
 impl Entries for Picked<'_> {
     fn count(&self) -> usize {
         self.picks.len()
     }
+    fn key(&self, i: usize) -> u32 {
+        let g = self.picks[i];
+        if self.by_index {
+            g
+        } else {
+            self.ids[g as usize].0
+        }
+    }
     fn id(&self, i: usize) -> EntityId {
-        self.picks[i].0
+        self.ids[self.picks[i] as usize]
     }
     fn state(&self, i: usize) -> &QuantizedEntity {
-        &self.all[self.picks[i].1 as usize].1
+        &self.all[self.picks[i] as usize].1
     }
     fn global(&self, i: usize) -> usize {
-        self.picks[i].1 as usize
+        self.picks[i] as usize
     }
 }
 
 impl<'a> Picked<'a> {
-    fn of(v: &'a WorldView) -> Self {
+    /// `v`'s entities, keyed by index when `by_index`.
+    fn of(v: &'a WorldView, by_index: bool) -> Self {
         Picked {
             all: v.of.world.entities(),
+            ids: &v.of.ids,
             picks: &v.picks,
+            by_index,
         }
     }
 }
@@ -352,9 +372,7 @@ pub struct SnapshotSender {
     spare_list: Vec<Vec<u8>>,
     /// Scope picks this sender was given and no longer holds, to build the next ones in
     /// (see [`Self::spare_picks`]).
-    spare: Vec<Arc<Vec<(EntityId, u32)>>>,
-    /// [`Self::spare_picks`] was called: this sender is given views.
-    scoped: bool,
+    spare: Vec<Arc<Vec<u32>>>,
     /// Tests: always take the ranked path, to check the shortcut against it.
     #[cfg(test)]
     always_rank: bool,
@@ -433,10 +451,10 @@ impl<'a> Diff<'a> {
         let (nb, nc) = (base.count(), cur.count());
         let (mut bi, mut wi) = (0, 0);
         while bi < nb || wi < nc {
-            let b = (bi < nb).then(|| base.id(bi));
-            let w = (wi < nc).then(|| cur.id(wi));
+            let b = (bi < nb).then(|| base.key(bi));
+            let w = (wi < nc).then(|| cur.key(wi));
             match (b, w) {
-                (Some(bid), Some(wid)) if bid == wid => {
+                (Some(bk), Some(wk)) if bk == wk => {
                     let g = cur.global(wi);
                     let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
                     if !unchanged {
@@ -449,14 +467,15 @@ impl<'a> Diff<'a> {
                             Some(SharedDelta::Unchanged) => {}
                             Some(SharedDelta::Bits { bits, payload_bits }) => {
                                 let shared = Measured::Shared(bits);
-                                self.push(wid, Some(bi), wi, payload_bits, shared);
+                                self.push(cur.id(wi), Some(bi), wi, payload_bits, shared);
                             }
                             Some(SharedDelta::Own) | None => {
                                 let (be, we) = states();
                                 if be != we {
                                     let delta = EntityDelta::new(be, we, self.ticks, self.lim);
                                     let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
-                                    self.push(wid, Some(bi), wi, bits, Measured::Own(delta));
+                                    let id = cur.id(wi);
+                                    self.push(id, Some(bi), wi, bits, Measured::Own(delta));
                                 }
                             }
                         }
@@ -464,7 +483,7 @@ impl<'a> Diff<'a> {
                     bi += 1;
                     wi += 1;
                 }
-                (Some(bid), Some(wid)) if bid < wid => {
+                (Some(bk), Some(wk)) if bk < wk => {
                     self.despawns.push(bi);
                     bi += 1;
                 }
@@ -472,7 +491,8 @@ impl<'a> Diff<'a> {
                     self.despawns.push(bi);
                     bi += 1;
                 }
-                (_, Some(wid)) => {
+                (_, Some(_)) => {
+                    let wid = cur.id(wi);
                     let we = || cur.state(wi);
                     let found = self
                         .spawn_section
@@ -520,7 +540,6 @@ impl SnapshotSender {
             spare_parts: Vec::new(),
             spare_list: Vec::new(),
             spare: Vec::new(),
-            scoped: false,
             #[cfg(test)]
             always_rank: false,
         })
@@ -633,8 +652,7 @@ impl SnapshotSender {
     /// An empty buffer for this client's next scope picks (see [`WorldView`]), held by no
     /// one else: one this sender no longer needs when there is one, so a scoped client
     /// costs no allocation for its scope per tick.
-    pub(crate) fn spare_picks(&mut self) -> Arc<Vec<(EntityId, u32)>> {
-        self.scoped = true;
+    pub(crate) fn spare_picks(&mut self) -> Arc<Vec<u32>> {
         self.spare.pop().unwrap_or_default()
     }
 
@@ -656,12 +674,12 @@ impl SnapshotSender {
         }
     }
 
-    /// Keep the picks of `world` as a spare if this sender is given views and no one else
-    /// holds them (a few, and only scope-sized ones).
+    /// Keep the picks of `world` as a spare if it is a view and no one else holds them (a
+    /// few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
         const SPARES: usize = 2;
         const MAX_ENTITIES: usize = 4096;
-        if !self.scoped || self.spare.len() >= SPARES {
+        if self.spare.len() >= SPARES {
             return;
         }
         if let ClientWorld::View(v) = world {
@@ -807,13 +825,14 @@ impl SnapshotSender {
                 // Two views of the server's worlds: an entity whose change tick is not
                 // after the baseline's holds the same state in both (not even read).
                 let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
-                diff.run(&Picked::of(b), &Picked::of(c), since);
+                let by_index = b.of.same_layout(&c.of);
+                diff.run(&Picked::of(b, by_index), &Picked::of(c, by_index), since);
             }
             (ClientWorld::Own(b), ClientWorld::View(c)) => {
-                diff.run(b.entities(), &Picked::of(c), None)
+                diff.run(b.entities(), &Picked::of(c, false), None)
             }
             (ClientWorld::View(b), ClientWorld::Own(c)) => {
-                diff.run(&Picked::of(b), c.entities(), None)
+                diff.run(&Picked::of(b, false), c.entities(), None)
             }
             (ClientWorld::Own(b), ClientWorld::Own(c)) => {
                 diff.run(b.entities(), c.entities(), None)
@@ -1387,7 +1406,7 @@ mod reset_tests {
                         .iter()
                         .enumerate()
                         .filter(|(_, (id, _))| (lo..lo + 25).contains(&id.0))
-                        .map(|(i, (id, _))| (*id, i as u32)),
+                        .map(|(i, _)| i as u32),
                 );
             let view = ClientWorld::View(tw.view(picks));
             let copy = view.to_world();

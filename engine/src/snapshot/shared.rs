@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
 use super::quantize::Limits;
-use super::world::{QuantizedEntity, QuantizedWorld, Tick, TickWorld, next_with_id};
+use super::world::{QuantizedEntity, Tick, TickWorld, next_with_id};
 
 /// Every this many entities of the world, one measures the changes a shared code is chosen
 /// from: a few hundred changes of the massive scene describe it as well as all of them.
@@ -208,21 +208,21 @@ pub(crate) struct SharedDeltas {
 }
 
 impl SharedDeltas {
-    /// Start `tick`'s world: a section per age in `ticks` (0: spawns) whose world then is in
-    /// `history`, with its code chosen from a sample of the changes since.
+    /// Start the world of `now`: a section per age in `ticks` (0: spawns) whose world then
+    /// is in `history`, with its code chosen from a sample of the changes since.
     pub(crate) fn prepare(
         &mut self,
-        tick: Tick,
-        world: &QuantizedWorld,
+        now: &TickWorld,
         history: &[TickWorld],
         ticks: &[u32],
         lim: &Limits,
         scratch: &mut EncodeScratch,
     ) {
+        let tick = now.tick;
         self.tick = tick;
         let mut old = std::mem::take(&mut self.sections);
         self.sections.clear();
-        let cur = world.entities();
+        let cur = now.world.entities();
         let spawn_base = part::spawn_base();
         let mut deltas = std::mem::take(&mut self.sample);
         for &k in ticks {
@@ -237,13 +237,29 @@ impl SharedDeltas {
                 let Some(then) = history.iter().find(|h| h.tick.0 + k == tick.0) else {
                     continue;
                 };
-                // Both are sorted by id: one walk, not a search per entity.
-                let mut before = then.world.entities().iter().peekable();
-                for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
-                    if let Some((_, b)) = next_with_id(&mut before, *id, |(b, _)| *b)
-                        && b != e
-                    {
-                        deltas.push(EntityDelta::new(b, e, k, lim));
+                if then.same_layout(now) {
+                    // An index means the same entity in both, and an entity whose change
+                    // tick is not after `then` holds the same state in both: only the
+                    // sampled entities that moved are read (a walk through the old world
+                    // read all of it, for each age).
+                    let before = then.world.entities();
+                    for g in (0..cur.len()).step_by(CODE_SAMPLE_STRIDE) {
+                        if now.changed[g] > then.tick.0 {
+                            let (b, e) = (&before[g].1, &cur[g].1);
+                            if b != e {
+                                deltas.push(EntityDelta::new(b, e, k, lim));
+                            }
+                        }
+                    }
+                } else {
+                    // Both are sorted by id: one walk, not a search per entity.
+                    let mut before = then.world.entities().iter().peekable();
+                    for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
+                        if let Some((_, b)) = next_with_id(&mut before, *id, |(b, _)| *b)
+                            && b != e
+                        {
+                            deltas.push(EntityDelta::new(b, e, k, lim));
+                        }
                     }
                 }
             }
@@ -278,7 +294,9 @@ impl SharedDeltas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{EntityId, EntityState, QuantizeConfig, Transform, World};
+    use crate::snapshot::{
+        EntityId, EntityState, QuantizeConfig, QuantizedWorld, Transform, World,
+    };
 
     /// A world of `n` entities scattered, turned and some moving (`t` moves them on), the
     /// first of them carrying `component` bytes and some others a few.
@@ -314,8 +332,24 @@ mod tests {
         // Entity 0 spawns with 40 bytes of component: longer than a slot keeps.
         let (then, now) = (world(64, 0.0, 40), world(64, 0.1, 40));
         let history = [TickWorld::new(then.clone(), Tick(1), None)];
+        let now_tick = TickWorld::new(now.clone(), Tick(3), Some(&history[0]));
         let mut shared = SharedDeltas::default();
-        shared.prepare(Tick(3), &now, &history, &[0, 2], &lim, &mut scratch);
+        shared.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
+        // The code of an age is the same whether the old world is read by index (one
+        // layout) or walked by id (another layout).
+        let mut walked = SharedDeltas::default();
+        walked.prepare(
+            &TickWorld::new(now.clone(), Tick(3), None),
+            &history,
+            &[2],
+            &lim,
+            &mut scratch,
+        );
+        assert!(now_tick.same_layout(&history[0]));
+        assert_eq!(
+            walked.section(Tick(3), 2).map(|s| &s.code),
+            shared.section(Tick(3), 2).map(|s| &s.code)
+        );
         let (spawns, updates) = (
             shared.section(Tick(3), 0).expect("a spawn section"),
             shared
@@ -364,7 +398,8 @@ mod tests {
             "{long} long, {unchanged} unchanged"
         );
         // The next tick starts empty: the slots filled are cleared.
-        shared.prepare(Tick(4), &now, &[], &[0], &lim, &mut scratch);
+        let next = TickWorld::new(now.clone(), Tick(4), Some(&now_tick));
+        shared.prepare(&next, &[], &[0], &lim, &mut scratch);
         let spawns = shared.section(Tick(4), 0).expect("a spawn section");
         assert!(matches!(
             spawns.delta(5, || (&spawn_base, &cur[5].1), &lim),

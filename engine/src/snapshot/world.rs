@@ -382,6 +382,10 @@ pub(crate) struct TickWorld {
     /// has been the same in every world the server built, so a client holding it from any
     /// world of a send tick at or after that holds its current state.
     pub(crate) changed: Arc<Vec<u32>>,
+    /// The ids of `world`, in order: the same `Arc` as the previous tick's while the world
+    /// holds the same entities, so two views whose worlds share it name entities by the
+    /// same indices, and their indices compare as their ids do.
+    pub(crate) ids: Arc<Vec<EntityId>>,
 }
 
 impl TickWorld {
@@ -389,24 +393,47 @@ impl TickWorld {
     /// the server built before, if any).
     pub(crate) fn new(world: QuantizedWorld, tick: Tick, previous: Option<&TickWorld>) -> Self {
         let mut changed = Vec::with_capacity(world.len());
+        // The ids, gathered in the walk that reads each entity anyway; kept only when they
+        // differ from the previous world's.
+        let mut ids = Vec::with_capacity(world.len());
+        // How many of this world's entities the previous world holds.
+        let mut kept = 0;
         match previous {
             Some(p) => {
                 // Both are sorted by id: one merge walk, not a search per entity.
                 let mut before = p.world.entities().iter().zip(p.changed.iter()).peekable();
                 for (id, e) in world.entities() {
-                    changed.push(match next_with_id(&mut before, *id, |((p, _), _)| *p) {
+                    ids.push(*id);
+                    let found = next_with_id(&mut before, *id, |((p, _), _)| *p);
+                    kept += usize::from(found.is_some());
+                    changed.push(match found {
                         Some(((_, old), &since)) if old == e => since,
                         _ => tick.0,
                     });
                 }
             }
-            None => changed.resize(world.len(), tick.0),
+            None => {
+                changed.resize(world.len(), tick.0);
+                ids.extend(world.entities().iter().map(|(id, _)| *id));
+            }
         }
+        let ids = match previous {
+            // Every entity of each is in the other: the same ids, in the same order.
+            Some(p) if kept == world.len() && kept == p.world.len() => p.ids.clone(),
+            _ => Arc::new(ids),
+        };
         Self {
             world,
             tick,
             changed: Arc::new(changed),
+            ids,
         }
+    }
+
+    /// Whether `self` and `other` hold the same entities in the same order (by identity of
+    /// their ids: one check, not a walk).
+    pub(crate) fn same_layout(&self, other: &TickWorld) -> bool {
+        Arc::ptr_eq(&self.ids, &other.ids)
     }
 
     /// How many entities changed since the previous world (those whose change tick is this
@@ -415,13 +442,14 @@ impl TickWorld {
         self.changed.iter().filter(|&&t| t == self.tick.0).count()
     }
 
-    /// The view of the entities `picks` names: (id, index in this world), by increasing id.
-    pub(crate) fn view(&self, picks: Arc<Vec<(EntityId, u32)>>) -> WorldView {
-        debug_assert!(picks.windows(2).all(|w| w[0].0 < w[1].0));
+    /// The view of the entities `picks` names: indices in this world, increasing (so their
+    /// ids increase too).
+    pub(crate) fn view(&self, picks: Arc<Vec<u32>>) -> WorldView {
+        debug_assert!(picks.windows(2).all(|w| w[0] < w[1]));
         debug_assert!(
             picks
-                .iter()
-                .all(|&(id, i)| self.world.entities().get(i as usize).map(|e| e.0) == Some(id))
+                .last()
+                .is_none_or(|&i| (i as usize) < self.world.len())
         );
         WorldView {
             of: self.clone(),
@@ -437,8 +465,8 @@ impl TickWorld {
 #[derive(Clone, Debug)]
 pub(crate) struct WorldView {
     pub(crate) of: TickWorld,
-    /// Id and index in `of.world` of each entity in view, by increasing id.
-    pub(crate) picks: Arc<Vec<(EntityId, u32)>>,
+    /// The index in `of.world` of each entity in view, increasing; `of.ids` has their ids.
+    pub(crate) picks: Arc<Vec<u32>>,
 }
 
 impl WorldView {
@@ -449,7 +477,7 @@ impl WorldView {
             entities: Arc::new(
                 self.picks
                     .iter()
-                    .map(|&(_, i)| all[i as usize].clone())
+                    .map(|&i| all[i as usize].clone())
                     .collect(),
             ),
         }
@@ -526,6 +554,37 @@ mod tests {
         assert_eq!(held, copies, "held worlds are untouched");
         // Dropped worlds lend their memory: a couple of buffers serve 27 worlds.
         assert!(buffers.len() <= 3, "{} buffers", buffers.len());
+    }
+
+    #[test]
+    fn tick_worlds_share_their_ids_while_they_hold_the_same_entities() {
+        let world = |ids: &[u32], x: u32| {
+            QuantizedWorld::from_entities(ids.iter().map(|&i| (EntityId(i), q(i + x))))
+        };
+        let mut previous = TickWorld::new(world(&[1, 2, 3], 0), Tick(1), None);
+        // (ids, same layout as the world before)
+        let steps: [(&[u32], bool); 6] = [
+            (&[1, 2, 3], true),
+            (&[1, 2, 4], false),
+            (&[1, 2, 4], true),
+            (&[1, 2], false),
+            (&[0, 1, 2], false),
+            (&[0, 1, 2], true),
+        ];
+        for (t, (ids, same)) in steps.into_iter().enumerate() {
+            // Every entity moves: the layout is the ids alone.
+            let next = TickWorld::new(
+                world(ids, t as u32 + 1),
+                Tick(t as u32 + 2),
+                Some(&previous),
+            );
+            assert_eq!(next.same_layout(&previous), same, "step {t}");
+            assert_eq!(
+                *next.ids,
+                ids.iter().map(|&i| EntityId(i)).collect::<Vec<_>>()
+            );
+            previous = next;
+        }
     }
 
     #[test]
