@@ -863,10 +863,10 @@ impl SnapshotSender {
         let shortcut = !self.always_rank;
         #[cfg(not(test))]
         let shortcut = true;
-        let everything_fits = fits(all_bits) && candidates.iter().all(fits_a_part);
+        let send_all = shortcut && fits(all_bits) && candidates.iter().all(fits_a_part);
         // The candidates chosen (indices), and how many despawns (the first ones).
         chosen.clear();
-        let chosen_despawns = if shortcut && everything_fits {
+        let chosen_despawns = if send_all {
             // Every difference fits: nothing waits, so ranking could not change what is
             // sent (the ranked path below would choose the same) and no priority carries
             // over. The usual case, and the cheap one.
@@ -928,7 +928,6 @@ impl SnapshotSender {
                 .copied()
                 .filter(|&i| candidates[i].base_index.is_some()),
         );
-        updates.sort_unstable_by_key(|&i| candidates[i].base_index);
         spawns.clear();
         spawns.extend(
             chosen
@@ -936,7 +935,15 @@ impl SnapshotSender {
                 .copied()
                 .filter(|&i| candidates[i].base_index.is_none()),
         );
-        spawns.sort_unstable_by_key(|&i| candidates[i].id);
+        if !send_all {
+            // Ranked: in priority order. Otherwise every candidate was chosen in merge
+            // order, which is already both orders (the merge walks the baseline by index
+            // and the world by id).
+            updates.sort_unstable_by_key(|&i| candidates[i].base_index);
+            spawns.sort_unstable_by_key(|&i| candidates[i].id);
+        }
+        debug_assert!(updates.is_sorted_by_key(|&i| candidates[i].base_index));
+        debug_assert!(spawns.is_sorted_by_key(|&i| candidates[i].id));
 
         // Each part is a run of each list; `part` is the one being filled.
         parts.clear();
