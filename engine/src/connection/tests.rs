@@ -816,6 +816,57 @@ fn a_new_handshake_from_a_connected_address_replaces_the_old_connection() {
         sim.inject_to_server(addr, &buf[..n]);
         assert_eq!(sim.server.stats().invalid_wrong_salt, before + 1);
     }
+
+    // A datagram still waits for the flush when the client restarts once more: the new
+    // handshake ends that connection, and what waited for it never goes out (its address
+    // is the new session's now).
+    let mut buf = [0u8; MAX_PACKET_BYTES];
+    let n = Packet::ConnectionRequest { client_nonce: 3 }
+        .encode(&mut buf)
+        .unwrap();
+    sim.stray.clear();
+    sim.inject_to_server(addr, &buf[..n]);
+    let challenge = sim
+        .stray
+        .iter()
+        .find_map(|(to, bytes)| match Packet::decode(bytes) {
+            Ok(Packet::Challenge {
+                client_nonce,
+                timestamp_ms,
+                mac,
+            }) if *to == addr => Some(Packet::ChallengeResponse {
+                client_nonce,
+                timestamp_ms,
+                mac,
+            }),
+            _ => None,
+        });
+    let response = challenge.expect("a challenge");
+    let waiting = [0xab; 40];
+    sim.server.send_datagram(sim.now, second, &waiting).unwrap();
+    let n = response.encode(&mut buf).unwrap();
+    sim.stray.clear();
+    sim.inject_to_server(addr, &buf[..n]);
+    let third = sim.server.clients().next().expect("connected");
+    assert_ne!(third, second, "replaced again");
+    assert!(
+        sim.stray
+            .iter()
+            .any(|(_, b)| matches!(Packet::decode(b), Ok(Packet::Accepted { .. }))),
+        "the new connection is accepted"
+    );
+    for (to, bytes) in &sim.stray {
+        let carries = |payload: &[u8]| {
+            established::split_payload(payload)
+                .ok()
+                .and_then(|(d, _)| d)
+                .is_some_and(|d| d == waiting)
+        };
+        assert!(
+            !matches!(Packet::decode(bytes), Ok(Packet::Payload { payload, .. }) if carries(payload)),
+            "to {to}: the replaced connection's datagram went out"
+        );
+    }
 }
 
 #[test]
