@@ -29,7 +29,7 @@ use glam::{Vec2, Vec3};
 
 use super::config::ConfigError;
 use crate::connection::ClientId;
-use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, QuantizedWorld, TickWorld, World};
+use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld, World};
 
 /// A named group of clients and entities (a match, a zone, a team's chat), chosen by the game.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -487,16 +487,6 @@ impl Interest {
         );
     }
 
-    /// Where a client views from this tick: its view point, or else its owned entity's
-    /// position; on the ground plane.
-    fn view(&self, world: &QuantizedWorld, owned: Option<EntityId>, scope: &Scope) -> Option<Vec2> {
-        scope.view_point.map(ground).or_else(|| {
-            owned
-                .and_then(|id| world.index_of(id))
-                .and_then(|i| self.positions.get(i).copied())
-        })
-    }
-
     /// The world `client` receives this tick; updates its scope. Its picks are last tick's
     /// list when the scope did not change, or else written in `spare()`, a buffer held by
     /// no one else (it is cleared first).
@@ -510,7 +500,10 @@ impl Interest {
         let world = &tick_world.world;
         let entities = world.entities();
         let owned_index = owned.and_then(|id| world.index_of(id));
-        let view = self.view(world, owned, scope);
+        let view = scope
+            .view_point
+            .map(ground)
+            .or_else(|| owned_index.and_then(|i| self.positions.get(i).copied()));
         let rooms_in_use = !self.entity_rooms.is_empty();
         let shares_room = |id: EntityId| {
             !rooms_in_use
@@ -667,7 +660,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::snapshot::{EntityState, QuantizeConfig, Tick, Transform};
+    use crate::snapshot::{EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform};
 
     /// A world as the server's only one so far.
     fn first(q: &QuantizedWorld) -> TickWorld {
