@@ -316,6 +316,18 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
     /// as a hand-written peer would; returns the session salt, or `None` when the server did
     /// not answer with a challenge and then an acceptance. For tests that speak raw packets.
     pub fn handshake_by_hand(&mut self, from: SocketAddr, client_nonce: u64) -> Option<u32> {
+        let response = self.request_by_hand(from, client_nonce)?;
+        self.respond_by_hand(from, response)
+    }
+
+    /// The first half of [`Self::handshake_by_hand`]: send a connection request from `from`
+    /// and return the challenge response the server's challenge asks for, to send with
+    /// [`Self::respond_by_hand`] (a test may act in between).
+    pub fn request_by_hand(
+        &mut self,
+        from: SocketAddr,
+        client_nonce: u64,
+    ) -> Option<Packet<'static>> {
         let reply = self.exchange(from, &Packet::ConnectionRequest { client_nonce })?;
         let Ok(Packet::Challenge {
             client_nonce,
@@ -325,14 +337,17 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         else {
             return None;
         };
-        let reply = self.exchange(
-            from,
-            &Packet::ChallengeResponse {
-                client_nonce,
-                timestamp_ms,
-                mac,
-            },
-        )?;
+        Some(Packet::ChallengeResponse {
+            client_nonce,
+            timestamp_ms,
+            mac,
+        })
+    }
+
+    /// The second half of [`Self::handshake_by_hand`]: send `response` from `from`; the
+    /// session salt of the server's acceptance, if it accepted.
+    pub fn respond_by_hand(&mut self, from: SocketAddr, response: Packet<'_>) -> Option<u32> {
+        let reply = self.exchange(from, &response)?;
         match Packet::decode(&reply) {
             Ok(Packet::Accepted { salt, .. }) => Some(salt),
             _ => None,
