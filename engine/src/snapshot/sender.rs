@@ -131,13 +131,6 @@ impl ClientWorld {
         }
     }
 
-    fn state(&self, i: usize) -> &QuantizedEntity {
-        match self {
-            ClientWorld::Own(w) => &w.entities()[i].1,
-            ClientWorld::View(v) => &v.of.world.entities()[v.picks[i] as usize].1,
-        }
-    }
-
     /// As a world of its own (a copy, for a view).
     fn to_world(&self) -> QuantizedWorld {
         match self {
@@ -147,19 +140,20 @@ impl ClientWorld {
     }
 }
 
-/// The entities of a [`ClientWorld`] as the sender's merge reads them: sorted by id.
-trait Entries {
+/// The entities of a [`ClientWorld`] as the sender's merge reads them: sorted by id, their
+/// states borrowed for `'w`.
+trait Entries<'w> {
     fn count(&self) -> usize;
     /// What the merge orders entity `i` by: its id, or its index in the world of its tick
     /// when both sides are views of one layout (the same order, and no id to read).
     fn key(&self, i: usize) -> u32;
     fn id(&self, i: usize) -> EntityId;
-    fn state(&self, i: usize) -> &QuantizedEntity;
+    fn state(&self, i: usize) -> &'w QuantizedEntity;
     /// The index of entity `i` in the world of its tick.
     fn global(&self, i: usize) -> usize;
 }
 
-impl Entries for [(EntityId, QuantizedEntity)] {
+impl<'w> Entries<'w> for &'w [(EntityId, QuantizedEntity)] {
     fn count(&self) -> usize {
         self.len()
     }
@@ -169,7 +163,7 @@ impl Entries for [(EntityId, QuantizedEntity)] {
     fn id(&self, i: usize) -> EntityId {
         self[i].0
     }
-    fn state(&self, i: usize) -> &QuantizedEntity {
+    fn state(&self, i: usize) -> &'w QuantizedEntity {
         &self[i].1
     }
     fn global(&self, i: usize) -> usize {
@@ -178,6 +172,7 @@ impl Entries for [(EntityId, QuantizedEntity)] {
 }
 
 /// A [`WorldView`]'s entities.
+#[derive(Clone, Copy)]
 struct Picked<'a> {
     all: &'a [(EntityId, QuantizedEntity)],
     ids: &'a [EntityId],
@@ -186,7 +181,7 @@ struct Picked<'a> {
     by_index: bool,
 }
 
-impl Entries for Picked<'_> {
+impl<'w> Entries<'w> for Picked<'w> {
     fn count(&self) -> usize {
         self.picks.len()
     }
@@ -201,7 +196,7 @@ impl Entries for Picked<'_> {
     fn id(&self, i: usize) -> EntityId {
         self.ids[self.picks[i] as usize]
     }
-    fn state(&self, i: usize) -> &QuantizedEntity {
+    fn state(&self, i: usize) -> &'w QuantizedEntity {
         &self.all[self.picks[i] as usize].1
     }
     fn global(&self, i: usize) -> usize {
@@ -249,16 +244,33 @@ pub(crate) type Parts = Arc<[Vec<u8>]>;
 /// they hold for it. Two clients with equal keys hold the same world.
 pub(crate) type BaselineKey = (Tick, usize);
 
-/// One entity waiting to be sent.
+/// One entity that differs from the client's baseline, as the merge found it: everything
+/// ranking, packing and writing it needs, so no step looks it up again.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
-    id: EntityId,
-    /// Index in the baseline for updates, `None` for spawns.
-    base_index: Option<usize>,
-    world_index: usize,
-    payload_bits: usize,
-    priority: f32,
+struct Candidate<'w> {
+    /// An update's index in the baseline, or a spawn's id: what its part writes the gap to.
+    key: u32,
+    /// Its index in the world sent (an update's id is read from there, when needed).
+    world_index: u32,
+    payload_bits: u32,
+    /// Its state in the world sent, and in the baseline (`None`: a spawn).
+    cur: &'w QuantizedEntity,
+    base: Option<&'w QuantizedEntity>,
     measured: Measured,
+}
+
+impl Candidate<'_> {
+    /// What its part writes it from.
+    fn written(&self) -> part::PartEntity<'_> {
+        let coded = match &self.measured {
+            Measured::Own(d) => part::Coded::Own(d),
+            Measured::Shared(bits) => part::Coded::Shared {
+                bits,
+                base: self.base,
+            },
+        };
+        (self.key as usize, self.cur, coded)
+    }
 }
 
 /// A candidate measured against its base (the all-zero entity for spawns) by this client,
@@ -302,19 +314,16 @@ fn next_part(parts: &mut Vec<PartRanges>, part: &mut PartRanges, bits: &mut usiz
 /// a 1,000-client tick. A thread's set stays in its core's cache.
 #[derive(Debug, Default)]
 struct Scratch {
-    /// Entities that differ from the baseline, in merge (id) order.
-    candidates: Vec<Candidate>,
+    /// Entities that differ from the baseline: updates by increasing baseline index, spawns
+    /// by increasing id. The merge finds them in these orders, which are the wire's, and
+    /// the parts are written from these lists (once ranked, from what was chosen of them).
+    /// Empty between snapshots; `'static` only there (see [`reuse`]).
+    updates: Vec<Candidate<'static>>,
+    spawns: Vec<Candidate<'static>>,
     /// Baseline indices of entities the world no longer has, increasing.
     despawns: Vec<usize>,
-    /// Candidates chosen to go out (indices into `candidates`).
-    chosen: Vec<usize>,
-    /// Chosen updates by increasing baseline index, and chosen spawns by increasing id.
-    updates: Vec<usize>,
-    spawns: Vec<usize>,
     parts: Vec<PartRanges>,
     encode: EncodeScratch,
-    /// The memory of the list of entities the last snapshot wrote (empty).
-    written: Vec<part::PartEntity<'static>>,
 }
 
 thread_local! {
@@ -331,21 +340,21 @@ fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
 
 impl Scratch {
     /// Give back memory a rare large tick (a full snapshot of a big world) grew, so a
-    /// sender does not keep it for the rest of the connection.
-    fn shrink(&mut self) {
-        /// Entries kept whatever the last tick used.
-        const KEEP: usize = 1024;
-        let candidates = self.candidates.len();
-        if self.candidates.capacity() > KEEP.max(4 * candidates) {
-            self.candidates.shrink_to(KEEP.max(2 * candidates));
-            self.chosen.shrink_to(KEEP.max(2 * candidates));
-            self.updates.shrink_to(KEEP.max(2 * candidates));
-            self.spawns.shrink_to(KEEP.max(2 * candidates));
-            self.written.shrink_to(KEEP.max(2 * candidates));
+    /// sender does not keep it for the rest of the connection. `used`: how many updates
+    /// and spawns the last snapshot found (their lists are empty by now).
+    fn shrink(&mut self, used: [usize; 2]) {
+        /// Keep at most twice what the last tick used (and this many whatever it used),
+        /// once a list holds four times that.
+        fn shrink<T>(list: &mut Vec<T>, used: usize) {
+            const KEEP: usize = 1024;
+            if list.capacity() > KEEP.max(4 * used) {
+                list.shrink_to(KEEP.max(2 * used));
+            }
         }
-        if self.despawns.capacity() > KEEP.max(4 * self.despawns.len()) {
-            self.despawns.shrink_to(KEEP.max(2 * self.despawns.len()));
-        }
+        shrink(&mut self.updates, used[0]);
+        shrink(&mut self.spawns, used[1]);
+        let despawns = self.despawns.len();
+        shrink(&mut self.despawns, despawns);
     }
 }
 
@@ -396,9 +405,10 @@ fn spawn_gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
     }
 }
 
-/// The merge of a client's baseline with its new world into candidates and despawns.
-struct Diff<'a> {
-    candidates: &'a mut Vec<Candidate>,
+/// The merge of a client's baseline with its new world into updates, spawns and despawns.
+struct Diff<'a, 'w> {
+    updates: &'a mut Vec<Candidate<'w>>,
+    spawns: &'a mut Vec<Candidate<'w>>,
     despawns: &'a mut Vec<usize>,
     update_section: Option<&'a SharedSection>,
     spawn_section: Option<&'a SharedSection>,
@@ -407,31 +417,43 @@ struct Diff<'a> {
     lim: &'a Limits,
     /// Deltas another client encoded.
     hits: usize,
+    /// The payload bits of every candidate, and of the largest.
+    payload_bits: usize,
+    largest_payload_bits: usize,
 }
 
-impl<'a> Diff<'a> {
+impl<'w> Diff<'_, 'w> {
     /// Count a shared delta another client encoded; the delta.
     fn count(&mut self, found: SharedLookup) -> SharedDelta {
         self.hits += usize::from(matches!(found, SharedLookup::Hit(_)));
         found.get()
     }
 
+    /// A candidate: an update when it has a `base` state, else a spawn.
     fn push(
         &mut self,
-        id: EntityId,
-        base_index: Option<usize>,
+        key: usize,
         world_index: usize,
+        (base, cur): (Option<&'w QuantizedEntity>, &'w QuantizedEntity),
         payload_bits: usize,
         measured: Measured,
     ) {
-        self.candidates.push(Candidate {
-            id,
-            base_index,
-            world_index,
-            payload_bits,
-            priority: 0.0,
+        self.payload_bits += payload_bits;
+        self.largest_payload_bits = self.largest_payload_bits.max(payload_bits);
+        // Keys are baseline indices and ids, world indices index a world of `u32` ids, and
+        // an entity's payload is a few hundred bits.
+        let c = Candidate {
+            key: key as u32,
+            world_index: world_index as u32,
+            payload_bits: payload_bits as u32,
+            cur,
+            base,
             measured,
-        });
+        };
+        match base {
+            Some(_) => self.updates.push(c),
+            None => self.spawns.push(c),
+        }
     }
 
     /// Merge the two sorted entity lists into updates, spawns and despawns. Each candidate
@@ -441,12 +463,7 @@ impl<'a> Diff<'a> {
     /// With `since` (the change tick of each entity of the new world's tick, by index there,
     /// and the baseline's tick) an entity unchanged since the baseline is skipped without
     /// reading its states.
-    fn run<B: Entries + ?Sized, C: Entries + ?Sized>(
-        &mut self,
-        base: &B,
-        cur: &C,
-        since: Option<(&[u32], u32)>,
-    ) {
+    fn run(&mut self, base: impl Entries<'w>, cur: impl Entries<'w>, since: Option<(&[u32], u32)>) {
         let spawn_base = part::spawn_base();
         let (nb, nc) = (base.count(), cur.count());
         let (mut bi, mut wi) = (0, 0);
@@ -458,24 +475,24 @@ impl<'a> Diff<'a> {
                     let g = cur.global(wi);
                     let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
                     if !unchanged {
-                        let states = || (base.state(bi), cur.state(wi));
+                        let states = (base.state(bi), cur.state(wi));
                         let found = self
                             .update_section
-                            .and_then(|s| s.delta(g, states, self.lim))
+                            .and_then(|s| s.delta(g, || states, self.lim))
                             .map(|found| self.count(found));
+                        let (be, we) = states;
                         match found {
                             Some(SharedDelta::Unchanged) => {}
                             Some(SharedDelta::Bits { bits, payload_bits }) => {
                                 let shared = Measured::Shared(bits);
-                                self.push(cur.id(wi), Some(bi), wi, payload_bits, shared);
+                                self.push(bi, wi, (Some(be), we), payload_bits, shared);
                             }
                             Some(SharedDelta::Own) | None => {
-                                let (be, we) = states();
                                 if be != we {
                                     let delta = EntityDelta::new(be, we, self.ticks, self.lim);
                                     let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
-                                    let id = cur.id(wi);
-                                    self.push(id, Some(bi), wi, bits, Measured::Own(delta));
+                                    let own = Measured::Own(delta);
+                                    self.push(bi, wi, (Some(be), we), bits, own);
                                 }
                             }
                         }
@@ -492,21 +509,22 @@ impl<'a> Diff<'a> {
                     bi += 1;
                 }
                 (_, Some(_)) => {
-                    let wid = cur.id(wi);
-                    let we = || cur.state(wi);
+                    // Ids are u32; as usize they keep their order.
+                    let id = cur.id(wi).0 as usize;
+                    let we = cur.state(wi);
                     let found = self
                         .spawn_section
-                        .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we()), self.lim))
+                        .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we), self.lim))
                         .map(|found| self.count(found));
                     match found {
                         Some(SharedDelta::Bits { bits, payload_bits }) => {
-                            self.push(wid, None, wi, payload_bits, Measured::Shared(bits));
+                            self.push(id, wi, (None, we), payload_bits, Measured::Shared(bits));
                         }
                         // A spawn is written even when it equals the spawn base.
                         Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
-                            let delta = EntityDelta::new(&spawn_base, we(), 0, self.lim);
-                            let bits = part::delta_bits(&delta, we(), 0, self.lim);
-                            self.push(wid, None, wi, bits, Measured::Own(delta));
+                            let delta = EntityDelta::new(&spawn_base, we, 0, self.lim);
+                            let bits = part::delta_bits(&delta, we, 0, self.lim);
+                            self.push(id, wi, (None, we), bits, Measured::Own(delta));
                         }
                     }
                     wi += 1;
@@ -786,16 +804,15 @@ impl SnapshotSender {
         let cur = world;
         let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
         let Scratch {
-            candidates,
+            updates: kept_updates,
+            spawns: kept_spawns,
             despawns,
-            chosen,
-            updates,
-            spawns,
             parts,
             encode,
-            written: written_buffer,
         } = scratch;
-        candidates.clear();
+        // In the memory of the last snapshot's lists.
+        let mut updates: Vec<Candidate<'_>> = reuse(std::mem::take(kept_updates));
+        let mut spawns: Vec<Candidate<'_>> = reuse(std::mem::take(kept_spawns));
         despawns.clear();
 
         // Sections whose code is shared this tick.
@@ -812,13 +829,16 @@ impl SnapshotSender {
             (_, ClientWorld::Own(_)) => (None, None),
         };
         let mut diff = Diff {
-            candidates,
+            updates: &mut updates,
+            spawns: &mut spawns,
             despawns,
             update_section,
             spawn_section,
             ticks,
             lim: &lim,
             hits: 0,
+            payload_bits: 0,
+            largest_payload_bits: 0,
         };
         match (&baseline, cur) {
             (ClientWorld::View(b), ClientWorld::View(c)) => {
@@ -826,19 +846,24 @@ impl SnapshotSender {
                 // after the baseline's holds the same state in both (not even read).
                 let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
                 let by_index = b.of.same_layout(&c.of);
-                diff.run(&Picked::of(b, by_index), &Picked::of(c, by_index), since);
+                diff.run(Picked::of(b, by_index), Picked::of(c, by_index), since);
             }
             (ClientWorld::Own(b), ClientWorld::View(c)) => {
-                diff.run(b.entities(), &Picked::of(c, false), None)
+                diff.run(b.entities(), Picked::of(c, false), None)
             }
             (ClientWorld::View(b), ClientWorld::Own(c)) => {
-                diff.run(&Picked::of(b, false), c.entities(), None)
+                diff.run(Picked::of(b, false), c.entities(), None)
             }
             (ClientWorld::Own(b), ClientWorld::Own(c)) => {
                 diff.run(b.entities(), c.entities(), None)
             }
         }
-        let shared_hits = diff.hits;
+        let (shared_hits, all_payload_bits, largest_payload_bits) =
+            (diff.hits, diff.payload_bits, diff.largest_payload_bits);
+        let candidates = updates.len() + spawns.len();
+        let found = [updates.len(), spawns.len()];
+        // An update's id, read only where needed: ranking and a partial snapshot's record.
+        let update_id = |c: &Candidate<'_>| cur.id(c.world_index as usize);
 
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
         // the highest priorities; skip what does not fit and let it wait. The estimate
@@ -852,43 +877,41 @@ impl SnapshotSender {
                 .max(1);
             bits + parts * PART_OVERHEAD_BITS <= budget_bits
         };
-        let typical_gap = baseline.len() / (candidates.len() + despawns.len()).max(1);
+        let typical_gap = baseline.len() / (candidates + despawns.len()).max(1);
         let index_bits = part::index_gap_bits(typical_gap);
-        let fits_a_part = |c: &Candidate| {
-            PART_OVERHEAD_BITS + c.payload_bits + MAX_INDEX_BITS <= part_capacity_bits
+        let fits_a_part = |payload_bits: usize| {
+            PART_OVERHEAD_BITS + payload_bits + MAX_INDEX_BITS <= part_capacity_bits
         };
-        let all_bits = (candidates.len() + despawns.len()) * index_bits
-            + candidates.iter().map(|c| c.payload_bits).sum::<usize>();
+        let all_bits = (candidates + despawns.len()) * index_bits + all_payload_bits;
         #[cfg(test)]
         let shortcut = !self.always_rank;
         #[cfg(not(test))]
         let shortcut = true;
-        let send_all = shortcut && fits(all_bits) && candidates.iter().all(fits_a_part);
-        // The candidates chosen (indices), and how many despawns (the first ones).
-        chosen.clear();
+        let send_all = shortcut && fits(all_bits) && fits_a_part(largest_payload_bits);
+        // How many despawns go (the first ones); `updates` and `spawns` keep the candidates
+        // chosen to go out.
         let chosen_despawns = if send_all {
             // Every difference fits: nothing waits, so ranking could not change what is
             // sent (the ranked path below would choose the same) and no priority carries
-            // over. The usual case, and the cheap one.
+            // over. The usual case, and the cheap one: the merge's lists are written as
+            // they are.
             self.priority.clear_priorities();
-            chosen.extend(0..candidates.len());
             despawns.len()
         } else {
-            let boosts: Vec<(EntityId, f32)> = candidates
+            // Every candidate, updates then spawns: its id and how fast it gains priority.
+            let weight =
+                |c: &Candidate<'_>| weights.map_or(1.0, |w| w.weight(c.world_index as usize));
+            let spawn_boost = self.config.spawn_boost;
+            let boosts: Vec<(EntityId, f32)> = updates
                 .iter()
-                .map(|c| {
-                    let boost = if c.base_index.is_none() {
-                        self.config.spawn_boost
-                    } else {
-                        1.0
-                    };
-                    let weight = weights.map_or(1.0, |w| w.weight(c.world_index));
-                    (c.id, boost * weight)
-                })
+                .map(|c| (update_id(c), weight(c)))
+                .chain(
+                    spawns
+                        .iter()
+                        .map(|c| (EntityId(c.key), spawn_boost * weight(c))),
+                )
                 .collect();
-            for (c, p) in candidates.iter_mut().zip(self.priority.accumulate(&boosts)) {
-                c.priority = p;
-            }
+            let priorities = self.priority.accumulate(&boosts);
             let mut used = 0usize;
             let mut chosen_despawns = 0;
             for _ in despawns.iter() {
@@ -898,73 +921,60 @@ impl SnapshotSender {
                 used += index_bits;
                 chosen_despawns += 1;
             }
-            let mut ranked: Vec<usize> = (0..candidates.len()).collect();
+            let mut ranked: Vec<usize> = (0..candidates).collect();
             // Ids differ, so this order is total: the same whatever the sort.
             ranked.sort_unstable_by(|&a, &b| {
-                let (a, b) = (&candidates[a], &candidates[b]);
-                b.priority.total_cmp(&a.priority).then(a.id.cmp(&b.id))
+                priorities[b]
+                    .total_cmp(&priorities[a])
+                    .then(boosts[a].0.cmp(&boosts[b].0))
             });
+            let mut chosen = vec![false; candidates];
+            let mut any = false;
             for i in ranked {
-                let c = &candidates[i];
-                if !fits_a_part(c) {
+                let c = match i.checked_sub(updates.len()) {
+                    None => &updates[i],
+                    Some(s) => &spawns[s],
+                };
+                let payload_bits = c.payload_bits as usize;
+                if !fits_a_part(payload_bits) {
                     self.stats.entities_oversized += 1;
                     continue;
                 }
-                let cost = c.payload_bits + index_bits;
-                if fits(used + cost) || (chosen.is_empty() && chosen_despawns == 0) {
+                let cost = payload_bits + index_bits;
+                if fits(used + cost) || (!any && chosen_despawns == 0) {
                     used += cost;
-                    chosen.push(i);
+                    chosen[i] = true;
+                    any = true;
                 }
             }
+            // The chosen in the merge's order, which is already the wire's.
+            let (chosen_updates, chosen_spawns) = chosen.split_at(updates.len());
+            let mut keep = chosen_updates.iter();
+            updates.retain(|_| keep.next() == Some(&true));
+            let mut keep = chosen_spawns.iter();
+            spawns.retain(|_| keep.next() == Some(&true));
             chosen_despawns
         };
+        debug_assert!(updates.is_sorted_by_key(|c| c.key));
+        debug_assert!(spawns.is_sorted_by_key(|c| c.key));
 
-        // Pack in wire order: updates by baseline index, despawns, spawns by id (baseline
-        // indices and ids differ, so an unstable sort gives the one order).
-        updates.clear();
-        updates.extend(
-            chosen
-                .iter()
-                .copied()
-                .filter(|&i| candidates[i].base_index.is_some()),
-        );
-        spawns.clear();
-        spawns.extend(
-            chosen
-                .iter()
-                .copied()
-                .filter(|&i| candidates[i].base_index.is_none()),
-        );
-        if !send_all {
-            // Ranked: in priority order. Otherwise every candidate was chosen in merge
-            // order, which is already both orders (the merge walks the baseline by index
-            // and the world by id).
-            updates.sort_unstable_by_key(|&i| candidates[i].base_index);
-            spawns.sort_unstable_by_key(|&i| candidates[i].id);
-        }
-        debug_assert!(updates.is_sorted_by_key(|&i| candidates[i].base_index));
-        debug_assert!(spawns.is_sorted_by_key(|&i| candidates[i].id));
-
-        // Each part is a run of each list; `part` is the one being filled.
+        // Pack in wire order (updates by baseline index, despawns, spawns by id): each part
+        // is a run of each list; `part` is the one being filled.
         parts.clear();
         let mut part = PartRanges::default();
         let mut bits = PART_OVERHEAD_BITS;
         let mut full = false;
-        // Start a new part at these positions in the three lists.
-        for (n, &i) in updates.iter().enumerate() {
-            let c = &candidates[i];
-            // Updates have a base index by the filter above.
-            let bi = c.base_index.unwrap_or(0);
-            let prev = (!part.updates.is_empty())
-                .then(|| candidates[updates[n - 1]].base_index.unwrap_or(0));
-            let mut cost = list_gap_bits(prev, bi) + c.payload_bits;
+        for (n, c) in updates.iter().enumerate() {
+            let bi = c.key as usize;
+            let prev = (!part.updates.is_empty()).then(|| updates[n - 1].key as usize);
+            let mut cost = list_gap_bits(prev, bi) + c.payload_bits as usize;
             if bits + cost > part_capacity_bits {
                 if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                     full = true;
                     break;
                 }
                 next_part(parts, &mut part, &mut bits, [n, 0, 0]);
-                cost = list_gap_bits(None, bi) + c.payload_bits;
+                cost = list_gap_bits(None, bi) + c.payload_bits as usize;
             }
             bits += cost;
             part.updates.end = n + 1;
@@ -988,16 +998,16 @@ impl SnapshotSender {
         }
         if !full {
             let at = [part.updates.end, part.despawns.end];
-            for (n, &i) in spawns.iter().enumerate() {
-                let c = &candidates[i];
-                let prev = (!part.spawns.is_empty()).then(|| candidates[spawns[n - 1]].id);
-                let mut cost = spawn_gap_bits(prev, c.id) + c.payload_bits;
+            for (n, c) in spawns.iter().enumerate() {
+                let id = EntityId(c.key);
+                let prev = (!part.spawns.is_empty()).then(|| EntityId(spawns[n - 1].key));
+                let mut cost = spawn_gap_bits(prev, id) + c.payload_bits as usize;
                 if bits + cost > part_capacity_bits {
                     if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
                         break;
                     }
                     next_part(parts, &mut part, &mut bits, [at[0], at[1], n]);
-                    cost = spawn_gap_bits(None, c.id) + c.payload_bits;
+                    cost = spawn_gap_bits(None, id) + c.payload_bits as usize;
                 }
                 bits += cost;
                 part.spawns.end = n + 1;
@@ -1007,34 +1017,6 @@ impl SnapshotSender {
         let sent = [part.updates.end, part.despawns.end, part.spawns.end];
         parts.push(part);
 
-        // What each entity is written from.
-        let entity = |key: usize, i: usize| -> part::PartEntity<'_> {
-            let c = &candidates[i];
-            let coded = match &c.measured {
-                Measured::Own(d) => part::Coded::Own(d),
-                Measured::Shared(bits) => part::Coded::Shared {
-                    bits,
-                    base: c.base_index.map(|b| baseline.state(b)),
-                },
-            };
-            (key, cur.state(c.world_index), coded)
-        };
-        // Resolved once: the encoder walks a section's entities several times (gaps, code,
-        // bits). In the memory of the last snapshot's list.
-        let mut written: Vec<part::PartEntity<'_>> = reuse(std::mem::take(written_buffer));
-        // Updates have a base index by the filter above.
-        written.extend(
-            updates[..sent[0]]
-                .iter()
-                .map(|&i| entity(candidates[i].base_index.unwrap_or(0), i)),
-        );
-        // Ids are u32; as usize they keep their order.
-        written.extend(
-            spawns[..sent[2]]
-                .iter()
-                .map(|&i| entity(candidates[i].id.0 as usize, i)),
-        );
-        let (written_updates, written_spawns) = written.split_at(sent[0]);
         let count = parts.len();
         let mut out = std::mem::take(&mut self.spare_list);
         out.clear();
@@ -1052,9 +1034,9 @@ impl SnapshotSender {
             part::encode_part(
                 &mut w,
                 &header,
-                written_updates[p.updates.clone()].iter().copied(),
+                updates[p.updates.clone()].iter().map(Candidate::written),
                 &despawns[p.despawns.clone()],
-                written_spawns[p.spawns.clone()].iter().copied(),
+                spawns[p.spawns.clone()].iter().map(Candidate::written),
                 &lim,
                 encode,
                 [
@@ -1068,19 +1050,25 @@ impl SnapshotSender {
             out.push(bytes);
         }
 
-        *written_buffer = reuse(written);
-
-        let sent_entities = updates[..sent[0]].iter().chain(&spawns[..sent[2]]);
-        let mut payload_bits = 0usize;
-        for &i in sent_entities.clone() {
-            let c = &candidates[i];
-            self.priority.reset(c.id);
-            payload_bits += c.payload_bits;
+        let (sent_updates, sent_spawns) = (&updates[..sent[0]], &spawns[..sent[2]]);
+        if !send_all {
+            // (Sending everything cleared every priority above.)
+            for c in sent_updates {
+                self.priority.reset(update_id(c));
+            }
+            for c in sent_spawns {
+                self.priority.reset(EntityId(c.key));
+            }
         }
+        let payload_bits: usize = sent_updates
+            .iter()
+            .chain(sent_spawns)
+            .map(|c| c.payload_bits as usize)
+            .sum();
         let entities_sent = sent[0] + sent[2];
         self.stats.entities_sent += entities_sent as u64;
         self.stats.despawns_sent += sent[1] as u64;
-        self.stats.entities_deferred += (candidates.len() - entities_sent) as u64;
+        self.stats.entities_deferred += (candidates - entities_sent) as u64;
         self.stats.entity_payload_bits += payload_bits as u64;
         self.stats.snapshots += 1;
         self.stats.entities_shared += shared_hits as u64;
@@ -1090,21 +1078,33 @@ impl SnapshotSender {
         }
 
         // Every difference went out (no deferral, nothing oversized, no part limit hit): the
-        // client will hold exactly this tick's world.
-        let whole = entities_sent + sent[1] == candidates.len() + despawns.len();
-        let holds = if whole {
-            Holds::Whole(world.clone())
-        } else {
+        // client will hold exactly this tick's world. Otherwise what it will hold is the
+        // baseline with what was sent.
+        let whole = entities_sent + sent[1] == candidates + despawns.len();
+        let changes = (!whole).then(|| {
             let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
-            changes.extend(sent_entities.map(|&i| {
-                let c = &candidates[i];
-                (c.id, Some(cur.state(c.world_index).clone()))
-            }));
+            changes.extend(
+                sent_updates
+                    .iter()
+                    .map(|c| (update_id(c), Some(c.cur.clone()))),
+            );
+            changes.extend(
+                sent_spawns
+                    .iter()
+                    .map(|c| (EntityId(c.key), Some(c.cur.clone()))),
+            );
             changes.extend(despawns[..sent[1]].iter().map(|&d| (baseline.id(d), None)));
             normalize_changes(&mut changes);
-            Holds::Patched { baseline, changes }
+            changes
+        });
+        // The lists go back before the baseline they borrow can move.
+        *kept_updates = reuse(updates);
+        *kept_spawns = reuse(spawns);
+        scratch.shrink(found);
+        let holds = match changes {
+            None => Holds::Whole(world.clone()),
+            Some(changes) => Holds::Patched { baseline, changes },
         };
-        scratch.shrink();
         self.ring.push_back(SentTick {
             tick,
             holds,
@@ -1270,18 +1270,17 @@ mod reset_tests {
         let capacities = || {
             SCRATCH.with_borrow(|s| {
                 [
-                    ("candidates", s.candidates.capacity()),
-                    ("written", s.written.capacity()),
+                    ("spawns", s.spawns.capacity()),
                     ("updates", s.updates.capacity()),
+                    ("despawns", s.despawns.capacity()),
                 ]
             })
         };
         let mut s = SnapshotSender::new(SenderConfig::default()).unwrap();
         let big = s.build(Tick(1), &world(5000), 1 << 20).unwrap();
         // A first snapshot: spawns alone (no updates).
-        for (what, capacity) in &capacities()[..2] {
-            assert!(*capacity >= 5000, "{what}: {capacity}");
-        }
+        let (what, capacity) = capacities()[0];
+        assert!(capacity >= 5000, "{what}: {capacity}");
         s.recycle_parts(big);
         s.build(Tick(2), &world(10), 1 << 20).unwrap();
         for (what, capacity) in capacities()
@@ -1293,21 +1292,21 @@ mod reset_tests {
     }
 
     #[test]
-    fn the_list_of_entities_written_is_kept_in_the_same_memory_from_snapshot_to_snapshot() {
-        let kept: Vec<part::PartEntity<'static>> = Vec::with_capacity(300);
+    fn the_lists_of_candidates_are_kept_in_the_same_memory_from_snapshot_to_snapshot() {
+        let kept: Vec<Candidate<'static>> = Vec::with_capacity(300);
         let at = kept.as_ptr() as usize;
-        let (state, bits) = (QuantizedEntity::default(), BitString::default());
-        let mut list: Vec<part::PartEntity<'_>> = reuse(kept);
-        list.push((
-            0,
-            &state,
-            part::Coded::Shared {
-                bits: &bits,
-                base: None,
-            },
-        ));
+        let state = QuantizedEntity::default();
+        let mut list: Vec<Candidate<'_>> = reuse(kept);
+        list.push(Candidate {
+            key: 0,
+            world_index: 0,
+            payload_bits: 0,
+            cur: &state,
+            base: None,
+            measured: Measured::Shared(BitString::default()),
+        });
         assert_eq!((list.as_ptr() as usize, list.capacity()), (at, 300));
-        let back: Vec<part::PartEntity<'static>> = reuse(list);
+        let back: Vec<Candidate<'static>> = reuse(list);
         assert_eq!(
             (back.as_ptr() as usize, back.capacity(), back.len()),
             (at, 300, 0)
