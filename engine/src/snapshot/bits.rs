@@ -108,7 +108,7 @@ impl BitSink for BitCounter {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct BitWriter {
     bytes: Vec<u8>,
-    /// Bits not yet in `bytes`, the first in bit 0; always fewer than 32.
+    /// Bits not yet in `bytes`, the first in bit 0; always fewer than 64.
     scratch: u64,
     scratch_bits: u32,
 }
@@ -143,52 +143,53 @@ impl BitWriter {
             .extend_from_slice(&self.scratch.to_le_bytes()[..tail]);
         self.bytes
     }
-}
 
-impl BitSink for BitWriter {
-    fn write_bits(&mut self, value: u32, bits: u32) {
-        debug_assert!(bits <= 32);
+    /// Write the low `bits` bits of `value` (`bits` ≤ 64; the bits above must be zero).
+    ///
+    /// Eight bytes go to the buffer at once: a push per byte, and later one per four
+    /// bytes, showed in encoding profiles.
+    fn write_word(&mut self, value: u64, bits: u32) {
+        debug_assert!(bits <= 64 && (bits == 64 || value >> bits == 0));
         if bits == 0 {
             return;
         }
-        let mask = if bits == 32 {
-            u64::from(u32::MAX)
+        // Fewer than 64 bits wait in `scratch`: the shift is in range.
+        self.scratch |= value << self.scratch_bits;
+        let total = self.scratch_bits + bits;
+        if total < 64 {
+            self.scratch_bits = total;
         } else {
-            (1u64 << bits) - 1
-        };
-        // Fewer than 32 bits wait in `scratch`, so up to 32 more fit its 64.
-        self.scratch |= (u64::from(value) & mask) << self.scratch_bits;
-        self.scratch_bits += bits;
-        if self.scratch_bits >= 32 {
-            // Four bytes at once: a push per byte showed in encoding profiles.
-            self.bytes
-                .extend_from_slice(&(self.scratch as u32).to_le_bytes());
-            self.scratch >>= 32;
-            self.scratch_bits -= 32;
+            self.bytes.extend_from_slice(&self.scratch.to_le_bytes());
+            // What did not fit: the value's top `total − 64` bits (none when the scratch
+            // was empty, where the shift would be out of range).
+            self.scratch = value.checked_shr(64 - self.scratch_bits).unwrap_or(0);
+            self.scratch_bits = total - 64;
         }
     }
-}
 
-impl BitWriter {
     /// Append the first `bits` bits of `words` (least-significant bit of `words[0]` first),
-    /// at whatever bit offset the writer is: a piece of a part encoded once and reused.
+    /// at whatever bit offset the writer is: a piece of a part encoded once and reused. The
+    /// bits of `words` past `bits` must be zero.
     pub(crate) fn append(&mut self, words: &[u64], bits: usize) {
         let mut left = bits;
         for &word in words {
             if left == 0 {
                 break;
             }
-            // Two 32-bit halves; `write_bits` ignores bits above its width.
-            for half in [word as u32, (word >> 32) as u32] {
-                let n = left.min(32);
-                if n == 0 {
-                    break;
-                }
-                // n ≤ 32.
-                self.write_bits(half, n as u32);
-                left -= n;
-            }
+            // n ≤ 64.
+            let n = left.min(64);
+            self.write_word(word, n as u32);
+            left -= n;
         }
+    }
+}
+
+impl BitSink for BitWriter {
+    fn write_bits(&mut self, value: u32, bits: u32) {
+        debug_assert!(bits <= 32);
+        // Bits of `value` above `bits` are ignored (a u64 shift by 32 is in range).
+        let value = u64::from(value) & ((1u64 << bits) - 1);
+        self.write_word(value, bits);
     }
 }
 
