@@ -464,73 +464,83 @@ impl<'w> Diff<'_, 'w> {
     /// and the baseline's tick) an entity unchanged since the baseline is skipped without
     /// reading its states.
     fn run(&mut self, base: impl Entries<'w>, cur: impl Entries<'w>, since: Option<(&[u32], u32)>) {
-        let spawn_base = part::spawn_base();
         let (nb, nc) = (base.count(), cur.count());
         let (mut bi, mut wi) = (0, 0);
-        while bi < nb || wi < nc {
-            let b = (bi < nb).then(|| base.key(bi));
-            let w = (wi < nc).then(|| cur.key(wi));
-            match (b, w) {
-                (Some(bk), Some(wk)) if bk == wk => {
-                    let g = cur.global(wi);
-                    let unchanged = since.is_some_and(|(changed, t)| changed[g] <= t);
-                    if !unchanged {
-                        let states = (base.state(bi), cur.state(wi));
-                        let found = self
-                            .update_section
-                            .and_then(|s| s.delta(g, || states, self.lim))
-                            .map(|found| self.count(found));
-                        let (be, we) = states;
-                        match found {
-                            Some(SharedDelta::Unchanged) => {}
-                            Some(SharedDelta::Bits { bits, payload_bits }) => {
-                                let shared = Measured::Shared(bits);
-                                self.push(bi, wi, (Some(be), we), payload_bits, shared);
-                            }
-                            Some(SharedDelta::Own) | None => {
-                                if be != we {
-                                    let delta = EntityDelta::new(be, we, self.ticks, self.lim);
-                                    let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
-                                    let own = Measured::Own(delta);
-                                    self.push(bi, wi, (Some(be), we), bits, own);
-                                }
-                            }
-                        }
-                    }
-                    bi += 1;
-                    wi += 1;
+        while bi < nb && wi < nc {
+            let (bk, wk) = (base.key(bi), cur.key(wi));
+            if bk == wk {
+                self.update(&base, bi, &cur, wi, since);
+                bi += 1;
+                wi += 1;
+            } else if bk < wk {
+                self.despawns.push(bi);
+                bi += 1;
+            } else {
+                self.spawn(&cur, wi);
+                wi += 1;
+            }
+        }
+        self.despawns.extend(bi..nb);
+        for wi in wi..nc {
+            self.spawn(&cur, wi);
+        }
+    }
+
+    /// Entity `bi` of the baseline is entity `wi` of the new world: a candidate if it
+    /// changed.
+    fn update(
+        &mut self,
+        base: &impl Entries<'w>,
+        bi: usize,
+        cur: &impl Entries<'w>,
+        wi: usize,
+        since: Option<(&[u32], u32)>,
+    ) {
+        let g = cur.global(wi);
+        if since.is_some_and(|(changed, t)| changed[g] <= t) {
+            return;
+        }
+        let states = (base.state(bi), cur.state(wi));
+        let found = self
+            .update_section
+            .and_then(|s| s.delta(g, || states, self.lim))
+            .map(|found| self.count(found));
+        let (be, we) = states;
+        match found {
+            Some(SharedDelta::Unchanged) => {}
+            Some(SharedDelta::Bits { bits, payload_bits }) => {
+                let shared = Measured::Shared(bits);
+                self.push(bi, wi, (Some(be), we), payload_bits, shared);
+            }
+            Some(SharedDelta::Own) | None => {
+                if be != we {
+                    let delta = EntityDelta::new(be, we, self.ticks, self.lim);
+                    let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
+                    self.push(bi, wi, (Some(be), we), bits, Measured::Own(delta));
                 }
-                (Some(bk), Some(wk)) if bk < wk => {
-                    self.despawns.push(bi);
-                    bi += 1;
-                }
-                (Some(_), None) => {
-                    self.despawns.push(bi);
-                    bi += 1;
-                }
-                (_, Some(_)) => {
-                    // Ids are u32; as usize they keep their order.
-                    let id = cur.id(wi).0 as usize;
-                    let we = cur.state(wi);
-                    let found = self
-                        .spawn_section
-                        .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we), self.lim))
-                        .map(|found| self.count(found));
-                    match found {
-                        Some(SharedDelta::Bits { bits, payload_bits }) => {
-                            self.push(id, wi, (None, we), payload_bits, Measured::Shared(bits));
-                        }
-                        // A spawn is written even when it equals the spawn base.
-                        Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
-                            let delta = EntityDelta::new(&spawn_base, we, 0, self.lim);
-                            let bits = part::delta_bits(&delta, we, 0, self.lim);
-                            self.push(id, wi, (None, we), bits, Measured::Own(delta));
-                        }
-                    }
-                    wi += 1;
-                }
-                // Loop condition: at least one side has an entity left.
-                (None, None) => break,
+            }
+        }
+    }
+
+    /// Entity `wi` of the new world is not in the baseline: a candidate.
+    fn spawn(&mut self, cur: &impl Entries<'w>, wi: usize) {
+        let spawn_base = part::spawn_base();
+        // Ids are u32; as usize they keep their order.
+        let id = cur.id(wi).0 as usize;
+        let we = cur.state(wi);
+        let found = self
+            .spawn_section
+            .and_then(|s| s.delta(cur.global(wi), || (&spawn_base, we), self.lim))
+            .map(|found| self.count(found));
+        match found {
+            Some(SharedDelta::Bits { bits, payload_bits }) => {
+                self.push(id, wi, (None, we), payload_bits, Measured::Shared(bits));
+            }
+            // A spawn is written even when it equals the spawn base.
+            Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
+                let delta = EntityDelta::new(&spawn_base, we, 0, self.lim);
+                let bits = part::delta_bits(&delta, we, 0, self.lim);
+                self.push(id, wi, (None, we), bits, Measured::Own(delta));
             }
         }
     }
