@@ -440,12 +440,13 @@ impl<'w> Diff<'_, 'w> {
     ) {
         self.payload_bits += payload_bits;
         self.largest_payload_bits = self.largest_payload_bits.max(payload_bits);
-        // Keys are baseline indices and ids, world indices index a world of `u32` ids, and
-        // an entity's payload is a few hundred bits.
+        // Keys are baseline indices and ids, and world indices index a world of `u32` ids.
+        // A payload is a few hundred bits; one beyond `u32` (a huge component) stays too
+        // large for any part.
         let c = Candidate {
             key: key as u32,
             world_index: world_index as u32,
-            payload_bits: payload_bits as u32,
+            payload_bits: u32::try_from(payload_bits).unwrap_or(u32::MAX),
             cur,
             base,
             measured,
