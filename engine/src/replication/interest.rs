@@ -124,12 +124,13 @@ struct Grid {
     cells: Vec<u32>,
 }
 
-/// One entity in a grid cell: its index in the tick's world, with its id and ground position
-/// beside it, so that scanning a cell reads one run of memory and never the world itself.
+/// One entity in a grid cell: its index in the tick's world, with its ground position beside
+/// it, so that scanning a cell reads one run of memory and never the world itself. Twelve
+/// bytes (a scope reads a few hundred each tick): the id, needed only with rooms or without
+/// last tick's bits, is looked up by index.
 #[derive(Clone, Copy, Debug)]
 struct GridEntity {
     index: u32,
-    id: EntityId,
     position: Vec2,
 }
 
@@ -153,13 +154,11 @@ impl Grid {
         (c.saturating_sub(origin)).clamp(0, size - 1)
     }
 
-    /// Bucket `entities` (id and ground position, in world order) for scopes that reach
-    /// `reach`.
-    fn rebuild(&mut self, reach: f32, entities: impl Iterator<Item = (EntityId, Vec2)> + Clone) {
+    /// Bucket `positions` (ground positions, in world order) for scopes that reach `reach`.
+    fn rebuild(&mut self, reach: f32, positions: &[Vec2]) {
         let (mut min, mut max) = (Vec2::MAX, Vec2::MIN);
-        let mut n = 0;
-        for (_, p) in entities.clone() {
-            n += 1;
+        let n = positions.len();
+        for &p in positions {
             if p.is_finite() {
                 (min, max) = (min.min(p), max.max(p));
             }
@@ -188,10 +187,7 @@ impl Grid {
             // cells centred on the median entity, the rest counted in its edge cells.
             let side = ((limit as f64).sqrt() as i64).max(1);
             let median = |axis: fn((i64, i64)) -> i64| {
-                let mut v: Vec<i64> = entities
-                    .clone()
-                    .map(|(_, p)| axis(self.cell_of(p)))
-                    .collect();
+                let mut v: Vec<i64> = positions.iter().map(|&p| axis(self.cell_of(p))).collect();
                 let mid = v.len() / 2;
                 *v.select_nth_unstable(mid).1
             };
@@ -204,7 +200,7 @@ impl Grid {
         self.starts.clear();
         self.starts.resize(cells + 1, 0);
         self.cells.clear();
-        for (_, p) in entities.clone() {
+        for &p in positions {
             let (x, z) = self.cell_of(p);
             let cell = (self.clamp(z, 1) * self.size.0 + self.clamp(x, 0)) as u32;
             self.cells.push(cell);
@@ -217,20 +213,16 @@ impl Grid {
         // order, so each cell's entities keep increasing indices.
         let mut next = self.starts.clone();
         self.entities.clear();
-        self.entities.resize(
-            self.cells.len(),
-            GridEntity {
-                index: 0,
-                id: EntityId(0),
-                position: Vec2::ZERO,
-            },
-        );
-        for (i, ((id, position), &cell)) in entities.zip(&self.cells).enumerate() {
+        let placeholder = GridEntity {
+            index: 0,
+            position: Vec2::ZERO,
+        };
+        self.entities.resize(n, placeholder);
+        for (i, (&position, &cell)) in positions.iter().zip(&self.cells).enumerate() {
             let at = &mut next[cell as usize];
             self.entities[*at as usize] = GridEntity {
                 // A world holds fewer than u32::MAX entities (ids are u32).
                 index: i as u32,
-                id,
                 position,
             };
             *at += 1;
@@ -281,6 +273,9 @@ pub(super) struct Scope {
     picks: Arc<Vec<u32>>,
     /// The ids of that world, which `picks` index (see [`TickWorld::ids`]).
     ids: Arc<Vec<EntityId>>,
+    /// Where the owned entity was in that world: usually where it still is, so finding it is
+    /// one read instead of a binary search of the world (a dozen cache misses a client).
+    owned_at: usize,
 }
 
 impl Scope {
@@ -467,9 +462,8 @@ impl Interest {
         self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
     }
 
-    /// Index the positions of this send tick's world (`world` and `tick_world` hold the
-    /// same entities in the same id order).
-    pub(super) fn index(&mut self, world: &World, tick_world: &TickWorld) {
+    /// Index the positions of this send tick's world.
+    pub(super) fn index(&mut self, world: &World) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
             return;
@@ -477,14 +471,7 @@ impl Interest {
         self.positions.clear();
         self.positions
             .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
-        self.grid.rebuild(
-            c.outer_radius_m(),
-            tick_world
-                .ids
-                .iter()
-                .copied()
-                .zip(self.positions.iter().copied()),
-        );
+        self.grid.rebuild(c.outer_radius_m(), &self.positions);
     }
 
     /// The world `client` receives this tick; updates its scope. Its picks are last tick's
@@ -499,7 +486,14 @@ impl Interest {
     ) -> ScopedWorld<'a> {
         let world = &tick_world.world;
         let entities = world.entities();
-        let owned_index = owned.and_then(|id| world.index_of(id));
+        let owned_index = owned.and_then(|id| {
+            let at = scope.owned_at;
+            let same = entities.get(at).is_some_and(|(e, _)| *e == id);
+            if same { Some(at) } else { world.index_of(id) }
+        });
+        if let Some(i) = owned_index {
+            scope.owned_at = i;
+        }
         let view = scope
             .view_point
             .map(ground)
@@ -552,11 +546,12 @@ impl Interest {
                     let outer2 = outer * outer;
                     let previous = &scope.picks;
                     let previous_ids = &scope.ids;
+                    let id_of = |e: &GridEntity| tick_world.ids[e.index as usize];
                     let was_visible = |e: &GridEntity| match previous_bits {
                         Some(bits) => bit(bits, e.index) != 0,
                         // Picks increase, and so do their ids.
                         None => previous
-                            .binary_search_by_key(&e.id, |&i| previous_ids[i as usize])
+                            .binary_search_by_key(&id_of(e), |&i| previous_ids[i as usize])
                             .is_ok(),
                     };
                     self.grid.near(view, outer, |cell| {
@@ -587,7 +582,7 @@ impl Interest {
                             if near_edge | (inside & rooms_in_use) {
                                 // Between the radius and the outer radius only what was in
                                 // scope stays: that is the hysteresis.
-                                keep = (inside || was_visible(e)) && shares_room(e.id);
+                                keep = (inside || was_visible(e)) && shares_room(id_of(e));
                             }
                             list[n] = e.index;
                             n += usize::from(keep);
@@ -714,7 +709,7 @@ mod tests {
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
             let tw = first(&q);
-            interest.index(&world, &tw);
+            interest.index(&world);
             let view = match round % 4 {
                 // Out among the strays, or beyond everything.
                 1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
@@ -775,7 +770,7 @@ mod tests {
             let world = world_at(&list);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-            interest.index(&world, &tw);
+            interest.index(&world);
             let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
             if same_layout {
                 by_bits += 1;
@@ -832,7 +827,7 @@ mod tests {
             let world = world_at(&[(1, 1.0, 0.0), (2, x, 0.0), (3, 0.0, 2.0), (4, 50.0, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick as u32 + 1), previous.as_ref());
-            interest.index(&world, &tw);
+            interest.index(&world);
             let before = scope.picks.clone();
             let ScopedWorld { world: view, .. } = interest.scope(&tw, None, &mut scope, || {
                 spares += 1;
@@ -861,7 +856,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = first(&q);
-            interest.index(&world, &tw);
+            interest.index(&world);
             interest.scope(&tw, None, scope, Arc::default);
             scope.visible().next().is_some()
         };
@@ -887,7 +882,7 @@ mod tests {
         let mut interest = Interest::new(None);
         interest.add_entity(EntityId(2), RoomId(7));
         interest.add_entity(EntityId(3), RoomId(8));
-        interest.index(&world, &tw);
+        interest.index(&world);
         let mut outsider = Scope::default();
         interest.scope(&tw, None, &mut outsider, Arc::default);
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
@@ -903,7 +898,7 @@ mod tests {
         // With an area of interest, rooms and distance both apply.
         let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
         interest.add_entity(EntityId(2), RoomId(7));
-        interest.index(&world, &tw);
+        interest.index(&world);
         let mut far = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
@@ -922,7 +917,7 @@ mod tests {
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
         let tw = first(&q);
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
-        interest.index(&world, &tw);
+        interest.index(&world);
         let mut none = Scope::default();
         interest.scope(&tw, None, &mut none, Arc::default);
         assert!(none.visible().next().is_none());
@@ -1069,7 +1064,7 @@ mod tests {
 
             let q = QuantizedWorld::from_world(&world, &quantize);
             let q = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(&world, &q);
+            interest.index(&world);
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
                     sender.reset_baseline();

@@ -352,7 +352,7 @@ impl Server {
             let quantized = TickWorld::new(quantized, tick, self.previous_world.as_ref());
             self.count_changes(&quantized);
             if self.interest.active() {
-                self.interest.index(world, &quantized);
+                self.interest.index(world);
             }
             self.send_snapshots(now, tick, &quantized);
             self.previous_world = Some(quantized);
