@@ -138,10 +138,7 @@ impl Grid {
     /// The unbounded cell of `p` (`as` saturates, NaN becomes 0: a stray position lands in
     /// some cell, never panics).
     fn cell_of(&self, p: Vec2) -> (i64, i64) {
-        (
-            (p.x / self.cell_m).floor() as i64,
-            (p.y / self.cell_m).floor() as i64,
-        )
+        (floor_i64(p.x / self.cell_m), floor_i64(p.y / self.cell_m))
     }
 
     /// Column or row `c` of axis `axis`, clamped into the grid.
@@ -258,6 +255,14 @@ impl Grid {
             }
         }
     }
+}
+
+/// `v.floor() as i64`, without the call to the C library's `floorf` that `floor` is on
+/// x86-64's baseline (a grid places every entity each tick): truncate, then step down where
+/// that rounded a negative number up. Saturates and takes NaN to 0, as the cast does.
+fn floor_i64(v: f32) -> i64 {
+    let t = v as i64;
+    t.saturating_sub(i64::from(t as f32 > v))
 }
 
 /// One client's scope as of the last send tick.
@@ -678,6 +683,42 @@ mod tests {
 
     fn ids(s: &Scope) -> Vec<u32> {
         s.visible().map(|e| e.0).collect()
+    }
+
+    #[test]
+    fn the_grid_s_floor_is_the_library_s() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let edges = [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            -1.0,
+            1.0,
+            -1.5,
+            8_388_607.5,
+            -8_388_607.5,
+            16_777_217.0,
+            -16_777_217.0,
+            9.3e18,
+            -9.3e18,
+            1.0e30,
+            -1.0e30,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let random: Vec<f32> = (0..200_000).map(|_| f32::from_bits(rng.random())).collect();
+        let near_zero: Vec<f32> = (0..20_000)
+            .map(|_| rng.random_range(-300.0f32..300.0))
+            .collect();
+        for v in edges.into_iter().chain(random).chain(near_zero) {
+            assert_eq!(floor_i64(v), v.floor() as i64, "{v} ({:#x})", v.to_bits());
+        }
     }
 
     #[test]
