@@ -35,7 +35,11 @@ use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld, World};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RoomId(pub u32);
 
-/// The spatial area of interest; see the [module docs](self).
+/// The spatial area of interest: a client sees an entity once it is within `radius_m` of the
+/// client's view point on the ground plane (x and z), and until it is beyond
+/// `radius_m + hysteresis_m`. Rooms narrow that further, and a client always sees the entity
+/// it owns. The view point is the owned entity's position unless the game sets one
+/// ([`Server::set_view_point`](super::Server::set_view_point)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct InterestConfig {
@@ -467,7 +471,8 @@ impl Interest {
         self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
     }
 
-    /// Index the positions of this send tick's world.
+    /// Index the positions of this send tick's world: the one its [`TickWorld`] holds, as
+    /// the grid's entries are indices there (a scope reads their ids from it).
     pub(super) fn index(&mut self, world: &World) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
