@@ -239,21 +239,24 @@ impl QuantizedWorld {
             cache.config = Some(*config);
             cache.entries.clear();
         }
-        let same_ids = cache.entries.len() == world.len()
-            && cache
-                .entries
-                .iter()
-                .zip(world.iter())
-                .all(|(e, (id, _))| e.id == id);
+        // The usual tick: the same entities as before, updated in place in one walk of the
+        // world (a walk of a `BTreeMap` costs tens of instructions an entity, so the ids are
+        // not checked in a walk of their own first). Should an id differ, the entries
+        // before it were still updated for their own ids: the merge below reuses them.
+        let mut same_ids = cache.entries.len() == world.len();
         if same_ids {
-            // The usual tick: the same entities as before, updated in place.
-            for (e, (_, s)) in cache.entries.iter_mut().zip(world.iter()) {
+            for (e, (id, s)) in cache.entries.iter_mut().zip(world.iter()) {
+                if e.id != id {
+                    same_ids = false;
+                    break;
+                }
                 if !e.holds(s) {
                     e.transform = s.transform;
                     e.quantized = quantize(s);
                 }
             }
-        } else {
+        }
+        if !same_ids {
             let mut old = std::mem::take(&mut cache.entries).into_iter().peekable();
             let mut entries = Vec::with_capacity(world.len());
             for (id, s) in world.iter() {
@@ -670,6 +673,24 @@ mod tests {
                 QuantizedWorld::from_world(&world, &config),
                 "moved {round}"
             );
+            // As many entities, the first moved and the last replaced by a new id: the walk
+            // in place updates the first, stops at the last, and the merge takes over.
+            let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
+            if let [first, .., last] = ids[..] {
+                if let Some(e) = world.get_mut(first) {
+                    e.transform.position.x += 0.5;
+                }
+                if let Some(state) = world.remove(last) {
+                    world.insert(EntityId(100 + round), state);
+                }
+                let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+                assert_eq!(
+                    cached,
+                    QuantizedWorld::from_world(&world, &config),
+                    "replaced {round}"
+                );
+                world.remove(EntityId(100 + round));
+            }
         }
         // Another config starts afresh.
         let other = QuantizeConfig {
