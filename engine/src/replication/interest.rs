@@ -29,7 +29,7 @@ use glam::{Vec2, Vec3};
 
 use super::config::ConfigError;
 use crate::connection::ClientId;
-use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld, World};
+use crate::snapshot::{ClientWorld, EntityId, PriorityWeights, TickWorld};
 
 /// A named group of clients and entities (a match, a zone, a team's chat), chosen by the game.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -471,16 +471,16 @@ impl Interest {
         self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
     }
 
-    /// Index the positions of this send tick's world: the one its [`TickWorld`] holds, as
-    /// the grid's entries are indices there (a scope reads their ids from it).
-    pub(super) fn index(&mut self, world: &World) {
+    /// Index the positions of this send tick's world, each entity's in id order: the world
+    /// its [`TickWorld`] holds, as the grid's entries are indices there (a scope reads their
+    /// ids from it).
+    pub(super) fn index(&mut self, positions: impl Iterator<Item = Vec3>) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
             return;
         };
         self.positions.clear();
-        self.positions
-            .extend(world.iter().map(|(_, s)| ground(s.transform.position)));
+        self.positions.extend(positions.map(ground));
         self.grid.rebuild(c.outer_radius_m(), &self.positions);
     }
 
@@ -665,7 +665,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::snapshot::{EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform};
+    use crate::snapshot::{EntityState, QuantizeConfig, QuantizedWorld, Tick, Transform, World};
 
     /// A world as the server's only one so far.
     fn first(q: &QuantizedWorld) -> TickWorld {
@@ -684,6 +684,10 @@ mod tests {
             );
         }
         w
+    }
+
+    fn positions(world: &World) -> impl Iterator<Item = Vec3> + '_ {
+        world.iter().map(|(_, s)| s.transform.position)
     }
 
     fn ids(s: &Scope) -> Vec<u32> {
@@ -755,7 +759,7 @@ mod tests {
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
             let tw = first(&q);
-            interest.index(&world);
+            interest.index(positions(&world));
             let view = match round % 4 {
                 // Out among the strays, or beyond everything.
                 1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
@@ -816,7 +820,7 @@ mod tests {
             let world = world_at(&list);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-            interest.index(&world);
+            interest.index(positions(&world));
             let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
             if same_layout {
                 by_bits += 1;
@@ -873,7 +877,7 @@ mod tests {
             let world = world_at(&[(1, 1.0, 0.0), (2, x, 0.0), (3, 0.0, 2.0), (4, 50.0, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick as u32 + 1), previous.as_ref());
-            interest.index(&world);
+            interest.index(positions(&world));
             let before = scope.picks.clone();
             let ScopedWorld { world: view, .. } = interest.scope(&tw, None, &mut scope, || {
                 spares += 1;
@@ -902,7 +906,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = first(&q);
-            interest.index(&world);
+            interest.index(positions(&world));
             interest.scope(&tw, None, scope, Arc::default);
             scope.visible().next().is_some()
         };
@@ -928,7 +932,7 @@ mod tests {
         let mut interest = Interest::new(None);
         interest.add_entity(EntityId(2), RoomId(7));
         interest.add_entity(EntityId(3), RoomId(8));
-        interest.index(&world);
+        interest.index(positions(&world));
         let mut outsider = Scope::default();
         interest.scope(&tw, None, &mut outsider, Arc::default);
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
@@ -944,7 +948,7 @@ mod tests {
         // With an area of interest, rooms and distance both apply.
         let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
         interest.add_entity(EntityId(2), RoomId(7));
-        interest.index(&world);
+        interest.index(positions(&world));
         let mut far = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
@@ -963,7 +967,7 @@ mod tests {
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
         let tw = first(&q);
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
-        interest.index(&world);
+        interest.index(positions(&world));
         let mut none = Scope::default();
         interest.scope(&tw, None, &mut none, Arc::default);
         assert!(none.visible().next().is_none());
@@ -1110,7 +1114,7 @@ mod tests {
 
             let q = QuantizedWorld::from_world(&world, &quantize);
             let q = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(&world);
+            interest.index(positions(&world));
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
                     sender.reset_baseline();

@@ -352,7 +352,10 @@ impl Server {
             let quantized = TickWorld::new(quantized, tick, self.previous_world.as_ref());
             self.count_changes(&quantized);
             if self.interest.active() {
-                self.interest.index(world);
+                // The positions from the cache the world was just quantized with: a list, where
+                // the world is a map.
+                let positions = self.quantize_cache.transforms().map(|t| t.position);
+                self.interest.index(positions);
             }
             self.send_snapshots(now, tick, &quantized);
             self.previous_world = Some(quantized);

@@ -181,6 +181,15 @@ pub struct QuantizeCache {
     built: VecDeque<Arc<Vec<(EntityId, QuantizedEntity)>>>,
 }
 
+impl QuantizeCache {
+    /// The float transform of each entity of the world last quantized, in id order: a
+    /// `Vec` read where the world itself is a `BTreeMap`, tens of instructions an entity
+    /// dearer to walk.
+    pub(crate) fn transforms(&self) -> impl ExactSizeIterator<Item = &Transform> {
+        self.entries.iter().map(|e| &e.transform)
+    }
+}
+
 /// Worlds a [`QuantizeCache`] keeps for their memory: more than a server keeps for its
 /// shared codes (8) with a few ticks in flight beside, so that the oldest is usually free.
 const KEPT_WORLDS: usize = 16;
