@@ -349,7 +349,15 @@ impl Server {
                 &self.config.quantize,
                 &mut self.quantize_cache,
             );
-            let quantized = TickWorld::new(quantized, tick, self.previous_world.as_ref());
+            // The cache's last call before this one quantized the previous world (both are
+            // done on send ticks alone, here): when it found the same entities, it knows
+            // which of them moved.
+            let quantized = match (&self.previous_world, self.quantize_cache.moved()) {
+                (Some(previous), Some(moved)) if previous.world.len() == quantized.len() => {
+                    TickWorld::moved_on(quantized, tick, previous, moved)
+                }
+                (previous, _) => TickWorld::new(quantized, tick, previous.as_ref()),
+            };
             self.count_changes(&quantized);
             if self.interest.active() {
                 // The positions from the cache the world was just quantized with: a list, where

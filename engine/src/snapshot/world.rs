@@ -179,6 +179,12 @@ pub struct QuantizeCache {
     config: Option<QuantizeConfig>,
     entries: Vec<CachedEntity>,
     built: VecDeque<Arc<Vec<(EntityId, QuantizedEntity)>>>,
+    /// Whether the last call found the same entities as the one before, in the same order,
+    /// with the same config; then `moved` names every entity whose quantized state it
+    /// changed.
+    same_entities: bool,
+    /// By index, the entities the last call quantized to another state than they held.
+    moved: Vec<u32>,
 }
 
 impl QuantizeCache {
@@ -187,6 +193,14 @@ impl QuantizeCache {
     /// dearer to walk.
     pub(crate) fn transforms(&self) -> impl ExactSizeIterator<Item = &Transform> {
         self.entries.iter().map(|e| &e.transform)
+    }
+
+    /// When the last world quantized held the same entities in the same order as the one
+    /// before it: the indices of those whose quantized state differs between the two,
+    /// increasing. The cache compared them already (only an entity whose floats changed is
+    /// quantized again), so a caller holding the world before need not compare them all.
+    pub(crate) fn moved(&self) -> Option<&[u32]> {
+        self.same_entities.then_some(&self.moved[..])
     }
 }
 
@@ -244,27 +258,36 @@ impl QuantizedWorld {
             transform: config.quantize_with(&s.transform, &limits),
             component: s.component.as_deref().map(Arc::from),
         };
-        if cache.config.as_ref() != Some(config) {
+        // A world after another config's is not compared with it.
+        let same_config = cache.config.as_ref() == Some(config);
+        if !same_config {
             cache.config = Some(*config);
             cache.entries.clear();
         }
+        cache.moved.clear();
         // The usual tick: the same entities as before, updated in place in one walk of the
         // world (a walk of a `BTreeMap` costs tens of instructions an entity, so the ids are
         // not checked in a walk of their own first). Should an id differ, the entries
         // before it were still updated for their own ids: the merge below reuses them.
-        let mut same_ids = cache.entries.len() == world.len();
+        let mut same_ids = same_config && cache.entries.len() == world.len();
         if same_ids {
-            for (e, (id, s)) in cache.entries.iter_mut().zip(world.iter()) {
+            for (i, (e, (id, s))) in cache.entries.iter_mut().zip(world.iter()).enumerate() {
                 if e.id != id {
                     same_ids = false;
                     break;
                 }
                 if !e.holds(s) {
                     e.transform = s.transform;
-                    e.quantized = quantize(s);
+                    let quantized = quantize(s);
+                    if quantized != e.quantized {
+                        // A world holds fewer than u32::MAX entities (ids are u32).
+                        cache.moved.push(i as u32);
+                    }
+                    e.quantized = quantized;
                 }
             }
         }
+        cache.same_entities = same_ids;
         if !same_ids {
             let mut old = std::mem::take(&mut cache.entries).into_iter().peekable();
             let mut entries = Vec::with_capacity(world.len());
@@ -439,6 +462,31 @@ impl TickWorld {
             tick,
             changed: Arc::new(changed),
             ids,
+        }
+    }
+
+    /// The world of send tick `tick` quantized by a cache that quantized `previous`'s world
+    /// in its call before, and found the same entities there and the ones at `moved` moved
+    /// (see [`QuantizeCache::moved`]): their change ticks are this tick, the others keep
+    /// theirs. A copy and a few thousand writes, where [`Self::new`] compares every entity.
+    pub(crate) fn moved_on(
+        world: QuantizedWorld,
+        tick: Tick,
+        previous: &TickWorld,
+        moved: &[u32],
+    ) -> Self {
+        debug_assert_eq!(world.len(), previous.world.len());
+        let mut changed = Vec::clone(&previous.changed);
+        for &i in moved {
+            if let Some(t) = changed.get_mut(i as usize) {
+                *t = tick.0;
+            }
+        }
+        Self {
+            world,
+            tick,
+            changed: Arc::new(changed),
+            ids: previous.ids.clone(),
         }
     }
 
@@ -621,6 +669,30 @@ mod tests {
         assert_eq!(w.len(), 2);
     }
 
+    /// The tick world after `previous` of the world `cache` just quantized (`cached`), built
+    /// as a server builds it, with the cache's moves where it has them: those are checked
+    /// against the change ticks a comparison of the whole worlds finds. Whether the moves
+    /// were used, and how many there were.
+    fn next_tick_world(
+        cached: &QuantizedWorld,
+        cache: &QuantizeCache,
+        previous: Option<&TickWorld>,
+    ) -> (TickWorld, Option<usize>) {
+        let tick = Tick(previous.map_or(1, |p| p.tick.0 + 1));
+        let compared = TickWorld::new(cached.clone(), tick, previous);
+        let (Some(previous), Some(moved)) = (previous, cache.moved()) else {
+            return (compared, None);
+        };
+        assert!(
+            compared.same_layout(previous),
+            "moves without the same entities"
+        );
+        let by_moves = TickWorld::moved_on(cached.clone(), tick, previous, moved);
+        assert_eq!(by_moves.changed, compared.changed, "tick {}", tick.0);
+        assert!(by_moves.same_layout(&compared));
+        (by_moves, Some(moved.len()))
+    }
+
     #[test]
     fn the_cache_quantizes_exactly_what_a_fresh_quantization_gives() {
         use rand::{Rng, SeedableRng};
@@ -628,6 +700,19 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         let mut cache = QuantizeCache::default();
         let mut world = World::new();
+        // The tick worlds a server would build from the cache's worlds, and how often the
+        // cache's moves built them: (calls, with moves, with none).
+        let mut previous: Option<TickWorld> = None;
+        let mut by_moves = (0, 0, 0);
+        let mut follow = |cached: &QuantizedWorld, cache: &QuantizeCache| {
+            let (next, moved) = next_tick_world(cached, cache, previous.as_ref());
+            if let Some(n) = moved {
+                by_moves.0 += 1;
+                by_moves.1 += usize::from(n > 0);
+                by_moves.2 += usize::from(n == 0);
+            }
+            previous = Some(next);
+        };
         for round in 0..300 {
             // Entities come and go, some move, some change their component, one is NaN.
             for _ in 0..rng.random_range(0..20) {
@@ -660,6 +745,7 @@ mod tests {
                 QuantizedWorld::from_world(&world, &config),
                 "round {round}"
             );
+            follow(&cached, &cache);
             // The same entities, a few of them moved: the in-place path.
             let ids: Vec<EntityId> = world
                 .iter()
@@ -668,11 +754,12 @@ mod tests {
                 .collect();
             for id in ids {
                 if let Some(e) = world.get_mut(id) {
-                    if rng.random_bool(0.5) {
-                        e.transform.position.y += 0.25;
-                    } else {
+                    match rng.random_range(0..3) {
+                        0 => e.transform.position.y += 0.25,
+                        // Other floats that quantize alike: quantized again, not moved.
+                        1 => e.transform.position.y += 1e-5,
                         // Only the component changes.
-                        e.component = Some(vec![round as u8, 1]);
+                        _ => e.component = Some(vec![round as u8, 1]),
                     }
                 }
             }
@@ -682,6 +769,11 @@ mod tests {
                 QuantizedWorld::from_world(&world, &config),
                 "moved {round}"
             );
+            follow(&cached, &cache);
+            // Nothing changed: nothing moved.
+            let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            assert_eq!(cache.moved(), Some(&[][..]), "unchanged {round}");
+            follow(&cached, &cache);
             // As many entities, the first moved and the last replaced by a new id: the walk
             // in place updates the first, stops at the last, and the merge takes over.
             let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
@@ -698,16 +790,26 @@ mod tests {
                     QuantizedWorld::from_world(&world, &config),
                     "replaced {round}"
                 );
+                assert_eq!(cache.moved(), None, "replaced {round}");
+                follow(&cached, &cache);
                 world.remove(EntityId(100 + round));
             }
         }
-        // Another config starts afresh.
+        // Another config starts afresh, and is not compared with the world before.
         let other = QuantizeConfig {
             position_resolution_m: 0.01,
             ..config
         };
         let cached = QuantizedWorld::from_world_cached(&world, &other, &mut cache);
         assert_eq!(cached, QuantizedWorld::from_world(&world, &other));
+        assert_eq!(cache.moved(), None);
+        // Most calls found the same entities; their moves built the tick worlds, some with
+        // none at all.
+        let (calls, moved, unmoved) = by_moves;
+        assert!(
+            calls >= 600 && moved >= 200 && unmoved >= 300,
+            "{calls} by moves, {moved} with some, {unmoved} with none"
+        );
     }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
