@@ -1,9 +1,10 @@
 //! Tick-rate sweep: what each tick rate costs the server and buys the players.
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
-//! [--clients N] [--scene arena|cubes|massive] [--threads N]` (`--hz` and `--clients` narrow
-//! the sweep; `--threads` builds snapshots on N threads, 0 = one per core;
-//! `--clients` also takes a count outside it, e.g. 1000).
+//! [--clients N] [--scene arena|cubes|massive] [--threads N] [--tick-log PATH]` (`--hz` and
+//! `--clients` narrow the sweep; `--threads` builds snapshots on N threads, 0 = one per core;
+//! `--clients` also takes a count outside it, e.g. 1000; `--tick-log` writes every measured
+//! tick's cost, one CSV row each, to show how slow ticks come: alone or in stretches).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
 //! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
 //! what is within 100 m; bots playing, 20 ms latency each way), the whole `udp` demo runs
@@ -102,6 +103,28 @@ fn options(
         seed,
         predict: true,
     }
+}
+
+/// Every measured tick of every run, in run order: rate, clients, loss, then the tick.
+fn tick_log(rows: &[Row]) -> String {
+    let mut s = String::from("tick_hz,clients,loss_pct,tick,tick_cost_us,between_ticks_us\n");
+    for r in rows {
+        for (loss, report) in [(0.0, &r.clean), (LOSS_PCT, &r.lossy)] {
+            for t in &report.tick_log {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{}",
+                    r.tick_rate,
+                    r.clients,
+                    loss,
+                    t.tick,
+                    t.cost.as_micros(),
+                    t.between.as_micros()
+                );
+            }
+        }
+    }
+    s
 }
 
 fn out_path(args: &[String]) -> PathBuf {
@@ -289,6 +312,16 @@ fn main() {
     };
     // `--threads N`: threads building snapshots (default 1, the single-thread figure).
     let threads = pick("--threads").map_or(1, |t| t as usize);
+    let tick_log_path = match args.iter().position(|a| a == "--tick-log") {
+        None => None,
+        Some(i) => match args.get(i + 1) {
+            Some(p) => Some(p.clone()),
+            None => {
+                eprintln!("tickrate: --tick-log needs a path");
+                std::process::exit(2);
+            }
+        },
+    };
     // A client count outside the sweep (e.g. 1000) is run as asked.
     let extra: Vec<usize> = only_clients
         .map(|c| c as usize)
@@ -390,6 +423,12 @@ fn main() {
     match std::fs::write(&path, csv(&rows)) {
         Ok(()) => println!("\nCSV: {}", path.display()),
         Err(e) => eprintln!("tickrate: cannot write {}: {e}", path.display()),
+    }
+    if let Some(path) = &tick_log_path {
+        match std::fs::write(path, tick_log(&rows)) {
+            Ok(()) => println!("Tick log: {path}"),
+            Err(e) => eprintln!("tickrate: cannot write {path}: {e}"),
+        }
     }
     println!(
         "sweep took {:.0} s of real time",

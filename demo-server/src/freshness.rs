@@ -8,7 +8,7 @@
 //! recent quantized states on the server and, at every client frame, finds when the state the
 //! client holds stopped being the server's: zero while it still is.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use snapsync::snapshot::{
@@ -20,14 +20,21 @@ use snapsync::snapshot::{
 const HISTORY_STATES: usize = 32;
 
 /// Each entity's recent states on the server, by the tick each began.
+///
+/// Asked once per client frame for every entity the client holds (at 1,000 clients, tens of
+/// millions of times per simulated minute), and most answers are "its newest state": so an
+/// entity is found by a binary search of a list of ids, and its newest state sits in one
+/// dense list beside that, rather than behind a hash map and a queue of its own.
 #[derive(Debug)]
 pub(crate) struct EntityHistory {
     config: QuantizeConfig,
     cache: QuantizeCache,
-    /// Per entity, oldest first: (first tick of the state, the state).
-    states: HashMap<EntityId, VecDeque<(u32, QuantizedEntity)>>,
-    /// The newest tick recorded.
-    tick: u32,
+    /// Every entity recorded, by increasing id: `newest[i]` and `older[i]` are `ids[i]`'s.
+    ids: Vec<EntityId>,
+    /// Each entity's current state, with the tick it began.
+    newest: Vec<(u32, QuantizedEntity)>,
+    /// Each entity's states before that, oldest first (at most `HISTORY_STATES - 1`).
+    older: Vec<VecDeque<(u32, QuantizedEntity)>>,
     /// Samples whose state was older than the whole history.
     beyond_history: u64,
 }
@@ -37,23 +44,51 @@ impl EntityHistory {
         Self {
             config,
             cache: QuantizeCache::default(),
-            states: HashMap::new(),
-            tick: 0,
+            ids: Vec::new(),
+            newest: Vec::new(),
+            older: Vec::new(),
             beyond_history: 0,
         }
     }
 
     /// Record the world the server replicated at `tick`, quantized as the server does.
     pub(crate) fn record(&mut self, tick: u32, world: &World) {
-        self.tick = tick;
         let q = QuantizedWorld::from_world_cached(world, &self.config, &mut self.cache);
+        // Both lists are by increasing id: one walk. Entities seen for the first time are
+        // merged in after it (players joining: rare).
+        let mut first_seen = Vec::new();
+        let mut i = 0;
         for (id, e) in q.entities() {
-            let states = self.states.entry(*id).or_default();
-            if states.back().is_none_or(|(_, s)| s != e) {
-                if states.len() == HISTORY_STATES {
-                    states.pop_front();
+            while self.ids.get(i).is_some_and(|known| known < id) {
+                i += 1;
+            }
+            if self.ids.get(i) != Some(id) {
+                first_seen.push((*id, (tick, e.clone()), VecDeque::new()));
+                continue;
+            }
+            let (since, newest) = &mut self.newest[i];
+            if newest != e {
+                let older = &mut self.older[i];
+                if older.len() == HISTORY_STATES - 1 {
+                    older.pop_front();
                 }
-                states.push_back((tick, e.clone()));
+                older.push_back((*since, std::mem::replace(newest, e.clone())));
+                *since = tick;
+            }
+        }
+        if !first_seen.is_empty() {
+            let known = std::mem::take(&mut self.ids)
+                .into_iter()
+                .zip(std::mem::take(&mut self.newest))
+                .zip(std::mem::take(&mut self.older))
+                .map(|((id, newest), older)| (id, newest, older));
+            let mut all: Vec<_> = known.chain(first_seen).collect();
+            // Ids are unique: one entry each.
+            all.sort_unstable_by_key(|(id, _, _)| *id);
+            for (id, newest, older) in all {
+                self.ids.push(id);
+                self.newest.push(newest);
+                self.older.push(older);
             }
         }
     }
@@ -68,14 +103,18 @@ impl EntityHistory {
         now: Instant,
         tick_time: impl Fn(u32) -> Instant,
     ) -> Option<Duration> {
-        let states = self.states.get(&id)?;
+        let i = self.ids.binary_search(&id).ok()?;
+        let (since, newest) = &self.newest[i];
+        if newest == held {
+            return Some(Duration::ZERO);
+        }
+        let older = &self.older[i];
         // The tick at which the held state was replaced: the start of the state after it.
-        let superseded = match states.iter().rposition(|(_, s)| s == held) {
-            Some(i) if i + 1 == states.len() => return Some(Duration::ZERO),
-            Some(i) => states[i + 1].0,
+        let superseded = match older.iter().rposition(|(_, s)| s == held) {
+            Some(j) => older.get(j + 1).map_or(*since, |(t, _)| *t),
             None => {
                 self.beyond_history += 1;
-                states.front()?.0
+                older.front().map_or(*since, |(t, _)| *t)
             }
         };
         Some(now.saturating_duration_since(tick_time(superseded)))
@@ -147,6 +186,73 @@ mod tests {
         );
         assert_eq!(h.staleness(EntityId(9), &new, now, tick_time), None);
         assert_eq!(h.beyond_history(), 0);
+    }
+
+    /// A world of entities `(id, x)`.
+    fn world_of(entities: &[(u32, f32)]) -> World {
+        let mut w = World::new();
+        for &(id, x) in entities {
+            w.insert(
+                EntityId(id),
+                EntityState {
+                    transform: Transform {
+                        position: Vec3::new(x, 0.0, 0.0),
+                        ..Transform::default()
+                    },
+                    ..EntityState::default()
+                },
+            );
+        }
+        w
+    }
+
+    #[test]
+    fn entities_that_join_later_keep_every_entity_s_history_apart() {
+        let config = QuantizeConfig::default();
+        let mut h = EntityHistory::new(config);
+        let t0 = Instant::now();
+        let tick_time = |t: u32| t0 + Duration::from_millis(u64::from(t) * 10);
+        let state = |w: &World, id: u32| {
+            let q = QuantizedWorld::from_world(w, &config);
+            q.get(EntityId(id)).unwrap().clone()
+        };
+        // Ticks 1–2: entities 10 and 30. Tick 3: 20 joins between them, 5 before and 40
+        // after, and 30 moves. Tick 4: 10 moves.
+        let w1 = world_of(&[(10, 1.0), (30, 3.0)]);
+        let w3 = world_of(&[(5, 0.5), (10, 1.0), (20, 2.0), (30, 3.5), (40, 4.0)]);
+        let w4 = world_of(&[(5, 0.5), (10, 1.5), (20, 2.0), (30, 3.5), (40, 4.0)]);
+        h.record(1, &w1);
+        h.record(2, &w1);
+        h.record(3, &w3);
+        h.record(4, &w4);
+        let now = tick_time(4) + Duration::from_millis(5);
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        // Current states: zero, whether the entity joined late or not.
+        for id in [5, 10, 20, 30, 40] {
+            assert_eq!(
+                h.staleness(EntityId(id), &state(&w4, id), now, tick_time),
+                ms(0)
+            );
+        }
+        // 30's first state was replaced at tick 3, 10's at tick 4.
+        assert_eq!(
+            h.staleness(EntityId(30), &state(&w1, 30), now, tick_time),
+            ms(15)
+        );
+        assert_eq!(
+            h.staleness(EntityId(10), &state(&w1, 10), now, tick_time),
+            ms(5)
+        );
+        // 20 never held 30's state: older than its whole history, which began at tick 3.
+        assert_eq!(
+            h.staleness(EntityId(20), &state(&w1, 30), now, tick_time),
+            ms(15)
+        );
+        assert_eq!(h.beyond_history(), 1);
+        assert_eq!(
+            h.staleness(EntityId(15), &state(&w1, 10), now, tick_time),
+            None
+        );
     }
 
     #[test]
