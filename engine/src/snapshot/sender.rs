@@ -692,10 +692,12 @@ impl SnapshotSender {
         const SPARES: usize = 4;
         let spare = &mut self.spare_parts;
         let room = SPARES.saturating_sub(spare.len());
+        // A part is at most `max_part_bytes`, but a buffer grown for one (from a smaller
+        // one, by doubling) can hold up to twice that: such a buffer is as good as any.
         spare.extend(
             parts
                 .drain(..)
-                .filter(|p| p.capacity() <= self.config.max_part_bytes)
+                .filter(|p| p.capacity() <= 2 * self.config.max_part_bytes)
                 .take(room),
         );
         if parts.capacity() <= SPARES {
@@ -1260,6 +1262,23 @@ mod reset_tests {
             );
         }
         QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    }
+
+    #[test]
+    fn part_buffers_a_doubling_grew_are_kept_for_the_next_snapshots() {
+        let mut s = SnapshotSender::new(SenderConfig::default()).unwrap();
+        let max = s.config.max_part_bytes;
+        // A buffer of a 600-byte part that a 700-byte part grew (doubling), and one
+        // beyond anything a part can grow a buffer to.
+        let mut grown: Vec<u8> = Vec::with_capacity(600);
+        grown.extend_from_slice(&[0; 600]);
+        grown.clear();
+        grown.reserve(700);
+        assert!(grown.capacity() > max, "{}", grown.capacity());
+        let huge: Vec<u8> = Vec::with_capacity(2 * max + 1);
+        s.recycle_parts(vec![grown, huge]);
+        assert_eq!(s.spare_parts.len(), 1);
+        assert!(s.spare_parts[0].capacity() <= 2 * max);
     }
 
     #[test]
