@@ -708,7 +708,11 @@ impl SnapshotSender {
     /// Keep the picks of `world` as a spare if it is a view and no one else holds them (a
     /// few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
-        const SPARES: usize = 2;
+        // Enough for the lists that come back at once when one ack releases several ticks:
+        // a client that sends nothing but acks (a spectator) acknowledges a few ticks at a
+        // time, and with two spares it allocated a list on about half its ticks
+        // (`engine/tests/tick_allocation.rs`).
+        const SPARES: usize = 8;
         const MAX_ENTITIES: usize = 4096;
         if self.spare.len() >= SPARES {
             return;
