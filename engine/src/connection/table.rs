@@ -14,10 +14,10 @@
 //!
 //! A heap in a `Vec` rather than an ordered set: nearly every packet moves its connection's
 //! timeout, and a B-tree's nodes are allocated and freed as entries come and go, an
-//! allocation every few packets; the heap's memory, once grown, is kept. A timeout that
-//! moves is pushed anew and its old timer left in place, stale (each connection knows which
-//! of its timers is live): stale timers are dropped when they come to the top, and all at
-//! once when they outnumber the live ones.
+//! allocation every few packets; the heap's memory, once grown, is kept. Each connection
+//! has a slot, and the heap's place of each slot's timer is kept by slot, so a timeout that
+//! moves is moved in place (up or down the heap) and one that goes is taken out, without a
+//! search.
 //!
 //! [`reindex`]: ClientTable::reindex
 //! [`next_timeout`]: ClientTable::next_timeout
@@ -41,70 +41,122 @@ pub(super) struct Client {
 struct Entry {
     client: Client,
     indexed: Option<Instant>,
-    /// The number of its live timer (0: none).
-    timer: u64,
+    /// Its slot in [`ClientTable::places`].
+    slot: u32,
 }
 
-/// One timeout in the heap: when, whose, and the number the table gave it when it was set,
-/// unique for the table's life, so that a timer whose connection has been given another
-/// since (or was removed, or replaced) is known to be stale.
+/// One connection's timeout in the heap: when, whose, and the connection's slot. Ordered by
+/// time, then id (each connection has one timer, so that order is total).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: Instant,
     id: ClientId,
-    set: u64,
+    slot: u32,
 }
 
-/// Whether `t` is the timer its connection holds.
-fn live(map: &BTreeMap<ClientId, Entry>, t: &Timer) -> bool {
-    map.get(&t.id).is_some_and(|e| e.timer == t.set)
-}
+/// A slot whose connection has no timer in the heap.
+const NOWHERE: u32 = u32::MAX;
 
 /// Children of heap node `i`.
 fn children(i: usize) -> [usize; 2] {
     [2 * i + 1, 2 * i + 2]
 }
 
-/// Restore the heap order (each node no later than its children) above node `i`.
-fn sift_up(heap: &mut [Timer], mut i: usize) {
-    while i > 0 {
-        let parent = (i - 1) / 2;
-        if heap[i] >= heap[parent] {
-            break;
-        }
-        heap.swap(i, parent);
-        i = parent;
-    }
+/// A binary min-heap of timers (each node no later than its children), with the place of
+/// each slot's timer.
+#[derive(Debug, Default)]
+struct Timers {
+    heap: Vec<Timer>,
+    /// By slot: where its timer is in `heap`, or [`NOWHERE`].
+    places: Vec<u32>,
 }
 
-/// Restore the heap order below node `i`.
-fn sift_down(heap: &mut [Timer], mut i: usize) {
-    loop {
-        let [l, r] = children(i);
-        if l >= heap.len() {
-            return;
+impl Timers {
+    fn first(&self) -> Option<&Timer> {
+        self.heap.first()
+    }
+
+    fn get(&self, i: usize) -> Option<&Timer> {
+        self.heap.get(i)
+    }
+
+    /// Note where node `i`'s timer now is.
+    fn place(&mut self, i: usize) {
+        let slot = self.heap[i].slot as usize;
+        // A heap holds fewer than u32::MAX timers (one per connection).
+        self.places[slot] = i as u32;
+    }
+
+    fn swap(&mut self, i: usize, j: usize) {
+        self.heap.swap(i, j);
+        self.place(i);
+        self.place(j);
+    }
+
+    /// Move node `i` up or down until the heap is in order again.
+    fn restore(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.heap[i] >= self.heap[parent] {
+                break;
+            }
+            self.swap(i, parent);
+            i = parent;
         }
-        let c = if r < heap.len() && heap[r] < heap[l] {
-            r
-        } else {
-            l
-        };
-        if heap[c] >= heap[i] {
-            return;
+        loop {
+            let [l, r] = children(i);
+            if l >= self.heap.len() {
+                return;
+            }
+            let c = if r < self.heap.len() && self.heap[r] < self.heap[l] {
+                r
+            } else {
+                l
+            };
+            if self.heap[c] >= self.heap[i] {
+                return;
+            }
+            self.swap(c, i);
+            i = c;
         }
-        heap.swap(c, i);
-        i = c;
+    }
+
+    /// Give `slot`'s connection `id` the timeout `at` (`None`: no timer).
+    fn set(&mut self, slot: u32, id: ClientId, at: Option<Instant>) {
+        let place = self.places[slot as usize];
+        match (place, at) {
+            (NOWHERE, None) => {}
+            (NOWHERE, Some(at)) => {
+                self.heap.push(Timer { at, id, slot });
+                let last = self.heap.len() - 1;
+                self.place(last);
+                self.restore(last);
+            }
+            (i, Some(at)) => {
+                let i = i as usize;
+                self.heap[i].at = at;
+                self.restore(i);
+            }
+            (i, None) => {
+                let i = i as usize;
+                let last = self.heap.len() - 1;
+                self.swap(i, last);
+                self.heap.pop();
+                self.places[slot as usize] = NOWHERE;
+                if i < self.heap.len() {
+                    self.restore(i);
+                }
+            }
+        }
     }
 }
 
 #[derive(Debug, Default)]
 pub(super) struct ClientTable {
     map: BTreeMap<ClientId, Entry>,
-    /// A binary min-heap of timers (each node no later than its children), the live ones
-    /// and at most as many stale ones again (plus a few).
-    timers: Vec<Timer>,
-    /// The number of the last timer set.
-    last_timer: u64,
+    timers: Timers,
+    /// Slots of connections removed, for the next ones.
+    free_slots: Vec<u32>,
     /// Connections taken mutably since the last reindex (may repeat).
     dirty: Vec<ClientId>,
     /// The heap's nodes [`Self::first_due`] visits next, earliest first: kept, so that
@@ -128,20 +180,31 @@ impl ClientTable {
     }
 
     pub(super) fn insert(&mut self, id: ClientId, client: Client) {
+        // A connection it replaces gives it its slot, without its timer.
+        let slot = match self.map.get(&id) {
+            Some(old) => {
+                self.timers.set(old.slot, id, None);
+                old.slot
+            }
+            None => self.free_slots.pop().unwrap_or_else(|| {
+                // Fewer than u32::MAX connections (ids are u32).
+                self.timers.places.push(NOWHERE);
+                (self.timers.places.len() - 1) as u32
+            }),
+        };
         let entry = Entry {
             client,
             indexed: None,
-            timer: 0,
+            slot,
         };
-        // A connection it replaces leaves its timer stale.
         self.map.insert(id, entry);
         self.dirty.push(id);
-        self.drop_stale();
     }
 
     pub(super) fn remove(&mut self, id: &ClientId) -> Option<Client> {
         let e = self.map.remove(id)?;
-        self.drop_stale();
+        self.timers.set(e.slot, *id, None);
+        self.free_slots.push(e.slot);
         Some(e.client)
     }
 
@@ -176,7 +239,7 @@ impl ClientTable {
         ids
     }
 
-    /// Add the connections of the live timers at or before `now` under heap node `i`.
+    /// Add the connections of the timers at or before `now` under heap node `i`.
     fn due_below(&self, i: usize, now: Instant, ids: &mut Vec<ClientId>) {
         let Some(t) = self.timers.get(i) else {
             return;
@@ -185,9 +248,7 @@ impl ClientTable {
         if t.at > now {
             return;
         }
-        if live(&self.map, t) {
-            ids.push(t.id);
-        }
+        ids.push(t.id);
         for c in children(i) {
             self.due_below(c, now, ids);
         }
@@ -203,10 +264,10 @@ impl ClientTable {
             .min()
     }
 
-    /// The earliest live timer of a connection that is not dirty under heap node `i`.
+    /// The earliest timer of a connection that is not dirty under heap node `i`.
     fn earliest_clean(&self, i: usize) -> Option<Instant> {
         let t = self.timers.get(i)?;
-        if live(&self.map, t) && !self.dirty.contains(&t.id) {
+        if !self.dirty.contains(&t.id) {
             // Nothing under it is earlier.
             return Some(t.at);
         }
@@ -227,34 +288,29 @@ impl ClientTable {
         mut f: impl FnMut(ClientId, &mut Client) -> Option<R>,
     ) -> Option<R> {
         self.reindex();
-        // The heap's nodes in order of time, each one's children added as it is taken: the
-        // usual call stops at the first.
+        // The heap's nodes in order of time, each one's children added as it is taken; the
+        // usual call stops at the top, before any is added.
         let mut frontier = std::mem::take(&mut self.frontier);
         frontier.clear();
-        if let Some(&t) = self.timers.first() {
-            frontier.push(Reverse((t, 0)));
-        }
+        let mut next = self.timers.first().map(|&t| (t, 0));
         let mut found = None;
-        while let Some(Reverse((t, i))) = frontier.pop() {
+        while let Some((t, i)) = next {
             if t.at > now {
                 break;
+            }
+            if let Some(e) = self.map.get_mut(&t.id) {
+                self.dirty.push(t.id);
+                if let Some(r) = f(t.id, &mut e.client) {
+                    found = Some(r);
+                    break;
+                }
             }
             for c in children(i) {
                 if let Some(&child) = self.timers.get(c) {
                     frontier.push(Reverse((child, c)));
                 }
             }
-            if !live(&self.map, &t) {
-                continue;
-            }
-            let Some(e) = self.map.get_mut(&t.id) else {
-                continue;
-            };
-            self.dirty.push(t.id);
-            if let Some(r) = f(t.id, &mut e.client) {
-                found = Some(r);
-                break;
-            }
+            next = frontier.pop().map(|Reverse(n)| n);
         }
         self.frontier = frontier;
         found
@@ -272,39 +328,7 @@ impl ClientTable {
                 continue;
             }
             e.indexed = t;
-            // Its timer until now, if any, is stale from here on.
-            e.timer = 0;
-            if let Some(at) = t {
-                self.last_timer += 1;
-                e.timer = self.last_timer;
-                self.timers.push(Timer {
-                    at,
-                    id,
-                    set: e.timer,
-                });
-                let last = self.timers.len() - 1;
-                sift_up(&mut self.timers, last);
-            }
-        }
-        self.drop_stale();
-    }
-
-    /// Drop the stale timers at the top, so that the top is live; and every stale timer
-    /// once they outnumber the live ones (a few dozen aside), so the heap stays at most
-    /// about twice the connections.
-    fn drop_stale(&mut self) {
-        let map = &self.map;
-        if self.timers.len() > 2 * map.len() + 64 {
-            self.timers.retain(|t| live(map, t));
-            for i in (0..self.timers.len() / 2).rev() {
-                sift_down(&mut self.timers, i);
-            }
-        }
-        while self.timers.first().is_some_and(|t| !live(map, t)) {
-            let last = self.timers.len() - 1;
-            self.timers.swap(0, last);
-            self.timers.pop();
-            sift_down(&mut self.timers, 0);
+            self.timers.set(e.slot, id, t);
         }
     }
 }
@@ -336,7 +360,6 @@ mod tests {
         let mut now = start;
         let mut buf = vec![0u8; MAX_PACKET_BYTES];
         let mut scratch = Vec::new();
-        let mut stale_seen = 0;
         for round in 0..2000 {
             now += Duration::from_millis(rng.random_range(0..40));
             let id = ClientId(rng.random_range(1..40));
@@ -387,42 +410,49 @@ mod tests {
             table.reindex();
             assert_eq!(table.next_timeout(), scan(&table), "round {round}, after");
             assert!(table.dirty.is_empty());
-            // The live timers are exactly each connection's own timeout, one each.
+            // The heap holds exactly each connection's own timeout, one each, in heap
+            // order, and each slot knows where its timer is.
             let held: BTreeSet<(Instant, ClientId)> = table
                 .map
                 .iter()
                 .filter_map(|(id, e)| Some((e.client.conn.poll_timeout()?, *id)))
                 .collect();
-            let live: Vec<(Instant, ClientId)> = table
-                .timers
-                .iter()
-                .filter(|t| super::live(&table.map, t))
-                .map(|t| (t.at, t.id))
-                .collect();
-            assert_eq!(live.len(), held.len(), "round {round}: one live timer each");
+            let heap = &table.timers.heap;
+            assert_eq!(heap.len(), held.len(), "round {round}: one timer each");
             assert_eq!(
-                live.into_iter().collect::<BTreeSet<_>>(),
+                heap.iter().map(|t| (t.at, t.id)).collect::<BTreeSet<_>>(),
                 held,
                 "round {round}"
             );
-            // A heap whose top is live, and at most about twice the connections.
-            for (i, t) in table.timers.iter().enumerate().skip(1) {
-                assert!(table.timers[(i - 1) / 2] <= *t, "round {round}: heap order");
+            for (i, t) in heap.iter().enumerate() {
+                assert!(
+                    i == 0 || heap[(i - 1) / 2] <= *t,
+                    "round {round}: heap order"
+                );
+                assert_eq!(
+                    table.timers.places[t.slot as usize], i as u32,
+                    "round {round}"
+                );
+                assert_eq!(table.map[&t.id].slot, t.slot, "round {round}: its own slot");
             }
-            if let Some(top) = table.timers.first() {
-                assert!(super::live(&table.map, top), "round {round}: stale top");
-            }
-            assert!(
-                table.timers.len() <= 2 * table.map.len() + 65,
-                "round {round}"
+            let placed = table
+                .timers
+                .places
+                .iter()
+                .filter(|&&p| p != NOWHERE)
+                .count();
+            assert_eq!(
+                placed,
+                heap.len(),
+                "round {round}: no slot points at a lost timer"
             );
-            stale_seen = stale_seen.max(table.timers.len() - held.len());
+            for slot in &table.free_slots {
+                assert!(
+                    table.map.values().all(|e| e.slot != *slot),
+                    "round {round}: a free slot in use"
+                );
+            }
         }
-        // The stale timers were there to be dropped (or the checks above test little).
-        assert!(
-            stale_seen >= 10,
-            "at most {stale_seen} stale timers at once"
-        );
     }
 
     /// Due connections come in order of their timeouts, whatever the heap's shape, and the
