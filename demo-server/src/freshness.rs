@@ -138,19 +138,27 @@ mod tests {
 
     use super::*;
 
-    fn world_at(x: f32) -> World {
+    /// A world of entities `(id, x)`.
+    fn world_of(entities: &[(u32, f32)]) -> World {
         let mut w = World::new();
-        w.insert(
-            EntityId(1),
-            EntityState {
-                transform: Transform {
-                    position: Vec3::new(x, 0.0, 0.0),
-                    ..Transform::default()
+        for &(id, x) in entities {
+            w.insert(
+                EntityId(id),
+                EntityState {
+                    transform: Transform {
+                        position: Vec3::new(x, 0.0, 0.0),
+                        ..Transform::default()
+                    },
+                    ..EntityState::default()
                 },
-                ..EntityState::default()
-            },
-        );
+            );
+        }
         w
+    }
+
+    /// A world of entity 1 at `x`.
+    fn world_at(x: f32) -> World {
+        world_of(&[(1, x)])
     }
 
     #[test]
@@ -186,24 +194,6 @@ mod tests {
         );
         assert_eq!(h.staleness(EntityId(9), &new, now, tick_time), None);
         assert_eq!(h.beyond_history(), 0);
-    }
-
-    /// A world of entities `(id, x)`.
-    fn world_of(entities: &[(u32, f32)]) -> World {
-        let mut w = World::new();
-        for &(id, x) in entities {
-            w.insert(
-                EntityId(id),
-                EntityState {
-                    transform: Transform {
-                        position: Vec3::new(x, 0.0, 0.0),
-                        ..Transform::default()
-                    },
-                    ..EntityState::default()
-                },
-            );
-        }
-        w
     }
 
     #[test]

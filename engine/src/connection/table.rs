@@ -345,6 +345,20 @@ mod tests {
     use crate::packet::MAX_PACKET_BYTES;
     use std::collections::BTreeSet;
 
+    /// A fresh connection, established at `now`.
+    fn client(now: Instant) -> Client {
+        Client {
+            nonce: 0,
+            conn: Established::new(
+                "127.0.0.1:9".parse().unwrap(),
+                0,
+                ConnectionConfig::default(),
+                now,
+                MAX_PACKET_BYTES,
+            ),
+        }
+    }
+
     fn scan(t: &ClientTable) -> Option<Instant> {
         t.map
             .values()
@@ -364,19 +378,7 @@ mod tests {
             now += Duration::from_millis(rng.random_range(0..40));
             let id = ClientId(rng.random_range(1..40));
             match rng.random_range(0..6) {
-                0 => table.insert(
-                    id,
-                    Client {
-                        nonce: 0,
-                        conn: Established::new(
-                            "127.0.0.1:9".parse().unwrap(),
-                            0,
-                            ConnectionConfig::default(),
-                            now,
-                            MAX_PACKET_BYTES,
-                        ),
-                    },
-                ),
+                0 => table.insert(id, client(now)),
                 1 => {
                     table.remove(&id);
                 }
@@ -465,19 +467,7 @@ mod tests {
         let mut now = start;
         let mut scratch = Vec::new();
         for id in 1..60 {
-            table.insert(
-                ClientId(id),
-                Client {
-                    nonce: 0,
-                    conn: Established::new(
-                        "127.0.0.1:9".parse().unwrap(),
-                        0,
-                        ConnectionConfig::default(),
-                        now,
-                        MAX_PACKET_BYTES,
-                    ),
-                },
-            );
+            table.insert(ClientId(id), client(now));
         }
         let mut busy_rounds = 0;
         for round in 0..300 {
