@@ -104,7 +104,7 @@ pub struct TickCost {
     pub between: Duration,
 }
 
-/// Most ticks a run logs one by one (about half an hour at 30 Hz, 1.5 MB), so a long run's
+/// Most ticks a run logs one by one (about 36 minutes at 30 Hz, 2.6 MB), so a long run's
 /// memory stays bounded; the histograms count every tick.
 pub const TICK_LOG_LEN: usize = 65_536;
 
