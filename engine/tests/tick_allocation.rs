@@ -66,8 +66,8 @@ fn allocations_per_tick(clients: usize, play: bool, warm_up: u32, measured: u32)
         let now = sim.now;
         for i in 0..clients {
             // A player sends its input every tick, as a game's client does (which also
-            // acknowledges the snapshots as they come); a spectator acknowledges a few
-            // ticks at a time.
+            // acknowledges the snapshots as they come); a spectator acknowledges with its
+            // keep-alive, six ticks at a time.
             if play {
                 let _ = sim.clients[i].client.send_input(now, 1);
             }

@@ -709,9 +709,9 @@ impl SnapshotSender {
     /// few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
         // Enough for the lists that come back at once when one ack releases several ticks:
-        // a client that sends nothing but acks (a spectator) acknowledges a few ticks at a
-        // time, and with two spares it allocated a list on about half its ticks
-        // (`engine/tests/tick_allocation.rs`).
+        // a client that sends nothing of its own (a spectator) acknowledges with its
+        // keep-alive, every 100 ms by default (six ticks at 60 Hz), and with two spares it
+        // allocated a list on about half its ticks (`engine/tests/tick_allocation.rs`).
         const SPARES: usize = 8;
         const MAX_ENTITIES: usize = 4096;
         if self.spare.len() >= SPARES {
