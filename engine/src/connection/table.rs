@@ -6,8 +6,8 @@
 //! table keeps every connection's next timeout in a binary heap instead. Whoever takes a
 //! connection mutably marks it dirty; its timeout is recomputed on the next [`reindex`]
 //! (which the server runs at the end of every call that can change a connection), and
-//! until then [`next_timeout`] also looks at the dirty ones, so it is never stale. Each
-//! connection keeps beside it the timeout the heap holds for it, so an entry whose timeout
+//! until then [`next_timeout`] also looks at the dirty ones, so it is never stale. The
+//! timeout the heap holds for a connection is found by its slot, so one whose timeout
 //! did not change (a connection taken twice, or for something that moved no timer) costs
 //! the heap nothing: a server sending a packet to each of a thousand clients a tick reindexes
 //! each of them several times.
@@ -36,12 +36,10 @@ pub(super) struct Client {
     pub(super) conn: Established,
 }
 
-/// A connection and the timeout the heap holds for it.
+/// A connection and its slot, by which the heap finds its timer ([`Timers::places`]).
 #[derive(Debug)]
 struct Entry {
     client: Client,
-    indexed: Option<Instant>,
-    /// Its slot in [`ClientTable::places`].
     slot: u32,
 }
 
@@ -78,6 +76,14 @@ impl Timers {
 
     fn get(&self, i: usize) -> Option<&Timer> {
         self.heap.get(i)
+    }
+
+    /// The timeout the heap holds for `slot`'s connection.
+    fn at(&self, slot: u32) -> Option<Instant> {
+        match self.places[slot as usize] {
+            NOWHERE => None,
+            i => Some(self.heap[i as usize].at),
+        }
     }
 
     /// Note where node `i`'s timer now is.
@@ -192,11 +198,7 @@ impl ClientTable {
                 (self.timers.places.len() - 1) as u32
             }),
         };
-        let entry = Entry {
-            client,
-            indexed: None,
-            slot,
-        };
+        let entry = Entry { client, slot };
         self.map.insert(id, entry);
         self.dirty.push(id);
     }
@@ -324,11 +326,9 @@ impl ClientTable {
                 continue;
             };
             let t = e.client.conn.refresh_timeout();
-            if t == e.indexed {
-                continue;
+            if t != self.timers.at(e.slot) {
+                self.timers.set(e.slot, id, t);
             }
-            e.indexed = t;
-            self.timers.set(e.slot, id, t);
         }
     }
 }
