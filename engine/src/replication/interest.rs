@@ -20,10 +20,15 @@
 //! ([`Server::set_view_point`](super::Server::set_view_point)). Positions are indexed once
 //! per send tick in a uniform grid whose cells are an eighth of the scope's outer radius
 //! wide, stored row by row, so a client's scope reads one run of memory per row of cells
-//! its circle crosses (about 1.25 times the circle's area), not the whole world.
+//! its circle crosses (about 1.25 times the circle's area), not the whole world. Such a scan
+//! also notes the scope's band, the entities close enough to its edge to cross it soon; until
+//! the view point and the fastest entities may have moved a skin (a tenth of the outer
+//! radius) further, a send tick measures the band alone, because nothing else can have
+//! crossed. The scope is the same either way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use glam::{Vec2, Vec3};
 
@@ -68,6 +73,11 @@ impl InterestConfig {
     /// Where an entity leaves the scope.
     pub fn outer_radius_m(&self) -> f32 {
         self.radius_m + self.hysteresis_m
+    }
+
+    /// How wide a scope's [`Band`] reaches on each side of its edge.
+    fn skin_m(&self) -> f32 {
+        self.outer_radius_m() * BAND_SKIN_PER_REACH
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -285,6 +295,10 @@ pub(super) struct Scope {
     /// Where the owned entity was in that world: usually where it still is, so finding it is
     /// one read instead of a binary search of the world (a dozen cache misses a client).
     owned_at: usize,
+    /// The entities near the scope's edge, which alone may cross it for a while.
+    band: Band,
+    /// Send ticks at which the scope was found by a scan (at the others, by its band).
+    scans: u64,
 }
 
 impl Scope {
@@ -402,6 +416,186 @@ fn sort_dedup(indices: &mut Vec<u32>, seen: &mut Vec<u64>, len: usize) {
     read_bits(seen, indices);
 }
 
+/// How far a scope's [`Band`] reaches on each side of the scope's edge, as a share of its
+/// outer radius. The wider, the more entities a send tick measures, and the longer the band
+/// lasts (it is found again, by a scan, once the view point and the entities may have moved
+/// this far). At 100 m with 10 m of hysteresis that is 11 m: the band is the entities
+/// between 99 and 111 m, and walkers at 6 m/s next to a view point walking as fast let it
+/// last 12 to 26 ticks at 30 Hz. A fortieth, a twentieth and a fifth of the outer radius
+/// were no faster at 1,000 clients of the `massive` scene.
+const BAND_SKIN_PER_REACH: f32 = 0.1;
+
+/// How far the entities of the world have moved from send tick to send tick, in a form
+/// that bounds how far any one of them went since a given tick: the sum over the ticks of
+/// the longest step any entity took, and an epoch that counts the ticks at which no bound
+/// was kept (the world's entities changed, a position went to or came from one that is not
+/// finite, or an entity jumped further than a skin), which every [`Band`] found before
+/// then outlives.
+#[derive(Debug, Default)]
+struct Motion {
+    travel: f64,
+    epoch: u64,
+}
+
+impl Motion {
+    /// Count the step from `before` to `now` (the positions of two send ticks, by index).
+    fn advance(&mut self, before: &[Vec2], now: &[Vec2], skin: f32) {
+        if before.len() != now.len() {
+            self.epoch += 1;
+            return;
+        }
+        let (mut longest, mut jumped) = (0.0f32, false);
+        for (a, b) in before.iter().zip(now) {
+            match (a.is_finite(), b.is_finite()) {
+                (true, true) => longest = longest.max(a.distance(*b)),
+                // Out of every scope before and after.
+                (false, false) => {}
+                _ => jumped = true,
+            }
+        }
+        // Also when the distance overflowed (to infinity).
+        if jumped || longest > skin {
+            self.epoch += 1;
+        } else {
+            self.travel += f64::from(longest);
+        }
+    }
+}
+
+/// The entities near the edge of one client's scope, found by the last scan: those that
+/// could enter or leave the scope before the view point and the entities have moved, taken
+/// together, a skin ([`BAND_SKIN_PER_REACH`]) further. Every other entity stays on its side
+/// until then — one in scope that was a skin or more inside the outer radius, one out of
+/// it that was more than a skin beyond the radius — so while the band holds, a send tick
+/// measures the band's few dozen entities instead of scanning the few hundred around the
+/// view point, and the scope it gives is the one a scan would give.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Band {
+    /// Whether the last scope was found by a scan that also found this band.
+    valid: bool,
+    /// The [`Motion`] then.
+    epoch: u64,
+    travel: f64,
+    /// The view point and the owned entity's index then.
+    view: Vec2,
+    owned: Option<u32>,
+    /// How far, taken together, things may move before the band is found again: a share
+    /// of the skin that differs from scope to scope (see [`Interest::band_slack`]), so that
+    /// clients' scans fall on different ticks instead of all on one.
+    slack: f32,
+    /// The band's entities by increasing index in the tick's world, each with whether it
+    /// is in scope.
+    entries: Vec<(u32, bool)>,
+}
+
+impl Band {
+    /// Whether the band still holds every entity that may cross the scope's edge.
+    fn holds(&self, motion: &Motion, view: Vec2, owned: Option<u32>) -> bool {
+        let moved = || (motion.travel - self.travel) as f32 + view.distance(self.view);
+        self.valid && self.epoch == motion.epoch && self.owned == owned && moved() < self.slack
+    }
+
+    /// Apply the scope's rule to the band's entities (as a scan does, see
+    /// [`Interest::scan`]): whether any of them entered or left.
+    fn update(
+        &mut self,
+        positions: &[Vec2],
+        view: Vec2,
+        c: &InterestConfig,
+        owned: Option<u32>,
+    ) -> bool {
+        let outer = c.outer_radius_m();
+        let (r2, outer2) = (c.radius_m * c.radius_m, outer * outer);
+        let mut changed = false;
+        for (index, was) in &mut self.entries {
+            let at = positions.get(*index as usize);
+            let d2 = at.map_or(f32::NAN, |p| p.distance_squared(view));
+            let keep = (d2 <= r2) | ((d2 <= outer2) & *was) | (Some(*index) == owned);
+            changed |= keep != *was;
+            *was = keep;
+        }
+        changed
+    }
+
+    /// `picks` (last tick's scope, by increasing index) with each band entity in or out as
+    /// the band now says, into `out`.
+    fn merge(&self, picks: &[u32], out: &mut Vec<u32>) {
+        let mut band = self.entries.iter().copied().peekable();
+        for &i in picks {
+            // Band entities before `i` are out of last tick's scope: in only if they entered.
+            while let Some((b, keep)) = band.next_if(|&(b, _)| b < i) {
+                if keep {
+                    out.push(b);
+                }
+            }
+            match band.next_if(|&(b, _)| b == i) {
+                Some((_, keep)) => {
+                    if keep {
+                        out.push(i);
+                    }
+                }
+                None => out.push(i),
+            }
+        }
+        out.extend(band.filter(|&(_, keep)| keep).map(|(b, _)| b));
+    }
+
+    /// Find the band around `view` of the scope `picks` (the indices in scope, increasing,
+    /// of a world of `len` entities) that a scan just found.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &mut self,
+        interest: &Interest,
+        c: &InterestConfig,
+        view: Vec2,
+        owned: Option<u32>,
+        picks: &[u32],
+        len: usize,
+        slack: impl FnOnce() -> f32,
+    ) {
+        let skin = c.skin_m();
+        let (r, outer) = (c.radius_m, c.outer_radius_m());
+        let enter2 = (r + skin) * (r + skin);
+        // With a scope narrower than its skin, every entity in it is in the band.
+        let stay2 = if outer > skin {
+            (outer - skin) * (outer - skin)
+        } else {
+            -1.0
+        };
+        let mut bits = SCOPE_BITS.take();
+        let inside = &mut bits.previous;
+        set_bits(inside, len.div_ceil(64), picks);
+        self.entries.clear();
+        // Every entity in scope is within the outer radius (but the owned one, which stays
+        // in), so this finds all that may leave and all that may enter.
+        interest.grid.near(view, outer.max(r + skin), |cell| {
+            for e in cell {
+                let d2 = e.position.distance_squared(view);
+                let was = bit(inside, e.index) != 0;
+                // A NaN distance is in the band when in scope (it leaves), not when out.
+                let edge = if was {
+                    d2 >= stay2 || d2.is_nan()
+                } else {
+                    d2 <= enter2
+                };
+                if edge {
+                    self.entries.push((e.index, was));
+                }
+            }
+        });
+        SCOPE_BITS.set(bits);
+        self.entries.sort_unstable_by_key(|&(i, _)| i);
+        self.valid = true;
+        self.epoch = interest.motion.epoch;
+        self.travel = interest.motion.travel;
+        self.view = view;
+        self.owned = owned;
+        if self.slack == 0.0 {
+            self.slack = slack();
+        }
+    }
+}
+
 /// Rooms, the area of interest, and the per-tick index of positions.
 #[derive(Debug, Default)]
 pub(super) struct Interest {
@@ -411,6 +605,12 @@ pub(super) struct Interest {
     grid: Grid,
     /// Ground-plane position of each entity of the tick's world, by index.
     positions: Vec<Vec2>,
+    /// The same of the send tick before (kept to measure how far entities moved).
+    positions_before: Vec<Vec2>,
+    /// How far entities have moved, for the scopes' [`Band`]s.
+    motion: Motion,
+    /// Hands each scope's band the share of the skin it may use ([`Band::slack`]).
+    bands_started: AtomicU32,
 }
 
 fn ground(p: Vec3) -> Vec2 {
@@ -428,6 +628,15 @@ impl Interest {
     /// Whether clients get their own worlds (otherwise every client gets the whole one).
     pub(super) fn active(&self) -> bool {
         self.config.is_some() || !self.entity_rooms.is_empty()
+    }
+
+    /// The [`Band::slack`] of the next scope to find its first band: between 45 and 95 % of
+    /// the skin, spread evenly (the golden ratio's steps) from scope to scope. Below the
+    /// whole skin, so that rounding in the distances is far inside the bound.
+    fn band_slack(&self, c: &InterestConfig) -> f32 {
+        let n = self.bands_started.fetch_add(1, Ordering::Relaxed);
+        let spread = (f64::from(n) * 0.618_033_988_749_895).fract() as f32;
+        c.skin_m() * (0.45 + 0.5 * spread)
     }
 
     pub(super) fn join(&mut self, room: RoomId, client: ClientId) {
@@ -479,8 +688,11 @@ impl Interest {
         let Some(c) = self.config else {
             return;
         };
+        std::mem::swap(&mut self.positions, &mut self.positions_before);
         self.positions.clear();
         self.positions.extend(positions.map(ground));
+        self.motion
+            .advance(&self.positions_before, &self.positions, c.skin_m());
         self.grid.rebuild(c.outer_radius_m(), &self.positions);
     }
 
@@ -509,6 +721,70 @@ impl Interest {
             .map(ground)
             .or_else(|| owned_index.and_then(|i| self.positions.get(i).copied()));
         let rooms_in_use = !self.entity_rooms.is_empty();
+        // Last tick's picks index this tick's world too while the world holds the same
+        // entities: its scope is then a bit test by index instead of a search by id.
+        let same_layout = Arc::ptr_eq(&scope.ids, &tick_world.ids);
+        // A world index fits a u32 (ids are u32).
+        let owned_at = owned_index.map(|i| i as u32);
+        // The band stands for the scan while nothing near the edge can have crossed it
+        // unseen; rooms are not positions, so with rooms in use every scope is scanned.
+        let banded = match (self.config, view) {
+            (Some(c), Some(v)) if !rooms_in_use && v.is_finite() => Some((c, v)),
+            _ => None,
+        };
+        match banded {
+            Some((c, v)) if same_layout && scope.band.holds(&self.motion, v, owned_at) => {
+                if scope.band.update(&self.positions, v, &c, owned_at) {
+                    let mut picks = spare();
+                    scope.band.merge(&scope.picks, writable(&mut picks));
+                    scope.picks = picks;
+                }
+            }
+            _ => {
+                self.scan(tick_world, owned_index, view, same_layout, scope, spare);
+                scope.scans += 1;
+                match banded {
+                    Some((c, v)) => {
+                        let slack = || self.band_slack(&c);
+                        let picks = scope.picks.clone();
+                        let band = &mut scope.band;
+                        band.build(self, &c, v, owned_at, &picks, entities.len(), slack);
+                    }
+                    None => scope.band.valid = false,
+                }
+            }
+        }
+        scope.ids = tick_world.ids.clone();
+        let selected = ClientWorld::View(tick_world.view(scope.picks.clone()));
+        let weights = match (self.config, view) {
+            (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
+                config,
+                view,
+                positions: &self.positions,
+                indices: &scope.picks,
+            }),
+            _ => None,
+        };
+        ScopedWorld {
+            world: selected,
+            weights,
+        }
+    }
+
+    /// Work out `scope` anew from every entity near its view point (and with rooms, from
+    /// the rooms): its picks are last tick's list when the scope did not change, or else
+    /// written in `spare()`.
+    fn scan(
+        &self,
+        tick_world: &TickWorld,
+        owned_index: Option<usize>,
+        view: Option<Vec2>,
+        same_layout: bool,
+        scope: &mut Scope,
+        spare: impl FnOnce() -> Arc<Vec<u32>>,
+    ) {
+        let entities = tick_world.world.entities();
+        let rooms_in_use = !self.entity_rooms.is_empty();
         let shares_room = |id: EntityId| {
             !rooms_in_use
                 || self
@@ -516,9 +792,6 @@ impl Interest {
                     .get(&id)
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
-        // Last tick's picks index this tick's world too while the world holds the same
-        // entities: its scope is then a bit test by index instead of a search by id.
-        let same_layout = Arc::ptr_eq(&scope.ids, &tick_world.ids);
         let mut bits = SCOPE_BITS.take();
         let ScopeBits { previous, order } = &mut bits;
         let words = entities.len().div_ceil(64);
@@ -629,21 +902,6 @@ impl Interest {
         SCOPE_BITS.set(bits);
         if let Some(picks) = buf {
             scope.picks = picks;
-        }
-        scope.ids = tick_world.ids.clone();
-        let selected = ClientWorld::View(tick_world.view(scope.picks.clone()));
-        let weights = match (self.config, view) {
-            (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
-                config,
-                view,
-                positions: &self.positions,
-                indices: &scope.picks,
-            }),
-            _ => None,
-        };
-        ScopedWorld {
-            world: selected,
-            weights,
         }
     }
 }
@@ -851,6 +1109,150 @@ mod tests {
             previous = Some(tw);
         }
         assert!(by_bits > 50 && by_search > 50, "{by_bits} / {by_search}");
+    }
+
+    /// One client of [`a_scope_kept_by_its_band_is_the_scope_the_rule_gives`]: it sees
+    /// from its owned entity or from a view point of its own.
+    struct Viewer {
+        scope: Scope,
+        owned: Option<u32>,
+        /// What the rule says it sees.
+        want: BTreeSet<u32>,
+    }
+
+    #[test]
+    fn a_scope_kept_by_its_band_is_the_scope_the_rule_gives() {
+        // Clients in a walking crowd, and now and then: an entity jumps far, one goes to a
+        // position that is not finite and comes back, entities come and go, a view point
+        // jumps, a client takes another entity. Each tick every scope is checked against
+        // the rule itself, and most of them must have come from the band, not a scan.
+        let config = InterestConfig::radius(40.0);
+        let (r2, outer) = (config.radius_m * config.radius_m, config.outer_radius_m());
+        let (mut calls, mut scans, mut jumps) = (0u64, 0u64, 0u64);
+        for seed in 0..4 {
+            let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
+            let mut interest = Interest::new(Some(config));
+            let spot = |rng: &mut ChaCha8Rng| {
+                Vec2::new(
+                    rng.random_range(-120.0..120.0),
+                    rng.random_range(-120.0..120.0),
+                )
+            };
+            // Position and step per tick; ids below 10 walk fastest and are owned.
+            let mut points: BTreeMap<u32, (Vec2, Vec2)> = (0..1500)
+                .map(|i| {
+                    let top = if i < 10 { 0.1 } else { 0.05 };
+                    let v = Vec2::new(rng.random_range(-top..top), rng.random_range(-top..top));
+                    (i, (spot(&mut rng), v))
+                })
+                .collect();
+            let mut next_id = 1500;
+            let mut viewers: Vec<Viewer> = (0..6)
+                .map(|c| Viewer {
+                    scope: Scope {
+                        view_point: (c >= 3).then(|| Vec3::new(c as f32 * 10.0, 0.0, -20.0)),
+                        ..Scope::default()
+                    },
+                    owned: (c < 3).then_some(c),
+                    want: BTreeSet::new(),
+                })
+                .collect();
+            // Entities away at a position that is not finite: id, where they come back,
+            // and when.
+            let mut away: Vec<(u32, Vec2, u32)> = Vec::new();
+            let mut previous: Option<TickWorld> = None;
+            for tick in 0..250u32 {
+                let crowd = rng.random_range(10..next_id);
+                if rng.random_bool(0.02) {
+                    jumps += 1;
+                    if let Some((p, _)) = points.get_mut(&crowd)
+                        && p.is_finite()
+                    {
+                        *p += Vec2::new(30.0, -25.0);
+                    }
+                }
+                if rng.random_bool(0.02) && !away.iter().any(|a| a.0 == crowd) {
+                    jumps += 1;
+                    if let Some((p, _)) = points.get_mut(&crowd) {
+                        away.push((crowd, *p, tick + 5));
+                        *p = Vec2::new(f32::NAN, 0.0);
+                    }
+                }
+                away.retain(|&(id, back, when)| {
+                    let stays = when > tick;
+                    if !stays && let Some((p, _)) = points.get_mut(&id) {
+                        *p = back;
+                    }
+                    stays
+                });
+                if rng.random_bool(0.02) && !away.iter().any(|a| a.0 == crowd) {
+                    jumps += 1;
+                    points.remove(&crowd);
+                    points.insert(next_id, (spot(&mut rng), Vec2::ZERO));
+                    next_id += 1;
+                }
+                let c = rng.random_range(0..viewers.len());
+                if rng.random_bool(0.02) {
+                    jumps += 1;
+                    let viewer = &mut viewers[c];
+                    match viewer.owned.as_mut() {
+                        Some(owned) => *owned = (*owned + 1) % 10,
+                        None => {
+                            if let Some(v) = viewer.scope.view_point.as_mut() {
+                                *v += Vec3::new(15.0, 0.0, 0.0);
+                            }
+                        }
+                    }
+                }
+                for (p, v) in points.values_mut() {
+                    *p += *v;
+                }
+                for viewer in &mut viewers {
+                    if let Some(v) = viewer.scope.view_point.as_mut() {
+                        *v += Vec3::new(0.07, 0.0, -0.07);
+                    }
+                }
+                let list: Vec<(u32, f32, f32)> =
+                    points.iter().map(|(&i, (p, _))| (i, p.x, p.y)).collect();
+                let world = world_at(&list);
+                let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
+                let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
+                interest.index(positions(&world));
+                for (c, viewer) in viewers.iter_mut().enumerate() {
+                    let owned = viewer.owned.map(EntityId);
+                    interest.scope(&tw, owned, &mut viewer.scope, Arc::default);
+                    calls += 1;
+                    let view = match viewer.scope.view_point {
+                        Some(v) => ground(v),
+                        None => points[&viewer.owned.expect("owned")].0,
+                    };
+                    let was = std::mem::take(&mut viewer.want);
+                    viewer.want = points
+                        .iter()
+                        .filter(|&(i, (p, _))| {
+                            let d2 = p.distance_squared(view);
+                            d2 <= r2 || (d2 <= outer * outer && was.contains(i))
+                        })
+                        .map(|(&i, _)| i)
+                        .chain(viewer.owned)
+                        .collect();
+                    assert_eq!(
+                        ids(&viewer.scope),
+                        viewer.want.iter().copied().collect::<Vec<_>>(),
+                        "seed {seed}, tick {tick}, client {c}"
+                    );
+                }
+                previous = Some(tw);
+            }
+            scans += viewers.iter().map(|v| v.scope.scans).sum::<u64>();
+        }
+        // Every client scans after each jump it sees, and every few ticks as things walk:
+        // far fewer than a scan a tick.
+        assert!(jumps > 20, "{jumps} jumps");
+        assert!(
+            scans > jumps && scans * 4 < calls,
+            "{scans} scans of {calls} scopes"
+        );
     }
 
     #[test]
