@@ -429,8 +429,8 @@ const BAND_SKIN_PER_REACH: f32 = 0.1;
 /// that bounds how far any one of them went since a given tick: the sum over the ticks of
 /// the longest step any entity took, and an epoch that counts the ticks at which no bound
 /// was kept (the world's entities changed, a position went to or came from one that is not
-/// finite, or an entity jumped further than a skin), which every [`Band`] found before
-/// then outlives.
+/// finite, or an entity jumped further than a skin): a [`Band`] found before such a tick
+/// is found again.
 #[derive(Debug, Default)]
 struct Motion {
     travel: f64,
@@ -498,7 +498,7 @@ impl Motion {
 /// measures the band's few dozen entities instead of scanning the few hundred around the
 /// view point, and the scope it gives is the one a scan would give.
 #[derive(Debug, Default, Clone)]
-pub(super) struct Band {
+struct Band {
     /// Whether the last scope was found by a scan that also found this band.
     valid: bool,
     /// The [`Motion`] then.
