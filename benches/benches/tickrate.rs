@@ -365,12 +365,14 @@ fn main() {
             }
             eprintln!(
                 "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; shared: {:.0} % of snapshots, \
-                 {:.0} / {:.0} % of entity deltas without / with loss; \
+                 {:.0} / {:.0} % of entity deltas without / with loss; scopes scanned: {:.1} / {:.1} %; \
                  tick cost p50 / p99 {:.1} / {:.1} % without loss, {:.1} / {:.1} % at {LOSS_PCT} % loss)",
                 started.elapsed().as_secs_f64(),
                 clean.shared_pct,
                 clean.shared_deltas_pct,
                 lossy.shared_deltas_pct,
+                clean.scope_scan_pct,
+                lossy.scope_scan_pct,
                 clean.tick_cost_pct(0.5),
                 clean.tick_cost_pct(0.99),
                 lossy.tick_cost_pct(0.5),

@@ -158,6 +158,9 @@ pub struct SimulationReport {
     /// Share of the entity deltas sent that another client had already encoded (clients
     /// with scopes share their entities' encodings per baseline age), percent.
     pub shared_deltas_pct: f64,
+    /// Share of the scoped snapshots whose scope was worked out by a scan, not kept by the
+    /// entities near its edge, percent (0 without scopes).
+    pub scope_scan_pct: f64,
     /// Entities a client is sent on average: its scope where there is an area of interest
     /// or rooms, the whole world otherwise.
     pub entities_per_client: f64,
@@ -235,7 +238,7 @@ pub struct Simulation {
     ticks_base: u32,
     wire_base: (u64, u64),
     /// Snapshots, snapshots shared, entity deltas sent and deltas shared at the reset.
-    sharing_base: [u64; 4],
+    sharing_base: [u64; 6],
 }
 
 impl Simulation {
@@ -294,7 +297,7 @@ impl Simulation {
             measure_start: start,
             ticks_base: 0,
             wire_base: (0, 0),
-            sharing_base: [0; 4],
+            sharing_base: [0; 6],
         })
     }
 
@@ -497,14 +500,18 @@ impl Simulation {
         self.sharing_base = self.sharing();
     }
 
-    /// Snapshots, snapshots shared, entity deltas sent and deltas shared so far.
-    fn sharing(&self) -> [u64; 4] {
+    /// Snapshots, snapshots shared, entity deltas sent, deltas shared, scoped snapshots and
+    /// scopes found by a scan so far.
+    fn sharing(&self) -> [u64; 6] {
         let totals = self.sim.server.snapshot_totals();
+        let stats = self.sim.server.stats();
         [
             totals.snapshots,
-            self.sim.server.stats().shared_snapshots,
+            stats.shared_snapshots,
             totals.entities_sent,
             totals.entities_shared,
+            stats.scoped_snapshots,
+            stats.scope_scans,
         ]
     }
 
@@ -516,7 +523,7 @@ impl Simulation {
         let (down, up) = self.wire_bytes();
         let per_client = |bytes: u64| bytes as f64 * 8.0 / 1000.0 / secs / connected.max(1) as f64;
         let now = self.sharing();
-        let sharing: [u64; 4] =
+        let sharing: [u64; 6] =
             std::array::from_fn(|i| now[i].saturating_sub(self.sharing_base[i]));
         let pct = |part: u64, all: u64| part as f64 / all.max(1) as f64 * 100.0;
         let mut update_gap = DurationHistogram::new();
@@ -555,6 +562,7 @@ impl Simulation {
             entities: self.sim.server.stats().entities,
             shared_pct: pct(sharing[1], sharing[0]),
             shared_deltas_pct: pct(sharing[3], sharing[2]),
+            scope_scan_pct: pct(sharing[5], sharing[4]),
             entities_per_client: {
                 let s = self.sim.server.stats();
                 if s.scoped_snapshots > 0 {
@@ -627,6 +635,13 @@ mod tests {
         assert!(r.input_latency.count() > 0, "players walk their avatars");
         // A tenth of a viewer per entity: too few for shared encodings to pay.
         assert_eq!(r.shared_deltas_pct, 0.0);
+        // NPCs walk 1.4 m/s, so most send ticks keep each scope by the entities near its
+        // edge instead of scanning it.
+        assert!(
+            r.scope_scan_pct > 0.0 && r.scope_scan_pct < 50.0,
+            "{} % of scopes scanned",
+            r.scope_scan_pct
+        );
     }
 
     #[test]

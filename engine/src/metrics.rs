@@ -17,6 +17,7 @@
 //! | `snapsync_snapshots_total`, `snapsync_full_snapshots_total`, `snapsync_snapshot_parts_total`, `snapsync_snapshot_bytes_total` | counter | what the snapshot senders built |
 //! | `snapsync_reliable_resends_total`, `snapsync_backpressure_total` | counter | reliable channel parts resent; messages refused by a full send queue |
 //! | `snapsync_invalid_inputs_total` | counter | input packets that did not decode |
+//! | `snapsync_scoped_snapshots_total`, `snapsync_scope_scans_total` | counter | snapshots built from a client's own scope; of those, scopes worked out by a scan instead of kept by the entities near their edge (their ratio is what scopes cost) |
 //! | `snapsync_conditioner_total{event}` | counter | the link conditioner's `dropped`, `duplicated`, `reordered` (both directions) |
 //! | `snapsync_socket_send_errors_total` | counter | datagrams the socket refused |
 
@@ -117,7 +118,10 @@ impl ServerMetrics {
         counter!("snapsync_full_snapshots_total").absolute(snaps.full_snapshots);
         counter!("snapsync_snapshot_parts_total").absolute(snaps.parts);
         counter!("snapsync_snapshot_bytes_total").absolute(snaps.bytes);
-        counter!("snapsync_invalid_inputs_total").absolute(server.stats().invalid_input_frames);
+        let replication = server.stats();
+        counter!("snapsync_invalid_inputs_total").absolute(replication.invalid_input_frames);
+        counter!("snapsync_scoped_snapshots_total").absolute(replication.scoped_snapshots);
+        counter!("snapsync_scope_scans_total").absolute(replication.scope_scans);
 
         let (inbound, outbound) = net.conditioners();
         let (i, o) = (inbound.stats(), outbound.stats());

@@ -297,8 +297,6 @@ pub(super) struct Scope {
     owned_at: usize,
     /// The entities near the scope's edge, which alone may cross it for a while.
     band: Band,
-    /// Send ticks at which the scope was found by a scan (at the others, by its band).
-    scans: u64,
 }
 
 impl Scope {
@@ -330,6 +328,9 @@ pub(super) struct ScopedWorld<'a> {
     pub(super) world: ClientWorld,
     /// Priority weight per entity of `world`, when distance priority is on.
     pub(super) weights: Option<DistanceWeights<'a>>,
+    /// Whether the scope was found by a scan of the grid (or of the world), not kept by its
+    /// band.
+    pub(super) scanned: bool,
 }
 
 /// How fast each entity gains priority for one client: by its distance from the client's
@@ -761,6 +762,7 @@ impl Interest {
             (Some(c), Some(v)) if !rooms_in_use && v.is_finite() => Some((c, v)),
             _ => None,
         };
+        let mut scanned = false;
         match banded {
             Some((c, v)) if same_layout && scope.band.holds(&self.motion, v, owned_at) => {
                 if scope.band.update(&self.positions, v, &c, owned_at) {
@@ -771,7 +773,7 @@ impl Interest {
             }
             _ => {
                 self.scan(tick_world, owned_index, view, same_layout, scope, spare);
-                scope.scans += 1;
+                scanned = true;
                 match banded {
                     Some((c, v)) => {
                         let slack = || self.band_slack(&c);
@@ -797,6 +799,7 @@ impl Interest {
         ScopedWorld {
             world: selected,
             weights,
+            scanned,
         }
     }
 
@@ -1299,7 +1302,8 @@ mod tests {
                 interest.index(positions(&world));
                 for (c, viewer) in viewers.iter_mut().enumerate() {
                     let owned = viewer.owned.map(EntityId);
-                    interest.scope(&tw, owned, &mut viewer.scope, Arc::default);
+                    let found = interest.scope(&tw, owned, &mut viewer.scope, Arc::default);
+                    scans += u64::from(found.scanned);
                     calls += 1;
                     let view = match viewer.scope.view_point {
                         Some(v) => ground(v),
@@ -1323,7 +1327,6 @@ mod tests {
                 }
                 previous = Some(tw);
             }
-            scans += viewers.iter().map(|v| v.scope.scans).sum::<u64>();
         }
         // Every client scans after each jump it sees, and every few ticks as things walk:
         // far fewer than a scan a tick.

@@ -298,6 +298,46 @@ fn every_complete_snapshot_holds_exactly_the_scope_of_its_tick() {
 }
 
 #[test]
+fn the_server_counts_the_scopes_it_scanned_and_the_ones_its_bands_kept() {
+    let mut g = ScopeGame::new(Some(interest()), 60, views(), 4, 0.0);
+    let counts = |g: &ScopeGame| {
+        let s = g.sim.server.stats();
+        (s.scoped_snapshots, s.scope_scans)
+    };
+    // Nothing moves: after each client's first scan its band keeps its scope.
+    g.moving = false;
+    g.run(Duration::from_secs(2));
+    let (snapshots, scans) = counts(&g);
+    let clients = views().len() as u64;
+    assert!(snapshots > 50 * clients, "{snapshots} scoped snapshots");
+    assert!(
+        (clients..=2 * clients).contains(&scans),
+        "{scans} scans of {snapshots} scopes, nothing moving"
+    );
+    // Movers circling at up to 40 m/s (0.7 m a tick) use up a band's slack (at most 1.7 m
+    // here) in a few ticks: scopes are scanned every few ticks.
+    g.moving = true;
+    g.run(Duration::from_secs(1));
+    let (moving_snapshots, moving_scans) = counts(&g);
+    let (snapshots, scans) = (moving_snapshots - snapshots, moving_scans - scans);
+    assert!(
+        scans * 4 > snapshots && scans <= snapshots,
+        "{scans} scans of {snapshots} scopes, movers fast"
+    );
+    // With rooms in use every scope is a scan.
+    g.sim.server.add_entity_to_room(EntityId(0), RoomId(1));
+    g.run(Duration::from_secs(1));
+    let (snapshots, scans) = counts(&g);
+    assert_eq!(
+        scans - moving_scans,
+        snapshots - moving_snapshots,
+        "rooms in use"
+    );
+    assert!(snapshots > moving_snapshots);
+    assert!(g.sim.server.stats().scope_scan_pct() > 0.0);
+}
+
+#[test]
 fn scope_changes_under_20_pct_loss_end_with_the_view_equal_to_the_visible_set() {
     for seed in [11, 12, 13, 14, 15] {
         let mut g = ScopeGame::new(Some(interest()), 60, views(), seed, 20.0);

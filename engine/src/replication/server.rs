@@ -132,6 +132,12 @@ pub struct ReplicationStats {
     /// Send ticks on which clients with their own scopes shared entity encodings (see
     /// [`SHARE_MIN_VIEWERS`]).
     pub shared_encoding_ticks: u64,
+    /// Scoped snapshots whose scope was worked out anew from every entity near the client's
+    /// view point (or from its rooms). Between such scans an area of interest is kept by
+    /// measuring only the entities near its edge, so this share of `scoped_snapshots` is
+    /// what a scope costs: everything moving fast, entities coming and going every tick or
+    /// rooms in use keep it near 100 %.
+    pub scope_scans: u64,
 }
 
 impl ReplicationStats {
@@ -150,6 +156,15 @@ impl ReplicationStats {
             0.0
         } else {
             self.scoped_entities as f64 / self.scoped_snapshots as f64
+        }
+    }
+
+    /// Share of scoped snapshots whose scope was a scan ([`Self::scope_scans`]), percent.
+    pub fn scope_scan_pct(&self) -> f64 {
+        if self.scoped_snapshots == 0 {
+            0.0
+        } else {
+            self.scope_scans as f64 / self.scoped_snapshots as f64 * 100.0
         }
     }
 }
@@ -391,11 +406,14 @@ impl Server {
         // Each client's scope and snapshot depend on that client alone, so they are built
         // first — on the pool's threads when there is one — and sent in id order after.
         let build = |(id, peer): (ClientId, &mut Peer)| {
-            let (built, in_scope) = if scoped {
-                let ScopedWorld { world, weights } =
-                    interest.scope(tick_world, peer.owned, &mut peer.scope, || {
-                        peer.sender.spare_picks()
-                    });
+            let (built, in_scope, scanned) = if scoped {
+                let ScopedWorld {
+                    world,
+                    weights,
+                    scanned,
+                } = interest.scope(tick_world, peer.owned, &mut peer.scope, || {
+                    peer.sender.spare_picks()
+                });
                 let n = world.len();
                 let built = peer.sender.build_weighted(
                     tick,
@@ -404,11 +422,11 @@ impl Server {
                     weights.as_ref().map(|w| w as _),
                     Some(shared),
                 );
-                (built, n)
+                (built, n, scanned)
             } else {
-                (peer.sender.build(tick, world, peer.budget_bytes), 0)
+                (peer.sender.build(tick, world, peer.budget_bytes), 0, false)
             };
-            (id, built, in_scope)
+            (id, built, (in_scope, scanned))
         };
         let jobs: Vec<(ClientId, &mut Peer)> = self
             .peers
@@ -416,7 +434,9 @@ impl Server {
             .filter(|(_, p)| p.ready)
             .map(|(id, p)| (*id, p))
             .collect();
-        let built: Vec<(ClientId, Result<Built, _>, usize)> = if scoped {
+        // Each client's snapshot, with how many entities its scope held and whether the
+        // scope was a scan.
+        let built: Vec<(ClientId, Result<Built, _>, (usize, bool))> = if scoped {
             let built: Vec<_> = match &self.pool {
                 Some(pool) => {
                     // Each thread builds the same clients every tick (a contiguous share,
@@ -473,15 +493,16 @@ impl Server {
                             parts
                         }),
                 };
-                out.push((id, parts, 0));
+                out.push((id, parts, (0, false)));
             }
             out
         };
         let mut in_view = 0;
-        for (id, parts, in_scope) in built {
+        for (id, parts, (in_scope, scanned)) in built {
             if scoped {
                 self.stats.scoped_snapshots += 1;
                 self.stats.scoped_entities += in_scope as u64;
+                self.stats.scope_scans += u64::from(scanned);
                 in_view += in_scope;
             }
             // Ticks only grow, so the one refusal `build` has cannot happen.
