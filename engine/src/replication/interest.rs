@@ -884,8 +884,9 @@ impl Interest {
         match banded {
             Some((c, v)) if same_layout && scope.band.holds(&self.motion, v, owned_at) => {
                 let (before, now) = (&self.positions_before, &self.positions);
-                let band = &mut scope.band;
-                band.admit(&self.motion, before, now, &scope.picks, &c, owned_at);
+                scope
+                    .band
+                    .admit(&self.motion, before, now, &scope.picks, &c, owned_at);
                 if scope.band.update(&self.positions, v, &c, owned_at) {
                     let mut picks = spare();
                     scope.band.merge(&scope.picks, writable(&mut picks));
