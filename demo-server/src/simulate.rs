@@ -237,7 +237,7 @@ pub struct Simulation {
     measure_start: Instant,
     ticks_base: u32,
     wire_base: (u64, u64),
-    /// Snapshots, snapshots shared, entity deltas sent and deltas shared at the reset.
+    /// [`Self::sharing`] at the reset.
     sharing_base: [u64; 6],
 }
 

@@ -576,9 +576,10 @@ struct Leap {
 
 /// The entities near the edge of one client's scope, found by the last scan: those that
 /// could enter or leave the scope before the view point and the entities have moved, taken
-/// together, a skin ([`BAND_SKIN_PER_REACH`]) further. Every other entity stays on its side
-/// until then — one in scope that was a skin or more inside the outer radius, one out of
-/// it that was more than a skin beyond the radius — so while the band holds, a send tick
+/// together, a skin ([`BAND_SKIN_PER_REACH`]) further. Every other entity but a tick's
+/// leapers (which join the band when near it, [`Band::admit`]) stays on its side until
+/// then — one in scope that was a skin or more inside the outer radius, one out of it that
+/// was more than a skin beyond the radius — so while the band holds, a send tick
 /// measures the band's few dozen entities instead of scanning the few hundred around the
 /// view point, and the scope it gives is the one a scan would give.
 #[derive(Debug, Default, Clone)]

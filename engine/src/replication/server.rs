@@ -134,9 +134,10 @@ pub struct ReplicationStats {
     pub shared_encoding_ticks: u64,
     /// Scoped snapshots whose scope was worked out anew from every entity near the client's
     /// view point (or from its rooms). Between such scans an area of interest is kept by
-    /// measuring only the entities near its edge, so this share of `scoped_snapshots` is
-    /// what a scope costs: everything moving fast, entities coming and going every tick or
-    /// rooms in use keep it near 100 %.
+    /// measuring only the entities near its edge (and the few that leapt far), so this share
+    /// of `scoped_snapshots` is what a scope costs: a crowd that runs fast, more than a
+    /// hundred entities leaping far each tick, entities coming and going every tick or rooms
+    /// in use keep it near 100 %.
     pub scope_scans: u64,
 }
 
