@@ -315,6 +315,9 @@ struct ScopeBits {
     previous: Vec<u64>,
     /// To put the new scope's indices in order ([`sort_dedup`]).
     order: Vec<u64>,
+    /// The client's last scope in the indices of this tick's world, when entities came or
+    /// went ([`Remap`]).
+    moved: Vec<u32>,
 }
 
 thread_local! {
@@ -515,6 +518,26 @@ impl Motion {
         }
     }
 
+    /// Count the entities at `came` (indices of the new world, increasing) as leapers from
+    /// nowhere: no scope held them, and each one near a scope joins its band. A new epoch
+    /// when that makes too many leapers.
+    fn arrive(&mut self, came: &[u32], now: &[Vec2]) {
+        if came.is_empty() {
+            return;
+        }
+        if self.leapers.len() + came.len() > MAX_LEAPERS {
+            self.epoch += 1;
+            self.leapers.clear();
+            return;
+        }
+        self.leapers.extend(came.iter().map(|&index| Leap {
+            index,
+            before: Vec2::INFINITY,
+            now: now.get(index as usize).copied().unwrap_or(Vec2::NAN),
+        }));
+        self.leapers.sort_unstable_by_key(|l| l.index);
+    }
+
     /// Find the leapers among steps whose longest is `longest` (every position finite): the
     /// entities beyond the shortest bound of the form `longest / 2^j` that at most
     /// [`MAX_LEAPERS`] steps exceed. Returns that bound, which every other step is within
@@ -562,6 +585,32 @@ impl Motion {
             }
         }
         bound
+    }
+}
+
+/// The indices of one send tick's world in the next one's, when entities came or went.
+#[derive(Debug)]
+struct Remap {
+    /// The ids of the world the old indices index.
+    from: Arc<Vec<EntityId>>,
+    /// The new index of each old one; [`GONE`] for an entity that is no longer there.
+    to_new: Vec<u32>,
+}
+
+/// In [`Remap::to_new`]: the entity left the world.
+const GONE: u32 = u32::MAX;
+
+impl Remap {
+    /// `indices` (increasing) in the new world, those gone left out: still increasing,
+    /// since both worlds are in id order.
+    fn apply(&self, indices: &[u32], out: &mut Vec<u32>) {
+        out.clear();
+        out.extend(
+            indices
+                .iter()
+                .filter_map(|&i| self.to_new.get(i as usize).copied())
+                .filter(|&n| n != GONE),
+        );
     }
 }
 
@@ -643,6 +692,25 @@ impl Band {
             }
         }
         self.seen = motion.ticks;
+    }
+
+    /// Follow the band's entities into the indices of a world that entities came to or left
+    /// (those that left leave the band); a band whose owned entity left is found again.
+    fn follow(&mut self, remap: &Remap) {
+        let to = |i: u32| remap.to_new.get(i as usize).copied().filter(|&n| n != GONE);
+        self.entries.retain_mut(|(i, _)| match to(*i) {
+            Some(n) => {
+                *i = n;
+                true
+            }
+            None => false,
+        });
+        if let Some(owned) = self.owned {
+            match to(owned) {
+                Some(n) => self.owned = Some(n),
+                None => self.valid = false,
+            }
+        }
     }
 
     /// Apply the scope's rule to the band's entities (as a scan does, see
@@ -761,6 +829,11 @@ pub(super) struct Interest {
     positions_before: Vec<Vec2>,
     /// How far entities have moved, for the scopes' [`Band`]s.
     motion: Motion,
+    /// The ids of the world `positions` are of.
+    layout: Arc<Vec<EntityId>>,
+    /// When this send tick's world holds other entities than the last one's: where each
+    /// entity of the last one is now, for the scopes and bands kept in its indices.
+    remap: Option<Remap>,
     /// Hands each scope's band the share of the skin it may use ([`Band::slack`]).
     bands_started: AtomicU32,
 }
@@ -835,7 +908,11 @@ impl Interest {
     /// Index the positions of this send tick's world, each entity's in id order: the world
     /// its [`TickWorld`] holds, as the grid's entries are indices there (a scope reads their
     /// ids from it).
-    pub(super) fn index(&mut self, positions: impl Iterator<Item = Vec3>) {
+    pub(super) fn index(
+        &mut self,
+        positions: impl Iterator<Item = Vec3>,
+        ids: &Arc<Vec<EntityId>>,
+    ) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
             return;
@@ -843,8 +920,41 @@ impl Interest {
         std::mem::swap(&mut self.positions, &mut self.positions_before);
         self.positions.clear();
         self.positions.extend(positions.map(ground));
-        self.motion
-            .advance(&self.positions_before, &self.positions, c.skin_m());
+        let from = std::mem::replace(&mut self.layout, ids.clone());
+        self.remap = None;
+        if Arc::ptr_eq(&from, ids) || from.is_empty() {
+            self.motion
+                .advance(&self.positions_before, &self.positions, c.skin_m());
+        } else {
+            // Entities came or went. The ones that stayed are measured as on any tick, by
+            // their positions then and now side by side; the ones that came are leapers from
+            // nowhere, which each scope measures if they are near it.
+            let mut to_new = vec![GONE; from.len()];
+            let mut before = Vec::with_capacity(self.positions.len());
+            let mut came = Vec::new();
+            let mut old = from.iter().enumerate().peekable();
+            for (n, id) in ids.iter().enumerate() {
+                while old.next_if(|(_, o)| *o < id).is_some() {}
+                let now = self.positions.get(n).copied().unwrap_or(Vec2::NAN);
+                match old.next_if(|(_, o)| *o == id) {
+                    Some((o, _)) => {
+                        // Indices of worlds of u32 ids.
+                        to_new[o] = n as u32;
+                        before.push(self.positions_before.get(o).copied().unwrap_or(Vec2::NAN));
+                    }
+                    None => {
+                        before.push(now);
+                        came.push(n as u32);
+                    }
+                }
+            }
+            let epoch = self.motion.epoch;
+            self.motion.advance(&before, &self.positions, c.skin_m());
+            if self.motion.epoch == epoch {
+                self.motion.arrive(&came, &self.positions);
+            }
+            self.remap = Some(Remap { from, to_new });
+        }
         self.grid.rebuild(c.outer_radius_m(), &self.positions);
     }
 
@@ -884,15 +994,42 @@ impl Interest {
             (Some(c), Some(v)) if !rooms_in_use && v.is_finite() => Some((c, v)),
             _ => None,
         };
+        // Entities came or went since the last send tick: a scope and band kept in that
+        // world's indices follow their entities into this one's.
+        let remap = self
+            .remap
+            .as_ref()
+            .filter(|r| !same_layout && Arc::ptr_eq(&scope.ids, &r.from));
+        if let Some(r) = remap {
+            scope.band.follow(r);
+        }
         let mut scanned = false;
         match banded {
-            Some((c, v)) if same_layout && scope.band.holds(&self.motion, v, owned_at) => {
-                scope.band.admit(&self.motion, &scope.picks, &c, owned_at);
-                if scope.band.update(&self.positions, v, &c, owned_at) {
+            Some((c, v))
+                if (same_layout || remap.is_some())
+                    && scope.band.holds(&self.motion, v, owned_at) =>
+            {
+                let mut bits = SCOPE_BITS.take();
+                let kept: &[u32] = match remap {
+                    Some(r) => {
+                        r.apply(&scope.picks, &mut bits.moved);
+                        &bits.moved
+                    }
+                    None => &scope.picks,
+                };
+                scope.band.admit(&self.motion, kept, &c, owned_at);
+                let changed = scope.band.update(&self.positions, v, &c, owned_at);
+                if changed || remap.is_some() {
                     let mut picks = spare();
-                    scope.band.merge(&scope.picks, writable(&mut picks));
+                    let out = writable(&mut picks);
+                    if changed {
+                        scope.band.merge(kept, out);
+                    } else {
+                        out.extend_from_slice(kept);
+                    }
                     scope.picks = picks;
                 }
+                SCOPE_BITS.set(bits);
             }
             _ => {
                 self.scan(tick_world, owned_index, view, same_layout, scope, spare);
@@ -948,7 +1085,9 @@ impl Interest {
                     .is_none_or(|rooms| rooms.iter().any(|r| scope.rooms.contains(r)))
         };
         let mut bits = SCOPE_BITS.take();
-        let ScopeBits { previous, order } = &mut bits;
+        let ScopeBits {
+            previous, order, ..
+        } = &mut bits;
         let words = entities.len().div_ceil(64);
         let previous_bits = (self.config.is_some()
             && same_layout
@@ -1172,7 +1311,7 @@ mod tests {
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
             let tw = first(&q);
-            interest.index(positions(&world));
+            interest.index(positions(&world), &tw.ids);
             let view = match round % 4 {
                 // Out among the strays, or beyond everything.
                 1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
@@ -1233,7 +1372,7 @@ mod tests {
             let world = world_at(&list);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-            interest.index(positions(&world));
+            interest.index(positions(&world), &tw.ids);
             let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
             if same_layout {
                 by_bits += 1;
@@ -1427,7 +1566,7 @@ mod tests {
             let world = world_at(points);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(positions(&world));
+            interest.index(positions(&world), &tw.ids);
             let scanned = interest.scope(&tw, None, scope, Arc::default).scanned;
             previous = Some(tw);
             (scanned, ids(scope))
@@ -1594,7 +1733,7 @@ mod tests {
                 let world = world_at(&list);
                 let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
                 let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-                interest.index(positions(&world));
+                interest.index(positions(&world), &tw.ids);
                 for (c, viewer) in viewers.iter_mut().enumerate() {
                     if c == last && sits_out {
                         continue;
@@ -1662,7 +1801,7 @@ mod tests {
             let world = world_at(&[(1, 1.0, 0.0), (2, x, 0.0), (3, 0.0, 2.0), (4, 50.0, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick as u32 + 1), previous.as_ref());
-            interest.index(positions(&world));
+            interest.index(positions(&world), &tw.ids);
             let before = scope.picks.clone();
             let ScopedWorld { world: view, .. } = interest.scope(&tw, None, &mut scope, || {
                 spares += 1;
@@ -1691,7 +1830,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = first(&q);
-            interest.index(positions(&world));
+            interest.index(positions(&world), &tw.ids);
             interest.scope(&tw, None, scope, Arc::default);
             scope.visible().next().is_some()
         };
@@ -1717,7 +1856,7 @@ mod tests {
         let mut interest = Interest::new(None);
         interest.add_entity(EntityId(2), RoomId(7));
         interest.add_entity(EntityId(3), RoomId(8));
-        interest.index(positions(&world));
+        interest.index(positions(&world), &tw.ids);
         let mut outsider = Scope::default();
         interest.scope(&tw, None, &mut outsider, Arc::default);
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
@@ -1733,7 +1872,7 @@ mod tests {
         // With an area of interest, rooms and distance both apply.
         let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
         interest.add_entity(EntityId(2), RoomId(7));
-        interest.index(positions(&world));
+        interest.index(positions(&world), &tw.ids);
         let mut far = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
@@ -1752,7 +1891,7 @@ mod tests {
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
         let tw = first(&q);
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
-        interest.index(positions(&world));
+        interest.index(positions(&world), &tw.ids);
         let mut none = Scope::default();
         interest.scope(&tw, None, &mut none, Arc::default);
         assert!(none.visible().next().is_none());
@@ -1899,7 +2038,7 @@ mod tests {
 
             let q = QuantizedWorld::from_world(&world, &quantize);
             let q = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(positions(&world));
+            interest.index(positions(&world), &q.ids);
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
                     sender.reset_baseline();

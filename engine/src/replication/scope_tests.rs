@@ -328,8 +328,29 @@ fn the_server_counts_the_scopes_it_scanned_and_the_ones_its_bands_kept() {
         "{scans} scans of {snapshots} scopes, movers leaping"
     );
     assert!(g.sim.server.snapshot_totals().despawns_sent > despawns + 10);
+    // Entities come and go every tick (one leaves, one arrives next to the first client):
+    // the scopes follow their entities into each new world, and measure the newcomers
+    // near them, without a scan.
+    g.moving = false;
+    for k in 0..30u32 {
+        g.world.remove(EntityId(k));
+        let position = Vec3::new(1.0 + k as f32 * 0.1, 0.0, 0.0);
+        let state = EntityState::new(Transform {
+            position,
+            ..Transform::default()
+        });
+        g.world.insert(EntityId(1000 + k), state);
+        g.run(TICK);
+    }
+    let first = client_id(&g.sim, 0).expect("connected");
+    let seen: Vec<EntityId> = g.sim.server.visible_entities(first).unwrap().collect();
+    assert!(seen.contains(&EntityId(1029)) && !seen.contains(&EntityId(29)));
+    let (churn_snapshots, churn_scans) = counts(&g);
+    assert!(churn_snapshots >= moving_snapshots + 25 * clients);
+    assert_eq!(churn_scans, moving_scans, "entities coming and going");
     // With rooms in use every scope is a scan.
-    g.sim.server.add_entity_to_room(EntityId(0), RoomId(1));
+    let (moving_snapshots, moving_scans) = (churn_snapshots, churn_scans);
+    g.sim.server.add_entity_to_room(EntityId(40), RoomId(1));
     g.run(Duration::from_secs(1));
     let (snapshots, scans) = counts(&g);
     assert_eq!(

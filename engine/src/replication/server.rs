@@ -379,7 +379,7 @@ impl Server {
                 // The positions from the cache the world was just quantized with: a list, where
                 // the world is a map.
                 let positions = self.quantize_cache.transforms().map(|t| t.position);
-                self.interest.index(positions);
+                self.interest.index(positions, &quantized.ids);
             }
             self.send_snapshots(now, tick, &quantized);
             self.previous_world = Some(quantized);
