@@ -443,13 +443,14 @@ const LEAP_PER_SKIN: f32 = 1.0 / 32.0;
 /// How far the entities of the world have moved from send tick to send tick, in a form
 /// that bounds how far any one of them went since a given tick: the sum over the ticks of
 /// a bound on the step every entity took but the tick's *leapers*, and an epoch that counts
-/// the ticks at which no bound was kept (the world's entities changed, a position went to
-/// or came from one that is not finite, or a step too long to bound): a [`Band`] found
-/// before such a tick is found again.
+/// the ticks at which no bound was kept (a position went to or came from one that is not
+/// finite, a step too long to bound, or too many leapers): a [`Band`] found before such a
+/// tick is found again.
 ///
 /// The leapers are the few entities whose step was far longer than the rest's (a teleport,
-/// a respawn, an avatar catching up on inputs that came late): each scope measures those
-/// near it itself ([`Band::admit`]), so one of them no longer uses up every scope's band.
+/// a respawn, an avatar catching up on inputs that came late) and those that arrived in the
+/// world this tick: each scope measures those near it itself ([`Band::admit`]), so one of
+/// them no longer uses up every scope's band.
 #[derive(Debug, Default)]
 struct Motion {
     travel: f64,

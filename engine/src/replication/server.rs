@@ -136,8 +136,8 @@ pub struct ReplicationStats {
     /// view point (or from its rooms). Between such scans an area of interest is kept by
     /// measuring only the entities near its edge (and the few that leapt far), so this share
     /// of `scoped_snapshots` is what a scope costs: a crowd that runs fast, more than a
-    /// hundred entities leaping far each tick, entities coming and going every tick or rooms
-    /// in use keep it near 100 %.
+    /// hundred entities leaping far or arriving each tick, or rooms in use keep it near
+    /// 100 %.
     pub scope_scans: u64,
 }
 
