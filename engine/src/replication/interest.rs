@@ -602,16 +602,16 @@ struct Remap {
 const GONE: u32 = u32::MAX;
 
 impl Remap {
+    /// Where the entity at old index `i` is now, if it is still there.
+    fn to(&self, i: u32) -> Option<u32> {
+        self.to_new.get(i as usize).copied().filter(|&n| n != GONE)
+    }
+
     /// `indices` (increasing) in the new world, those gone left out: still increasing,
     /// since both worlds are in id order.
     fn apply(&self, indices: &[u32], out: &mut Vec<u32>) {
         out.clear();
-        out.extend(
-            indices
-                .iter()
-                .filter_map(|&i| self.to_new.get(i as usize).copied())
-                .filter(|&n| n != GONE),
-        );
+        out.extend(indices.iter().filter_map(|&i| self.to(i)));
     }
 }
 
@@ -698,8 +698,7 @@ impl Band {
     /// Follow the band's entities into the indices of a world that entities came to or left
     /// (those that left leave the band); a band whose owned entity left is found again.
     fn follow(&mut self, remap: &Remap) {
-        let to = |i: u32| remap.to_new.get(i as usize).copied().filter(|&n| n != GONE);
-        self.entries.retain_mut(|(i, _)| match to(*i) {
+        self.entries.retain_mut(|(i, _)| match remap.to(*i) {
             Some(n) => {
                 *i = n;
                 true
@@ -707,7 +706,7 @@ impl Band {
             None => false,
         });
         if let Some(owned) = self.owned {
-            match to(owned) {
+            match remap.to(owned) {
                 Some(n) => self.owned = Some(n),
                 None => self.valid = false,
             }
@@ -1010,14 +1009,13 @@ impl Interest {
                 if (same_layout || remap.is_some())
                     && scope.band.holds(&self.motion, v, owned_at) =>
             {
-                let mut bits = SCOPE_BITS.take();
-                let kept: &[u32] = match remap {
-                    Some(r) => {
-                        r.apply(&scope.picks, &mut bits.moved);
-                        &bits.moved
-                    }
-                    None => &scope.picks,
-                };
+                // The thread's scratch, only on a tick that entities came or went.
+                let moved = remap.map(|r| {
+                    let mut bits = SCOPE_BITS.take();
+                    r.apply(&scope.picks, &mut bits.moved);
+                    bits
+                });
+                let kept: &[u32] = moved.as_ref().map_or(&scope.picks, |b| &b.moved);
                 scope.band.admit(&self.motion, kept, &c, owned_at);
                 let changed = scope.band.update(&self.positions, v, &c, owned_at);
                 if changed || remap.is_some() {
@@ -1030,7 +1028,9 @@ impl Interest {
                     }
                     scope.picks = picks;
                 }
-                SCOPE_BITS.set(bits);
+                if let Some(bits) = moved {
+                    SCOPE_BITS.set(bits);
+                }
             }
             _ => {
                 self.scan(tick_world, owned_index, view, same_layout, scope, spare);
