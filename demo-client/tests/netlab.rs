@@ -78,8 +78,18 @@ fn kernel_drop_on_loopback_costs_udp_a_tick_and_the_reliable_channel_a_resend() 
     };
     let staleness_p99 = |transport: &str, loss: &str| staleness(transport, loss, "p99");
     for t in ["udp", "udp-reliable", "tcp"] {
-        // A clean link: every transport keeps state within about a tick.
-        assert!(staleness_p99(t, "0") < 40.0, "{t} at 0%");
+        for loss in ["0", "5"] {
+            // A new snapshot every tick (16.7 ms) at the median, for every transport.
+            let gap = client_aggregate(&out_dir, t, loss)["update_gap_ms"]["p50"]
+                .as_f64()
+                .unwrap();
+            assert!((10.0..25.0).contains(&gap), "{t} at {loss}%: gap p50 {gap}");
+        }
+        // A clean link keeps state within a few ticks. This is wall-clock time on a shared
+        // machine, and staleness includes the client's playout delay, which grows with the
+        // jitter it sees: p99 from 19 to 62 ms over runs of this lab, lower on a quiet
+        // machine (a bound of 40 ms failed on a busy one).
+        assert!(staleness_p99(t, "0") < 90.0, "{t} at 0%");
     }
     // The kernel drop takes effect: the engine's own loss estimate over UDP (from its acks)
     // sees about the 5 % the rule drops (4.4 % to 5.4 % in ten runs).
@@ -90,9 +100,10 @@ fn kernel_drop_on_loopback_costs_udp_a_tick_and_the_reliable_channel_a_resend() 
         (2.5..9.0).contains(&udp_loss),
         "udp measured loss {udp_loss} %"
     );
-    // At 5 % drop UDP keeps state within a few ticks.
+    // At 5 % drop UDP keeps state within a few ticks (p99 34 to 86 ms over runs of this lab,
+    // as above).
     let udp = staleness_p99("udp", "5");
-    assert!(udp < 60.0, "udp p99 staleness {udp}");
+    assert!(udp < 100.0, "udp p99 staleness {udp}");
     // Every later snapshot on the engine's reliable channel waits behind a resend, which
     // comes a tick or two later on this round trip: 1.45x to 1.65x UDP's p99 in ten runs.
     let reliable = staleness_p99("udp-reliable", "5");
