@@ -610,8 +610,17 @@ impl Remap {
     /// `indices` (increasing) in the new world, those gone left out: still increasing,
     /// since both worlds are in id order.
     fn apply(&self, indices: &[u32], out: &mut Vec<u32>) {
+        // Every index written, and the next one written over it when it is gone: no branch
+        // on which entities left (each scope runs this on every tick entities come or go).
         out.clear();
-        out.extend(indices.iter().filter_map(|&i| self.to(i)));
+        out.resize(indices.len(), GONE);
+        let mut kept = 0;
+        for &i in indices {
+            let n = self.to_new.get(i as usize).copied().unwrap_or(GONE);
+            out[kept] = n;
+            kept += usize::from(n != GONE);
+        }
+        out.truncate(kept);
     }
 }
 

@@ -368,11 +368,19 @@ impl Server {
             // The cache's last call before this one quantized the previous world (both are
             // done on send ticks alone, here): when it found the same entities, it knows
             // which of them moved.
-            let quantized = match (&self.previous_world, self.quantize_cache.moved()) {
-                (Some(previous), Some(moved)) if previous.world.len() == quantized.len() => {
+            let cache = &self.quantize_cache;
+            let quantized = match (&self.previous_world, cache.moved(), cache.carried()) {
+                (Some(previous), Some(moved), _) if previous.world.len() == quantized.len() => {
                     TickWorld::moved_on(quantized, tick, previous, moved)
                 }
-                (previous, _) => TickWorld::new(quantized, tick, previous.as_ref()),
+                // Entities came or went (a spawn, a projectile, a player who left): the
+                // cache knows where each one was and which moved.
+                (Some(previous), _, Some(carried))
+                    if carried.0.len() == quantized.len() && carried.1 == previous.world.len() =>
+                {
+                    TickWorld::carried_on(quantized, tick, previous, carried)
+                }
+                (previous, _, _) => TickWorld::new(quantized, tick, previous.as_ref()),
             };
             self.count_changes(&quantized);
             if self.interest.active() {

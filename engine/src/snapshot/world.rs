@@ -185,7 +185,21 @@ pub struct QuantizeCache {
     same_entities: bool,
     /// By index, the entities the last call quantized to another state than they held.
     moved: Vec<u32>,
+    /// When the last call found entities that came or went (same config): for each entity,
+    /// its index in the world of the call before, or [`CAME`] for one that came.
+    from: Vec<u32>,
+    /// The length of the world of the call before, which `from` indexes.
+    from_len: usize,
+    /// Whether `from` describes the last call.
+    carried: bool,
+    /// The entries of the call before last, kept for their memory: a call where entities
+    /// came or went builds its entries here instead of in a fresh allocation of 10,000
+    /// entries (a game with projectiles or respawns takes that path every tick).
+    spare: Vec<CachedEntity>,
 }
+
+/// In [`QuantizeCache::carried`]: an entity that was not in the world before.
+pub(crate) const CAME: u32 = u32::MAX;
 
 impl QuantizeCache {
     /// The float transform of each entity of the world last quantized, in id order: a
@@ -201,6 +215,16 @@ impl QuantizeCache {
     /// quantized again), so a caller holding the world before need not compare them all.
     pub(crate) fn moved(&self) -> Option<&[u32]> {
         self.same_entities.then_some(&self.moved[..])
+    }
+
+    /// When the last world quantized held other entities than the one before it (with the
+    /// same config): for each of its entities, its index in that world (or [`CAME`]); the
+    /// length of that world; and the indices (in the new world, increasing) of the entities
+    /// that were there before and now have another quantized state. An entity that came
+    /// counts as changed by itself.
+    pub(crate) fn carried(&self) -> Option<(&[u32], usize, &[u32])> {
+        self.carried
+            .then_some((&self.from[..], self.from_len, &self.moved[..]))
     }
 }
 
@@ -288,21 +312,46 @@ impl QuantizedWorld {
             }
         }
         cache.same_entities = same_ids;
+        cache.carried = !same_ids && same_config;
+        cache.from.clear();
         if !same_ids {
-            let mut old = std::mem::take(&mut cache.entries).into_iter().peekable();
-            let mut entries = Vec::with_capacity(world.len());
-            for (id, s) in world.iter() {
-                let entry = match next_with_id(&mut old, id, |e| e.id) {
-                    Some(e) if e.holds(s) => e,
-                    _ => CachedEntity {
-                        id,
-                        transform: s.transform,
-                        quantized: quantize(s),
-                    },
+            // Entities came or went: one merge of the entries (by id) with the world. The
+            // walk above stopped at the first id that differs; the entries before it are
+            // updated and their moves noted (those indices are the same in both worlds), so
+            // here they hold and are only carried over.
+            cache.from_len = cache.entries.len();
+            let mut entries = std::mem::take(&mut cache.spare);
+            entries.clear();
+            entries.reserve(world.len());
+            let mut old = cache.entries.drain(..).enumerate().peekable();
+            for (n, (id, s)) in world.iter().enumerate() {
+                let entry = match next_with_id(&mut old, id, |(_, e)| e.id) {
+                    Some((i, mut e)) => {
+                        // A world holds fewer than u32::MAX entities (ids are u32).
+                        cache.from.push(i as u32);
+                        if !e.holds(s) {
+                            e.transform = s.transform;
+                            let quantized = quantize(s);
+                            if quantized != e.quantized {
+                                cache.moved.push(n as u32);
+                            }
+                            e.quantized = quantized;
+                        }
+                        e
+                    }
+                    None => {
+                        cache.from.push(CAME);
+                        CachedEntity {
+                            id,
+                            transform: s.transform,
+                            quantized: quantize(s),
+                        }
+                    }
                 };
                 entries.push(entry);
             }
-            cache.entries = entries;
+            drop(old);
+            cache.spare = std::mem::replace(&mut cache.entries, entries);
         }
         // The oldest kept world no one else holds any more, if there is one.
         let free = cache.built.iter().position(|w| Arc::strong_count(w) == 1);
@@ -487,6 +536,36 @@ impl TickWorld {
             tick,
             changed: Arc::new(changed),
             ids: previous.ids.clone(),
+        }
+    }
+
+    /// The world of send tick `tick` quantized by a cache that quantized `previous`'s world
+    /// in its call before and found entities came or went (see [`QuantizeCache::carried`]):
+    /// each entity that was there keeps its change tick unless it is in `moved`, and the
+    /// others (moved or came) changed at this tick. A lookup an entity, where [`Self::new`]
+    /// compares every entity's state.
+    pub(crate) fn carried_on(
+        world: QuantizedWorld,
+        tick: Tick,
+        previous: &TickWorld,
+        (from, from_len, moved): (&[u32], usize, &[u32]),
+    ) -> Self {
+        debug_assert_eq!((from.len(), from_len), (world.len(), previous.world.len()));
+        let mut changed: Vec<u32> = from
+            .iter()
+            .map(|&o| previous.changed.get(o as usize).copied().unwrap_or(tick.0))
+            .collect();
+        for &i in moved {
+            if let Some(t) = changed.get_mut(i as usize) {
+                *t = tick.0;
+            }
+        }
+        let ids = Arc::new(world.entities().iter().map(|(id, _)| *id).collect());
+        Self {
+            world,
+            tick,
+            changed: Arc::new(changed),
+            ids,
         }
     }
 
@@ -680,6 +759,16 @@ mod tests {
     ) -> (TickWorld, Option<usize>) {
         let tick = Tick(previous.map_or(1, |p| p.tick.0 + 1));
         let compared = TickWorld::new(cached.clone(), tick, previous);
+        if let (Some(previous), Some(carried)) = (previous, cache.carried()) {
+            // Entities came or went: where each one was, and which moved, give the change
+            // ticks a comparison gives.
+            assert!(cache.moved().is_none());
+            assert!(!compared.same_layout(previous));
+            let by_carry = TickWorld::carried_on(cached.clone(), tick, previous, carried);
+            assert_eq!(by_carry.changed, compared.changed, "tick {}", tick.0);
+            assert_eq!(by_carry.ids, compared.ids);
+            return (by_carry, None);
+        }
         let (Some(previous), Some(moved)) = (previous, cache.moved()) else {
             return (compared, None);
         };
@@ -704,7 +793,11 @@ mod tests {
         // cache's moves built them: (calls, with moves, with none).
         let mut previous: Option<TickWorld> = None;
         let mut by_moves = (0, 0, 0);
+        // Calls where entities came or went, whose tick worlds the cache's record of where
+        // each entity was built.
+        let mut carried = 0;
         let mut follow = |cached: &QuantizedWorld, cache: &QuantizeCache| {
+            carried += usize::from(previous.is_some() && cache.carried().is_some());
             let (next, moved) = next_tick_world(cached, cache, previous.as_ref());
             if let Some(n) = moved {
                 by_moves.0 += 1;
@@ -803,6 +896,11 @@ mod tests {
         let cached = QuantizedWorld::from_world_cached(&world, &other, &mut cache);
         assert_eq!(cached, QuantizedWorld::from_world(&world, &other));
         assert_eq!(cache.moved(), None);
+        assert_eq!(cache.carried(), None);
+        assert!(
+            carried >= 300,
+            "{carried} calls with entities that came or went"
+        );
         // Most calls found the same entities; their moves built the tick worlds, some with
         // none at all.
         let (calls, moved, unmoved) = by_moves;
