@@ -131,7 +131,7 @@ fn massive_tick(c: &mut Criterion) {
 /// bodies (in place, as `GameServer::tick` does) and quantized once for every client (with
 /// the cache the replication server keeps, so only what changed is quantized again).
 fn world_build_quantize(c: &mut Criterion) {
-    let mut scene = build_scene(SceneKind::Cubes, None, 11);
+    let mut scene = build_scene(SceneKind::Cubes, None, 11, 0.0);
     let config = quantize_config(SceneKind::Cubes, 60.0);
     scene.add_player(1);
     let mut world = World::new();

@@ -1,8 +1,10 @@
 //! Tick-rate sweep: what each tick rate costs the server and buys the players.
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
-//! [--clients N] [--scene arena|cubes|massive] [--threads N] [--tick-log PATH]` (`--hz` and
-//! `--clients` narrow the sweep; `--threads` builds snapshots on N threads, 0 = one per core;
+//! [--clients N] [--scene arena|cubes|massive] [--threads N] [--respawns PER_S]
+//! [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep; `--threads` builds snapshots
+//! on N threads, 0 = one per core; `--respawns` replaces that many of `massive`'s NPCs a
+//! second with new ones, so entities come and go every tick;
 //! `--clients` also takes a count outside it, e.g. 1000; `--tick-log` writes every measured
 //! tick's cost, one CSV row each, to show how slow ticks come: alone or in stretches).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
@@ -75,6 +77,7 @@ impl Row {
 
 fn options(
     scene: SceneKind,
+    respawns_per_s: f64,
     threads: usize,
     tick_rate: f64,
     clients: usize,
@@ -91,6 +94,7 @@ fn options(
             seed,
             aoi_radius_m: None,
             snapshot_threads: threads,
+            respawns_per_s,
         },
         clients,
         frame_rate: DEFAULT_FRAME_RATE_HZ,
@@ -312,6 +316,17 @@ fn main() {
     };
     // `--threads N`: threads building snapshots (default 1, the single-thread figure).
     let threads = pick("--threads").map_or(1, |t| t as usize);
+    // `--respawns PER_S` (massive): NPCs replaced by new ones each second (default none).
+    let respawns = match args.iter().position(|a| a == "--respawns") {
+        None => 0.0,
+        Some(i) => match args.get(i + 1).map(|v| v.parse::<f64>()) {
+            Some(Ok(r)) => r,
+            _ => {
+                eprintln!("tickrate: --respawns needs a number of NPCs a second");
+                std::process::exit(2);
+            }
+        },
+    };
     let tick_log_path = match args.iter().position(|a| a == "--tick-log") {
         None => None,
         Some(i) => match args.get(i + 1) {
@@ -339,12 +354,12 @@ fn main() {
             let seed = 1000 + n as u64;
             let duration = duration_at(rate);
             let clean = run(
-                &options(scene, threads, rate, n, 0.0, seed),
+                &options(scene, respawns, threads, rate, n, 0.0, seed),
                 WARM_UP,
                 duration,
             );
             let lossy = run(
-                &options(scene, threads, rate, n, LOSS_PCT, seed),
+                &options(scene, respawns, threads, rate, n, LOSS_PCT, seed),
                 WARM_UP,
                 duration,
             );

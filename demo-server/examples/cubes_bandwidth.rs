@@ -91,7 +91,7 @@ fn print_field_table(loss: f64, before: &FieldBits, after: &FieldBits) {
 fn main() {
     let ticks = seconds() * TICK_RATE as u32;
     // Full-state formats over the scene as the AI drives it (no player input).
-    let mut scene = build_scene(SceneKind::Cubes, None, 1);
+    let mut scene = build_scene(SceneKind::Cubes, None, 1, 0.0);
     let q = quantize_config(SceneKind::Cubes, TICK_RATE);
     let mut full = SnapshotSender::new(SenderConfig {
         quantize: q,
@@ -178,6 +178,7 @@ fn main() {
                 seed: 1,
                 aoi_radius_m: None,
                 snapshot_threads: 1,
+                respawns_per_s: 0.0,
             },
             clients: 1,
             frame_rate: TICK_RATE,

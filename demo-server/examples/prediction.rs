@@ -43,6 +43,7 @@ fn main() {
                     seed: 1,
                     aoi_radius_m: None,
                     snapshot_threads: 1,
+                    respawns_per_s: 0.0,
                 },
                 clients: CLIENTS,
                 frame_rate: TICK_RATE,

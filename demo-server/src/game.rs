@@ -57,6 +57,9 @@ pub struct GameOptions {
     pub aoi_radius_m: Option<f32>,
     /// Threads building the clients' snapshots (1: the tick's own thread; 0: one per core).
     pub snapshot_threads: usize,
+    /// `massive` only: NPCs a second that leave the world, each replaced by a new one
+    /// elsewhere (entities coming and going every tick, as projectiles or respawns make).
+    pub respawns_per_s: f64,
 }
 
 impl GameOptions {
@@ -78,6 +81,16 @@ impl GameOptions {
             && !(r.is_finite() && r > 0.0)
         {
             return Err(format!("--aoi-radius must be above 0 m (got {r})"));
+        }
+        let r = self.respawns_per_s;
+        if !(r.is_finite() && r >= 0.0) {
+            return Err(format!("--respawns must be 0 or more a second (got {r})"));
+        }
+        if r > 0.0 && self.scene != SceneKind::Massive {
+            return Err(format!(
+                "--respawns applies to the massive scene (got --scene {})",
+                self.scene
+            ));
         }
         Ok(())
     }
@@ -129,7 +142,7 @@ impl GameServer {
     pub fn new(opts: &GameOptions) -> Result<Self, String> {
         opts.validate()?;
         Ok(Self {
-            scene: build_scene(opts.scene, opts.entities, opts.seed),
+            scene: build_scene(opts.scene, opts.entities, opts.seed, opts.respawns_per_s),
             dt: (1.0 / opts.tick_rate) as f32,
             players: BTreeMap::new(),
             world: World::new(),

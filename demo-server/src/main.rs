@@ -36,6 +36,10 @@ struct Args {
     /// massive; everything in the other scenes).
     #[arg(long, value_name = "M")]
     aoi_radius: Option<f32>,
+    /// massive only: NPCs a second that leave the world, each replaced by a new one
+    /// elsewhere (entities coming and going every tick, as projectiles or respawns make).
+    #[arg(long, value_name = "PER_S", default_value_t = 0.0)]
+    respawns: f64,
     /// Threads building the clients' snapshots each tick (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
@@ -119,6 +123,7 @@ fn options(args: &Args) -> Result<ServerOptions, String> {
         entities: args.entities,
         aoi_radius_m: args.aoi_radius,
         snapshot_threads: args.threads,
+        respawns_per_s: args.respawns,
         max_clients: args.max_clients,
         transport: args.transport,
         duration: args.duration.map(|d| seconds("duration", d)).transpose()?,

@@ -42,6 +42,8 @@ pub struct ServerOptions {
     pub aoi_radius_m: Option<f32>,
     /// Threads building the clients' snapshots.
     pub snapshot_threads: usize,
+    /// `massive` only: NPCs replaced by new ones each second.
+    pub respawns_per_s: f64,
     /// Most clients at once.
     pub max_clients: usize,
     /// How snapshots travel.
@@ -127,6 +129,7 @@ impl Default for ServerOptions {
             entities: None,
             aoi_radius_m: None,
             snapshot_threads: 1,
+            respawns_per_s: 0.0,
             max_clients: 64,
             transport: Transport::Udp,
             duration: None,
@@ -287,6 +290,7 @@ pub async fn run(
         seed: opts.seed,
         aoi_radius_m: opts.aoi_radius_m,
         snapshot_threads: opts.snapshot_threads,
+        respawns_per_s: opts.respawns_per_s,
     };
     let mut game = GameServer::new(&game_opts).map_err(ServerError::Options)?;
     let delivery = match opts.transport {

@@ -65,6 +65,7 @@ impl Default for SimulationOptions {
                 seed: 1,
                 aoi_radius_m: None,
                 snapshot_threads: 1,
+                respawns_per_s: 0.0,
             },
             clients: 1,
             frame_rate: DEFAULT_FRAME_RATE_HZ,
@@ -637,6 +638,25 @@ mod tests {
         assert_eq!(r.shared_deltas_pct, 0.0);
         // NPCs walk 1.4 m/s, so most send ticks keep each scope by the entities near its
         // edge instead of scanning it.
+        assert!(
+            r.scope_scan_pct > 0.0 && r.scope_scan_pct < 50.0,
+            "{} % of scopes scanned",
+            r.scope_scan_pct
+        );
+    }
+
+    #[test]
+    fn in_massive_npcs_that_respawn_every_tick_leave_the_scopes_to_their_bands() {
+        // Ten NPCs a tick leave and ten new ones appear: entities come and go every tick.
+        let mut opts = massive(3000, 5.0);
+        opts.game.respawns_per_s = 300.0;
+        let r = run(&opts, Duration::from_secs(1), Duration::from_secs(2)).unwrap();
+        assert_eq!((r.connected, r.disconnects), (4, 0));
+        assert_eq!(r.entities, 3004, "as many NPCs as before");
+        assert_eq!(r.parts_rejected, 0);
+        assert!(r.snapshots_per_client_per_s() > 20.0);
+        // Scopes follow their entities into each new world (every scope scanned on every
+        // tick otherwise).
         assert!(
             r.scope_scan_pct > 0.0 && r.scope_scan_pct < 50.0,
             "{} % of scopes scanned",

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use demo_server::scene::SceneKind;
 use demo_server::simulate::{SimulationOptions, run};
 use snapsync::conditioner::ConditionerConfig;
 
@@ -112,6 +113,18 @@ fn bad_options_are_refused() {
         ..SimulationOptions::default()
     };
     assert!(run(&bad_link, Duration::ZERO, Duration::from_secs(1)).is_err());
+    // Respawns: a count a second, and only where there are NPCs to respawn.
+    for (scene, respawns) in [
+        (SceneKind::Massive, -1.0),
+        (SceneKind::Massive, f64::NAN),
+        (SceneKind::Arena, 5.0),
+    ] {
+        let mut opts = SimulationOptions::default();
+        opts.game.scene = scene;
+        opts.game.respawns_per_s = respawns;
+        let e = run(&opts, Duration::ZERO, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("--respawns"), "{e}");
+    }
 }
 
 #[test]

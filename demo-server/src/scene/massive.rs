@@ -34,15 +34,20 @@ enum Plan {
 
 /// 1 km × 1 km of NPCs that walk a leg, rest, and walk again; players walk anywhere.
 ///
-/// NPCs have ids `0..N`; each player's avatar gets a fresh id above every id used so far.
+/// NPCs have ids `0..N`; each player's avatar, and each NPC that respawns, gets a fresh id
+/// above every id used so far.
 #[derive(Debug)]
 pub struct MassiveScene {
-    /// Sorted by id: the NPCs, then the avatars in the order they joined.
+    /// Sorted by id (a fresh id is the largest, so a newcomer goes at the end).
     bodies: Vec<Body>,
-    plans: Vec<Plan>,
-    npc_count: usize,
+    /// Beside each body: an NPC's plan, or `None` for an avatar.
+    plans: Vec<Option<Plan>>,
     avatars: BTreeMap<u32, u32>,
     next_id: u32,
+    /// NPCs that leave the world each second, each replaced by a new one elsewhere.
+    respawns_per_s: f64,
+    /// Respawns owed to the steps so far (the fraction of one carried over).
+    respawns_due: f64,
     rng: ChaCha8Rng,
 }
 
@@ -75,16 +80,68 @@ impl MassiveScene {
                     left_s: rng.random_range(0.0..NPC_REST_S.1),
                 }
             };
-            plans.push(plan);
+            plans.push(Some(plan));
         }
         MassiveScene {
             bodies,
             plans,
-            npc_count: npcs,
             avatars: BTreeMap::new(),
             next_id: npcs as u32,
+            respawns_per_s: 0.0,
+            respawns_due: 0.0,
             rng,
         }
+    }
+
+    /// `per_s` NPCs a second leave the world and as many new ones appear at random places
+    /// (a world where entities come and go every tick, as with projectiles or respawns).
+    /// Not finite or not above zero: none.
+    pub fn with_respawns(mut self, per_s: f64) -> MassiveScene {
+        self.respawns_per_s = if per_s.is_finite() {
+            per_s.max(0.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// A fresh id: above every id used so far. Four billion spawns would be needed to wrap;
+    /// ids stay unique until then.
+    fn fresh_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// One NPC, picked at random, leaves; a new one with a fresh id appears elsewhere and
+    /// rests a while. Nothing when there are no NPCs.
+    fn respawn_one(&mut self) {
+        let n = self.bodies.len();
+        if n == 0 {
+            return;
+        }
+        // An NPC at or after a random index (avatars are skipped).
+        let start = self.rng.random_range(0..n);
+        let Some(i) = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.plans[i].is_some())
+        else {
+            return;
+        };
+        let mut body = self.bodies.remove(i);
+        self.plans.remove(i);
+        let reach = MASSIVE_HALF_WIDTH_M - 1.0;
+        body.id = self.fresh_id();
+        body.position = Vec3::new(
+            self.rng.random_range(-reach..reach),
+            NPC_HALF_EXTENT_M,
+            self.rng.random_range(-reach..reach),
+        );
+        body.velocity = Vec3::ZERO;
+        self.bodies.push(body);
+        self.plans.push(Some(Plan::Rest {
+            left_s: self.rng.random_range(NPC_REST_S.0..NPC_REST_S.1),
+        }));
     }
 
     fn index_of(&self, entity: u32) -> Option<usize> {
@@ -95,7 +152,7 @@ impl MassiveScene {
     pub fn walking(&self) -> usize {
         self.plans
             .iter()
-            .filter(|p| matches!(p, Plan::Walk { .. }))
+            .filter(|p| matches!(p, Some(Plan::Walk { .. })))
             .count()
     }
 }
@@ -117,11 +174,20 @@ pub fn roam_avatar(state: &mut EntityState, input: &PlayerInput, dt: f32) {
 impl Scene for MassiveScene {
     fn step(&mut self, dt: f32) {
         let Some(dt) = usable_dt(dt) else { return };
+        self.respawns_due += self.respawns_per_s * f64::from(dt);
+        // At most every NPC once a step, however large the rate.
+        let mut left = self.plans.len();
+        while self.respawns_due >= 1.0 && left > 0 {
+            self.respawns_due -= 1.0;
+            left -= 1;
+            self.respawn_one();
+        }
+        self.respawns_due = self.respawns_due.min(1.0);
         let npcs = self
             .bodies
             .iter_mut()
             .zip(&mut self.plans)
-            .take(self.npc_count);
+            .filter_map(|(body, plan)| plan.as_mut().map(|plan| (body, plan)));
         for (body, plan) in npcs {
             match plan {
                 Plan::Walk { to } => {
@@ -163,9 +229,7 @@ impl Scene for MassiveScene {
         if let Some(&entity) = self.avatars.get(&player) {
             return entity;
         }
-        let entity = self.next_id;
-        // Four billion joins would be needed to wrap; ids stay unique until then.
-        self.next_id = self.next_id.wrapping_add(1);
+        let entity = self.fresh_id();
         let reach = MASSIVE_HALF_WIDTH_M * 0.9;
         self.bodies.push(Body {
             id: entity,
@@ -178,7 +242,8 @@ impl Scene for MassiveScene {
             velocity: Vec3::ZERO,
             half_extent: NPC_HALF_EXTENT_M,
         });
-        // Avatars have no plan; `step` only walks the first `npc_count` bodies.
+        // Avatars have no plan: `step` walks the NPCs alone.
+        self.plans.push(None);
         self.avatars.insert(player, entity);
         entity
     }
@@ -189,6 +254,7 @@ impl Scene for MassiveScene {
         };
         if let Some(index) = self.index_of(entity) {
             self.bodies.remove(index);
+            self.plans.remove(index);
         }
     }
 
@@ -220,6 +286,45 @@ mod tests {
             assert!(b.position.x.abs() <= MASSIVE_HALF_WIDTH_M, "{b:?}");
             assert!(b.position.z.abs() <= MASSIVE_HALF_WIDTH_M, "{b:?}");
         }
+    }
+
+    #[test]
+    fn respawned_npcs_come_back_elsewhere_under_fresh_ids_and_avatars_stay() {
+        let mut s = MassiveScene::new(500, 4).with_respawns(300.0);
+        let avatar = s.add_player(1);
+        let mut gone = 0;
+        for _ in 0..30 {
+            let before: Vec<u32> = s.bodies().iter().map(|b| b.id).collect();
+            s.step(1.0 / 30.0);
+            let ids: Vec<u32> = s.bodies().iter().map(|b| b.id).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+            assert_eq!(ids.len(), 501);
+            assert!(ids.contains(&avatar));
+            // Ten a step (300 a second at 30 steps a second), each under an id not seen
+            // before (one that respawned may be picked again in the same step).
+            let left = before.iter().filter(|id| !ids.contains(id)).count();
+            assert!((8..=10).contains(&left), "{left}");
+            assert!(
+                ids.iter()
+                    .filter(|id| !before.contains(id))
+                    .all(|&id| id > avatar)
+            );
+            gone += left;
+        }
+        assert_eq!(s.next_id, avatar + 1 + 300);
+        assert!(gone >= 290, "{gone}");
+        assert_eq!(s.plans.iter().filter(|p| p.is_none()).count(), 1);
+        for b in s.bodies() {
+            assert!(b.position.x.abs() <= MASSIVE_HALF_WIDTH_M, "{b:?}");
+        }
+        // The avatar still answers its inputs.
+        let at = s.bodies()[s.index_of(avatar).unwrap()].position;
+        let east = PlayerInput {
+            movement: Vec2::new(1.0, 0.0),
+            ..PlayerInput::default()
+        };
+        s.apply_input(1, &east, 0.1);
+        assert!(s.bodies()[s.index_of(avatar).unwrap()].position.x > at.x);
     }
 
     #[test]

@@ -177,14 +177,23 @@ pub type AvatarStep = fn(&mut snapsync::snapshot::EntityState, &PlayerInput, f32
 ///
 /// For `cubes`, `entities` counts the player cube too (default 901 = 1 + 30×30); for
 /// `arena` it counts the bouncing bodies, avatars come on top.
-pub fn build_scene(kind: SceneKind, entities: Option<usize>, seed: u64) -> Box<dyn Scene> {
+/// `respawns_per_s`: NPCs of `massive` replaced by new ones each second (see
+/// [`MassiveScene::with_respawns`]); the other scenes have none.
+pub fn build_scene(
+    kind: SceneKind,
+    entities: Option<usize>,
+    seed: u64,
+    respawns_per_s: f64,
+) -> Box<dyn Scene> {
     let entities = entities
         .unwrap_or_else(|| kind.default_entities())
         .min(MAX_SCENE_ENTITIES);
     match kind {
         SceneKind::Arena => Box::new(ArenaScene::new(entities, seed)),
         SceneKind::Cubes => Box::new(CubesScene::new(entities, seed)),
-        SceneKind::Massive => Box::new(MassiveScene::new(entities, seed)),
+        SceneKind::Massive => {
+            Box::new(MassiveScene::new(entities, seed).with_respawns(respawns_per_s))
+        }
     }
 }
 
@@ -212,10 +221,21 @@ mod tests {
 
     #[test]
     fn build_scene_uses_default_and_clamped_counts() {
-        assert_eq!(build_scene(SceneKind::Cubes, None, 1).bodies().len(), 901);
-        assert_eq!(build_scene(SceneKind::Arena, None, 1).bodies().len(), 64);
-        assert_eq!(build_scene(SceneKind::Arena, Some(3), 1).bodies().len(), 3);
-        let huge = build_scene(SceneKind::Arena, Some(usize::MAX), 1);
+        assert_eq!(
+            build_scene(SceneKind::Cubes, None, 1, 0.0).bodies().len(),
+            901
+        );
+        assert_eq!(
+            build_scene(SceneKind::Arena, None, 1, 0.0).bodies().len(),
+            64
+        );
+        assert_eq!(
+            build_scene(SceneKind::Arena, Some(3), 1, 0.0)
+                .bodies()
+                .len(),
+            3
+        );
+        let huge = build_scene(SceneKind::Arena, Some(usize::MAX), 1, 0.0);
         assert_eq!(huge.bodies().len(), MAX_SCENE_ENTITIES);
     }
 
@@ -231,7 +251,7 @@ mod tests {
     #[test]
     fn bodies_are_sorted_by_id_in_both_scenes() {
         for kind in [SceneKind::Arena, SceneKind::Cubes, SceneKind::Massive] {
-            let mut scene = build_scene(kind, Some(50), 7);
+            let mut scene = build_scene(kind, Some(50), 7, 0.0);
             scene.add_player(3);
             scene.add_player(9);
             scene.remove_player(3);
