@@ -204,34 +204,65 @@ impl GameServer {
     /// Run one tick: step the scene and hand its state to the replication server.
     pub fn tick(&mut self, now: Instant, server: &mut replication::Server) {
         self.scene.step(self.dt);
-        let transform = |b: &Body| Transform {
-            position: b.position,
-            rotation: b.rotation,
-            // Velocity feeds client extrapolation, and the delta coder predicts positions
-            // from it, which saves more bits than it costs (47 vs 61 bits per changed cube).
-            velocity: Some(b.velocity),
-        };
-        let bodies = self.scene.bodies();
-        // Most ticks the same entities exist as before: update them in place rather than
-        // rebuilding the world (both lists are sorted by id).
-        let same = self.world.len() == bodies.len()
-            && self
-                .world
-                .iter()
-                .zip(bodies)
-                .all(|((id, _), b)| id.0 == b.id);
-        if same {
-            for ((_, state), b) in self.world.iter_mut().zip(bodies) {
-                state.transform = transform(b);
-            }
-        } else {
-            self.world.clear();
-            for b in bodies {
-                self.world
-                    .insert(EntityId(b.id), EntityState::new(transform(b)));
-            }
-        }
+        hold_bodies(&mut self.world, self.scene.bodies());
         server.tick(now, &self.world);
+    }
+}
+
+/// A body as the world replicates it.
+fn transform(b: &Body) -> Transform {
+    Transform {
+        position: b.position,
+        rotation: b.rotation,
+        // Velocity feeds client extrapolation, and the delta coder predicts positions
+        // from it, which saves more bits than it costs (47 vs 61 bits per changed cube).
+        velocity: Some(b.velocity),
+    }
+}
+
+/// Make `world` hold the `bodies` (sorted by id) and nothing else, in place: the entities
+/// it holds already keep their entries.
+fn hold_bodies(world: &mut World, bodies: &[Body]) {
+    // Most ticks the same entities exist as before: update them in place rather than
+    // rebuilding the world (both lists are sorted by id).
+    let same =
+        world.len() == bodies.len() && world.iter().zip(bodies).all(|((id, _), b)| id.0 == b.id);
+    if !same {
+        // Entities came or went (a player joined or left, an NPC respawned): take out those
+        // that left and put in those that came, each found in one walk of both lists.
+        // Building the map again cost `massive` with respawns a map of 10,000 entries a
+        // tick.
+        let left: Vec<EntityId> = {
+            let mut next = bodies.iter().map(|b| b.id).peekable();
+            world
+                .iter()
+                .map(|(id, _)| id)
+                .filter(|id| {
+                    while next.next_if(|&b| b < id.0).is_some() {}
+                    next.peek() != Some(&id.0)
+                })
+                .collect()
+        };
+        for id in left {
+            world.remove(id);
+        }
+        let came: Vec<&Body> = {
+            let mut held = world.iter().map(|(id, _)| id.0).peekable();
+            bodies
+                .iter()
+                .filter(|b| {
+                    while held.next_if(|&h| h < b.id).is_some() {}
+                    held.peek() != Some(&b.id)
+                })
+                .collect()
+        };
+        for b in came {
+            world.insert(EntityId(b.id), EntityState::new(transform(b)));
+        }
+    }
+    // The same entities now, in the same order.
+    for ((_, state), b) in world.iter_mut().zip(bodies) {
+        state.transform = transform(b);
     }
 }
 
@@ -241,5 +272,46 @@ pub fn bits_per_changed_entity(s: &SenderStats) -> f64 {
         0.0
     } else {
         s.bytes as f64 * 8.0 / s.entities_sent as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use glam::{Quat, Vec3};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    #[test]
+    fn the_world_holds_the_bodies_as_they_come_and_go() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut world = World::new();
+        let mut bodies: Vec<Body> = Vec::new();
+        for round in 0..200 {
+            // Some leave, some come (anywhere in the id order), and the rest move.
+            bodies.retain(|_| rng.random_bool(0.9));
+            for _ in 0..rng.random_range(0..6) {
+                let id = rng.random_range(0..100);
+                if bodies.iter().all(|b| b.id != id) {
+                    bodies.push(Body {
+                        id,
+                        position: Vec3::ZERO,
+                        rotation: Quat::IDENTITY,
+                        velocity: Vec3::ZERO,
+                        half_extent: 0.5,
+                    });
+                }
+            }
+            bodies.sort_by_key(|b| b.id);
+            for b in &mut bodies {
+                b.position.x = rng.random_range(-10.0..10.0);
+            }
+            hold_bodies(&mut world, &bodies);
+            let held: Vec<(u32, Transform)> =
+                world.iter().map(|(id, s)| (id.0, s.transform)).collect();
+            let want: Vec<(u32, Transform)> = bodies.iter().map(|b| (b.id, transform(b))).collect();
+            assert_eq!(held, want, "round {round}");
+        }
     }
 }

@@ -199,7 +199,7 @@ pub struct QuantizeCache {
 }
 
 /// In [`QuantizeCache::carried`]: an entity that was not in the world before.
-pub(crate) const CAME: u32 = u32::MAX;
+const CAME: u32 = u32::MAX;
 
 impl QuantizeCache {
     /// The float transform of each entity of the world last quantized, in id order: a
