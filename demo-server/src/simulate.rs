@@ -709,10 +709,12 @@ mod tests {
         let r = run(&opts, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
         assert_eq!((r.connected, r.disconnects), (4, 0));
         assert!(r.entities_per_client > 500.0, "{}", r.entities_per_client);
-        // Each delta is encoded by the first of the four that needs it and found by the
-        // other three at most (fewer while baselines differ in age).
+        // Four viewers an entity: the server encodes each changed entity's delta for the
+        // clients' baseline age up front (one thread here), so every client finds the
+        // deltas it sends encoded. Encoded by the first client that needs it instead, at
+        // most three of four would be.
         assert!(
-            r.shared_deltas_pct > 50.0 && r.shared_deltas_pct <= 75.0 + 1e-9,
+            r.shared_deltas_pct > 90.0,
             "{} % of deltas shared",
             r.shared_deltas_pct
         );

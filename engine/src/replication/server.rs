@@ -222,6 +222,14 @@ const SHARED_HISTORY_TICKS: usize = 8;
 /// of the tick at 256 (8.5).
 pub const SHARE_MIN_VIEWERS: f64 = 2.0;
 
+/// On one thread, a baseline age's shared deltas are all encoded at the start of the tick,
+/// in world order, when the clients of that age hold at least this many entities per entity
+/// of the world (see `SharedDeltas::fill`); otherwise each is encoded when a client first
+/// needs it. On the `massive` scene (docs/BENCHMARKS.md) this took 5–15 % off the tick at 64,
+/// 256 and 1,000 clients, most of it in the loss run, where a tenth of the clients hold a
+/// baseline one tick older than the rest and each used to encode a share of its section.
+const EAGER_MIN_VIEWERS: f64 = 1.0;
+
 impl Server {
     /// A server whose clock starts at `now`; fails when the config is unusable.
     pub fn new(config: ServerConfig, now: Instant) -> Result<Self, ConfigError> {
@@ -586,6 +594,15 @@ impl Server {
                 }
             }
         }
+        // Ages whose clients together see the changed entities of the world about once or
+        // more: nearly all of those deltas will be read, so they are encoded up front.
+        let eager: Vec<u32> = ages
+            .iter()
+            .filter(|&(_, &n)| {
+                n >= 2 && self.viewers_per_entity * n as f64 >= EAGER_MIN_VIEWERS * ready as f64
+            })
+            .map(|(&k, _)| k)
+            .collect();
         let mut ticks: Vec<u32> = ages
             .into_iter()
             .filter(|&(_, n)| n >= 2)
@@ -595,13 +612,16 @@ impl Server {
             ticks.push(0);
         }
         self.history.make_contiguous();
-        self.shared.prepare(
-            tick_world,
-            self.history.as_slices().0,
-            &ticks,
-            &lim,
-            &mut self.shared_scratch,
-        );
+        let history = self.history.as_slices().0;
+        self.shared
+            .prepare(tick_world, history, &ticks, &lim, &mut self.shared_scratch);
+        // With a pool, the first lookups already spread the encoding over the threads: up
+        // front it would be one thread's work (measured no faster, docs/BENCHMARKS.md).
+        if self.pool.is_none() {
+            for &k in &eager {
+                self.shared.fill(tick_world, history, k, &lim);
+            }
+        }
         if self.history.len() >= SHARED_HISTORY_TICKS {
             self.history.pop_front();
         }

@@ -7,7 +7,10 @@
 //! of every entity it holds, the same as every other such client. So per tick and per
 //! baseline age one code is fixed from the whole world (a sample of its changes), and each
 //! entity's delta under that code is encoded by the first such client that needs it and
-//! appended as bits by the rest, which never read the entity's states.
+//! appended as bits by the rest, which never read the entity's states. For an age whose
+//! clients will read nearly every changed entity, the server may instead encode them all
+//! before the clients, in world order (`SharedDeltas::fill`), which reads the two worlds as
+//! runs of memory instead of in the scattered order of each client's scope.
 //!
 //! The code depends on the world alone and the bits are a function of their inputs, so who
 //! fills the cache first changes nothing in the output: one thread or several, the same
@@ -155,7 +158,8 @@ impl SharedSection {
         }
         // Another thread may fill the slot meanwhile, with the same words (a function of
         // the same states): then this lookup counts as a hit, as it would had it come
-        // second, so the counts do not depend on the threads either.
+        // second, so which thread comes first does not change the counts either (a section
+        // filled up front, see `fill`, makes every lookup a hit).
         let (base, cur) = states();
         let d = self.encode(base, cur, lim);
         Some(if self.slots.store(index, slot, &d) {
@@ -279,6 +283,50 @@ impl SharedDeltas {
         old.clear();
         deltas.clear();
         self.sample = deltas;
+    }
+
+    /// Encode now the delta of every entity that changed since the baseline of the section
+    /// for `ticks` (> 0), for a section whose clients will read nearly all of them anyway:
+    /// in world order, both worlds are read as two runs of memory, where encoding on a
+    /// client's first lookup reads them in the scattered order of its scope. Needs the
+    /// baseline's world in `history`, in the same layout as the tick's (otherwise nothing is
+    /// encoded). Returns the deltas encoded.
+    pub(crate) fn fill(
+        &self,
+        now: &TickWorld,
+        history: &[TickWorld],
+        ticks: u32,
+        lim: &Limits,
+    ) -> usize {
+        let Some(section) = self.section(now.tick, ticks).filter(|_| ticks > 0) else {
+            return 0;
+        };
+        let Some(then) = history
+            .iter()
+            .find(|h| h.tick.0 + ticks == now.tick.0)
+            .filter(|h| h.same_layout(now))
+        else {
+            return 0;
+        };
+        let (before, cur) = (then.world.entities(), now.world.entities());
+        let mut encoded = 0;
+        let slots = section.slots.slots.iter();
+        for (g, (((&c, b), e), slot)) in now
+            .changed
+            .iter()
+            .zip(before)
+            .zip(cur)
+            .zip(slots)
+            .enumerate()
+        {
+            // An entity whose change tick is not after the baseline's holds the same state
+            // in both: clients skip it without a lookup.
+            if c > then.tick.0 {
+                let d = section.encode(&b.1, &e.1, lim);
+                encoded += usize::from(section.slots.store(g, slot, &d));
+            }
+        }
+        encoded
     }
 
     /// The section for deltas `ticks` after their baseline at `tick`, if any. The entity
@@ -405,5 +453,53 @@ mod tests {
             spawns.delta(5, || (&spawn_base, &cur[5].1), &lim),
             Some(SharedLookup::Kept(_))
         ));
+    }
+
+    #[test]
+    fn a_section_filled_up_front_holds_what_first_lookups_encode() {
+        let lim = QuantizeConfig::default().limits();
+        let mut scratch = EncodeScratch::default();
+        let (then, now) = (world(300, 0.0, 0), world(300, 0.1, 0));
+        let history = [TickWorld::new(then.clone(), Tick(1), None)];
+        let now_tick = TickWorld::new(now.clone(), Tick(3), Some(&history[0]));
+        let (mut filled, mut lazy) = (SharedDeltas::default(), SharedDeltas::default());
+        filled.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
+        lazy.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
+        // Spawns and ages without a section, or without their world, are not filled.
+        assert_eq!(filled.fill(&now_tick, &history, 0, &lim), 0);
+        assert_eq!(filled.fill(&now_tick, &history, 5, &lim), 0);
+        assert_eq!(filled.fill(&now_tick, &[], 2, &lim), 0);
+        let moved: Vec<usize> = (0..now_tick.changed.len())
+            .filter(|&g| now_tick.changed[g] > 1)
+            .collect();
+        assert!(
+            moved.len() > 100 && moved.len() < 300,
+            "{} moved",
+            moved.len()
+        );
+        assert_eq!(filled.fill(&now_tick, &history, 2, &lim), moved.len());
+        // A second fill finds every slot filled.
+        assert_eq!(filled.fill(&now_tick, &history, 2, &lim), 0);
+        let (f, l) = (
+            filled.section(Tick(3), 2).expect("section"),
+            lazy.section(Tick(3), 2).expect("section"),
+        );
+        let (before, cur) = (then.entities(), now.entities());
+        for &g in &moved {
+            let states = || (&before[g].1, &cur[g].1);
+            let Some(SharedLookup::Hit(up_front)) = f.delta(g, || unreachable!(), &lim) else {
+                panic!("entity {g} was not filled");
+            };
+            let Some(SharedLookup::Kept(first)) = l.delta(g, states, &lim) else {
+                panic!("entity {g} was filled without a lookup");
+            };
+            assert_eq!(up_front, first, "entity {g}");
+        }
+        // A world of another layout is walked by id by the clients: not filled.
+        let other = TickWorld::new(now.clone(), Tick(3), None);
+        let mut walked = SharedDeltas::default();
+        walked.prepare(&other, &history, &[2], &lim, &mut scratch);
+        assert!(!other.same_layout(&history[0]));
+        assert_eq!(walked.fill(&other, &history, 2, &lim), 0);
     }
 }
