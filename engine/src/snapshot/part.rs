@@ -65,7 +65,8 @@
 
 use super::SnapshotError;
 use super::bits::{
-    BitCounter, BitReader, BitSink, BitString, BitWriter, MAX_EXP_GOLOMB_K, exp_golomb_bits,
+    BitCounter, BitReader, BitSink, BitString, BitWriter, MAX_EXP_GOLOMB_K, SMALL_CODE_VALUES,
+    SMALL_CODES, exp_golomb_bits,
 };
 use super::quantize::{Limits, QuantizedRotation, QuantizedTransform};
 use super::world::{Change, EntityId, QuantizedEntity, QuantizedWorld, Tick};
@@ -301,52 +302,42 @@ fn best_k(values: &[u32], default: u32) -> (u32, usize) {
 }
 
 /// The bits `values` take with the Exp-Golomb code of each order in `ks` (all at most
-/// [`MAX_EXP_GOLOMB_K`]), worked out from two counts over the values instead of coding every
-/// value at every order.
+/// [`MAX_EXP_GOLOMB_K`]).
 ///
-/// A value `v` of `b` bits takes `k + 1` bits at an order `k ≥ b`; below that it takes
-/// `2b − 1 − k`, plus 2 when `v + 2^k` carries into bit `b`, which happens when the top
-/// `b − k` bits of `v` are all ones: for every `k ≥ s`, where `s` is `b` less the run of ones
-/// `v` starts with. So counting the values by `b` and by `s` is enough.
+/// Values below [`SMALL_CODE_VALUES`] (nearly every baseline index gap, most residuals) are
+/// counted by value and weighed with the code lengths in [`SMALL_CODES`]; larger ones are
+/// weighed one by one. Four sets of counts take alternate values: an increment of one
+/// counter waits for the one before it, and neighbouring values often share their counter.
 fn order_costs(values: &[u32], ks: &[u32; 5]) -> [usize; 5] {
-    // Two sets of counts, for alternate values: an increment of one counter waits for the
-    // one before it, and neighbouring values often share their counter.
-    let mut by_len = [[0usize; 33]; 2];
-    let mut by_carry = [[0usize; 33]; 2];
-    let count = |by_len: &mut [usize; 33], by_carry: &mut [usize; 33], v: u32| {
-        let b = 32 - v.leading_zeros();
-        // The run of ones from the top bit down (none for 0).
-        let ones = v.checked_shl(32 - b).unwrap_or(0).leading_ones();
-        by_len[b as usize] += 1;
-        by_carry[(b - ones) as usize] += 1;
-    };
-    let mut pairs = values.chunks_exact(2);
-    for pair in &mut pairs {
-        let [even_len, odd_len] = &mut by_len;
-        let [even_carry, odd_carry] = &mut by_carry;
-        count(even_len, even_carry, pair[0]);
-        count(odd_len, odd_carry, pair[1]);
-    }
-    if let [v] = pairs.remainder() {
-        count(&mut by_len[0], &mut by_carry[0], *v);
-    }
-    let n = values.len();
-    let len_bits: usize = (0..33).map(|b| b * (by_len[0][b] + by_len[1][b])).sum();
-    // Running totals up to order k: values of at most k bits, their bits, and values whose
-    // code at order k carries.
-    let (mut short, mut short_bits, mut carrying) = (0usize, 0usize, 0usize);
+    let mut counts = [[0u32; SMALL_CODE_VALUES]; 4];
     let mut costs = [0usize; 5];
-    // Orders are written in K_BITS, so none is above MAX_EXP_GOLOMB_K.
-    for k in 0..=MAX_EXP_GOLOMB_K as usize {
-        short += by_len[0][k] + by_len[1][k];
-        short_bits += k * (by_len[0][k] + by_len[1][k]);
-        carrying += by_carry[0][k] + by_carry[1][k];
-        for (cost, _) in costs.iter_mut().zip(ks).filter(|(_, o)| **o as usize == k) {
-            // Short values take k + 1 bits; each longer one 2b − 1 − k (b > k, so at least
-            // k + 1), and 2 more when it carries (a short one never does).
-            *cost = (k + 1) * short + 2 * (len_bits - short_bits) - (k + 1) * (n - short)
-                + 2 * (carrying - short);
+    let mut count = |counts: &mut [u32; SMALL_CODE_VALUES], v: u32| match counts.get_mut(v as usize)
+    {
+        Some(n) => *n += 1,
+        None => {
+            for (cost, &k) in costs.iter_mut().zip(ks) {
+                *cost += exp_golomb_bits(u64::from(v), k);
+            }
         }
+    };
+    let mut quads = values.chunks_exact(4);
+    for quad in &mut quads {
+        for (counts, &v) in counts.iter_mut().zip(quad) {
+            count(counts, v);
+        }
+    }
+    for &v in quads.remainder() {
+        count(&mut counts[0], v);
+    }
+    let total: [u32; SMALL_CODE_VALUES] =
+        std::array::from_fn(|v| counts.iter().map(|c| c[v]).sum());
+    for (cost, &k) in costs.iter_mut().zip(ks) {
+        let codes = &SMALL_CODES[k as usize];
+        *cost += total
+            .iter()
+            .zip(codes)
+            .map(|(&n, &code)| n as usize * (code & 0xff) as usize)
+            .sum::<usize>();
     }
     costs
 }
@@ -1020,10 +1011,7 @@ fn write_section<'a>(
     write_code(w, &code, ticks);
     if id_k.is_none() {
         // Updates: every gap before the entities.
-        let k = scratch.index_k;
-        for &g in &scratch.gaps {
-            w.write_exp_golomb(u64::from(g), k);
-        }
+        w.write_exp_golomb_run(&scratch.gaps, scratch.index_k);
     }
     for (n, (_, cur, e)) in entities.enumerate() {
         if let Some(k) = id_k {
@@ -1066,9 +1054,7 @@ pub(crate) fn encode_part<'a>(
     if !despawns.is_empty() {
         index_gaps(&mut scratch.gaps, despawns.iter().copied());
         let k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
-        for &g in &scratch.gaps {
-            w.write_exp_golomb(u64::from(g), k);
-        }
+        w.write_exp_golomb_run(&scratch.gaps, k);
     }
 
     w.write_varint(spawns.len() as u32, COUNT_CHUNK_BITS);
