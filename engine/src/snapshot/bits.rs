@@ -86,7 +86,7 @@ pub(crate) const SMALL_CODE_VALUES: usize = 64;
 /// `code << 8 | length` (the bits as [`BitSink::write_exp_golomb`] writes them, at most 22,
 /// first bit lowest). Baseline index gaps are nearly all this small: a client's part writes
 /// about 160 of them a tick, and looking them up instead of working each one out made
-/// writing them 2.7 times and weighing orders 4 times as fast (docs/BENCHMARKS.md).
+/// writing them 2.7 times and weighing orders 4.5 times as fast (docs/BENCHMARKS.md).
 pub(crate) static SMALL_CODES: [[u32; SMALL_CODE_VALUES]; MAX_EXP_GOLOMB_K as usize + 1] =
     small_codes();
 

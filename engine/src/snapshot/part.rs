@@ -306,8 +306,8 @@ fn best_k(values: &[u32], default: u32) -> (u32, usize) {
 ///
 /// Values below [`SMALL_CODE_VALUES`] (nearly every baseline index gap, most residuals) are
 /// counted by value and weighed with the code lengths in [`SMALL_CODES`]; larger ones are
-/// weighed one by one. Four sets of counts take alternate values: an increment of one
-/// counter waits for the one before it, and neighbouring values often share their counter.
+/// weighed one by one. Four sets of counts take every fourth value in turn: an increment of
+/// one counter waits for the one before it, and neighbouring values often share their counter.
 fn order_costs(values: &[u32], ks: &[u32; 5]) -> [usize; 5] {
     let mut counts = [[0u32; SMALL_CODE_VALUES]; 4];
     let mut costs = [0usize; 5];
@@ -1216,8 +1216,8 @@ mod order_tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// Counting values by length and carry gives the bits that coding each one does, at
-        /// every order, and so the same order for every list.
+        /// Counting the small values and weighing the large ones alone gives the bits that
+        /// coding each one does, at every order, and so the same order for every list.
         #[test]
         fn order_costs_are_the_coded_bits(
             values in proptest::collection::vec(value(), 0..300),
