@@ -184,7 +184,7 @@ pub struct Server {
     departed: SenderStats,
     stats: ReplicationStats,
     /// The previous world sent, to measure how much changes per send and to find each
-    /// entity's change tick.
+    /// entity's change age.
     previous_world: Option<TickWorld>,
     /// Reused buffer for prefixed parts.
     datagram: Vec<u8>,

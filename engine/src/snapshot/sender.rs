@@ -461,10 +461,10 @@ impl<'w> Diff<'_, 'w> {
     /// is measured against its base here, once (or found measured in its section's shared
     /// deltas): the estimate, the code of its section and the writing all reuse that. The
     /// update section must be one for the baseline's tick, and `base` a view of its world.
-    /// With `since` (the change tick of each entity of the new world's tick, by index there,
-    /// and the baseline's tick) an entity unchanged since the baseline is skipped without
+    /// With `since` (the change age of each entity of the new world, by index there, and the
+    /// baseline's age in ticks) an entity unchanged since the baseline is skipped without
     /// reading its states.
-    fn run(&mut self, base: impl Entries<'w>, cur: impl Entries<'w>, since: Option<(&[u32], u32)>) {
+    fn run(&mut self, base: impl Entries<'w>, cur: impl Entries<'w>, since: Option<(&[u8], u32)>) {
         let (nb, nc) = (base.count(), cur.count());
         let (mut bi, mut wi) = (0, 0);
         while bi < nb && wi < nc {
@@ -495,10 +495,10 @@ impl<'w> Diff<'_, 'w> {
         bi: usize,
         cur: &impl Entries<'w>,
         wi: usize,
-        since: Option<(&[u32], u32)>,
+        since: Option<(&[u8], u32)>,
     ) {
         let g = cur.global(wi);
-        if since.is_some_and(|(changed, t)| changed[g] <= t) {
+        if since.is_some_and(|(changed, ticks)| u32::from(changed[g]) >= ticks) {
             return;
         }
         let states = (base.state(bi), cur.state(wi));
@@ -859,9 +859,11 @@ impl SnapshotSender {
         };
         match (&baseline, cur) {
             (ClientWorld::View(b), ClientWorld::View(c)) => {
-                // Two views of the server's worlds: an entity whose change tick is not
-                // after the baseline's holds the same state in both (not even read).
-                let since = (b.of.tick < c.of.tick).then_some((&c.of.changed[..], b.of.tick.0));
+                // Two views of the server's worlds: an entity that last changed as long
+                // before the new world as the baseline's or longer holds the same state in
+                // both (not even read).
+                let since =
+                    (b.of.tick < c.of.tick).then(|| (&c.of.changed[..], c.of.tick.0 - b.of.tick.0));
                 let by_index = b.of.same_layout(&c.of);
                 diff.run(Picked::of(b, by_index), Picked::of(c, by_index), since);
             }
@@ -1399,7 +1401,7 @@ mod reset_tests {
 
     #[test]
     fn a_sender_given_views_sends_what_it_would_for_copies_and_reuses_its_picks() {
-        // One sender is given views of the server's worlds (the change ticks let it skip
+        // One sender is given views of the server's worlds (the change ages let it skip
         // entities that did not move without reading them), the other copies of the same
         // scopes: the same bytes and the same held worlds, whatever is lost.
         use crate::snapshot::TickWorld;
@@ -1433,7 +1435,7 @@ mod reset_tests {
             }
             let q = QuantizedWorld::from_world(&w, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick), previous.as_ref());
-            skipped |= tw.changed.iter().any(|&t| t < tick);
+            skipped |= tw.changed.iter().any(|&a| a > 0);
             // The scope slides along the ids.
             let lo = (tick / 3) % 10;
             let mut picks = viewed.spare_picks();
@@ -1478,7 +1480,7 @@ mod reset_tests {
             viewed.stats().entities_deferred > 0,
             "some baselines were patched"
         );
-        assert!(skipped, "some entities kept their change tick");
+        assert!(skipped, "some entities kept a change of an earlier tick");
         // Picks come back once the client holds a newer tick.
         assert!(
             !reused[0] && reused[5..].iter().filter(|&&r| r).count() > 30,

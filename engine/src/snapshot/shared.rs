@@ -248,7 +248,7 @@ impl SharedDeltas {
                     // read all of it, for each age).
                     let before = then.world.entities();
                     for g in (0..cur.len()).step_by(CODE_SAMPLE_STRIDE) {
-                        if now.changed[g] > then.tick.0 {
+                        if u32::from(now.changed[g]) < k {
                             let (b, e) = (&before[g].1, &cur[g].1);
                             if b != e {
                                 deltas.push(EntityDelta::new(b, e, k, lim));
@@ -319,9 +319,9 @@ impl SharedDeltas {
             .zip(slots)
             .enumerate()
         {
-            // An entity whose change tick is not after the baseline's holds the same state
-            // in both: clients skip it without a lookup.
-            if c > then.tick.0 {
+            // An entity that last changed as long before as the baseline or longer holds
+            // the same state in both: clients skip it without a lookup.
+            if u32::from(c) < ticks {
                 let d = section.encode(&b.1, &e.1, lim);
                 encoded += usize::from(section.slots.store(g, slot, &d));
             }
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(filled.fill(&now_tick, &history, 5, &lim), 0);
         assert_eq!(filled.fill(&now_tick, &[], 2, &lim), 0);
         let moved: Vec<usize> = (0..now_tick.changed.len())
-            .filter(|&g| now_tick.changed[g] > 1)
+            .filter(|&g| now_tick.changed[g] < 2)
             .collect();
         assert!(
             moved.len() > 100 && moved.len() < 300,

@@ -471,18 +471,30 @@ impl QuantizedWorld {
 pub(crate) struct TickWorld {
     pub(crate) world: QuantizedWorld,
     pub(crate) tick: Tick,
-    /// By index in `world`: the earliest send tick since which the entity's quantized state
-    /// has been the same in every world the server built, so a client holding it from any
-    /// world of a send tick at or after that holds its current state.
-    pub(crate) changed: Arc<Vec<u32>>,
+    /// By index in `world`: how many ticks before `tick` the entity's quantized state last
+    /// changed (at most [`MAX_CHANGE_AGE`]): the same in every world the server built since,
+    /// so a client holding it from a world that many ticks old or newer holds its current
+    /// state. One byte an entity, so that the 10,000 of a large world stay in the first-level
+    /// cache while every client's merge reads them (docs/BENCHMARKS.md).
+    pub(crate) changed: Arc<Vec<u8>>,
     /// The ids of `world`, in order: the same `Arc` as the previous tick's while the world
     /// holds the same entities, so two views whose worlds share it name entities by the
     /// same indices, and their indices compare as their ids do.
     pub(crate) ids: Arc<Vec<EntityId>>,
 }
 
+/// The oldest change age a [`TickWorld`] tells apart: an entity that changed longer ago is
+/// counted as changed this many ticks ago, so a client whose baseline is older still has
+/// its states compared (and finds them the same).
+pub(crate) const MAX_CHANGE_AGE: u8 = u8::MAX;
+
+/// Change ages `ticks` later, saturating at [`MAX_CHANGE_AGE`].
+fn aged(age: u8, ticks: u32) -> u8 {
+    u8::try_from(ticks).map_or(MAX_CHANGE_AGE, |t| age.saturating_add(t))
+}
+
 impl TickWorld {
-    /// The world of send tick `tick`, with change ticks found against `previous` (the world
+    /// The world of send tick `tick`, with change ages found against `previous` (the world
     /// the server built before, if any).
     pub(crate) fn new(world: QuantizedWorld, tick: Tick, previous: Option<&TickWorld>) -> Self {
         let mut changed = Vec::with_capacity(world.len());
@@ -493,6 +505,7 @@ impl TickWorld {
         let mut kept = 0;
         match previous {
             Some(p) => {
+                let later = tick.0.wrapping_sub(p.tick.0);
                 // Both are sorted by id: one merge walk, not a search per entity.
                 let mut before = p.world.entities().iter().zip(p.changed.iter()).peekable();
                 for (id, e) in world.entities() {
@@ -500,13 +513,13 @@ impl TickWorld {
                     let found = next_with_id(&mut before, *id, |((p, _), _)| *p);
                     kept += usize::from(found.is_some());
                     changed.push(match found {
-                        Some(((_, old), &since)) if old == e => since,
-                        _ => tick.0,
+                        Some(((_, old), &age)) if old == e => aged(age, later),
+                        _ => 0,
                     });
                 }
             }
             None => {
-                changed.resize(world.len(), tick.0);
+                changed.resize(world.len(), 0);
                 ids.extend(world.entities().iter().map(|(id, _)| *id));
             }
         }
@@ -525,8 +538,8 @@ impl TickWorld {
 
     /// The world of send tick `tick` quantized by a cache that quantized `previous`'s world
     /// in its call before, and found the same entities there and the ones at `moved` moved
-    /// (see [`QuantizeCache::moved`]): their change ticks are this tick, the others keep
-    /// theirs. A copy and a few thousand writes, where [`Self::new`] compares every entity.
+    /// (see [`QuantizeCache::moved`]): they changed now, the others' changes age. A copy
+    /// and a few thousand writes, where [`Self::new`] compares every entity.
     pub(crate) fn moved_on(
         world: QuantizedWorld,
         tick: Tick,
@@ -534,10 +547,11 @@ impl TickWorld {
         moved: &[u32],
     ) -> Self {
         debug_assert_eq!(world.len(), previous.world.len());
-        let mut changed = Vec::clone(&previous.changed);
+        let later = tick.0.wrapping_sub(previous.tick.0);
+        let mut changed: Vec<u8> = previous.changed.iter().map(|&a| aged(a, later)).collect();
         for &i in moved {
-            if let Some(t) = changed.get_mut(i as usize) {
-                *t = tick.0;
+            if let Some(a) = changed.get_mut(i as usize) {
+                *a = 0;
             }
         }
         Self {
@@ -550,9 +564,9 @@ impl TickWorld {
 
     /// The world of send tick `tick` quantized by a cache that quantized `previous`'s world
     /// in its call before and found entities came or went (see [`QuantizeCache::carried`]):
-    /// each entity that was there keeps its change tick unless it is in `moved`, and the
-    /// others (moved or came) changed at this tick. A lookup an entity, where [`Self::new`]
-    /// compares every entity's state.
+    /// each entity that was there keeps its change, aged, unless it is in `moved`, and the
+    /// others (moved or came) changed now. A lookup an entity, where [`Self::new`] compares
+    /// every entity's state.
     pub(crate) fn carried_on(
         world: QuantizedWorld,
         tick: Tick,
@@ -560,13 +574,19 @@ impl TickWorld {
         (from, from_len, moved): (&[u32], usize, &[u32]),
     ) -> Self {
         debug_assert_eq!((from.len(), from_len), (world.len(), previous.world.len()));
-        let mut changed: Vec<u32> = from
+        let later = tick.0.wrapping_sub(previous.tick.0);
+        let mut changed: Vec<u8> = from
             .iter()
-            .map(|&o| previous.changed.get(o as usize).copied().unwrap_or(tick.0))
+            .map(|&o| {
+                previous
+                    .changed
+                    .get(o as usize)
+                    .map_or(0, |&a| aged(a, later))
+            })
             .collect();
         for &i in moved {
-            if let Some(t) = changed.get_mut(i as usize) {
-                *t = tick.0;
+            if let Some(a) = changed.get_mut(i as usize) {
+                *a = 0;
             }
         }
         let ids = Arc::new(world.entities().iter().map(|(id, _)| *id).collect());
@@ -584,10 +604,9 @@ impl TickWorld {
         Arc::ptr_eq(&self.ids, &other.ids)
     }
 
-    /// How many entities changed since the previous world (those whose change tick is this
-    /// one).
+    /// How many entities changed since the previous world (those whose change age is 0).
     pub(crate) fn changed_now(&self) -> usize {
-        self.changed.iter().filter(|&&t| t == self.tick.0).count()
+        self.changed.iter().filter(|&&a| a == 0).count()
     }
 
     /// The view of the entities `picks` names: indices in this world, increasing (so their
@@ -609,7 +628,7 @@ impl TickWorld {
 /// Some entities of a [`TickWorld`] — one client's scope — named by index, not copied: a
 /// scope of a few hundred entities is a few kilobytes of indices instead of tens of
 /// kilobytes of states, and a sender comparing two views of the server's worlds reads the
-/// states only of entities whose change tick says they moved.
+/// states only of entities whose change age says they moved.
 #[derive(Clone, Debug)]
 pub(crate) struct WorldView {
     pub(crate) of: TickWorld,
@@ -705,6 +724,34 @@ mod tests {
     }
 
     #[test]
+    fn change_ages_count_the_ticks_since_a_change_and_stop_at_the_oldest_told_apart() {
+        let world = |xs: [u32; 3]| {
+            QuantizedWorld::from_entities((0..3).map(|i| (EntityId(i), q(xs[i as usize]))))
+        };
+        let first = TickWorld::new(world([0, 0, 0]), Tick(1), None);
+        assert_eq!(*first.changed, [0, 0, 0], "new entities changed now");
+        // Entity 1 moves at tick 4; the others keep their states. Built by comparison and
+        // from the cache's moves, the same ages.
+        let compared = TickWorld::new(world([0, 5, 0]), Tick(4), Some(&first));
+        let moved = TickWorld::moved_on(world([0, 5, 0]), Tick(4), &first, &[1]);
+        assert_eq!(*compared.changed, [3, 0, 3]);
+        assert_eq!(compared.changed, moved.changed);
+        // 300 ticks on, entity 2 moves: ages beyond the oldest told apart stay there.
+        let later = TickWorld::new(world([0, 5, 7]), Tick(304), Some(&compared));
+        assert_eq!(*later.changed, [MAX_CHANGE_AGE, MAX_CHANGE_AGE, 0]);
+        let carried = TickWorld::carried_on(
+            world([0, 5, 7]),
+            Tick(304),
+            &compared,
+            (&[0, 1, 2], 3, &[2]),
+        );
+        assert_eq!(later.changed, carried.changed);
+        assert_eq!(aged(250, 3), 253);
+        assert_eq!(aged(250, 6), MAX_CHANGE_AGE);
+        assert_eq!(aged(0, 1 << 20), MAX_CHANGE_AGE);
+    }
+
+    #[test]
     fn tick_worlds_share_their_ids_while_they_hold_the_same_entities() {
         let world = |ids: &[u32], x: u32| {
             QuantizedWorld::from_entities(ids.iter().map(|&i| (EntityId(i), q(i + x))))
@@ -759,7 +806,7 @@ mod tests {
 
     /// The tick world after `previous` of the world `cache` just quantized (`cached`), built
     /// as a server builds it, with the cache's moves where it has them: those are checked
-    /// against the change ticks a comparison of the whole worlds finds. Whether the moves
+    /// against the change ages a comparison of the whole worlds finds. Whether the moves
     /// were used, and how many there were.
     fn next_tick_world(
         cached: &QuantizedWorld,
