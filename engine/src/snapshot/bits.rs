@@ -83,7 +83,7 @@ pub(crate) trait BitSink {
 pub(crate) const SMALL_CODE_VALUES: usize = 64;
 
 /// The Exp-Golomb code of every value below [`SMALL_CODE_VALUES`] at every order, as
-/// `code << 8 | length` (the bits as [`BitSink::write_exp_golomb`] writes them, at most 22,
+/// `code << 8 | length` (the bits as [`BitSink::write_exp_golomb`] writes them, at most 16,
 /// first bit lowest). Baseline index gaps are nearly all this small: a client's part writes
 /// about 160 of them a tick, and looking them up instead of working each one out made
 /// writing them 2.7 times and weighing orders 4.5 times as fast (docs/BENCHMARKS.md).
@@ -184,18 +184,12 @@ impl BitWriter {
         if bits == 0 {
             return;
         }
-        // Fewer than 64 bits wait in `scratch`: the shift is in range.
-        self.scratch |= value << self.scratch_bits;
-        let total = self.scratch_bits + bits;
-        if total < 64 {
-            self.scratch_bits = total;
-        } else {
-            self.bytes.extend_from_slice(&self.scratch.to_le_bytes());
-            // What did not fit: the value's top `total − 64` bits (none when the scratch
-            // was empty, where the shift would be out of range).
-            self.scratch = value.checked_shr(64 - self.scratch_bits).unwrap_or(0);
-            self.scratch_bits = total - 64;
-        }
+        push_word(
+            &mut self.bytes,
+            (&mut self.scratch, &mut self.scratch_bits),
+            value,
+            bits,
+        );
     }
 
     /// Write every value of `values` as [`BitSink::write_exp_golomb`] does with order `k`
@@ -215,16 +209,7 @@ impl BitWriter {
                     continue;
                 }
             };
-            // As `write_word`, with `len` in 1..=22.
-            pending |= code << used;
-            let total = used + len;
-            if total < 64 {
-                used = total;
-            } else {
-                self.bytes.extend_from_slice(&pending.to_le_bytes());
-                pending = code.checked_shr(64 - used).unwrap_or(0);
-                used = total - 64;
-            }
+            push_word(&mut self.bytes, (&mut pending, &mut used), code, len);
         }
         (self.scratch, self.scratch_bits) = (pending, used);
     }
@@ -252,6 +237,25 @@ impl BitSink for BitWriter {
         // Bits of `value` above `bits` are ignored (a u64 shift by 32 is in range).
         let value = u64::from(value) & ((1u64 << bits) - 1);
         self.write_word(value, bits);
+    }
+}
+
+/// Put the low `bits` bits of `value` (1 to 64; the bits above must be zero) after the
+/// `used` bits waiting in `pending` (fewer than 64), moving a full word to `bytes`: the one
+/// step of [`BitWriter`], on its fields or on copies a loop keeps in registers.
+#[inline(always)]
+fn push_word(bytes: &mut Vec<u8>, (pending, used): (&mut u64, &mut u32), value: u64, bits: u32) {
+    // Fewer than 64 bits wait: the shift is in range.
+    *pending |= value << *used;
+    let total = *used + bits;
+    if total < 64 {
+        *used = total;
+    } else {
+        bytes.extend_from_slice(&pending.to_le_bytes());
+        // What did not fit: the value's top `total − 64` bits (none when nothing was
+        // waiting, where the shift would be out of range).
+        *pending = value.checked_shr(64 - *used).unwrap_or(0);
+        *used = total - 64;
     }
 }
 
