@@ -541,8 +541,8 @@ impl Motion {
 
     /// Find the leapers among steps whose longest is `longest` (every position finite): the
     /// entities beyond the shortest bound of the form `longest / 2^j` that at most
-    /// [`MAX_LEAPERS`] steps exceed. Returns that bound, which every other step is within
-    /// (`longest` itself, and no leapers, when more than that many are within a half of it).
+    /// [`MAX_LEAPERS`] steps exceed. Returns the longest step of every other entity (`longest`
+    /// itself, and no leapers, when more than that many are within a half of it).
     fn leap(&mut self, before: &[Vec2], now: &[Vec2], longest: f32) -> f32 {
         const LEVELS: usize = 24;
         // How many steps exceed each bound: a step's level is how many halvings of the
@@ -565,27 +565,33 @@ impl Motion {
             }
             bound = longest * std::f32::consts::FRAC_1_SQRT_2 / (1u32 << j) as f32;
         }
-        if bound < longest {
-            let b2 = bound * bound;
-            self.leapers.extend(
-                before
-                    .iter()
-                    .zip(now)
-                    .enumerate()
-                    .filter(|(_, (a, b))| a.distance_squared(**b) > b2)
-                    .map(|(i, (&before, &now))| Leap {
-                        // Indices of a world of u32 ids.
-                        index: i as u32,
-                        before,
-                        now,
-                    }),
-            );
-            if self.leapers.len() > MAX_LEAPERS {
-                self.leapers.clear();
-                return longest;
+        if bound == longest {
+            return longest;
+        }
+        // Every other step is within the bound but may fall well short of it (the levels go
+        // by halves): the travel adds the longest of them instead, as every band's slack
+        // runs out the sooner the more the travel adds. With loss that is most ticks: some
+        // avatar catches up on late inputs with a step 1.5 or 2 times the crowd's.
+        let b2 = bound * bound;
+        let mut stayed2 = 0.0f32;
+        for (i, (&a, &b)) in before.iter().zip(now).enumerate() {
+            let d2 = a.distance_squared(b);
+            if d2 > b2 {
+                self.leapers.push(Leap {
+                    // Indices of a world of u32 ids.
+                    index: i as u32,
+                    before: a,
+                    now: b,
+                });
+            } else {
+                stayed2 = stayed2.max(d2);
             }
         }
-        bound
+        if self.leapers.len() > MAX_LEAPERS {
+            self.leapers.clear();
+            return longest;
+        }
+        stayed2.sqrt()
     }
 }
 
@@ -1447,7 +1453,7 @@ mod tests {
     #[test]
     fn motion_bounds_every_step_but_a_few_leaps_and_restarts_when_it_cannot() {
         let skin = 5.0;
-        for n in 1..80 {
+        for n in (1..80).chain([MAX_LEAPERS + 1, 300]) {
             let before: Vec<Vec2> = (0..n).map(|i| Vec2::new(i as f32, -(i as f32))).collect();
             // A crowd that walks a little: the longest step is the travel, no leapers.
             let mut walked: Vec<Vec2> = before.iter().map(|p| *p + Vec2::X * 0.05).collect();
@@ -1470,10 +1476,14 @@ mod tests {
                     assert!(m.travel < f64::from(before[at].distance(now[at])));
                     assert_bounded(&m, 0.0, &before, &now);
                     if n > MAX_LEAPERS {
-                        // The crowd's steps are not leaps: the travel is within a factor of
-                        // three of theirs (the bounds are halvings, read off exponents).
+                        // The crowd's steps are not leaps, and the travel is their step
+                        // (not the bound that told them from the leap).
                         assert_eq!(m.leaper_indices(), vec![at as u32], "{n} {at} {leap}");
-                        assert!(m.travel >= 0.5 && m.travel < 1.5, "{}", m.travel);
+                        assert!(
+                            (m.travel - 0.5).abs() < 1e-6,
+                            "{n} {at} {leap}: {}",
+                            m.travel
+                        );
                     }
                 }
                 // To or from a position that is not finite: a new epoch, no travel, no
@@ -1516,6 +1526,17 @@ mod tests {
                 assert_eq!(m.epoch, 0, "{n}");
                 assert_eq!(m.leapers.len(), MAX_LEAPERS);
                 assert_bounded(&m, 0.0, &walked, &now);
+                // Avatars catching up on late inputs (1.5 and 2 times the crowd's step):
+                // leapers, so the travel stays the crowd's.
+                let mut now: Vec<Vec2> = before.iter().map(|p| *p + Vec2::X * 0.5).collect();
+                for (k, p) in now.iter_mut().enumerate().skip(3).step_by(5).take(20) {
+                    *p += Vec2::X * if k % 2 == 0 { 0.25 } else { 0.5 };
+                }
+                let mut m = Motion::default();
+                m.advance(&before, &now, skin);
+                assert_eq!(m.leapers.len(), 20, "{n}");
+                assert!((m.travel - 0.5).abs() < 1e-6, "{n}: {}", m.travel);
+                assert_bounded(&m, 0.0, &before, &now);
             }
         }
         // Steps of every length, many seeds: the promise holds whatever the spread.
