@@ -16,7 +16,8 @@ use super::priority::PriorityAccumulator;
 use super::quantize::{Limits, QuantizeConfig};
 use super::shared::{SharedDelta, SharedDeltas, SharedLookup, SharedSection};
 use super::world::{
-    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, WorldView, normalize_changes,
+    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, WorldView, changed_within,
+    normalize_changes,
 };
 use crate::Sequence;
 
@@ -498,7 +499,7 @@ impl<'w> Diff<'_, 'w> {
         since: Option<(&[u8], u32)>,
     ) {
         let g = cur.global(wi);
-        if since.is_some_and(|(changed, ticks)| u32::from(changed[g]) >= ticks) {
+        if since.is_some_and(|(changed, ticks)| !changed_within(changed[g], ticks)) {
             return;
         }
         let states = (base.state(bi), cur.state(wi));

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
 use super::quantize::Limits;
-use super::world::{QuantizedEntity, Tick, TickWorld, next_with_id};
+use super::world::{QuantizedEntity, Tick, TickWorld, changed_within, next_with_id};
 
 /// Every this many entities of the world, one measures the changes a shared code is chosen
 /// from: a few hundred changes of the massive scene describe it as well as all of them.
@@ -242,13 +242,13 @@ impl SharedDeltas {
                     continue;
                 };
                 if then.same_layout(now) {
-                    // An index means the same entity in both, and an entity whose change
-                    // tick is not after `then` holds the same state in both: only the
-                    // sampled entities that moved are read (a walk through the old world
-                    // read all of it, for each age).
+                    // An index means the same entity in both, and an entity that did not
+                    // change since `then` holds the same state in both: only the sampled
+                    // entities that moved are read (a walk through the old world read all
+                    // of it, for each age).
                     let before = then.world.entities();
                     for g in (0..cur.len()).step_by(CODE_SAMPLE_STRIDE) {
-                        if u32::from(now.changed[g]) < k {
+                        if changed_within(now.changed[g], k) {
                             let (b, e) = (&before[g].1, &cur[g].1);
                             if b != e {
                                 deltas.push(EntityDelta::new(b, e, k, lim));
@@ -321,7 +321,7 @@ impl SharedDeltas {
         {
             // An entity that last changed as long before as the baseline or longer holds
             // the same state in both: clients skip it without a lookup.
-            if u32::from(c) < ticks {
+            if changed_within(c, ticks) {
                 let d = section.encode(&b.1, &e.1, lim);
                 encoded += usize::from(section.slots.store(g, slot, &d));
             }
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(filled.fill(&now_tick, &history, 5, &lim), 0);
         assert_eq!(filled.fill(&now_tick, &[], 2, &lim), 0);
         let moved: Vec<usize> = (0..now_tick.changed.len())
-            .filter(|&g| now_tick.changed[g] < 2)
+            .filter(|&g| changed_within(now_tick.changed[g], 2))
             .collect();
         assert!(
             moved.len() > 100 && moved.len() < 300,

@@ -488,6 +488,13 @@ pub(crate) struct TickWorld {
 /// its states compared (and finds them the same).
 pub(crate) const MAX_CHANGE_AGE: u8 = u8::MAX;
 
+/// Whether an entity of change age `age` may hold another state than in the world `ticks`
+/// older: it changed since then. One that did not is skipped without reading its states.
+#[inline(always)]
+pub(crate) fn changed_within(age: u8, ticks: u32) -> bool {
+    u32::from(age) < ticks
+}
+
 /// Change ages `ticks` later, saturating at [`MAX_CHANGE_AGE`].
 fn aged(age: u8, ticks: u32) -> u8 {
     u8::try_from(ticks).map_or(MAX_CHANGE_AGE, |t| age.saturating_add(t))
