@@ -10,6 +10,11 @@
 //! tick; only the server's own work for that tick is timed (`iter_custom`), not the clients
 //! or the simulated network around it.
 
+/// The allocator of the demo's binaries and of the benches that time its server (why: the
+/// workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use criterion::{

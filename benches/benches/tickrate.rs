@@ -16,6 +16,11 @@
 //! Without `--bench` (under `cargo test`) or with `--test` / `--quick` it runs a small subset
 //! in seconds, as a smoke test.
 
+/// The allocator of the demo's binaries and of the benches that time its server (why: the
+/// workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

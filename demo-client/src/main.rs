@@ -1,5 +1,10 @@
 //! `demo-client`: headless snapsync clients, and `compare`, the udp-vs-stream showdown.
 
+/// The allocator of the demo's binaries and of the benches that time its server (why: the
+/// workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod compare;
 mod report;
 mod session;

@@ -1,5 +1,10 @@
 //! `demo-server`: a headless authoritative snapsync server.
 
+/// The allocator of the demo's binaries and of the benches that time its server (why: the
+/// workspace's Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
