@@ -52,18 +52,26 @@ const UNCHANGED: u64 = 0;
 const OWN: u64 = 1;
 const BITS: u64 = 2;
 
-/// One entity's slot: [`FILLED`] and the rest of the first word, then the bits. Slots are
-/// read by every client that holds the entity, so they are small (two in a cache line of
-/// 64 bytes) and need no lock: two clients that fill a slot at once write the same words,
-/// and a reader that sees the first word filled (acquire) sees the words stored before it
-/// (release).
-type Slot = [AtomicU64; 1 + BitString::WORDS];
+/// One entity's slot: [`FILLED`] and the rest of the first word, then the string's first
+/// word. Slots are read by every client that holds the entity, so they are small (four in
+/// a cache line of 64 bytes: at a thousand clients, the ones a tick reads no longer fit the
+/// core's own caches when they are twice as large) and need no lock: two clients that fill
+/// a slot at once write the same words, and a reader that sees the first word filled
+/// (acquire) sees the words stored before it (release).
+type Slot = [AtomicU64; 2];
+
+/// A string's words past its first, for the few deltas longer than 64 bits (most updates
+/// take 30 to 60): beside the slots, so that they do not take room in the cache lines every
+/// client reads.
+type Rest = [AtomicU64; BitString::WORDS - 1];
 
 /// One slot per entity of the tick's world, and which of them were filled, so that emptying
 /// them for the next tick touches those alone (a few thousand of 10,000), not every slot.
 #[derive(Debug, Default)]
 struct Slots {
     slots: Vec<Slot>,
+    /// The rest of each slot's string, by the same index.
+    rest: Vec<Rest>,
     /// One bit per slot filled.
     filled: Vec<AtomicU64>,
 }
@@ -85,13 +93,16 @@ impl Slots {
         } else {
             self.slots.clear();
             self.slots.resize_with(len, Default::default);
+            self.rest.clear();
+            self.rest.resize_with(len, Default::default);
             self.filled.clear();
             self.filled
                 .resize_with(len.div_ceil(64), AtomicU64::default);
         }
     }
 
-    fn load(slot: &Slot) -> Option<SharedDelta> {
+    fn load(&self, index: usize) -> Option<SharedDelta> {
+        let slot = self.slots.get(index)?;
         let head = slot[0].load(Ordering::Acquire);
         if head & FILLED == 0 {
             return None;
@@ -99,9 +110,18 @@ impl Slots {
         Some(match (head >> KIND_SHIFT) & 3 {
             UNCHANGED => SharedDelta::Unchanged,
             BITS => {
-                let words = std::array::from_fn(|i| slot[1 + i].load(Ordering::Relaxed));
+                let len = (head & 0xffff) as usize;
+                let mut words = [0; BitString::WORDS];
+                words[0] = slot[1].load(Ordering::Relaxed);
+                if len > 64
+                    && let Some(rest) = self.rest.get(index)
+                {
+                    for (w, r) in words[1..].iter_mut().zip(rest) {
+                        *w = r.load(Ordering::Relaxed);
+                    }
+                }
                 SharedDelta::Bits {
-                    bits: BitString::from_words(words, (head & 0xffff) as usize),
+                    bits: BitString::from_words(words, len),
                     payload_bits: ((head >> 16) & 0xffff) as usize,
                 }
             }
@@ -109,15 +129,22 @@ impl Slots {
         })
     }
 
-    /// Fill `slot` (at `index`) with `delta`, unless another thread just did: whether this
+    /// Fill the slot at `index` with `delta`, unless another thread just did: whether this
     /// one did. The words two threads store are the same; the first word is set once.
-    fn store(&self, index: usize, slot: &Slot, delta: &SharedDelta) -> bool {
+    fn store(&self, index: usize, delta: &SharedDelta) -> bool {
+        let (Some(slot), Some(rest)) = (self.slots.get(index), self.rest.get(index)) else {
+            return false;
+        };
         let head = match delta {
             SharedDelta::Unchanged => UNCHANGED << KIND_SHIFT,
             SharedDelta::Own => OWN << KIND_SHIFT,
             SharedDelta::Bits { bits, payload_bits } => {
-                for (word, &bits) in slot[1..].iter().zip(bits.words()) {
-                    word.store(bits, Ordering::Relaxed);
+                let [first, more @ ..] = bits.words();
+                slot[1].store(*first, Ordering::Relaxed);
+                if bits.len() > 64 {
+                    for (word, &bits) in rest.iter().zip(more) {
+                        word.store(bits, Ordering::Relaxed);
+                    }
                 }
                 // Both fit 16 bits: `SharedSection::encode` keeps no longer string.
                 (BITS << KIND_SHIFT) | ((*payload_bits as u64) << 16) | bits.len() as u64
@@ -152,8 +179,10 @@ impl SharedSection {
         states: impl FnOnce() -> (&'a QuantizedEntity, &'a QuantizedEntity),
         lim: &Limits,
     ) -> Option<SharedLookup> {
-        let slot = self.slots.slots.get(index)?;
-        if let Some(d) = Slots::load(slot) {
+        if index >= self.slots.slots.len() {
+            return None;
+        }
+        if let Some(d) = self.slots.load(index) {
             return Some(SharedLookup::Hit(d));
         }
         // Another thread may fill the slot meanwhile, with the same words (a function of
@@ -162,7 +191,7 @@ impl SharedSection {
         // filled up front, see `fill`, makes every lookup a hit).
         let (base, cur) = states();
         let d = self.encode(base, cur, lim);
-        Some(if self.slots.store(index, slot, &d) {
+        Some(if self.slots.store(index, &d) {
             SharedLookup::Kept(d)
         } else {
             SharedLookup::Hit(d)
@@ -310,20 +339,12 @@ impl SharedDeltas {
         };
         let (before, cur) = (then.world.entities(), now.world.entities());
         let mut encoded = 0;
-        let slots = section.slots.slots.iter();
-        for (g, (((&c, b), e), slot)) in now
-            .changed
-            .iter()
-            .zip(before)
-            .zip(cur)
-            .zip(slots)
-            .enumerate()
-        {
+        for (g, ((&c, b), e)) in now.changed.iter().zip(before).zip(cur).enumerate() {
             // An entity that last changed as long before as the baseline or longer holds
             // the same state in both: clients skip it without a lookup.
             if changed_within(c, ticks) {
                 let d = section.encode(&b.1, &e.1, lim);
-                encoded += usize::from(section.slots.store(g, slot, &d));
+                encoded += usize::from(section.slots.store(g, &d));
             }
         }
         encoded
