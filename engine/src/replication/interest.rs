@@ -853,18 +853,6 @@ pub(super) struct Interest {
     bands_started: AtomicU32,
 }
 
-/// Where in the order of building snapshots a client of key `a` ([`Interest::build_order`])
-/// comes against one of key `b`: those without a position last.
-pub(super) fn build_order_cmp(
-    a: &Option<(i64, f32)>,
-    b: &Option<(i64, f32)>,
-) -> std::cmp::Ordering {
-    match (a, b) {
-        (Some((sa, xa)), Some((sb, xb))) => sa.cmp(sb).then(xa.total_cmp(xb)),
-        (a, b) => b.is_some().cmp(&a.is_some()),
-    }
-}
-
 fn ground(p: Vec3) -> Vec2 {
     Vec2::new(p.x, p.z)
 }
@@ -880,32 +868,6 @@ impl Interest {
     /// Whether clients get their own worlds (otherwise every client gets the whole one).
     pub(super) fn active(&self) -> bool {
         self.config.is_some() || !self.entity_rooms.is_empty()
-    }
-
-    /// Where in the order of building snapshots the client of `scope` (owning `owned`)
-    /// comes, so that neighbours are built one after the other: by strips of the area of
-    /// interest's outer radius across the ground, along each strip, alternating direction
-    /// from strip to strip. Neighbours see nearly the same entities, so one client's
-    /// snapshot reads the entity states, change ages and shared deltas the one before it
-    /// just read, from the core's caches; in id order, those came from memory for each
-    /// client (a thousand clients read far more than the caches hold between two reads of
-    /// the same entity). `None` without a position (last in the order). Only the order of
-    /// the work changes: each client's snapshot is its own either way.
-    pub(super) fn build_order(&self, scope: &Scope, owned: Option<EntityId>) -> Option<(i64, f32)> {
-        let c = self.config?;
-        // Last send tick's index of the owned entity: where it usually still is. A stale
-        // one only moves the client in the order.
-        let owned_at = owned
-            .filter(|id| self.layout.get(scope.owned_at) == Some(id))
-            .map(|_| scope.owned_at);
-        let view = scope
-            .view_point
-            .map(ground)
-            .or_else(|| owned_at.and_then(|i| self.positions.get(i).copied()))
-            .filter(|v| v.is_finite())?;
-        let strip = floor_i64(view.y / c.outer_radius_m());
-        let along = if strip % 2 == 0 { view.x } else { -view.x };
-        Some((strip, along))
     }
 
     /// The [`Band::slack`] of the next scope to find its first band: between 45 and 95 % of
@@ -1952,55 +1914,6 @@ mod tests {
             vec![1, 3, 4],
             "near public ones, the own far one"
         );
-    }
-
-    #[test]
-    fn snapshots_are_built_neighbour_after_neighbour() {
-        // Owned entities 0..6 and view points, in id order zig-zagging across the map.
-        let points = [(0, 250.0, 10.0), (1, -90.0, 130.0), (2, 40.0, 20.0)];
-        let world = world_at(&points);
-        let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
-        let tw = first(&q);
-        let mut interest = Interest::new(Some(InterestConfig::radius(100.0)));
-        interest.index(positions(&world), &tw.ids);
-        let scope = |owned: Option<u32>, view: Option<Vec3>| {
-            let mut s = Scope {
-                view_point: view,
-                ..Scope::default()
-            };
-            interest.scope(&tw, owned.map(EntityId), &mut s, Arc::default);
-            (s, owned.map(EntityId))
-        };
-        let clients = [
-            scope(Some(0), None),
-            scope(None, Some(Vec3::new(-300.0, 0.0, 5.0))),
-            scope(Some(1), None),
-            scope(None, None),
-            scope(Some(2), None),
-            scope(None, Some(Vec3::new(200.0, 0.0, 150.0))),
-            // A view point the game set wins over the owned entity.
-            scope(Some(0), Some(Vec3::new(-10.0, 0.0, 199.0))),
-        ];
-        let keys: Vec<_> = clients
-            .iter()
-            .map(|(s, owned)| interest.build_order(s, *owned))
-            .collect();
-        // The first strip (z in 0..110 m) west to east, the next one east to west.
-        assert_eq!(keys[1], Some((0, -300.0)));
-        assert_eq!(keys[0], Some((0, 250.0)));
-        assert_eq!(keys[5], Some((1, -200.0)));
-        assert_eq!(keys[6], Some((1, 10.0)));
-        assert_eq!(keys[3], None, "no position");
-        let mut order: Vec<usize> = (0..clients.len()).filter(|&i| i != 3).collect();
-        order.sort_by(|&a, &b| build_order_cmp(&keys[a], &keys[b]));
-        assert_eq!(order, vec![1, 4, 0, 5, 6, 2]);
-        assert_eq!(
-            build_order_cmp(&keys[3], &keys[2]),
-            std::cmp::Ordering::Greater
-        );
-        // Without an area of interest there is no order to keep (rooms alone).
-        let rooms_only = Interest::new(None);
-        assert_eq!(rooms_only.build_order(&clients[1].0, None), None);
     }
 
     #[test]

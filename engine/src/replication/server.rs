@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::config::{ConfigError, ServerConfig, SnapshotDelivery, with_control_channel};
-use super::interest::{Interest, RoomId, Scope, ScopedWorld, build_order_cmp};
+use super::interest::{Interest, RoomId, Scope, ScopedWorld};
 use super::wire::{
     ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, QuantizeWire, WelcomeWire,
     write_part_prefix,
@@ -445,33 +445,22 @@ impl Server {
             };
             (id, built, (in_scope, scanned))
         };
-        let mut jobs: Vec<(ClientId, &mut Peer)> = self
+        let jobs: Vec<(ClientId, &mut Peer)> = self
             .peers
             .iter_mut()
             .filter(|(_, p)| p.ready)
             .map(|(id, p)| (*id, p))
             .collect();
-        if scoped {
-            // Neighbours one after the other (see `Interest::build_order`); ties and
-            // clients without a position in id order.
-            let mut keyed: Vec<_> = jobs
-                .into_iter()
-                .map(|(id, p)| (interest.build_order(&p.scope, p.owned), id, p))
-                .collect();
-            keyed.sort_by(|(a, ia, _), (b, ib, _)| build_order_cmp(a, b).then(ia.cmp(ib)));
-            jobs = keyed.into_iter().map(|(_, id, p)| (id, p)).collect();
-        }
         // Each client's snapshot, with how many entities its scope held and whether the
         // scope was a scan.
         let built: Vec<(ClientId, Result<Built, _>, (usize, bool))> = if scoped {
             let built: Vec<_> = match &self.pool {
                 Some(pool) => {
-                    // Each thread builds a contiguous share of the build order: the same
-                    // clients from tick to tick while they move little, so a client's
-                    // sender state stays in the caches of the core that used it last (work
-                    // stealing moved clients between threads from tick to tick), and
-                    // neighbours, who read the same entities, on one core. The mutexes only
-                    // hand each thread its own share (never contended).
+                    // Each thread builds the same clients every tick (a contiguous share,
+                    // in id order), so a client's sender state stays in the caches of the
+                    // core that used it last; work stealing moved clients between threads
+                    // from tick to tick. The mutexes only hand each thread its own share
+                    // (never contended).
                     let per = jobs.len().div_ceil(pool.current_num_threads()).max(1);
                     let mut shares = Vec::new();
                     let mut rest = jobs;
@@ -490,13 +479,10 @@ impl Server {
                 }
                 None => jobs.into_iter().map(build).collect(),
             };
-            let mut built: Vec<_> = built
+            built
                 .into_iter()
                 .map(|(id, parts, n)| (id, parts.map(Built::Own), n))
-                .collect();
-            // Sent in id order, whatever order they were built in.
-            built.sort_unstable_by_key(|(id, _, _)| *id);
-            built
+                .collect()
         } else {
             // Everyone is sent the same world. Clients that hold the same baseline get the
             // same snapshot when it carries every difference (the budget allowed it): it is
