@@ -45,7 +45,7 @@ pub(crate) enum SharedDelta {
 }
 
 /// A slot's first word: filled, which [`SharedDelta`] (bits 32–33), the payload bits (bits
-/// 16–31) and the length (bits 0–15); the string's words follow it.
+/// 16–31) and the length (bits 0–15); the string's first word follows it ([`Slot`]).
 const FILLED: u64 = 1 << 63;
 const KIND_SHIFT: u32 = 32;
 const UNCHANGED: u64 = 0;
@@ -54,10 +54,10 @@ const BITS: u64 = 2;
 
 /// One entity's slot: [`FILLED`] and the rest of the first word, then the string's first
 /// word. Slots are read by every client that holds the entity, so they are small (four in
-/// a cache line of 64 bytes: at a thousand clients, the ones a tick reads no longer fit the
-/// core's own caches when they are twice as large) and need no lock: two clients that fill
-/// a slot at once write the same words, and a reader that sees the first word filled
-/// (acquire) sees the words stored before it (release).
+/// a cache line of 64 bytes: 160 KB for 10,000 entities, where the slots of a tick's
+/// changes compete for the core's caches with every client's own state) and need no lock:
+/// two clients that fill a slot at once write the same words, and a reader that sees the
+/// first word filled (acquire) sees the words stored before it (release).
 type Slot = [AtomicU64; 2];
 
 /// A string's words past its first, for the few deltas longer than 64 bits (most updates
