@@ -310,8 +310,9 @@ const DIRECT_COST_VALUES: usize = 128;
 ///
 /// Values below [`SMALL_CODE_VALUES`] (nearly every baseline index gap, most residuals) are
 /// weighed with the code lengths in [`SMALL_CODES`]: one by one in a short list, else
-/// counted by value first; larger ones are weighed one by one. Four sets of counts take every fourth value in turn: an increment of
-/// one counter waits for the one before it, and neighbouring values often share their counter.
+/// counted by value first; larger ones are weighed one by one. Four sets of counts take
+/// every fourth value in turn: an increment of one counter waits for the one before it, and
+/// neighbouring values often share their counter.
 fn order_costs(values: &[u32], ks: &[u32; 5]) -> [usize; 5] {
     let mut costs = [0usize; 5];
     if values.len() <= DIRECT_COST_VALUES {

@@ -60,9 +60,9 @@ const BITS: u64 = 2;
 /// first word filled (acquire) sees the words stored before it (release).
 type Slot = [AtomicU64; 2];
 
-/// A string's words past its first, for the few deltas longer than 64 bits (most updates
-/// take 30 to 60): beside the slots, so that they do not take room in the cache lines every
-/// client reads.
+/// A string's words past its first, for the deltas longer than 64 bits (spawns, large
+/// updates): beside the slots, so that they take no room in the cache lines every client
+/// reads.
 type Rest = [AtomicU64; BitString::WORDS - 1];
 
 /// One slot per entity of the tick's world, and which of them were filled, so that emptying
