@@ -1194,7 +1194,7 @@ impl Interest {
 /// `picks` (last tick's scope, by increasing index) with the band entities that `crossed`
 /// in or out of it, into `out`. A band entity is in `picks` exactly when it was in scope, so
 /// the few that crossed are all that differ: the runs between them are copied whole. Walking
-/// every pick against the band's entities instead cost 0.4–0.6 µs more a client at 1,000
+/// every pick against the band's entities instead cost 0.3–0.6 µs more a client at 1,000
 /// clients of the `massive` scene (docs/BENCHMARKS.md).
 fn cross(picks: &[u32], crossed: &[(u32, bool)], out: &mut Vec<u32>) {
     let mut from = 0;
