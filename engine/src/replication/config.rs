@@ -64,10 +64,11 @@ pub struct ServerConfig {
     /// Each client sees only the entities near its view point (default `None`: every
     /// client sees every entity, unless rooms say otherwise). See [`InterestConfig`].
     pub interest: Option<InterestConfig>,
-    /// Threads that build the clients' snapshots each send tick (default 1: the calling
-    /// thread; 0: one per core). Each client's snapshot depends on that client alone, so
-    /// more threads divide the per-client work, each thread the same share of the clients
-    /// every tick (their state stays in its core's caches); the bytes sent are the same.
+    /// Threads that build the clients' snapshots each send tick, the calling thread one of
+    /// them (default 1: the calling thread alone; 0: one per core). Each client's snapshot
+    /// depends on that client alone, so more threads divide the per-client work, each
+    /// thread the same share of the clients every tick (their state stays in its core's
+    /// caches); the bytes sent are the same.
     /// Only clients with scopes of their own (rooms, an area of interest) are built apart;
     /// without them one snapshot serves many clients and is built on the calling thread.
     pub snapshot_threads: usize,

@@ -194,7 +194,8 @@ pub struct Server {
     interest: Interest,
     /// Last tick's quantization, so unchanged entities are not quantized again.
     quantize_cache: QuantizeCache,
-    /// Threads that build snapshots, when the config asks for more than one.
+    /// Threads that build snapshots beside the calling thread, when the config asks for
+    /// more than one in all.
     pool: Option<rayon::ThreadPool>,
     /// The last worlds sent (oldest first), to choose the codes scoped clients share.
     history: VecDeque<TickWorld>,
@@ -244,12 +245,17 @@ impl Server {
         inner.connection.channels = with_control_channel(&inner.connection.channels)?.0;
         let seed = config.seed.unwrap_or_else(rand::random);
         let interest = config.interest;
-        let pool = match config.snapshot_threads {
+        // The calling thread builds a share too, so the pool holds one thread fewer than
+        // the config's count (0: one per core).
+        let threads = match config.snapshot_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = match threads {
             1 => None,
             n => Some(
                 rayon::ThreadPoolBuilder::new()
-                    // 0: rayon's default, one thread per core.
-                    .num_threads(n)
+                    .num_threads(n - 1)
                     .thread_name(|i| format!("snapsync-snapshots-{i}"))
                     .build()
                     .map_err(|_| ConfigError::Invalid("cannot start the snapshot threads"))?,
@@ -459,23 +465,36 @@ impl Server {
                     // Each thread builds the same clients every tick (a contiguous share,
                     // in id order), so a client's sender state stays in the caches of the
                     // core that used it last; work stealing moved clients between threads
-                    // from tick to tick. The mutexes only hand each thread its own share
-                    // (never contended).
-                    let per = jobs.len().div_ceil(pool.current_num_threads()).max(1);
+                    // from tick to tick. The first share is the calling thread's: it
+                    // sends every client's parts and takes in their packets between
+                    // ticks, so whichever clients it builds, their state is already in
+                    // its core's caches (measured: a share built there took less time
+                    // than the same share on another core, docs/BENCHMARKS.md). The
+                    // mutexes only hand each thread its share and take back what it
+                    // built (never contended).
+                    let per = jobs.len().div_ceil(pool.current_num_threads() + 1).max(1);
                     let mut shares = Vec::new();
                     let mut rest = jobs;
                     while !rest.is_empty() {
                         let tail = rest.split_off(per.min(rest.len()));
-                        shares.push(Mutex::new(rest));
+                        shares.push(Mutex::new((rest, Vec::new())));
                         rest = tail;
                     }
-                    let built: Vec<Vec<_>> = pool.broadcast(|ctx| {
-                        let share = shares.get(ctx.index()).map(|s| {
-                            std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()))
-                        });
-                        share.unwrap_or_default().into_iter().map(build).collect()
+                    let build_share = |share: Option<&Mutex<(Vec<_>, Vec<_>)>>| {
+                        if let Some(share) = share {
+                            let mut share = share.lock().unwrap_or_else(|e| e.into_inner());
+                            let (jobs, built) = &mut *share;
+                            built.extend(std::mem::take(jobs).into_iter().map(build));
+                        }
+                    };
+                    pool.in_place_scope(|scope| {
+                        scope.spawn_broadcast(|_, ctx| build_share(shares.get(ctx.index() + 1)));
+                        build_share(shares.first());
                     });
-                    built.into_iter().flatten().collect()
+                    shares
+                        .into_iter()
+                        .flat_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).1)
+                        .collect()
                 }
                 None => jobs.into_iter().map(build).collect(),
             };
