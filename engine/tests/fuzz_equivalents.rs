@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use glam::{Quat, Vec3};
 use proptest::prelude::*;
@@ -366,6 +367,145 @@ proptest! {
     fn server_datagram_script_never_breaks_the_server(input in script(datagram(1500), 1..24)) {
         fuzzing::server_datagram(&input);
     }
+}
+
+/// An input frame as the replication client encodes one (bincode's standard config: a
+/// bool, then varints, each below 251 here so one byte each): whether it asks for a full
+/// snapshot, the first input's tick, then each input with its length.
+fn input_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<bool>(),
+        0u8..251,
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 0..8),
+    )
+        .prop_map(|(resync, first_tick, inputs)| {
+            let mut b = vec![u8::from(resync), first_tick, inputs.len() as u8];
+            for input in inputs {
+                b.push(input.len() as u8);
+                b.extend_from_slice(&input);
+            }
+            b
+        })
+}
+
+/// Input frames that decode but break a limit of the server's default config: more than
+/// 64 inputs, or an input longer than 256 bytes (its length a varint of three bytes).
+fn limit_breaking_frame() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (65u8..80).prop_map(|n| {
+            let mut b = vec![0, 0, n];
+            b.extend(std::iter::repeat_n(0, usize::from(n)));
+            b
+        }),
+        (257u16..300).prop_map(|len| {
+            let mut b = vec![0, 0, 1, 251];
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend(std::iter::repeat_n(7, usize::from(len)));
+            b
+        }),
+    ]
+}
+
+/// What the `replication_datagram` target's steps carry: input frames (as sent, beyond a
+/// limit, or mutated), control messages (the one valid one is `[0]`, the client's "ready"), channel
+/// sections, bodies and random bytes for the raw peer.
+fn replication_step_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        input_frame(),
+        limit_breaking_frame(),
+        (input_frame(), mutation()).prop_map(|(mut b, m)| {
+            mutate(&mut b, &m);
+            b
+        }),
+        proptest::collection::vec(any::<u8>(), 0..4),
+        payload_body(),
+        proptest::collection::vec(any::<u8>(), 0..600),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The `replication_datagram` target.
+    #[test]
+    fn replication_datagram_counts_every_bad_frame_and_message_once(
+        input in script(replication_step_bytes(), 1..32),
+    ) {
+        fuzzing::replication_datagram(&input);
+    }
+}
+
+/// The real parts of [`real_parts`]`(4)`, made once: their quantization is the default
+/// config's, which the default welcome announces.
+static CLIENT_PARTS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| real_parts(4));
+
+/// A part as a datagram from a replication server: the input-ack prefix (one byte, a code
+/// below 128), then the part.
+fn part_datagram(prefix: u8, part: &[u8]) -> Vec<u8> {
+    let mut b = vec![prefix];
+    b.extend_from_slice(part);
+    b
+}
+
+/// One step of the `replication_client` target with the bytes its selector reads: real
+/// parts (as sent, or mutated), control messages (the default welcome as sent or mutated,
+/// "owned" messages, random bytes), raw bodies, and time passing.
+fn client_step() -> impl Strategy<Value = (u8, Vec<u8>)> {
+    let part = (
+        any::<prop::sample::Index>(),
+        0u8..128,
+        proptest::option::of(mutation()),
+    )
+        .prop_map(|(which, prefix, m)| {
+            let mut b = part_datagram(prefix, &CLIENT_PARTS[which.index(CLIENT_PARTS.len())]);
+            if let Some(m) = m {
+                mutate(&mut b, &m);
+            }
+            b
+        });
+    let control = prop_oneof![
+        Just(fuzzing::default_welcome()),
+        mutation().prop_map(|m| {
+            let mut b = fuzzing::default_welcome();
+            mutate(&mut b, &m);
+            b
+        }),
+        // `ControlMsg::Owned`: variant 1, then an option of a varint id.
+        (0u8..2, 0u8..40).prop_map(|(some, id)| vec![1, some, id]),
+        proptest::collection::vec(any::<u8>(), 0..48),
+    ];
+    prop_oneof![
+        (0u8..64, part).prop_map(|(k, b)| (k * 4, b)),
+        (0u8..64, control).prop_map(|(k, b)| (k * 4 + 1, b)),
+        (0u8..64, payload_body()).prop_map(|(k, b)| (k * 4 + 2, b)),
+        (0u8..64).prop_map(|k| (k * 4 + 3, Vec::new())),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The `replication_client` target.
+    #[test]
+    fn replication_client_reads_or_rejects_every_part_and_counts_bad_control(
+        steps in proptest::collection::vec(client_step(), 1..32),
+    ) {
+        fuzzing::replication_client(&fuzzing::steps(steps));
+    }
+}
+
+/// The twin's pipeline is live: after the default welcome (the first selector is odd),
+/// untouched parts all arrive, so the mutated ones above reach the snapshot decoder.
+#[test]
+fn replication_client_takes_untouched_parts() {
+    let mut steps = vec![(3u8 + 4 * 4, Vec::new())];
+    for part in CLIENT_PARTS.iter() {
+        steps.push((0, part_datagram(0, part)));
+        steps.push((3 + 4 * 16, Vec::new()));
+    }
+    let stats = fuzzing::replication_client_stats(&fuzzing::steps(steps));
+    assert_eq!(stats.parts_rejected, 0, "{stats:?}");
+    assert_eq!(stats.snapshots_received, 4, "{stats:?}");
 }
 
 // Secure mode (netcode 1.02): the twins of `netcode_token`, `netcode_packet` and

@@ -32,7 +32,7 @@ mod config;
 mod interest;
 mod predict;
 mod server;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod scope_tests;
