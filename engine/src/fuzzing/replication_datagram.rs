@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::input::split_steps;
-use super::sim_server::connected_packet;
+use super::sim_server::{connected_packet, datagram_payload, message_payload};
 use crate::codec;
 use crate::connection::ClientId;
 use crate::packet::{MAX_PACKET_BYTES, Packet};
@@ -19,8 +19,6 @@ const TICK: Duration = Duration::from_millis(16);
 /// Longest input frame or control message a step sends framed: short enough that the
 /// connection layer hands it up whole, so the replication layer's verdict is the only one.
 const FRAMED_BYTES: usize = 512;
-/// The connection layer's flag for a payload that starts with an unreliable datagram.
-const FLAG_DATAGRAM: u8 = 0x01;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), port))
@@ -150,11 +148,7 @@ pub fn replication_datagram(data: &[u8]) {
         match selector % 4 {
             0 => {
                 let frame = &bytes[..bytes.len().min(FRAMED_BYTES)];
-                let mut payload = vec![FLAG_DATAGRAM];
-                // At most FRAMED_BYTES: fits the u16.
-                payload.extend_from_slice(&(frame.len() as u16).to_le_bytes());
-                payload.extend_from_slice(frame);
-                a.send(&mut sim, selector, &payload);
+                a.send(&mut sim, selector, &datagram_payload(frame));
                 let handed_up = refused(&sim.server.connection().stats()) == conn_before;
                 let after = sim.server.stats();
                 let counted = after.invalid_input_frames - before.invalid_input_frames;
@@ -169,12 +163,11 @@ pub fn replication_datagram(data: &[u8]) {
             }
             1 => {
                 let message = &bytes[..bytes.len().min(FRAMED_BYTES)];
-                // No datagram; one section record: channel, no fragment, id, length.
-                let mut payload = vec![0u8, 1, control, 0];
-                payload.extend_from_slice(&a.message.to_le_bytes());
-                payload.extend_from_slice(&(message.len() as u16).to_le_bytes());
-                payload.extend_from_slice(message);
-                a.send(&mut sim, selector, &payload);
+                a.send(
+                    &mut sim,
+                    selector,
+                    &message_payload(control, a.message, message),
+                );
                 let handed_up = refused(&sim.server.connection().stats()) == conn_before;
                 if handed_up {
                     a.message = a.message.wrapping_add(1);

@@ -1,4 +1,5 @@
-//! What the two targets on a `Server` in a `Sim` do alike with a step.
+//! What the targets that speak to an endpoint by hand do alike with a step: strangers'
+//! datagrams, connected packets, and the payloads inside them.
 
 use std::net::SocketAddr;
 
@@ -52,4 +53,27 @@ pub(super) fn connected_packet<'b>(
     };
     let n = packet.encode(buf).expect("fits one packet");
     &buf[..n]
+}
+
+/// The connection layer's flag for a payload that starts with an unreliable datagram.
+const FLAG_DATAGRAM: u8 = 0x01;
+
+/// A connected payload that carries `datagram` alone (at most 64 KiB - 1: its length is a
+/// u16), as an endpoint's unreliable datagram.
+pub(super) fn datagram_payload(datagram: &[u8]) -> Vec<u8> {
+    let mut payload = vec![FLAG_DATAGRAM];
+    payload.extend_from_slice(&(datagram.len() as u16).to_le_bytes());
+    payload.extend_from_slice(datagram);
+    payload
+}
+
+/// A connected payload that carries one message, `message` (shorter than 64 KiB), as the
+/// message numbered `id` on `channel`: no datagram, then a channel section of one whole
+/// (unfragmented) record.
+pub(super) fn message_payload(channel: u8, id: u16, message: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0u8, 1, channel, 0];
+    payload.extend_from_slice(&id.to_le_bytes());
+    payload.extend_from_slice(&(message.len() as u16).to_le_bytes());
+    payload.extend_from_slice(message);
+    payload
 }
