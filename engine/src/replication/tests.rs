@@ -470,6 +470,41 @@ fn a_welcome_of_another_version_is_refused_with_a_clear_reason() {
 }
 
 #[test]
+fn a_welcome_whose_box_decodes_to_infinity_is_refused() {
+    // A server (hostile or misconfigured) announces a box whose last step lies past
+    // f32::MAX: a client that took it would draw entities at infinity.
+    let mut g = Game::new(1, 2, 1, ConditionerConfig::off(), ConditionerConfig::off());
+    let c = &mut g.sim.clients[0].client;
+    let quantize = QuantizeConfig {
+        position_min: Vec3::ZERO,
+        position_max: Vec3::new(f32::MAX, 1.0, 1.0),
+        position_resolution_m: f32::MAX / 999.5,
+        ..QuantizeConfig::default()
+    };
+    let bad = wire::WelcomeWire {
+        version: REPLICATION_VERSION,
+        client_id: 1,
+        owned: None,
+        server_tick: 1,
+        send_interval_ticks: 1,
+        ring_ticks: 64,
+        quantize: wire::QuantizeWire::from(&quantize),
+        app: Vec::new(),
+    };
+    let bytes = crate::codec::encode(&wire::ControlMsg::Welcome(bad)).unwrap();
+    let now = g.sim.now;
+    c.on_control(now, now, &bytes);
+    let Some(ClientEvent::Disconnected { reason }) = c.poll_event() else {
+        panic!("expected a disconnect");
+    };
+    assert!(
+        matches!(reason, CloseReason::BadWelcome(ref why) if why.contains("finite")),
+        "{reason}"
+    );
+    assert!(c.welcome().is_none());
+}
+
+#[test]
 fn unusable_configs_are_refused_at_construction() {
     let now = Instant::now();
     let bad_quantize = ServerConfig {

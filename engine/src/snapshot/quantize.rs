@@ -213,6 +213,18 @@ impl QuantizeConfig {
         if !(2..=15).contains(&self.rotation_bits) {
             return bad("rotation bits must be 2..=15");
         }
+        // The step count rounds, so the last step can lie past the box's top (or past the
+        // top speed): near f32::MAX that is infinity. Every value a decoder accepts must
+        // come back finite, whoever sent the config (a client takes it from the welcome).
+        let last = self.dequantize(&QuantizedTransform {
+            position: [0, 1, 2].map(|axis| self.position_steps(axis)),
+            rotation: QuantizedRotation::default(),
+            velocity: Some([self.velocity_steps(); 3]),
+        });
+        let finite = |v: Vec3| v.is_finite();
+        if !finite(last.position) || !last.velocity.is_some_and(finite) {
+            return bad("the last step of the position box or speed range is not a finite f32");
+        }
         Ok(())
     }
 
@@ -451,6 +463,38 @@ mod tests {
             ..QuantizeConfig::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_box_whose_far_corner_is_no_finite_f32_is_rejected() {
+        // A thousand steps from 0 reach just past f32::MAX: the step count rounds up, so the
+        // last step lies beyond the box's top. A config a client takes from a server's
+        // welcome must not let any value it decodes become infinite.
+        let resolution = f32::MAX / 999.5;
+        let c = QuantizeConfig {
+            position_min: Vec3::ZERO,
+            position_max: Vec3::new(f32::MAX, 1.0, 1.0),
+            position_resolution_m: resolution,
+            ..QuantizeConfig::default()
+        };
+        assert_eq!(c.position_steps(0), 1000);
+        let far = QuantizedTransform {
+            position: [c.position_steps(0), 0, 0],
+            ..QuantizedTransform::default()
+        };
+        assert!(c.dequantize(&far).position.x.is_infinite());
+        assert!(c.validate().is_err());
+        // The same box one step lower is finite to its far corner, and valid.
+        let c = QuantizeConfig {
+            position_max: Vec3::new(f32::MAX - resolution, 1.0, 1.0),
+            ..c
+        };
+        c.validate().unwrap();
+        let far = QuantizedTransform {
+            position: [c.position_steps(0), 0, 0],
+            ..QuantizedTransform::default()
+        };
+        assert!(c.dequantize(&far).position.x.is_finite());
     }
 
     #[test]
