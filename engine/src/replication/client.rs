@@ -597,6 +597,7 @@ impl<I: Serialize> Client<I> {
         let receiver = SnapshotReceiver::new(ReceiverConfig {
             quantize,
             ring_ticks: w.ring_ticks,
+            max_entities: self.config.max_entities,
         })
         .map_err(|e| e.to_string())?;
         let interp = InterpolationBuffer::new(InterpolationConfig {

@@ -137,6 +137,10 @@ pub struct ClientConfig {
     pub max_input_bytes: usize,
     /// Prediction of the owned entity.
     pub prediction: PredictionConfig,
+    /// Most entities a snapshot or the view may hold (default 65,536): parts that would
+    /// pass it are refused, so a server cannot make the client hold an unbounded world.
+    /// Raise it for a world whose clients see more.
+    pub max_entities: usize,
     /// Seed of the connection nonce. `None` (the default): the operating system's
     /// randomness.
     pub seed: Option<u64>,
@@ -151,6 +155,7 @@ impl Default for ClientConfig {
             max_pending_inputs: 256,
             max_input_bytes: 256,
             prediction: PredictionConfig::default(),
+            max_entities: crate::snapshot::DEFAULT_MAX_ENTITIES,
             seed: None,
         }
     }
@@ -235,6 +240,9 @@ impl ClientConfig {
         }
         if !(1..=MAX_DATAGRAM_BYTES).contains(&self.max_input_bytes) {
             return Err(ConfigError::Invalid("max input bytes out of range"));
+        }
+        if self.max_entities == 0 {
+            return Err(ConfigError::Invalid("max entities must be at least 1"));
         }
         let p = self.prediction;
         if !(p.correction_threshold_m.is_finite() && p.correction_threshold_m >= 0.0) {

@@ -238,6 +238,7 @@ fn clients_equal_the_server_after_motion_stops_at_10_pct_loss_and_100_ms_latency
         assert_eq!(
             r.stats().parts_applied
                 + r.stats().late_dropped
+                + r.stats().held_back
                 + r.stats().missing_baseline_dropped
                 + r.stats().invalid
                 + r.stats().duplicates
@@ -408,8 +409,6 @@ fn a_missing_baseline_asks_for_a_full_snapshot_and_the_client_recovers() {
     );
     g.run(Duration::from_secs(1));
     // Drop every snapshot tick the client holds: the next delta names a baseline it lacks.
-    let cfg = ClientConfig::default();
-    let _ = cfg;
     let id = g.sim.clients[0].client.welcome().unwrap().client_id;
     let resets_before = g.sim.server.client_summary(id).unwrap().snapshots.resets;
     {
@@ -418,6 +417,7 @@ fn a_missing_baseline_asks_for_a_full_snapshot_and_the_client_recovers() {
         s.receiver = crate::snapshot::SnapshotReceiver::new(crate::snapshot::ReceiverConfig {
             quantize: s.welcome.quantize,
             ring_ticks: s.ring_ticks,
+            ..crate::snapshot::ReceiverConfig::default()
         })
         .unwrap();
     }

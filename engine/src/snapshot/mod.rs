@@ -69,7 +69,9 @@ pub use quantize::{
     MAX_AXIS_BITS, MAX_ROTATION_ERROR_RAD_9_BITS, QuantizeConfig, QuantizedRotation,
     QuantizedTransform,
 };
-pub use receiver::{PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver};
+pub use receiver::{
+    DEFAULT_MAX_ENTITIES, PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver,
+};
 pub(crate) use sender::{ClientWorld, Parts, PriorityWeights, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};
 pub(crate) use world::TickWorld;
@@ -113,6 +115,10 @@ pub enum SnapshotError {
     /// Part header disagrees with earlier parts of its tick (baseline or part count).
     #[error("part disagrees with earlier parts of its tick")]
     Inconsistent,
+    /// The part would take a snapshot or the live view beyond the receiver's
+    /// [`ReceiverConfig::max_entities`].
+    #[error("more entities than the receiver's limit")]
+    TooManyEntities,
     /// The part's tick is too old to be of any use.
     #[error("tick {0} too old")]
     TooOld(u32),

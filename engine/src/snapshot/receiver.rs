@@ -19,13 +19,22 @@ pub struct ReceiverConfig {
     /// Ticks of completed snapshots kept as possible baselines (default 64, must be at least
     /// the sender's `ring_ticks`, or the server may pick a baseline this side has dropped).
     pub ring_ticks: u32,
+    /// Most entities a snapshot or the live view may hold (default 65,536). A part that would
+    /// take either beyond it is refused ([`SnapshotError::TooManyEntities`]), so what a
+    /// server can make a client keep is bounded: at most `ring_ticks` snapshots of this
+    /// many entities. Raise it for a world whose clients see more.
+    pub max_entities: usize,
 }
+
+/// The default [`ReceiverConfig::max_entities`].
+pub const DEFAULT_MAX_ENTITIES: usize = 1 << 16;
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         Self {
             quantize: QuantizeConfig::default(),
             ring_ticks: 64,
+            max_entities: DEFAULT_MAX_ENTITIES,
         }
     }
 }
@@ -39,6 +48,10 @@ pub struct ReceiverStats {
     pub parts_applied: u64,
     /// Valid parts older than the newest tick applied: kept for baselines, not applied.
     pub late_dropped: u64,
+    /// Valid parts of the newest tick kept for their tick but not shown yet: on top of the
+    /// live view they would have passed [`ReceiverConfig::max_entities`] (the tick shows
+    /// once complete, if it is within the limit).
+    pub held_back: u64,
     /// Parts whose baseline this receiver does not hold.
     pub missing_baseline_dropped: u64,
     /// Parts that failed to decode or contradicted earlier parts.
@@ -90,6 +103,8 @@ pub struct SnapshotReceiver {
     live_base: QuantizedWorld,
     /// Changes from parts of ticks newer than `live_base`: `None` = despawned.
     live_overlay: BTreeMap<EntityId, Option<QuantizedEntity>>,
+    /// Entities in the live view (`live_base` with `live_overlay` on top).
+    live_len: usize,
     newest: Option<(Tick, Instant)>,
     stats: ReceiverStats,
     field_bits: FieldBits,
@@ -102,6 +117,9 @@ impl SnapshotReceiver {
         if !(1..=16_383).contains(&config.ring_ticks) {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
+        if config.max_entities == 0 {
+            return Err(SnapshotError::Config("max entities must be at least 1"));
+        }
         Ok(Self {
             limits: config.quantize.limits(),
             config,
@@ -109,6 +127,7 @@ impl SnapshotReceiver {
             pending: BTreeMap::new(),
             live_base: QuantizedWorld::default(),
             live_overlay: BTreeMap::new(),
+            live_len: 0,
             newest: None,
             stats: ReceiverStats::default(),
             field_bits: FieldBits::default(),
@@ -144,6 +163,11 @@ impl SnapshotReceiver {
             return self.live_base.clone();
         }
         QuantizedWorld::from_entities(self.live().map(|(id, e)| (id, e.clone())))
+    }
+
+    /// How many entities the live view holds.
+    pub fn live_count(&self) -> usize {
+        self.live_len
     }
 
     /// One entity of the live view.
@@ -226,33 +250,65 @@ impl SnapshotReceiver {
         // Decoded into a fresh vector: nothing is touched until it succeeded.
         let changes = part::decode_body(&mut r, &h, &base, &self.limits, &mut self.field_bits)?;
 
-        let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
-            baseline: h.baseline,
-            received: vec![false; usize::from(h.count)],
-            received_count: 0,
-            changes: Vec::new(),
-        });
-        // Same bounds as the check above (the entry was created with h.count slots).
-        pending.received[usize::from(h.index)] = true;
-        pending.received_count += 1;
-        let completed = pending.received_count == pending.received.len();
-        let applied = self.newest.is_none_or(|(n, _)| h.tick >= n);
-
+        let earlier = self.pending.get(&h.tick);
+        let completed = earlier.map_or(h.count == 1, |p| p.received_count + 1 == p.received.len());
+        let newest = self.newest.is_none_or(|(n, _)| h.tick >= n);
+        let max = self.config.max_entities;
+        // The tick's world, when this part completes it, may not pass the limit; nor may
+        // the changes a tick waits with (a tick of worlds within the limit changes at most
+        // every entity of both). Both are checked before anything changes.
         let composite = if completed {
-            let mut all = match self.pending.remove(&h.tick) {
-                Some(p) => p.changes,
-                None => Vec::new(),
-            };
+            let mut all: Vec<Change> = earlier.map_or_else(Vec::new, |p| p.changes.clone());
             all.extend(changes.iter().cloned());
             normalize_changes(&mut all);
             let c = base.apply(&all);
-            self.composites.insert(h.tick, c.clone());
-            self.stats.ticks_completed += 1;
+            if c.len() > max {
+                return Err(SnapshotError::TooManyEntities);
+            }
             Some(c)
         } else {
-            pending.changes.extend(changes.iter().cloned());
+            let waiting = earlier.map_or(0, |p| p.changes.len());
+            if waiting + changes.len() > 2 * max {
+                return Err(SnapshotError::TooManyEntities);
+            }
             None
         };
+        // What the live view would hold with this part shown. A part of an incomplete tick
+        // that would take it past the limit waits for its tick instead: refusing it would
+        // keep that tick from ever completing.
+        let live_len = match &composite {
+            Some(c) => c.len(),
+            // Ids are unique within a part: each change moves the count by its own.
+            None => changes.iter().fold(self.live_len, |n, (id, change)| {
+                let held = match self.live_overlay.get(id) {
+                    Some(c) => c.is_some(),
+                    None => self.live_base.get(*id).is_some(),
+                };
+                (n + usize::from(change.is_some())).saturating_sub(usize::from(held))
+            }),
+        };
+        let held_back = newest && live_len > max;
+        let applied = newest && !held_back;
+
+        match &composite {
+            Some(c) => {
+                self.pending.remove(&h.tick);
+                self.composites.insert(h.tick, c.clone());
+                self.stats.ticks_completed += 1;
+            }
+            None => {
+                let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
+                    baseline: h.baseline,
+                    received: vec![false; usize::from(h.count)],
+                    received_count: 0,
+                    changes: Vec::new(),
+                });
+                // Same bounds as the check above (the entry has h.count slots).
+                pending.received[usize::from(h.index)] = true;
+                pending.received_count += 1;
+                pending.changes.extend(changes.iter().cloned());
+            }
+        }
 
         if applied {
             if self.newest.is_none_or(|(n, _)| h.tick > n) {
@@ -270,7 +326,10 @@ impl SnapshotReceiver {
                     }
                 }
             }
+            self.live_len = live_len;
             self.stats.parts_applied += 1;
+        } else if held_back {
+            self.stats.held_back += 1;
         } else {
             self.stats.late_dropped += 1;
         }

@@ -264,6 +264,95 @@ fn part_without_held_baseline_is_dropped_and_counted() {
     assert_eq!(rx.newest_tick(), None);
 }
 
+#[test]
+fn the_live_view_and_every_snapshot_stay_within_the_entity_limit() {
+    // A server whose ticks never complete (here: only each tick's first part arrives),
+    // spawning fresh ids every tick: without a limit, the live view kept every one of them.
+    let limit = 1000;
+    let limited = || {
+        SnapshotReceiver::new(ReceiverConfig {
+            max_entities: limit,
+            ..ReceiverConfig::default()
+        })
+        .unwrap()
+    };
+    let mut rx = limited();
+    let mut s = sender(300);
+    let now = Instant::now();
+    let world = |tick: u32, n: u32| {
+        let mut w = World::new();
+        for i in 0..n {
+            w.insert(
+                EntityId(tick * 1000 + i),
+                EntityState::new(Transform {
+                    position: Vec3::new(i as f32, 0.0, 0.0),
+                    ..Transform::default()
+                }),
+            );
+        }
+        QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    };
+    for tick in 1..200u32 {
+        // Never acknowledged: every snapshot is a full one, in several parts.
+        let parts = s
+            .build(Tick(tick), &world(tick, 100), usize::MAX / 16)
+            .unwrap();
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        let info = rx.read_part(now, &parts[0]).unwrap();
+        assert!(!info.completed);
+        assert_eq!(rx.live_count(), rx.live().count(), "tick {tick}");
+        assert!(rx.live_count() <= limit, "tick {tick}: {}", rx.live_count());
+    }
+    let held_back = rx.stats().held_back;
+    assert!(held_back > 0, "the limit was never reached");
+    assert_eq!(rx.stats().parts_applied + held_back, 199);
+    // A tick within the limit still completes (its first parts wait, held back) and
+    // replaces everything shown before.
+    let last = world(500, 900);
+    for p in &s.build(Tick(500), &last, usize::MAX / 16).unwrap() {
+        rx.read_part(now, p).unwrap();
+    }
+    assert_eq!(rx.live_world(), last);
+    assert_eq!(rx.live_count(), 900);
+    // A tick beyond the limit is refused at its last part, and is never held: the view
+    // shows what it did, within the limit.
+    let parts = s
+        .build(Tick(501), &world(501, 1001), usize::MAX / 16)
+        .unwrap();
+    let (last_part, first) = parts.split_last().unwrap();
+    for p in first {
+        rx.read_part(now, p).unwrap();
+    }
+    assert!(matches!(
+        rx.read_part(now, last_part),
+        Err(SnapshotError::TooManyEntities)
+    ));
+    assert!(rx.composite(Tick(501)).is_none());
+    assert_eq!(rx.live_count(), rx.live().count());
+    assert!(rx.live_count() <= limit);
+    assert_eq!(rx.stats().invalid, 1);
+    // Late (a newer tick is shown), the same is true of a tick that would become a
+    // baseline.
+    let mut rx = limited();
+    let newer = sender(300)
+        .build(Tick(10), &world(10, 5), usize::MAX / 16)
+        .unwrap();
+    let big = sender(300)
+        .build(Tick(9), &world(9, 1001), usize::MAX / 16)
+        .unwrap();
+    rx.read_part(now, &newer[0]).unwrap();
+    let (last_part, first) = big.split_last().unwrap();
+    for p in first {
+        assert!(!rx.read_part(now, p).unwrap().applied);
+    }
+    assert!(matches!(
+        rx.read_part(now, last_part),
+        Err(SnapshotError::TooManyEntities)
+    ));
+    assert!(rx.composite(Tick(9)).is_none());
+    assert_eq!(rx.live_count(), 5);
+}
+
 fn header(w: &mut BitWriter, tick: u32, baseline_offset: Option<u32>) {
     w.write_bits(tick, 32);
     w.write_bool(baseline_offset.is_some());
