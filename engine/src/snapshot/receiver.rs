@@ -201,9 +201,12 @@ impl SnapshotReceiver {
 
     /// Decode one received part (untrusted bytes).
     ///
-    /// On error the part is counted and nothing else changes. A valid part older than the
-    /// newest applied tick is not applied to the live view (`applied == false`) but still
-    /// completes its tick, because the server may choose that tick as a baseline.
+    /// On error the part is counted and nothing else changes (but for a tick whose world
+    /// would pass [`ReceiverConfig::max_entities`]: it is forgotten whole). A valid part
+    /// older than the newest applied tick is not applied to the live view (`applied ==
+    /// false`) but still completes its tick, because the server may choose that tick as a
+    /// baseline; nor is a part that would take the live view past the limit (it waits for
+    /// its tick, counted in `held_back`).
     pub fn read_part(&mut self, now: Instant, bytes: &[u8]) -> Result<PartInfo, SnapshotError> {
         self.stats.parts_received += 1;
         let result = self.read_part_inner(now, bytes);
@@ -250,85 +253,69 @@ impl SnapshotReceiver {
         // Decoded into a fresh vector: nothing is touched until it succeeded.
         let changes = part::decode_body(&mut r, &h, &base, &self.limits, &mut self.field_bits)?;
 
-        let earlier = self.pending.get(&h.tick);
-        let completed = earlier.map_or(h.count == 1, |p| p.received_count + 1 == p.received.len());
+        let completed = self
+            .pending
+            .get(&h.tick)
+            .map_or(h.count == 1, |p| p.received_count + 1 == p.received.len());
         let newest = self.newest.is_none_or(|(n, _)| h.tick >= n);
         let max = self.config.max_entities;
-        // The tick's world, when this part completes it, may not pass the limit; nor may
-        // the changes a tick waits with (a tick of worlds within the limit changes at most
-        // every entity of both). Both are checked before anything changes.
         let composite = if completed {
-            let mut all: Vec<Change> = earlier.map_or_else(Vec::new, |p| p.changes.clone());
+            // The tick's world may not pass the limit. Its waiting changes are moved, not
+            // copied: a tick whose world would pass it is forgotten whole (it can never
+            // complete within the limit).
+            let mut all = self
+                .pending
+                .remove(&h.tick)
+                .map_or_else(Vec::new, |p| p.changes);
             all.extend(changes.iter().cloned());
             normalize_changes(&mut all);
             let c = base.apply(&all);
             if c.len() > max {
                 return Err(SnapshotError::TooManyEntities);
             }
+            self.composites.insert(h.tick, c.clone());
+            self.stats.ticks_completed += 1;
             Some(c)
         } else {
-            let waiting = earlier.map_or(0, |p| p.changes.len());
+            // Nor may the changes a tick waits with: a tick between worlds within the
+            // limit changes at most every entity of both.
+            let waiting = self.pending.get(&h.tick).map_or(0, |p| p.changes.len());
             if waiting + changes.len() > 2 * max {
                 return Err(SnapshotError::TooManyEntities);
             }
+            let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
+                baseline: h.baseline,
+                received: vec![false; usize::from(h.count)],
+                received_count: 0,
+                changes: Vec::new(),
+            });
+            // Same bounds as the check above (the entry has h.count slots).
+            pending.received[usize::from(h.index)] = true;
+            pending.received_count += 1;
+            pending.changes.extend(changes.iter().cloned());
             None
         };
-        // What the live view would hold with this part shown. A part of an incomplete tick
-        // that would take it past the limit waits for its tick instead: refusing it would
-        // keep that tick from ever completing.
-        let live_len = match &composite {
-            Some(c) => c.len(),
-            // Ids are unique within a part: each change moves the count by its own.
-            None => changes.iter().fold(self.live_len, |n, (id, change)| {
-                let held = match self.live_overlay.get(id) {
-                    Some(c) => c.is_some(),
-                    None => self.live_base.get(*id).is_some(),
-                };
-                (n + usize::from(change.is_some())).saturating_sub(usize::from(held))
-            }),
-        };
-        let held_back = newest && live_len > max;
-        let applied = newest && !held_back;
 
-        match &composite {
-            Some(c) => {
-                self.pending.remove(&h.tick);
-                self.composites.insert(h.tick, c.clone());
-                self.stats.ticks_completed += 1;
-            }
-            None => {
-                let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
-                    baseline: h.baseline,
-                    received: vec![false; usize::from(h.count)],
-                    received_count: 0,
-                    changes: Vec::new(),
-                });
-                // Same bounds as the check above (the entry has h.count slots).
-                pending.received[usize::from(h.index)] = true;
-                pending.received_count += 1;
-                pending.changes.extend(changes.iter().cloned());
-            }
-        }
-
-        if applied {
-            if self.newest.is_none_or(|(n, _)| h.tick > n) {
-                self.newest = Some((h.tick, now));
-            }
-            match &composite {
+        // Shown unless late, or unless the part of an incomplete tick would take the live
+        // view past the limit: then it waits for its tick (refused, it would keep the tick
+        // from ever completing).
+        let shown = newest
+            && match &composite {
                 // The newest tick is complete: it is the whole world at that tick.
                 Some(c) => {
                     self.live_base = c.clone();
                     self.live_overlay.clear();
+                    self.live_len = c.len();
+                    true
                 }
-                None => {
-                    for (id, change) in &changes {
-                        self.live_overlay.insert(*id, change.clone());
-                    }
-                }
+                None => self.show(&changes),
+            };
+        if shown {
+            if self.newest.is_none_or(|(n, _)| h.tick > n) {
+                self.newest = Some((h.tick, now));
             }
-            self.live_len = live_len;
             self.stats.parts_applied += 1;
-        } else if held_back {
+        } else if newest {
             self.stats.held_back += 1;
         } else {
             self.stats.late_dropped += 1;
@@ -340,9 +327,37 @@ impl SnapshotReceiver {
             part_index: h.index,
             part_count: h.count,
             changes: changes.len(),
-            applied,
+            applied: shown,
             completed,
         })
+    }
+
+    /// Put one part's `changes` (ids unique within a part) on the live view, unless that
+    /// would take it past the limit: whether it did.
+    fn show(&mut self, changes: &[Change]) -> bool {
+        let held =
+            |overlay: Option<&Option<QuantizedEntity>>, base: &QuantizedWorld, id| match overlay {
+                Some(c) => c.is_some(),
+                None => base.get(id).is_some(),
+            };
+        // Each change moves the count by one at most: far enough from the limit, the
+        // count is kept as the changes go on (one search each), else it is checked first.
+        if changes.len() > self.config.max_entities.saturating_sub(self.live_len) {
+            let after = changes.iter().fold(self.live_len, |n, (id, change)| {
+                let was = held(self.live_overlay.get(id), &self.live_base, *id);
+                (n + usize::from(change.is_some())).saturating_sub(usize::from(was))
+            });
+            if after > self.config.max_entities {
+                return false;
+            }
+        }
+        for (id, change) in changes {
+            let before = self.live_overlay.insert(*id, change.clone());
+            let was = held(before.as_ref(), &self.live_base, *id);
+            self.live_len =
+                (self.live_len + usize::from(change.is_some())).saturating_sub(usize::from(was));
+        }
+        true
     }
 
     fn prune(&mut self) {
