@@ -137,9 +137,10 @@ pub struct ClientConfig {
     pub max_input_bytes: usize,
     /// Prediction of the owned entity.
     pub prediction: PredictionConfig,
-    /// Most entities a snapshot or the view may hold (default 65,536): parts that would
-    /// pass it are refused, so a server cannot make the client hold an unbounded world.
-    /// Raise it for a world whose clients see more.
+    /// Most entities a snapshot or the view may hold (default 65,536; see
+    /// [`ReceiverConfig::max_entities`](crate::snapshot::ReceiverConfig::max_entities)), so
+    /// a server cannot make the client hold an unbounded world. Raise it for a world whose
+    /// clients see more.
     pub max_entities: usize,
     /// Seed of the connection nonce. `None` (the default): the operating system's
     /// randomness.

@@ -20,9 +20,11 @@ pub struct ReceiverConfig {
     /// the sender's `ring_ticks`, or the server may pick a baseline this side has dropped).
     pub ring_ticks: u32,
     /// Most entities a snapshot or the live view may hold (default 65,536). A part that would
-    /// take either beyond it is refused ([`SnapshotError::TooManyEntities`]), so what a
-    /// server can make a client keep is bounded: at most `ring_ticks` snapshots of this
-    /// many entities. Raise it for a world whose clients see more.
+    /// complete a larger snapshot is refused ([`SnapshotError::TooManyEntities`]); one that
+    /// would take the live view past it is not shown and waits for its tick
+    /// ([`ReceiverStats::held_back`]). So what a server can make a client keep is bounded:
+    /// at most `ring_ticks` snapshots of this many entities. Raise it for a world whose
+    /// clients see more.
     pub max_entities: usize,
 }
 
