@@ -442,66 +442,61 @@ fn a_missing_baseline_asks_for_a_full_snapshot_and_the_client_recovers() {
     );
 }
 
-#[test]
-fn a_welcome_of_another_version_is_refused_with_a_clear_reason() {
-    let mut g = Game::new(1, 2, 1, ConditionerConfig::off(), ConditionerConfig::off());
-    let c = &mut g.sim.clients[0].client;
-    let bad = wire::WelcomeWire {
-        version: REPLICATION_VERSION + 1,
-        client_id: 1,
-        owned: None,
-        server_tick: 1,
-        send_interval_ticks: 1,
-        ring_ticks: 64,
-        quantize: wire::QuantizeWire::from(&QuantizeConfig::default()),
-        app: Vec::new(),
-    };
-    let bytes = crate::codec::encode(&wire::ControlMsg::Welcome(bad)).unwrap();
-    let now = g.sim.now;
-    c.on_control(now, now, &bytes);
-    let Some(ClientEvent::Disconnected { reason }) = c.poll_event() else {
-        panic!("expected a disconnect");
-    };
-    assert!(
-        matches!(reason, CloseReason::BadWelcome(ref why) if why.contains("version")),
-        "{reason}"
-    );
-    assert!(c.welcome().is_none());
-}
-
-#[test]
-fn a_welcome_whose_box_decodes_to_infinity_is_refused() {
-    // A server (hostile or misconfigured) announces a box whose last step lies past
-    // f32::MAX: a client that took it would draw entities at infinity.
-    let mut g = Game::new(1, 2, 1, ConditionerConfig::off(), ConditionerConfig::off());
-    let c = &mut g.sim.clients[0].client;
-    let quantize = QuantizeConfig {
-        position_min: Vec3::ZERO,
-        position_max: Vec3::new(f32::MAX, 1.0, 1.0),
-        position_resolution_m: f32::MAX / 999.5,
-        ..QuantizeConfig::default()
-    };
-    let bad = wire::WelcomeWire {
+/// A welcome as a server of the current version sends it, with `quantize`.
+fn welcome_wire(quantize: &QuantizeConfig) -> wire::WelcomeWire {
+    wire::WelcomeWire {
         version: REPLICATION_VERSION,
         client_id: 1,
         owned: None,
         server_tick: 1,
         send_interval_ticks: 1,
         ring_ticks: 64,
-        quantize: wire::QuantizeWire::from(&quantize),
+        quantize: wire::QuantizeWire::from(quantize),
         app: Vec::new(),
-    };
-    let bytes = crate::codec::encode(&wire::ControlMsg::Welcome(bad)).unwrap();
+    }
+}
+
+/// Hand `welcome` to a connected client that has none yet: the reason it must close with,
+/// having taken no welcome.
+fn refused_welcome(welcome: wire::WelcomeWire) -> CloseReason {
+    let mut g = Game::new(1, 2, 1, ConditionerConfig::off(), ConditionerConfig::off());
+    let c = &mut g.sim.clients[0].client;
+    let bytes = crate::codec::encode(&wire::ControlMsg::Welcome(welcome)).unwrap();
     let now = g.sim.now;
     c.on_control(now, now, &bytes);
     let Some(ClientEvent::Disconnected { reason }) = c.poll_event() else {
         panic!("expected a disconnect");
     };
+    assert!(c.welcome().is_none());
+    reason
+}
+
+#[test]
+fn a_welcome_of_another_version_is_refused_with_a_clear_reason() {
+    let reason = refused_welcome(wire::WelcomeWire {
+        version: REPLICATION_VERSION + 1,
+        ..welcome_wire(&QuantizeConfig::default())
+    });
+    assert!(
+        matches!(reason, CloseReason::BadWelcome(ref why) if why.contains("version")),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_welcome_whose_box_decodes_to_infinity_is_refused() {
+    // A server (hostile or misconfigured) announces a box whose last step lies past
+    // f32::MAX: a client that took it would draw entities at infinity.
+    let reason = refused_welcome(welcome_wire(&QuantizeConfig {
+        position_min: Vec3::ZERO,
+        position_max: Vec3::new(f32::MAX, 1.0, 1.0),
+        position_resolution_m: f32::MAX / 999.5,
+        ..QuantizeConfig::default()
+    }));
     assert!(
         matches!(reason, CloseReason::BadWelcome(ref why) if why.contains("finite")),
         "{reason}"
     );
-    assert!(c.welcome().is_none());
 }
 
 #[test]
