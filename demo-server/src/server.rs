@@ -299,7 +299,13 @@ pub async fn run(
         // they would ride UDP.
         Transport::Udp | Transport::Tcp => SnapshotDelivery::Datagrams,
     };
-    let mut config = game_opts.replication_config(unix_micros_now(), opts.max_clients, delivery);
+    // Tick 0's time, on both clocks, taken together: the welcome tells clients the wall
+    // time of tick 0 (they measure staleness from it) and the tick loop runs tick n at
+    // tick0 + n periods. Taken apart, the setup below (sockets, HTTP servers) came between
+    // the two and put every tick that much later than clients were told, for the whole run.
+    let tick0 = tokio::time::Instant::now();
+    let tick0_unix_micros = unix_micros_now();
+    let mut config = game_opts.replication_config(tick0_unix_micros, opts.max_clients, delivery);
     let websocket = opts.websocket && opts.transport != Transport::Tcp;
     let (socket, websocket) = bind_sockets(opts.bind, websocket).await?;
     let mut local = socket.local_addr()?;
@@ -455,10 +461,10 @@ pub async fn run(
     let mut draining_since: Option<tokio::time::Instant> = None;
 
     'ticks: loop {
-        // Tick n runs at start + n periods: the schedule never drifts; a late tick runs
-        // at once and the next keeps its slot.
+        // Tick n runs at tick0 + n periods: the schedule never drifts; a late tick runs
+        // at once and the next keeps its slot (so the ticks the setup delayed run at once).
         let ticks = net.endpoint().current_tick().0;
-        let next_tick = start_tokio + period.mul_f64(f64::from(ticks) + 1.0);
+        let next_tick = tick0 + period.mul_f64(f64::from(ticks) + 1.0);
         net.drive_until(next_tick).await?;
 
         while let Ok(c) = control.try_recv() {
