@@ -305,6 +305,8 @@ pub async fn run(
     // the two and put every tick that much later than clients were told, for the whole run.
     let tick0 = tokio::time::Instant::now();
     let tick0_unix_micros = unix_micros_now();
+    // The achieved tick rate counts every tick from tick 0 on.
+    let start = Instant::now();
     let mut config = game_opts.replication_config(tick0_unix_micros, opts.max_clients, delivery);
     let websocket = opts.websocket && opts.transport != Transport::Tcp;
     let (socket, websocket) = bind_sockets(opts.bind, websocket).await?;
@@ -450,7 +452,6 @@ pub async fn run(
     } else {
         None
     };
-    let start = Instant::now();
     let start_tokio = tokio::time::Instant::now();
     let deadline = opts.duration.map(|d| start_tokio + d);
     let mut tick_cost = DurationHistogram::new();
