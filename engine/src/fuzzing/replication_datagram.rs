@@ -75,7 +75,8 @@ fn refused(stats: &connection::ServerStats) -> u64 {
 }
 
 /// Whether the replication server takes `bytes` as an input frame (the limits of the
-/// default config).
+/// default config). Written here again on purpose, from the wire type and the limits: an
+/// oracle that called the server's own check could not see that check lose a limit.
 fn is_valid_frame(bytes: &[u8], max_input_bytes: usize) -> bool {
     codec::decode_borrowed::<InputFrame<'_>>(bytes).is_ok_and(|f| {
         f.inputs.len() <= MAX_INPUTS_PER_FRAME
