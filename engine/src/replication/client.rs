@@ -598,6 +598,7 @@ impl<I: Serialize> Client<I> {
             quantize,
             ring_ticks: w.ring_ticks,
             max_entities: self.config.max_entities,
+            max_held_entities: self.config.max_held_entities,
         })
         .map_err(|e| e.to_string())?;
         let interp = InterpolationBuffer::new(InterpolationConfig {

@@ -142,6 +142,11 @@ pub struct ClientConfig {
     /// a server cannot make the client hold an unbounded world. Raise it for a world whose
     /// clients see more.
     pub max_entities: usize,
+    /// Most entity states the client holds for baselines (default 1,048,576, at least four
+    /// times `max_entities`; see
+    /// [`ReceiverConfig::max_held_entities`](crate::snapshot::ReceiverConfig::max_held_entities)),
+    /// however long a ring the welcome asks for. Raise it with `max_entities`.
+    pub max_held_entities: usize,
     /// Seed of the connection nonce. `None` (the default): the operating system's
     /// randomness.
     pub seed: Option<u64>,
@@ -157,6 +162,7 @@ impl Default for ClientConfig {
             max_input_bytes: 256,
             prediction: PredictionConfig::default(),
             max_entities: crate::snapshot::DEFAULT_MAX_ENTITIES,
+            max_held_entities: crate::snapshot::DEFAULT_MAX_HELD_ENTITIES,
             seed: None,
         }
     }
@@ -242,8 +248,13 @@ impl ClientConfig {
         if !(1..=MAX_DATAGRAM_BYTES).contains(&self.max_input_bytes) {
             return Err(ConfigError::Invalid("max input bytes out of range"));
         }
-        if self.max_entities == 0 {
-            return Err(ConfigError::Invalid("max entities must be at least 1"));
+        let receiver = crate::snapshot::ReceiverConfig {
+            max_entities: self.max_entities,
+            max_held_entities: self.max_held_entities,
+            ..Default::default()
+        };
+        if let Err(crate::snapshot::SnapshotError::Config(why)) = receiver.validate_limits() {
+            return Err(ConfigError::Invalid(why));
         }
         let p = self.prediction;
         if !(p.correction_threshold_m.is_finite() && p.correction_threshold_m >= 0.0) {

@@ -535,6 +535,15 @@ fn unusable_configs_are_refused_at_construction() {
         ..ClientConfig::default()
     };
     assert!(Client::<Walk>::new(no_inputs, addr, now).is_err());
+    // More entities a snapshot than its baselines may hold four of.
+    let too_little_held = ClientConfig {
+        max_entities: crate::snapshot::DEFAULT_MAX_HELD_ENTITIES,
+        ..ClientConfig::default()
+    };
+    assert!(matches!(
+        Client::<Walk>::new(too_little_held, addr, now),
+        Err(ConfigError::Invalid(_))
+    ));
     let mut bad_client_channels = ClientConfig::default();
     bad_client_channels
         .client

@@ -70,7 +70,8 @@ pub use quantize::{
     QuantizedTransform,
 };
 pub use receiver::{
-    DEFAULT_MAX_ENTITIES, PartInfo, ReceiverConfig, ReceiverStats, SnapshotReceiver,
+    DEFAULT_MAX_ENTITIES, DEFAULT_MAX_HELD_ENTITIES, PartInfo, ReceiverConfig, ReceiverStats,
+    SnapshotReceiver,
 };
 pub(crate) use sender::{ClientWorld, Parts, PriorityWeights, SharedSnapshot, add_stats};
 pub use sender::{SenderConfig, SenderStats, SnapshotSender};

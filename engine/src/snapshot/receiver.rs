@@ -26,10 +26,27 @@ pub struct ReceiverConfig {
     /// at most `ring_ticks` snapshots of this many entities. Raise it for a world whose
     /// clients see more.
     pub max_entities: usize,
+    /// Most entity states the held snapshots and the changes waiting for their ticks may
+    /// take together (default 1,048,576, about 56 MB at 56 bytes a state, components aside;
+    /// at least four times `max_entities`). Past it the oldest are forgotten first, never
+    /// the newest complete snapshot nor what the part being read needs
+    /// ([`ReceiverStats::evicted`]); a baseline forgotten that way is asked for again as a
+    /// missing one. Without it a server could make a client hold `ring_ticks` snapshots of
+    /// `max_entities` each: gigabytes. Raise it with `max_entities`.
+    pub max_held_entities: usize,
 }
 
 /// The default [`ReceiverConfig::max_entities`].
 pub const DEFAULT_MAX_ENTITIES: usize = 1 << 16;
+
+/// The default [`ReceiverConfig::max_held_entities`]: sixteen snapshots of the default
+/// [`DEFAULT_MAX_ENTITIES`].
+pub const DEFAULT_MAX_HELD_ENTITIES: usize = 16 * DEFAULT_MAX_ENTITIES;
+
+/// How many times [`ReceiverConfig::max_entities`] the held states must allow: the newest
+/// snapshot, a part's baseline, and the changes its tick waits with (up to twice the limit)
+/// always fit.
+const HELD_PER_MAX_ENTITIES: usize = 4;
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
@@ -37,7 +54,23 @@ impl Default for ReceiverConfig {
             quantize: QuantizeConfig::default(),
             ring_ticks: 64,
             max_entities: DEFAULT_MAX_ENTITIES,
+            max_held_entities: DEFAULT_MAX_HELD_ENTITIES,
         }
+    }
+}
+
+impl ReceiverConfig {
+    /// Whether the entity limits are usable (the quantization is checked on its own).
+    pub(crate) fn validate_limits(&self) -> Result<(), SnapshotError> {
+        if self.max_entities == 0 {
+            return Err(SnapshotError::Config("max entities must be at least 1"));
+        }
+        if self.max_held_entities < self.max_entities.saturating_mul(HELD_PER_MAX_ENTITIES) {
+            return Err(SnapshotError::Config(
+                "max held entities must be at least four times max entities",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -64,6 +97,9 @@ pub struct ReceiverStats {
     pub too_old: u64,
     /// Ticks all of whose parts arrived (usable as baselines).
     pub ticks_completed: u64,
+    /// Held snapshots and incomplete ticks forgotten, oldest first, to stay within
+    /// [`ReceiverConfig::max_held_entities`].
+    pub evicted: u64,
 }
 
 /// What one accepted part was.
@@ -119,9 +155,7 @@ impl SnapshotReceiver {
         if !(1..=16_383).contains(&config.ring_ticks) {
             return Err(SnapshotError::Config("ring ticks must be 1..=16383"));
         }
-        if config.max_entities == 0 {
-            return Err(SnapshotError::Config("max entities must be at least 1"));
-        }
+        config.validate_limits()?;
         Ok(Self {
             limits: config.quantize.limits(),
             config,
@@ -170,6 +204,20 @@ impl SnapshotReceiver {
     /// How many entities the live view holds.
     pub fn live_count(&self) -> usize {
         self.live_len
+    }
+
+    /// Entity states held for baselines: every held snapshot's entities and every change a
+    /// tick waits with (at most [`ReceiverConfig::max_held_entities`]).
+    pub fn held_entities(&self) -> usize {
+        self.composites
+            .values()
+            .map(QuantizedWorld::len)
+            .sum::<usize>()
+            + self
+                .pending
+                .values()
+                .map(|p| p.changes.len())
+                .sum::<usize>()
     }
 
     /// One entity of the live view.
@@ -272,7 +320,7 @@ impl SnapshotReceiver {
             all.extend(changes.iter().cloned());
             normalize_changes(&mut all);
             let c = base.apply(&all);
-            if c.len() > max {
+            if c.len() > max || !self.make_room(c.len(), [h.tick, h.tick]) {
                 return Err(SnapshotError::TooManyEntities);
             }
             self.composites.insert(h.tick, c.clone());
@@ -282,7 +330,10 @@ impl SnapshotReceiver {
             // Nor may the changes a tick waits with: a tick between worlds within the
             // limit changes at most every entity of both.
             let waiting = self.pending.get(&h.tick).map_or(0, |p| p.changes.len());
-            if waiting + changes.len() > 2 * max {
+            let baseline = h.baseline.unwrap_or(h.tick);
+            if waiting + changes.len() > 2 * max
+                || !self.make_room(changes.len(), [h.tick, baseline])
+            {
                 return Err(SnapshotError::TooManyEntities);
             }
             let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
@@ -358,6 +409,53 @@ impl SnapshotReceiver {
             let was = held(before.as_ref(), &self.live_base, *id);
             self.live_len =
                 (self.live_len + usize::from(change.is_some())).saturating_sub(usize::from(was));
+        }
+        true
+    }
+
+    /// Forget the oldest held snapshots and incomplete ticks until `more` states fit within
+    /// [`ReceiverConfig::max_held_entities`]: whether they do. Never forgets the newest
+    /// snapshot nor the ticks in `keep` (the part's own and its baseline), and forgets
+    /// nothing when even that would not make room.
+    fn make_room(&mut self, more: usize, keep: [Tick; 2]) -> bool {
+        let max = self.config.max_held_entities;
+        let mut held = self.held_entities();
+        if held + more <= max {
+            return true;
+        }
+        let newest = self.composites.keys().next_back().copied();
+        let spare = |t: &&Tick| Some(**t) != newest && !keep.contains(t);
+        let kept = self
+            .composites
+            .iter()
+            .filter(|(t, _)| !spare(t))
+            .map(|(_, w)| w.len())
+            .sum::<usize>()
+            + self
+                .pending
+                .iter()
+                .filter(|(t, _)| !spare(t))
+                .map(|(_, p)| p.changes.len())
+                .sum::<usize>();
+        if kept + more > max {
+            return false;
+        }
+        while held + more > max {
+            // Oldest first, snapshots and incomplete ticks alike (a tick is never both).
+            let snapshot = self.composites.keys().find(spare).copied();
+            let waiting = self.pending.keys().find(spare).copied();
+            let freed = match (snapshot, waiting) {
+                (Some(s), Some(w)) if w < s => self.pending.remove(&w).map(|p| p.changes.len()),
+                (Some(s), _) => self.composites.remove(&s).map(|w| w.len()),
+                (None, Some(w)) => self.pending.remove(&w).map(|p| p.changes.len()),
+                // Not reached: what is kept fits, so something spare is left while over.
+                (None, None) => None,
+            };
+            let Some(freed) = freed else {
+                return false;
+            };
+            held -= freed;
+            self.stats.evicted += 1;
         }
         true
     }

@@ -353,6 +353,134 @@ fn the_live_view_and_every_snapshot_stay_within_the_entity_limit() {
     assert_eq!(rx.live_count(), 5);
 }
 
+#[test]
+fn held_snapshots_stay_within_their_budget_and_the_newest_still_serves_as_baseline() {
+    // A server that asks for a long ring and never lets the client's baselines go: every
+    // tick complete (a snapshot held for the ring), and every other tick's first part of a
+    // world of fresh ids (changes waiting for a tick that never completes).
+    let (limit, budget) = (100, 400);
+    let config = |max_held_entities| ReceiverConfig {
+        ring_ticks: 1024,
+        max_entities: limit,
+        max_held_entities,
+        ..ReceiverConfig::default()
+    };
+    let world = |tick: u32, first_id: u32, n: u32| {
+        let mut w = World::new();
+        for i in 0..n {
+            w.insert(
+                EntityId(first_id + i),
+                EntityState::new(Transform {
+                    position: Vec3::new(i as f32, tick as f32 * 0.01, 0.0),
+                    ..Transform::default()
+                }),
+            );
+        }
+        QuantizedWorld::from_world(&w, &QuantizeConfig::default())
+    };
+    let long_ring = || {
+        SnapshotSender::new(SenderConfig {
+            max_part_bytes: 300,
+            ring_ticks: 1024,
+            ..SenderConfig::default()
+        })
+        .unwrap()
+    };
+    let now = Instant::now();
+    let feed = |rx: &mut SnapshotReceiver| {
+        let (mut s, mut fresh) = (long_ring(), long_ring());
+        let mut most = 0;
+        for tick in 1..=60u32 {
+            // Never acknowledged: full snapshots, each held as a possible baseline.
+            for p in &s
+                .build(Tick(2 * tick), &world(tick, 0, 90), usize::MAX / 16)
+                .unwrap()
+            {
+                rx.read_part(now, p).unwrap();
+            }
+            assert!(rx.composite(Tick(2 * tick)).is_some(), "tick {tick}");
+            let parts = fresh
+                .build(
+                    Tick(2 * tick - 1),
+                    &world(tick, 1000 * tick, 60),
+                    usize::MAX / 16,
+                )
+                .unwrap();
+            assert!(parts.len() >= 2);
+            assert!(!rx.read_part(now, &parts[0]).unwrap().completed);
+            most = most.max(rx.held_entities());
+        }
+        most
+    };
+    // Unbounded (as before the budget), the same server makes the client hold it all.
+    let mut unbounded = SnapshotReceiver::new(config(usize::MAX)).unwrap();
+    assert!(feed(&mut unbounded) > 60 * 90);
+    assert_eq!(unbounded.stats().evicted, 0);
+
+    let mut rx = SnapshotReceiver::new(config(budget)).unwrap();
+    let most = feed(&mut rx);
+    assert!(most <= budget, "held {most}");
+    assert!(rx.stats().evicted > 0);
+    assert_eq!(rx.stats().invalid, 0);
+    // The newest snapshot is still held, and serves as the baseline of the next.
+    let mut s = long_ring();
+    let mut seq = Sequence(0);
+    let mut twin = SnapshotReceiver::new(config(usize::MAX)).unwrap();
+    sync_fully(
+        &mut s,
+        &mut twin,
+        now,
+        Tick(120),
+        &world(60, 0, 90),
+        &mut seq,
+    );
+    let next = world(61, 0, 90);
+    let parts = s.build(Tick(122), &next, usize::MAX / 16).unwrap();
+    for p in &parts {
+        assert_eq!(rx.read_part(now, p).unwrap().baseline, Some(Tick(120)));
+    }
+    assert_eq!(rx.live_world(), next);
+    assert!(rx.held_entities() <= budget);
+
+    // The newest snapshot is kept even when it is the oldest thing held: ticks that wait
+    // go first.
+    let mut rx = SnapshotReceiver::new(config(budget)).unwrap();
+    let mut s = long_ring();
+    let mut seq = Sequence(0);
+    sync_fully(&mut s, &mut rx, now, Tick(10), &world(0, 0, 90), &mut seq);
+    for tick in 11..=16u32 {
+        let parts = long_ring()
+            .build(Tick(tick), &world(tick, 1000 * tick, 100), usize::MAX / 16)
+            .unwrap();
+        let (_, first) = parts.split_last().unwrap();
+        for p in first {
+            rx.read_part(now, p).unwrap();
+        }
+        assert!(rx.held_entities() <= budget);
+    }
+    assert!(rx.stats().evicted > 0);
+    assert!(rx.composite(Tick(10)).is_some());
+    let next = world(1, 0, 90);
+    for p in &s.build(Tick(17), &next, usize::MAX / 16).unwrap() {
+        assert_eq!(rx.read_part(now, p).unwrap().baseline, Some(Tick(10)));
+    }
+    assert_eq!(rx.live_world(), next);
+}
+
+#[test]
+fn a_held_budget_below_four_snapshots_is_refused() {
+    let config = |max_held_entities| ReceiverConfig {
+        max_entities: 100,
+        max_held_entities,
+        ..ReceiverConfig::default()
+    };
+    assert!(matches!(
+        SnapshotReceiver::new(config(399)),
+        Err(SnapshotError::Config(_))
+    ));
+    assert!(SnapshotReceiver::new(config(400)).is_ok());
+}
+
 fn header(w: &mut BitWriter, tick: u32, baseline_offset: Option<u32>) {
     w.write_bits(tick, 32);
     w.write_bool(baseline_offset.is_some());
