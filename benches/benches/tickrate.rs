@@ -11,7 +11,9 @@
 //! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
 //! what is within 100 m; bots playing, 20 ms latency each way), the whole `udp` demo runs
 //! in virtual time through `demo_server::simulate`, once on a clean link and once with 5 %
-//! loss. Printed as a markdown table, written as CSV (default `target/tickrate.csv`).
+//! loss. Printed as a markdown table, written as CSV (default `target/tickrate.csv`); each
+//! row's line on stderr adds each run's own tick cost and its fastest 10 ticks in a row
+//! (what the work costs when the shared host leaves the core alone: compare builds by it).
 //!
 //! Without `--bench` (under `cargo test`) or with `--test` / `--quick` it runs a small subset
 //! in seconds, as a smoke test.
@@ -29,7 +31,9 @@ use demo_server::game::GameOptions;
 use demo_server::metrics::DurationHistogram;
 use demo_server::scene::SceneKind;
 use demo_server::server::DEFAULT_BUDGET_BYTES;
-use demo_server::simulate::{DEFAULT_FRAME_RATE_HZ, SimulationOptions, SimulationReport, run};
+use demo_server::simulate::{
+    DEFAULT_FRAME_RATE_HZ, FLOOR_TICKS, SimulationOptions, SimulationReport, run,
+};
 use snapsync::conditioner::ConditionerConfig;
 
 const TICK_RATES_HZ: [f64; 5] = [10.0, 20.0, 30.0, 60.0, 128.0];
@@ -112,6 +116,13 @@ fn options(
         seed,
         predict: true,
     }
+}
+
+/// A run's [`SimulationReport::tick_cost_floor_pct`], or `-` for a run too short to have one.
+fn floor(report: &SimulationReport) -> String {
+    report
+        .tick_cost_floor_pct()
+        .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
 }
 
 /// Every measured tick of every run, in run order: rate, clients, loss, then the tick.
@@ -386,7 +397,8 @@ fn main() {
             eprintln!(
                 "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; shared: {:.0} % of snapshots, \
                  {:.0} / {:.0} % of entity deltas without / with loss; scopes scanned: {:.1} / {:.1} %; \
-                 tick cost p50 / p99 {:.1} / {:.1} % without loss, {:.1} / {:.1} % at {LOSS_PCT} % loss)",
+                 tick cost p50 / p99 {:.1} / {:.1} % without loss, {:.1} / {:.1} % at {LOSS_PCT} % loss; \
+                 fastest {FLOOR_TICKS} ticks in a row {} / {} %)",
                 started.elapsed().as_secs_f64(),
                 clean.shared_pct,
                 clean.shared_deltas_pct,
@@ -397,6 +409,8 @@ fn main() {
                 clean.tick_cost_pct(0.99),
                 lossy.tick_cost_pct(0.5),
                 lossy.tick_cost_pct(0.99),
+                floor(&clean),
+                floor(&lossy),
             );
             rows.push(Row {
                 tick_rate: rate,
