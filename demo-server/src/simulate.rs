@@ -109,8 +109,8 @@ pub struct TickCost {
 pub const FLOOR_TICKS: usize = 10;
 
 /// The lowest median of `n` consecutive `costs` (`None` when there are fewer than `n`, or
-/// `n` is 0): the cost of the fastest stretch of `n` ticks, each stretch's middle value so
-/// that one tick alone neither makes nor spoils it.
+/// `n` is 0): the cost of the fastest stretch of `n` ticks, each stretch's middle value (the
+/// lower of the two for an even `n`) so that one tick alone neither makes nor spoils it.
 pub fn fastest_stretch(costs: impl Iterator<Item = Duration>, n: usize) -> Option<Duration> {
     let costs: Vec<Duration> = costs.collect();
     let mut window = Vec::with_capacity(n);
