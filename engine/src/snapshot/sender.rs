@@ -323,8 +323,9 @@ struct Scratch {
     spawns: Vec<Candidate<'static>>,
     /// Baseline indices of entities the world no longer has, increasing.
     despawns: Vec<usize>,
-    /// Entities in both the baseline and the new world that may have changed, as (baseline
-    /// index, world index): see [`Diff::run`].
+    /// The last merge's entities in both the baseline and the new world, as (baseline index,
+    /// world index), those that changed first (see [`Diff::run`]); as long as the most that
+    /// merge could find.
     pairs: Vec<(u32, u32)>,
     parts: Vec<PartRanges>,
     encode: EncodeScratch,
@@ -475,8 +476,8 @@ impl<'w> Diff<'_, 'w> {
         // With `since`, the merge notes every entity in both lists and counts it only when
         // it changed since the baseline; the changed ones are measured after the merge. A
         // third of a scope changes in no order a branch predicts, and a mispredicted test
-        // in the merge also threw away the reads of the shared deltas under way behind it
-        // (docs/BENCHMARKS.md, "Changed entities noted without a branch").
+        // in the merge can also throw away the reads of the shared deltas under way behind
+        // it (docs/BENCHMARKS.md, "Changed entities noted without a branch").
         match since {
             Some((ages, ticks)) => {
                 // (Taken out so that the merge may borrow `self`; put back with its memory.)
@@ -489,8 +490,9 @@ impl<'w> Diff<'_, 'w> {
                     pairs[changed] = (bi as u32, wi as u32);
                     changed += usize::from(changed_within(ages[cur.global(wi)], ticks));
                 });
-                pairs.truncate(changed);
-                for &(bi, wi) in &pairs {
+                // (The list keeps its length, the most this merge could note, so that
+                // `Scratch::shrink` sizes it by that.)
+                for &(bi, wi) in &pairs[..changed] {
                     self.update(&base, bi as usize, &cur, wi as usize);
                 }
                 *self.pairs = pairs;
