@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use clap::Parser as _;
 use snapsync::connection::{ClientSecurity, SecureServerConfig, Security};
 use snapsync::net::{NetClient, NetServer};
 use snapsync::netcode::{self, TokenSettings, generate_connect_token};
@@ -333,10 +334,15 @@ async fn bench(phase: Duration) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let has = |f: &str| args.iter().any(|a| a == f);
-    let quick = has("--quick") || has("--test") || !has("--bench");
-    let phase = if quick { QUICK_PHASE } else { FULL_PHASE };
+    let args = benches::cli::Loopback::parse();
+    if !args.common.runs("loopback") {
+        return;
+    }
+    let phase = if args.common.quick() {
+        QUICK_PHASE
+    } else {
+        FULL_PHASE
+    };
     // Two workers: the sender on one, the clients' receive tasks mostly on the other.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,11 +2,12 @@
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
 //! [--clients N] [--scene arena|cubes|massive] [--threads N] [--respawns PER_S]
-//! [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep; `--threads` builds snapshots
-//! on N threads, 0 = one per core; `--respawns` replaces that many of `massive`'s NPCs a
-//! second with new ones, so entities come and go every tick;
-//! `--clients` also takes a count outside it, e.g. 1000; `--tick-log` writes every measured
-//! tick's cost, one CSV row each, to show how slow ticks come: alone or in stretches).
+//! [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep, and a value outside it is
+//! run as asked, e.g. 1,000 clients; `--threads` builds snapshots on N threads, 0 = one
+//! per core; `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
+//! entities come and go every tick; `--tick-log` writes every measured tick's cost, one CSV
+//! row each, to show how slow ticks come: alone or in stretches). Every flag and value is
+//! checked before anything runs (`benches::cli`).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
 //! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
 //! what is within 100 m; bots playing, 20 ms latency each way), the whole `udp` demo runs
@@ -24,9 +25,10 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use demo_server::game::GameOptions;
 use demo_server::metrics::DurationHistogram;
 use demo_server::scene::SceneKind;
@@ -147,14 +149,8 @@ fn tick_log(rows: &[Row]) -> String {
     s
 }
 
-fn out_path(args: &[String]) -> PathBuf {
-    if let Some(p) = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-    {
-        return PathBuf::from(p);
-    }
+/// `target/tickrate.csv`, in `CARGO_TARGET_DIR` when set.
+fn default_out_path() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
@@ -291,9 +287,11 @@ fn csv(rows: &[Row]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let has = |f: &str| args.iter().any(|a| a == f);
-    let quick = has("--quick") || has("--test") || !has("--bench");
+    let args = benches::cli::Tickrate::parse();
+    if !args.common.runs("tickrate") {
+        return;
+    }
+    let quick = args.common.quick();
     let (rates, clients): (&[f64], &[usize]) = if quick {
         (&QUICK_TICK_RATES_HZ, &QUICK_CLIENTS)
     } else {
@@ -306,67 +304,26 @@ fn main() {
             FULL_MIN_DURATION.max(Duration::from_secs_f64(FULL_MIN_TICKS / rate))
         }
     };
-    // `--hz R` / `--clients N` narrow the sweep to one rate or one client count.
-    let pick = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let (only_hz, only_clients) = (pick("--hz"), pick("--clients"));
-    let scene = match args
-        .iter()
-        .position(|a| a == "--scene")
-        .map(|i| args.get(i + 1).map(|s| s.parse::<SceneKind>()))
-    {
-        None => SceneKind::Arena,
-        Some(Some(Ok(s))) => s,
-        Some(Some(Err(e))) => {
-            eprintln!("tickrate: {e}");
-            std::process::exit(2);
-        }
-        Some(None) => {
-            eprintln!("tickrate: --scene needs a value");
-            std::process::exit(2);
-        }
-    };
-    // `--threads N`: threads building snapshots (default 1, the single-thread figure).
-    let threads = pick("--threads").map_or(1, |t| t as usize);
-    // `--respawns PER_S` (massive): NPCs replaced by new ones each second (default none).
-    let respawns = match args.iter().position(|a| a == "--respawns") {
-        None => 0.0,
-        Some(i) => match args.get(i + 1).map(|v| v.parse::<f64>()) {
-            Some(Ok(r)) => r,
-            _ => {
-                eprintln!("tickrate: --respawns needs a number of NPCs a second");
-                std::process::exit(2);
-            }
-        },
-    };
-    let tick_log_path = match args.iter().position(|a| a == "--tick-log") {
-        None => None,
-        Some(i) => match args.get(i + 1) {
-            Some(p) => Some(p.clone()),
-            None => {
-                eprintln!("tickrate: --tick-log needs a path");
-                std::process::exit(2);
-            }
-        },
-    };
-    // A client count outside the sweep (e.g. 1000) is run as asked.
-    let extra: Vec<usize> = only_clients
-        .map(|c| c as usize)
-        .filter(|c| !clients.contains(c))
-        .into_iter()
-        .collect();
+    let benches::cli::Tickrate {
+        common: _,
+        out,
+        hz,
+        clients: only_clients,
+        scene,
+        threads,
+        respawns,
+        tick_log: tick_log_path,
+    } = args;
+    // `--hz R` / `--clients N` narrow the sweep to one rate or one client count; one
+    // outside it (e.g. 1000 clients) is run as asked.
+    let rates: Vec<f64> = hz.map_or_else(|| rates.to_vec(), |r| vec![r]);
+    let clients: Vec<usize> = only_clients.map_or_else(|| clients.to_vec(), |n| vec![n as usize]);
+    let path = out.unwrap_or_else(default_out_path);
+    make_folders(&[&path, tick_log_path.as_deref().unwrap_or(Path::new(""))]);
     let started = Instant::now();
     let mut rows = Vec::new();
-    for &n in clients
-        .iter()
-        .chain(&extra)
-        .filter(|&&n| only_clients.is_none_or(|c| c == n as f64))
-    {
-        for &rate in rates.iter().filter(|&&r| only_hz.is_none_or(|h| h == r)) {
+    for &n in &clients {
+        for &rate in &rates {
             let seed = 1000 + n as u64;
             let duration = duration_at(rate);
             let clean = run(
@@ -452,22 +409,43 @@ fn main() {
     print!("{}", markdown(&rows));
     print!("\n{}", entity_staleness(&rows));
     print!("\n{}", period_cost(&rows));
-    let path = out_path(&args);
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&path, csv(&rows)) {
-        Ok(()) => println!("\nCSV: {}", path.display()),
-        Err(e) => eprintln!("tickrate: cannot write {}: {e}", path.display()),
-    }
-    if let Some(path) = &tick_log_path {
-        match std::fs::write(path, tick_log(&rows)) {
-            Ok(()) => println!("Tick log: {path}"),
-            Err(e) => eprintln!("tickrate: cannot write {path}: {e}"),
-        }
-    }
+    println!();
+    let written = write(&path, &csv(&rows), "CSV");
+    let logged = tick_log_path
+        .as_ref()
+        .is_none_or(|p| write(p, &tick_log(&rows), "Tick log"));
     println!(
         "sweep took {:.0} s of real time",
         started.elapsed().as_secs_f64()
     );
+    if !(written && logged) {
+        std::process::exit(1);
+    }
+}
+
+/// Make the folder of each output file, before a run that may take an hour: a path that
+/// cannot be written is an error now, not after it.
+fn make_folders(paths: &[&Path]) {
+    for path in paths {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            eprintln!("tickrate: cannot create {}: {e}", dir.display());
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Write `text` to `path`; whether it was written (an error is printed).
+fn write(path: &Path, text: &str, what: &str) -> bool {
+    match std::fs::write(path, text) {
+        Ok(()) => {
+            println!("{what}: {}", path.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("tickrate: cannot write {}: {e}", path.display());
+            false
+        }
+    }
 }
