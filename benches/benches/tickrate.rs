@@ -319,7 +319,7 @@ fn main() {
     let rates: Vec<f64> = hz.map_or_else(|| rates.to_vec(), |r| vec![r]);
     let clients: Vec<usize> = only_clients.map_or_else(|| clients.to_vec(), |n| vec![n as usize]);
     let path = out.unwrap_or_else(default_out_path);
-    make_folders(&[&path, tick_log_path.as_deref().unwrap_or(Path::new(""))]);
+    make_folders(std::iter::once(path.as_path()).chain(tick_log_path.as_deref()));
     let started = Instant::now();
     let mut rows = Vec::new();
     for &n in &clients {
@@ -425,7 +425,7 @@ fn main() {
 
 /// Make the folder of each output file, before a run that may take an hour: a path that
 /// cannot be written is an error now, not after it.
-fn make_folders(paths: &[&Path]) {
+fn make_folders<'a>(paths: impl IntoIterator<Item = &'a Path>) {
     for path in paths {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && let Err(e) = std::fs::create_dir_all(dir)
