@@ -1,10 +1,10 @@
 //! Tick-rate sweep: what each tick rate costs the server and buys the players.
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
-//! [--clients N] [--scene arena|cubes|massive] [--threads N] [--respawns PER_S]
-//! [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep, and a value outside it is
-//! run as asked, e.g. 1,000 clients; `--threads` builds snapshots on N threads, 0 = one
-//! per core; `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
+//! [--send-hz R] [--clients N] [--scene arena|cubes|massive] [--threads N]
+//! [--respawns PER_S] [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep, and a
+//! value outside it is run as asked, e.g. 1,000 clients; `--send-hz` sends each client
+//! fewer snapshots than ticks; `--threads` builds snapshots on N threads, 0 = one per core; `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
 //! entities come and go every tick; `--tick-log` writes every measured tick's cost, one CSV
 //! row each, to show how slow ticks come: alone or in stretches). Every flag and value is
 //! checked before anything runs (`benches::cli`).
@@ -86,27 +86,10 @@ impl Row {
     }
 }
 
-fn options(
-    scene: SceneKind,
-    respawns_per_s: f64,
-    threads: usize,
-    tick_rate: f64,
-    clients: usize,
-    loss_pct: f64,
-    seed: u64,
-) -> SimulationOptions {
+/// A run of `game` with `clients` bots, its link losing `loss_pct` of the datagrams.
+fn options(game: &GameOptions, clients: usize, loss_pct: f64) -> SimulationOptions {
     SimulationOptions {
-        game: GameOptions {
-            scene,
-            entities: None,
-            tick_rate,
-            send_rate: tick_rate,
-            budget_bytes: DEFAULT_BUDGET_BYTES,
-            seed,
-            aoi_radius_m: None,
-            snapshot_threads: threads,
-            respawns_per_s,
-        },
+        game: game.clone(),
         clients,
         frame_rate: DEFAULT_FRAME_RATE_HZ,
         conditioner: ConditionerConfig {
@@ -115,7 +98,7 @@ fn options(
             latency: LATENCY,
             ..ConditionerConfig::off()
         },
-        seed,
+        seed: game.seed,
         predict: true,
     }
 }
@@ -304,19 +287,23 @@ fn main() {
             FULL_MIN_DURATION.max(Duration::from_secs_f64(FULL_MIN_TICKS / rate))
         }
     };
+    // `--hz R` / `--clients N` narrow the sweep to one rate or one client count; one
+    // outside it (e.g. 1000 clients) is run as asked.
+    let rates: Vec<f64> = args.hz.map_or_else(|| rates.to_vec(), |r| vec![r]);
+    if let Err(e) = args.check_send_hz(&rates) {
+        e.exit();
+    }
     let benches::cli::Tickrate {
         common: _,
         out,
-        hz,
+        hz: _,
+        send_hz,
         clients: only_clients,
         scene,
         threads,
         respawns,
         tick_log: tick_log_path,
     } = args;
-    // `--hz R` / `--clients N` narrow the sweep to one rate or one client count; one
-    // outside it (e.g. 1000 clients) is run as asked.
-    let rates: Vec<f64> = hz.map_or_else(|| rates.to_vec(), |r| vec![r]);
     let clients: Vec<usize> = only_clients.map_or_else(|| clients.to_vec(), |n| vec![n as usize]);
     let path = out.unwrap_or_else(default_out_path);
     make_folders(std::iter::once(path.as_path()).chain(tick_log_path.as_deref()));
@@ -326,16 +313,19 @@ fn main() {
         for &rate in &rates {
             let seed = 1000 + n as u64;
             let duration = duration_at(rate);
-            let clean = run(
-                &options(scene, respawns, threads, rate, n, 0.0, seed),
-                WARM_UP,
-                duration,
-            );
-            let lossy = run(
-                &options(scene, respawns, threads, rate, n, LOSS_PCT, seed),
-                WARM_UP,
-                duration,
-            );
+            let game = GameOptions {
+                scene,
+                entities: None,
+                tick_rate: rate,
+                send_rate: send_hz.unwrap_or(rate),
+                budget_bytes: DEFAULT_BUDGET_BYTES,
+                seed,
+                aoi_radius_m: None,
+                snapshot_threads: threads,
+                respawns_per_s: respawns,
+            };
+            let clean = run(&options(&game, n, 0.0), WARM_UP, duration);
+            let lossy = run(&options(&game, n, LOSS_PCT), WARM_UP, duration);
             let (clean, lossy) = match (clean, lossy) {
                 (Ok(c), Ok(l)) => (c, l),
                 (Err(e), _) | (_, Err(e)) => {

@@ -109,6 +109,10 @@ pub struct Tickrate {
     /// Run only this tick rate (one of the sweep's, or any other, run as asked).
     #[arg(long, value_name = "R", value_parser = positive_rate)]
     pub hz: Option<f64>,
+    /// Snapshots a second to each client (default: one every tick; at most the tick rate).
+    /// Below the tick rate, each tick sends to its own share of the clients.
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub send_hz: Option<f64>,
     /// Run only this client count (one of the sweep's, or any other, e.g. 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub clients: Option<u32>,
@@ -125,6 +129,20 @@ pub struct Tickrate {
     /// Write every measured tick's cost to PATH, one CSV row each.
     #[arg(long, value_name = "PATH")]
     pub tick_log: Option<PathBuf>,
+}
+
+impl Tickrate {
+    /// `--send-hz` against the tick rates to run (`--hz`, or else the sweep's): a send rate
+    /// above one of them is an error, as clap gives for a bad value.
+    pub fn check_send_hz(&self, rates: &[f64]) -> Result<(), clap::Error> {
+        match self.send_hz.filter(|&s| rates.iter().any(|&r| s > r)) {
+            Some(s) => Err(<Self as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--send-hz {s} is above a tick rate to run (use --hz)"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `cargo bench -p benches --bench loopback -- [flags]`.
@@ -213,6 +231,8 @@ mod tests {
             &["--threads", "two"],
             &["--respawns", "-1"],
             &["--respawns", "NaN"],
+            &["--send-hz", "0"],
+            &["--send-hz", "x"],
             &["--scene", "bogus"],
             &["--scene"],
             &["--client", "1000"],
@@ -223,6 +243,13 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
         assert!(Loopback::try_parse_from(["loopback", "--bogus"]).is_err());
+        // A send rate above the tick rate run: an error before anything runs.
+        let a = tickrate(&["--hz", "60", "--send-hz", "30"]).expect("parses");
+        assert_eq!(a.send_hz, Some(30.0));
+        assert!(a.check_send_hz(&[60.0]).is_ok());
+        let e = a.check_send_hz(&[20.0, 60.0]).expect_err("above 20 Hz");
+        assert_eq!(e.exit_code(), 2);
+        assert!(tickrate(&[]).unwrap().check_send_hz(&[10.0]).is_ok());
     }
 
     #[test]

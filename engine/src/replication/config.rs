@@ -34,7 +34,10 @@ pub struct ServerConfig {
     /// How floats become integers on the wire; `tick_interval` is the server's tick period.
     /// Sent to every client in the welcome, so clients never need their own copy.
     pub quantize: QuantizeConfig,
-    /// Send a snapshot every this many ticks (default 1: every tick).
+    /// Send each client a snapshot every this many ticks (default 1: every tick; at most
+    /// 1024). Above one, each client is given one of the interval's first eight ticks (the
+    /// one the fewest clients had when it joined), so that those ticks build like shares of
+    /// the snapshots rather than one tick building all of them.
     pub send_interval_ticks: u32,
     /// Snapshot bytes per client per send before the priority accumulator defers entities
     /// (default 8800: eight parts). A client's own budget can be changed at run time.
@@ -211,10 +214,9 @@ impl ServerConfig {
         if self.snapshot_threads > 256 {
             return Err(ConfigError::Invalid("at most 256 snapshot threads"));
         }
-        if self.send_interval_ticks == 0 {
-            return Err(ConfigError::Invalid(
-                "send interval must be at least one tick",
-            ));
+        // Clients refuse a welcome with a longer interval.
+        if !(1..=1024).contains(&self.send_interval_ticks) {
+            return Err(ConfigError::Invalid("send interval must be 1..=1024 ticks"));
         }
         if self.max_part_bytes + PART_PREFIX_MAX_BYTES > self.server.max_datagram_bytes() {
             return Err(ConfigError::Invalid(

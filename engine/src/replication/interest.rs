@@ -803,9 +803,10 @@ impl Band {
         self.entries.sort_unstable_by_key(|&(i, _)| i);
         self.valid = true;
         self.found = self.entries.len();
-        self.epoch = interest.motion.epoch;
-        self.travel = interest.motion.travel;
-        self.seen = interest.motion.ticks;
+        let motion = interest.motion();
+        self.epoch = motion.epoch;
+        self.travel = motion.travel;
+        self.seen = motion.ticks;
         self.view = view;
         self.owned = owned;
         if self.slack == 0.0 {
@@ -823,17 +824,34 @@ pub(super) struct Interest {
     grid: Grid,
     /// Ground-plane position of each entity of the tick's world, by index.
     positions: Vec<Vec2>,
-    /// The same of the send tick before (kept to measure how far entities moved).
-    positions_before: Vec<Vec2>,
+    /// What the scopes of each phase of the send interval keep from one of their send
+    /// ticks to the next (one phase when every client is sent every tick).
+    phases: Vec<Phase>,
+    /// The phase this tick's scopes are of.
+    phase: usize,
+    /// Hands each scope's band the share of the skin it may use ([`Band::slack`]).
+    bands_started: AtomicU32,
+}
+
+/// Phases of the send interval the scopes' [`Band`]s are kept for (the server gives clients
+/// at most this many phases).
+pub(super) const MAX_PHASES: usize = 8;
+
+/// How the world changed between two send ticks of one phase: the scopes of that phase
+/// were found in the first, and are updated in the second.
+#[derive(Debug, Default)]
+struct Phase {
+    /// The positions at the phase's last send tick (kept to measure how far entities
+    /// moved).
+    positions: Vec<Vec2>,
     /// How far entities have moved, for the scopes' [`Band`]s.
     motion: Motion,
     /// The ids of the world `positions` are of.
     layout: Arc<Vec<EntityId>>,
-    /// When this send tick's world holds other entities than the last one's: where each
-    /// entity of the last one is now, for the scopes and bands kept in its indices.
+    /// When this send tick's world holds other entities than the phase's last one's:
+    /// where each entity of the last one is now, for the scopes and bands kept in its
+    /// indices.
     remap: Option<Remap>,
-    /// Hands each scope's band the share of the skin it may use ([`Band::slack`]).
-    bands_started: AtomicU32,
 }
 
 fn ground(p: Vec3) -> Vec2 {
@@ -844,6 +862,8 @@ impl Interest {
     pub(super) fn new(config: Option<InterestConfig>) -> Self {
         Self {
             config,
+            // The phase `motion` reads before the first index.
+            phases: vec![Phase::default()],
             ..Self::default()
         }
     }
@@ -905,24 +925,30 @@ impl Interest {
 
     /// Index the positions of this send tick's world, each entity's in id order: the world
     /// its [`TickWorld`] holds, as the grid's entries are indices there (a scope reads their
-    /// ids from it).
+    /// ids from it). The scopes updated next are of `phase` (below [`MAX_PHASES`]): motion
+    /// and remaps are measured from that phase's last send tick.
     pub(super) fn index(
         &mut self,
         positions: impl Iterator<Item = Vec3>,
         ids: &Arc<Vec<EntityId>>,
+        phase: usize,
     ) {
         // Rooms alone need no positions.
         let Some(c) = self.config else {
             return;
         };
-        std::mem::swap(&mut self.positions, &mut self.positions_before);
         self.positions.clear();
         self.positions.extend(positions.map(ground));
-        let from = std::mem::replace(&mut self.layout, ids.clone());
-        self.remap = None;
+        if self.phases.len() <= phase {
+            self.phases.resize_with(phase + 1, Phase::default);
+        }
+        self.phase = phase;
+        let ph = &mut self.phases[phase];
+        let from = std::mem::replace(&mut ph.layout, ids.clone());
+        ph.remap = None;
         if Arc::ptr_eq(&from, ids) || from.is_empty() {
-            self.motion
-                .advance(&self.positions_before, &self.positions, c.skin_m());
+            ph.motion
+                .advance(&ph.positions, &self.positions, c.skin_m());
         } else {
             // Entities came or went. The ones that stayed are measured as on any tick, by
             // their positions then and now side by side; the ones that came are leapers from
@@ -938,7 +964,7 @@ impl Interest {
                     Some((o, _)) => {
                         // Indices of worlds of u32 ids.
                         to_new[o] = n as u32;
-                        before.push(self.positions_before.get(o).copied().unwrap_or(Vec2::NAN));
+                        before.push(ph.positions.get(o).copied().unwrap_or(Vec2::NAN));
                     }
                     None => {
                         before.push(now);
@@ -946,14 +972,20 @@ impl Interest {
                     }
                 }
             }
-            let epoch = self.motion.epoch;
-            self.motion.advance(&before, &self.positions, c.skin_m());
-            if self.motion.epoch == epoch {
-                self.motion.arrive(&came, &self.positions);
+            let epoch = ph.motion.epoch;
+            ph.motion.advance(&before, &self.positions, c.skin_m());
+            if ph.motion.epoch == epoch {
+                ph.motion.arrive(&came, &self.positions);
             }
-            self.remap = Some(Remap { from, to_new });
+            ph.remap = Some(Remap { from, to_new });
         }
+        ph.positions.clone_from(&self.positions);
         self.grid.rebuild(c.outer_radius_m(), &self.positions);
+    }
+
+    /// The motion this tick's scopes are measured against.
+    fn motion(&self) -> &Motion {
+        &self.phases[self.phase].motion
     }
 
     /// The world `client` receives this tick; updates its scope. Its picks are last tick's
@@ -995,8 +1027,9 @@ impl Interest {
         // Entities came or went since the last send tick: a scope and band kept in that
         // world's indices follow their entities into this one's.
         let remap = self
-            .remap
-            .as_ref()
+            .phases
+            .get(self.phase)
+            .and_then(|p| p.remap.as_ref())
             .filter(|r| !same_layout && Arc::ptr_eq(&scope.ids, &r.from));
         if let Some(r) = remap {
             scope.band.follow(r);
@@ -1005,7 +1038,7 @@ impl Interest {
         match banded {
             Some((c, v))
                 if (same_layout || remap.is_some())
-                    && scope.band.holds(&self.motion, v, owned_at) =>
+                    && scope.band.holds(self.motion(), v, owned_at) =>
             {
                 let mut bits = SCOPE_BITS.take();
                 let ScopeBits { moved, crossed, .. } = &mut bits;
@@ -1013,7 +1046,7 @@ impl Interest {
                     r.apply(&scope.picks, moved);
                 }
                 let kept: &[u32] = if remap.is_some() { moved } else { &scope.picks };
-                scope.band.admit(&self.motion, kept, &c, owned_at);
+                scope.band.admit(self.motion(), kept, &c, owned_at);
                 scope.band.update(&self.positions, v, &c, owned_at, crossed);
                 if !crossed.is_empty() || remap.is_some() {
                     let mut picks = spare();
@@ -1348,7 +1381,7 @@ mod tests {
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let mut interest = Interest::new(Some(config));
             let tw = first(&q);
-            interest.index(positions(&world), &tw.ids);
+            interest.index(positions(&world), &tw.ids, 0);
             let view = match round % 4 {
                 // Out among the strays, or beyond everything.
                 1 => Vec3::new(1.0e9 + 40.0, 0.0, 1.0e9),
@@ -1409,7 +1442,7 @@ mod tests {
             let world = world_at(&list);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-            interest.index(positions(&world), &tw.ids);
+            interest.index(positions(&world), &tw.ids, 0);
             let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
             if same_layout {
                 by_bits += 1;
@@ -1618,7 +1651,7 @@ mod tests {
             let world = world_at(points);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(positions(&world), &tw.ids);
+            interest.index(positions(&world), &tw.ids, 0);
             let scanned = interest.scope(&tw, None, scope, Arc::default).scanned;
             previous = Some(tw);
             (scanned, ids(scope))
@@ -1785,7 +1818,7 @@ mod tests {
                 let world = world_at(&list);
                 let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
                 let tw = TickWorld::new(q, Tick(tick + 1), previous.as_ref());
-                interest.index(positions(&world), &tw.ids);
+                interest.index(positions(&world), &tw.ids, 0);
                 for (c, viewer) in viewers.iter_mut().enumerate() {
                     if c == last && sits_out {
                         continue;
@@ -1853,7 +1886,7 @@ mod tests {
             let world = world_at(&[(1, 1.0, 0.0), (2, x, 0.0), (3, 0.0, 2.0), (4, 50.0, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = TickWorld::new(q, Tick(tick as u32 + 1), previous.as_ref());
-            interest.index(positions(&world), &tw.ids);
+            interest.index(positions(&world), &tw.ids, 0);
             let before = scope.picks.clone();
             let ScopedWorld { world: view, .. } = interest.scope(&tw, None, &mut scope, || {
                 spares += 1;
@@ -1882,7 +1915,7 @@ mod tests {
             let world = world_at(&[(1, x, 0.0)]);
             let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
             let tw = first(&q);
-            interest.index(positions(&world), &tw.ids);
+            interest.index(positions(&world), &tw.ids, 0);
             interest.scope(&tw, None, scope, Arc::default);
             scope.visible().next().is_some()
         };
@@ -1908,7 +1941,7 @@ mod tests {
         let mut interest = Interest::new(None);
         interest.add_entity(EntityId(2), RoomId(7));
         interest.add_entity(EntityId(3), RoomId(8));
-        interest.index(positions(&world), &tw.ids);
+        interest.index(positions(&world), &tw.ids, 0);
         let mut outsider = Scope::default();
         interest.scope(&tw, None, &mut outsider, Arc::default);
         assert_eq!(ids(&outsider), vec![1, 4], "public entities only");
@@ -1924,7 +1957,7 @@ mod tests {
         // With an area of interest, rooms and distance both apply.
         let mut interest = Interest::new(Some(InterestConfig::radius(50.0)));
         interest.add_entity(EntityId(2), RoomId(7));
-        interest.index(positions(&world), &tw.ids);
+        interest.index(positions(&world), &tw.ids, 0);
         let mut far = Scope {
             view_point: Some(Vec3::ZERO),
             ..Scope::default()
@@ -1943,7 +1976,7 @@ mod tests {
         let q = QuantizedWorld::from_world(&world, &QuantizeConfig::default());
         let tw = first(&q);
         let mut interest = Interest::new(Some(InterestConfig::radius(10.0)));
-        interest.index(positions(&world), &tw.ids);
+        interest.index(positions(&world), &tw.ids, 0);
         let mut none = Scope::default();
         interest.scope(&tw, None, &mut none, Arc::default);
         assert!(none.visible().next().is_none());
@@ -2090,7 +2123,7 @@ mod tests {
 
             let q = QuantizedWorld::from_world(&world, &quantize);
             let q = TickWorld::new(q, Tick(tick), previous.as_ref());
-            interest.index(positions(&world), &q.ids);
+            interest.index(positions(&world), &q.ids, 0);
             for (c, (scope, sender, owned)) in clients.iter_mut().enumerate() {
                 if c == 4 && tick == 20 {
                     sender.reset_baseline();

@@ -617,3 +617,121 @@ fn a_server_with_few_viewers_per_entity_shares_nothing() {
     assert_eq!(g.sim.server.snapshot_totals().entities_shared, 0);
     assert_eq!(g.sim.server.stats().shared_encoding_ticks, 0);
 }
+
+/// Seven clients around the usual three views.
+fn seven_views() -> Vec<Vec3> {
+    let mut v = views();
+    v.extend([
+        Vec3::new(5.0, 0.0, 5.0),
+        Vec3::new(-10.0, 0.0, 10.0),
+        Vec3::new(30.0, 0.0, -5.0),
+        Vec3::new(0.0, 0.0, -30.0),
+    ]);
+    v
+}
+
+/// Snapshots built for each client so far, in client order.
+fn snapshots_per_client(g: &ScopeGame) -> Vec<u64> {
+    (0..g.views.len())
+        .map(|i| {
+            let id = client_id(&g.sim, i).expect("connected");
+            let s = g.sim.server.client_summary(id).expect("known");
+            assert!(s.ready, "client {i} ready");
+            s.snapshots.snapshots
+        })
+        .collect()
+}
+
+/// With a send interval of three ticks, each tick builds the snapshots of its own third of
+/// the clients (never all seven on one tick), each client is still sent one snapshot an
+/// interval, and every phase's scopes keep their bands as when every client is sent every
+/// tick: still, moving, and with entities coming and going.
+#[test]
+fn a_send_interval_spreads_the_clients_over_its_ticks_and_each_phase_keeps_its_bands() {
+    let mut c = config(Some(interest()));
+    c.send_interval_ticks = 3;
+    let mut g = ScopeGame::with_config(c, 60, seven_views(), 5, 0.0);
+    let clients = seven_views().len() as u64;
+    let counts = |g: &ScopeGame| {
+        let s = g.sim.server.stats();
+        (s.scoped_snapshots, s.scope_scans)
+    };
+    g.moving = false;
+    g.run(Duration::from_secs(1));
+    let (_, first_scans) = counts(&g);
+    let mut per_tick = Vec::new();
+    let before = snapshots_per_client(&g);
+    for _ in 0..30 {
+        let (built, _) = counts(&g);
+        g.run(TICK);
+        per_tick.push(counts(&g).0 - built);
+    }
+    let after = snapshots_per_client(&g);
+    // Seven clients over three phases: three, two and two a tick.
+    assert!(
+        per_tick.iter().all(|n| (2..=3).contains(n)),
+        "snapshots a tick: {per_tick:?}"
+    );
+    assert!(
+        per_tick
+            .windows(3)
+            .all(|w| w.iter().sum::<u64>() == clients),
+        "every client once an interval: {per_tick:?}"
+    );
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(a - b, 10, "client {i}: one snapshot every three ticks");
+    }
+    // Nothing moves: after each client's first scan its band keeps its scope.
+    let (_, scans) = counts(&g);
+    assert!(
+        (clients..=2 * clients).contains(&scans),
+        "{scans} scans, nothing moving (first second: {first_scans})"
+    );
+    // Movers leap across the scopes' edges between a phase's ticks: each scope measures
+    // them itself, without a scan.
+    g.moving = true;
+    let despawns = g.sim.server.snapshot_totals().despawns_sent;
+    g.run(Duration::from_secs(1));
+    let (moving_snapshots, moving_scans) = counts(&g);
+    assert_eq!(moving_scans, scans, "movers leaping");
+    assert!(g.sim.server.snapshot_totals().despawns_sent > despawns + 10);
+    // Entities come and go every tick: each phase's scopes follow their entities from
+    // that phase's last world into the new one, three worlds on.
+    g.moving = false;
+    for k in 0..30u32 {
+        g.world.remove(EntityId(k));
+        let position = Vec3::new(1.0 + k as f32 * 0.1, 0.0, 0.0);
+        let state = EntityState::new(Transform {
+            position,
+            ..Transform::default()
+        });
+        g.world.insert(EntityId(1000 + k), state);
+        g.run(TICK);
+    }
+    let (churn_snapshots, churn_scans) = counts(&g);
+    assert!(churn_snapshots >= moving_snapshots + 9 * clients);
+    assert_eq!(churn_scans, moving_scans, "entities coming and going");
+    let first = client_id(&g.sim, 0).expect("connected");
+    let seen: Vec<EntityId> = g.sim.server.visible_entities(first).unwrap().collect();
+    assert!(seen.contains(&EntityId(1027)) && !seen.contains(&EntityId(27)));
+}
+
+/// The same interval under 20 % loss, sharing encodings among the clients of a phase:
+/// every complete snapshot is its tick's scope, and each client ends with exactly its
+/// scope in the server's state.
+#[test]
+fn with_a_send_interval_scope_changes_under_20_pct_loss_end_with_the_view_equal_to_the_scope() {
+    for seed in [51, 52, 53] {
+        let mut c = config(Some(interest()));
+        c.send_interval_ticks = 3;
+        let mut g = ScopeGame::with_config(c, 60, seven_views(), seed, 20.0);
+        g.sim.server.share_encodings_from(0.0);
+        g.run(Duration::from_secs(5));
+        g.moving = false;
+        g.run(Duration::from_secs(3));
+        // A client is sent one tick in three, and most of those arrive whole.
+        g.assert_verified_share(seed, 5);
+        assert!(g.sim.server.snapshot_totals().entities_shared > 0);
+        g.assert_views_are_the_scopes(seed);
+    }
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::config::{ConfigError, ServerConfig, SnapshotDelivery, with_control_channel};
-use super::interest::{Interest, RoomId, Scope, ScopedWorld};
+use super::interest::{Interest, MAX_PHASES, RoomId, Scope, ScopedWorld};
 use super::wire::{
     ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, QuantizeWire, WelcomeWire,
     write_part_prefix,
@@ -106,6 +106,9 @@ struct Peer {
     invalid_input_frames: u64,
     resyncs: u64,
     scope: Scope,
+    /// The ticks this client is sent snapshots on: those whose number modulo the send
+    /// interval is this.
+    phase: u32,
 }
 
 /// Server-wide counters of the replication layer (the connection keeps its own).
@@ -208,8 +211,9 @@ pub struct Server {
     shared_scratch: EncodeScratch,
 }
 
-/// Worlds kept for shared codes: baselines older than this many ticks code alone.
-const SHARED_HISTORY_TICKS: usize = 8;
+/// Worlds kept for shared codes, per phase of the send interval: a client's baseline older
+/// than this many of its sends codes alone.
+const SHARED_HISTORY_SENDS: usize = 8;
 
 /// Clients with their own scopes share entity encodings once the last send tick's scopes
 /// held at least this many entities per entity of the world (each entity seen by this many
@@ -372,8 +376,8 @@ impl Server {
                 peer.owned_changed = !send_control(&mut self.conn, now, id, self.control, &msg);
             }
         }
-        let send_tick = tick.0.is_multiple_of(self.config.send_interval_ticks);
-        if send_tick && self.peers.values().any(|p| p.ready) {
+        let phase = tick.0 % self.config.send_interval_ticks;
+        if self.peers.values().any(|p| p.ready && p.phase == phase) {
             let quantized = QuantizedWorld::from_world_cached(
                 world,
                 &self.config.quantize,
@@ -401,9 +405,10 @@ impl Server {
                 // The positions from the cache the world was just quantized with: a list, where
                 // the world is a map.
                 let positions = self.quantize_cache.transforms().map(|t| t.position);
-                self.interest.index(positions, &quantized.ids);
+                self.interest
+                    .index(positions, &quantized.ids, phase as usize);
             }
-            self.send_snapshots(now, tick, &quantized);
+            self.send_snapshots(now, tick, phase, &quantized);
             self.previous_world = Some(quantized);
         }
         tick
@@ -418,11 +423,12 @@ impl Server {
         }
     }
 
-    fn send_snapshots(&mut self, now: Instant, tick: Tick, tick_world: &TickWorld) {
+    /// Build and send the snapshots of the ready clients whose phase is `phase`.
+    fn send_snapshots(&mut self, now: Instant, tick: Tick, phase: u32, tick_world: &TickWorld) {
         let world = &tick_world.world;
         let scoped = self.interest.active();
         if scoped {
-            self.prepare_shared(tick_world);
+            self.prepare_shared(tick_world, phase);
         }
         let interest = &self.interest;
         let shared = &self.shared;
@@ -454,7 +460,7 @@ impl Server {
         let jobs: Vec<(ClientId, &mut Peer)> = self
             .peers
             .iter_mut()
-            .filter(|(_, p)| p.ready)
+            .filter(|(_, p)| p.ready && p.phase == phase)
             .map(|(id, p)| (*id, p))
             .collect();
         // Each client's snapshot, with how many entities its scope held and whether the
@@ -589,7 +595,7 @@ impl Server {
 
     /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
     /// baseline age that two or more ready clients hold, and one for spawns.
-    fn prepare_shared(&mut self, tick_world: &TickWorld) {
+    fn prepare_shared(&mut self, tick_world: &TickWorld, phase: u32) {
         let tick = tick_world.tick;
         let lim = self.config.quantize.limits();
         if self.viewers_per_entity < self.share_min_viewers {
@@ -602,13 +608,17 @@ impl Server {
             return;
         }
         self.stats.shared_encoding_ticks += 1;
+        let interval = self.config.send_interval_ticks;
+        // The history holds the last ticks of every phase in use, one world each.
+        let kept = SHARED_HISTORY_SENDS * (interval as usize).min(MAX_PHASES);
         let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
+        // This tick's clients: those of other phases read nothing encoded now.
         let mut ready = 0;
-        for p in self.peers.values().filter(|p| p.ready) {
+        for p in self.peers.values().filter(|p| p.ready && p.phase == phase) {
             ready += 1;
             if let Some(t) = p.sender.acked_tick() {
                 let k = tick.0.saturating_sub(t.0);
-                if k > 0 && (k as usize) <= SHARED_HISTORY_TICKS {
+                if k > 0 && k as usize <= SHARED_HISTORY_SENDS * interval as usize {
                     *ages.entry(k).or_default() += 1;
                 }
             }
@@ -641,7 +651,7 @@ impl Server {
                 self.shared.fill(tick_world, history, k, &lim);
             }
         }
-        if self.history.len() >= SHARED_HISTORY_TICKS {
+        while self.history.len() >= kept {
             self.history.pop_front();
         }
         self.history.push_back(tick_world.clone());
@@ -839,9 +849,22 @@ impl Server {
         }
     }
 
+    /// The tick of the send interval the fewest clients are sent on (the first of those),
+    /// among its first [`MAX_PHASES`]: enough to spread the builds, and each phase keeps
+    /// its scopes' motion apart.
+    fn quietest_phase(&self) -> u32 {
+        let phases = (self.config.send_interval_ticks as usize).min(MAX_PHASES);
+        let mut clients = [0usize; MAX_PHASES];
+        for p in self.peers.values() {
+            clients[p.phase as usize] += 1;
+        }
+        (0..phases).min_by_key(|&k| clients[k]).unwrap_or(0) as u32
+    }
+
     fn on_connection_event(&mut self, id: ClientId, e: Event) {
         match e {
             Event::Connected { .. } => {
+                let phase = self.quietest_phase();
                 self.peers.insert(
                     id,
                     Peer {
@@ -860,6 +883,7 @@ impl Server {
                         invalid_input_frames: 0,
                         resyncs: 0,
                         scope: Scope::default(),
+                        phase,
                     },
                 );
                 self.events

@@ -228,9 +228,13 @@ impl QuantizeCache {
     }
 }
 
-/// Worlds a [`QuantizeCache`] keeps for their memory: more than a server keeps for its
-/// shared codes (8) with a few ticks in flight beside, so that the oldest is usually free.
-const KEPT_WORLDS: usize = 16;
+/// Worlds no one else holds that a [`QuantizeCache`] keeps for their memory: a server
+/// frees about one a tick (the oldest it kept for shared codes) and needs one.
+const FREE_WORLDS_KEPT: usize = 2;
+
+/// At most this many worlds are tracked, held elsewhere or not: more than a server keeps for
+/// its shared codes (8 per phase of the send interval, up to 8 phases) with a few in flight.
+const WORLDS_TRACKED: usize = 80;
 
 #[derive(Debug, Clone)]
 struct CachedEntity {
@@ -371,10 +375,18 @@ impl QuantizedWorld {
         entities.clear();
         entities.extend(cache.entries.iter().map(|e| (e.id, e.quantized.clone())));
         let entities = Arc::new(entities);
-        if cache.built.len() >= KEPT_WORLDS {
+        cache.built.push_back(Arc::clone(&entities));
+        // Every world still held elsewhere stays tracked (its memory is in use anyway, and
+        // comes free once its holder lets go: a server keeps more worlds the more phases
+        // its send interval has), and a few free ones.
+        let mut free = 0;
+        cache.built.retain(|w| {
+            free += usize::from(Arc::strong_count(w) == 1);
+            Arc::strong_count(w) > 1 || free <= FREE_WORLDS_KEPT
+        });
+        while cache.built.len() > WORLDS_TRACKED {
             cache.built.pop_front();
         }
-        cache.built.push_back(Arc::clone(&entities));
         Self { entities }
     }
 
