@@ -37,7 +37,9 @@ pub struct ServerConfig {
     /// Send each client a snapshot every this many ticks (default 1: every tick; at most
     /// 1024). Above one, each client is given one of the interval's first eight ticks (the
     /// one the fewest clients had when it joined), so that those ticks build like shares of
-    /// the snapshots rather than one tick building all of them.
+    /// the snapshots rather than one tick building all of them: the slowest tick is
+    /// shorter, while what a send tick does once for all (quantizing the world, indexing
+    /// it for the area of interest) is done on each of those ticks.
     pub send_interval_ticks: u32,
     /// Snapshot bytes per client per send before the priority accumulator defers entities
     /// (default 8800: eight parts). A client's own budget can be changed at run time.
