@@ -742,6 +742,44 @@ mod tests {
         assert!(buffers.len() <= 3, "{} buffers", buffers.len());
     }
 
+    /// A holder that keeps the last 24 worlds (a server's shared-code history at three
+    /// phases of the send interval) and lets go of the oldest each tick: the cache still
+    /// holds the memory of the world let go (the allocator never gets it back) and builds
+    /// the next world in it, however many worlds are held.
+    #[test]
+    fn a_cache_reuses_the_world_let_go_behind_a_long_history() {
+        let config = QuantizeConfig::default();
+        let mut cache = QuantizeCache::default();
+        let mut world = World::new();
+        let mut history: VecDeque<QuantizedWorld> = VecDeque::new();
+        for t in 0..200u32 {
+            for i in 0..100u32 {
+                let position = Vec3::new((i + t) as f32, 0.0, 0.0);
+                let state = EntityState::new(Transform {
+                    position,
+                    ..Transform::default()
+                });
+                world.insert(EntityId(i), state);
+            }
+            let let_go = (history.len() >= 24)
+                .then(|| history.pop_front())
+                .flatten()
+                .map(|w| w.entities().as_ptr());
+            if let Some(p) = let_go {
+                assert!(
+                    cache.built.iter().any(|b| b.as_ptr() == p),
+                    "tick {t}: the world let go is the cache's to reuse"
+                );
+            }
+            let w = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            if let Some(p) = let_go {
+                assert_eq!(w.entities().as_ptr(), p, "tick {t}: built in its memory");
+            }
+            history.push_back(w);
+        }
+        assert!(cache.built.len() <= 24 + 1 + FREE_WORLDS_KEPT);
+    }
+
     #[test]
     fn change_ages_count_the_ticks_since_a_change_and_stop_at_the_oldest_told_apart() {
         let world = |xs: [u32; 3]| {
