@@ -250,6 +250,21 @@ impl ScopeGame {
         }
     }
 
+    /// `ticks` ticks on each of which mover `k` leaves the world and entity `1000 + k`
+    /// arrives next to the origin (k counting from 0).
+    fn churn(&mut self, ticks: u32) {
+        for k in 0..ticks {
+            self.world.remove(EntityId(k));
+            let position = Vec3::new(1.0 + k as f32 * 0.1, 0.0, 0.0);
+            let state = EntityState::new(Transform {
+                position,
+                ..Transform::default()
+            });
+            self.world.insert(EntityId(1000 + k), state);
+            self.run(TICK);
+        }
+    }
+
     fn run(&mut self, d: Duration) {
         let end = self.sim.now + d;
         while self.next_tick_at <= end {
@@ -332,16 +347,7 @@ fn the_server_counts_the_scopes_it_scanned_and_the_ones_its_bands_kept() {
     // the scopes follow their entities into each new world, and measure the newcomers
     // near them, without a scan.
     g.moving = false;
-    for k in 0..30u32 {
-        g.world.remove(EntityId(k));
-        let position = Vec3::new(1.0 + k as f32 * 0.1, 0.0, 0.0);
-        let state = EntityState::new(Transform {
-            position,
-            ..Transform::default()
-        });
-        g.world.insert(EntityId(1000 + k), state);
-        g.run(TICK);
-    }
+    g.churn(30);
     let first = client_id(&g.sim, 0).expect("connected");
     let seen: Vec<EntityId> = g.sim.server.visible_entities(first).unwrap().collect();
     assert!(seen.contains(&EntityId(1029)) && !seen.contains(&EntityId(29)));
@@ -698,16 +704,7 @@ fn a_send_interval_spreads_the_clients_over_its_ticks_and_each_phase_keeps_its_b
     // Entities come and go every tick: each phase's scopes follow their entities from
     // that phase's last world into the new one, three worlds on.
     g.moving = false;
-    for k in 0..30u32 {
-        g.world.remove(EntityId(k));
-        let position = Vec3::new(1.0 + k as f32 * 0.1, 0.0, 0.0);
-        let state = EntityState::new(Transform {
-            position,
-            ..Transform::default()
-        });
-        g.world.insert(EntityId(1000 + k), state);
-        g.run(TICK);
-    }
+    g.churn(30);
     let (churn_snapshots, churn_scans) = counts(&g);
     assert!(churn_snapshots >= moving_snapshots + 9 * clients);
     assert_eq!(churn_scans, moving_scans, "entities coming and going");
