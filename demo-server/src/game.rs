@@ -71,9 +71,11 @@ impl GameOptions {
                 self.tick_rate
             ));
         }
-        if !(self.send_rate > 0.0 && self.send_rate <= self.tick_rate) {
+        // Clients take at most 1024 ticks between snapshots.
+        let slowest = self.tick_rate / 1024.0;
+        if !(self.send_rate >= slowest && self.send_rate <= self.tick_rate) {
             return Err(format!(
-                "--send-rate must be above 0 and at most the tick rate {} (got {})",
+                "--send-rate must be {slowest} to {} Hz, the tick rate (got {})",
                 self.tick_rate, self.send_rate
             ));
         }
@@ -282,6 +284,44 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
+
+    /// A send rate the engine would refuse (more than 1024 ticks between sends, none, or
+    /// above the tick rate) is the flag's own error, before any server is built.
+    #[test]
+    fn send_rates_from_a_1024th_of_the_tick_rate_to_the_tick_rate_are_taken() {
+        let with = |send_rate: f64| {
+            let o = GameOptions {
+                scene: SceneKind::Arena,
+                entities: None,
+                tick_rate: 64.0,
+                send_rate,
+                budget_bytes: 1100,
+                seed: 1,
+                aoi_radius_m: None,
+                snapshot_threads: 1,
+                respawns_per_s: 0.0,
+            };
+            o.validate().map(|()| o)
+        };
+        for ok in [64.0, 32.0, 20.0, 0.0625] {
+            assert_eq!(with(ok).map(|_| ()), Ok(()), "{ok}");
+            // The engine takes the interval the flag turns into.
+            let config = with(ok)
+                .unwrap()
+                .replication_config(0, 4, SnapshotDelivery::Datagrams);
+            assert!(
+                replication::Server::new(config, Instant::now()).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [0.06, 0.0, -1.0, f64::NAN, 64.5, f64::INFINITY] {
+            let e = with(bad).expect_err("refused");
+            assert!(
+                e.starts_with("--send-rate must be 0.0625 to 64 Hz"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn the_world_holds_the_bodies_as_they_come_and_go() {
