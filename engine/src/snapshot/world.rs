@@ -366,8 +366,10 @@ impl QuantizedWorld {
             drop(old);
             cache.spare = std::mem::replace(&mut cache.entries, entries);
         }
-        // The oldest kept world no one else holds any more, if there is one.
-        let free = cache.built.iter().position(|w| Arc::strong_count(w) == 1);
+        // The kept world no one else holds that was let go of last, if there is one: the
+        // one most likely still in the caches (an older one's memory was measured slower
+        // to write than a fresh allocation, docs/BENCHMARKS.md).
+        let free = cache.built.iter().rposition(|w| Arc::strong_count(w) == 1);
         let mut entities = free
             .and_then(|i| cache.built.remove(i))
             .and_then(|w| Arc::try_unwrap(w).ok())
@@ -378,11 +380,16 @@ impl QuantizedWorld {
         cache.built.push_back(Arc::clone(&entities));
         // Every world still held elsewhere stays tracked (its memory is in use anyway, and
         // comes free once its holder lets go: a server keeps more worlds the more phases
-        // its send interval has), and a few free ones.
-        let mut free = 0;
+        // its send interval has), and the few free ones let go of last.
+        let mut free = cache
+            .built
+            .iter()
+            .filter(|w| Arc::strong_count(w) == 1)
+            .count();
         cache.built.retain(|w| {
-            free += usize::from(Arc::strong_count(w) == 1);
-            Arc::strong_count(w) > 1 || free <= FREE_WORLDS_KEPT
+            let held = Arc::strong_count(w) > 1;
+            free -= usize::from(!held);
+            held || free < FREE_WORLDS_KEPT
         });
         while cache.built.len() > WORLDS_TRACKED {
             cache.built.pop_front();
@@ -740,6 +747,38 @@ mod tests {
         assert_eq!(held, copies, "held worlds are untouched");
         // Dropped worlds lend their memory: a couple of buffers serve 27 worlds.
         assert!(buffers.len() <= 3, "{} buffers", buffers.len());
+    }
+
+    /// Of the free worlds, the next is built in the one let go of last (the likeliest to be
+    /// still in a cache), not in the one kept longest.
+    #[test]
+    fn a_cache_builds_in_the_world_let_go_of_last() {
+        let config = QuantizeConfig::default();
+        let mut cache = QuantizeCache::default();
+        let mut world = World::new();
+        let mut step = |t: u32| {
+            for i in 0..100u32 {
+                let position = Vec3::new((i + t) as f32, 0.0, 0.0);
+                let transform = Transform {
+                    position,
+                    ..Transform::default()
+                };
+                world.insert(EntityId(i), EntityState::new(transform));
+            }
+            QuantizedWorld::from_world_cached(&world, &config, &mut cache)
+        };
+        let (first, second, third) = (step(0), step(1), step(2));
+        let second_at = second.entities().as_ptr();
+        // Let go of the first world, then of the second: both are free, the second newer.
+        drop(first);
+        drop(second);
+        let next = step(3);
+        assert_eq!(
+            next.entities().as_ptr(),
+            second_at,
+            "built in the world let go of last"
+        );
+        assert_ne!(next.entities().as_ptr(), third.entities().as_ptr());
     }
 
     /// A holder that keeps the last 24 worlds (a server's shared-code history at three
