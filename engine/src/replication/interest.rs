@@ -822,8 +822,8 @@ pub(super) struct Interest {
     rooms: BTreeMap<RoomId, BTreeSet<ClientId>>,
     entity_rooms: HashMap<EntityId, Vec<RoomId>>,
     grid: Grid,
-    /// Ground-plane position of each entity of the tick's world, by index.
-    positions: Vec<Vec2>,
+    /// A positions buffer no phase holds any more, kept for its memory.
+    spare: Vec<Vec2>,
     /// What the scopes of each phase of the send interval keep from one of their send
     /// ticks to the next (one phase when every client is sent every tick).
     phases: Vec<Phase>,
@@ -937,8 +937,9 @@ impl Interest {
         let Some(c) = self.config else {
             return;
         };
-        self.positions.clear();
-        self.positions.extend(positions.map(ground));
+        let mut now = std::mem::take(&mut self.spare);
+        now.clear();
+        now.extend(positions.map(ground));
         if self.phases.len() <= phase {
             self.phases.resize_with(phase + 1, Phase::default);
         }
@@ -947,19 +948,18 @@ impl Interest {
         let from = std::mem::replace(&mut ph.layout, ids.clone());
         ph.remap = None;
         if Arc::ptr_eq(&from, ids) || from.is_empty() {
-            ph.motion
-                .advance(&ph.positions, &self.positions, c.skin_m());
+            ph.motion.advance(&ph.positions, &now, c.skin_m());
         } else {
             // Entities came or went. The ones that stayed are measured as on any tick, by
             // their positions then and now side by side; the ones that came are leapers from
             // nowhere, which each scope measures if they are near it.
             let mut to_new = vec![GONE; from.len()];
-            let mut before = Vec::with_capacity(self.positions.len());
+            let mut before = Vec::with_capacity(now.len());
             let mut came = Vec::new();
             let mut old = from.iter().enumerate().peekable();
             for (n, id) in ids.iter().enumerate() {
                 while old.next_if(|(_, o)| *o < id).is_some() {}
-                let now = self.positions.get(n).copied().unwrap_or(Vec2::NAN);
+                let now = now.get(n).copied().unwrap_or(Vec2::NAN);
                 match old.next_if(|(_, o)| *o == id) {
                     Some((o, _)) => {
                         // Indices of worlds of u32 ids.
@@ -973,19 +973,25 @@ impl Interest {
                 }
             }
             let epoch = ph.motion.epoch;
-            ph.motion.advance(&before, &self.positions, c.skin_m());
+            ph.motion.advance(&before, &now, c.skin_m());
             if ph.motion.epoch == epoch {
-                ph.motion.arrive(&came, &self.positions);
+                ph.motion.arrive(&came, &now);
             }
             ph.remap = Some(Remap { from, to_new });
         }
-        ph.positions.clone_from(&self.positions);
-        self.grid.rebuild(c.outer_radius_m(), &self.positions);
+        // The phase's positions are now the tick's; its old ones are the next tick's buffer.
+        self.spare = std::mem::replace(&mut ph.positions, now);
+        self.grid.rebuild(c.outer_radius_m(), &ph.positions);
     }
 
     /// The motion this tick's scopes are measured against.
     fn motion(&self) -> &Motion {
         &self.phases[self.phase].motion
+    }
+
+    /// Ground-plane position of each entity of the tick's world, by index.
+    fn positions(&self) -> &[Vec2] {
+        &self.phases[self.phase].positions
     }
 
     /// The world `client` receives this tick; updates its scope. Its picks are last tick's
@@ -1011,7 +1017,7 @@ impl Interest {
         let view = scope
             .view_point
             .map(ground)
-            .or_else(|| owned_index.and_then(|i| self.positions.get(i).copied()));
+            .or_else(|| owned_index.and_then(|i| self.positions().get(i).copied()));
         let rooms_in_use = !self.entity_rooms.is_empty();
         // Last tick's picks index this tick's world too while the world holds the same
         // entities: its scope is then a bit test by index instead of a search by id.
@@ -1047,7 +1053,9 @@ impl Interest {
                 }
                 let kept: &[u32] = if remap.is_some() { moved } else { &scope.picks };
                 scope.band.admit(self.motion(), kept, &c, owned_at);
-                scope.band.update(&self.positions, v, &c, owned_at, crossed);
+                scope
+                    .band
+                    .update(self.positions(), v, &c, owned_at, crossed);
                 if !crossed.is_empty() || remap.is_some() {
                     let mut picks = spare();
                     cross(kept, crossed, writable(&mut picks));
@@ -1075,7 +1083,7 @@ impl Interest {
             (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
                 config,
                 view,
-                positions: &self.positions,
+                positions: self.positions(),
                 indices: &scope.picks,
             }),
             _ => None,
