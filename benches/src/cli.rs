@@ -133,12 +133,19 @@ pub struct Tickrate {
 
 impl Tickrate {
     /// `--send-hz` against the tick rates to run (`--hz`, or else the sweep's): a send rate
-    /// above one of them is an error, as clap gives for a bad value.
+    /// above one of them, or below a 1024th of one (the longest send interval a server
+    /// takes), is an error, as clap gives for a bad value.
     pub fn check_send_hz(&self, rates: &[f64]) -> Result<(), clap::Error> {
-        match self.send_hz.filter(|&s| rates.iter().any(|&r| s > r)) {
-            Some(s) => Err(<Self as clap::CommandFactory>::command().error(
+        let Some(s) = self.send_hz else {
+            return Ok(());
+        };
+        match rates.iter().find(|&&r| !(r / 1024.0..=r).contains(&s)) {
+            Some(r) => Err(<Self as clap::CommandFactory>::command().error(
                 clap::error::ErrorKind::ValueValidation,
-                format!("--send-hz {s} is above a tick rate to run (use --hz)"),
+                format!(
+                    "--send-hz {s} is outside {} to {r} Hz, for the tick rate {r} (use --hz)",
+                    r / 1024.0
+                ),
             )),
             None => Ok(()),
         }
@@ -248,6 +255,11 @@ mod tests {
         assert_eq!(a.send_hz, Some(30.0));
         assert!(a.check_send_hz(&[60.0]).is_ok());
         let e = a.check_send_hz(&[20.0, 60.0]).expect_err("above 20 Hz");
+        assert_eq!(e.exit_code(), 2);
+        // More than 1024 ticks between snapshots: the same.
+        let slow = tickrate(&["--send-hz", "0.05"]).expect("parses");
+        assert!(slow.check_send_hz(&[51.2]).is_ok());
+        let e = slow.check_send_hz(&[60.0]).expect_err("below 60/1024 Hz");
         assert_eq!(e.exit_code(), 2);
         assert!(tickrate(&[]).unwrap().check_send_hz(&[10.0]).is_ok());
     }
