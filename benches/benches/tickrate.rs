@@ -4,7 +4,8 @@
 //! [--send-hz R] [--clients N] [--scene arena|cubes|massive] [--threads N]
 //! [--respawns PER_S] [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep, and a
 //! value outside it is run as asked, e.g. 1,000 clients; `--send-hz` sends each client
-//! fewer snapshots than ticks; `--threads` builds snapshots on N threads, 0 = one per core; `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
+//! fewer snapshots than ticks; `--threads` builds snapshots on N threads, 0 = one per core;
+//! `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
 //! entities come and go every tick; `--tick-log` writes every measured tick's cost, one CSV
 //! row each, to show how slow ticks come: alone or in stretches). Every flag and value is
 //! checked before anything runs (`benches::cli`).

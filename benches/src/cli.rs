@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser};
+use demo_server::game::send_rates;
 use demo_server::scene::SceneKind;
 
 /// The mode and filter arguments every such bench shares.
@@ -133,18 +134,24 @@ pub struct Tickrate {
 
 impl Tickrate {
     /// `--send-hz` against the tick rates to run (`--hz`, or else the sweep's): a send rate
-    /// above one of them, or below a 1024th of one (the longest send interval a server
-    /// takes), is an error, as clap gives for a bad value.
+    /// a server at one of them cannot send (the demo server's `--send-rate` range) is an
+    /// error, as clap gives for a bad value.
     pub fn check_send_hz(&self, rates: &[f64]) -> Result<(), clap::Error> {
         let Some(s) = self.send_hz else {
             return Ok(());
         };
-        match rates.iter().find(|&&r| !(r / 1024.0..=r).contains(&s)) {
-            Some(r) => Err(<Self as clap::CommandFactory>::command().error(
+        let refused = rates
+            .iter()
+            .map(|&r| send_rates(r))
+            .find(|ok| !ok.contains(&s));
+        match refused {
+            Some(ok) => Err(<Self as clap::CommandFactory>::command().error(
                 clap::error::ErrorKind::ValueValidation,
                 format!(
-                    "--send-hz {s} is outside {} to {r} Hz, for the tick rate {r} (use --hz)",
-                    r / 1024.0
+                    "--send-hz {s} is outside {} to {} Hz, for the tick rate {} (use --hz)",
+                    ok.start(),
+                    ok.end(),
+                    ok.end()
                 ),
             )),
             None => Ok(()),

@@ -3,10 +3,11 @@
 //! benches in virtual time, with the same calls.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use snapsync::ClientId;
-use snapsync::replication::{self, ServerEvent, SnapshotDelivery};
+use snapsync::replication::{self, MAX_SEND_INTERVAL_TICKS, ServerEvent, SnapshotDelivery};
 use snapsync::snapshot::{EntityId, EntityState, QuantizeConfig, SenderStats, Transform, World};
 
 use crate::protocol::WelcomeData;
@@ -62,6 +63,12 @@ pub struct GameOptions {
     pub respawns_per_s: f64,
 }
 
+/// The snapshot rates a server ticking at `tick_rate` can send: up to one a tick, down to
+/// one every [`MAX_SEND_INTERVAL_TICKS`] ticks.
+pub fn send_rates(tick_rate: f64) -> RangeInclusive<f64> {
+    tick_rate / f64::from(MAX_SEND_INTERVAL_TICKS)..=tick_rate
+}
+
 impl GameOptions {
     /// Check the rates.
     pub fn validate(&self) -> Result<(), String> {
@@ -71,12 +78,13 @@ impl GameOptions {
                 self.tick_rate
             ));
         }
-        // Clients take at most 1024 ticks between snapshots.
-        let slowest = self.tick_rate / 1024.0;
-        if !(self.send_rate >= slowest && self.send_rate <= self.tick_rate) {
+        let rates = send_rates(self.tick_rate);
+        if !rates.contains(&self.send_rate) {
             return Err(format!(
-                "--send-rate must be {slowest} to {} Hz, the tick rate (got {})",
-                self.tick_rate, self.send_rate
+                "--send-rate must be {} to {} Hz, the tick rate (got {})",
+                rates.start(),
+                rates.end(),
+                self.send_rate
             ));
         }
         if let Some(r) = self.aoi_radius_m

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::config::{ClientConfig, ConfigError};
+use super::config::{ClientConfig, ConfigError, MAX_SEND_INTERVAL_TICKS};
 use super::predict::{Prediction, StepFn};
 use super::wire::{
     ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, WelcomeWire, input_ack,
@@ -591,7 +591,9 @@ impl<I: Serialize> Client<I> {
         if quantize.tick_interval > MAX_TICK_INTERVAL {
             return Err("tick interval above 1 s".into());
         }
-        if !(1..=1024).contains(&w.send_interval_ticks) || !(1..=1024).contains(&w.ring_ticks) {
+        if !(1..=MAX_SEND_INTERVAL_TICKS).contains(&w.send_interval_ticks)
+            || !(1..=1024).contains(&w.ring_ticks)
+        {
             return Err("send interval or history length out of range".into());
         }
         let receiver = SnapshotReceiver::new(ReceiverConfig {

@@ -9,6 +9,10 @@ use crate::snapshot::{QuantizeConfig, SnapshotError};
 use super::interest::InterestConfig;
 use super::wire::PART_PREFIX_MAX_BYTES;
 
+/// The most ticks between two snapshots to a client: a server refuses a longer send
+/// interval when built, and a client a welcome that announces one.
+pub const MAX_SEND_INTERVAL_TICKS: u32 = 1024;
+
 /// How snapshot parts travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -217,7 +221,7 @@ impl ServerConfig {
             return Err(ConfigError::Invalid("at most 256 snapshot threads"));
         }
         // Clients refuse a welcome with a longer interval.
-        if !(1..=1024).contains(&self.send_interval_ticks) {
+        if !(1..=MAX_SEND_INTERVAL_TICKS).contains(&self.send_interval_ticks) {
             return Err(ConfigError::Invalid("send interval must be 1..=1024 ticks"));
         }
         if self.max_part_bytes + PART_PREFIX_MAX_BYTES > self.server.max_datagram_bytes() {

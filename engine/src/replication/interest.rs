@@ -959,7 +959,7 @@ impl Interest {
             let mut old = from.iter().enumerate().peekable();
             for (n, id) in ids.iter().enumerate() {
                 while old.next_if(|(_, o)| *o < id).is_some() {}
-                let now = now.get(n).copied().unwrap_or(Vec2::NAN);
+                let here = now.get(n).copied().unwrap_or(Vec2::NAN);
                 match old.next_if(|(_, o)| *o == id) {
                     Some((o, _)) => {
                         // Indices of worlds of u32 ids.
@@ -967,7 +967,7 @@ impl Interest {
                         before.push(ph.positions.get(o).copied().unwrap_or(Vec2::NAN));
                     }
                     None => {
-                        before.push(now);
+                        before.push(here);
                         came.push(n as u32);
                     }
                 }

@@ -40,7 +40,10 @@ mod scope_tests;
 mod tests;
 
 pub use client::{Client, ClientEvent, ClientStats, InputError, View, Welcome};
-pub use config::{ClientConfig, ConfigError, PredictionConfig, ServerConfig, SnapshotDelivery};
+pub use config::{
+    ClientConfig, ConfigError, MAX_SEND_INTERVAL_TICKS, PredictionConfig, ServerConfig,
+    SnapshotDelivery,
+};
 pub use interest::{InterestConfig, RoomId};
 pub use predict::StepFn;
 pub use server::{ClientSummary, ReplicationStats, SHARE_MIN_VIEWERS, Server, ServerEvent};

@@ -366,9 +366,10 @@ impl QuantizedWorld {
             drop(old);
             cache.spare = std::mem::replace(&mut cache.entries, entries);
         }
-        // The kept world no one else holds that was let go of last, if there is one: the
-        // one most likely still in the caches (an older one's memory was measured slower
-        // to write than a fresh allocation, docs/BENCHMARKS.md).
+        // The newest kept world no one else holds, if there is one: holders let go of
+        // worlds in the order they took them, so it is the one let go of last and the most
+        // likely still in the caches (an older one's memory was measured slower to write
+        // than a fresh allocation, docs/BENCHMARKS.md).
         let free = cache.built.iter().rposition(|w| Arc::strong_count(w) == 1);
         let mut entities = free
             .and_then(|i| cache.built.remove(i))
@@ -380,7 +381,7 @@ impl QuantizedWorld {
         cache.built.push_back(Arc::clone(&entities));
         // Every world still held elsewhere stays tracked (its memory is in use anyway, and
         // comes free once its holder lets go: a server keeps more worlds the more phases
-        // its send interval has), and the few free ones let go of last.
+        // its send interval has), and the newest few free ones.
         let mut free = cache
             .built
             .iter()
@@ -713,21 +714,25 @@ mod tests {
         e
     }
 
+    /// Entities 0..100 of `world`, each at x = its id + `t`: at every `t`, all of them move.
+    fn move_all(world: &mut World, t: u32) {
+        for i in 0..100u32 {
+            let position = Vec3::new((i + t) as f32, 0.0, 0.0);
+            let state = EntityState::new(Transform {
+                position,
+                ..Transform::default()
+            });
+            world.insert(EntityId(i), state);
+        }
+    }
+
     #[test]
     fn a_cache_builds_in_worlds_no_one_holds_and_never_in_held_ones() {
         let config = QuantizeConfig::default();
         let mut cache = QuantizeCache::default();
         let mut world = World::new();
         let step = |world: &mut World, cache: &mut QuantizeCache, t: u32| {
-            for i in 0..100u32 {
-                world.insert(
-                    EntityId(i),
-                    EntityState::new(Transform {
-                        position: Vec3::new((i + t) as f32, 0.0, 0.0),
-                        ..Transform::default()
-                    }),
-                );
-            }
+            move_all(world, t);
             QuantizedWorld::from_world_cached(world, &config, cache)
         };
         let held: Vec<QuantizedWorld> = (0..3).map(|t| step(&mut world, &mut cache, t)).collect();
@@ -749,22 +754,15 @@ mod tests {
         assert!(buffers.len() <= 3, "{} buffers", buffers.len());
     }
 
-    /// Of the free worlds, the next is built in the one let go of last (the likeliest to be
-    /// still in a cache), not in the one kept longest.
+    /// Of the free worlds, the next is built in the newest, let go of last (the likeliest
+    /// to be still in a cache), not in the one kept longest.
     #[test]
     fn a_cache_builds_in_the_world_let_go_of_last() {
         let config = QuantizeConfig::default();
         let mut cache = QuantizeCache::default();
         let mut world = World::new();
         let mut step = |t: u32| {
-            for i in 0..100u32 {
-                let position = Vec3::new((i + t) as f32, 0.0, 0.0);
-                let transform = Transform {
-                    position,
-                    ..Transform::default()
-                };
-                world.insert(EntityId(i), EntityState::new(transform));
-            }
+            move_all(&mut world, t);
             QuantizedWorld::from_world_cached(&world, &config, &mut cache)
         };
         let (first, second, third) = (step(0), step(1), step(2));
@@ -792,14 +790,7 @@ mod tests {
         let mut world = World::new();
         let mut history: VecDeque<QuantizedWorld> = VecDeque::new();
         for t in 0..200u32 {
-            for i in 0..100u32 {
-                let position = Vec3::new((i + t) as f32, 0.0, 0.0);
-                let state = EntityState::new(Transform {
-                    position,
-                    ..Transform::default()
-                });
-                world.insert(EntityId(i), state);
-            }
+            move_all(&mut world, t);
             let let_go = (history.len() >= 24)
                 .then(|| history.pop_front())
                 .flatten()
