@@ -490,6 +490,17 @@ impl<'w> Diff<'_, 'w> {
                     pairs[changed] = (bi as u32, wi as u32);
                     changed += usize::from(changed_within(ages[cur.global(wi)], ticks));
                 });
+                // The shared slots of the changed entities are scattered over the world's:
+                // their first words are read in one pass, whose reads overlap, before the
+                // lookups between encodings each wait for theirs (docs/BENCHMARKS.md,
+                // "Shared slots read ahead").
+                if let Some(section) = self.update_section {
+                    section.touch(
+                        pairs[..changed]
+                            .iter()
+                            .map(|&(_, wi)| cur.global(wi as usize)),
+                    );
+                }
                 // (The list keeps its length, the most this merge could note, so that
                 // `Scratch::shrink` sizes it by that.)
                 for &(bi, wi) in &pairs[..changed] {

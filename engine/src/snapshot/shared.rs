@@ -198,6 +198,20 @@ impl SharedSection {
         })
     }
 
+    /// Read the first word of the slots at `indices`, so that the lookups after find them
+    /// in cache: these reads do not wait on each other, where each lookup between the
+    /// encoding of its neighbours would wait for its own (a client's scope is scattered
+    /// over the tick's world).
+    pub(crate) fn touch(&self, indices: impl Iterator<Item = usize>) {
+        let mut any = 0;
+        for i in indices {
+            if let Some(slot) = self.slots.slots.get(i) {
+                any |= slot[0].load(Ordering::Relaxed);
+            }
+        }
+        std::hint::black_box(any);
+    }
+
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
         let delta = EntityDelta::new(base, cur, self.ticks, lim);
         if delta.is_empty() {
