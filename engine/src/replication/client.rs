@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::config::{ClientConfig, ConfigError, MAX_SEND_INTERVAL_TICKS};
+use super::config::{ClientConfig, ConfigError, MAX_RING_TICKS, MAX_SEND_INTERVAL_TICKS};
 use super::predict::{Prediction, StepFn};
 use super::wire::{
     ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, WelcomeWire, input_ack,
@@ -592,7 +592,7 @@ impl<I: Serialize> Client<I> {
             return Err("tick interval above 1 s".into());
         }
         if !(1..=MAX_SEND_INTERVAL_TICKS).contains(&w.send_interval_ticks)
-            || !(1..=1024).contains(&w.ring_ticks)
+            || !(1..=MAX_RING_TICKS).contains(&w.ring_ticks)
         {
             return Err("send interval or history length out of range".into());
         }

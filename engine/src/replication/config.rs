@@ -13,6 +13,10 @@ use super::wire::PART_PREFIX_MAX_BYTES;
 /// interval when built, and a client a welcome that announces one.
 pub const MAX_SEND_INTERVAL_TICKS: u32 = 1024;
 
+/// The most ticks of sent history a server keeps per client: a server refuses a longer
+/// history when built, and a client a welcome that announces one.
+pub(crate) const MAX_RING_TICKS: u32 = 1024;
+
 /// How snapshot parts travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -229,7 +233,7 @@ impl ServerConfig {
                 "max part bytes too large for one datagram",
             ));
         }
-        if !(1..=1024).contains(&self.ring_ticks) {
+        if !(1..=MAX_RING_TICKS).contains(&self.ring_ticks) {
             return Err(ConfigError::Invalid("ring ticks must be 1..=1024"));
         }
         if !(1..=self.server.max_datagram_bytes()).contains(&self.max_input_bytes) {
