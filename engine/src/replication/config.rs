@@ -17,6 +17,11 @@ pub const MAX_SEND_INTERVAL_TICKS: u32 = 1024;
 /// history when built, and a client a welcome that announces one.
 pub(crate) const MAX_RING_TICKS: u32 = 1024;
 
+// `ServerConfig::validate` spells both limits out in its errors ("1..=1024"), which a
+// `&'static str` cannot take from a const: a change to either stops the build here, beside
+// the text to change with it.
+const _: () = assert!(MAX_SEND_INTERVAL_TICKS == 1024 && MAX_RING_TICKS == 1024);
+
 /// How snapshot parts travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
