@@ -74,6 +74,7 @@ pub mod metrics;
 pub mod net;
 pub mod netcode;
 pub mod packet;
+mod prefetch;
 pub mod replication;
 mod sequence;
 pub mod sim;

@@ -300,6 +300,14 @@ pub(super) struct Scope {
 }
 
 impl Scope {
+    /// Ask for the lists the next scope reads first to be brought into the caches (see
+    /// [`crate::prefetch`]).
+    pub(super) fn prefetch(&self) {
+        crate::prefetch::value(&*self.picks);
+        crate::prefetch::slice(&self.picks);
+        crate::prefetch::slice(&self.band.entries);
+    }
+
     /// The entities in scope, by increasing id.
     pub(super) fn visible(&self) -> impl ExactSizeIterator<Item = EntityId> + '_ {
         self.picks.iter().map(|&i| self.ids[i as usize])

@@ -20,6 +20,7 @@ use super::world::{
     normalize_changes,
 };
 use crate::Sequence;
+use crate::prefetch;
 
 /// Sender settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -721,6 +722,24 @@ impl SnapshotSender {
             _ => None,
         };
         Ok((parts, shared))
+    }
+
+    /// Ask for the memory this sender's next snapshot reads first (its history, its
+    /// baseline's list and the buffer its part is written in) to be brought into the
+    /// caches, while the thread still works on another client (see [`crate::prefetch`]).
+    pub(crate) fn prefetch(&mut self) {
+        let (front, back) = self.ring.as_slices();
+        prefetch::slice(front);
+        prefetch::slice(back);
+        if let Some((_, ClientWorld::View(v), _)) = &self.acked {
+            prefetch::value(&*v.picks);
+            prefetch::slice(&v.picks);
+        }
+        if let Some(buffer) = self.spare_parts.last_mut() {
+            // A scoped client's part is a few hundred bytes.
+            let spare = buffer.spare_capacity_mut();
+            prefetch::slice(&spare[..spare.len().min(512)]);
+        }
     }
 
     /// An empty buffer for this client's next scope picks (see [`WorldView`]), held by no
