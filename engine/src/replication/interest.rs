@@ -1085,7 +1085,10 @@ impl Interest {
                 }
             }
         }
-        scope.ids = tick_world.ids.clone();
+        if !same_layout {
+            // (Only when it changed: a copy takes a count on a list every client shares.)
+            scope.ids = tick_world.ids.clone();
+        }
         let selected = ClientWorld::View(tick_world.view(scope.picks.clone()));
         let weights = match (self.config, view) {
             (Some(config), Some(view)) if config.distance_priority => Some(DistanceWeights {
@@ -2152,7 +2155,7 @@ mod tests {
                 let parts = sender
                     .build_weighted(
                         Tick(tick),
-                        &world,
+                        world,
                         budgets[c],
                         weights.as_ref().map(|w| w as _),
                         None,

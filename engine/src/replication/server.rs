@@ -472,7 +472,7 @@ impl Server {
                 let n = world.len();
                 let built = peer.sender.build_weighted(
                     tick,
-                    &world,
+                    world,
                     peer.budget_bytes,
                     weights.as_ref().map(|w| w as _),
                     Some(shared),

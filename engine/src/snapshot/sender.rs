@@ -700,7 +700,7 @@ impl SnapshotSender {
         let parts: Parts = self
             .build_weighted(
                 tick,
-                &ClientWorld::Own(world.clone()),
+                ClientWorld::Own(world.clone()),
                 budget_bytes,
                 None,
                 None,
@@ -838,7 +838,7 @@ impl SnapshotSender {
     ) -> Result<Vec<Vec<u8>>, SnapshotError> {
         self.build_weighted(
             tick,
-            &ClientWorld::Own(world.clone()),
+            ClientWorld::Own(world.clone()),
             budget_bytes,
             None,
             None,
@@ -851,7 +851,7 @@ impl SnapshotSender {
     pub(crate) fn build_weighted(
         &mut self,
         tick: Tick,
-        world: &ClientWorld,
+        world: ClientWorld,
         budget_bytes: usize,
         weights: Option<&dyn PriorityWeights>,
         shared: Option<&SharedDeltas>,
@@ -866,7 +866,7 @@ impl SnapshotSender {
         &mut self,
         scratch: &mut Scratch,
         tick: Tick,
-        world: &ClientWorld,
+        world: ClientWorld,
         budget_bytes: usize,
         weights: Option<&dyn PriorityWeights>,
         shared: Option<&SharedDeltas>,
@@ -878,11 +878,19 @@ impl SnapshotSender {
         self.prune(tick);
 
         let lim = self.limits;
-        let (baseline_tick, baseline) = match &self.acked {
-            Some((t, w, _)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w.clone()),
-            _ => (None, ClientWorld::default()),
+        // The baseline is taken out for the build and put back after (its lists are read
+        // while the sender changes): a copy would take and give back a count on each of
+        // its lists, shared with every client, each tick. The world sent is kept as it is.
+        let acked = self.acked.take();
+        let none;
+        let (baseline_tick, baseline) = match &acked {
+            Some((t, w, _)) if tick.0 - t.0 < self.config.ring_ticks => (Some(*t), w),
+            _ => {
+                none = ClientWorld::default();
+                (None, &none)
+            }
         };
-        let cur = world;
+        let cur = &world;
         let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
         let Scratch {
             updates: kept_updates,
@@ -1187,9 +1195,13 @@ impl SnapshotSender {
         *kept_spawns = reuse(spawns);
         scratch.shrink(found);
         let holds = match changes {
-            None => Holds::Whole(world.clone()),
-            Some(changes) => Holds::Patched { baseline, changes },
+            None => Holds::Whole(world),
+            Some(changes) => Holds::Patched {
+                baseline: baseline.clone(),
+                changes,
+            },
         };
+        self.acked = acked;
         self.ring.push_back(SentTick {
             tick,
             holds,
@@ -1521,11 +1533,10 @@ mod reset_tests {
             // A tight budget now and then, so some baselines are patched ones.
             let budget = if tick % 9 == 0 { 60 } else { 8800 };
             let a = viewed
-                .build_weighted(Tick(tick), &view, budget, None, None)
+                .build_weighted(Tick(tick), view, budget, None, None)
                 .unwrap();
             let b = copied.build(Tick(tick), &copy, budget).unwrap();
             assert_eq!(a, b, "tick {tick}");
-            drop(view);
             for i in 0..a.len() {
                 viewed.on_part_sent(Tick(tick), i, seq);
                 copied.on_part_sent(Tick(tick), i, seq);

@@ -198,18 +198,16 @@ impl SharedSection {
         })
     }
 
-    /// Read the first word of the slots at `indices`, so that the lookups after find them
-    /// in cache: these reads do not wait on each other, where each lookup between the
-    /// encoding of its neighbours would wait for its own (a client's scope is scattered
-    /// over the tick's world).
+    /// Ask for the slots at `indices` to be brought into the caches, so that the lookups
+    /// after find them there: the misses overlap each other and the work on the first
+    /// entities, where each lookup between the encoding of its neighbours would wait for
+    /// its own (a client's scope is scattered over the tick's world).
     pub(crate) fn touch(&self, indices: impl Iterator<Item = usize>) {
-        let mut any = 0;
         for i in indices {
             if let Some(slot) = self.slots.slots.get(i) {
-                any |= slot[0].load(Ordering::Relaxed);
+                crate::prefetch::value(slot);
             }
         }
-        std::hint::black_box(any);
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
