@@ -492,9 +492,10 @@ impl<'w> Diff<'_, 'w> {
                     changed += usize::from(changed_within(ages[cur.global(wi)], ticks));
                 });
                 // The shared slots of the changed entities are scattered over the world's:
-                // their first words are read in one pass, whose reads overlap, before the
-                // lookups between encodings each wait for theirs (docs/BENCHMARKS.md,
-                // "Shared slots read ahead").
+                // they are all asked for in one pass, so that their misses overlap, before
+                // the lookups between encodings would each wait for theirs
+                // (docs/BENCHMARKS.md, "Shared slots read ahead" and "The next client's
+                // lists asked for ahead").
                 if let Some(section) = self.update_section {
                     section.touch(
                         pairs[..changed]
