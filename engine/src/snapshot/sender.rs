@@ -153,6 +153,10 @@ trait Entries<'w> {
     fn state(&self, i: usize) -> &'w QuantizedEntity;
     /// The index of entity `i` in the world of its tick.
     fn global(&self, i: usize) -> usize;
+    /// The world indices this side is keyed by, when it is a view keyed by index.
+    fn index_keys(&self) -> Option<&[u32]> {
+        None
+    }
 }
 
 impl<'w> Entries<'w> for &'w [(EntityId, QuantizedEntity)] {
@@ -203,6 +207,9 @@ impl<'w> Entries<'w> for Picked<'w> {
     }
     fn global(&self, i: usize) -> usize {
         self.picks[i] as usize
+    }
+    fn index_keys(&self) -> Option<&[u32]> {
+        self.by_index.then_some(self.picks)
     }
 }
 
@@ -486,11 +493,22 @@ impl<'w> Diff<'_, 'w> {
                 pairs.clear();
                 pairs.resize(base.count().min(cur.count()), (0, 0));
                 let mut changed = 0;
-                self.merge(&base, &cur, |_, bi, wi| {
-                    // Indices into worlds of `u32` ids fit a `u32`; `changed` ≤ `bi`.
-                    pairs[changed] = (bi as u32, wi as u32);
-                    changed += usize::from(changed_within(ages[cur.global(wi)], ticks));
-                });
+                match (base.index_keys(), cur.index_keys()) {
+                    // The scope kept the very list the baseline was sent (nothing crossed
+                    // its edge since): every entity is in both at the same place, and the
+                    // merge is a pass over the change ages, with nothing to compare.
+                    (Some(b), Some(c)) if std::ptr::eq(b, c) => {
+                        for (i, &g) in c.iter().enumerate() {
+                            pairs[changed] = (i as u32, i as u32);
+                            changed += usize::from(changed_within(ages[g as usize], ticks));
+                        }
+                    }
+                    _ => self.merge(&base, &cur, |_, bi, wi| {
+                        // Indices into worlds of `u32` ids fit a `u32`; `changed` ≤ `bi`.
+                        pairs[changed] = (bi as u32, wi as u32);
+                        changed += usize::from(changed_within(ages[cur.global(wi)], ticks));
+                    }),
+                }
                 // The shared slots of the changed entities are scattered over the world's:
                 // they are all asked for in one pass, so that their misses overlap, before
                 // the lookups between encodings would each wait for theirs
