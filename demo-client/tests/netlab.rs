@@ -184,9 +184,12 @@ fn a_real_round_trip_makes_tcp_pay_for_every_loss() {
         assert!(r.staleness_ms.p99 <= r.staleness_ms.max, "{r:?}");
     }
     for t in ["udp", "udp-reliable", "tcp"] {
-        // A clean link: 40 ms one way plus about a tick for every transport.
+        // A clean link: 40 ms one way, about a tick, and the client's playout delay, which
+        // grows with the jitter it sees. p99 was 59.5 to 60.3 ms on a quiet machine and up
+        // to 90.1 ms (kernel TCP, gap p99 41.6 ms) on a busy one, where a bound of 90 ms
+        // failed. 120 ms is still far below what a loss costs a stream (about 200 ms).
         let r = row(t, 0.0);
-        assert!(r.staleness_ms.p99 < 90.0, "{r:?}");
+        assert!(r.staleness_ms.p99 < CLEAN_LINK_P99_MS, "{r:?}");
     }
     let udp = row("udp", 5.0).staleness_ms.p99;
     let reliable = row("udp-reliable", 5.0).staleness_ms.p99;
@@ -201,6 +204,9 @@ fn a_real_round_trip_makes_tcp_pay_for_every_loss() {
         "udp-reliable {reliable} vs udp {udp}"
     );
 }
+
+/// Staleness p99 on the TUN link without loss that every transport must stay under.
+const CLEAN_LINK_P99_MS: f64 = 120.0;
 
 /// Seconds per run of the TUN lab: six runs and their setup take about a minute.
 const DURATION_SECS: &str = "8";
