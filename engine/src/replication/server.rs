@@ -137,6 +137,79 @@ fn ahead<'p, T>(
     })
 }
 
+/// Clients a snapshot thread takes from a queue at a time (see [`build_on_pool`]): enough
+/// that the queues' locks cost nothing beside the builds (about 60 a tick at 1,000
+/// clients), few enough that a thread done with its own share finds work left in another.
+const BUILD_CHUNK: usize = 16;
+
+/// Build every job on the pool's threads and the calling one, chunk by chunk with
+/// `build_chunk`; what it built, in the jobs' order.
+///
+/// Each thread starts on the same contiguous share of the clients every tick (in id order),
+/// so a client's sender state stays in the caches of the core that used it last: work
+/// stealing from the start moved clients between threads from tick to tick and was slower.
+/// The first share is the calling thread's: it sends every client's parts and takes in
+/// their packets between ticks, so their state is already in its core's caches (measured:
+/// a share built there took less time than the same share on another core,
+/// docs/BENCHMARKS.md). But fixed shares left one thread idle at the end of the build, 16 %
+/// of it on average (a share's clients cost more than the other's, or the host slowed a
+/// core for a while), and the tick waited for the slower. So each share is a queue of
+/// chunks of up to [`BUILD_CHUNK`] jobs: a thread takes its own from the front and, when it
+/// has none left, the others' from the back. The bytes sent do not depend on which thread
+/// built a client (see [`SharedDeltas`]).
+fn build_on_pool<J: Send, T: Send>(
+    pool: &rayon::ThreadPool,
+    jobs: Vec<J>,
+    build_chunk: &(impl Fn(Vec<J>) -> Vec<T> + Sync),
+) -> Vec<T> {
+    /// A thread's share: chunks of jobs, each with its place in the list.
+    type Queue<J> = Mutex<VecDeque<(usize, Vec<J>)>>;
+    let threads = pool.current_num_threads() + 1;
+    // Every thread has a chunk of its own when there are as many jobs as threads.
+    let size = BUILD_CHUNK.min(jobs.len().div_ceil(threads)).max(1);
+    let mut chunks = Vec::with_capacity(jobs.len().div_ceil(size));
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let tail = rest.split_off(size.min(rest.len()));
+        chunks.push(rest);
+        rest = tail;
+    }
+    let n = chunks.len();
+    let mut queues: Vec<VecDeque<(usize, Vec<J>)>> =
+        (0..threads).map(|_| VecDeque::new()).collect();
+    for (c, chunk) in chunks.into_iter().enumerate() {
+        // Contiguous shares, the first to the calling thread (0); c < n, so the index is
+        // below `threads`.
+        queues[c * threads / n].push_back((c, chunk));
+    }
+    let queues: Vec<Queue<J>> = queues.into_iter().map(Mutex::new).collect();
+    let take = |queue: &Queue<J>, own: bool| {
+        let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+        if own {
+            queue.pop_front()
+        } else {
+            queue.pop_back()
+        }
+    };
+    let done = Mutex::new(Vec::with_capacity(n));
+    let work = |t: usize| {
+        let mut built = Vec::new();
+        while let Some((c, chunk)) = take(&queues[t], true)
+            .or_else(|| (1..threads).find_map(|d| take(&queues[(t + d) % threads], false)))
+        {
+            built.push((c, build_chunk(chunk)));
+        }
+        done.lock().unwrap_or_else(|e| e.into_inner()).extend(built);
+    };
+    pool.in_place_scope(|scope| {
+        scope.spawn_broadcast(|_, ctx| work(ctx.index() + 1));
+        work(0);
+    });
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_unstable_by_key(|&(c, _)| c);
+    done.into_iter().flat_map(|(_, built)| built).collect()
+}
+
 /// Server-wide counters of the replication layer (the connection keeps its own).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ReplicationStats {
@@ -493,41 +566,7 @@ impl Server {
         // scope was a scan.
         let built: Vec<(ClientId, Result<Built, _>, (usize, bool))> = if scoped {
             let built: Vec<_> = match &self.pool {
-                Some(pool) => {
-                    // Each thread builds the same clients every tick (a contiguous share,
-                    // in id order), so a client's sender state stays in the caches of the
-                    // core that used it last; work stealing moved clients between threads
-                    // from tick to tick. The first share is the calling thread's: it
-                    // sends every client's parts and takes in their packets between
-                    // ticks, so whichever clients it builds, their state is already in
-                    // its core's caches (measured: a share built there took less time
-                    // than the same share on another core, docs/BENCHMARKS.md). The
-                    // mutexes only hand each thread its share and take back what it
-                    // built (never contended).
-                    let per = jobs.len().div_ceil(pool.current_num_threads() + 1).max(1);
-                    let mut shares = Vec::new();
-                    let mut rest = jobs;
-                    while !rest.is_empty() {
-                        let tail = rest.split_off(per.min(rest.len()));
-                        shares.push(Mutex::new((rest, Vec::new())));
-                        rest = tail;
-                    }
-                    let build_share = |share: Option<&Mutex<(Vec<_>, Vec<_>)>>| {
-                        if let Some(share) = share {
-                            let mut share = share.lock().unwrap_or_else(|e| e.into_inner());
-                            let (jobs, built) = &mut *share;
-                            built.extend(ahead(std::mem::take(jobs), build));
-                        }
-                    };
-                    pool.in_place_scope(|scope| {
-                        scope.spawn_broadcast(|_, ctx| build_share(shares.get(ctx.index() + 1)));
-                        build_share(shares.first());
-                    });
-                    shares
-                        .into_iter()
-                        .flat_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).1)
-                        .collect()
-                }
+                Some(pool) => build_on_pool(pool, jobs, &|chunk| ahead(chunk, &build).collect()),
                 None => ahead(jobs, build).collect(),
             };
             built
@@ -1033,4 +1072,66 @@ fn send_control(
     msg: &ControlMsg,
 ) -> bool {
     codec::encode(msg).is_ok_and(|bytes| conn.send_message(now, id, control, &bytes).is_ok())
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a pool")
+    }
+
+    #[test]
+    fn a_pool_builds_every_job_once_and_in_order() {
+        for (threads, jobs) in [(1, 0), (1, 1), (1, 3), (2, 5), (1, 100), (3, 1000)] {
+            let built = build_on_pool(&pool(threads), (0..jobs).collect(), &|chunk: Vec<u32>| {
+                chunk.iter().map(|j| j * 2).collect()
+            });
+            let want: Vec<u32> = (0..jobs).map(|j| j * 2).collect();
+            assert_eq!(built, want, "{threads} pool threads, {jobs} jobs");
+        }
+    }
+
+    #[test]
+    fn a_thread_done_with_its_share_takes_what_another_has_left() {
+        // Two threads, four chunks of 16 jobs: the calling thread's share is chunks 0 and
+        // 1, the pool thread's 2 and 3. The calling thread holds on to its first job until
+        // job 16 (chunk 1) is built, which only the pool thread can do: from the back of
+        // the calling thread's queue, once its own share is built.
+        let stolen = AtomicBool::new(false);
+        let built = build_on_pool(&pool(1), (0..64).collect(), &|chunk: Vec<u32>| {
+            chunk
+                .into_iter()
+                .map(|j| {
+                    let on_pool = rayon::current_thread_index().is_some();
+                    if j == 0 {
+                        // Bounded: should the pool thread never come, job 16 is built
+                        // here after all, and the assertion below says so.
+                        for _ in 0..30_000 {
+                            if stolen.load(Ordering::Acquire) {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    if j == 16 && on_pool {
+                        stolen.store(true, Ordering::Release);
+                    }
+                    (j, on_pool)
+                })
+                .collect()
+        });
+        let order: Vec<u32> = built.iter().map(|&(j, _)| j).collect();
+        assert_eq!(order, (0..64).collect::<Vec<u32>>());
+        for &(j, on_pool) in &built {
+            // The calling thread built chunk 0; the pool thread its own share and chunk 1.
+            assert_eq!(on_pool, j >= 16, "job {j}");
+        }
+    }
 }
