@@ -22,7 +22,7 @@ use crate::packet::DisconnectReasonCode;
 use crate::snapshot::shared::SharedDeltas;
 use crate::snapshot::{
     EncodeScratch, EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats,
-    SharedSnapshot, SnapshotSender, Tick, TickWorld, World, add_stats,
+    SharedSnapshot, SnapshotError, SnapshotSender, Tick, TickWorld, World, add_stats,
 };
 
 /// What happened on the server, for the game.
@@ -122,18 +122,19 @@ impl Peer {
 
 /// `build` each client in turn, asking for the next one's memory ahead: a client's own
 /// state is cold by its turn (a thousand others were built since), and its misses then
-/// overlap the work on the client before it.
-fn ahead<'p, T>(
-    jobs: Vec<(ClientId, &'p mut Peer)>,
-    mut build: impl FnMut((ClientId, &'p mut Peer)) -> T,
-) -> impl Iterator<Item = T> {
+/// overlap the work on the client before it. Each client comes back with what was built.
+fn ahead<T>(
+    jobs: Vec<(ClientId, &mut Peer)>,
+    mut build: impl FnMut(&mut Peer) -> T,
+) -> impl Iterator<Item = (ClientId, &mut Peer, T)> {
     let mut jobs = jobs.into_iter().peekable();
     std::iter::from_fn(move || {
-        let job = jobs.next()?;
+        let (id, peer) = jobs.next()?;
         if let Some((_, next)) = jobs.peek_mut() {
             next.prefetch();
         }
-        Some(build(job))
+        let built = build(peer);
+        Some((id, peer, built))
     })
 }
 
@@ -143,7 +144,8 @@ fn ahead<'p, T>(
 const BUILD_CHUNK: usize = 16;
 
 /// Build every job on the pool's threads and the calling one, chunk by chunk with
-/// `build_chunk`; what it built, in the jobs' order.
+/// `build_chunk`, and hand what was built to `consume` on the calling thread, in the jobs'
+/// order, as soon as every job before it is built.
 ///
 /// Each thread starts on the same contiguous share of the clients every tick (in id order),
 /// so a client's sender state stays in the caches of the core that used it last: work
@@ -157,11 +159,16 @@ const BUILD_CHUNK: usize = 16;
 /// chunks of up to [`BUILD_CHUNK`] jobs: a thread takes its own from the front and, when it
 /// has none left, the others' from the back. The bytes sent do not depend on which thread
 /// built a client (see [`SharedDeltas`]).
+///
+/// The calling thread consumes (sends) its own chunks between its builds, while the pool's
+/// threads go on building: it then finishes its share later, and they take over its last
+/// chunks, so the sends no longer wait for the whole build.
 fn build_on_pool<J: Send, T: Send>(
     pool: &rayon::ThreadPool,
     jobs: Vec<J>,
     build_chunk: &(impl Fn(Vec<J>) -> Vec<T> + Sync),
-) -> Vec<T> {
+    mut consume: impl FnMut(T),
+) {
     /// A thread's share: chunks of jobs, each with its place in the list.
     type Queue<J> = Mutex<VecDeque<(usize, Vec<J>)>>;
     let threads = pool.current_num_threads() + 1;
@@ -183,31 +190,51 @@ fn build_on_pool<J: Send, T: Send>(
         queues[c * threads / n].push_back((c, chunk));
     }
     let queues: Vec<Queue<J>> = queues.into_iter().map(Mutex::new).collect();
-    let take = |queue: &Queue<J>, own: bool| {
-        let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
-        if own {
-            queue.pop_front()
-        } else {
-            queue.pop_back()
-        }
-    };
-    let done = Mutex::new(Vec::with_capacity(n));
-    let work = |t: usize| {
-        let mut built = Vec::new();
-        while let Some((c, chunk)) = take(&queues[t], true)
+    let take = |t: usize| {
+        let take = |queue: &Queue<J>, own: bool| {
+            let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+            if own {
+                queue.pop_front()
+            } else {
+                queue.pop_back()
+            }
+        };
+        take(&queues[t], true)
             .or_else(|| (1..threads).find_map(|d| take(&queues[(t + d) % threads], false)))
-        {
-            built.push((c, build_chunk(chunk)));
-        }
-        done.lock().unwrap_or_else(|e| e.into_inner()).extend(built);
+    };
+    // What each chunk built, by its place, until consumed.
+    let built: Mutex<Vec<Option<Vec<T>>>> = Mutex::new((0..n).map(|_| None).collect());
+    let put = |c: usize, chunk: Vec<T>| {
+        built.lock().unwrap_or_else(|e| e.into_inner())[c] = Some(chunk);
+    };
+    // The first chunk not consumed yet.
+    let mut next = 0;
+    // Consume the built chunks from `next` on, up to the first not built yet.
+    let mut consume_built = || {
+        let ready: Vec<Vec<T>> = {
+            let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ready = Vec::new();
+            while let Some(chunk) = built.get_mut(next).and_then(Option::take) {
+                ready.push(chunk);
+                next += 1;
+            }
+            ready
+        };
+        ready.into_iter().flatten().for_each(&mut consume);
     };
     pool.in_place_scope(|scope| {
-        scope.spawn_broadcast(|_, ctx| work(ctx.index() + 1));
-        work(0);
+        scope.spawn_broadcast(|_, ctx| {
+            while let Some((c, chunk)) = take(ctx.index() + 1) {
+                put(c, build_chunk(chunk));
+            }
+        });
+        while let Some((c, chunk)) = take(0) {
+            put(c, build_chunk(chunk));
+            consume_built();
+        }
     });
-    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
-    done.sort_unstable_by_key(|&(c, _)| c);
-    done.into_iter().flat_map(|(_, built)| built).collect()
+    // Every chunk is built once the scope has ended.
+    consume_built();
 }
 
 /// Server-wide counters of the replication layer (the connection keeps its own).
@@ -531,30 +558,28 @@ impl Server {
         }
         let interest = &self.interest;
         let shared = &self.shared;
-        // Each client's scope and snapshot depend on that client alone, so they are built
-        // first — on the pool's threads when there is one — and sent in id order after.
-        let build = |(id, peer): (ClientId, &mut Peer)| {
-            let (built, in_scope, scanned) = if scoped {
-                let ScopedWorld {
-                    world,
-                    weights,
-                    scanned,
-                } = interest.scope(tick_world, peer.owned, &mut peer.scope, || {
-                    peer.sender.spare_picks()
-                });
-                let n = world.len();
-                let built = peer.sender.build_weighted(
-                    tick,
-                    world,
-                    peer.budget_bytes,
-                    weights.as_ref().map(|w| w as _),
-                    Some(shared),
-                );
-                (built, n, scanned)
-            } else {
-                (peer.sender.build(tick, world, peer.budget_bytes), 0, false)
-            };
-            (id, built, (in_scope, scanned))
+        // One scoped client's snapshot.
+        let build = |peer: &mut Peer| {
+            let ScopedWorld {
+                world,
+                weights,
+                scanned,
+            } = interest.scope(tick_world, peer.owned, &mut peer.scope, || {
+                peer.sender.spare_picks()
+            });
+            let in_scope = world.len();
+            let built = peer.sender.build_weighted(
+                tick,
+                world,
+                peer.budget_bytes,
+                weights.as_ref().map(|w| w as _),
+                Some(shared),
+            );
+            Snapshot {
+                parts: built.map(Built::Own),
+                in_scope,
+                scanned,
+            }
         };
         let jobs: Vec<(ClientId, &mut Peer)> = self
             .peers
@@ -562,50 +587,14 @@ impl Server {
             .filter(|(_, p)| p.ready && p.phase == phase)
             .map(|(id, p)| (*id, p))
             .collect();
-        // Each client's snapshot, with how many entities its scope held and whether the
-        // scope was a scan.
-        let built: Vec<(ClientId, Result<Built, _>, (usize, bool))> = if scoped {
-            let built: Vec<_> = match &self.pool {
-                Some(pool) => build_on_pool(pool, jobs, &|chunk| ahead(chunk, &build).collect()),
-                None => ahead(jobs, build).collect(),
-            };
-            built
-                .into_iter()
-                .map(|(id, parts, n)| (id, parts.map(Built::Own), n))
-                .collect()
-        } else {
-            // Everyone is sent the same world. Clients that hold the same baseline get the
-            // same snapshot when it carries every difference (the budget allowed it): it is
-            // encoded for the first of them and sent as is to the rest. At low loss most
-            // clients hold one of a few baselines, so this is most of the work saved.
-            let mut shared: Vec<SharedSnapshot> = Vec::new();
-            let mut out = Vec::with_capacity(jobs.len());
-            for (id, peer) in jobs {
-                let budget = peer.budget_bytes;
-                let adopted = shared
-                    .iter()
-                    .find(|s| peer.sender.adopt(s, world, budget))
-                    .map(|s| s.parts.clone());
-                let parts = match adopted {
-                    Some(parts) => {
-                        self.stats.shared_snapshots += 1;
-                        Ok(Built::Shared(parts))
-                    }
-                    None => peer
-                        .sender
-                        .build_shareable(tick, world, budget)
-                        .map(|(parts, s)| {
-                            let parts = Built::Shared(parts);
-                            shared.extend(s);
-                            parts
-                        }),
-                };
-                out.push((id, parts, (0, false)));
-            }
-            out
-        };
         let mut in_view = 0;
-        for (id, parts, (in_scope, scanned)) in built {
+        // Send one client's snapshot.
+        let mut send = |(id, peer, snapshot): (ClientId, &mut Peer, Snapshot)| {
+            let Snapshot {
+                parts,
+                in_scope,
+                scanned,
+            } = snapshot;
             if scoped {
                 self.stats.scoped_snapshots += 1;
                 self.stats.scoped_entities += in_scope as u64;
@@ -613,8 +602,8 @@ impl Server {
                 in_view += in_scope;
             }
             // Ticks only grow, so the one refusal `build` has cannot happen.
-            let (Ok(parts), Some(peer)) = (parts, self.peers.get_mut(&id)) else {
-                continue;
+            let Ok(parts) = parts else {
+                return;
             };
             let ack = peer.last_applied;
             for (i, part) in parts.parts().iter().enumerate() {
@@ -644,6 +633,56 @@ impl Server {
             }
             if let Built::Own(parts) = parts {
                 peer.sender.recycle_parts(parts);
+            }
+        };
+        if scoped {
+            // Each client's scope and snapshot depend on that client alone, so they can be
+            // built on the pool's threads when there is one; all are sent from here, in id
+            // order.
+            match &self.pool {
+                Some(pool) => build_on_pool(
+                    pool,
+                    jobs,
+                    &|chunk| ahead(chunk, &build).collect(),
+                    &mut send,
+                ),
+                None => ahead(jobs, build).for_each(&mut send),
+            }
+        } else {
+            // Everyone is sent the same world. Clients that hold the same baseline get the
+            // same snapshot when it carries every difference (the budget allowed it): it is
+            // encoded for the first of them and sent as is to the rest. At low loss most
+            // clients hold one of a few baselines, so this is most of the work saved.
+            let mut shared: Vec<SharedSnapshot> = Vec::new();
+            for (id, peer) in jobs {
+                let budget = peer.budget_bytes;
+                let adopted = shared
+                    .iter()
+                    .find(|s| peer.sender.adopt(s, world, budget))
+                    .map(|s| s.parts.clone());
+                let parts = match adopted {
+                    Some(parts) => {
+                        self.stats.shared_snapshots += 1;
+                        Ok(Built::Shared(parts))
+                    }
+                    None => peer
+                        .sender
+                        .build_shareable(tick, world, budget)
+                        .map(|(parts, s)| {
+                            let parts = Built::Shared(parts);
+                            shared.extend(s);
+                            parts
+                        }),
+                };
+                send((
+                    id,
+                    peer,
+                    Snapshot {
+                        parts,
+                        in_scope: 0,
+                        scanned: false,
+                    },
+                ));
             }
         }
         if scoped {
@@ -1034,6 +1073,15 @@ impl Server {
     }
 }
 
+/// One client's snapshot as built, to be sent.
+struct Snapshot {
+    parts: Result<Built, SnapshotError>,
+    /// Entities in the client's scope (0 without scopes).
+    in_scope: usize,
+    /// Whether the scope was found by a scan of the world.
+    scanned: bool,
+}
+
 /// One client's snapshot parts as built: its own, or shared with other clients.
 enum Built {
     Own(Vec<Vec<u8>>),
@@ -1087,10 +1135,32 @@ mod pool_tests {
             .expect("a pool")
     }
 
+    /// What `build_on_pool` hands on, in the order it did.
+    fn built<J: Send, T: Send>(
+        threads: usize,
+        jobs: Vec<J>,
+        build: &(impl Fn(Vec<J>) -> Vec<T> + Sync),
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        build_on_pool(&pool(threads), jobs, build, |t| out.push(t));
+        out
+    }
+
+    /// Wait (bounded) until `flag` is set; whether it was.
+    fn wait_for(flag: &AtomicBool) -> bool {
+        for _ in 0..30_000 {
+            if flag.load(Ordering::Acquire) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
     #[test]
     fn a_pool_builds_every_job_once_and_in_order() {
         for (threads, jobs) in [(1, 0), (1, 1), (1, 3), (2, 5), (1, 100), (3, 1000)] {
-            let built = build_on_pool(&pool(threads), (0..jobs).collect(), &|chunk: Vec<u32>| {
+            let built = built(threads, (0..jobs).collect(), &|chunk: Vec<u32>| {
                 chunk.iter().map(|j| j * 2).collect()
             });
             let want: Vec<u32> = (0..jobs).map(|j| j * 2).collect();
@@ -1105,7 +1175,7 @@ mod pool_tests {
         // job 16 (chunk 1) is built, which only the pool thread can do: from the back of
         // the calling thread's queue, once its own share is built.
         let stolen = AtomicBool::new(false);
-        let built = build_on_pool(&pool(1), (0..64).collect(), &|chunk: Vec<u32>| {
+        let built = built(1, (0..64).collect(), &|chunk: Vec<u32>| {
             chunk
                 .into_iter()
                 .map(|j| {
@@ -1113,12 +1183,7 @@ mod pool_tests {
                     if j == 0 {
                         // Bounded: should the pool thread never come, job 16 is built
                         // here after all, and the assertion below says so.
-                        for _ in 0..30_000 {
-                            if stolen.load(Ordering::Acquire) {
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
+                        wait_for(&stolen);
                     }
                     if j == 16 && on_pool {
                         stolen.store(true, Ordering::Release);
@@ -1133,5 +1198,42 @@ mod pool_tests {
             // The calling thread built chunk 0; the pool thread its own share and chunk 1.
             assert_eq!(on_pool, j >= 16, "job {j}");
         }
+    }
+
+    #[test]
+    fn the_calling_thread_hands_on_its_chunks_while_the_pool_still_builds() {
+        // Two threads, four chunks of 16 jobs. The pool thread holds on to its first job
+        // (32) until chunk 0 has been handed on: that happens during the build only if the
+        // calling thread hands on what it built between its chunks.
+        let handed_on = AtomicBool::new(false);
+        let waited = AtomicBool::new(false);
+        let mut order = Vec::new();
+        build_on_pool(
+            &pool(1),
+            (0..64).collect(),
+            &|chunk: Vec<u32>| {
+                chunk
+                    .into_iter()
+                    .inspect(|&j| {
+                        if j == 32 {
+                            // Bounded: should chunk 0 never be handed on during the build,
+                            // this goes on after 30 s and the assertion below says so.
+                            waited.store(wait_for(&handed_on), Ordering::Release);
+                        }
+                    })
+                    .collect()
+            },
+            |j| {
+                if j == 15 {
+                    handed_on.store(true, Ordering::Release);
+                }
+                order.push(j);
+            },
+        );
+        assert_eq!(order, (0..64).collect::<Vec<u32>>());
+        assert!(
+            waited.load(Ordering::Acquire),
+            "chunk 0 was handed on only after the pool's build"
+        );
     }
 }
