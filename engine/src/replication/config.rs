@@ -86,9 +86,9 @@ pub struct ServerConfig {
     /// them (default 1: the calling thread alone; 0: one per core). Each client's snapshot
     /// depends on that client alone, so more threads divide the per-client work, each
     /// thread starting on the same share of the clients every tick (their state stays in
-    /// its core's caches) and, once done, taking over the end of another's. The calling
-    /// thread sends every client's parts, in id order, between its own builds; the bytes
-    /// sent are the same.
+    /// its core's caches) and, once done, taking over the end of another's. With more than
+    /// one, the calling thread sends every client's parts, in id order, between its own
+    /// builds. The bytes sent are the same.
     /// Only clients with scopes of their own (rooms, an area of interest) are built apart;
     /// without them one snapshot serves many clients and is built on the calling thread.
     pub snapshot_threads: usize,
