@@ -648,44 +648,10 @@ impl Server {
         } else {
             // On one thread, every snapshot is built before the first is sent: sent between
             // the builds, they cost the arena's tick 9 % more at p50 (docs/BENCHMARKS.md).
-            let built: Vec<(ClientId, &mut Peer, Snapshot)> = if scoped {
+            let built = if scoped {
                 ahead(jobs, build).collect()
             } else {
-                // Everyone is sent the same world. Clients that hold the same baseline get
-                // the same snapshot when it carries every difference (the budget allowed
-                // it): it is encoded for the first of them and sent as is to the rest. At
-                // low loss most clients hold one of a few baselines, so this is most of the
-                // work saved.
-                let mut shared: Vec<SharedSnapshot> = Vec::new();
-                let mut built = Vec::with_capacity(jobs.len());
-                for (id, peer) in jobs {
-                    let budget = peer.budget_bytes;
-                    let adopted = shared
-                        .iter()
-                        .find(|s| peer.sender.adopt(s, world, budget))
-                        .map(|s| s.parts.clone());
-                    let parts =
-                        match adopted {
-                            Some(parts) => {
-                                self.stats.shared_snapshots += 1;
-                                Ok(Built::Shared(parts))
-                            }
-                            None => peer.sender.build_shareable(tick, world, budget).map(
-                                |(parts, s)| {
-                                    let parts = Built::Shared(parts);
-                                    shared.extend(s);
-                                    parts
-                                },
-                            ),
-                        };
-                    let snapshot = Snapshot {
-                        parts,
-                        in_scope: 0,
-                        scanned: false,
-                    };
-                    built.push((id, peer, snapshot));
-                }
-                built
+                build_shared(jobs, tick, world, &mut self.stats.shared_snapshots)
             };
             built.into_iter().for_each(&mut send);
         }
@@ -1075,6 +1041,48 @@ impl Server {
         }
         release_inputs(id, peer, &mut self.events);
     }
+}
+
+/// Build the snapshots of clients that are all sent the same world, in turn. Clients that
+/// hold the same baseline get the same snapshot when it carries every difference (the
+/// budget allowed it): it is encoded for the first of them and sent as is to the rest
+/// (counted in `adopted`). At low loss most clients hold one of a few baselines, so this is
+/// most of the work saved.
+fn build_shared<'p>(
+    jobs: Vec<(ClientId, &'p mut Peer)>,
+    tick: Tick,
+    world: &QuantizedWorld,
+    adopted: &mut u64,
+) -> Vec<(ClientId, &'p mut Peer, Snapshot)> {
+    let mut shared: Vec<SharedSnapshot> = Vec::new();
+    let mut built = Vec::with_capacity(jobs.len());
+    for (id, peer) in jobs {
+        let budget = peer.budget_bytes;
+        let found = shared
+            .iter()
+            .find(|s| peer.sender.adopt(s, world, budget))
+            .map(|s| s.parts.clone());
+        let parts = match found {
+            Some(parts) => {
+                *adopted += 1;
+                Ok(Built::Shared(parts))
+            }
+            None => peer
+                .sender
+                .build_shareable(tick, world, budget)
+                .map(|(parts, s)| {
+                    shared.extend(s);
+                    Built::Shared(parts)
+                }),
+        };
+        let snapshot = Snapshot {
+            parts,
+            in_scope: 0,
+            scanned: false,
+        };
+        built.push((id, peer, snapshot));
+    }
+    built
 }
 
 /// One client's snapshot as built, to be sent.
