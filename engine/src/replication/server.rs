@@ -209,18 +209,18 @@ fn build_on_pool<J: Send, T: Send>(
     };
     // The first chunk not consumed yet.
     let mut next = 0;
+    // The chunks taken out to be consumed (outside the lock), one list for every call.
+    let mut ready: Vec<Vec<T>> = Vec::new();
     // Consume the built chunks from `next` on, up to the first not built yet.
     let mut consume_built = || {
-        let ready: Vec<Vec<T>> = {
+        {
             let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ready = Vec::new();
             while let Some(chunk) = built.get_mut(next).and_then(Option::take) {
                 ready.push(chunk);
                 next += 1;
             }
-            ready
-        };
-        ready.into_iter().flatten().for_each(&mut consume);
+        }
+        ready.drain(..).flatten().for_each(&mut consume);
     };
     pool.in_place_scope(|scope| {
         scope.spawn_broadcast(|_, ctx| {
