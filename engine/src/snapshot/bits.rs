@@ -214,6 +214,27 @@ impl BitWriter {
         (self.scratch, self.scratch_bits) = (pending, used);
     }
 
+    /// Append every string `strings` yields, as [`BitString::write_to`] does one by one: the
+    /// same bits, with the pending word kept in registers (a part's updates are mostly
+    /// strings encoded once for every client, appended back to back).
+    pub(crate) fn append_run<'s>(&mut self, strings: impl Iterator<Item = &'s BitString>) {
+        let (mut pending, mut used) = (self.scratch, self.scratch_bits);
+        for s in strings {
+            debug_assert!(!s.overflowed());
+            let mut left = s.bits;
+            for &word in &s.words {
+                if left == 0 {
+                    break;
+                }
+                // n ≤ 64, and at least 1.
+                let n = left.min(64);
+                push_word(&mut self.bytes, (&mut pending, &mut used), word, n as u32);
+                left -= n;
+            }
+        }
+        (self.scratch, self.scratch_bits) = (pending, used);
+    }
+
     /// Append the first `bits` bits of `words` (least-significant bit of `words[0]` first),
     /// at whatever bit offset the writer is: a piece of a part encoded once and reused. The
     /// bits of `words` past `bits` must be zero.
@@ -632,6 +653,39 @@ mod tests {
                 string.write_to(&mut appended);
                 prop_assert_eq!(appended.finish(), direct.finish());
             }
+        }
+
+        #[test]
+        fn a_run_of_strings_appends_what_appending_each_does(
+            lead in 0u32..=63,
+            strings in prop::collection::vec(
+                prop::collection::vec((any::<u32>(), 0u32..=32), 0..7),
+                0..40,
+            ),
+        ) {
+            let strings: Vec<BitString> = strings
+                .iter()
+                .map(|fields| {
+                    let mut s = BitString::default();
+                    for (v, b) in fields {
+                        s.write_bits(*v, *b);
+                    }
+                    s
+                })
+                .filter(|s| !s.overflowed())
+                .collect();
+            let mut each = BitWriter::new();
+            let mut run = BitWriter::new();
+            for w in [&mut each, &mut run] {
+                w.write_bits(u32::MAX, lead.min(32));
+                w.write_bits(0b101, lead.saturating_sub(32));
+            }
+            for s in &strings {
+                s.write_to(&mut each);
+            }
+            run.append_run(strings.iter());
+            prop_assert_eq!(run.bit_len(), each.bit_len());
+            prop_assert_eq!(run.finish(), each.finish());
         }
 
         #[test]

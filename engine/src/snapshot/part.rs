@@ -1034,8 +1034,23 @@ fn write_section<'a>(
     };
     write_code(w, &code, ticks);
     if id_k.is_none() {
-        // Updates: every gap before the entities.
+        // Updates: every gap before the entities, then the entities, each run of shared
+        // strings appended at once.
         w.write_exp_golomb_run(&scratch.gaps, scratch.index_k);
+        let mut rest = entities.peekable();
+        loop {
+            w.append_run(std::iter::from_fn(|| match rest.peek() {
+                Some(&(_, _, Coded::Shared { bits, .. })) if use_bits => {
+                    rest.next();
+                    Some(bits)
+                }
+                _ => None,
+            }));
+            let Some((_, cur, e)) = rest.next() else {
+                return;
+            };
+            write_entity(w, &delta_of(e, cur, ticks, lim), cur, lim, &code);
+        }
     }
     for (n, (_, cur, e)) in entities.enumerate() {
         if let Some(k) = id_k {

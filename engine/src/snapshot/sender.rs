@@ -490,7 +490,8 @@ impl<'w> Diff<'_, 'w> {
             Some((ages, ticks)) => {
                 // (Taken out so that the merge may borrow `self`; put back with its memory.)
                 let mut pairs = std::mem::take(self.pairs);
-                pairs.clear();
+                // Every pair read below is written first: only a longer list than the last
+                // one is filled (a fill of the whole list showed in instruction counts).
                 pairs.resize(base.count().min(cur.count()), (0, 0));
                 let mut changed = 0;
                 match (base.index_keys(), cur.index_keys()) {
