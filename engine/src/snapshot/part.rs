@@ -731,6 +731,30 @@ pub(crate) fn delta_bits(
     c.bits
 }
 
+/// What the packer charges for the entity `d` measures (new state `cur`), `ticks` after its
+/// base, in a section whose shared code is `shared`: the sender's estimate, which bounds
+/// the section's own code, and, when `shared` covers the entity, the bits `shared` writes
+/// it in, since a part whose every entity it covers is written with it. (A long delta no
+/// slot keeps can take more bits with a code chosen for small changes than the estimate
+/// allows.)
+pub(crate) fn charged_bits(
+    d: &EntityDelta,
+    cur: &QuantizedEntity,
+    ticks: u32,
+    lim: &Limits,
+    shared: Option<&EntityCode>,
+) -> usize {
+    let estimate = delta_bits(d, cur, ticks, lim);
+    match shared {
+        Some(code) if code_covers(code, d) => {
+            let mut c = BitCounter::default();
+            write_entity(&mut c, d, cur, lim, code);
+            estimate.max(c.bits)
+        }
+        _ => estimate,
+    }
+}
+
 /// Bits of a gap between baseline indices as the sender's estimate counts it.
 pub(crate) fn index_gap_bits(gap: usize) -> usize {
     // Baseline indices are below the entity count, far below u32::MAX.

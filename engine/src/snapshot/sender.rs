@@ -582,7 +582,8 @@ impl<'w> Diff<'_, 'w> {
             Some(SharedDelta::Own) | None => {
                 if be != we {
                     let delta = EntityDelta::new(be, we, self.ticks, self.lim);
-                    let bits = part::delta_bits(&delta, we, self.ticks, self.lim);
+                    let code = self.update_section.map(|s| &s.code);
+                    let bits = part::charged_bits(&delta, we, self.ticks, self.lim, code);
                     self.push(bi, wi, (Some(be), we), bits, Measured::Own(delta));
                 }
             }
@@ -606,7 +607,8 @@ impl<'w> Diff<'_, 'w> {
             // A spawn is written even when it equals the spawn base.
             Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
                 let delta = EntityDelta::new(&spawn_base, we, 0, self.lim);
-                let bits = part::delta_bits(&delta, we, 0, self.lim);
+                let code = self.spawn_section.map(|s| &s.code);
+                let bits = part::charged_bits(&delta, we, 0, self.lim, code);
                 self.push(id, wi, (None, we), bits, Measured::Own(delta));
             }
         }

@@ -1413,3 +1413,102 @@ fn parts_without_components_spend_no_flag_bits_on_them() {
     assert_eq!(after.component, 0);
     assert_eq!(rx.live_world(), world(4));
 }
+
+/// A crowd that walks a step, where a few entities also teleport, turn and take a large
+/// component: deltas longer than a shared slot keeps, which each client measures itself.
+fn walkers_and_teleporters(r: &mut ChaCha8Rng, n: u32, teleport: f64) -> [QuantizedWorld; 2] {
+    let cfg = QuantizeConfig::default();
+    let mut before = World::new();
+    for i in 0..n {
+        let position = Vec3::new(
+            r.random_range(-400.0..400.0),
+            0.0,
+            r.random_range(-400.0..400.0),
+        );
+        before.insert(
+            EntityId(i),
+            EntityState::new(Transform {
+                position,
+                rotation: Quat::from_rotation_y(r.random_range(0.0..1.0)),
+                velocity: Some(Vec3::new(1.4, 0.0, 0.0)),
+            }),
+        );
+    }
+    let mut after = before.clone();
+    for i in 0..n {
+        let e = after.get_mut(EntityId(i)).unwrap();
+        // Every field changes a little, so the shared code covers every field, with the
+        // small orders of small changes (its sample is every eighth entity, none of which
+        // teleports).
+        e.transform.position.x += 0.05;
+        e.transform.rotation *= Quat::from_rotation_y(0.01);
+        e.transform.velocity = Some(Vec3::new(1.5, 0.0, 0.0));
+        e.component = Some(vec![1]);
+        if i % 8 != 0 && r.random_bool(teleport) {
+            e.transform.position = Vec3::new(
+                r.random_range(-400.0..400.0),
+                r.random_range(0.0..50.0),
+                r.random_range(-400.0..400.0),
+            );
+            e.transform.rotation = Quat::from_rotation_x(r.random_range(1.0..3.0));
+            e.transform.velocity = Some(Vec3::new(-30.0, 20.0, 25.0));
+            e.component = Some((0..r.random_range(8..24)).map(|_| r.random()).collect());
+        }
+    }
+    [before, after].map(|w| QuantizedWorld::from_world(&w, &cfg))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Deltas no slot keeps are measured by each client, yet written with the section's
+    /// shared code when it covers the whole part: a part never grows past its size for that,
+    /// and every part still decodes to the sender's world.
+    #[test]
+    fn a_part_written_with_a_shared_code_stays_within_its_size(
+        seed: u64, n in 20u32..300, max_part in 200usize..1100, teleport in 0.05f64..0.95,
+    ) {
+        use super::shared::SharedDeltas;
+        use super::world::TickWorld;
+        let lim = QuantizeConfig::default().limits();
+        let mut r = rng(seed);
+        let [q0, q1] = walkers_and_teleporters(&mut r, n, teleport);
+        let t1 = TickWorld::new(q0.clone(), Tick(1), None);
+        let t3 = TickWorld::new(q1.clone(), Tick(3), Some(&t1));
+        let everyone = |t: &TickWorld| {
+            ClientWorld::View(t.view(Arc::new((0..t.world.len() as u32).collect())))
+        };
+        let mut shared = SharedDeltas::default();
+        let mut scratch = part::EncodeScratch::default();
+        shared.prepare(&t3, std::slice::from_ref(&t1), &[2, 0], &lim, &mut scratch);
+
+        let mut s = sender(max_part);
+        let mut rx = receiver();
+        let now = Instant::now();
+        let mut seq = Sequence(0);
+        for (tick, world) in [(Tick(1), everyone(&t1)), (Tick(3), everyone(&t3))] {
+            let parts = s
+                .build_weighted(tick, world, usize::MAX / 16, None, Some(&shared))
+                .unwrap();
+            for (i, p) in parts.iter().enumerate() {
+                prop_assert!(p.len() <= max_part, "{} bytes > {max_part}", p.len());
+                s.on_part_sent(tick, i, seq);
+                rx.read_part(now, p).unwrap();
+                s.on_delivery(seq, true);
+                seq = seq.next();
+            }
+        }
+        prop_assert_eq!(rx.live_world(), q1);
+        // The long deltas were there, and measured by the client.
+        let section = shared.section(Tick(3), 2).expect("a section for two ticks");
+        let own = (0..n as usize)
+            .filter(|&g| {
+                matches!(
+                    section.delta(g, || unreachable!(), &lim),
+                    Some(shared::SharedLookup::Hit(shared::SharedDelta::Own))
+                )
+            })
+            .count();
+        prop_assert!(n < 60 || own > 0, "{own} deltas of {n} measured by the client");
+    }
+}
