@@ -1414,16 +1414,18 @@ fn parts_without_components_spend_no_flag_bits_on_them() {
     assert_eq!(rx.live_world(), world(4));
 }
 
-/// A crowd that walks a step, where a few entities also teleport, turn and take a large
-/// component: deltas longer than a shared slot keeps, which each client measures itself.
+/// A crowd that walks a step, where a share `teleport` of the entities (never one the shared
+/// codes sample) also teleport, turn and take a large component, and a few arrive with one:
+/// deltas longer than a shared slot keeps, which each client measures itself.
 fn walkers_and_teleporters(r: &mut ChaCha8Rng, n: u32, teleport: f64) -> [QuantizedWorld; 2] {
     let cfg = QuantizeConfig::default();
     let mut before = World::new();
     for i in 0..n {
+        // In one corner of the box: the spawn code's orders suit small coordinates.
         let position = Vec3::new(
-            r.random_range(-400.0..400.0),
+            r.random_range(-510.0..-480.0),
             0.0,
-            r.random_range(-400.0..400.0),
+            r.random_range(-510.0..-480.0),
         );
         before.insert(
             EntityId(i),
@@ -1446,14 +1448,24 @@ fn walkers_and_teleporters(r: &mut ChaCha8Rng, n: u32, teleport: f64) -> [Quanti
         e.component = Some(vec![1]);
         if i % 8 != 0 && r.random_bool(teleport) {
             e.transform.position = Vec3::new(
-                r.random_range(-400.0..400.0),
+                r.random_range(300.0..500.0),
                 r.random_range(0.0..50.0),
-                r.random_range(-400.0..400.0),
+                r.random_range(300.0..500.0),
             );
             e.transform.rotation = Quat::from_rotation_x(r.random_range(1.0..3.0));
             e.transform.velocity = Some(Vec3::new(-30.0, 20.0, 25.0));
             e.component = Some((0..r.random_range(8..24)).map(|_| r.random()).collect());
         }
+    }
+    // Newcomers with large components: spawns no slot keeps either.
+    for i in n..n + n / 10 {
+        let mut e = EntityState::new(Transform {
+            position: Vec3::new(r.random_range(300.0..500.0), 40.0, 500.0),
+            rotation: Quat::from_rotation_x(r.random_range(1.0..3.0)),
+            velocity: Some(Vec3::new(-30.0, 20.0, 25.0)),
+        });
+        e.component = Some((0..r.random_range(8..24)).map(|_| r.random()).collect());
+        after.insert(EntityId(i), e);
     }
     [before, after].map(|w| QuantizedWorld::from_world(&w, &cfg))
 }
