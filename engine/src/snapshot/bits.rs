@@ -214,9 +214,9 @@ impl BitWriter {
         (self.scratch, self.scratch_bits) = (pending, used);
     }
 
-    /// Append every string `strings` yields, as [`BitString::write_to`] does one by one: the
-    /// same bits, with the pending word kept in registers (a part's updates are mostly
-    /// strings encoded once for every client, appended back to back).
+    /// Append every string `strings` yields (none may have overflowed), one after another,
+    /// with the pending word kept in registers: a part's updates are mostly strings encoded
+    /// once for every client, appended back to back.
     pub(crate) fn append_run<'s>(&mut self, strings: impl Iterator<Item = &'s BitString>) {
         let (mut pending, mut used) = (self.scratch, self.scratch_bits);
         for s in strings {
@@ -233,22 +233,6 @@ impl BitWriter {
             }
         }
         (self.scratch, self.scratch_bits) = (pending, used);
-    }
-
-    /// Append the first `bits` bits of `words` (least-significant bit of `words[0]` first),
-    /// at whatever bit offset the writer is: a piece of a part encoded once and reused. The
-    /// bits of `words` past `bits` must be zero.
-    pub(crate) fn append(&mut self, words: &[u64], bits: usize) {
-        let mut left = bits;
-        for &word in words {
-            if left == 0 {
-                break;
-            }
-            // n ≤ 64.
-            let n = left.min(64);
-            self.write_word(word, n as u32);
-            left -= n;
-        }
     }
 }
 
@@ -281,7 +265,7 @@ fn push_word(bytes: &mut Vec<u8>, (pending, used): (&mut u64, &mut u32), value: 
 }
 
 /// A short run of bits kept by value: an entity delta encoded once and appended to every
-/// part that carries it (see [`BitWriter::append`]).
+/// part that carries it (see [`BitWriter::append_run`]).
 ///
 /// Bits past [`BitString::CAPACITY_BITS`] are counted but not kept; such a string is
 /// [`BitString::overflowed`] and must be encoded again where it is needed.
@@ -318,10 +302,10 @@ impl BitString {
         self.bits > Self::CAPACITY_BITS
     }
 
-    /// Append this string to `w` (it must not have overflowed).
+    /// Append this string to `w` (it must not have overflowed): a piece of a part encoded
+    /// once and reused, at whatever bit offset the writer is.
     pub(crate) fn write_to(&self, w: &mut BitWriter) {
-        debug_assert!(!self.overflowed());
-        w.append(&self.words, self.bits);
+        w.append_run(std::iter::once(self));
     }
 }
 
@@ -656,36 +640,39 @@ mod tests {
         }
 
         #[test]
-        fn a_run_of_strings_appends_what_appending_each_does(
+        fn a_run_of_strings_appends_what_writing_their_fields_directly_does(
             lead in 0u32..=63,
             strings in prop::collection::vec(
                 prop::collection::vec((any::<u32>(), 0u32..=32), 0..7),
                 0..40,
             ),
         ) {
-            let strings: Vec<BitString> = strings
+            // Strings of up to 7 × 32 bits: some overflow, and those are left out.
+            let kept: Vec<(&Vec<(u32, u32)>, BitString)> = strings
                 .iter()
                 .map(|fields| {
                     let mut s = BitString::default();
                     for (v, b) in fields {
                         s.write_bits(*v, *b);
                     }
-                    s
+                    (fields, s)
                 })
-                .filter(|s| !s.overflowed())
+                .filter(|(_, s)| !s.overflowed())
                 .collect();
-            let mut each = BitWriter::new();
+            let mut direct = BitWriter::new();
             let mut run = BitWriter::new();
-            for w in [&mut each, &mut run] {
+            for w in [&mut direct, &mut run] {
                 w.write_bits(u32::MAX, lead.min(32));
                 w.write_bits(0b101, lead.saturating_sub(32));
             }
-            for s in &strings {
-                s.write_to(&mut each);
+            for (fields, _) in &kept {
+                for (v, b) in *fields {
+                    direct.write_bits(*v, *b);
+                }
             }
-            run.append_run(strings.iter());
-            prop_assert_eq!(run.bit_len(), each.bit_len());
-            prop_assert_eq!(run.finish(), each.finish());
+            run.append_run(kept.iter().map(|(_, s)| s));
+            prop_assert_eq!(run.bit_len(), direct.bit_len());
+            prop_assert_eq!(run.finish(), direct.finish());
         }
 
         #[test]
