@@ -217,7 +217,7 @@ impl BitWriter {
     /// Append every string `strings` yields (none may have overflowed), one after another,
     /// with the pending word kept in registers: a part's updates are mostly strings encoded
     /// once for every client, appended back to back.
-    pub(crate) fn append_run<'s>(&mut self, strings: impl Iterator<Item = &'s BitString>) {
+    pub(crate) fn append_run(&mut self, strings: impl Iterator<Item = BitString>) {
         let (mut pending, mut used) = (self.scratch, self.scratch_bits);
         for s in strings {
             debug_assert!(!s.overflowed());
@@ -305,7 +305,7 @@ impl BitString {
     /// Append this string to `w` (it must not have overflowed): a piece of a part encoded
     /// once and reused, at whatever bit offset the writer is.
     pub(crate) fn write_to(&self, w: &mut BitWriter) {
-        w.append_run(std::iter::once(self));
+        w.append_run(std::iter::once(*self));
     }
 }
 
@@ -670,7 +670,7 @@ mod tests {
                     direct.write_bits(*v, *b);
                 }
             }
-            run.append_run(kept.iter().map(|(_, s)| s));
+            run.append_run(kept.iter().map(|&(_, s)| s));
             prop_assert_eq!(run.bit_len(), direct.bit_len());
             prop_assert_eq!(run.finish(), direct.finish());
         }

@@ -980,31 +980,16 @@ fn write_gaps<W: BitSink>(w: &mut W, gaps: &[u32], default_k: u32) -> u32 {
     k
 }
 
-/// How an entity a part carries was measured: by this client, or written once with its
-/// section's shared code (which can write it) for every client that holds the same base.
+/// How a part writes an entity: from the delta this client measured and the entity's new
+/// state, or by appending the string its section's shared code wrote once for every client
+/// that holds the same base.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Coded<'a> {
-    Own(&'a EntityDelta),
-    /// `base` is the entity's state in the baseline (`None`: a spawn), should the part need
-    /// a code of its own for the section.
-    Shared {
-        bits: &'a BitString,
-        base: Option<&'a QuantizedEntity>,
+    Own {
+        delta: &'a EntityDelta,
+        cur: &'a QuantizedEntity,
     },
-}
-
-/// An entity a part carries: its index in the baseline (an update) or its id (a spawn), its
-/// new state, and how it was measured.
-pub(crate) type PartEntity<'a> = (usize, &'a QuantizedEntity, Coded<'a>);
-
-/// The [`EntityDelta`] of `e` (new state `cur`), measured `ticks` after its base.
-fn delta_of(e: Coded<'_>, cur: &QuantizedEntity, ticks: u32, lim: &Limits) -> EntityDelta {
-    match e {
-        Coded::Own(d) => *d,
-        Coded::Shared { base, .. } => {
-            EntityDelta::new(base.unwrap_or(&spawn_base()), cur, ticks, lim)
-        }
-    }
+    Shared(&'a BitString),
 }
 
 /// The entity `d` measures (new state `cur`) written with `code`, to be appended as is to
@@ -1027,34 +1012,35 @@ pub(crate) fn code_covers(code: &EntityCode, d: &EntityDelta) -> bool {
     d.set & !code.fields == 0 && (code.toggles || !(d.set & VELOCITY != 0 && d.toggles))
 }
 
-/// Write a section's code, gaps and entities: with `shared` when given and it covers them
-/// all (appending the bits written once for all clients), else with the section's own best
-/// code. Updates (`id_k` `None`) write every gap (`scratch.gaps`, order `scratch.index_k`)
-/// before the entities; spawns write each id gap, of order `id_k`, before its entity.
+/// Write a section's code, gaps and entities: with `shared` when given (appending the bits
+/// written once for all clients), else with the section's own best code. The caller
+/// guarantees that `shared` covers every entity the client measured itself
+/// ([`code_covers`]), and that without it every entity is measured: it checks its own
+/// lists, where a check here would read every entity a second time. Updates (`id_k`
+/// `None`) write every gap (`scratch.gaps`, order `scratch.index_k`) before the entities;
+/// spawns write each id gap, of order `id_k`, before its entity.
 fn write_section<'a>(
     w: &mut BitWriter,
-    entities: impl Iterator<Item = PartEntity<'a>> + Clone,
+    entities: impl Iterator<Item = Coded<'a>> + Clone,
     shared: Option<&EntityCode>,
     ticks: u32,
     lim: &Limits,
     scratch: &mut EncodeScratch,
     id_k: Option<u32>,
 ) {
-    // Entities written with the shared code are covered by it.
-    let shared = shared.filter(|c| {
-        entities.clone().all(|(_, _, e)| match e {
-            Coded::Own(d) => code_covers(c, d),
-            Coded::Shared { .. } => true,
-        })
-    });
-    // Rarely (an entity the shared code cannot write shares the section), the shared
-    // entities are measured again for a code of the part's own.
-    let deltas = entities
-        .clone()
-        .map(|(_, cur, e)| delta_of(e, cur, ticks, lim));
-    let (code, use_bits) = match shared {
-        Some(c) => (*c, true),
-        None => (choose_code(deltas, ticks, scratch), false),
+    debug_assert!(entities.clone().all(|e| match e {
+        Coded::Own { delta, .. } => shared.is_none_or(|c| code_covers(c, delta)),
+        Coded::Shared(_) => shared.is_some(),
+    }));
+    let code = match shared {
+        Some(c) => *c,
+        None => {
+            let deltas = entities.clone().filter_map(|e| match e {
+                Coded::Own { delta, .. } => Some(*delta),
+                Coded::Shared(_) => None,
+            });
+            choose_code(deltas, ticks, scratch)
+        }
     };
     write_code(w, &code, ticks);
     if id_k.is_none() {
@@ -1064,51 +1050,54 @@ fn write_section<'a>(
         let mut rest = entities.peekable();
         loop {
             w.append_run(std::iter::from_fn(|| match rest.peek() {
-                Some(&(_, _, Coded::Shared { bits, .. })) if use_bits => {
+                Some(&Coded::Shared(bits)) => {
                     rest.next();
-                    Some(bits)
+                    Some(*bits)
                 }
                 _ => None,
             }));
-            let Some((_, cur, e)) = rest.next() else {
+            let Some(Coded::Own { delta, cur }) = rest.next() else {
                 return;
             };
-            write_entity(w, &delta_of(e, cur, ticks, lim), cur, lim, &code);
+            write_entity(w, delta, cur, lim, &code);
         }
     }
-    for (n, (_, cur, e)) in entities.enumerate() {
+    for (n, e) in entities.enumerate() {
         if let Some(k) = id_k {
             w.write_exp_golomb(u64::from(scratch.gaps[n]), k);
         }
         match e {
-            Coded::Shared { bits, .. } if use_bits => bits.write_to(w),
-            _ => write_entity(w, &delta_of(e, cur, ticks, lim), cur, lim, &code),
+            Coded::Shared(bits) => bits.write_to(w),
+            Coded::Own { delta, cur } => write_entity(w, delta, cur, lim, &code),
         }
     }
 }
 
 /// Encode one part: `updates` by increasing baseline index, `despawns` (baseline indices)
-/// increasing, `spawns` by increasing id, none of them in the baseline. The caller
+/// increasing, `spawns` by increasing id, none of them in the baseline; `keys` are the
+/// updates' indices and the spawns' ids, in the same orders. The caller
 /// guarantees the content is sorted and valid for the header's baseline, and that every
 /// delta was measured `header.ticks_since_baseline()` ticks after its base (spawns: 0).
 #[allow(clippy::too_many_arguments)] // The shared codes of scoped clients ride along.
 pub(crate) fn encode_part<'a>(
     w: &mut BitWriter,
     header: &PartHeader,
-    updates: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
+    updates: impl ExactSizeIterator<Item = Coded<'a>> + Clone,
     despawns: &[usize],
-    spawns: impl ExactSizeIterator<Item = PartEntity<'a>> + Clone,
+    spawns: impl ExactSizeIterator<Item = Coded<'a>> + Clone,
+    keys: [impl Iterator<Item = usize>; 2],
     lim: &Limits,
     scratch: &mut EncodeScratch,
     shared: [Option<&EntityCode>; 2],
 ) {
     write_header(w, header);
     let ticks = header.ticks_since_baseline();
+    let [update_keys, spawn_keys] = keys;
 
     // Part counts stay below 2^14 (a part is at most a few thousand bits).
     w.write_varint(updates.len() as u32, COUNT_CHUNK_BITS);
     if updates.len() > 0 {
-        index_gaps(&mut scratch.gaps, updates.clone().map(|(i, _, _)| i));
+        index_gaps(&mut scratch.gaps, update_keys);
         scratch.index_k = write_gaps(w, &scratch.gaps, DEFAULT_INDEX_K);
         write_section(w, updates, shared[0], ticks, lim, scratch, None);
     }
@@ -1122,7 +1111,7 @@ pub(crate) fn encode_part<'a>(
 
     w.write_varint(spawns.len() as u32, COUNT_CHUNK_BITS);
     if spawns.len() > 0 {
-        index_gaps(&mut scratch.gaps, spawns.clone().map(|(id, _, _)| id));
+        index_gaps(&mut scratch.gaps, spawn_keys);
         let k = write_gaps(w, &scratch.gaps, DEFAULT_ID_K);
         write_section(w, spawns, shared[1], 0, lim, scratch, Some(k));
     }

@@ -133,6 +133,13 @@ impl ClientWorld {
         }
     }
 
+    fn state(&self, i: usize) -> &QuantizedEntity {
+        match self {
+            ClientWorld::Own(w) => &w.entities()[i].1,
+            ClientWorld::View(v) => &v.of.world.entities()[v.picks[i] as usize].1,
+        }
+    }
+
     /// As a world of its own (a copy, for a view).
     fn to_world(&self) -> QuantizedWorld {
         match self {
@@ -253,41 +260,75 @@ pub(crate) type Parts = Arc<[Vec<u8>]>;
 /// they hold for it. Two clients with equal keys hold the same world.
 pub(crate) type BaselineKey = (Tick, usize);
 
-/// One entity that differs from the client's baseline, as the merge found it: everything
-/// ranking, packing and writing it needs, so no step looks it up again.
+/// One entity that differs from the client's baseline, as the merge found it: what ranking,
+/// packing and writing it need. A merge lists a hundred or more of these per client and
+/// tick, so it holds no states: those are looked up again for the few deltas the client
+/// measures itself (docs/BENCHMARKS.md, "Smaller candidates").
 #[derive(Debug, Clone, Copy)]
-struct Candidate<'w> {
+struct Candidate {
     /// An update's index in the baseline, or a spawn's id: what its part writes the gap to.
     key: u32,
-    /// Its index in the world sent (an update's id is read from there, when needed).
+    /// Its index in the world sent (its id and state are read from there, when needed).
     world_index: u32,
     payload_bits: u32,
-    /// Its state in the world sent, and in the baseline (`None`: a spawn).
-    cur: &'w QuantizedEntity,
-    base: Option<&'w QuantizedEntity>,
-    measured: Measured,
+    /// Its delta's index in the snapshot's own deltas ([`Scratch::own`]), or [`SHARED`]:
+    /// `bits` is the string its section's shared code wrote.
+    own: u32,
+    bits: BitString,
 }
 
-impl Candidate<'_> {
-    /// What its part writes it from.
-    fn written(&self) -> part::PartEntity<'_> {
-        let coded = match &self.measured {
-            Measured::Own(d) => part::Coded::Own(d),
-            Measured::Shared(bits) => part::Coded::Shared {
-                bits,
-                base: self.base,
-            },
-        };
-        (self.key as usize, self.cur, coded)
-    }
-}
+/// [`Candidate::own`] of an entity written with its section's shared code.
+const SHARED: u32 = u32::MAX;
 
-/// A candidate measured against its base (the all-zero entity for spawns) by this client,
-/// or written with its section's shared code.
-#[derive(Debug, Clone, Copy)]
+/// How the merge measured a candidate: by this client, or with its section's shared code.
 enum Measured {
     Own(EntityDelta),
     Shared(BitString),
+}
+
+/// What a part writes candidate `c` from: its delta in `own` and its state in `cur`, the
+/// world sent, or its shared string.
+fn written<'a>(c: &'a Candidate, own: &'a [EntityDelta], cur: &'a ClientWorld) -> part::Coded<'a> {
+    match own.get(c.own as usize) {
+        Some(delta) => part::Coded::Own {
+            delta,
+            cur: cur.state(c.world_index as usize),
+        },
+        None => part::Coded::Shared(&c.bits),
+    }
+}
+
+/// A section's shared `code`, when it can write a part's section: it covers every delta in
+/// `list` that the client measured itself (the others were written with it).
+fn covering<'s>(
+    list: &[Candidate],
+    own: &[EntityDelta],
+    section: Option<&'s SharedSection>,
+) -> Option<&'s part::EntityCode> {
+    section.map(|s| &s.code).filter(|&code| {
+        list.iter()
+            .filter_map(|c| own.get(c.own as usize))
+            .all(|d| part::code_covers(code, d))
+    })
+}
+
+/// Measure the candidates of `list` written with their section's shared code as deltas of
+/// the client's own, from their `states` (base, new) `ticks` apart: rarely, a delta the
+/// shared code cannot write shares a part's section with them, and the part then codes the
+/// section with a code of its own.
+fn measure_shared<'s>(
+    list: &mut [Candidate],
+    own: &mut Vec<EntityDelta>,
+    states: impl Fn(&Candidate) -> (&'s QuantizedEntity, &'s QuantizedEntity),
+    ticks: u32,
+    lim: &Limits,
+) {
+    for c in list.iter_mut().filter(|c| c.own == SHARED) {
+        let (base, cur) = states(c);
+        own.push(EntityDelta::new(base, cur, ticks, lim));
+        // As in `Diff::push`: far below `SHARED`.
+        c.own = (own.len() - 1) as u32;
+    }
 }
 
 /// Which entries of the sorted update, despawn and spawn lists one part carries.
@@ -326,9 +367,11 @@ struct Scratch {
     /// Entities that differ from the baseline: updates by increasing baseline index, spawns
     /// by increasing id. The merge finds them in these orders, which are the wire's, and
     /// the parts are written from these lists (once ranked, from what was chosen of them).
-    /// Empty between snapshots; `'static` only there (see [`reuse`]).
-    updates: Vec<Candidate<'static>>,
-    spawns: Vec<Candidate<'static>>,
+    updates: Vec<Candidate>,
+    spawns: Vec<Candidate>,
+    /// The deltas this client measured itself (those no shared slot keeps), by
+    /// [`Candidate::own`].
+    own: Vec<EntityDelta>,
     /// Baseline indices of entities the world no longer has, increasing.
     despawns: Vec<usize>,
     /// The last merge's entities in both the baseline and the new world, as (baseline index,
@@ -341,14 +384,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
-}
-
-/// An empty `Vec<U>` in the memory of `v`: a collect from a `Vec`'s own iterator into
-/// elements of the same size and alignment (here, the same type with another lifetime)
-/// is done in place.
-fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 impl Scratch {
@@ -366,6 +401,8 @@ impl Scratch {
         }
         shrink(&mut self.updates, used[0]);
         shrink(&mut self.spawns, used[1]);
+        let own = self.own.len();
+        shrink(&mut self.own, own);
         let despawns = self.despawns.len();
         shrink(&mut self.despawns, despawns);
         let pairs = self.pairs.len();
@@ -421,9 +458,10 @@ fn spawn_gap_bits(prev: Option<EntityId>, id: EntityId) -> usize {
 }
 
 /// The merge of a client's baseline with its new world into updates, spawns and despawns.
-struct Diff<'a, 'w> {
-    updates: &'a mut Vec<Candidate<'w>>,
-    spawns: &'a mut Vec<Candidate<'w>>,
+struct Diff<'a> {
+    updates: &'a mut Vec<Candidate>,
+    spawns: &'a mut Vec<Candidate>,
+    own: &'a mut Vec<EntityDelta>,
     despawns: &'a mut Vec<usize>,
     pairs: &'a mut Vec<(u32, u32)>,
     update_section: Option<&'a SharedSection>,
@@ -438,24 +476,32 @@ struct Diff<'a, 'w> {
     largest_payload_bits: usize,
 }
 
-impl<'w> Diff<'_, 'w> {
+impl<'w> Diff<'_> {
     /// Count a shared delta another client encoded; the delta.
     fn count(&mut self, found: SharedLookup) -> SharedDelta {
         self.hits += usize::from(matches!(found, SharedLookup::Hit(_)));
         found.get()
     }
 
-    /// A candidate: an update when it has a `base` state, else a spawn.
+    /// A candidate: an update when `update`, else a spawn.
     fn push(
         &mut self,
+        update: bool,
         key: usize,
         world_index: usize,
-        (base, cur): (Option<&'w QuantizedEntity>, &'w QuantizedEntity),
         payload_bits: usize,
         measured: Measured,
     ) {
         self.payload_bits += payload_bits;
         self.largest_payload_bits = self.largest_payload_bits.max(payload_bits);
+        let (own, bits) = match measured {
+            Measured::Shared(bits) => (SHARED, bits),
+            Measured::Own(d) => {
+                self.own.push(d);
+                // A snapshot's own deltas are fewer than its candidates, far below `SHARED`.
+                ((self.own.len() - 1) as u32, BitString::default())
+            }
+        };
         // Keys are baseline indices and ids, and world indices index a world of `u32` ids.
         // A payload is a few hundred bits; one beyond `u32` (a huge component) stays too
         // large for any part.
@@ -463,13 +509,13 @@ impl<'w> Diff<'_, 'w> {
             key: key as u32,
             world_index: world_index as u32,
             payload_bits: u32::try_from(payload_bits).unwrap_or(u32::MAX),
-            cur,
-            base,
-            measured,
+            own,
+            bits,
         };
-        match base {
-            Some(_) => self.updates.push(c),
-            None => self.spawns.push(c),
+        if update {
+            self.updates.push(c);
+        } else {
+            self.spawns.push(c);
         }
     }
 
@@ -567,24 +613,23 @@ impl<'w> Diff<'_, 'w> {
     /// changed.
     fn update(&mut self, base: &impl Entries<'w>, bi: usize, cur: &impl Entries<'w>, wi: usize) {
         let g = cur.global(wi);
-        let states = (base.state(bi), cur.state(wi));
+        let states = || (base.state(bi), cur.state(wi));
         let found = self
             .update_section
-            .and_then(|s| s.delta(g, || states, self.lim))
+            .and_then(|s| s.delta(g, states, self.lim))
             .map(|found| self.count(found));
-        let (be, we) = states;
         match found {
             Some(SharedDelta::Unchanged) => {}
             Some(SharedDelta::Bits { bits, payload_bits }) => {
-                let shared = Measured::Shared(bits);
-                self.push(bi, wi, (Some(be), we), payload_bits, shared);
+                self.push(true, bi, wi, payload_bits, Measured::Shared(bits));
             }
             Some(SharedDelta::Own) | None => {
+                let (be, we) = states();
                 if be != we {
                     let delta = EntityDelta::new(be, we, self.ticks, self.lim);
                     let code = self.update_section.map(|s| &s.code);
                     let bits = part::charged_bits(&delta, we, self.ticks, self.lim, code);
-                    self.push(bi, wi, (Some(be), we), bits, Measured::Own(delta));
+                    self.push(true, bi, wi, bits, Measured::Own(delta));
                 }
             }
         }
@@ -602,14 +647,14 @@ impl<'w> Diff<'_, 'w> {
             .map(|found| self.count(found));
         match found {
             Some(SharedDelta::Bits { bits, payload_bits }) => {
-                self.push(id, wi, (None, we), payload_bits, Measured::Shared(bits));
+                self.push(false, id, wi, payload_bits, Measured::Shared(bits));
             }
             // A spawn is written even when it equals the spawn base.
             Some(SharedDelta::Unchanged | SharedDelta::Own) | None => {
                 let delta = EntityDelta::new(&spawn_base, we, 0, self.lim);
                 let code = self.spawn_section.map(|s| &s.code);
                 let bits = part::charged_bits(&delta, we, 0, self.lim, code);
-                self.push(id, wi, (None, we), bits, Measured::Own(delta));
+                self.push(false, id, wi, bits, Measured::Own(delta));
             }
         }
     }
@@ -915,16 +960,17 @@ impl SnapshotSender {
         let cur = &world;
         let ticks = baseline_tick.map_or(0, |b| tick.0 - b.0);
         let Scratch {
-            updates: kept_updates,
-            spawns: kept_spawns,
+            updates,
+            spawns,
+            own,
             despawns,
             pairs,
             parts,
             encode,
         } = scratch;
-        // In the memory of the last snapshot's lists.
-        let mut updates: Vec<Candidate<'_>> = reuse(std::mem::take(kept_updates));
-        let mut spawns: Vec<Candidate<'_>> = reuse(std::mem::take(kept_spawns));
+        updates.clear();
+        spawns.clear();
+        own.clear();
         despawns.clear();
 
         // Sections whose code is shared this tick.
@@ -941,8 +987,9 @@ impl SnapshotSender {
             (_, ClientWorld::Own(_)) => (None, None),
         };
         let mut diff = Diff {
-            updates: &mut updates,
-            spawns: &mut spawns,
+            updates,
+            spawns,
+            own,
             despawns,
             pairs,
             update_section,
@@ -978,7 +1025,7 @@ impl SnapshotSender {
         let candidates = updates.len() + spawns.len();
         let found = [updates.len(), spawns.len()];
         // An update's id, read only where needed: ranking and a partial snapshot's record.
-        let update_id = |c: &Candidate<'_>| cur.id(c.world_index as usize);
+        let update_id = |c: &Candidate| cur.id(c.world_index as usize);
 
         // Despawns first (a few bits each, and a ghost entity is the worst artefact), then
         // the highest priorities; skip what does not fit and let it wait. The estimate
@@ -1014,8 +1061,7 @@ impl SnapshotSender {
             despawns.len()
         } else {
             // Every candidate, updates then spawns: its id and how fast it gains priority.
-            let weight =
-                |c: &Candidate<'_>| weights.map_or(1.0, |w| w.weight(c.world_index as usize));
+            let weight = |c: &Candidate| weights.map_or(1.0, |w| w.weight(c.world_index as usize));
             let spawn_boost = self.config.spawn_boost;
             let boosts: Vec<(EntityId, f32)> = updates
                 .iter()
@@ -1146,18 +1192,35 @@ impl SnapshotSender {
             // The estimate is never below what the part spends: one allocation.
             let buffer = self.spare_parts.pop().unwrap_or_default();
             let mut w = BitWriter::in_buffer(buffer, p.bits.div_ceil(8));
+            let (part_updates, part_spawns) = (
+                &mut updates[p.updates.clone()],
+                &mut spawns[p.spawns.clone()],
+            );
+            let update_code = covering(part_updates, own, update_section);
+            if update_code.is_none() {
+                let states = |c: &Candidate| {
+                    let base = baseline.state(c.key as usize);
+                    (base, cur.state(c.world_index as usize))
+                };
+                measure_shared(part_updates, own, states, ticks, &lim);
+            }
+            let spawn_code = covering(part_spawns, own, spawn_section);
+            if spawn_code.is_none() {
+                let spawn_base = part::spawn_base();
+                let states = |c: &Candidate| (&spawn_base, cur.state(c.world_index as usize));
+                measure_shared(part_spawns, own, states, 0, &lim);
+            }
+            let own = &*own;
             part::encode_part(
                 &mut w,
                 &header,
-                updates[p.updates.clone()].iter().map(Candidate::written),
+                part_updates.iter().map(|c| written(c, own, cur)),
                 &despawns[p.despawns.clone()],
-                spawns[p.spawns.clone()].iter().map(Candidate::written),
+                part_spawns.iter().map(|c| written(c, own, cur)),
+                [&*part_updates, &*part_spawns].map(|l| l.iter().map(|c| c.key as usize)),
                 &lim,
                 encode,
-                [
-                    update_section.map(|s| &s.code),
-                    spawn_section.map(|s| &s.code),
-                ],
+                [update_code, spawn_code],
             );
             let bytes = w.finish();
             debug_assert!(bytes.len() <= self.config.max_part_bytes);
@@ -1198,23 +1261,20 @@ impl SnapshotSender {
         let whole = entities_sent + sent[1] == candidates + despawns.len();
         let changes = (!whole).then(|| {
             let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
-            changes.extend(
-                sent_updates
-                    .iter()
-                    .map(|c| (update_id(c), Some(c.cur.clone()))),
-            );
-            changes.extend(
-                sent_spawns
-                    .iter()
-                    .map(|c| (EntityId(c.key), Some(c.cur.clone()))),
-            );
+            changes.extend(sent_updates.iter().map(|c| {
+                (
+                    update_id(c),
+                    Some(cur.state(c.world_index as usize).clone()),
+                )
+            }));
+            changes.extend(sent_spawns.iter().map(|c| {
+                let state = cur.state(c.world_index as usize).clone();
+                (EntityId(c.key), Some(state))
+            }));
             changes.extend(despawns[..sent[1]].iter().map(|&d| (baseline.id(d), None)));
             normalize_changes(&mut changes);
             changes
         });
-        // The lists go back before the baseline they borrow can move.
-        *kept_updates = reuse(updates);
-        *kept_spawns = reuse(spawns);
         scratch.shrink(found);
         let holds = match changes {
             None => Holds::Whole(world),
@@ -1425,28 +1485,6 @@ mod reset_tests {
         {
             assert!(capacity <= 2048, "{what}: {capacity}");
         }
-    }
-
-    #[test]
-    fn the_lists_of_candidates_are_kept_in_the_same_memory_from_snapshot_to_snapshot() {
-        let kept: Vec<Candidate<'static>> = Vec::with_capacity(300);
-        let at = kept.as_ptr() as usize;
-        let state = QuantizedEntity::default();
-        let mut list: Vec<Candidate<'_>> = reuse(kept);
-        list.push(Candidate {
-            key: 0,
-            world_index: 0,
-            payload_bits: 0,
-            cur: &state,
-            base: None,
-            measured: Measured::Shared(BitString::default()),
-        });
-        assert_eq!((list.as_ptr() as usize, list.capacity()), (at, 300));
-        let back: Vec<Candidate<'static>> = reuse(list);
-        assert_eq!(
-            (back.as_ptr() as usize, back.capacity(), back.len()),
-            (at, 300, 0)
-        );
     }
 
     #[test]

@@ -1523,4 +1523,74 @@ proptest! {
             .count();
         prop_assert!(n < 60 || own > 0, "{own} deltas of {n} measured by the client");
     }
+
+    /// A delta the section's shared code cannot write (a field the code has no room for)
+    /// shares a part with deltas written with that code: the part codes its section with a
+    /// code of its own, measuring the shared ones again, and still decodes to the world.
+    #[test]
+    fn a_part_mixing_shared_deltas_with_one_its_code_cannot_write_decodes(
+        seed: u64, n in 24u32..200, turn in 0.05f64..0.9, max_part in 200usize..1100,
+    ) {
+        use super::shared::{SharedDeltas, SharedDelta, SharedLookup};
+        use super::world::TickWorld;
+        let cfg = QuantizeConfig::default();
+        let lim = cfg.limits();
+        let mut r = rng(seed);
+        let mut before = World::new();
+        for i in 0..n {
+            let position = Vec3::new(r.random_range(-100.0..100.0), 0.0, r.random_range(-100.0..100.0));
+            before.insert(EntityId(i), EntityState::new(Transform { position, rotation: Quat::IDENTITY, velocity: None }));
+        }
+        // Everyone walks; some turn as well, none of them in the code's sample (every
+        // eighth entity), so the shared code writes positions alone.
+        let mut after = before.clone();
+        for i in 0..n {
+            let e = after.get_mut(EntityId(i)).unwrap();
+            e.transform.position.x += 0.5;
+            if i % 8 != 0 && r.random_bool(turn) {
+                e.transform.rotation = Quat::from_rotation_y(r.random_range(0.5..3.0));
+            }
+        }
+        let [q0, q1] = [before, after].map(|w| QuantizedWorld::from_world(&w, &cfg));
+        let t1 = TickWorld::new(q0, Tick(1), None);
+        let t2 = TickWorld::new(q1.clone(), Tick(2), Some(&t1));
+        let everyone = |t: &TickWorld| {
+            ClientWorld::View(t.view(Arc::new((0..t.world.len() as u32).collect())))
+        };
+        let mut shared = SharedDeltas::default();
+        let mut scratch = part::EncodeScratch::default();
+        shared.prepare(&t2, std::slice::from_ref(&t1), &[1, 0], &lim, &mut scratch);
+
+        let mut s = sender(max_part);
+        let mut rx = receiver();
+        let now = Instant::now();
+        let mut seq = Sequence(0);
+        for (tick, world) in [(Tick(1), everyone(&t1)), (Tick(2), everyone(&t2))] {
+            let parts = s
+                .build_weighted(tick, world, usize::MAX / 16, None, Some(&shared))
+                .unwrap();
+            for (i, p) in parts.iter().enumerate() {
+                prop_assert!(p.len() <= max_part, "{} bytes > {max_part}", p.len());
+                s.on_part_sent(tick, i, seq);
+                rx.read_part(now, p).unwrap();
+                s.on_delivery(seq, true);
+                seq = seq.next();
+            }
+        }
+        prop_assert_eq!(rx.live_world(), q1);
+        // Both kinds were there: deltas written with the shared code, and turns it cannot
+        // write, which the client measured.
+        let section = shared.section(Tick(2), 1).expect("a section for one tick");
+        let found = |kind: fn(&SharedDelta) -> bool| {
+            (0..n as usize)
+                .filter(|&g| {
+                    matches!(section.delta(g, || unreachable!(), &lim), Some(SharedLookup::Hit(d)) if kind(&d))
+                })
+                .count()
+        };
+        let own = found(|d| matches!(d, SharedDelta::Own));
+        let bits = found(|d| matches!(d, SharedDelta::Bits { .. }));
+        prop_assert!(own > 0 || n < 40, "{own} turns measured by the client");
+        prop_assert!(bits > 0, "{bits} deltas written with the shared code");
+    }
 }
