@@ -133,6 +133,7 @@ impl ClientWorld {
         }
     }
 
+    /// The state of entity `i`.
     fn state(&self, i: usize) -> &QuantizedEntity {
         match self {
             ClientWorld::Own(w) => &w.entities()[i].1,
@@ -389,7 +390,7 @@ thread_local! {
 impl Scratch {
     /// Give back memory a rare large tick (a full snapshot of a big world) grew, so a
     /// sender does not keep it for the rest of the connection. `used`: how many updates
-    /// and spawns the last snapshot found (their lists are empty by now).
+    /// and spawns the last snapshot found (its lists may have dropped some since).
     fn shrink(&mut self, used: [usize; 2]) {
         /// Keep at most twice what the last tick used (and this many whatever it used),
         /// once a list holds four times that.
