@@ -1414,6 +1414,52 @@ fn parts_without_components_spend_no_flag_bits_on_them() {
     assert_eq!(rx.live_world(), world(4));
 }
 
+/// `q0` and then `q1`, `ticks` later, sent whole to one client that sees every entity, with
+/// the shared codes and deltas of those two ticks (prepared for the one baseline age and
+/// spawns) and parts of at most `max_part` bytes, every part delivered: the world the client
+/// holds after, and the shared deltas. Fails on a part longer than `max_part`.
+fn sent_with_shared_codes(
+    q0: &QuantizedWorld,
+    q1: &QuantizedWorld,
+    ticks: u32,
+    max_part: usize,
+) -> Result<(QuantizedWorld, super::shared::SharedDeltas), TestCaseError> {
+    use super::world::TickWorld;
+    let lim = QuantizeConfig::default().limits();
+    let (first, second) = (Tick(1), Tick(1 + ticks));
+    let t1 = TickWorld::new(q0.clone(), first, None);
+    let t2 = TickWorld::new(q1.clone(), second, Some(&t1));
+    let everyone =
+        |t: &TickWorld| ClientWorld::View(t.view(Arc::new((0..t.world.len() as u32).collect())));
+    let mut shared = super::shared::SharedDeltas::default();
+    let mut scratch = part::EncodeScratch::default();
+    shared.prepare(
+        &t2,
+        std::slice::from_ref(&t1),
+        &[ticks, 0],
+        &lim,
+        &mut scratch,
+    );
+
+    let mut s = sender(max_part);
+    let mut rx = receiver();
+    let now = Instant::now();
+    let mut seq = Sequence(0);
+    for (tick, world) in [(first, everyone(&t1)), (second, everyone(&t2))] {
+        let parts = s
+            .build_weighted(tick, world, usize::MAX / 16, None, Some(&shared))
+            .unwrap();
+        for (i, p) in parts.iter().enumerate() {
+            prop_assert!(p.len() <= max_part, "{} bytes > {max_part}", p.len());
+            s.on_part_sent(tick, i, seq);
+            rx.read_part(now, p).unwrap();
+            s.on_delivery(seq, true);
+            seq = seq.next();
+        }
+    }
+    Ok((rx.live_world(), shared))
+}
+
 /// A crowd that walks a step, where a share `teleport` of the entities (never one the shared
 /// codes sample) also teleport, turn and take a large component, and a few arrive with one:
 /// deltas longer than a shared slot keeps, which each client measures itself.
@@ -1480,37 +1526,11 @@ proptest! {
     fn a_part_written_with_a_shared_code_stays_within_its_size(
         seed: u64, n in 20u32..300, max_part in 200usize..1100, teleport in 0.05f64..0.95,
     ) {
-        use super::shared::SharedDeltas;
-        use super::world::TickWorld;
         let lim = QuantizeConfig::default().limits();
         let mut r = rng(seed);
         let [q0, q1] = walkers_and_teleporters(&mut r, n, teleport);
-        let t1 = TickWorld::new(q0.clone(), Tick(1), None);
-        let t3 = TickWorld::new(q1.clone(), Tick(3), Some(&t1));
-        let everyone = |t: &TickWorld| {
-            ClientWorld::View(t.view(Arc::new((0..t.world.len() as u32).collect())))
-        };
-        let mut shared = SharedDeltas::default();
-        let mut scratch = part::EncodeScratch::default();
-        shared.prepare(&t3, std::slice::from_ref(&t1), &[2, 0], &lim, &mut scratch);
-
-        let mut s = sender(max_part);
-        let mut rx = receiver();
-        let now = Instant::now();
-        let mut seq = Sequence(0);
-        for (tick, world) in [(Tick(1), everyone(&t1)), (Tick(3), everyone(&t3))] {
-            let parts = s
-                .build_weighted(tick, world, usize::MAX / 16, None, Some(&shared))
-                .unwrap();
-            for (i, p) in parts.iter().enumerate() {
-                prop_assert!(p.len() <= max_part, "{} bytes > {max_part}", p.len());
-                s.on_part_sent(tick, i, seq);
-                rx.read_part(now, p).unwrap();
-                s.on_delivery(seq, true);
-                seq = seq.next();
-            }
-        }
-        prop_assert_eq!(rx.live_world(), q1);
+        let (held, shared) = sent_with_shared_codes(&q0, &q1, 2, max_part)?;
+        prop_assert_eq!(held, q1);
         // The long deltas were there, and measured by the client.
         let section = shared.section(Tick(3), 2).expect("a section for two ticks");
         let own = (0..n as usize)
@@ -1531,8 +1551,7 @@ proptest! {
     fn a_part_mixing_shared_deltas_with_one_its_code_cannot_write_decodes(
         seed: u64, n in 24u32..200, turn in 0.05f64..0.9, max_part in 200usize..1100,
     ) {
-        use super::shared::{SharedDeltas, SharedDelta, SharedLookup};
-        use super::world::TickWorld;
+        use super::shared::{SharedDelta, SharedLookup};
         let cfg = QuantizeConfig::default();
         let lim = cfg.limits();
         let mut r = rng(seed);
@@ -1552,32 +1571,8 @@ proptest! {
             }
         }
         let [q0, q1] = [before, after].map(|w| QuantizedWorld::from_world(&w, &cfg));
-        let t1 = TickWorld::new(q0, Tick(1), None);
-        let t2 = TickWorld::new(q1.clone(), Tick(2), Some(&t1));
-        let everyone = |t: &TickWorld| {
-            ClientWorld::View(t.view(Arc::new((0..t.world.len() as u32).collect())))
-        };
-        let mut shared = SharedDeltas::default();
-        let mut scratch = part::EncodeScratch::default();
-        shared.prepare(&t2, std::slice::from_ref(&t1), &[1, 0], &lim, &mut scratch);
-
-        let mut s = sender(max_part);
-        let mut rx = receiver();
-        let now = Instant::now();
-        let mut seq = Sequence(0);
-        for (tick, world) in [(Tick(1), everyone(&t1)), (Tick(2), everyone(&t2))] {
-            let parts = s
-                .build_weighted(tick, world, usize::MAX / 16, None, Some(&shared))
-                .unwrap();
-            for (i, p) in parts.iter().enumerate() {
-                prop_assert!(p.len() <= max_part, "{} bytes > {max_part}", p.len());
-                s.on_part_sent(tick, i, seq);
-                rx.read_part(now, p).unwrap();
-                s.on_delivery(seq, true);
-                seq = seq.next();
-            }
-        }
-        prop_assert_eq!(rx.live_world(), q1);
+        let (held, shared) = sent_with_shared_codes(&q0, &q1, 1, max_part)?;
+        prop_assert_eq!(held, q1);
         // Both kinds were there: deltas written with the shared code, and turns it cannot
         // write, which the client measured.
         let section = shared.section(Tick(2), 1).expect("a section for one tick");
