@@ -287,49 +287,51 @@ enum Measured {
     Shared(BitString),
 }
 
-/// What a part writes candidate `c` from: its delta in `own` and its state in `cur`, the
-/// world sent, or its shared string.
-fn written<'a>(c: &'a Candidate, own: &'a [EntityDelta], cur: &'a ClientWorld) -> part::Coded<'a> {
-    match own.get(c.own as usize) {
+/// What a part writes candidate `c` from: its key, and its delta in `own` with its state in
+/// `cur`, the world sent, or its shared string.
+fn written<'a>(
+    c: &'a Candidate,
+    own: &'a [EntityDelta],
+    cur: &'a ClientWorld,
+) -> part::PartEntity<'a> {
+    let coded = match own.get(c.own as usize) {
         Some(delta) => part::Coded::Own {
             delta,
             cur: cur.state(c.world_index as usize),
         },
         None => part::Coded::Shared(&c.bits),
-    }
+    };
+    (c.key as usize, coded)
 }
 
-/// A section's shared `code`, when it can write a part's section: it covers every delta in
-/// `list` that the client measured itself (the others were written with it).
-fn covering<'s>(
-    list: &[Candidate],
-    own: &[EntityDelta],
-    section: Option<&'s SharedSection>,
-) -> Option<&'s part::EntityCode> {
-    section.map(|s| &s.code).filter(|&code| {
-        list.iter()
-            .filter_map(|c| own.get(c.own as usize))
-            .all(|d| part::code_covers(code, d))
-    })
-}
-
-/// Measure the candidates of `list` written with their section's shared code as deltas of
-/// the client's own, from their `states` (base, new) `ticks` apart: rarely, a delta the
-/// shared code cannot write shares a part's section with them, and the part then codes the
-/// section with a code of its own.
-fn measure_shared<'s>(
+/// The code a part's section is written with: its `section`'s shared code when that covers
+/// every delta in `list` the client measured itself (the others were written with it).
+/// Otherwise, rarely, the part codes the section with a code of its own: `None`, and the
+/// shared entities of `list` are measured as the client's own, from their `states` (base,
+/// new) `ticks` apart.
+fn section_code<'s, 'w>(
     list: &mut [Candidate],
     own: &mut Vec<EntityDelta>,
-    states: impl Fn(&Candidate) -> (&'s QuantizedEntity, &'s QuantizedEntity),
+    section: Option<&'s SharedSection>,
+    states: impl Fn(&Candidate) -> (&'w QuantizedEntity, &'w QuantizedEntity),
     ticks: u32,
     lim: &Limits,
-) {
+) -> Option<&'s part::EntityCode> {
+    let code = &section?.code;
+    let covered = list
+        .iter()
+        .filter_map(|c| own.get(c.own as usize))
+        .all(|d| part::code_covers(code, d));
+    if covered {
+        return Some(code);
+    }
     for c in list.iter_mut().filter(|c| c.own == SHARED) {
         let (base, cur) = states(c);
         own.push(EntityDelta::new(base, cur, ticks, lim));
         // As in `Diff::push`: far below `SHARED`.
         c.own = (own.len() - 1) as u32;
     }
+    None
 }
 
 /// Which entries of the sorted update, despawn and spawn lists one part carries.
@@ -1197,20 +1199,15 @@ impl SnapshotSender {
                 &mut updates[p.updates.clone()],
                 &mut spawns[p.spawns.clone()],
             );
-            let update_code = covering(part_updates, own, update_section);
-            if update_code.is_none() {
-                let states = |c: &Candidate| {
-                    let base = baseline.state(c.key as usize);
-                    (base, cur.state(c.world_index as usize))
-                };
-                measure_shared(part_updates, own, states, ticks, &lim);
-            }
-            let spawn_code = covering(part_spawns, own, spawn_section);
-            if spawn_code.is_none() {
-                let spawn_base = part::spawn_base();
-                let states = |c: &Candidate| (&spawn_base, cur.state(c.world_index as usize));
-                measure_shared(part_spawns, own, states, 0, &lim);
-            }
+            let base_states = |c: &Candidate| {
+                let base = baseline.state(c.key as usize);
+                (base, cur.state(c.world_index as usize))
+            };
+            let update_code =
+                section_code(part_updates, own, update_section, base_states, ticks, &lim);
+            let spawn_base = part::spawn_base();
+            let spawn_states = |c: &Candidate| (&spawn_base, cur.state(c.world_index as usize));
+            let spawn_code = section_code(part_spawns, own, spawn_section, spawn_states, 0, &lim);
             let own = &*own;
             part::encode_part(
                 &mut w,
@@ -1218,7 +1215,6 @@ impl SnapshotSender {
                 part_updates.iter().map(|c| written(c, own, cur)),
                 &despawns[p.despawns.clone()],
                 part_spawns.iter().map(|c| written(c, own, cur)),
-                [&*part_updates, &*part_spawns].map(|l| l.iter().map(|c| c.key as usize)),
                 &lim,
                 encode,
                 [update_code, spawn_code],
