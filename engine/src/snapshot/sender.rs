@@ -287,21 +287,16 @@ enum Measured {
     Shared(BitString),
 }
 
-/// What a part writes candidate `c` from: its key, and its delta in `own` with its state in
-/// `cur`, the world sent, or its shared string.
-fn written<'a>(
-    c: &'a Candidate,
-    own: &'a [EntityDelta],
-    cur: &'a ClientWorld,
-) -> part::PartEntity<'a> {
-    let coded = match own.get(c.own as usize) {
+/// What a part writes candidate `c` from: its delta in `own` and its state in `cur`, the
+/// world sent, or its shared string.
+fn written<'a>(c: &'a Candidate, own: &'a [EntityDelta], cur: &'a ClientWorld) -> part::Coded<'a> {
+    match own.get(c.own as usize) {
         Some(delta) => part::Coded::Own {
             delta,
             cur: cur.state(c.world_index as usize),
         },
         None => part::Coded::Shared(&c.bits),
-    };
-    (c.key as usize, coded)
+    }
 }
 
 /// The code a part's section is written with: its `section`'s shared code when that covers
@@ -1215,6 +1210,7 @@ impl SnapshotSender {
                 part_updates.iter().map(|c| written(c, own, cur)),
                 &despawns[p.despawns.clone()],
                 part_spawns.iter().map(|c| written(c, own, cur)),
+                [&*part_updates, &*part_spawns].map(|l| l.iter().map(|c| c.key as usize)),
                 &lim,
                 encode,
                 [update_code, spawn_code],
