@@ -147,22 +147,23 @@ const BUILD_CHUNK: usize = 16;
 /// `build_chunk`, and hand what was built to `consume` on the calling thread, in the jobs'
 /// order, as soon as every job before it is built.
 ///
-/// Each thread starts on the same contiguous share of the clients every tick (in id order),
-/// so a client's sender state stays in the caches of the core that used it last: work
-/// stealing from the start moved clients between threads from tick to tick and was slower.
-/// The first share is the calling thread's: it sends every client's parts and takes in
-/// their packets between ticks, so their state is already in its core's caches (measured:
-/// a share built there took less time than the same share on another core,
-/// docs/BENCHMARKS.md). But fixed shares left one thread idle at the end of the build, 16 %
-/// of it on average (a share's clients cost more than the other's, or the host slowed a
-/// core for a while), and the tick waited for the slower. So each share is a queue of
-/// chunks of up to [`BUILD_CHUNK`] jobs: a thread takes its own from the front and, when it
-/// has none left, the others' from the back. The bytes sent do not depend on which thread
-/// built a client (see [`SharedDeltas`]).
+/// The jobs are cut into chunks of up to [`BUILD_CHUNK`], dealt out in turn: the calling
+/// thread (0) has chunks 0, T, 2T…, pool thread t chunks t, T + t… (T threads). Each thread
+/// starts on the same share every tick, so a client's sender state stays in the caches of
+/// the core that used it last: work stealing from the start moved clients between threads
+/// from tick to tick and was slower. But fixed shares left one thread idle at the end of the
+/// build, 16 % of it on average (a share's clients cost more than the other's, or the host
+/// slowed a core for a while), and the tick waited for the slower. So each share is a queue:
+/// a thread takes its own chunks from the front and, when it has none left, the others'
+/// from the back. The bytes sent do not depend on which thread built a client (see
+/// [`SharedDeltas`]).
 ///
-/// The calling thread consumes (sends) its own chunks between its builds, while the pool's
-/// threads go on building: it then finishes its share later, and they take over its last
-/// chunks, so the sends no longer wait for the whole build.
+/// The calling thread consumes (sends) what is built between its own builds, while the
+/// pool's threads go on building, and takes fewer chunks for it: they take over its last
+/// ones. Dealt out in turn, the chunks after each of its own are most often built by the
+/// time it looks, so the sends go on through the build; with contiguous shares, the pool's
+/// half waited for the calling thread's and was sent after the build (measured: the tick's
+/// p99 a few points higher, docs/BENCHMARKS.md).
 fn build_on_pool<J: Send, T: Send>(
     pool: &rayon::ThreadPool,
     jobs: Vec<J>,
@@ -184,9 +185,7 @@ fn build_on_pool<J: Send, T: Send>(
     let mut queues: Vec<VecDeque<(usize, Vec<J>)>> =
         (0..threads).map(|_| VecDeque::new()).collect();
     for (c, chunk) in chunks.into_iter().enumerate() {
-        // Contiguous shares, the first to the calling thread (0); c < n, so the index is
-        // below `threads`.
-        queues[c * threads / n].push_back((c, chunk));
+        queues[c % threads].push_back((c, chunk));
     }
     let queues: Vec<Queue<J>> = queues.into_iter().map(Mutex::new).collect();
     let take = |t: usize| {
@@ -1182,8 +1181,8 @@ mod pool_tests {
     #[test]
     fn a_thread_done_with_its_share_takes_what_another_has_left() {
         // Two threads, four chunks of 16 jobs: the calling thread's share is chunks 0 and
-        // 1, the pool thread's 2 and 3. The calling thread holds on to its first job until
-        // job 16 (chunk 1) is built, which only the pool thread can do: from the back of
+        // 2, the pool thread's 1 and 3. The calling thread holds on to its first job until
+        // job 32 (chunk 2) is built, which only the pool thread can do: from the back of
         // the calling thread's queue, once its own share is built.
         let stolen = AtomicBool::new(false);
         let built = built(1, (0..64).collect(), &|chunk: Vec<u32>| {
@@ -1196,7 +1195,7 @@ mod pool_tests {
                         // here after all, and the assertion below says so.
                         wait_for(&stolen);
                     }
-                    if j == 16 && on_pool {
+                    if j == 32 && on_pool {
                         stolen.store(true, Ordering::Release);
                     }
                     (j, on_pool)
@@ -1206,7 +1205,7 @@ mod pool_tests {
         let order: Vec<u32> = built.iter().map(|&(j, _)| j).collect();
         assert_eq!(order, (0..64).collect::<Vec<u32>>());
         for &(j, on_pool) in &built {
-            // The calling thread built chunk 0; the pool thread its own share and chunk 1.
+            // The calling thread built chunk 0; the pool thread its own share and chunk 2.
             assert_eq!(on_pool, j >= 16, "job {j}");
         }
     }
@@ -1214,7 +1213,7 @@ mod pool_tests {
     #[test]
     fn the_calling_thread_hands_on_its_chunks_while_the_pool_still_builds() {
         // Two threads, four chunks of 16 jobs. The pool thread holds on to its first job
-        // (32) until chunk 0 has been handed on: that happens during the build only if the
+        // (16) until chunk 0 has been handed on: that happens during the build only if the
         // calling thread hands on what it built between its chunks.
         let handed_on = AtomicBool::new(false);
         let waited = AtomicBool::new(false);
@@ -1226,7 +1225,7 @@ mod pool_tests {
                 chunk
                     .into_iter()
                     .inspect(|&j| {
-                        if j == 32 {
+                        if j == 16 {
                             // Bounded: should chunk 0 never be handed on during the build,
                             // this goes on after 30 s and the assertion below says so.
                             waited.store(wait_for(&handed_on), Ordering::Release);
