@@ -19,6 +19,7 @@ use crate::channel;
 use crate::codec;
 use crate::connection::{self, ClientId, ConnectionStats, DisconnectReason, Event, SendError};
 use crate::packet::DisconnectReasonCode;
+use crate::snapshot::Limits;
 use crate::snapshot::shared::SharedDeltas;
 use crate::snapshot::{
     EncodeScratch, EntityId, Parts, QuantizeCache, QuantizedWorld, SenderConfig, SenderStats,
@@ -324,15 +325,22 @@ pub struct Server {
     /// Threads that build snapshots beside the calling thread, when the config asks for
     /// more than one in all.
     pool: Option<rayon::ThreadPool>,
-    /// The last worlds sent (oldest first), to choose the codes scoped clients share.
-    history: VecDeque<TickWorld>,
     /// Entities in the last send tick's scopes per entity of its world.
     viewers_per_entity: f64,
+    /// What scoped clients share.
+    sharing: Sharing,
+}
+
+/// The codes and entity deltas scoped clients share, and the worlds they are measured from.
+#[derive(Debug)]
+struct Sharing {
+    /// This tick's shared codes and entity deltas.
+    deltas: SharedDeltas,
+    scratch: EncodeScratch,
+    /// The last worlds sent (oldest first), to choose the codes.
+    history: VecDeque<TickWorld>,
     /// [`SHARE_MIN_VIEWERS`], or another threshold in tests.
-    share_min_viewers: f64,
-    /// This tick's shared codes and entity deltas for scoped clients.
-    shared: SharedDeltas,
-    shared_scratch: EncodeScratch,
+    min_viewers: f64,
 }
 
 /// Worlds kept for shared codes, per phase of the send interval: a client's baseline older
@@ -405,11 +413,13 @@ impl Server {
             interest: Interest::new(interest),
             quantize_cache: QuantizeCache::default(),
             pool,
-            history: VecDeque::new(),
             viewers_per_entity: 0.0,
-            share_min_viewers: SHARE_MIN_VIEWERS,
-            shared: SharedDeltas::default(),
-            shared_scratch: EncodeScratch::default(),
+            sharing: Sharing {
+                deltas: SharedDeltas::default(),
+                scratch: EncodeScratch::default(),
+                history: VecDeque::new(),
+                min_viewers: SHARE_MIN_VIEWERS,
+            },
         })
     }
 
@@ -526,11 +536,7 @@ impl Server {
             };
             self.count_changes(&quantized);
             if self.interest.active() {
-                // The positions from the cache the world was just quantized with: a list, where
-                // the world is a map.
-                let positions = self.quantize_cache.transforms().map(|t| t.position);
-                self.interest
-                    .index(positions, &quantized.ids, phase as usize);
+                self.index_and_share(&quantized, phase);
             }
             self.send_snapshots(now, tick, phase, &quantized);
             self.previous_world = Some(quantized);
@@ -551,11 +557,8 @@ impl Server {
     fn send_snapshots(&mut self, now: Instant, tick: Tick, phase: u32, tick_world: &TickWorld) {
         let world = &tick_world.world;
         let scoped = self.interest.active();
-        if scoped {
-            self.prepare_shared(tick_world, phase);
-        }
         let interest = &self.interest;
-        let shared = &self.shared;
+        let shared = &self.sharing.deltas;
         // One scoped client's snapshot.
         let build = |peer: &mut Peer| {
             let ScopedWorld {
@@ -662,71 +665,81 @@ impl Server {
     /// 0 shares on every tick).
     #[cfg(test)]
     pub(crate) fn share_encodings_from(&mut self, viewers: f64) {
-        self.share_min_viewers = viewers;
+        self.sharing.min_viewers = viewers;
     }
 
-    /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
-    /// baseline age that two or more ready clients hold, and one for spawns.
-    fn prepare_shared(&mut self, tick_world: &TickWorld, phase: u32) {
-        let tick = tick_world.tick;
-        let lim = self.config.quantize.limits();
-        if self.viewers_per_entity < self.share_min_viewers {
-            // No sections: every lookup misses. Worlds are kept only while sharing (one of
-            // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
-            // only the spawns and the ages kept so far.
-            self.shared
-                .prepare(tick_world, &[], &[], &lim, &mut self.shared_scratch);
-            self.history.clear();
+    /// Index the tick's positions for the area of interest, and fix the shared codes and
+    /// the deltas encoded up front (see [`Sharing::prepare`]). With a pool, the index is
+    /// built there while this thread chooses the codes, and the deltas encoded up front are
+    /// shared out over the threads by ranges of the world, each read as runs of memory:
+    /// otherwise the pool's threads wait for this work, a fifth of the tick at 1,000
+    /// clients (docs/BENCHMARKS.md).
+    fn index_and_share(&mut self, tick_world: &TickWorld, phase: u32) {
+        let Self {
+            interest,
+            quantize_cache,
+            pool,
+            sharing,
+            peers,
+            config,
+            stats,
+            viewers_per_entity,
+            ..
+        } = self;
+        // The positions from the cache the world was just quantized with: a list, where the
+        // world is a map.
+        let positions = quantize_cache.transforms().map(|t| t.position);
+        let index = || interest.index(positions, &tick_world.ids, phase as usize);
+        let lim = config.quantize.limits();
+        let interval = config.send_interval_ticks;
+        let mut prepare = || {
+            sharing.prepare(
+                tick_world,
+                phase,
+                peers,
+                interval,
+                &lim,
+                *viewers_per_entity,
+            )
+        };
+        let eager = match pool {
+            Some(pool) => pool.in_place_scope(|scope| {
+                scope.spawn(|_| index());
+                prepare()
+            }),
+            None => {
+                index();
+                prepare()
+            }
+        };
+        let Some(eager) = eager else {
             return;
-        }
-        self.stats.shared_encoding_ticks += 1;
-        let interval = self.config.send_interval_ticks;
-        // The history holds the last ticks of every phase in use, one world each.
-        let kept = SHARED_HISTORY_SENDS * (interval as usize).min(MAX_PHASES);
-        let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
-        // This tick's clients: those of other phases read nothing encoded now.
-        let mut ready = 0;
-        for p in self.peers.values().filter(|p| p.ready && p.phase == phase) {
-            ready += 1;
-            if let Some(t) = p.sender.acked_tick() {
-                let k = tick.0.saturating_sub(t.0);
-                if k > 0 && k as usize <= SHARED_HISTORY_SENDS * interval as usize {
-                    *ages.entry(k).or_default() += 1;
-                }
-            }
-        }
-        // Ages whose clients together see the changed entities of the world about once or
-        // more: nearly all of those deltas will be read, so they are encoded up front.
-        let eager: Vec<u32> = ages
-            .iter()
-            .filter(|&(_, &n)| {
-                n >= 2 && self.viewers_per_entity * n as f64 >= EAGER_MIN_VIEWERS * ready as f64
-            })
-            .map(|(&k, _)| k)
-            .collect();
-        let mut ticks: Vec<u32> = ages
-            .into_iter()
-            .filter(|&(_, n)| n >= 2)
-            .map(|(k, _)| k)
-            .collect();
-        if ready >= 2 {
-            ticks.push(0);
-        }
-        self.history.make_contiguous();
-        let history = self.history.as_slices().0;
-        self.shared
-            .prepare(tick_world, history, &ticks, &lim, &mut self.shared_scratch);
-        // With a pool, the first lookups already spread the encoding over the threads: up
-        // front it would be one thread's work (measured no faster, docs/BENCHMARKS.md).
-        if self.pool.is_none() {
+        };
+        stats.shared_encoding_ticks += 1;
+        let history = sharing.history.as_slices().0;
+        let fill = |range: std::ops::Range<usize>| {
             for &k in &eager {
-                self.shared.fill(tick_world, history, k, &lim);
+                sharing
+                    .deltas
+                    .fill(tick_world, history, k, &lim, range.clone());
             }
+        };
+        let len = tick_world.world.len();
+        match pool {
+            Some(pool) => {
+                let threads = pool.current_num_threads() + 1;
+                let share = len.div_ceil(threads);
+                let range = |t: usize| t * share..(t + 1) * share;
+                pool.in_place_scope(|scope| {
+                    for t in 1..threads {
+                        scope.spawn(move |_| fill(range(t)));
+                    }
+                    fill(range(0));
+                });
+            }
+            None => fill(0..len),
         }
-        while self.history.len() >= kept {
-            self.history.pop_front();
-        }
-        self.history.push_back(tick_world.clone());
+        sharing.remember(tick_world, interval);
     }
 
     /// Give `client` an entity of its own (its avatar), or take it away. The client learns
@@ -1130,6 +1143,78 @@ fn send_control(
     msg: &ControlMsg,
 ) -> bool {
     codec::encode(msg).is_ok_and(|bytes| conn.send_message(now, id, control, &bytes).is_ok())
+}
+
+impl Sharing {
+    /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
+    /// baseline age that two or more of the tick's ready clients hold, and one for spawns.
+    /// Returns the ages whose deltas are best encoded up front (see [`EAGER_MIN_VIEWERS`]),
+    /// or `None` when not sharing. The deltas are encoded from the history as it is now:
+    /// [`Self::remember`] the tick's world after.
+    fn prepare(
+        &mut self,
+        tick_world: &TickWorld,
+        phase: u32,
+        peers: &BTreeMap<ClientId, Peer>,
+        interval: u32,
+        lim: &Limits,
+        viewers_per_entity: f64,
+    ) -> Option<Vec<u32>> {
+        let tick = tick_world.tick;
+        if viewers_per_entity < self.min_viewers {
+            // No sections: every lookup misses. Worlds are kept only while sharing (one of
+            // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
+            // only the spawns and the ages kept so far.
+            self.deltas
+                .prepare(tick_world, &[], &[], lim, &mut self.scratch);
+            self.history.clear();
+            return None;
+        }
+        let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
+        // This tick's clients: those of other phases read nothing encoded now.
+        let mut ready = 0;
+        for p in peers.values().filter(|p| p.ready && p.phase == phase) {
+            ready += 1;
+            if let Some(t) = p.sender.acked_tick() {
+                let k = tick.0.saturating_sub(t.0);
+                if k > 0 && k as usize <= SHARED_HISTORY_SENDS * interval as usize {
+                    *ages.entry(k).or_default() += 1;
+                }
+            }
+        }
+        // Ages whose clients together see the changed entities of the world about once or
+        // more: nearly all of those deltas will be read, so they are encoded up front.
+        let eager: Vec<u32> = ages
+            .iter()
+            .filter(|&(_, &n)| {
+                n >= 2 && viewers_per_entity * n as f64 >= EAGER_MIN_VIEWERS * ready as f64
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        let mut ticks: Vec<u32> = ages
+            .into_iter()
+            .filter(|&(_, n)| n >= 2)
+            .map(|(k, _)| k)
+            .collect();
+        if ready >= 2 {
+            ticks.push(0);
+        }
+        self.history.make_contiguous();
+        let history = self.history.as_slices().0;
+        self.deltas
+            .prepare(tick_world, history, &ticks, lim, &mut self.scratch);
+        Some(eager)
+    }
+
+    /// Keep the tick's world for the codes of the ticks after, dropping the oldest beyond
+    /// [`SHARED_HISTORY_SENDS`] per phase in use.
+    fn remember(&mut self, tick_world: &TickWorld, interval: u32) {
+        let kept = SHARED_HISTORY_SENDS * (interval as usize).min(MAX_PHASES);
+        while self.history.len() >= kept {
+            self.history.pop_front();
+        }
+        self.history.push_back(tick_world.clone());
+    }
 }
 
 #[cfg(test)]

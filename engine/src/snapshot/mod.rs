@@ -65,6 +65,7 @@ pub use bits::BitsError;
 pub use interpolation::{InterpolationBuffer, InterpolationConfig, InterpolationStats};
 pub(crate) use part::EncodeScratch;
 pub use part::{FieldBits, MAX_PARTS_PER_SNAPSHOT};
+pub(crate) use quantize::Limits;
 pub use quantize::{
     MAX_AXIS_BITS, MAX_ROTATION_ERROR_RAD_9_BITS, QuantizeConfig, QuantizedRotation,
     QuantizedTransform,

@@ -16,6 +16,7 @@
 //! fills the cache first changes nothing in the output: one thread or several, the same
 //! bytes go out.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bits::BitString;
@@ -331,13 +332,15 @@ impl SharedDeltas {
     /// in world order, both worlds are read as two runs of memory, where encoding on a
     /// client's first lookup reads them in the scattered order of its scope. Needs the
     /// baseline's world in `history`, in the same layout as the tick's (otherwise nothing is
-    /// encoded). Returns the deltas encoded.
+    /// encoded). Only the entities at `range` of the tick's world are encoded: threads that
+    /// fill ranges that do not overlap fill the section together. Returns the deltas encoded.
     pub(crate) fn fill(
         &self,
         now: &TickWorld,
         history: &[TickWorld],
         ticks: u32,
         lim: &Limits,
+        range: Range<usize>,
     ) -> usize {
         let Some(section) = self.section(now.tick, ticks).filter(|_| ticks > 0) else {
             return 0;
@@ -350,8 +353,22 @@ impl SharedDeltas {
             return 0;
         };
         let (before, cur) = (then.world.entities(), now.world.entities());
+        // The same layout: the same entities, at the same indices, in both worlds (and a
+        // change age for each).
+        let end = range
+            .end
+            .min(cur.len())
+            .min(before.len())
+            .min(now.changed.len());
+        let start = range.start.min(end);
+        let (changed, before, cur) = (
+            &now.changed[start..end],
+            &before[start..end],
+            &cur[start..end],
+        );
         let mut encoded = 0;
-        for (g, ((&c, b), e)) in now.changed.iter().zip(before).zip(cur).enumerate() {
+        for (i, ((&c, b), e)) in changed.iter().zip(before).zip(cur).enumerate() {
+            let g = start + i;
             // An entity that last changed as long before as the baseline or longer holds
             // the same state in both: clients skip it without a lookup.
             if changed_within(c, ticks) {
@@ -378,6 +395,9 @@ mod tests {
     use crate::snapshot::{
         EntityId, EntityState, QuantizeConfig, QuantizedWorld, Transform, World,
     };
+
+    /// Every entity of a world.
+    const ALL: Range<usize> = 0..usize::MAX;
 
     /// A world of `n` entities scattered, turned and some moving (`t` moves them on), the
     /// first of them carrying `component` bytes and some others a few.
@@ -499,9 +519,9 @@ mod tests {
         filled.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
         lazy.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
         // Spawns and ages without a section, or without their world, are not filled.
-        assert_eq!(filled.fill(&now_tick, &history, 0, &lim), 0);
-        assert_eq!(filled.fill(&now_tick, &history, 5, &lim), 0);
-        assert_eq!(filled.fill(&now_tick, &[], 2, &lim), 0);
+        assert_eq!(filled.fill(&now_tick, &history, 0, &lim, ALL), 0);
+        assert_eq!(filled.fill(&now_tick, &history, 5, &lim, ALL), 0);
+        assert_eq!(filled.fill(&now_tick, &[], 2, &lim, ALL), 0);
         let moved: Vec<usize> = (0..now_tick.changed.len())
             .filter(|&g| changed_within(now_tick.changed[g], 2))
             .collect();
@@ -510,9 +530,9 @@ mod tests {
             "{} moved",
             moved.len()
         );
-        assert_eq!(filled.fill(&now_tick, &history, 2, &lim), moved.len());
+        assert_eq!(filled.fill(&now_tick, &history, 2, &lim, ALL), moved.len());
         // A second fill finds every slot filled.
-        assert_eq!(filled.fill(&now_tick, &history, 2, &lim), 0);
+        assert_eq!(filled.fill(&now_tick, &history, 2, &lim, ALL), 0);
         let (f, l) = (
             filled.section(Tick(3), 2).expect("section"),
             lazy.section(Tick(3), 2).expect("section"),
@@ -533,6 +553,63 @@ mod tests {
         let mut walked = SharedDeltas::default();
         walked.prepare(&other, &history, &[2], &lim, &mut scratch);
         assert!(!other.same_layout(&history[0]));
-        assert_eq!(walked.fill(&other, &history, 2, &lim), 0);
+        assert_eq!(walked.fill(&other, &history, 2, &lim, ALL), 0);
+    }
+
+    #[test]
+    fn threads_filling_ranges_of_the_world_fill_the_section_as_one_fill_does() {
+        let lim = QuantizeConfig::default().limits();
+        let mut scratch = EncodeScratch::default();
+        let (then, now) = (world(300, 0.0, 0), world(300, 0.1, 0));
+        let history = [TickWorld::new(then, Tick(1), None)];
+        let now_tick = TickWorld::new(now, Tick(3), Some(&history[0]));
+        let (mut whole, mut ranges) = (SharedDeltas::default(), SharedDeltas::default());
+        whole.prepare(&now_tick, &history, &[2], &lim, &mut scratch);
+        ranges.prepare(&now_tick, &history, &[2], &lim, &mut scratch);
+        let encoded = whole.fill(&now_tick, &history, 2, &lim, ALL);
+        assert!(encoded > 100, "{encoded} encoded");
+        // Three threads, ranges that meet but do not overlap; the last runs past the end.
+        let cuts = [0..97, 97..211, 211..1_000];
+        let counts: Vec<usize> = std::thread::scope(|s| {
+            let threads: Vec<_> = cuts
+                .iter()
+                .map(|r| {
+                    let (ranges, now_tick, history, lim) = (&ranges, &now_tick, &history, &lim);
+                    s.spawn(move || ranges.fill(now_tick, history, 2, lim, r.clone()))
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a fill thread"))
+                .collect()
+        });
+        // Each thread encoded the entities of its own range that changed, and only those.
+        let moved_in = |r: &Range<usize>| {
+            (r.start..r.end.min(now_tick.changed.len()))
+                .filter(|&g| changed_within(now_tick.changed[g], 2))
+                .count()
+        };
+        let want: Vec<usize> = cuts.iter().map(moved_in).collect();
+        assert_eq!(counts, want);
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), encoded, "{counts:?}");
+        // A range past the world's end fills nothing, and a second fill finds all filled.
+        assert_eq!(ranges.fill(&now_tick, &history, 2, &lim, 400..500), 0);
+        assert_eq!(ranges.fill(&now_tick, &history, 2, &lim, ALL), 0);
+        let (w, r) = (
+            whole.section(Tick(3), 2).expect("section"),
+            ranges.section(Tick(3), 2).expect("section"),
+        );
+        for g in 0..now_tick.world.len() {
+            let held = |s: &SharedSection| match s.delta(g, || unreachable!(), &lim) {
+                Some(SharedLookup::Hit(d)) => Some(d),
+                _ => None,
+            };
+            // Entities that did not change are in neither: a lookup would encode them.
+            if changed_within(now_tick.changed[g], 2) {
+                assert_eq!(held(w), held(r), "entity {g}");
+                assert!(held(r).is_some(), "entity {g} was not filled");
+            }
+        }
     }
 }
