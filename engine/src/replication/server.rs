@@ -343,6 +343,78 @@ struct Sharing {
     min_viewers: f64,
 }
 
+impl Sharing {
+    /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
+    /// baseline age that two or more of the tick's ready clients hold, and one for spawns.
+    /// Returns the ages whose deltas are best encoded up front (see [`EAGER_MIN_VIEWERS`]),
+    /// or `None` when not sharing. The deltas are encoded from the history as it is now:
+    /// [`Self::remember`] the tick's world after.
+    fn prepare(
+        &mut self,
+        tick_world: &TickWorld,
+        phase: u32,
+        peers: &BTreeMap<ClientId, Peer>,
+        interval: u32,
+        lim: &Limits,
+        viewers_per_entity: f64,
+    ) -> Option<Vec<u32>> {
+        let tick = tick_world.tick;
+        if viewers_per_entity < self.min_viewers {
+            // No sections: every lookup misses. Worlds are kept only while sharing (one of
+            // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
+            // only the spawns and the ages kept so far.
+            self.deltas
+                .prepare(tick_world, &[], &[], lim, &mut self.scratch);
+            self.history.clear();
+            return None;
+        }
+        let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
+        // This tick's clients: those of other phases read nothing encoded now.
+        let mut ready = 0;
+        for p in peers.values().filter(|p| p.ready && p.phase == phase) {
+            ready += 1;
+            if let Some(t) = p.sender.acked_tick() {
+                let k = tick.0.saturating_sub(t.0);
+                if k > 0 && k as usize <= SHARED_HISTORY_SENDS * interval as usize {
+                    *ages.entry(k).or_default() += 1;
+                }
+            }
+        }
+        // Ages whose clients together see the changed entities of the world about once or
+        // more: nearly all of those deltas will be read, so they are encoded up front.
+        let eager: Vec<u32> = ages
+            .iter()
+            .filter(|&(_, &n)| {
+                n >= 2 && viewers_per_entity * n as f64 >= EAGER_MIN_VIEWERS * ready as f64
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        let mut ticks: Vec<u32> = ages
+            .into_iter()
+            .filter(|&(_, n)| n >= 2)
+            .map(|(k, _)| k)
+            .collect();
+        if ready >= 2 {
+            ticks.push(0);
+        }
+        self.history.make_contiguous();
+        let history = self.history.as_slices().0;
+        self.deltas
+            .prepare(tick_world, history, &ticks, lim, &mut self.scratch);
+        Some(eager)
+    }
+
+    /// Keep the tick's world for the codes of the ticks after, dropping the oldest beyond
+    /// [`SHARED_HISTORY_SENDS`] per phase in use.
+    fn remember(&mut self, tick_world: &TickWorld, interval: u32) {
+        let kept = SHARED_HISTORY_SENDS * (interval as usize).min(MAX_PHASES);
+        while self.history.len() >= kept {
+            self.history.pop_front();
+        }
+        self.history.push_back(tick_world.clone());
+    }
+}
+
 /// Worlds kept for shared codes, per phase of the send interval: a client's baseline older
 /// than this many of its sends codes alone.
 const SHARED_HISTORY_SENDS: usize = 8;
@@ -730,7 +802,8 @@ impl Server {
         };
         let len = tick_world.world.len();
         match pool {
-            Some(pool) => {
+            // No age to fill: no need to wake the pool's threads.
+            Some(pool) if !eager.is_empty() => {
                 let threads = pool.current_num_threads() + 1;
                 let share = len.div_ceil(threads);
                 let range = |t: usize| t * share..(t + 1) * share;
@@ -741,7 +814,7 @@ impl Server {
                     fill(range(0));
                 });
             }
-            None => fill(0..len),
+            _ => fill(0..len),
         }
         sharing.remember(tick_world, interval);
     }
@@ -1147,78 +1220,6 @@ fn send_control(
     msg: &ControlMsg,
 ) -> bool {
     codec::encode(msg).is_ok_and(|bytes| conn.send_message(now, id, control, &bytes).is_ok())
-}
-
-impl Sharing {
-    /// Fix this tick's shared codes, when sharing pays (see [`SHARE_MIN_VIEWERS`]): one per
-    /// baseline age that two or more of the tick's ready clients hold, and one for spawns.
-    /// Returns the ages whose deltas are best encoded up front (see [`EAGER_MIN_VIEWERS`]),
-    /// or `None` when not sharing. The deltas are encoded from the history as it is now:
-    /// [`Self::remember`] the tick's world after.
-    fn prepare(
-        &mut self,
-        tick_world: &TickWorld,
-        phase: u32,
-        peers: &BTreeMap<ClientId, Peer>,
-        interval: u32,
-        lim: &Limits,
-        viewers_per_entity: f64,
-    ) -> Option<Vec<u32>> {
-        let tick = tick_world.tick;
-        if viewers_per_entity < self.min_viewers {
-            // No sections: every lookup misses. Worlds are kept only while sharing (one of
-            // 10,000 entities is about 0.6 MB); the first ticks after sharing starts code
-            // only the spawns and the ages kept so far.
-            self.deltas
-                .prepare(tick_world, &[], &[], lim, &mut self.scratch);
-            self.history.clear();
-            return None;
-        }
-        let mut ages: BTreeMap<u32, usize> = BTreeMap::new();
-        // This tick's clients: those of other phases read nothing encoded now.
-        let mut ready = 0;
-        for p in peers.values().filter(|p| p.ready && p.phase == phase) {
-            ready += 1;
-            if let Some(t) = p.sender.acked_tick() {
-                let k = tick.0.saturating_sub(t.0);
-                if k > 0 && k as usize <= SHARED_HISTORY_SENDS * interval as usize {
-                    *ages.entry(k).or_default() += 1;
-                }
-            }
-        }
-        // Ages whose clients together see the changed entities of the world about once or
-        // more: nearly all of those deltas will be read, so they are encoded up front.
-        let eager: Vec<u32> = ages
-            .iter()
-            .filter(|&(_, &n)| {
-                n >= 2 && viewers_per_entity * n as f64 >= EAGER_MIN_VIEWERS * ready as f64
-            })
-            .map(|(&k, _)| k)
-            .collect();
-        let mut ticks: Vec<u32> = ages
-            .into_iter()
-            .filter(|&(_, n)| n >= 2)
-            .map(|(k, _)| k)
-            .collect();
-        if ready >= 2 {
-            ticks.push(0);
-        }
-        self.history.make_contiguous();
-        let history = self.history.as_slices().0;
-        self.deltas
-            .prepare(tick_world, history, &ticks, lim, &mut self.scratch);
-        Some(eager)
-    }
-
-    /// Keep the tick's world for the codes of the ticks after, dropping the oldest beyond
-    /// [`SHARED_HISTORY_SENDS`] per phase in use.
-    fn remember(&mut self, tick_world: &TickWorld, interval: u32) {
-        let kept = SHARED_HISTORY_SENDS * (interval as usize).min(MAX_PHASES);
-        while self.history.len() >= kept {
-            self.history.pop_front();
-        }
-        self.history.push_back(tick_world.clone());
-    }
 }
 
 #[cfg(test)]
