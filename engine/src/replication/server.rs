@@ -768,6 +768,9 @@ impl Server {
         let index = || interest.index(positions, &tick_world.ids, phase as usize);
         let lim = config.quantize.limits();
         let interval = config.send_interval_ticks;
+        // Below the threshold, choosing the codes is nothing to wait for: the index is built
+        // here, without waking the pool's threads.
+        let sharing_now = *viewers_per_entity >= sharing.min_viewers;
         let mut prepare = || {
             sharing.prepare(
                 tick_world,
@@ -779,11 +782,11 @@ impl Server {
             )
         };
         let eager = match pool {
-            Some(pool) => pool.in_place_scope(|scope| {
+            Some(pool) if sharing_now => pool.in_place_scope(|scope| {
                 scope.spawn(|_| index());
                 prepare()
             }),
-            None => {
+            _ => {
                 index();
                 prepare()
             }
