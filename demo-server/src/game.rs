@@ -234,41 +234,51 @@ fn transform(b: &Body) -> Transform {
 /// it holds already keep their entries.
 fn hold_bodies(world: &mut World, bodies: &[Body]) {
     // Most ticks the same entities exist as before: update them in place rather than
-    // rebuilding the world (both lists are sorted by id).
-    let same =
-        world.len() == bodies.len() && world.iter().zip(bodies).all(|((id, _), b)| id.0 == b.id);
-    if !same {
-        // Entities came or went (a player joined or left, an NPC respawned): take out those
-        // that left and put in those that came, each found in one walk of both lists.
-        // Building the map again cost `massive` with respawns a map of 10,000 entries a
-        // tick.
-        let left: Vec<EntityId> = {
-            let mut next = bodies.iter().map(|b| b.id).peekable();
-            world
-                .iter()
-                .map(|(id, _)| id)
-                .filter(|id| {
-                    while next.next_if(|&b| b < id.0).is_some() {}
-                    next.peek() != Some(&id.0)
-                })
-                .collect()
-        };
-        for id in left {
-            world.remove(id);
+    // rebuilding the world (both lists are sorted by id), checking the ids in the same
+    // walk: a walk of its own to check them first read every entry of the map twice.
+    if world.len() == bodies.len() {
+        let mut same = true;
+        for ((id, state), b) in world.iter_mut().zip(bodies) {
+            if id.0 != b.id {
+                same = false;
+                break;
+            }
+            state.transform = transform(b);
         }
-        let came: Vec<&Body> = {
-            let mut held = world.iter().map(|(id, _)| id.0).peekable();
-            bodies
-                .iter()
-                .filter(|b| {
-                    while held.next_if(|&h| h < b.id).is_some() {}
-                    held.peek() != Some(&b.id)
-                })
-                .collect()
-        };
-        for b in came {
-            world.insert(EntityId(b.id), EntityState::new(transform(b)));
+        if same {
+            return;
         }
+    }
+    // Entities came or went (a player joined or left, an NPC respawned): take out those
+    // that left and put in those that came, each found in one walk of both lists.
+    // Building the map again cost `massive` with respawns a map of 10,000 entries a
+    // tick.
+    let left: Vec<EntityId> = {
+        let mut next = bodies.iter().map(|b| b.id).peekable();
+        world
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| {
+                while next.next_if(|&b| b < id.0).is_some() {}
+                next.peek() != Some(&id.0)
+            })
+            .collect()
+    };
+    for id in left {
+        world.remove(id);
+    }
+    let came: Vec<&Body> = {
+        let mut held = world.iter().map(|(id, _)| id.0).peekable();
+        bodies
+            .iter()
+            .filter(|b| {
+                while held.next_if(|&h| h < b.id).is_some() {}
+                held.peek() != Some(&b.id)
+            })
+            .collect()
+    };
+    for b in came {
+        world.insert(EntityId(b.id), EntityState::new(transform(b)));
     }
     // The same entities now, in the same order.
     for ((_, state), b) in world.iter_mut().zip(bodies) {

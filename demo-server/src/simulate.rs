@@ -440,9 +440,10 @@ impl Simulation {
                 continue;
             };
             // `t.len` is at most the buffer's length, and `i` came from `add_client`.
+            let datagram = self.sim.datagram(&self.buf[..t.len]);
             let c = &mut self.sim.clients[i];
             if !c.partitioned {
-                c.down.push(now, self.buf[..t.len].to_vec(), t.len);
+                c.down.push(now, datagram, t.len);
                 self.sim.touched(i);
             }
         }

@@ -1066,7 +1066,11 @@ impl Interest {
                     .update(self.positions(), v, &c, owned_at, crossed);
                 if !crossed.is_empty() || remap.is_some() {
                     let mut picks = spare();
-                    cross(kept, crossed, writable(&mut picks));
+                    cross(
+                        kept,
+                        crossed,
+                        writable(&mut picks, kept.len() + crossed.len()),
+                    );
                     scope.picks = picks;
                 }
                 SCOPE_BITS.set(bits);
@@ -1157,7 +1161,10 @@ impl Interest {
         let list: &mut Vec<u32> = if gathered.is_some() {
             &mut listed
         } else {
-            writable(buf.insert(take_spare()))
+            // Every entity of the cells near the view point is written before the list is
+            // cut to the scope: room for twice last tick's scope.
+            let room = 2 * scope.picks.len();
+            writable(buf.insert(take_spare()), room)
         };
         match self.config {
             Some(c) => {
@@ -1230,7 +1237,8 @@ impl Interest {
             // a scope now and then): then the client is sent last tick's list again,
             // neither written nor read anew.
             if *order != *previous {
-                read_bits(order, writable(buf.insert(take_spare())));
+                let set = order.iter().map(|w| w.count_ones() as usize).sum();
+                read_bits(order, writable(buf.insert(take_spare()), set));
             }
         } else {
             list.extend(owned_index);
@@ -1266,14 +1274,18 @@ fn cross(picks: &[u32], crossed: &[(u32, bool)], out: &mut Vec<u32>) {
     out.extend_from_slice(&picks[from..]);
 }
 
-/// The list in `buf`, cleared, to write: in place when no one else holds it, or else in a
-/// new one.
-fn writable(buf: &mut Arc<Vec<u32>>) -> &mut Vec<u32> {
+/// The list in `buf`, cleared, to write `room` entries in: in place when no one else holds
+/// it, or else in a new one. The room is made at once: a spare list is not always at hand
+/// (under loss, the lists of unacknowledged ticks come back late), and one grown entry by
+/// entry took a dozen allocations, each in the allocator's fresh memory, the faults of
+/// which were most of a scoped server's page faults in its ticks.
+fn writable(buf: &mut Arc<Vec<u32>>, room: usize) -> &mut Vec<u32> {
     if Arc::get_mut(buf).is_none() {
         *buf = Arc::default();
     }
     let list = Arc::make_mut(buf);
     list.clear();
+    list.reserve(room);
     list
 }
 
