@@ -724,8 +724,8 @@ impl Server {
             // On one thread, every snapshot is built before the first is sent: sent between
             // the builds, they cost the arena's tick 9 % more at p50 (docs/BENCHMARKS.md).
             let built = if scoped {
-                // (`ahead` cannot tell its length: a plain collect grew the list a dozen
-                // times a tick at 1,000 clients, each time in fresh memory.)
+                // (`ahead` cannot tell its length: a plain collect grew the list about ten
+                // times a tick at 1,000 clients, each time in new memory.)
                 let mut built = Vec::with_capacity(jobs.len());
                 built.extend(ahead(jobs, build));
                 built
