@@ -244,6 +244,21 @@ impl SharedLookup {
     }
 }
 
+/// A shared code is used for this many ticks from the tick it was chosen on, then chosen
+/// again from the world of the day. The changes of a game's world keep their sizes from one
+/// tick to the next (the same walkers at the same speeds), and sampling the world for each
+/// age's code every tick took 2.5 % of the `massive` scene's tick at 1,000 clients, and 4 %
+/// in its loss run, where the clients hold three or four ages at once (docs/BENCHMARKS.md).
+const CODE_KEPT_TICKS: u32 = 8;
+
+/// The code chosen for one baseline age, and when.
+#[derive(Clone, Copy, Debug)]
+struct ChosenCode {
+    ticks: u32,
+    code: EntityCode,
+    at: Tick,
+}
+
 /// The shared codes and deltas of one tick's world.
 #[derive(Debug, Default)]
 pub(crate) struct SharedDeltas {
@@ -251,11 +266,15 @@ pub(crate) struct SharedDeltas {
     sections: Vec<SharedSection>,
     /// The sample of changes a code is chosen from, kept from tick to tick.
     sample: Vec<EntityDelta>,
+    /// The codes in use, one per age, each younger than [`CODE_KEPT_TICKS`].
+    codes: Vec<ChosenCode>,
 }
 
 impl SharedDeltas {
-    /// Start the world of `now`: a section per age in `ticks` (0: spawns) whose world then
-    /// is in `history`, with its code chosen from a sample of the changes since.
+    /// Start the world of `now`: a section per age in `ticks` (0: spawns), with the code
+    /// chosen for that age within the last [`CODE_KEPT_TICKS`] ticks, or else one chosen now
+    /// from a sample of the changes since that age's world in `history` (no section when
+    /// that world is not there or nothing in the sample changed).
     pub(crate) fn prepare(
         &mut self,
         now: &TickWorld,
@@ -271,7 +290,20 @@ impl SharedDeltas {
         let cur = now.world.entities();
         let spawn_base = part::spawn_base();
         let mut deltas = std::mem::take(&mut self.sample);
+        // Codes past their time are chosen again below.
+        self.codes
+            .retain(|c| tick.0.wrapping_sub(c.at.0) < CODE_KEPT_TICKS);
         for &k in ticks {
+            if let Some(kept) = self.codes.iter().find(|c| c.ticks == k) {
+                let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
+                slots.reset(cur.len());
+                self.sections.push(SharedSection {
+                    ticks: k,
+                    code: kept.code,
+                    slots,
+                });
+                continue;
+            }
             deltas.clear();
             if k == 0 {
                 deltas.extend(
@@ -313,6 +345,11 @@ impl SharedDeltas {
                 continue;
             }
             let code = part::choose_code(deltas.iter().copied(), k, scratch);
+            self.codes.push(ChosenCode {
+                ticks: k,
+                code,
+                at: tick,
+            });
             // Reuse a section's slots from an earlier tick.
             let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
             slots.reset(cur.len());
@@ -506,6 +543,47 @@ mod tests {
             spawns.delta(5, || (&spawn_base, &cur[5].1), &lim),
             Some(SharedLookup::Kept(_))
         ));
+    }
+
+    #[test]
+    fn an_age_s_code_is_kept_for_its_ticks_then_chosen_again_from_the_world() {
+        let lim = QuantizeConfig::default().limits();
+        let mut scratch = EncodeScratch::default();
+        // The world at `tick` after moving for `t`, with its world two ticks before.
+        let at = |tick: u32, t: f32| {
+            let then = TickWorld::new(world(300, 0.0, 0), Tick(tick - 2), None);
+            let now = TickWorld::new(world(300, t, 0), Tick(tick), Some(&then));
+            (now, [then])
+        };
+        let code = |shared: &SharedDeltas, tick: u32| shared.section(Tick(tick), 2).map(|s| s.code);
+        let chosen = |tick: u32, t: f32| {
+            let (now, history) = at(tick, t);
+            let mut fresh = SharedDeltas::default();
+            fresh.prepare(&now, &history, &[2], &lim, &mut EncodeScratch::default());
+            code(&fresh, tick).expect("a section")
+        };
+        // Small moves and large ones are coded differently.
+        let (small, large) = (chosen(3, 0.1), chosen(4, 40.0));
+        assert_ne!(small, large);
+
+        let mut shared = SharedDeltas::default();
+        let (now, history) = at(3, 0.1);
+        shared.prepare(&now, &history, &[2], &lim, &mut scratch);
+        assert_eq!(code(&shared, 3), Some(small));
+        // Within its ticks the code stays, whatever the world, even without the age's world.
+        let (now, history) = at(4, 40.0);
+        shared.prepare(&now, &history, &[2], &lim, &mut scratch);
+        assert_eq!(code(&shared, 4), Some(small));
+        let (now, _) = at(3 + CODE_KEPT_TICKS - 1, 40.0);
+        shared.prepare(&now, &[], &[2], &lim, &mut scratch);
+        assert_eq!(code(&shared, 3 + CODE_KEPT_TICKS - 1), Some(small));
+        // Then it is chosen again from the world of the day; an age not asked for has no
+        // section.
+        let tick = 3 + CODE_KEPT_TICKS;
+        let (now, history) = at(tick, 40.0);
+        shared.prepare(&now, &history, &[2], &lim, &mut scratch);
+        assert_eq!(code(&shared, tick), Some(large));
+        assert!(shared.section(Tick(tick), 3).is_none());
     }
 
     #[test]
