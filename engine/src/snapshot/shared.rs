@@ -259,6 +259,56 @@ struct ChosenCode {
     at: Tick,
 }
 
+/// The changes a code for age `k` (0: spawns) is chosen from, in `deltas`: those of
+/// every [`CODE_SAMPLE_STRIDE`]th entity of `now` since that age's world in `history` (none
+/// when that world is not there).
+fn sample_changes(
+    now: &TickWorld,
+    history: &[TickWorld],
+    k: u32,
+    lim: &Limits,
+    deltas: &mut Vec<EntityDelta>,
+) {
+    deltas.clear();
+    let cur = now.world.entities();
+    if k == 0 {
+        let spawn_base = part::spawn_base();
+        deltas.extend(
+            cur.iter()
+                .step_by(CODE_SAMPLE_STRIDE)
+                .map(|(_, e)| EntityDelta::new(&spawn_base, e, 0, lim)),
+        );
+        return;
+    }
+    let Some(then) = history.iter().find(|h| h.tick.0 + k == now.tick.0) else {
+        return;
+    };
+    if then.same_layout(now) {
+        // An index means the same entity in both, and an entity that did not change since
+        // `then` holds the same state in both: only the sampled entities that moved are read
+        // (a walk through the old world read all of it, for each age).
+        let before = then.world.entities();
+        for g in (0..cur.len()).step_by(CODE_SAMPLE_STRIDE) {
+            if changed_within(now.changed[g], k) {
+                let (b, e) = (&before[g].1, &cur[g].1);
+                if b != e {
+                    deltas.push(EntityDelta::new(b, e, k, lim));
+                }
+            }
+        }
+    } else {
+        // Both are sorted by id: one walk, not a search per entity.
+        let mut before = then.world.entities().iter().peekable();
+        for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
+            if let Some((_, b)) = next_with_id(&mut before, *id, |(b, _)| *b)
+                && b != e
+            {
+                deltas.push(EntityDelta::new(b, e, k, lim));
+            }
+        }
+    }
+}
+
 /// The shared codes and deltas of one tick's world.
 #[derive(Debug, Default)]
 pub(crate) struct SharedDeltas {
@@ -288,68 +338,28 @@ impl SharedDeltas {
         let mut old = std::mem::take(&mut self.sections);
         self.sections.clear();
         let cur = now.world.entities();
-        let spawn_base = part::spawn_base();
         let mut deltas = std::mem::take(&mut self.sample);
         // Codes past their time are chosen again below.
         self.codes
             .retain(|c| tick.0.wrapping_sub(c.at.0) < CODE_KEPT_TICKS);
         for &k in ticks {
-            if let Some(kept) = self.codes.iter().find(|c| c.ticks == k) {
-                let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
-                slots.reset(cur.len());
-                self.sections.push(SharedSection {
-                    ticks: k,
-                    code: kept.code,
-                    slots,
-                });
-                continue;
-            }
-            deltas.clear();
-            if k == 0 {
-                deltas.extend(
-                    cur.iter()
-                        .step_by(CODE_SAMPLE_STRIDE)
-                        .map(|(_, e)| EntityDelta::new(&spawn_base, e, 0, lim)),
-                );
-            } else {
-                let Some(then) = history.iter().find(|h| h.tick.0 + k == tick.0) else {
-                    continue;
-                };
-                if then.same_layout(now) {
-                    // An index means the same entity in both, and an entity that did not
-                    // change since `then` holds the same state in both: only the sampled
-                    // entities that moved are read (a walk through the old world read all
-                    // of it, for each age).
-                    let before = then.world.entities();
-                    for g in (0..cur.len()).step_by(CODE_SAMPLE_STRIDE) {
-                        if changed_within(now.changed[g], k) {
-                            let (b, e) = (&before[g].1, &cur[g].1);
-                            if b != e {
-                                deltas.push(EntityDelta::new(b, e, k, lim));
-                            }
-                        }
+            let kept = self.codes.iter().find(|c| c.ticks == k).map(|c| c.code);
+            let code = match kept {
+                Some(code) => code,
+                None => {
+                    sample_changes(now, history, k, lim, &mut deltas);
+                    if deltas.is_empty() {
+                        continue;
                     }
-                } else {
-                    // Both are sorted by id: one walk, not a search per entity.
-                    let mut before = then.world.entities().iter().peekable();
-                    for (id, e) in cur.iter().step_by(CODE_SAMPLE_STRIDE) {
-                        if let Some((_, b)) = next_with_id(&mut before, *id, |(b, _)| *b)
-                            && b != e
-                        {
-                            deltas.push(EntityDelta::new(b, e, k, lim));
-                        }
-                    }
+                    let code = part::choose_code(deltas.iter().copied(), k, scratch);
+                    self.codes.push(ChosenCode {
+                        ticks: k,
+                        code,
+                        at: tick,
+                    });
+                    code
                 }
-            }
-            if deltas.is_empty() {
-                continue;
-            }
-            let code = part::choose_code(deltas.iter().copied(), k, scratch);
-            self.codes.push(ChosenCode {
-                ticks: k,
-                code,
-                at: tick,
-            });
+            };
             // Reuse a section's slots from an earlier tick.
             let mut slots = old.pop().map(|s| s.slots).unwrap_or_default();
             slots.reset(cur.len());
