@@ -586,10 +586,11 @@ impl Server {
         }
         let phase = tick.0 % self.config.send_interval_ticks;
         if self.peers.values().any(|p| p.ready && p.phase == phase) {
-            let quantized = QuantizedWorld::from_world_cached(
+            let quantized = QuantizedWorld::from_world_cached_on(
                 world,
                 &self.config.quantize,
                 &mut self.quantize_cache,
+                self.pool.as_ref(),
             );
             // The cache's last call before this one quantized the previous world (both are
             // done on send ticks alone, here): when it found the same entities, it knows

@@ -192,6 +192,9 @@ pub struct QuantizeCache {
     from_len: usize,
     /// Whether `from` describes the last call.
     carried: bool,
+    /// For each run of the in-place walk, the entries whose quantized state it changed
+    /// (kept for their memory).
+    walk_moved: Vec<Vec<u32>>,
     /// The entries of the call before last, kept for their memory: a call where entities
     /// came or went builds its entries here instead of in a fresh allocation of 10,000
     /// entries (a game with projectiles or respawns takes that path every tick).
@@ -300,6 +303,18 @@ impl QuantizedWorld {
         config: &QuantizeConfig,
         cache: &mut QuantizeCache,
     ) -> Self {
+        Self::from_world_cached_on(world, config, cache, None)
+    }
+
+    /// [`Self::from_world_cached`], with the usual tick's walk (the same entities as
+    /// before) shared out over `pool`'s threads and the calling one, each a run of the
+    /// world: on a server with several threads, the others would only wait for it.
+    pub(crate) fn from_world_cached_on(
+        world: &World,
+        config: &QuantizeConfig,
+        cache: &mut QuantizeCache,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Self {
         let limits = config.limits();
         let quantize = |s: &EntityState| QuantizedEntity {
             transform: config.quantize_with(&s.transform, &limits),
@@ -312,31 +327,34 @@ impl QuantizedWorld {
             cache.entries.clear();
         }
         cache.moved.clear();
-        // The usual tick: the same entities as before, updated in place in one walk of the
-        // world (a walk of a `BTreeMap` costs tens of instructions an entity, so the ids are
-        // not checked in a walk of their own first). Should an id differ, the entries
-        // before it were still updated for their own ids: the merge below reuses them.
+        // The newest kept world no one else holds, if there is one: holders let go of
+        // worlds in the order they took them, so it is the one let go of last and the most
+        // likely still in the caches (an older one's memory was measured slower to write
+        // than a fresh allocation, docs/BENCHMARKS.md).
+        let free = cache.built.iter().rposition(|w| Arc::strong_count(w) == 1);
+        let mut entities = free
+            .and_then(|i| cache.built.remove(i))
+            .and_then(|w| Arc::try_unwrap(w).ok())
+            .unwrap_or_default();
+        // The usual tick: the same entities as before, updated in place and written to the
+        // new world in one walk (a walk of a `BTreeMap` costs tens of instructions an
+        // entity, so the ids are not checked in a walk of their own first). Should an id
+        // differ, the entries walked were still updated for their own ids: the merge below
+        // reuses them.
         let mut same_ids = same_config && cache.entries.len() == world.len();
         if same_ids {
-            for (i, (e, (id, s))) in cache.entries.iter_mut().zip(world.iter()).enumerate() {
-                if e.id != id {
-                    same_ids = false;
-                    break;
-                }
-                if e.refresh(s, quantize) {
-                    // A world holds fewer than u32::MAX entities (ids are u32).
-                    cache.moved.push(i as u32);
-                }
-            }
+            same_ids = refresh_in_place(world, &quantize, cache, &mut entities, pool);
         }
         cache.same_entities = same_ids;
         cache.carried = !same_ids && same_config;
         cache.from.clear();
         if !same_ids {
             // Entities came or went: one merge of the entries (by id) with the world. The
-            // walk above stopped at the first id that differs; the entries before it are
-            // updated and their moves noted (those indices are the same in both worlds), so
-            // here they hold and are only carried over.
+            // walk above may have updated entries for their own ids; those that moved are
+            // in `cache.moved` by their index in the entries, and are noted again here by
+            // their index in the new world.
+            let walked = std::mem::take(&mut cache.moved);
+            let mut walked = walked.iter().copied().peekable();
             cache.from_len = cache.entries.len();
             let mut entries = std::mem::take(&mut cache.spare);
             entries.clear();
@@ -347,7 +365,9 @@ impl QuantizedWorld {
                     Some((i, mut e)) => {
                         // A world holds fewer than u32::MAX entities (ids are u32).
                         cache.from.push(i as u32);
-                        if e.refresh(s, quantize) {
+                        while walked.next_if(|&w| w < i as u32).is_some() {}
+                        let moved_in_walk = walked.next_if(|&w| w == i as u32).is_some();
+                        if e.refresh(s, quantize) || moved_in_walk {
                             cache.moved.push(n as u32);
                         }
                         e
@@ -365,18 +385,9 @@ impl QuantizedWorld {
             }
             drop(old);
             cache.spare = std::mem::replace(&mut cache.entries, entries);
+            entities.clear();
+            entities.extend(cache.entries.iter().map(|e| (e.id, e.quantized.clone())));
         }
-        // The newest kept world no one else holds, if there is one: holders let go of
-        // worlds in the order they took them, so it is the one let go of last and the most
-        // likely still in the caches (an older one's memory was measured slower to write
-        // than a fresh allocation, docs/BENCHMARKS.md).
-        let free = cache.built.iter().rposition(|w| Arc::strong_count(w) == 1);
-        let mut entities = free
-            .and_then(|i| cache.built.remove(i))
-            .and_then(|w| Arc::try_unwrap(w).ok())
-            .unwrap_or_default();
-        entities.clear();
-        entities.extend(cache.entries.iter().map(|e| (e.id, e.quantized.clone())));
         let entities = Arc::new(entities);
         cache.built.push_back(Arc::clone(&entities));
         // Every world still held elsewhere stays tracked (its memory is in use anyway, and
@@ -678,6 +689,108 @@ impl WorldView {
     }
 }
 
+/// The least number of entities a thread walks in [`QuantizedWorld::from_world_cached_on`],
+/// so that a small world is walked on the calling thread alone, without waking another.
+#[cfg(not(test))]
+const MIN_WALK_RUN: usize = 2048;
+/// (Runs of a few entities in tests, whose worlds are small.)
+#[cfg(test)]
+const MIN_WALK_RUN: usize = 4;
+
+/// The usual tick of [`QuantizedWorld::from_world_cached_on`]: when the world holds the
+/// entities of `cache`, in order, update each entry in place and write the new world into
+/// `entities`, in runs over `pool`'s threads and the calling one. Returns whether the ids
+/// matched; either way `cache.moved` lists (increasing) the entries whose quantized state
+/// changed, by their index among the entries, which is their index in the world when the
+/// ids matched.
+fn refresh_in_place<Q>(
+    world: &World,
+    quantize: &Q,
+    cache: &mut QuantizeCache,
+    entities: &mut Vec<(EntityId, QuantizedEntity)>,
+    pool: Option<&rayon::ThreadPool>,
+) -> bool
+where
+    Q: Fn(&EntityState) -> QuantizedEntity + Sync,
+{
+    let n = cache.entries.len();
+    if entities.len() != n {
+        entities.clear();
+        entities.resize_with(n, Default::default);
+    }
+    let threads = pool.map_or(1, |p| p.current_num_threads() + 1);
+    let runs = threads.min(n / MIN_WALK_RUN).max(1);
+    let size = n.div_ceil(runs).max(1);
+    cache.walk_moved.resize_with(runs, Vec::new);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let mut jobs = cache
+        .entries
+        .chunks_mut(size)
+        .zip(entities.chunks_mut(size))
+        .zip(&mut cache.walk_moved)
+        .enumerate()
+        .map(|(r, ((entries, out), moved))| {
+            let failed = &failed;
+            move || {
+                if !refresh_run(world, quantize, r * size, entries, out, moved) {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    match pool {
+        Some(pool) if runs > 1 => pool.in_place_scope(|scope| {
+            let here = jobs.next();
+            for job in jobs {
+                scope.spawn(move |_| {
+                    let mut job = job;
+                    job()
+                });
+            }
+            if let Some(mut job) = here {
+                job();
+            }
+        }),
+        _ => jobs.for_each(|mut job| job()),
+    }
+    for moved in &cache.walk_moved[..runs] {
+        cache.moved.extend_from_slice(moved);
+    }
+    !failed.into_inner()
+}
+
+/// One run of [`refresh_in_place`]: `entries`, from entry `start` on, against the world
+/// from the first entry's id, each written to `out`; `moved` gets those whose quantized
+/// state changed. Stops, returning false, at the first id that differs.
+#[inline(always)]
+fn refresh_run(
+    world: &World,
+    quantize: &impl Fn(&EntityState) -> QuantizedEntity,
+    start: usize,
+    entries: &mut [CachedEntity],
+    out: &mut [(EntityId, QuantizedEntity)],
+    moved: &mut Vec<u32>,
+) -> bool {
+    moved.clear();
+    let Some(first) = entries.first() else {
+        return true;
+    };
+    let mut walk = world.entities.range(first.id..);
+    for (i, (e, o)) in entries.iter_mut().zip(out).enumerate() {
+        let Some((&id, s)) = walk.next() else {
+            return false;
+        };
+        if e.id != id {
+            return false;
+        }
+        if e.refresh(s, quantize) {
+            // A world holds fewer than u32::MAX entities (ids are u32).
+            moved.push((start + i) as u32);
+        }
+        *o = (id, e.quantized.clone());
+    }
+    true
+}
+
 /// The item of `walk` (sorted by id) with id `id`, if there is one, skipping those before
 /// it: looking up ids in increasing order this way is one walk, not a search per id.
 pub(crate) fn next_with_id<I: Iterator>(
@@ -927,7 +1040,26 @@ mod tests {
 
     #[test]
     fn the_cache_quantizes_exactly_what_a_fresh_quantization_gives() {
+        cache_quantizes_as_a_fresh_quantization(None);
+    }
+
+    /// The same, with the walk of the same entities shared out over two threads in runs
+    /// of a few entities each: a run after an entity that went or came walks the world
+    /// from its own first id, so it may find its ids there at other places.
+    #[test]
+    fn a_cache_walked_in_runs_on_several_threads_quantizes_the_same() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool");
+        cache_quantizes_as_a_fresh_quantization(Some(&pool));
+    }
+
+    fn cache_quantizes_as_a_fresh_quantization(pool: Option<&rayon::ThreadPool>) {
         use rand::{Rng, SeedableRng};
+        let quantize = |world: &World, config: &QuantizeConfig, cache: &mut QuantizeCache| {
+            QuantizedWorld::from_world_cached_on(world, config, cache, pool)
+        };
         let config = QuantizeConfig::default();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
         let mut cache = QuantizeCache::default();
@@ -975,7 +1107,7 @@ mod tests {
                     },
                 );
             }
-            let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            let cached = quantize(&world, &config, &mut cache);
             assert_eq!(
                 cached,
                 QuantizedWorld::from_world(&world, &config),
@@ -999,7 +1131,7 @@ mod tests {
                     }
                 }
             }
-            let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            let cached = quantize(&world, &config, &mut cache);
             assert_eq!(
                 cached,
                 QuantizedWorld::from_world(&world, &config),
@@ -1007,7 +1139,7 @@ mod tests {
             );
             follow(&cached, &cache);
             // Nothing changed: nothing moved.
-            let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            let cached = quantize(&world, &config, &mut cache);
             assert_eq!(cache.moved(), Some(&[][..]), "unchanged {round}");
             follow(&cached, &cache);
             // As many entities, the first moved and the last replaced by a new id: the walk
@@ -1020,7 +1152,7 @@ mod tests {
                 if let Some(state) = world.remove(last) {
                     world.insert(EntityId(100 + round), state);
                 }
-                let cached = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+                let cached = quantize(&world, &config, &mut cache);
                 assert_eq!(
                     cached,
                     QuantizedWorld::from_world(&world, &config),
@@ -1030,13 +1162,36 @@ mod tests {
                 follow(&cached, &cache);
                 world.remove(EntityId(100 + round));
             }
+            // As many entities, one in the middle replaced by a new last one, and those
+            // after it moved: a run that starts after it finds its ids one place earlier.
+            let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
+            if ids.len() >= 3 {
+                let middle = ids.len() / 2;
+                for &id in &ids[middle..] {
+                    if let Some(e) = world.get_mut(id) {
+                        e.transform.position.z += 0.5;
+                    }
+                }
+                if let Some(state) = world.remove(ids[middle]) {
+                    world.insert(EntityId(200 + round), state);
+                }
+                let cached = quantize(&world, &config, &mut cache);
+                assert_eq!(
+                    cached,
+                    QuantizedWorld::from_world(&world, &config),
+                    "middle {round}"
+                );
+                assert_eq!(cache.moved(), None, "middle {round}");
+                follow(&cached, &cache);
+                world.remove(EntityId(200 + round));
+            }
         }
         // Another config starts afresh, and is not compared with the world before.
         let other = QuantizeConfig {
             position_resolution_m: 0.01,
             ..config
         };
-        let cached = QuantizedWorld::from_world_cached(&world, &other, &mut cache);
+        let cached = quantize(&world, &other, &mut cache);
         assert_eq!(cached, QuantizedWorld::from_world(&world, &other));
         assert_eq!(cache.moved(), None);
         assert_eq!(cache.carried(), None);
