@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::config::{ConfigError, ServerConfig, SnapshotDelivery, with_control_channel};
@@ -441,6 +442,14 @@ pub const SHARE_MIN_VIEWERS: f64 = 2.0;
 /// at 1,000 clients and 60 Hz, with the index built meanwhile.
 const EAGER_MIN_VIEWERS: f64 = 1.0;
 
+/// Entities of the world a thread fills at a time (see [`Server::index_and_share`]): a tenth
+/// of the `massive` scene's world, so that the threads finish within a run of each other.
+#[cfg(not(test))]
+const FILL_RUN: usize = 1024;
+/// (Runs of a few entities in tests, whose worlds are small.)
+#[cfg(test)]
+const FILL_RUN: usize = 8;
+
 impl Server {
     /// A server whose clock starts at `now`; fails when the config is unusable.
     pub fn new(config: ServerConfig, now: Instant) -> Result<Self, ConfigError> {
@@ -749,12 +758,14 @@ impl Server {
 
     /// Index the tick's positions for the area of interest, and fix the shared codes and
     /// the deltas encoded up front (see [`Sharing::prepare`]). With a pool, the index is
-    /// built there while this thread chooses the codes, and the deltas encoded up front are
-    /// shared out over the threads by ranges of the world, each read as runs of memory.
-    /// The pool's threads would otherwise wait while the index and the codes are made (0.75
-    /// ms of a 7 ms tick at 1,000 clients and 60 Hz), and the deltas would be encoded on
-    /// first lookup, in the scattered order of each scope: together, 4–8 % of the tick at
-    /// p50 (docs/BENCHMARKS.md).
+    /// built there while this thread chooses the codes; then both fill the deltas encoded
+    /// up front, a run of the world at a time (each read as runs of memory), taking the next
+    /// run as they finish one. The pool's threads would otherwise wait while the index and
+    /// the codes are made (0.75 ms of a 7 ms tick at 1,000 clients and 60 Hz), and the
+    /// deltas would be encoded on first lookup, in the scattered order of each scope:
+    /// together, 4–8 % of the tick at p50. A pool thread goes on from the index to the fill
+    /// without this thread waiting for it in between, and the runs even out what the
+    /// threads take (docs/BENCHMARKS.md, "The shared step in runs").
     fn index_and_share(&mut self, tick_world: &TickWorld, phase: u32) {
         let Self {
             interest,
@@ -773,58 +784,60 @@ impl Server {
         let index = || interest.index(positions, &tick_world.ids, phase as usize);
         let lim = config.quantize.limits();
         let interval = config.send_interval_ticks;
+        let viewers = *viewers_per_entity;
+        let len = tick_world.world.len();
+        // Fill the sections of `ages`, a run of the world at a time, from the run `next`
+        // names until none is left.
+        let fill_runs = |sharing: &Sharing, ages: &[u32], next: &AtomicUsize| {
+            let history = sharing.history.as_slices().0;
+            loop {
+                let start = next
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_mul(FILL_RUN);
+                if start >= len {
+                    break;
+                }
+                let range = start..(start + FILL_RUN).min(len);
+                for &k in ages {
+                    sharing
+                        .deltas
+                        .fill(tick_world, history, k, &lim, range.clone());
+                }
+            }
+        };
+        let next_run = AtomicUsize::new(0);
         // Below the threshold, choosing the codes is nothing to wait for: the index is built
         // here, without waking the pool's threads.
-        let sharing_now = *viewers_per_entity >= sharing.min_viewers;
-        let mut prepare = || {
-            sharing.prepare(
-                tick_world,
-                phase,
-                peers,
-                interval,
-                &lim,
-                *viewers_per_entity,
-            )
-        };
         let eager = match pool {
-            Some(pool) if sharing_now => pool.in_place_scope(|scope| {
-                scope.spawn(|_| index());
-                prepare()
+            Some(pool) if viewers >= sharing.min_viewers => pool.in_place_scope(|scope| {
+                scope.spawn(move |_| index());
+                let eager = sharing.prepare(tick_world, phase, peers, interval, &lim, viewers);
+                let sharing: &Sharing = sharing;
+                let (fill_runs, next_run) = (&fill_runs, &next_run);
+                // No age to fill: the pool's thread is done with the index.
+                if let Some(ages) = eager.as_ref().filter(|ages| !ages.is_empty()) {
+                    let theirs = ages.clone();
+                    scope.spawn(move |_| fill_runs(sharing, &theirs, next_run));
+                    fill_runs(sharing, ages, next_run);
+                }
+                eager
             }),
             _ => {
                 index();
-                prepare()
-            }
-        };
-        let Some(eager) = eager else {
-            return;
-        };
-        stats.shared_encoding_ticks += 1;
-        let history = sharing.history.as_slices().0;
-        let fill = |range: std::ops::Range<usize>| {
-            for &k in &eager {
-                sharing
-                    .deltas
-                    .fill(tick_world, history, k, &lim, range.clone());
-            }
-        };
-        let len = tick_world.world.len();
-        match pool {
-            // No age to fill: no need to wake the pool's threads.
-            Some(pool) if !eager.is_empty() => {
-                let threads = pool.current_num_threads() + 1;
-                let share = len.div_ceil(threads);
-                let range = |t: usize| t * share..(t + 1) * share;
-                pool.in_place_scope(|scope| {
-                    for t in 1..threads {
-                        scope.spawn(move |_| fill(range(t)));
+                let eager = sharing.prepare(tick_world, phase, peers, interval, &lim, viewers);
+                if let Some(ages) = &eager {
+                    // (Without an age to fill, a walk of the runs that fills nothing.)
+                    if !ages.is_empty() {
+                        fill_runs(sharing, ages, &next_run);
                     }
-                    fill(range(0));
-                });
+                }
+                eager
             }
-            _ => fill(0..len),
+        };
+        if eager.is_some() {
+            stats.shared_encoding_ticks += 1;
+            sharing.remember(tick_world, interval);
         }
-        sharing.remember(tick_world, interval);
     }
 
     /// Give `client` an entity of its own (its avatar), or take it away. The client learns
