@@ -814,10 +814,14 @@ impl Server {
                 let eager = sharing.prepare(tick_world, phase, peers, interval, &lim, viewers);
                 let sharing: &Sharing = sharing;
                 let (fill_runs, next_run) = (&fill_runs, &next_run);
-                // No age to fill: the pool's thread is done with the index.
+                // No age to fill: the pool's threads have nothing to do but the index.
                 if let Some(ages) = eager.as_ref().filter(|ages| !ages.is_empty()) {
-                    let theirs = ages.clone();
-                    scope.spawn(move |_| fill_runs(sharing, &theirs, next_run));
+                    // Each pool thread takes runs once it is free (the one with the index,
+                    // after it).
+                    for _ in 0..pool.current_num_threads() {
+                        let theirs = ages.clone();
+                        scope.spawn(move |_| fill_runs(sharing, &theirs, next_run));
+                    }
                     fill_runs(sharing, ages, next_run);
                 }
                 eager
@@ -825,11 +829,8 @@ impl Server {
             _ => {
                 index();
                 let eager = sharing.prepare(tick_world, phase, peers, interval, &lim, viewers);
-                if let Some(ages) = &eager {
-                    // (Without an age to fill, a walk of the runs that fills nothing.)
-                    if !ages.is_empty() {
-                        fill_runs(sharing, ages, &next_run);
-                    }
+                if let Some(ages) = eager.as_ref().filter(|ages| !ages.is_empty()) {
+                    fill_runs(sharing, ages, &next_run);
                 }
                 eager
             }

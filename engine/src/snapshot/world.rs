@@ -719,8 +719,9 @@ where
         entities.resize_with(n, Default::default);
     }
     let threads = pool.map_or(1, |p| p.current_num_threads() + 1);
-    let runs = threads.min(n / MIN_WALK_RUN).max(1);
-    let size = n.div_ceil(runs).max(1);
+    let size = n.div_ceil(threads.min(n / MIN_WALK_RUN).max(1)).max(1);
+    // The runs of that size there are (none in an empty world), each with its list.
+    let runs = n.div_ceil(size);
     cache.walk_moved.resize_with(runs, Vec::new);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let mut jobs = cache
@@ -752,7 +753,7 @@ where
         }),
         _ => jobs.for_each(|mut job| job()),
     }
-    for moved in &cache.walk_moved[..runs] {
+    for moved in &cache.walk_moved {
         cache.moved.extend_from_slice(moved);
     }
     !failed.into_inner()
@@ -1142,28 +1143,30 @@ mod tests {
             let cached = quantize(&world, &config, &mut cache);
             assert_eq!(cache.moved(), Some(&[][..]), "unchanged {round}");
             follow(&cached, &cache);
-            // As many entities, the first moved and the last replaced by a new id: the walk
-            // in place updates the first, stops at the last, and the merge takes over.
+            // As many entities as before, entity `gone` replaced by a new `came`: the walk in
+            // place stops where the ids differ, and the merge takes over.
+            let mut replace = |world: &mut World, gone: EntityId, came: EntityId, what: &str| {
+                if let Some(state) = world.remove(gone) {
+                    world.insert(came, state);
+                }
+                let cached = quantize(world, &config, &mut cache);
+                let fresh = QuantizedWorld::from_world(world, &config);
+                assert_eq!(cached, fresh, "{what} {round}");
+                assert_eq!(cache.moved(), None, "{what} {round}");
+                follow(&cached, &cache);
+                world.remove(came);
+            };
+            // The first moved and the last replaced: the walk updates the first and stops
+            // at the last.
             let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
             if let [first, .., last] = ids[..] {
                 if let Some(e) = world.get_mut(first) {
                     e.transform.position.x += 0.5;
                 }
-                if let Some(state) = world.remove(last) {
-                    world.insert(EntityId(100 + round), state);
-                }
-                let cached = quantize(&world, &config, &mut cache);
-                assert_eq!(
-                    cached,
-                    QuantizedWorld::from_world(&world, &config),
-                    "replaced {round}"
-                );
-                assert_eq!(cache.moved(), None, "replaced {round}");
-                follow(&cached, &cache);
-                world.remove(EntityId(100 + round));
+                replace(&mut world, last, EntityId(100 + round), "replaced");
             }
-            // As many entities, one in the middle replaced by a new last one, and those
-            // after it moved: a run that starts after it finds its ids one place earlier.
+            // One in the middle replaced by a new last one, and those after it moved: a run
+            // that starts after it finds its ids one place earlier.
             let ids: Vec<EntityId> = world.iter().map(|(id, _)| id).collect();
             if ids.len() >= 3 {
                 let middle = ids.len() / 2;
@@ -1172,18 +1175,7 @@ mod tests {
                         e.transform.position.z += 0.5;
                     }
                 }
-                if let Some(state) = world.remove(ids[middle]) {
-                    world.insert(EntityId(200 + round), state);
-                }
-                let cached = quantize(&world, &config, &mut cache);
-                assert_eq!(
-                    cached,
-                    QuantizedWorld::from_world(&world, &config),
-                    "middle {round}"
-                );
-                assert_eq!(cache.moved(), None, "middle {round}");
-                follow(&cached, &cache);
-                world.remove(EntityId(200 + round));
+                replace(&mut world, ids[middle], EntityId(200 + round), "middle");
             }
         }
         // Another config starts afresh, and is not compared with the world before.
