@@ -378,9 +378,11 @@ impl SharedDeltas {
     /// for `ticks` (> 0), for a section whose clients will read nearly all of them anyway:
     /// in world order, both worlds are read as two runs of memory, where encoding on a
     /// client's first lookup reads them in the scattered order of its scope. Needs the
-    /// baseline's world in `history`, in the same layout as the tick's (otherwise nothing is
-    /// encoded). Only the entities at `range` of the tick's world are encoded: threads that
-    /// fill ranges that do not overlap fill the section together. Returns the deltas encoded.
+    /// baseline's world in `history` (otherwise nothing is encoded); when entities came or
+    /// went since, the two worlds are walked side by side by id, and an entity the baseline
+    /// does not hold is left to the clients (a spawn for them). Only the entities at `range`
+    /// of the tick's world are encoded: threads that fill ranges that do not overlap fill the
+    /// section together. Returns the deltas encoded.
     pub(crate) fn fill(
         &self,
         now: &TickWorld,
@@ -392,35 +394,42 @@ impl SharedDeltas {
         let Some(section) = self.section(now.tick, ticks).filter(|_| ticks > 0) else {
             return 0;
         };
-        let Some(then) = history
-            .iter()
-            .find(|h| h.tick.0 + ticks == now.tick.0)
-            .filter(|h| h.same_layout(now))
-        else {
+        let Some(then) = history.iter().find(|h| h.tick.0 + ticks == now.tick.0) else {
             return 0;
         };
         let (before, cur) = (then.world.entities(), now.world.entities());
-        // The same layout: the same entities, at the same indices, in both worlds (and a
-        // change age for each).
-        let end = range
-            .end
-            .min(cur.len())
-            .min(before.len())
-            .min(now.changed.len());
+        let end = range.end.min(cur.len()).min(now.changed.len());
         let start = range.start.min(end);
-        let (changed, before, cur) = (
-            &now.changed[start..end],
-            &before[start..end],
-            &cur[start..end],
-        );
+        let (changed, cur) = (&now.changed[start..end], &cur[start..end]);
         let mut encoded = 0;
-        for (i, ((&c, b), e)) in changed.iter().zip(before).zip(cur).enumerate() {
-            let g = start + i;
-            // An entity that last changed as long before as the baseline or longer holds
-            // the same state in both: clients skip it without a lookup.
-            if changed_within(c, ticks) {
-                let d = section.encode(&b.1, &e.1, lim);
-                encoded += usize::from(section.slots.store(g, &d));
+        let mut encode = |g: usize, b: &QuantizedEntity, e: &QuantizedEntity| {
+            let d = section.encode(b, e, lim);
+            encoded += usize::from(section.slots.store(g, &d));
+        };
+        // An entity that last changed as long before as the baseline or longer holds the
+        // same state in both: clients skip it without a lookup, and it is not encoded.
+        if then.same_layout(now) {
+            // The same entities, at the same indices, in both worlds.
+            let before = &before[start..end.min(before.len())];
+            for (i, ((&c, b), e)) in changed.iter().zip(before).zip(cur).enumerate() {
+                if changed_within(c, ticks) {
+                    encode(start + i, &b.1, &e.1);
+                }
+            }
+        } else {
+            // Entities came or went (a spawn, a respawn, a player who joined or left, on
+            // nearly every tick of a busy game): both worlds are sorted by id, so the range's
+            // first entity is searched for once and the rest found by walking on.
+            let first = cur.first().map_or(before.len(), |(id, _)| {
+                before.partition_point(|(b, _)| b < id)
+            });
+            let mut walk = before[first..].iter().peekable();
+            for (i, (&c, (id, e))) in changed.iter().zip(cur).enumerate() {
+                if changed_within(c, ticks)
+                    && let Some((_, b)) = next_with_id(&mut walk, *id, |(b, _)| *b)
+                {
+                    encode(start + i, b, e);
+                }
             }
         }
         encoded
@@ -449,8 +458,13 @@ mod tests {
     /// A world of `n` entities scattered, turned and some moving (`t` moves them on), the
     /// first of them carrying `component` bytes and some others a few.
     fn world(n: u32, t: f32, component: usize) -> QuantizedWorld {
+        world_of(0..n, t, component)
+    }
+
+    /// The entities `ids` of such a world (each the same entity as in [`world`]).
+    fn world_of(ids: impl Iterator<Item = u32>, t: f32, component: usize) -> QuantizedWorld {
         let mut w = World::new();
-        for i in 0..n {
+        for i in ids {
             // A scatter of values from the index alone.
             let h =
                 |k: u32| ((i.wrapping_mul(2_654_435_761).wrapping_add(k * 40_503)) % 1000) as f32;
@@ -636,12 +650,80 @@ mod tests {
             };
             assert_eq!(up_front, first, "entity {g}");
         }
-        // A world of another layout is walked by id by the clients: not filled.
-        let other = TickWorld::new(now.clone(), Tick(3), None);
-        let mut walked = SharedDeltas::default();
-        walked.prepare(&other, &history, &[2], &lim, &mut scratch);
-        assert!(!other.same_layout(&history[0]));
-        assert_eq!(walked.fill(&other, &history, 2, &lim, ALL), 0);
+    }
+
+    #[test]
+    fn a_section_is_filled_by_id_when_entities_came_or_went() {
+        let lim = QuantizeConfig::default().limits();
+        let scratch = EncodeScratch::default();
+        // Since the baseline, entities 10–19 and 150 left (the first of a range a thread
+        // fills below among them), and 300–309 came.
+        let gone = |i: &u32| !(10..20).contains(i) && *i != 150;
+        let then = world(300, 0.0, 0);
+        let now = world_of((0..310).filter(gone), 0.1, 0);
+        let history = [TickWorld::new(then.clone(), Tick(1), None)];
+        let now_tick = TickWorld::new(now.clone(), Tick(3), Some(&history[0]));
+        assert!(!now_tick.same_layout(&history[0]));
+        let sections = || {
+            let mut s = SharedDeltas::default();
+            s.prepare(&now_tick, &history, &[2], &lim, &mut scratch.clone());
+            s
+        };
+        let (whole, ranges, lazy) = (sections(), sections(), sections());
+        let cur = now.entities();
+        let base = |(id, _): &(EntityId, QuantizedEntity)| then.get(*id);
+        // What a fill must encode: the entities that changed and that the baseline holds.
+        let want: Vec<usize> = (0..cur.len())
+            .filter(|&g| changed_within(now_tick.changed[g], 2) && base(&cur[g]).is_some())
+            .collect();
+        assert!(want.len() > 100, "{} to encode", want.len());
+        assert_eq!(whole.fill(&now_tick, &history, 2, &lim, ALL), want.len());
+        // In ranges, one starting at an entity that left the baseline's world (150 is at
+        // 140 now), and one at an entity that came.
+        let at_300 = cur
+            .iter()
+            .position(|(id, _)| id.0 == 300)
+            .expect("entity 300");
+        let cuts = [0..140, 140..at_300, at_300..usize::MAX];
+        let counts: usize = cuts
+            .iter()
+            .map(|r| ranges.fill(&now_tick, &history, 2, &lim, r.clone()))
+            .sum();
+        assert_eq!(counts, want.len());
+        let (w, r, l) = (
+            whole.section(Tick(3), 2).expect("section"),
+            ranges.section(Tick(3), 2).expect("section"),
+            lazy.section(Tick(3), 2).expect("section"),
+        );
+        for (g, e) in cur.iter().enumerate() {
+            let filled = |s: &SharedSection| match s.delta(g, || unreachable!(), &lim) {
+                Some(SharedLookup::Hit(d)) => Some(d),
+                _ => None,
+            };
+            match base(e) {
+                // Each delta filled is the one a client's first lookup encodes.
+                Some(b) if want.contains(&g) => {
+                    let Some(SharedLookup::Kept(first)) = l.delta(g, || (b, &e.1), &lim) else {
+                        panic!("entity {g} was filled without a lookup");
+                    };
+                    assert_eq!(filled(w), Some(first), "entity {g}");
+                    assert_eq!(filled(r), Some(first), "entity {g}");
+                }
+                // Unchanged since the baseline, or new to it (a spawn): not filled.
+                _ => {
+                    let spawn_base = part::spawn_base();
+                    let states = || (&spawn_base, &e.1);
+                    assert!(matches!(
+                        w.delta(g, states, &lim),
+                        Some(SharedLookup::Kept(_))
+                    ));
+                    assert!(matches!(
+                        r.delta(g, states, &lim),
+                        Some(SharedLookup::Kept(_))
+                    ));
+                }
+            }
+        }
     }
 
     #[test]
