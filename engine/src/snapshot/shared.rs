@@ -656,8 +656,7 @@ mod tests {
     fn a_section_is_filled_by_id_when_entities_came_or_went() {
         let lim = QuantizeConfig::default().limits();
         let scratch = EncodeScratch::default();
-        // Since the baseline, entities 10–19 and 150 left (the first of a range a thread
-        // fills below among them), and 300–309 came.
+        // Since the baseline, entities 10–19 and 150 left, and 300–309 came.
         let gone = |i: &u32| !(10..20).contains(i) && *i != 150;
         let then = world(300, 0.0, 0);
         let now = world_of((0..310).filter(gone), 0.1, 0);
@@ -678,8 +677,8 @@ mod tests {
             .collect();
         assert!(want.len() > 100, "{} to encode", want.len());
         assert_eq!(whole.fill(&now_tick, &history, 2, &lim, ALL), want.len());
-        // In ranges, one starting at an entity that left the baseline's world (150 is at
-        // 140 now), and one at an entity that came.
+        // In ranges: one starts right after an entity that left (with 151, at 140 now), one
+        // at the first entity that came.
         let at_300 = cur
             .iter()
             .position(|(id, _)| id.0 == 300)
