@@ -261,6 +261,10 @@ pub struct ReplicationStats {
     /// Send ticks on which clients with their own scopes shared entity encodings (see
     /// [`SHARE_MIN_VIEWERS`]).
     pub shared_encoding_ticks: u64,
+    /// Entity deltas encoded at the start of a send tick, in world order, for the baseline
+    /// ages enough clients hold that nearly every such delta is read (the rest are encoded
+    /// by the first client that needs one), summed over the ticks.
+    pub deltas_encoded_up_front: u64,
     /// Scoped snapshots whose scope was worked out anew from every entity near the client's
     /// view point (or from its rooms). Between such scans an area of interest is kept by
     /// measuring only the entities near its edge (and the few that leapt far), so this share
@@ -788,8 +792,10 @@ impl Server {
         let len = tick_world.world.len();
         // Fill the sections of `ages`, a run of the world at a time, from the run `next`
         // names until none is left.
+        let filled = AtomicUsize::new(0);
         let fill_runs = |sharing: &Sharing, ages: &[u32], next: &AtomicUsize| {
             let history = sharing.history.as_slices().0;
+            let mut encoded = 0;
             loop {
                 let start = next
                     .fetch_add(1, Ordering::Relaxed)
@@ -799,11 +805,12 @@ impl Server {
                 }
                 let range = start..(start + FILL_RUN).min(len);
                 for &k in ages {
-                    sharing
+                    encoded += sharing
                         .deltas
                         .fill(tick_world, history, k, &lim, range.clone());
                 }
             }
+            filled.fetch_add(encoded, Ordering::Relaxed);
         };
         let next_run = AtomicUsize::new(0);
         // Below the threshold, choosing the codes is nothing to wait for: the index is built
@@ -835,6 +842,7 @@ impl Server {
                 eager
             }
         };
+        stats.deltas_encoded_up_front += filled.into_inner() as u64;
         if eager.is_some() {
             stats.shared_encoding_ticks += 1;
             sharing.remember(tick_world, interval);
