@@ -564,6 +564,18 @@ fn under_a_tight_budget_near_entities_update_more_often_than_far_ones() {
     assert!((0.75..1.33).contains(&ratio), "ratio {ratio}: {u:?}");
 }
 
+/// Three clients close together, whose scopes overlap most of the way (what sharing is
+/// for), and the usual three.
+fn sharing_views() -> Vec<Vec3> {
+    let mut v = vec![
+        Vec3::new(3.0, 0.0, 0.0),
+        Vec3::new(0.0, 0.0, 3.0),
+        Vec3::new(-2.0, 0.0, -2.0),
+    ];
+    v.extend(views());
+    v
+}
+
 /// Scoped clients sharing entity encodings (forced on: three clients would never reach
 /// [`SHARE_MIN_VIEWERS`]) hold exactly their scopes after every complete snapshot, end with
 /// exactly the server's state under 20 % loss, and build the same bytes on any number of
@@ -573,12 +585,7 @@ fn clients_sharing_encodings_hold_their_scopes_exactly() {
     let run = |threads: usize, seed: u64, loss: f64| {
         let mut c = config(Some(interest()));
         c.snapshot_threads = threads;
-        // Three clients close together, whose scopes overlap most of the way (what sharing
-        // is for), and the usual three.
-        let mut views = vec![Vec3::new(3.0, 0.0, 0.0), Vec3::new(0.0, 0.0, 3.0)];
-        views.push(Vec3::new(-2.0, 0.0, -2.0));
-        views.extend(self::views());
-        let mut g = ScopeGame::with_config(c, 60, views, seed, loss);
+        let mut g = ScopeGame::with_config(c, 60, sharing_views(), seed, loss);
         g.sim.server.share_encodings_from(0.0);
         g.run(Duration::from_secs(4));
         g.moving = false;
@@ -622,10 +629,7 @@ fn deltas_shared_while_entities_come_and_go_are_the_clients_own() {
     let run = |threads: usize, seed: u64| {
         let mut c = config(Some(interest()));
         c.snapshot_threads = threads;
-        let mut views = vec![Vec3::new(3.0, 0.0, 0.0), Vec3::new(0.0, 0.0, 3.0)];
-        views.push(Vec3::new(-2.0, 0.0, -2.0));
-        views.extend(self::views());
-        let mut g = ScopeGame::with_config(c, 60, views, seed, 20.0);
+        let mut g = ScopeGame::with_config(c, 60, sharing_views(), seed, 20.0);
         g.sim.server.share_encodings_from(0.0);
         g.run(Duration::from_secs(3));
         let up_front = g.sim.server.stats().deltas_encoded_up_front;
