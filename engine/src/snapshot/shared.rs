@@ -652,17 +652,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_section_is_filled_by_id_when_entities_came_or_went() {
+    /// Fill the deltas of `now` against `then` (two ticks older) up front, once whole and
+    /// once in the ranges `cuts` of `now`'s world, and check both against what a client's
+    /// first lookup encodes: every entity that changed and that `then` holds is filled with
+    /// that delta, and no other. Returns how many were filled.
+    fn assert_filled_as_first_lookups(
+        then: &QuantizedWorld,
+        now: &QuantizedWorld,
+        cuts: &[Range<usize>],
+    ) -> usize {
         let lim = QuantizeConfig::default().limits();
         let scratch = EncodeScratch::default();
-        // Since the baseline, entities 10–19 and 150 left, and 300–309 came.
-        let gone = |i: &u32| !(10..20).contains(i) && *i != 150;
-        let then = world(300, 0.0, 0);
-        let now = world_of((0..310).filter(gone), 0.1, 0);
         let history = [TickWorld::new(then.clone(), Tick(1), None)];
         let now_tick = TickWorld::new(now.clone(), Tick(3), Some(&history[0]));
-        assert!(!now_tick.same_layout(&history[0]));
         let sections = || {
             let mut s = SharedDeltas::default();
             s.prepare(&now_tick, &history, &[2], &lim, &mut scratch.clone());
@@ -675,15 +677,7 @@ mod tests {
         let want: Vec<usize> = (0..cur.len())
             .filter(|&g| changed_within(now_tick.changed[g], 2) && base(&cur[g]).is_some())
             .collect();
-        assert!(want.len() > 100, "{} to encode", want.len());
         assert_eq!(whole.fill(&now_tick, &history, 2, &lim, ALL), want.len());
-        // In ranges: one starts right after an entity that left (with 151, at 140 now), one
-        // at the first entity that came.
-        let at_300 = cur
-            .iter()
-            .position(|(id, _)| id.0 == 300)
-            .expect("entity 300");
-        let cuts = [0..140, 140..at_300, at_300..usize::MAX];
         let counts: usize = cuts
             .iter()
             .map(|r| ranges.fill(&now_tick, &history, 2, &lim, r.clone()))
@@ -722,6 +716,65 @@ mod tests {
                     ));
                 }
             }
+        }
+        want.len()
+    }
+
+    #[test]
+    fn a_section_is_filled_by_id_when_entities_came_or_went() {
+        // Since the baseline, entities 10–19 and 150 left, and 300–309 came.
+        let gone = |i: &u32| !(10..20).contains(i) && *i != 150;
+        let then = world(300, 0.0, 0);
+        let now = world_of((0..310).filter(gone), 0.1, 0);
+        let history = TickWorld::new(then.clone(), Tick(1), None);
+        assert!(!TickWorld::new(now.clone(), Tick(3), Some(&history)).same_layout(&history));
+        // In ranges: one starts right after an entity that left (with 151, at 140 now), one
+        // at the first entity that came.
+        let at_300 = now
+            .entities()
+            .iter()
+            .position(|(id, _)| id.0 == 300)
+            .expect("entity 300");
+        let cuts = [0..140, 140..at_300, at_300..usize::MAX];
+        let filled = assert_filled_as_first_lookups(&then, &now, &cuts);
+        assert!(filled > 100, "{filled} filled");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whichever entities left and came, and wherever the runs of the world are cut,
+        /// a fill encodes exactly the deltas clients' first lookups would.
+        #[test]
+        fn any_entities_that_came_or_went_are_filled_as_first_lookups_encode(
+            then_has in proptest::collection::vec(proptest::bool::weighted(0.8), 120),
+            stays in proptest::collection::vec(proptest::bool::weighted(0.85), 120),
+            comes in proptest::collection::vec(proptest::bool::weighted(0.2), 120),
+            cut_at in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            // Of ids 0..120 the baseline held some; of those, some are still there. An id
+            // the baseline did not hold may come (so new entities fall between old ones),
+            // and ids 120..240 may come after them all.
+            let then_ids = (0..120u32).filter(|&i| then_has[i as usize]);
+            let now_ids = (0..240u32).filter(|&i| {
+                let i = i as usize;
+                match then_has.get(i) {
+                    Some(&held) => if held { stays[i] } else { comes[i] },
+                    None => comes[i - 120],
+                }
+            });
+            let then = world_of(then_ids, 0.0, 0);
+            let now = world_of(now_ids, 0.1, 0);
+            let mut cuts = cut_at;
+            cuts.push(0);
+            cuts.sort_unstable();
+            cuts.dedup();
+            let ranges: Vec<Range<usize>> = cuts
+                .iter()
+                .zip(cuts.iter().skip(1).chain([&usize::MAX]))
+                .map(|(&a, &b)| a..b)
+                .collect();
+            assert_filled_as_first_lookups(&then, &now, &ranges);
         }
     }
 
