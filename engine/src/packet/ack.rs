@@ -243,6 +243,14 @@ impl AckTracker {
         if let Some(old) = self.sent.remove(evicted) {
             self.notices.push_back(old.notice(evicted, false));
         }
+        // Nothing up to the evicted slot is pending any more: the walks that look for the
+        // oldest pending packet start past it. (Left behind, the start fell further back with
+        // every packet sent to a peer that acks nothing, until each deadline the connection
+        // asks for after a send walked thousands of empty slots.)
+        let past = evicted.next();
+        if past.is_newer_than(self.oldest_pending) {
+            self.oldest_pending = past;
+        }
         self.sent.insert(seq, SentPacket { sent_at: now, tag });
         self.next_sequence = seq.next();
         seq
@@ -446,6 +454,48 @@ mod tests {
             assert_eq!(n.acked, n.sequence.0 % 3 != 0, "{n:?}");
         }
         assert_eq!(a.pending_count(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_acks_nothing_leaves_the_pending_window_its_size() {
+        let t0 = Instant::now();
+        let mut a = AckTracker::new();
+        let rtt = RttEstimator::default();
+        let timeout = Duration::from_secs(1);
+        // More than the window, and past the halfway point of the sequence space, where a
+        // start left behind would even look newer than the next sequence.
+        let sent = 40_000u32;
+        for i in 0..sent {
+            a.on_send(t0 + Duration::from_micros(u64::from(i)), 0);
+        }
+        let window = SENT_WINDOW_PACKETS as u32;
+        // The oldest pending packet is the first of the window, and the walk starts there.
+        let first = a.next_sequence.minus(SENT_WINDOW_PACKETS as u16);
+        assert_eq!(a.oldest_pending, first);
+        assert_eq!(a.first_pending().map(|(s, _)| s), Some(first));
+        let first_sent_at = t0 + Duration::from_micros(u64::from(sent - window));
+        assert_eq!(
+            a.next_loss_deadline(timeout, &rtt),
+            Some(first_sent_at + timeout)
+        );
+        // Each packet pushed out of the window was declared lost once, in order.
+        let notices = drain(&mut a);
+        assert_eq!(notices.len() as u32, sent - window);
+        assert!(notices.iter().all(|n| !n.acked));
+        assert!(
+            notices
+                .windows(2)
+                .all(|w| w[1].sequence == w[0].sequence.next())
+        );
+        assert_eq!(a.pending_count(), SENT_WINDOW_PACKETS);
+        // The window expires as one when its time comes.
+        a.handle_timeout(
+            first_sent_at + timeout + Duration::from_secs(1),
+            timeout,
+            &rtt,
+        );
+        assert_eq!(drain(&mut a).len(), SENT_WINDOW_PACKETS);
+        assert_eq!(a.next_loss_deadline(timeout, &rtt), None);
     }
 
     #[test]
