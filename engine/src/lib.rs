@@ -79,6 +79,7 @@ pub mod replication;
 mod sequence;
 pub mod sim;
 pub mod snapshot;
+mod timers;
 
 pub use connection::{
     Client, ClientConfig, ClientId, ClientState, ConnectionConfig, DisconnectReason, Event,

@@ -12,12 +12,8 @@
 //! the heap nothing: a server sending a packet to each of a thousand clients a tick reindexes
 //! each of them several times.
 //!
-//! A heap in a `Vec` rather than an ordered set: nearly every packet moves its connection's
-//! timeout, and a B-tree's nodes are allocated and freed as entries come and go, an
-//! allocation every few packets; the heap's memory, once grown, is kept. Each connection
-//! has a slot, and the heap's place of each slot's timer is kept by slot, so a timeout that
-//! moves is moved in place (up or down the heap) and one that goes is taken out, without a
-//! search.
+//! The heap is [`Timers`] (`crate::timers`): each connection has a slot, by which its timer is
+//! found, moved in place and taken out without a search.
 //!
 //! [`reindex`]: ClientTable::reindex
 //! [`next_timeout`]: ClientTable::next_timeout
@@ -29,6 +25,7 @@ use std::time::Instant;
 
 use super::ClientId;
 use super::established::Established;
+use crate::timers::{Timer, Timers, children};
 
 #[derive(Debug)]
 pub(super) struct Client {
@@ -43,131 +40,17 @@ struct Entry {
     slot: u32,
 }
 
-/// One connection's timeout in the heap: when, whose, and the connection's slot. Ordered by
-/// time, then id (each connection has one timer, so that order is total).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    at: Instant,
-    id: ClientId,
-    slot: u32,
-}
-
-/// A slot whose connection has no timer in the heap.
-const NOWHERE: u32 = u32::MAX;
-
-/// Children of heap node `i`.
-fn children(i: usize) -> [usize; 2] {
-    [2 * i + 1, 2 * i + 2]
-}
-
-/// A binary min-heap of timers (each node no later than its children), with the place of
-/// each slot's timer.
-#[derive(Debug, Default)]
-struct Timers {
-    heap: Vec<Timer>,
-    /// By slot: where its timer is in `heap`, or [`NOWHERE`].
-    places: Vec<u32>,
-}
-
-impl Timers {
-    fn first(&self) -> Option<&Timer> {
-        self.heap.first()
-    }
-
-    fn get(&self, i: usize) -> Option<&Timer> {
-        self.heap.get(i)
-    }
-
-    /// The timeout the heap holds for `slot`'s connection.
-    fn at(&self, slot: u32) -> Option<Instant> {
-        match self.places[slot as usize] {
-            NOWHERE => None,
-            i => Some(self.heap[i as usize].at),
-        }
-    }
-
-    /// Note where node `i`'s timer now is.
-    fn place(&mut self, i: usize) {
-        let slot = self.heap[i].slot as usize;
-        // A heap holds fewer than u32::MAX timers (one per connection).
-        self.places[slot] = i as u32;
-    }
-
-    fn swap(&mut self, i: usize, j: usize) {
-        self.heap.swap(i, j);
-        self.place(i);
-        self.place(j);
-    }
-
-    /// Move node `i` up or down until the heap is in order again.
-    fn restore(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.heap[i] >= self.heap[parent] {
-                break;
-            }
-            self.swap(i, parent);
-            i = parent;
-        }
-        loop {
-            let [l, r] = children(i);
-            if l >= self.heap.len() {
-                return;
-            }
-            let c = if r < self.heap.len() && self.heap[r] < self.heap[l] {
-                r
-            } else {
-                l
-            };
-            if self.heap[c] >= self.heap[i] {
-                return;
-            }
-            self.swap(c, i);
-            i = c;
-        }
-    }
-
-    /// Give `slot`'s connection `id` the timeout `at` (`None`: no timer).
-    fn set(&mut self, slot: u32, id: ClientId, at: Option<Instant>) {
-        let place = self.places[slot as usize];
-        match (place, at) {
-            (NOWHERE, None) => {}
-            (NOWHERE, Some(at)) => {
-                self.heap.push(Timer { at, id, slot });
-                let last = self.heap.len() - 1;
-                self.place(last);
-                self.restore(last);
-            }
-            (i, Some(at)) => {
-                let i = i as usize;
-                self.heap[i].at = at;
-                self.restore(i);
-            }
-            (i, None) => {
-                let i = i as usize;
-                let last = self.heap.len() - 1;
-                self.swap(i, last);
-                self.heap.pop();
-                self.places[slot as usize] = NOWHERE;
-                if i < self.heap.len() {
-                    self.restore(i);
-                }
-            }
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub(super) struct ClientTable {
     map: BTreeMap<ClientId, Entry>,
-    timers: Timers,
+    timers: Timers<ClientId>,
     /// Slots of connections removed, for the next ones.
     free_slots: Vec<u32>,
     /// Connections taken mutably since the last reindex (may repeat).
     dirty: Vec<ClientId>,
     /// The heap's nodes [`Self::first_due`] visits next, earliest first: kept, so that
     /// finding the due connections in order allocates nothing once grown.
-    frontier: BinaryHeap<Reverse<(Timer, usize)>>,
+    frontier: BinaryHeap<Reverse<(Timer<ClientId>, usize)>>,
 }
 
 impl ClientTable {
@@ -194,8 +77,7 @@ impl ClientTable {
             }
             None => self.free_slots.pop().unwrap_or_else(|| {
                 // Fewer than u32::MAX connections (ids are u32).
-                self.timers.places.push(NOWHERE);
-                (self.timers.places.len() - 1) as u32
+                self.timers.add_slot()
             }),
         };
         let entry = Entry { client, slot };
@@ -343,6 +225,7 @@ mod tests {
     use super::*;
     use crate::connection::ConnectionConfig;
     use crate::packet::MAX_PACKET_BYTES;
+    use crate::timers::NOWHERE;
     use std::collections::BTreeSet;
 
     /// A fresh connection, established at `now`.

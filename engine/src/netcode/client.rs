@@ -178,6 +178,11 @@ impl Client {
         self.is_connected().then_some(self.client_index)
     }
 
+    /// How many client slots the server has, as its keep-alive said, once connected.
+    pub fn max_clients(&self) -> Option<u32> {
+        self.is_connected().then_some(self.max_clients)
+    }
+
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         self.stats

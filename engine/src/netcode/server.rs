@@ -10,6 +10,8 @@ use super::packet::{self, Packet, PacketType, Request};
 use super::replay::ReplayWindow;
 use super::stats::{DropCounts, Dropped};
 use super::token::{ChallengeToken, PrivateConnectToken};
+use crate::timers::Timers;
+
 use super::{
     DISCONNECT_PACKETS, GLOBAL_SEQUENCE_START, Key, MAC_BYTES, MAX_CLIENTS, MAX_PACKET_BYTES,
     MAX_PAYLOAD_BYTES, SEND_INTERVAL, SendError, Transmit, UserData, crypto, token_timeout,
@@ -33,7 +35,7 @@ pub struct ServerConfig {
     /// The address clients reach this server at; it must be in a token for the token to be
     /// accepted here, so a token for one server is useless at another.
     pub public_address: SocketAddr,
-    /// Client slots, 1 to 256. Default 64.
+    /// Client slots, 1 to [`MAX_CLIENTS`] (1,024). Default 64.
     pub max_clients: usize,
     /// Handshakes in progress at once (addresses that sent a valid request but have not
     /// connected). Default `4 * max_clients`: room for slow clients, yet bounded memory
@@ -70,8 +72,8 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `max_clients` outside 1..=256.
-    #[error("max_clients {0} outside 1..=256")]
+    /// `max_clients` outside 1..=[`MAX_CLIENTS`].
+    #[error("max_clients {0} outside 1..=1024")]
     MaxClients(usize),
     /// `max_handshakes` or `token_history` zero.
     #[error("max_handshakes and token_history must be at least 1")]
@@ -162,9 +164,9 @@ struct Slot {
     address: SocketAddr,
     send_key: Key,
     recv_key: Key,
+    /// Silence after which the slot is freed (from the token): its deadline is in
+    /// [`Server::timeouts`], moved on by every packet that opens.
     timeout: Option<Duration>,
-    last_recv: Instant,
-    last_send: Instant,
     sequence: u64,
     replay: ReplayWindow,
     /// False until the client shows it has the keep-alive that told it its index.
@@ -196,6 +198,14 @@ pub struct Server {
     /// Sequence of challenges and denials; see [`GLOBAL_SEQUENCE_START`].
     global_sequence: u64,
     slots: Vec<Option<Slot>>,
+    /// By slot: when its next keep-alive is due (a send interval after its last packet).
+    /// With the timeouts, indexed so that finding what is due, and when anything next is,
+    /// costs a look at the first timer, not a scan of every slot: `poll_transmit` looks for
+    /// due keep-alives before each packet it hands out, and a server is asked for its next
+    /// timeout after every datagram.
+    keep_alives: Timers<u32>,
+    /// By slot: when it times out (its timeout after its last packet that opened).
+    timeouts: Timers<u32>,
     by_address: HashMap<SocketAddr, usize>,
     handshakes: HashMap<SocketAddr, Handshake>,
     history: Vec<TokenUse>,
@@ -226,6 +236,8 @@ impl Server {
         }
         Ok(Self {
             slots: (0..config.max_clients).map(|_| None).collect(),
+            keep_alives: Timers::with_slots(config.max_clients),
+            timeouts: Timers::with_slots(config.max_clients),
             config,
             challenge_key,
             challenge_sequence: 0,
@@ -332,7 +344,9 @@ impl Server {
                     Some(&mut slot.replay),
                     &mut scratch,
                 )?;
-                slot.last_recv = now;
+                // Slots are fewer than MAX_CLIENTS, far below u32::MAX.
+                let at = slot.timeout.map(|t| now + t);
+                self.timeouts.set(index as u32, index as u32, at);
                 match packet {
                     Packet::KeepAlive { .. } => slot.confirmed = true,
                     Packet::Payload(payload) => {
@@ -541,12 +555,14 @@ impl Server {
             send_key: handshake.send_key,
             recv_key: handshake.recv_key,
             timeout: handshake.timeout,
-            last_recv: now,
-            last_send: now,
             sequence: 0,
             replay: ReplayWindow::default(),
             confirmed: false,
         });
+        let slot = index as u32;
+        self.keep_alives.set(slot, slot, Some(now + SEND_INTERVAL));
+        self.timeouts
+            .set(slot, slot, handshake.timeout.map(|t| now + t));
         self.by_address.insert(from, index);
         self.stats.connections_accepted += 1;
         self.events.push_back(ServerEvent::ClientConnected {
@@ -615,16 +631,22 @@ impl Server {
     }
 
     fn queue_for_slot(&mut self, index: usize, packet: &Packet<'_>, now: Instant) {
-        if let Some(bytes) = self.slot_packet(index, packet)
-            && let Some(slot) = self.slots[index].as_mut()
-        {
-            slot.last_send = now;
-            self.outgoing.push_back((slot.address, bytes));
+        let bytes = self.slot_packet(index, packet);
+        if let Some(slot) = self.slots[index].as_ref() {
+            // The next keep-alive is due a send interval on (moved even if the packet could
+            // not be written, so a due keep-alive is never looked at twice in one poll).
+            self.keep_alives
+                .set(index as u32, index as u32, Some(now + SEND_INTERVAL));
+            if let Some(bytes) = bytes {
+                self.outgoing.push_back((slot.address, bytes));
+            }
         }
     }
 
     fn free_slot(&mut self, index: usize, reason: DisconnectReason) {
         if let Some(slot) = self.slots[index].take() {
+            self.keep_alives.set(index as u32, index as u32, None);
+            self.timeouts.set(index as u32, index as u32, None);
             self.by_address.remove(&slot.address);
             self.events.push_back(ServerEvent::ClientDisconnected {
                 client: ClientIndex(index as u32),
@@ -687,13 +709,11 @@ impl Server {
     /// harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        for index in 0..self.slots.len() {
-            if let Some(slot) = &self.slots[index]
-                && let Some(timeout) = slot.timeout
-                && now >= slot.last_recv + timeout
-            {
-                self.free_slot(index, DisconnectReason::TimedOut);
-            }
+        // Earliest first; freeing a slot takes its timer out.
+        while let Some(&t) = self.timeouts.first()
+            && t.at <= now
+        {
+            self.free_slot(t.slot as usize, DisconnectReason::TimedOut);
         }
         self.handshakes.retain(|_, h| h.expires > now);
     }
@@ -705,12 +725,12 @@ impl Server {
             return None;
         }
         if self.outgoing.is_empty() {
-            for index in 0..self.slots.len() {
-                if let Some(slot) = &self.slots[index]
-                    && now >= slot.last_send + SEND_INTERVAL
-                {
-                    self.queue_for_slot(index, &self.keep_alive(index), now);
-                }
+            // Earliest first; queueing one moves its timer a send interval on.
+            while let Some(&t) = self.keep_alives.first()
+                && t.at <= now
+            {
+                let index = t.slot as usize;
+                self.queue_for_slot(index, &self.keep_alive(index), now);
             }
         }
         let (destination, bytes) = self.outgoing.pop_front()?;
@@ -733,14 +753,10 @@ impl Server {
         if !self.outgoing.is_empty() {
             return Some(self.last_now);
         }
-        let slots = self.slots.iter().flatten().flat_map(|s| {
-            [
-                Some(s.last_send + SEND_INTERVAL),
-                s.timeout.map(|t| s.last_recv + t),
-            ]
-        });
-        slots
+        [self.keep_alives.first(), self.timeouts.first()]
+            .into_iter()
             .flatten()
+            .map(|t| t.at)
             .chain(self.handshakes.values().map(|h| h.expires))
             .min()
     }

@@ -482,6 +482,201 @@ fn full_server_denies() {
     assert_eq!(second.state(), ClientState::ConnectionDenied);
 }
 
+/// Many clients of one server, each at its own address; every datagram arrives at once,
+/// but those to or from a client that fell silent.
+struct Crowd {
+    now: Instant,
+    server: Server,
+    clients: Vec<Client>,
+    silent: Vec<bool>,
+}
+
+impl Crowd {
+    fn addr(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 40_000))
+    }
+
+    fn index_of(address: SocketAddr) -> usize {
+        let SocketAddr::V4(a) = address else {
+            panic!("not a client's address");
+        };
+        let [_, _, high, low] = a.ip().octets();
+        usize::from(high) << 8 | usize::from(low)
+    }
+
+    fn new(max_clients: usize, tokens: impl Iterator<Item = ConnectToken>) -> Self {
+        let config = ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr())
+            .with_max_clients(max_clients);
+        let now = Instant::now();
+        let clients: Vec<Client> = tokens.map(|t| Client::with_token(now, t)).collect();
+        Self {
+            now,
+            server: Server::new(config, now).unwrap(),
+            silent: vec![false; clients.len()],
+            clients,
+        }
+    }
+
+    /// The clients that are not silent send what is due, then the server does; returns the
+    /// clients the server sent to, and those whose datagrams it was given, in order.
+    fn step(&mut self) -> (Vec<usize>, Vec<usize>) {
+        let (now, mut buf) = (self.now, [0u8; MAX_PACKET_BYTES]);
+        let mut from = Vec::new();
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            if self.silent[i] {
+                continue;
+            }
+            c.handle_timeout(now);
+            while let Some(t) = c.poll_transmit(now, &mut buf) {
+                self.server
+                    .handle_datagram(now, UNIX, Self::addr(i), &buf[..t.len]);
+                from.push(i);
+            }
+        }
+        self.server.handle_timeout(now);
+        let mut to = Vec::new();
+        while let Some(t) = self.server.poll_transmit(now, &mut buf) {
+            let i = Self::index_of(t.destination);
+            if !self.silent[i] {
+                self.clients[i].handle_datagram(now, server_addr(), &buf[..t.len]);
+            }
+            to.push(i);
+        }
+        (to, from)
+    }
+
+    fn connect_all(&mut self) {
+        for _ in 0..8 {
+            self.step();
+            self.now += Duration::from_millis(10);
+        }
+    }
+}
+
+#[test]
+fn every_slot_up_to_the_most_a_server_may_have_takes_a_client() {
+    // netcode's wire names a slot and the slot count as 32-bit numbers; the reference
+    // server stops at 256, this one at MAX_CLIENTS, so that one secure server can hold a
+    // thousand players.
+    assert!(MAX_CLIENTS >= 1_000, "room for a thousand players");
+    let tokens = (0..=MAX_CLIENTS).map(|i| token(1_000 + i as u64));
+    let mut crowd = Crowd::new(MAX_CLIENTS, tokens);
+    crowd.connect_all();
+    // The first MAX_CLIENTS hold a slot each, told the slot count; the one after is denied.
+    let (fitted, late) = crowd.clients.split_at(MAX_CLIENTS);
+    let mut slots: Vec<u32> = fitted
+        .iter()
+        .map(|c| c.client_index().expect("connected"))
+        .collect();
+    slots.sort_unstable();
+    assert!(slots.iter().copied().eq(0..MAX_CLIENTS as u32));
+    assert!(
+        fitted
+            .iter()
+            .all(|c| c.max_clients() == Some(MAX_CLIENTS as u32))
+    );
+    assert_eq!(crowd.server.client_count(), MAX_CLIENTS);
+    assert_eq!(late[0].state(), ClientState::ConnectionDenied);
+}
+
+#[test]
+fn keep_alives_and_timeouts_come_due_when_each_slots_last_packets_say() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    // Two dozen clients whose tokens give them 1, 2 or 3 s of silence before a timeout.
+    let n = 24;
+    let tokens = (0..n).map(|i| {
+        let mut s = settings(100 + i as u64);
+        s.timeout_seconds = 1 + (i % 3) as i32;
+        generate_connect_token(UNIX, &s, &PRIVATE_KEY).unwrap()
+    });
+    let mut crowd = Crowd::new(32, tokens);
+    crowd.connect_all();
+    let slot_of: Vec<ClientIndex> = crowd
+        .clients
+        .iter()
+        .map(|c| ClientIndex(c.client_index().expect("connected")))
+        .collect();
+    let timeout = |i: usize| Duration::from_secs(1 + (i % 3) as u64);
+    // What each slot's timers must say, from the packets seen: one exchange with everyone
+    // starts the count.
+    for (i, c) in crowd.clients.iter_mut().enumerate() {
+        c.send_payload(crowd.now, &[1]).unwrap();
+        crowd
+            .server
+            .send_payload(crowd.now, slot_of[i], &[2])
+            .unwrap();
+    }
+    crowd.step();
+    let mut last_send = vec![crowd.now; n];
+    let mut last_recv = vec![crowd.now; n];
+    let mut connected = vec![true; n];
+    let mut timed_out = 0;
+    while std::iter::from_fn(|| crowd.server.poll_event())
+        .next()
+        .is_some()
+    {}
+    for round in 0..600 {
+        crowd.now += Duration::from_millis(rng.random_range(1..15));
+        let now = crowd.now;
+        if round == 100 {
+            // Six fall silent: each must time out after its own timeout, and no other.
+            crowd.silent[..6].fill(true);
+        }
+        // What is due before this step: each such slot gets a packet now.
+        let due: Vec<usize> = (0..n)
+            .filter(|&i| connected[i] && last_send[i] + SEND_INTERVAL <= now)
+            .collect();
+        let expired: Vec<usize> = (0..n)
+            .filter(|&i| connected[i] && last_recv[i] + timeout(i) <= now)
+            .collect();
+        for i in 0..n {
+            if !crowd.silent[i] && rng.random_bool(0.2) {
+                crowd.clients[i].send_payload(now, &[3]).unwrap();
+            }
+            if connected[i] && !expired.contains(&i) && rng.random_bool(0.1) {
+                crowd.server.send_payload(now, slot_of[i], &[4]).unwrap();
+            }
+        }
+        let (to, from) = crowd.step();
+        for &i in &from {
+            last_recv[i] = now;
+        }
+        for &i in &to {
+            last_send[i] = now;
+        }
+        for &i in &due {
+            assert!(
+                expired.contains(&i) || to.contains(&i),
+                "round {round}: slot of {i} due"
+            );
+        }
+        // Exactly the expired slots were freed, for their silence.
+        let mut freed: Vec<usize> = std::iter::from_fn(|| crowd.server.poll_event())
+            .filter_map(|e| match e {
+                ServerEvent::ClientDisconnected { client, reason, .. } => {
+                    assert_eq!(reason, DisconnectReason::TimedOut);
+                    slot_of.iter().position(|&s| s == client)
+                }
+                _ => None,
+            })
+            .collect();
+        freed.sort_unstable();
+        assert_eq!(freed, expired, "round {round}");
+        for &i in &expired {
+            connected[i] = false;
+            timed_out += 1;
+        }
+        // And the next deadline is the earliest any slot's last packets give.
+        let next = (0..n)
+            .filter(|&i| connected[i])
+            .flat_map(|i| [last_send[i] + SEND_INTERVAL, last_recv[i] + timeout(i)])
+            .min();
+        assert_eq!(crowd.server.poll_timeout(), next, "round {round}");
+    }
+    assert_eq!(timed_out, 6, "the silent ones, and no other");
+}
+
 #[test]
 fn no_reply_is_larger_than_its_request() {
     // Every datagram an unconnected address can make the server answer, with each answer's
