@@ -2,12 +2,13 @@
 //!
 //! Run: `cargo bench -p benches --bench tickrate [-- --quick] [--out PATH] [--hz R]
 //! [--send-hz R] [--clients N] [--scene arena|cubes|massive] [--threads N]
-//! [--respawns PER_S] [--tick-log PATH]` (`--hz` and `--clients` narrow the sweep, and a
+//! [--respawns PER_S] [--tick-log PATH] [--secure]` (`--hz` and `--clients` narrow the sweep, and a
 //! value outside it is run as asked, e.g. 1,000 clients; `--send-hz` sends each client
 //! fewer snapshots than ticks; `--threads` builds snapshots on N threads, 0 = one per core;
 //! `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
 //! entities come and go every tick; `--tick-log` writes every measured tick's cost, one CSV
-//! row each, to show how slow ticks come: alone or in stretches). Every flag and value is
+//! row each, to show how slow ticks come: alone or in stretches; `--secure` runs secure
+//! mode, every packet sealed and opened, as a shipped server does). Every flag and value is
 //! checked before anything runs (`benches::cli`).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
 //! 64 bodies plus one avatar per client; `massive`: 10,000 NPCs on 1 km², each client sent
@@ -88,7 +89,7 @@ impl Row {
 }
 
 /// A run of `game` with `clients` bots, its link losing `loss_pct` of the datagrams.
-fn options(game: &GameOptions, clients: usize, loss_pct: f64) -> SimulationOptions {
+fn options(game: &GameOptions, clients: usize, loss_pct: f64, secure: bool) -> SimulationOptions {
     SimulationOptions {
         game: game.clone(),
         clients,
@@ -101,6 +102,7 @@ fn options(game: &GameOptions, clients: usize, loss_pct: f64) -> SimulationOptio
         },
         seed: game.seed,
         predict: true,
+        secure,
     }
 }
 
@@ -304,6 +306,7 @@ fn main() {
         threads,
         respawns,
         tick_log: tick_log_path,
+        secure,
     } = args;
     let clients: Vec<usize> = only_clients.map_or_else(|| clients.to_vec(), |n| vec![n as usize]);
     let path = out.unwrap_or_else(default_out_path);
@@ -325,8 +328,8 @@ fn main() {
                 snapshot_threads: threads,
                 respawns_per_s: respawns,
             };
-            let clean = run(&options(&game, n, 0.0), WARM_UP, duration);
-            let lossy = run(&options(&game, n, LOSS_PCT), WARM_UP, duration);
+            let clean = run(&options(&game, n, 0.0, secure), WARM_UP, duration);
+            let lossy = run(&options(&game, n, LOSS_PCT, secure), WARM_UP, duration);
             let (clean, lossy) = match (clean, lossy) {
                 (Ok(c), Ok(l)) => (c, l),
                 (Err(e), _) | (_, Err(e)) => {
@@ -374,8 +377,8 @@ fn main() {
             .then(a.clients.cmp(&b.clients))
     });
     println!(
-        "\nTick-rate sweep ({}): {} scene, {} ms latency each way, {} measured per run after {} s \
-         warm-up. Tick cost is server CPU per tick as a share of the tick period; a tick's \
+        "\nTick-rate sweep ({}): {} scene, {}, {} ms latency each way, {} measured per run after \
+         {} s warm-up. Tick cost is server CPU per tick as a share of the tick period; a tick's \
          update counts when all of its parts arrived.\n",
         if quick { "quick" } else { "full" },
         match scene {
@@ -384,6 +387,11 @@ fn main() {
                 "massive: 10,000 NPCs on 1 km² + 1 avatar per client, 100 m area of interest"
                     .to_string(),
             s => s.to_string(),
+        },
+        if secure {
+            "secure mode (every packet sealed and opened)"
+        } else {
+            "plain protocol"
         },
         LATENCY.as_millis(),
         if quick {

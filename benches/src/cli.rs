@@ -130,6 +130,11 @@ pub struct Tickrate {
     /// Write every measured tick's cost to PATH, one CSV row each.
     #[arg(long, value_name = "PATH")]
     pub tick_log: Option<PathBuf>,
+    /// Secure mode (netcode 1.02), as a shipped server runs: clients connect with tokens and
+    /// every packet is sealed and opened, so the tick cost includes sealing what the server
+    /// sends. Without it, the plain protocol.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 impl Tickrate {
@@ -212,6 +217,7 @@ mod tests {
             "2",
             "--respawns",
             "50",
+            "--secure",
             "--bench",
         ])
         .expect("parses");
@@ -220,12 +226,15 @@ mod tests {
         assert_eq!(a.clients, Some(1000));
         assert_eq!(a.out, Some(PathBuf::from("f.csv")));
         assert_eq!(a.tick_log, Some(PathBuf::from("t.csv")));
-        assert_eq!((a.threads, a.respawns), (2, 50.0));
+        assert_eq!((a.threads, a.respawns, a.secure), (2, 50.0, true));
         assert!(!a.common.quick());
         // What CI runs (`cargo bench -p benches -- --test`): the short run.
         let ci = tickrate(&["--test", "--bench"]).expect("parses");
         assert!(ci.common.quick() && ci.common.runs("tickrate"));
-        assert_eq!((ci.scene, ci.threads, ci.hz), (SceneKind::Arena, 1, None));
+        assert_eq!(
+            (ci.scene, ci.threads, ci.hz, ci.secure),
+            (SceneKind::Arena, 1, None, false)
+        );
         // Without `--bench` (under `cargo test`): the short run too.
         assert!(tickrate(&[]).expect("parses").common.quick());
     }

@@ -190,6 +190,7 @@ fn main() {
             },
             seed: 7,
             predict: true,
+            secure: false,
         };
         let mut sim = Simulation::new(&opts).expect("simulation");
         // The scene's AI drives the player cube, as for the full-state rows above.

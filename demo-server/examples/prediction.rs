@@ -55,6 +55,7 @@ fn main() {
                 },
                 seed: 3,
                 predict,
+                secure: false,
             };
             let r = run(&opts, Duration::from_secs(3), Duration::from_secs(seconds))
                 .expect("valid options");

@@ -6,7 +6,7 @@
 //! game logic on a bad network without sockets.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use crate::conditioner::{Conditioner, ConditionerConfig};
@@ -38,6 +38,10 @@ pub struct SimClient<C: Endpoint = Client> {
     /// While true, everything on both directions is dropped (a partition).
     pub partitioned: bool,
 }
+
+/// The server's (virtual) address in every [`Sim`]: what a secure server's config and its
+/// connect tokens name.
+pub const SERVER_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7777));
 
 /// The simulated network: by default the connection layer's [`Server`] and [`Client`]s;
 /// [`Sim::replication`] builds one of the [`replication`] endpoints a game uses.
@@ -170,7 +174,7 @@ impl<S: Endpoint, C: Endpoint> Sim<S, C> {
         Self {
             now,
             server,
-            server_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777),
+            server_addr: SERVER_ADDR,
             server_events: Vec::new(),
             clients: Vec::new(),
             stray: Vec::new(),
