@@ -48,7 +48,7 @@ struct Args {
     /// Threads building the clients' snapshots each tick (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
-    /// Most clients at once.
+    /// Most clients at once (at most 1,024 in secure mode).
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_clients: usize,
     /// How snapshots travel: udp (unreliable, newest wins), udp-reliable (reliable-ordered
