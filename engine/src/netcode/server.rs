@@ -10,12 +10,11 @@ use super::packet::{self, Packet, PacketType, Request};
 use super::replay::ReplayWindow;
 use super::stats::{DropCounts, Dropped};
 use super::token::{ChallengeToken, PrivateConnectToken};
-use crate::timers::Timers;
-
 use super::{
     DISCONNECT_PACKETS, GLOBAL_SEQUENCE_START, Key, MAC_BYTES, MAX_CLIENTS, MAX_PACKET_BYTES,
     MAX_PAYLOAD_BYTES, SEND_INTERVAL, SendError, Transmit, UserData, crypto, token_timeout,
 };
+use crate::timers::Timers;
 
 /// How long a handshake with timeouts disabled in its token may stay half-open.
 const HANDSHAKE_LIFETIME_NO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -640,6 +639,9 @@ impl Server {
             if let Some(bytes) = bytes {
                 self.outgoing.push_back((slot.address, bytes));
             }
+        } else {
+            // (A free slot has no timers; should one be left, it must not be due forever.)
+            self.keep_alives.set(index as u32, index as u32, None);
         }
     }
 
