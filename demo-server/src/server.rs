@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use snapsync::conditioner::{ConditionerConfig, ConditionerStats};
-use snapsync::connection::{SecureServerConfig, Security};
 use snapsync::net::ReplicationServer;
 use snapsync::packet::IP_UDP_HEADER_BYTES;
 use snapsync::replication::SnapshotDelivery;
@@ -18,7 +17,7 @@ use crate::metrics::DurationHistogram;
 use crate::ops::OpsState;
 use crate::protocol::unix_micros_now;
 use crate::scene::{Body, SceneKind};
-use crate::tokens::{self, DEMO_PROTOCOL_ID, TokenMint, unix_secs_now};
+use crate::tokens::{self, TokenMint};
 
 /// Bytes of IPv4 + TCP header and frame length counted per packet on the TCP transport (with
 /// TCP_NODELAY each frame leaves as its own segment; coalesced segments make this a slight
@@ -345,10 +344,7 @@ pub async fn run(
         None => routes.push((addr, router)),
     };
     if let ServerSecurity::Secure { key, http } = &opts.security {
-        config.server.security = Security::Secure(SecureServerConfig {
-            netcode: snapsync::netcode::ServerConfig::new(DEMO_PROTOCOL_ID, *key, public),
-            unix_secs_at_start: unix_secs_now(),
-        });
+        config.server.security = tokens::secure_mode(*key, public);
         if let Some(http) = http {
             let mint = std::sync::Arc::new(TokenMint::new(*key, public));
             add_routes(*http, tokens::router(mint));

@@ -25,7 +25,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use snapsync::conditioner::ConditionerConfig;
-use snapsync::connection::{ClientSecurity, SecureServerConfig, Security};
+use snapsync::connection::ClientSecurity;
 use snapsync::netcode;
 use snapsync::packet::{IP_UDP_HEADER_BYTES, MAX_PACKET_BYTES};
 use snapsync::replication::{self, SnapshotDelivery};
@@ -37,7 +37,7 @@ use crate::metrics::{DistanceHistogram, DurationHistogram};
 use crate::player::{GameClient, PlayerClient};
 use crate::scene::SceneKind;
 use crate::server::DEFAULT_BUDGET_BYTES;
-use crate::tokens::{DEMO_PROTOCOL_ID, TokenMint, unix_secs_now};
+use crate::tokens::{TokenMint, secure_mode};
 
 /// Client frames per second unless told otherwise: `demo-client`'s default.
 pub const DEFAULT_FRAME_RATE_HZ: f64 = 60.0;
@@ -304,10 +304,7 @@ impl Simulation {
         // the simulated server's address.
         let mint = opts.secure.then(|| {
             let key = netcode::generate_key();
-            config.server.security = Security::Secure(SecureServerConfig {
-                netcode: netcode::ServerConfig::new(DEMO_PROTOCOL_ID, key, SERVER_ADDR),
-                unix_secs_at_start: unix_secs_now(),
-            });
+            config.server.security = secure_mode(key, SERVER_ADDR);
             TokenMint::new(key, SERVER_ADDR)
         });
         let mut sim = Sim::replication(config, opts.seed)?;

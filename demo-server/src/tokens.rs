@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
+use snapsync::connection::{SecureServerConfig, Security};
 use snapsync::netcode::{self, Key, TokenSettings, generate_connect_token};
 
 /// The demo's netcode protocol id ("snapsync" in ASCII): tokens and packets of another game
@@ -113,6 +114,15 @@ impl TokenMint {
         let token = generate_connect_token(unix_secs_now(), &settings, &self.key)?;
         Ok(token.to_bytes().to_vec())
     }
+}
+
+/// Secure mode as the demo runs it: netcode 1.02 with the demo's protocol id, for clients
+/// that reach the server at `public` with tokens sealed with `key`, its clock starting now.
+pub fn secure_mode(key: Key, public: SocketAddr) -> Security {
+    Security::Secure(SecureServerConfig {
+        netcode: netcode::ServerConfig::new(DEMO_PROTOCOL_ID, key, public),
+        unix_secs_at_start: unix_secs_now(),
+    })
 }
 
 /// Unix time in seconds, from the wall clock.

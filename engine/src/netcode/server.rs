@@ -72,7 +72,7 @@ impl ServerConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// `max_clients` outside 1..=[`MAX_CLIENTS`].
-    #[error("max_clients {0} outside 1..=1024")]
+    #[error("max_clients {0} outside 1..={MAX_CLIENTS}")]
     MaxClients(usize),
     /// `max_handshakes` or `token_history` zero.
     #[error("max_handshakes and token_history must be at least 1")]
