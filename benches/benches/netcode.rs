@@ -13,6 +13,13 @@
 //!   API, a connected `snapsync::Server` and `Client`: `send_datagram`, `poll_transmit`,
 //!   `handle_datagram`, the events drained. The difference is what secure mode adds per
 //!   packet.
+//! - `netcode_request/{replayed_token,poll_timeout}/N`: a server of N slots (1 and 1,024)
+//!   whose token history (8 × N) is full of live tokens and whose handshakes (4 × N) are all
+//!   open, as under a flood of valid requests. `replayed_token` is one request whose token
+//!   another address used (opened, checked against the connected ids and the history,
+//!   dropped) and the `poll_timeout` a driver asks after every datagram; `poll_timeout` is
+//!   that call alone. Equal figures at 1 and 1,024 slots say the work does not grow with
+//!   the server.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -239,11 +246,70 @@ fn connection_packet(c: &mut Criterion) {
     group.finish();
 }
 
+/// A connection request for a fresh token of `client_id`, as a client sends it.
+fn request(client_id: u64, server: SocketAddr) -> Vec<u8> {
+    let now = Instant::now();
+    let mut client = netcode::Client::new(now, &token(client_id, server)).expect("a valid token");
+    let mut buf = vec![0u8; netcode::MAX_PACKET_BYTES];
+    let t = client.poll_transmit(now, &mut buf).expect("a request");
+    buf[..t.len].to_vec()
+}
+
+/// A server of `slots` slots with its token history full and every handshake open, and a
+/// request whose token an address in that history used.
+fn flooded_server(slots: usize) -> (netcode::Server, Instant, Vec<u8>) {
+    let server_addr = SocketAddr::from(([10, 0, 0, 1], 40_000));
+    let config = netcode::ServerConfig::new(PROTOCOL_ID, KEY, server_addr).with_max_clients(slots);
+    let (history, handshakes) = (config.token_history, config.max_handshakes);
+    let now = Instant::now();
+    let mut server = netcode::Server::new(config, now).expect("a valid config");
+    let mut buf = vec![0u8; netcode::MAX_PACKET_BYTES];
+    let address = |i: usize| SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 50_000));
+    let mut replayed = Vec::new();
+    for i in 0..history {
+        let r = request(1_000 + i as u64, server_addr);
+        server.handle_datagram(now, UNIX, address(i), &r);
+        while server.poll_transmit(now, &mut buf).is_some() {}
+        // The newest: an attacker replays what it just captured, and a list kept in
+        // order of arrival would search all of it.
+        if i == history - 1 {
+            replayed = r;
+        }
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.challenges_sent as usize, handshakes,
+        "every handshake open"
+    );
+    assert_eq!(stats.dropped.handshakes_full as usize, history - handshakes);
+    (server, now, replayed)
+}
+
+fn netcode_request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("netcode_request");
+    let from = SocketAddr::from(([10, 9, 9, 9], 50_000));
+    for slots in [1, netcode::MAX_CLIENTS] {
+        let (mut server, now, replayed) = flooded_server(slots);
+        group.bench_with_input(BenchmarkId::new("replayed_token", slots), &(), |b, _| {
+            b.iter(|| {
+                server.handle_datagram(now, UNIX, from, black_box(&replayed));
+                black_box(server.poll_timeout())
+            })
+        });
+        let reused = server.stats().dropped.token_reused;
+        assert!(reused > 0, "the replay was refused as reused");
+        group.bench_with_input(BenchmarkId::new("poll_timeout", slots), &(), |b, _| {
+            b.iter(|| black_box(server.poll_timeout()))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(2));
-    targets = netcode_packet, plain_packet, connection_packet
+    targets = netcode_packet, plain_packet, connection_packet, netcode_request
 }
 criterion_main!(benches);

@@ -1,10 +1,8 @@
 //! The server: client slots, the token-checked handshake, keep-alives, timeouts.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-use subtle::ConstantTimeEq;
 
 use super::packet::{self, Packet, PacketType, Request};
 use super::replay::ReplayWindow;
@@ -181,13 +179,6 @@ struct Handshake {
     expires: Instant,
 }
 
-#[derive(Debug)]
-struct TokenUse {
-    mac: [u8; MAC_BYTES],
-    address: SocketAddr,
-    expire_timestamp: u64,
-}
-
 /// The sans-IO netcode server.
 #[derive(Debug)]
 pub struct Server {
@@ -206,8 +197,25 @@ pub struct Server {
     /// By slot: when it times out (its timeout after its last packet that opened).
     timeouts: Timers<u32>,
     by_address: HashMap<SocketAddr, usize>,
+    /// The slot of each connected client id: a request or response asks whether its id is
+    /// connected, which a scan of every slot (each about 2 KB, its replay window) answered
+    /// from a thousand cache lines.
+    by_client_id: HashMap<u64, usize>,
+    /// Free slots, lowest first (the slot a new client takes).
+    free: BTreeSet<usize>,
     handshakes: HashMap<SocketAddr, Handshake>,
-    history: Vec<TokenUse>,
+    /// The same handshakes by when they expire, earliest first: what the next timeout is,
+    /// and what goes when the handshakes are full, without a pass over them all (the server
+    /// is asked for its next timeout after every datagram).
+    handshake_expiry: BTreeSet<(Instant, SocketAddr)>,
+    /// The address each token was first used from, by the token's MAC. The MAC is not a
+    /// secret (the request carries it in the clear after the encrypted token), so a hashed
+    /// lookup, which compares keys in variable time, tells an attacker nothing the server's
+    /// answer does not; and only a request whose token opened, which took the private key
+    /// to make, gets here.
+    history: HashMap<[u8; MAC_BYTES], SocketAddr>,
+    /// The same tokens by when they expire, earliest first: what is forgotten first.
+    history_expiry: BTreeSet<(u64, [u8; MAC_BYTES])>,
     outgoing: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
     stats: ServerStats,
@@ -235,6 +243,7 @@ impl Server {
         }
         Ok(Self {
             slots: (0..config.max_clients).map(|_| None).collect(),
+            free: (0..config.max_clients).collect(),
             keep_alives: Timers::with_slots(config.max_clients),
             timeouts: Timers::with_slots(config.max_clients),
             config,
@@ -243,8 +252,11 @@ impl Server {
             global_sequence: GLOBAL_SEQUENCE_START,
             accepting: true,
             by_address: HashMap::new(),
+            by_client_id: HashMap::new(),
             handshakes: HashMap::new(),
-            history: Vec::new(),
+            handshake_expiry: BTreeSet::new(),
+            history: HashMap::new(),
+            history_expiry: BTreeSet::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: ServerStats::default(),
@@ -419,20 +431,22 @@ impl Server {
         if !self.handshakes.contains_key(&from)
             && self.handshakes.len() >= self.config.max_handshakes
         {
-            self.handshakes.retain(|_, h| h.expires > now);
+            self.expire_handshakes(now);
             if self.handshakes.len() >= self.config.max_handshakes {
                 return Err(Dropped::HandshakesFull);
             }
         }
-        self.handshakes.insert(
-            from,
-            Handshake {
-                send_key: token.server_to_client_key,
-                recv_key: token.client_to_server_key,
-                timeout,
-                expires: now + timeout.unwrap_or(HANDSHAKE_LIFETIME_NO_TIMEOUT),
-            },
-        );
+        let expires = now + timeout.unwrap_or(HANDSHAKE_LIFETIME_NO_TIMEOUT);
+        let handshake = Handshake {
+            send_key: token.server_to_client_key,
+            recv_key: token.client_to_server_key,
+            timeout,
+            expires,
+        };
+        if let Some(old) = self.handshakes.insert(from, handshake) {
+            self.handshake_expiry.remove(&(old.expires, from));
+        }
+        self.handshake_expiry.insert((expires, from));
         let challenge = ChallengeToken {
             client_id: token.client_id,
             user_data: token.user_data,
@@ -464,30 +478,31 @@ impl Server {
         from: SocketAddr,
         expire_timestamp: u64,
     ) -> Result<(), Dropped> {
-        if let Some(used) = self.history.iter().find(|u| bool::from(u.mac.ct_eq(&mac))) {
-            return if used.address == from {
+        if let Some(&used) = self.history.get(&mac) {
+            return if used == from {
                 Ok(())
             } else {
                 Err(Dropped::TokenReused)
             };
         }
         if self.history.len() >= self.config.token_history {
-            self.history.retain(|u| u.expire_timestamp > unix_secs);
+            // Expired tokens first: the server refuses them anyway.
+            while let Some(&(expires, old)) = self.history_expiry.first()
+                && expires <= unix_secs
+            {
+                self.history_expiry.pop_first();
+                self.history.remove(&old);
+            }
         }
         if self.history.len() >= self.config.token_history {
             // Full of live tokens: forget the one that expires first, the least useful to
             // an attacker replaying it.
-            if let Some(i) =
-                (0..self.history.len()).min_by_key(|&i| self.history[i].expire_timestamp)
-            {
-                self.history.swap_remove(i);
+            if let Some((_, old)) = self.history_expiry.pop_first() {
+                self.history.remove(&old);
             }
         }
-        self.history.push(TokenUse {
-            mac,
-            address: from,
-            expire_timestamp,
-        });
+        self.history.insert(mac, from);
+        self.history_expiry.insert((expire_timestamp, mac));
         Ok(())
     }
 
@@ -548,6 +563,9 @@ impl Server {
         let Some(handshake) = self.handshakes.remove(&from) else {
             return Err(Dropped::UnknownAddress);
         };
+        self.handshake_expiry.remove(&(handshake.expires, from));
+        self.free.remove(&index);
+        self.by_client_id.insert(challenge.client_id, index);
         self.slots[index] = Some(Slot {
             client_id: challenge.client_id,
             address: from,
@@ -584,14 +602,21 @@ impl Server {
     }
 
     fn connected_id(&self, client_id: u64) -> bool {
-        self.slots
-            .iter()
-            .flatten()
-            .any(|s| s.client_id == client_id)
+        self.by_client_id.contains_key(&client_id)
     }
 
     fn free_slot_index(&self) -> Option<usize> {
-        self.slots.iter().position(Option::is_none)
+        self.free.first().copied()
+    }
+
+    /// Drops the handshakes that expired by `now`, earliest first.
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some(&(expires, address)) = self.handshake_expiry.first()
+            && expires <= now
+        {
+            self.handshake_expiry.pop_first();
+            self.handshakes.remove(&address);
+        }
     }
 
     fn next_global_sequence(&mut self) -> u64 {
@@ -650,6 +675,8 @@ impl Server {
             self.keep_alives.set(index as u32, index as u32, None);
             self.timeouts.set(index as u32, index as u32, None);
             self.by_address.remove(&slot.address);
+            self.by_client_id.remove(&slot.client_id);
+            self.free.insert(index);
             self.events.push_back(ServerEvent::ClientDisconnected {
                 client: ClientIndex(index as u32),
                 client_id: slot.client_id,
@@ -717,7 +744,7 @@ impl Server {
         {
             self.free_slot(t.slot as usize, DisconnectReason::TimedOut);
         }
-        self.handshakes.retain(|_, h| h.expires > now);
+        self.expire_handshakes(now);
     }
 
     /// Next datagram to send, written to `buf` (at least [`MAX_PACKET_BYTES`] long). Keep-alives
@@ -759,7 +786,7 @@ impl Server {
             .into_iter()
             .flatten()
             .map(|t| t.at)
-            .chain(self.handshakes.values().map(|h| h.expires))
+            .chain(self.handshake_expiry.first().map(|&(at, _)| at))
             .min()
     }
 }

@@ -677,6 +677,208 @@ fn keep_alives_and_timeouts_come_due_when_each_slots_last_packets_say() {
     assert_eq!(timed_out, 6, "the silent ones, and no other");
 }
 
+/// An address of its own for request `i` of a test.
+fn nth_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 2, (i >> 8) as u8, i as u8], 41_000))
+}
+
+#[test]
+fn the_token_history_forgets_expired_tokens_then_the_one_that_expires_first() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    // Room for six tokens; 120 tokens, each expiring at its own second (so "the one that
+    // expires first" is one token), used in a random order, with time going on.
+    let history = 6;
+    let mut config = ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr());
+    config.token_history = history;
+    config.max_handshakes = 1_000;
+    let now = Instant::now();
+    let mut server = Server::new(config, now).unwrap();
+    let mut lifetimes: Vec<u64> = (20..140).collect();
+    lifetimes.shuffle(&mut rng);
+    let requests: Vec<(u64, Vec<u8>)> = lifetimes
+        .iter()
+        .enumerate()
+        .map(|(i, &life)| {
+            let mut s = settings(500 + i as u64);
+            s.expire_seconds = life;
+            let token = generate_connect_token(UNIX, &s, &PRIVATE_KEY).unwrap();
+            (UNIX + life, request_bytes(&token))
+        })
+        .collect();
+    // The model: each remembered token's request, where it was first used from, and when
+    // it expires.
+    let mut model: Vec<(usize, SocketAddr, u64)> = Vec::new();
+    let mut unix = UNIX;
+    let mut next_addr = 0;
+    let mut fresh = 0;
+    let (mut reused, mut forgotten_and_taken) = (0, 0);
+    for round in 0..600 {
+        unix += u64::from(rng.random_bool(0.2));
+        // A token seen before (from its own address or another), or a new one.
+        let i = if fresh < requests.len() && (fresh == 0 || rng.random_bool(0.3)) {
+            fresh += 1;
+            fresh - 1
+        } else {
+            rng.random_range(0..fresh)
+        };
+        let (expires, request) = &requests[i];
+        let remembered = model.iter().position(|&(r, _, _)| r == i);
+        let from = match remembered {
+            Some(m) if rng.random_bool(0.3) => model[m].1,
+            _ => {
+                next_addr += 1;
+                nth_addr(next_addr)
+            }
+        };
+        let before = server.stats().dropped;
+        server.handle_datagram(now, unix, from, request);
+        drain(&mut server, now);
+        let after = server.stats().dropped;
+        if *expires <= unix {
+            assert_eq!(
+                after.token_expired,
+                before.token_expired + 1,
+                "round {round}"
+            );
+            continue;
+        }
+        match remembered {
+            Some(m) => {
+                let reuse = model[m].1 != from;
+                assert_eq!(after.token_reused - before.token_reused, u64::from(reuse));
+                reused += u64::from(reuse);
+            }
+            None => {
+                assert_eq!(after.token_reused, before.token_reused, "round {round}");
+                forgotten_and_taken += u64::from(i < fresh - 1);
+                if model.len() >= history {
+                    model.retain(|&(_, _, e)| e > unix);
+                }
+                if model.len() >= history {
+                    let first = (0..model.len()).min_by_key(|&m| model[m].2).unwrap();
+                    model.remove(first);
+                }
+                model.push((i, from, *expires));
+            }
+        }
+    }
+    // Both ways were taken many times: replays refused, and forgotten tokens taken anew.
+    assert!(
+        reused > 30 && forgotten_and_taken > 120,
+        "{reused} {forgotten_and_taken}"
+    );
+}
+
+#[test]
+fn handshakes_expire_earliest_first_and_a_full_table_takes_one_only_when_one_expired() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let max = 5;
+    let mut config = ServerConfig::new(PROTOCOL_ID, PRIVATE_KEY, server_addr());
+    config.max_handshakes = max;
+    config.token_history = 10_000;
+    let mut now = Instant::now();
+    let mut server = Server::new(config, now).unwrap();
+    // Tokens with 1 to 4 s timeouts, each from its own address; none is ever answered.
+    let requests: Vec<(Duration, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let mut s = settings(900 + i as u64);
+            s.timeout_seconds = 1 + rng.random_range(0..4);
+            s.expire_seconds = 600;
+            let token = generate_connect_token(UNIX, &s, &PRIVATE_KEY).unwrap();
+            let timeout = Duration::from_secs(s.timeout_seconds as u64);
+            (timeout, request_bytes(&token))
+        })
+        .collect();
+    // The model: each open handshake's address and when it expires, as the server holds
+    // them (an expired one stays until a timeout pass or a full table drops it).
+    let mut model: Vec<(SocketAddr, Instant)> = Vec::new();
+    let (mut full, mut taken_when_full) = (0, 0);
+    for (i, (timeout, request)) in requests.iter().enumerate() {
+        now += Duration::from_millis(rng.random_range(0..400));
+        if rng.random_bool(0.2) {
+            server.handle_timeout(now);
+            model.retain(|&(_, e)| e > now);
+        }
+        // Sometimes the same address asks again: its handshake starts over, in place.
+        let again = !model.is_empty() && rng.random_bool(0.2);
+        let from = if again {
+            model[rng.random_range(0..model.len())].0
+        } else {
+            nth_addr(i)
+        };
+        let request = if again {
+            // Its own token again: the one it was first seen with (the history binds it).
+            let k = (0..i).rev().find(|&k| nth_addr(k) == from).unwrap();
+            &requests[k].1
+        } else {
+            request
+        };
+        let timeout = if again {
+            requests[(0..i).rev().find(|&k| nth_addr(k) == from).unwrap()].0
+        } else {
+            *timeout
+        };
+        let before = server.stats().dropped.handshakes_full;
+        server.handle_datagram(now, UNIX, from, request);
+        drain(&mut server, now);
+        let refused = server.stats().dropped.handshakes_full - before;
+        let known = model.iter().position(|&(a, _)| a == from);
+        if known.is_none() && model.len() >= max {
+            let was_full = model.iter().all(|&(_, e)| e > now);
+            model.retain(|&(_, e)| e > now);
+            if was_full {
+                assert_eq!(
+                    refused, 1,
+                    "request {i}: the table is full of live handshakes"
+                );
+                full += 1;
+            } else {
+                taken_when_full += 1;
+            }
+        }
+        if model.len() < max || known.is_some() {
+            assert_eq!(refused, 0, "request {i}");
+            model.retain(|&(a, _)| a != from);
+            model.push((from, now + timeout));
+        }
+        // The next deadline is the earliest handshake's (no client is connected).
+        let next = model.iter().map(|&(_, e)| e).min();
+        assert_eq!(server.poll_timeout(), next, "request {i}");
+    }
+    assert!(
+        full > 80 && taken_when_full > 20,
+        "{full} {taken_when_full}"
+    );
+}
+
+#[test]
+fn a_freed_slot_is_the_next_taken_and_its_client_id_may_come_back() {
+    let tokens = (0..4).map(|i| token(100 + i));
+    let mut crowd = Crowd::new(4, tokens);
+    crowd.connect_all();
+    assert_eq!(crowd.server.client_count(), 4);
+    // Slot 2 (client id 102) leaves; the same id comes back with a new token from a new
+    // address and takes slot 2 again, the only free one. Client id 101, still connected,
+    // cannot connect twice.
+    let index = ClientIndex(crowd.clients[2].client_index().unwrap());
+    assert_eq!(index, ClientIndex(2));
+    crowd.server.disconnect(crowd.now, index);
+    crowd.silent[2] = true;
+    let before = crowd.server.stats().dropped.already_connected;
+    for id in [102, 101] {
+        crowd.clients.push(Client::with_token(crowd.now, token(id)));
+        crowd.silent.push(false);
+    }
+    crowd.connect_all();
+    assert_eq!(crowd.clients[4].client_index(), Some(2));
+    assert!(!crowd.clients[5].is_connected());
+    assert!(crowd.server.stats().dropped.already_connected > before);
+    assert_eq!(crowd.server.client_count(), 4);
+}
+
 #[test]
 fn no_reply_is_larger_than_its_request() {
     // Every datagram an unconnected address can make the server answer, with each answer's
