@@ -1134,6 +1134,54 @@ mod secure {
     }
 
     #[test]
+    fn secure_a_flood_of_valid_requests_opens_handshakes_up_to_the_bound_and_no_more() {
+        let mut game = Game::start_secure(16);
+        let Security::Secure(secure) = server_config().security else {
+            unreachable!("a secure config");
+        };
+        let bound = secure.netcode.max_handshakes;
+        // Valid, fresh tokens, each from its own address, 40 more than the server keeps
+        // handshakes for (the real clients' handshakes ended when they connected).
+        let extra = 40;
+        let flood: Vec<(SocketAddr, Vec<u8>)> = (0..bound + extra)
+            .map(|i| {
+                let from = stranger(1 + i as u16);
+                (
+                    from,
+                    request(&mint(UNIX_AT_START, &settings(7000 + i as u64), &KEY)),
+                )
+            })
+            .collect();
+        let before = (game.stats(), drops(&game));
+        for burst in flood.chunks(BURST_DATAGRAMS) {
+            for (from, d) in burst {
+                game.sim.inject_to_server(*from, d);
+            }
+            game.step();
+        }
+        game.finish();
+        assert_dropped(&game, (&before.0, &before.1), |want| {
+            want.handshakes_full += extra as u64;
+        });
+        let after = drops(&game);
+        assert_eq!(
+            after.challenges_sent,
+            before.1.challenges_sent + bound as u64
+        );
+        // The first `bound` addresses got one challenge each, no larger than the request;
+        // the rest nothing.
+        for (i, (from, d)) in flood.iter().enumerate() {
+            let replies = game.replies(*from);
+            if i < bound {
+                assert_eq!(replies.len(), 1, "address {i}");
+                assert!(replies[0].len() <= d.len());
+            } else {
+                assert!(replies.is_empty(), "a reply to address {i}");
+            }
+        }
+    }
+
+    #[test]
     fn secure_short_and_unknown_type_packets_are_dropped_by_reason() {
         let mut game = Game::start_secure(14);
         // Under 18 bytes, of every encrypted type with a one-byte sequence, and empty.

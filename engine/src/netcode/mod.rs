@@ -40,7 +40,7 @@ pub use crypto::generate_key;
 pub use server::{
     ClientIndex, ConfigError, DisconnectReason, Server, ServerConfig, ServerEvent, ServerStats,
 };
-pub use stats::{DropCounts, Dropped};
+pub use stats::{DROP_REASONS, DropCounts, Dropped};
 pub use token::{
     CONNECT_TOKEN_NONCE_BYTES, ConnectToken, PrivateConnectToken, TokenError, TokenSettings,
     generate_connect_token,

@@ -73,6 +73,9 @@ pub enum Dropped {
     HandshakesFull,
 }
 
+/// How many reasons [`DropCounts`] counts.
+pub const DROP_REASONS: usize = 22;
+
 /// Dropped datagrams, one counter per [`Dropped`] reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -153,8 +156,10 @@ impl DropCounts {
         *counter += 1;
     }
 
-    /// All drops together.
-    pub fn total(&self) -> u64 {
+    /// Every count with its reason's name (the field's), in the fields' order: what a
+    /// metrics label or a log line shows.
+    pub fn by_reason(&self) -> [(&'static str, u64); DROP_REASONS] {
+        // Taken apart field by field, so that a new reason cannot be left out.
         let Self {
             too_small,
             too_large,
@@ -179,27 +184,98 @@ impl DropCounts {
             server_full,
             handshakes_full,
         } = *self;
-        too_small
-            + too_large
-            + unknown_type
-            + unexpected_type
-            + bad_sequence_bytes
-            + bad_request_size
-            + bad_version
-            + bad_protocol_id
-            + token_expired
-            + token_invalid
-            + token_malformed
-            + wrong_server_address
-            + token_reused
-            + already_connected
-            + challenge_invalid
-            + replayed
-            + decrypt_failed
-            + bad_length
-            + payload_too_large
-            + unknown_address
-            + server_full
-            + handshakes_full
+        [
+            ("too_small", too_small),
+            ("too_large", too_large),
+            ("unknown_type", unknown_type),
+            ("unexpected_type", unexpected_type),
+            ("bad_sequence_bytes", bad_sequence_bytes),
+            ("bad_request_size", bad_request_size),
+            ("bad_version", bad_version),
+            ("bad_protocol_id", bad_protocol_id),
+            ("token_expired", token_expired),
+            ("token_invalid", token_invalid),
+            ("token_malformed", token_malformed),
+            ("wrong_server_address", wrong_server_address),
+            ("token_reused", token_reused),
+            ("already_connected", already_connected),
+            ("challenge_invalid", challenge_invalid),
+            ("replayed", replayed),
+            ("decrypt_failed", decrypt_failed),
+            ("bad_length", bad_length),
+            ("payload_too_large", payload_too_large),
+            ("unknown_address", unknown_address),
+            ("server_full", server_full),
+            ("handshakes_full", handshakes_full),
+        ]
+    }
+
+    /// All drops together.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|&(_, n)| n).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_is_named_after_its_own_count_and_the_total_is_their_sum() {
+        // A different count in every field: a name paired with another field's count, or a
+        // field left out of the total, shows.
+        let counts = DropCounts {
+            too_small: 1,
+            too_large: 2,
+            unknown_type: 3,
+            unexpected_type: 4,
+            bad_sequence_bytes: 5,
+            bad_request_size: 6,
+            bad_version: 7,
+            bad_protocol_id: 8,
+            token_expired: 9,
+            token_invalid: 10,
+            token_malformed: 11,
+            wrong_server_address: 12,
+            token_reused: 13,
+            already_connected: 14,
+            challenge_invalid: 15,
+            replayed: 16,
+            decrypt_failed: 17,
+            bad_length: 18,
+            payload_too_large: 19,
+            unknown_address: 20,
+            server_full: 21,
+            handshakes_full: 22,
+        };
+        let named = counts.by_reason();
+        let names = [
+            "too_small",
+            "too_large",
+            "unknown_type",
+            "unexpected_type",
+            "bad_sequence_bytes",
+            "bad_request_size",
+            "bad_version",
+            "bad_protocol_id",
+            "token_expired",
+            "token_invalid",
+            "token_malformed",
+            "wrong_server_address",
+            "token_reused",
+            "already_connected",
+            "challenge_invalid",
+            "replayed",
+            "decrypt_failed",
+            "bad_length",
+            "payload_too_large",
+            "unknown_address",
+            "server_full",
+            "handshakes_full",
+        ];
+        for (i, (name, n)) in named.into_iter().enumerate() {
+            assert_eq!((name, n), (names[i], i as u64 + 1));
+        }
+        assert_eq!(counts.total(), (1..=DROP_REASONS as u64).sum::<u64>());
     }
 }
