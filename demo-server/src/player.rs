@@ -225,8 +225,9 @@ impl GameClient {
         while self.in_flight.len() > MAX_INPUTS_IN_FLIGHT {
             self.in_flight.pop_front();
         }
-        let view = client.view(now);
-        if let Some(shown) = view.owned_input {
+        // The last frame's view is written over, its memory kept: a frame allocates nothing.
+        client.view_into(now, &mut self.last_view);
+        if let Some(shown) = self.last_view.owned_input {
             while let Some(&(tick, sent)) = self.in_flight.front() {
                 if tick > shown {
                     break;
@@ -236,6 +237,5 @@ impl GameClient {
                 self.in_flight.pop_front();
             }
         }
-        self.last_view = view;
     }
 }

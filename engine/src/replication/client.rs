@@ -446,11 +446,22 @@ impl<I: Serialize> Client<I> {
 
     /// What to draw at `now`: interpolated entities, the owned one predicted.
     pub fn view(&mut self, now: Instant) -> View {
+        let mut view = View::default();
+        self.view_into(now, &mut view);
+        view
+    }
+
+    /// [`Self::view`] written into `view`, whose entity list a frame loop keeps from one
+    /// frame to the next: once it has grown to the scope's size, a frame allocates nothing.
+    pub fn view_into(&mut self, now: Instant, view: &mut View) {
+        let entities = &mut view.entities;
+        entities.clear();
+        (view.owned, view.owned_input, view.render_tick) = (None, None, None);
         let predicting = self.predicting();
         let Some(s) = self.session.as_mut() else {
-            return View::default();
+            return;
         };
-        let mut entities = s.interp.sample(now);
+        s.interp.sample_into(now, entities);
         let render_tick = s.interp.render_tick(now);
         let owned = s.welcome.owned;
         let mut owned_input = None;
@@ -473,12 +484,7 @@ impl<I: Serialize> Client<I> {
                 }
             }
         }
-        View {
-            entities,
-            owned,
-            owned_input,
-            render_tick,
-        }
+        (view.owned, view.owned_input, view.render_tick) = (owned, owned_input, render_tick);
     }
 
     fn pump(&mut self, now: Instant) {

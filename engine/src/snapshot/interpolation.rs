@@ -193,8 +193,17 @@ impl InterpolationBuffer {
 
     /// Transforms to draw at `now`, by id.
     pub fn sample(&mut self, now: Instant) -> Vec<(EntityId, Transform)> {
+        let mut out = Vec::new();
+        self.sample_into(now, &mut out);
+        out
+    }
+
+    /// [`Self::sample`] written into `out` (cleared first), whose memory a frame loop keeps
+    /// from one frame to the next: a frame then allocates nothing.
+    pub fn sample_into(&mut self, now: Instant, out: &mut Vec<(EntityId, Transform)>) {
+        out.clear();
         let Some(rt) = self.render_tick(now) else {
-            return Vec::new();
+            return;
         };
         self.render_tick = rt;
         self.stats.samples += 1;
@@ -203,7 +212,7 @@ impl InterpolationBuffer {
             self.entries.pop_front();
         }
         let (Some(first), Some(last)) = (self.entries.front(), self.entries.back()) else {
-            return Vec::new();
+            return;
         };
         if rt >= f64::from(last.tick.0) {
             if !self.in_underrun && rt > f64::from(last.tick.0) {
@@ -215,45 +224,40 @@ impl InterpolationBuffer {
             }
             let ahead = ((rt - f64::from(last.tick.0)) * self.tick_s())
                 .min(self.config.max_extrapolation.as_secs_f64()) as f32;
-            return last
-                .states
-                .iter()
-                .map(|(id, t)| {
-                    let mut t = *t;
-                    if let Some(v) = t.velocity {
-                        t.position += v * ahead;
-                    }
-                    (*id, t)
-                })
-                .collect();
+            out.extend(last.states.iter().map(|(id, t)| {
+                let mut t = *t;
+                if let Some(v) = t.velocity {
+                    t.position += v * ahead;
+                }
+                (*id, t)
+            }));
+            return;
         }
         self.in_underrun = false;
         if rt <= f64::from(first.tick.0) || self.entries.len() < 2 {
-            return first.states.clone();
+            out.extend_from_slice(&first.states);
+            return;
         }
         // rt lies strictly between entries[0] and entries[1] after the pruning above.
         let (a, b) = (&self.entries[0], &self.entries[1]);
         let alpha = ((rt - f64::from(a.tick.0)) / f64::from(b.tick.0 - a.tick.0)) as f32;
-        a.states
-            .iter()
-            .map(|(id, ta)| {
-                let t = match b.states.binary_search_by_key(id, |(i, _)| *i) {
-                    Ok(j) => {
-                        let tb = &b.states[j].1;
-                        Transform {
-                            position: ta.position.lerp(tb.position, alpha),
-                            rotation: ta.rotation.slerp(tb.rotation, alpha),
-                            velocity: match (ta.velocity, tb.velocity) {
-                                (Some(va), Some(vb)) => Some(va.lerp(vb, alpha)),
-                                (_, v) => v,
-                            },
-                        }
+        out.extend(a.states.iter().map(|(id, ta)| {
+            let t = match b.states.binary_search_by_key(id, |(i, _)| *i) {
+                Ok(j) => {
+                    let tb = &b.states[j].1;
+                    Transform {
+                        position: ta.position.lerp(tb.position, alpha),
+                        rotation: ta.rotation.slerp(tb.rotation, alpha),
+                        velocity: match (ta.velocity, tb.velocity) {
+                            (Some(va), Some(vb)) => Some(va.lerp(vb, alpha)),
+                            (_, v) => v,
+                        },
                     }
-                    Err(_) => *ta,
-                };
-                (*id, t)
-            })
-            .collect()
+                }
+                Err(_) => *ta,
+            };
+            (*id, t)
+        }));
     }
 }
 
