@@ -61,8 +61,10 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
     rest[..end].parse().unwrap()
 }
 
-fn tmp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("snapsync-prometheus-{}", std::process::id()));
+/// A fresh directory of this test's own (the tests of this file run side by side).
+fn tmp_dir(test: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("snapsync-prometheus-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -176,7 +178,7 @@ fn eventually(web: &str, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
 #[test]
 #[ignore = "needs Debian's prometheus: .ci/run installs it and runs it"]
 fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
-    let dir = tmp_dir();
+    let dir = tmp_dir("drain");
     let summary = dir.join("summary.json");
     let mut server = Command::new(env!("CARGO_BIN_EXE_demo-server"))
         .args([
@@ -343,5 +345,153 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert_eq!(s["clients_peak"], 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `POST` to `url`; the body, if it answered 200.
+fn http_post(url: &str) -> Option<Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if r.status().as_u16() != 200 {
+            return None;
+        }
+        Some(r.bytes().await.ok()?.to_vec())
+    })
+}
+
+#[test]
+#[ignore = "needs Debian's prometheus: .ci/run installs it and runs it"]
+fn prometheus_sees_a_secure_servers_drops_by_reason_while_a_player_plays() {
+    use snapsync::connection::ClientSecurity;
+    use snapsync::netcode;
+
+    let dir = tmp_dir("secure");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_demo-server"))
+        .arg("--key-file")
+        .arg(dir.join("server.key"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--stats-interval",
+            "0",
+            "--duration",
+            "120",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut server);
+    let _server = Killed(server);
+    let game = addr_after(&wait_line(&lines, " listening on "), " listening on ");
+    let tokens = addr_after(
+        &wait_line(&lines, "connect tokens at http://"),
+        "connect tokens at http://",
+    );
+    let metrics = addr_after(
+        &wait_line(&lines, "metrics at http://"),
+        "metrics at http://",
+    );
+    let token_url = format!("http://{tokens}/connect");
+    let token = || http_post(&token_url).expect("a connect token from the endpoint");
+    let (_prom, web) = start_prometheus(&dir, metrics);
+
+    // One player with a token of its own, playing until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let told = stop.clone();
+    let mut config = ClientConfig::default();
+    config.client.security = ClientSecurity::Secure { token: token() };
+    let player = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut c = ReplicationClient::<u8>::join(game, config, None)
+                .await
+                .expect("a secure join");
+            let mut snapshots = 0u64;
+            // Bounded: at most two minutes of frames.
+            for _ in 0..7200 {
+                if told.load(std::sync::atomic::Ordering::Relaxed) {
+                    return snapshots;
+                }
+                c.drive_until(tokio::time::Instant::now() + Duration::from_millis(16))
+                    .await
+                    .unwrap();
+                while let Some(e) = c.poll_event() {
+                    snapshots += u64::from(matches!(e, ClientEvent::Snapshot { .. }));
+                }
+                assert!(c.endpoint().close_reason().is_none(), "the session ended");
+                let now = c.now();
+                let e = c.endpoint_mut();
+                for _ in 0..e.inputs_due(now) {
+                    let _ = e.send_input(now, 1);
+                }
+                c.flush();
+            }
+            panic!("never told to stop");
+        })
+    });
+    eventually(&web, "snapsync_connections", |v| v == 1.0);
+
+    // Strangers send what a secure server must drop, each of its own kind and count: three
+    // datagrams too short to be a packet, two of no packet type, and a valid request whose
+    // token was already used from another address.
+    let stranger = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (stranger(), stranger());
+    for _ in 0..3 {
+        // (Not starting with 0, which would make it a connection request of the wrong size.)
+        a.send_to(&[0xff; 5], game).unwrap();
+    }
+    for _ in 0..2 {
+        a.send_to(&[0x17; 40], game).unwrap();
+    }
+    let now = std::time::Instant::now();
+    let mut client = netcode::Client::new(now, &token()).unwrap();
+    let mut buf = [0u8; netcode::MAX_PACKET_BYTES];
+    let request = client.poll_transmit(now, &mut buf).unwrap();
+    a.send_to(&buf[..request.len], game).unwrap();
+    // The first use is answered (a challenge), so the second is surely the later one.
+    a.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut answer = [0u8; 2048];
+    let (n, from) = a
+        .recv_from(&mut answer)
+        .expect("a challenge to the first request");
+    assert_eq!(from, game);
+    assert!(n <= request.len, "a challenge no larger than the request");
+    b.send_to(&buf[..request.len], game).unwrap();
+
+    // Prometheus, through its own query API, sees each drop under its own reason.
+    let dropped = |reason: &str| format!("snapsync_secure_dropped_total{{reason=\"{reason}\"}}");
+    eventually(&web, &dropped("too_small"), |v| v == 3.0);
+    eventually(&web, &dropped("unknown_type"), |v| v == 2.0);
+    eventually(&web, &dropped("token_reused"), |v| v == 1.0);
+    eventually(
+        &web,
+        "snapsync_invalid_packets_total{reason=\"secure\"}",
+        |v| v >= 6.0,
+    );
+    // The player's own packets all opened, and it is still playing.
+    assert_eq!(query(&web, &dropped("decrypt_failed")), Some(0.0));
+    assert_eq!(query(&web, &dropped("replayed")), Some(0.0));
+    assert_eq!(query(&web, "snapsync_connections"), Some(1.0));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let snapshots = player.join().unwrap();
+    assert!(snapshots > 30, "the player was sent the game: {snapshots}");
     let _ = std::fs::remove_dir_all(&dir);
 }
