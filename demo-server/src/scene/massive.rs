@@ -28,8 +28,30 @@ const NPC_REST_S: (f32, f32) = (8.0, 56.0);
 /// One NPC's plan.
 #[derive(Debug, Clone, Copy)]
 enum Plan {
-    Walk { to: Vec2 },
-    Rest { left_s: f32 },
+    /// Walk a straight leg to `to`, along `dir` (a unit vector, or zero for a leg of no
+    /// length), facing the way with `facing`. Both are worked out once a leg: a game's
+    /// NPC turns when its leg starts, and an unchanged rotation is not quantized again.
+    Walk {
+        to: Vec2,
+        dir: Vec2,
+        facing: Quat,
+    },
+    Rest {
+        left_s: f32,
+    },
+}
+
+impl Plan {
+    /// The leg from `from` to `to`.
+    fn walk(from: Vec2, to: Vec2) -> Plan {
+        let dir = (to - from).normalize_or_zero();
+        Plan::Walk {
+            to,
+            dir,
+            // Yaw that points local +Z along the walk, as avatars face.
+            facing: Quat::from_rotation_y(dir.x.atan2(dir.y)),
+        }
+    }
 }
 
 /// 1 km × 1 km of NPCs that walk a leg, rest, and walk again; players walk anywhere.
@@ -72,9 +94,7 @@ impl MassiveScene {
                 half_extent: NPC_HALF_EXTENT_M,
             });
             let plan = if rng.random_bool(1.0 / 3.0) {
-                Plan::Walk {
-                    to: next_leg(&mut rng, p),
-                }
+                Plan::walk(p, next_leg(&mut rng, p))
             } else {
                 Plan::Rest {
                     left_s: rng.random_range(0.0..NPC_REST_S.1),
@@ -204,31 +224,27 @@ impl Scene for MassiveScene {
             .filter_map(|(body, plan)| plan.as_mut().map(|plan| (body, plan)));
         for (body, plan) in npcs {
             match plan {
-                Plan::Walk { to } => {
+                Plan::Walk { to, dir, facing } => {
                     let here = Vec2::new(body.position.x, body.position.z);
-                    let way = *to - here;
                     let step = NPC_SPEED_M_PER_S * dt;
-                    if way.length() <= step {
+                    if (*to - here).length() <= step {
                         body.position = Vec3::new(to.x, body.position.y, to.y);
                         body.velocity = Vec3::ZERO;
                         *plan = Plan::Rest {
                             left_s: self.rng.random_range(NPC_REST_S.0..NPC_REST_S.1),
                         };
                     } else {
-                        let dir = way / way.length();
-                        body.position += Vec3::new(dir.x, 0.0, dir.y) * step;
-                        body.velocity = Vec3::new(dir.x, 0.0, dir.y) * NPC_SPEED_M_PER_S;
-                        // Yaw that points local +Z along the walk, as avatars face.
-                        body.rotation = Quat::from_rotation_y(dir.x.atan2(dir.y));
+                        let dir = Vec3::new(dir.x, 0.0, dir.y);
+                        body.position += dir * step;
+                        body.velocity = dir * NPC_SPEED_M_PER_S;
+                        body.rotation = *facing;
                     }
                 }
                 Plan::Rest { left_s } => {
                     *left_s -= dt;
                     if *left_s <= 0.0 {
                         let here = Vec2::new(body.position.x, body.position.z);
-                        *plan = Plan::Walk {
-                            to: next_leg(&mut self.rng, here),
-                        };
+                        *plan = Plan::walk(here, next_leg(&mut self.rng, here));
                     }
                 }
             }

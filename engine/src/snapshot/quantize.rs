@@ -267,23 +267,61 @@ impl QuantizeConfig {
     pub(crate) fn quantize_with(&self, t: &Transform, lim: &Limits) -> QuantizedTransform {
         let mut position = [0u32; 3];
         for (axis, p) in position.iter_mut().enumerate() {
-            let offset = f64::from(t.position[axis]) - f64::from(self.position_min[axis]);
-            let q = round_half_away(offset / f64::from(self.position_resolution_m));
-            // `as` saturates and maps NaN to 0; min() keeps it inside the box.
-            *p = (q as u32).min(lim.position_steps[axis]);
+            *p = self.quantize_position_axis(t.position[axis], axis, lim);
         }
-        let velocity = t.velocity.map(|v| {
-            let mut out = [0u32; 3];
-            for (axis, o) in out.iter_mut().enumerate() {
-                let offset = f64::from(v[axis]) + f64::from(self.max_speed_mps);
-                let q = round_half_away(offset / f64::from(self.velocity_resolution_mps));
-                *o = (q as u32).min(lim.velocity_steps);
-            }
-            out
-        });
         QuantizedTransform {
             position,
             rotation: self.quantize_rotation_with(t.rotation, lim.rotation_max),
+            velocity: t.velocity.map(|v| self.quantize_velocity(v, lim)),
+        }
+    }
+
+    #[inline(always)]
+    fn quantize_position_axis(&self, p: f32, axis: usize, lim: &Limits) -> u32 {
+        let offset = f64::from(p) - f64::from(self.position_min[axis]);
+        let q = round_half_away(offset / f64::from(self.position_resolution_m));
+        // `as` saturates and maps NaN to 0; min() keeps it inside the box.
+        (q as u32).min(lim.position_steps[axis])
+    }
+
+    #[inline(always)]
+    fn quantize_velocity(&self, v: Vec3, lim: &Limits) -> [u32; 3] {
+        let mut out = [0u32; 3];
+        for (axis, o) in out.iter_mut().enumerate() {
+            let offset = f64::from(v[axis]) + f64::from(self.max_speed_mps);
+            let q = round_half_away(offset / f64::from(self.velocity_resolution_mps));
+            *o = (q as u32).min(lim.velocity_steps);
+        }
+        out
+    }
+
+    /// [`Self::quantize_with`] of `t`, for an entity whose transform was `before`,
+    /// quantized as `was`: the rotation and the velocity are taken from `was` when their
+    /// floats are the same (a NaN never is), which gives what quantizing them would. The
+    /// rotation's smallest-three is the dearest part, and most moving entities keep theirs.
+    pub(crate) fn requantize_with(
+        &self,
+        t: &Transform,
+        lim: &Limits,
+        before: &Transform,
+        was: &QuantizedTransform,
+    ) -> QuantizedTransform {
+        let mut position = [0u32; 3];
+        for (axis, p) in position.iter_mut().enumerate() {
+            *p = self.quantize_position_axis(t.position[axis], axis, lim);
+        }
+        let velocity = match (t.velocity, before.velocity) {
+            (Some(v), Some(b)) if v == b => was.velocity,
+            (v, _) => v.map(|v| self.quantize_velocity(v, lim)),
+        };
+        let rotation = if t.rotation == before.rotation {
+            was.rotation
+        } else {
+            self.quantize_rotation_with(t.rotation, lim.rotation_max)
+        };
+        QuantizedTransform {
+            position,
+            rotation,
             velocity,
         }
     }
@@ -510,6 +548,60 @@ mod tests {
         assert_eq!(q.velocity.unwrap()[0], c.velocity_steps());
         assert_eq!(q.velocity.unwrap()[1], 0);
         assert_eq!(c.dequantize_rotation(&q.rotation), Quat::IDENTITY);
+    }
+
+    /// A float from its bits, or one of the values that quantize specially.
+    fn any_f32() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            -2f32..2.0,
+            Just(0.0f32),
+            Just(-0.0f32),
+            Just(f32::NAN),
+            Just(f32::INFINITY),
+            any::<u32>().prop_map(f32::from_bits),
+        ]
+    }
+
+    fn any_transform() -> impl Strategy<Value = Transform> {
+        (
+            prop::array::uniform3(any_f32()),
+            prop::array::uniform4(any_f32()),
+            prop::option::of(prop::array::uniform3(any_f32())),
+        )
+            .prop_map(|(p, r, v)| Transform {
+                position: Vec3::from_array(p).map(|x| x * 100.0),
+                rotation: Quat::from_array(r),
+                velocity: v.map(|v| Vec3::from_array(v).map(|x| x * 10.0)),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Quantizing again with what an entity was is quantizing afresh, whichever parts
+        /// kept their floats (a NaN included, which is never the same).
+        #[test]
+        fn requantizing_is_quantizing_afresh(
+            before in any_transform(),
+            now in any_transform(),
+            keep_rotation in any::<bool>(),
+            keep_velocity in any::<bool>(),
+        ) {
+            let c = QuantizeConfig::default();
+            let lim = c.limits();
+            let mut t = now;
+            if keep_rotation {
+                t.rotation = before.rotation;
+            }
+            if keep_velocity {
+                t.velocity = before.velocity;
+            }
+            let was = c.quantize_with(&before, &lim);
+            prop_assert_eq!(
+                c.requantize_with(&t, &lim, &before, &was),
+                c.quantize_with(&t, &lim)
+            );
+        }
     }
 
     proptest! {

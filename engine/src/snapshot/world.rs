@@ -254,13 +254,13 @@ impl CachedEntity {
     fn refresh(
         &mut self,
         s: &EntityState,
-        quantize: impl Fn(&EntityState) -> QuantizedEntity,
+        quantize: impl Fn(&EntityState, Option<&Self>) -> QuantizedEntity,
     ) -> bool {
         if self.holds(s) {
             return false;
         }
+        let quantized = quantize(s, Some(self));
         self.transform = s.transform;
-        let quantized = quantize(s);
         let moved = quantized != self.quantized;
         self.quantized = quantized;
         moved
@@ -316,8 +316,18 @@ impl QuantizedWorld {
         pool: Option<&rayon::ThreadPool>,
     ) -> Self {
         let limits = config.limits();
-        let quantize = |s: &EntityState| QuantizedEntity {
-            transform: config.quantize_with(&s.transform, &limits),
+        // An entity that was quantized before keeps the quantized parts of its transform
+        // whose floats did not change (one that walks without turning keeps its rotation).
+        let quantize = |s: &EntityState, before: Option<&CachedEntity>| QuantizedEntity {
+            transform: match before {
+                Some(b) => config.requantize_with(
+                    &s.transform,
+                    &limits,
+                    &b.transform,
+                    &b.quantized.transform,
+                ),
+                None => config.quantize_with(&s.transform, &limits),
+            },
             component: s.component.as_deref().map(Arc::from),
         };
         // A world after another config's is not compared with it.
@@ -377,7 +387,7 @@ impl QuantizedWorld {
                         CachedEntity {
                             id,
                             transform: s.transform,
-                            quantized: quantize(s),
+                            quantized: quantize(s, None),
                         }
                     }
                 };
@@ -711,7 +721,7 @@ fn refresh_in_place<Q>(
     pool: Option<&rayon::ThreadPool>,
 ) -> bool
 where
-    Q: Fn(&EntityState) -> QuantizedEntity + Sync,
+    Q: Fn(&EntityState, Option<&CachedEntity>) -> QuantizedEntity + Sync,
 {
     let n = cache.entries.len();
     if entities.len() != n {
@@ -765,7 +775,7 @@ where
 #[inline(always)]
 fn refresh_run(
     world: &World,
-    quantize: &impl Fn(&EntityState) -> QuantizedEntity,
+    quantize: &impl Fn(&EntityState, Option<&CachedEntity>) -> QuantizedEntity,
     start: usize,
     entries: &mut [CachedEntity],
     out: &mut [(EntityId, QuantizedEntity)],
