@@ -115,21 +115,26 @@ fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> (Killed, Strin
     panic!("prometheus did not start");
 }
 
-fn http_get(url: &str) -> Option<(u16, String)> {
+/// `method` on `url`, given two seconds: the status and the body, if it answered.
+fn http(method: reqwest::Method, url: &str) -> Option<(u16, Vec<u8>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let r = reqwest::Client::new()
-            .get(url)
+            .request(method, url)
             .timeout(Duration::from_secs(2))
             .send()
             .await
             .ok()?;
         let status = r.status().as_u16();
-        Some((status, r.text().await.ok()?))
+        Some((status, r.bytes().await.ok()?.to_vec()))
     })
+}
+
+fn http_get(url: &str) -> Option<(u16, String)> {
+    http(reqwest::Method::GET, url).map(|(s, body)| (s, String::from_utf8_lossy(&body).into()))
 }
 
 /// The value of a PromQL query's first sample, if any.
@@ -158,6 +163,16 @@ fn query_answered(web: &str, promql: &str) -> f64 {
         assert!(Instant::now() < end, "{promql}: no answer within {LIMIT:?}");
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A player's inputs due now, sent: a player that sends none is not playing.
+fn send_inputs(c: &mut ReplicationClient<u8>) {
+    let now = c.now();
+    let e = c.endpoint_mut();
+    for _ in 0..e.inputs_due(now) {
+        let _ = e.send_input(now, 1);
+    }
+    c.flush();
 }
 
 /// Poll `done` every 100 ms until it holds (bounded); whether it did.
@@ -256,12 +271,7 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
                         if let Some(reason) = c.endpoint().close_reason() {
                             return (reason.clone(), during_drain);
                         }
-                        let now = c.now();
-                        let e = c.endpoint_mut();
-                        for _ in 0..e.inputs_due(now) {
-                            let _ = e.send_input(now, 1);
-                        }
-                        c.flush();
+                        send_inputs(&mut c);
                     }
                     panic!("the server never ended the session");
                 }));
@@ -363,22 +373,9 @@ fn prometheus_sees_players_and_rising_counters_and_sigterm_drains() {
 
 /// `POST` to `url`; the body, if it answered 200.
 fn http_post(url: &str) -> Option<Vec<u8>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        if r.status().as_u16() != 200 {
-            return None;
-        }
-        Some(r.bytes().await.ok()?.to_vec())
-    })
+    http(reqwest::Method::POST, url)
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
 }
 
 #[test]
@@ -450,12 +447,7 @@ fn prometheus_sees_a_secure_servers_drops_by_reason_while_a_player_plays() {
                     snapshots += u64::from(matches!(e, ClientEvent::Snapshot { .. }));
                 }
                 assert!(c.endpoint().close_reason().is_none(), "the session ended");
-                let now = c.now();
-                let e = c.endpoint_mut();
-                for _ in 0..e.inputs_due(now) {
-                    let _ = e.send_input(now, 1);
-                }
-                c.flush();
+                send_inputs(&mut c);
             }
             panic!("never told to stop");
         })
