@@ -265,23 +265,23 @@ impl QuantizeConfig {
 
     /// [`Self::quantize`] with the limits computed by the caller once for many entities.
     pub(crate) fn quantize_with(&self, t: &Transform, lim: &Limits) -> QuantizedTransform {
-        let mut position = [0u32; 3];
-        for (axis, p) in position.iter_mut().enumerate() {
-            *p = self.quantize_position_axis(t.position[axis], axis, lim);
-        }
         QuantizedTransform {
-            position,
+            position: self.quantize_position(t.position, lim),
             rotation: self.quantize_rotation_with(t.rotation, lim.rotation_max),
             velocity: t.velocity.map(|v| self.quantize_velocity(v, lim)),
         }
     }
 
     #[inline(always)]
-    fn quantize_position_axis(&self, p: f32, axis: usize, lim: &Limits) -> u32 {
-        let offset = f64::from(p) - f64::from(self.position_min[axis]);
-        let q = round_half_away(offset / f64::from(self.position_resolution_m));
-        // `as` saturates and maps NaN to 0; min() keeps it inside the box.
-        (q as u32).min(lim.position_steps[axis])
+    fn quantize_position(&self, p: Vec3, lim: &Limits) -> [u32; 3] {
+        let mut out = [0u32; 3];
+        for (axis, o) in out.iter_mut().enumerate() {
+            let offset = f64::from(p[axis]) - f64::from(self.position_min[axis]);
+            let q = round_half_away(offset / f64::from(self.position_resolution_m));
+            // `as` saturates and maps NaN to 0; min() keeps it inside the box.
+            *o = (q as u32).min(lim.position_steps[axis]);
+        }
+        out
     }
 
     #[inline(always)]
@@ -306,10 +306,6 @@ impl QuantizeConfig {
         before: &Transform,
         was: &QuantizedTransform,
     ) -> QuantizedTransform {
-        let mut position = [0u32; 3];
-        for (axis, p) in position.iter_mut().enumerate() {
-            *p = self.quantize_position_axis(t.position[axis], axis, lim);
-        }
         let velocity = match (t.velocity, before.velocity) {
             (Some(v), Some(b)) if v == b => was.velocity,
             (v, _) => v.map(|v| self.quantize_velocity(v, lim)),
@@ -320,7 +316,7 @@ impl QuantizeConfig {
             self.quantize_rotation_with(t.rotation, lim.rotation_max)
         };
         QuantizedTransform {
-            position,
+            position: self.quantize_position(t.position, lim),
             rotation,
             velocity,
         }
