@@ -7,7 +7,8 @@
 //! fewer snapshots than ticks; `--threads` builds snapshots on N threads, 0 = one per core;
 //! `--respawns` replaces that many of `massive`'s NPCs a second with new ones, so
 //! entities come and go every tick; `--tick-log` writes every measured tick's cost, one CSV
-//! row each, to show how slow ticks come: alone or in stretches; `--secure` runs secure
+//! row each, to show how slow ticks come: alone or in stretches, and whether the ticking
+//! thread had the core all along (its CPU time beside the wall time); `--secure` runs secure
 //! mode, every packet sealed and opened, as a shipped server does). Every flag and value is
 //! checked before anything runs (`benches::cli`).
 //! For 10 / 20 / 30 / 60 / 128 Hz × 1 / 16 / 64 / 256 clients (by default the arena scene,
@@ -115,19 +116,21 @@ fn floor(report: &SimulationReport) -> String {
 
 /// Every measured tick of every run, in run order: rate, clients, loss, then the tick.
 fn tick_log(rows: &[Row]) -> String {
-    let mut s = String::from("tick_hz,clients,loss_pct,tick,tick_cost_us,between_ticks_us\n");
+    let mut s =
+        String::from("tick_hz,clients,loss_pct,tick,tick_cost_us,between_ticks_us,tick_cpu_us\n");
     for r in rows {
         for (loss, report) in [(0.0, &r.clean), (LOSS_PCT, &r.lossy)] {
             for t in &report.tick_log {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{}",
                     r.tick_rate,
                     r.clients,
                     loss,
                     t.tick,
                     t.cost.as_micros(),
-                    t.between.as_micros()
+                    t.between.as_micros(),
+                    t.cpu.as_micros()
                 );
             }
         }

@@ -12,7 +12,8 @@
 //! `GameServer::tick`, drain the datagrams it produced into the links), and its work between
 //! ticks (what the network called it for: datagrams received, timers, events), which
 //! `Sim::server_busy` adds up — measurements, not clocks the protocol reads. Socket syscalls
-//! are in neither (see the loopback bench).
+//! are in neither (see the loopback bench). Each tick's log entry also has the CPU time the
+//! ticking thread was given, from the thread's own clock.
 //! Staleness uses virtual time: the game's tick 0 is the start of the run, and clients pass
 //! microseconds since the start as their clock.
 //!
@@ -117,6 +118,21 @@ pub struct TickCost {
     /// The work between the tick before and this one (as in
     /// [`SimulationReport::between_ticks_cost`]).
     pub between: Duration,
+    /// The CPU time the ticking thread was given during `cost` (its own clock; with a
+    /// pool, the other threads' work is not in it). Near `cost` when the thread ran the
+    /// whole tick: a tick that took long with both alike was slow on the core, not taken
+    /// off it.
+    pub cpu: Duration,
+}
+
+/// The CPU time the calling thread has had.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    // The clock counts from the thread's start: never negative.
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Ticks in a row [`SimulationReport::tick_cost_floor_pct`] takes the median of.
@@ -426,7 +442,7 @@ impl Simulation {
                 let busy = self.sim.server_busy();
                 let between = busy.saturating_sub(self.busy_at_last_tick);
                 self.busy_at_last_tick = busy;
-                let cost = self.server_tick();
+                let (cost, cpu) = self.server_tick();
                 self.tick_cost.record(cost);
                 self.between_ticks_cost.record(between);
                 self.period_cost.record(cost + between);
@@ -436,6 +452,7 @@ impl Simulation {
                         tick: ticks,
                         cost,
                         between,
+                        cpu,
                     });
                 }
                 // Outside the measured work: the harness's own record of the truth.
@@ -453,9 +470,11 @@ impl Simulation {
         }
     }
 
-    /// The server's work for one tick, as `server::run` does it; returns its CPU time.
-    fn server_tick(&mut self) -> Duration {
+    /// The server's work for one tick, as `server::run` does it; returns its time, on the
+    /// wall clock and on the thread's CPU clock.
+    fn server_tick(&mut self) -> (Duration, Duration) {
         let now = self.sim.now;
+        let cpu_start = thread_cpu_time();
         let work_start = Instant::now();
         for event in std::mem::take(&mut self.sim.server_events) {
             self.game.on_event(&mut self.sim.server, event);
@@ -474,7 +493,8 @@ impl Simulation {
                 self.sim.touched(i);
             }
         }
-        work_start.elapsed()
+        let cost = work_start.elapsed();
+        (cost, thread_cpu_time().saturating_sub(cpu_start))
     }
 
     /// One client frame, as `demo-client`'s session loop does it.
@@ -791,6 +811,19 @@ mod tests {
             (max_ms - counted_max).abs() <= 0.002 + 0.002 * max_ms,
             "{max_ms} vs {counted_max}"
         );
+        // The thread's CPU clock ran inside a span just wider than the wall clock's, and a
+        // thread is given at most the time that passes: never more than the tick's wall
+        // time but for the two clock reads. Every tick does some work, so some CPU time.
+        for t in &r.tick_log {
+            assert!(t.cpu > Duration::ZERO, "tick {}", t.tick);
+            assert!(
+                t.cpu <= t.cost + Duration::from_micros(100),
+                "tick {}: {:?} on the core in {:?}",
+                t.tick,
+                t.cpu,
+                t.cost
+            );
+        }
     }
 
     #[test]
