@@ -417,7 +417,7 @@ impl Simulation {
         self.sim.run_until(end);
     }
 
-    /// Run until the server's next tick has run; returns that tick's CPU cost.
+    /// Run until the server's next tick has run; returns that tick's cost (wall time).
     ///
     /// The clients and the network run up to that moment too, so repeated calls are a
     /// steady game (the way the server-tick bench measures one tick at a time).
@@ -432,8 +432,8 @@ impl Simulation {
         Duration::ZERO
     }
 
-    /// Bring the network to `at` and run what is due then, re-queueing it; returns the CPU
-    /// cost when it was a server tick.
+    /// Bring the network to `at` and run what is due then, re-queueing it; returns the
+    /// cost (wall time) when it was a server tick.
     fn run_due(&mut self, at: Instant, due: Due) -> Option<Duration> {
         self.sim.run_until(at);
         match due {
