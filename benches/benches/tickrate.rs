@@ -16,8 +16,10 @@
 //! what is within 100 m; bots playing, 20 ms latency each way), the whole `udp` demo runs
 //! in virtual time through `demo_server::simulate`, once on a clean link and once with 5 %
 //! loss. Printed as a markdown table, written as CSV (default `target/tickrate.csv`); each
-//! row's line on stderr adds each run's own tick cost and its fastest 10 ticks in a row
-//! (what the work costs when the shared host leaves the core alone: compare builds by it).
+//! row's line on stderr adds each run's own tick cost, its fastest 10 ticks in a row
+//! (what the work costs when the shared host leaves the core alone: compare builds by it),
+//! and the ticking thread's CPU time as a share of the ticks' wall time (near 100 %: the
+//! thread had its core throughout, and a slow tick was the core running slower).
 //!
 //! Without `--bench` (under `cargo test`) or with `--test` / `--quick` it runs a small subset
 //! in seconds, as a smoke test.
@@ -111,6 +113,13 @@ fn options(game: &GameOptions, clients: usize, loss_pct: f64, secure: bool) -> S
 fn floor(report: &SimulationReport) -> String {
     report
         .tick_cost_floor_pct()
+        .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
+}
+
+/// A run's [`SimulationReport::tick_cpu_pct`], or `-` for a run without ticks.
+fn on_core(report: &SimulationReport) -> String {
+    report
+        .tick_cpu_pct()
         .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
 }
 
@@ -352,7 +361,8 @@ fn main() {
                 "tickrate: {rate} Hz × {n} clients done ({:.0} s so far; shared: {:.0} % of snapshots, \
                  {:.0} / {:.0} % of entity deltas without / with loss; scopes scanned: {:.1} / {:.1} %; \
                  tick cost p50 / p99 {:.1} / {:.1} % without loss, {:.1} / {:.1} % at {LOSS_PCT} % loss; \
-                 fastest {FLOOR_TICKS} ticks in a row {} / {} %)",
+                 fastest {FLOOR_TICKS} ticks in a row {} / {} %; the ticking thread's CPU time \
+                 {} / {} % of the ticks' wall time)",
                 started.elapsed().as_secs_f64(),
                 clean.shared_pct,
                 clean.shared_deltas_pct,
@@ -365,6 +375,8 @@ fn main() {
                 lossy.tick_cost_pct(0.99),
                 floor(&clean),
                 floor(&lossy),
+                on_core(&clean),
+                on_core(&lossy),
             );
             rows.push(Row {
                 tick_rate: rate,

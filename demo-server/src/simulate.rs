@@ -249,6 +249,16 @@ impl SimulationReport {
         Some(floor.as_secs_f64() / self.tick_period.as_secs_f64() * 100.0)
     }
 
+    /// The ticking thread's CPU time over the logged ticks, as a share of their wall time
+    /// (`None` without ticks): near 100 % when the thread had its core for every tick, so
+    /// that a slow tick was the core running slower. With a pool, the time the thread waits
+    /// for the pool's threads is not on its clock.
+    pub fn tick_cpu_pct(&self) -> Option<f64> {
+        let wall: Duration = self.tick_log.iter().map(|t| t.cost).sum();
+        let cpu: Duration = self.tick_log.iter().map(|t| t.cpu).sum();
+        (!wall.is_zero()).then(|| cpu.as_secs_f64() / wall.as_secs_f64() * 100.0)
+    }
+
     /// Newer snapshots received per second per client.
     pub fn snapshots_per_client_per_s(&self) -> f64 {
         let secs = self.duration.as_secs_f64();
@@ -814,6 +824,12 @@ mod tests {
         // The thread's CPU clock ran inside a span just wider than the wall clock's, and a
         // thread is given at most the time that passes: never more than the tick's wall
         // time but for the two clock reads. Every tick does some work, so some CPU time.
+        // The run's share is the logged ticks' CPU time over their wall time.
+        let wall: Duration = r.tick_log.iter().map(|t| t.cost).sum();
+        let cpu: Duration = r.tick_log.iter().map(|t| t.cpu).sum();
+        let on_core = r.tick_cpu_pct().unwrap();
+        let share = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
+        assert!((on_core - share).abs() < 1e-6, "{on_core} vs {share} %");
         for t in &r.tick_log {
             assert!(t.cpu > Duration::ZERO, "tick {}", t.tick);
             assert!(
