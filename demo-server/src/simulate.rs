@@ -821,15 +821,15 @@ mod tests {
             (max_ms - counted_max).abs() <= 0.002 + 0.002 * max_ms,
             "{max_ms} vs {counted_max}"
         );
-        // The thread's CPU clock ran inside a span just wider than the wall clock's, and a
-        // thread is given at most the time that passes: never more than the tick's wall
-        // time but for the two clock reads. Every tick does some work, so some CPU time.
         // The run's share is the logged ticks' CPU time over their wall time.
         let wall: Duration = r.tick_log.iter().map(|t| t.cost).sum();
         let cpu: Duration = r.tick_log.iter().map(|t| t.cpu).sum();
         let on_core = r.tick_cpu_pct().unwrap();
         let share = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
         assert!((on_core - share).abs() < 1e-6, "{on_core} vs {share} %");
+        // The thread's CPU clock ran inside a span just wider than the wall clock's, and a
+        // thread is given at most the time that passes: never more than the tick's wall
+        // time but for the two clock reads. Every tick does some work, so some CPU time.
         for t in &r.tick_log {
             assert!(t.cpu > Duration::ZERO, "tick {}", t.tick);
             assert!(
