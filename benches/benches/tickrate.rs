@@ -109,18 +109,10 @@ fn options(game: &GameOptions, clients: usize, loss_pct: f64, secure: bool) -> S
     }
 }
 
-/// A run's [`SimulationReport::tick_cost_floor_pct`], or `-` for a run too short to have one.
-fn floor(report: &SimulationReport) -> String {
-    report
-        .tick_cost_floor_pct()
-        .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
-}
-
-/// A run's [`SimulationReport::tick_cpu_pct`], or `-` for a run without ticks.
-fn on_core(report: &SimulationReport) -> String {
-    report
-        .tick_cpu_pct()
-        .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
+/// A share a run may not have (its fastest ticks in a row, when too short; its ticking
+/// thread's CPU time, without ticks), or `-`.
+fn pct_or_dash(pct: Option<f64>) -> String {
+    pct.map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}"))
 }
 
 /// Every measured tick of every run, in run order: rate, clients, loss, then the tick.
@@ -373,10 +365,10 @@ fn main() {
                 clean.tick_cost_pct(0.99),
                 lossy.tick_cost_pct(0.5),
                 lossy.tick_cost_pct(0.99),
-                floor(&clean),
-                floor(&lossy),
-                on_core(&clean),
-                on_core(&lossy),
+                pct_or_dash(clean.tick_cost_floor_pct()),
+                pct_or_dash(lossy.tick_cost_floor_pct()),
+                pct_or_dash(clean.tick_cpu_pct()),
+                pct_or_dash(lossy.tick_cpu_pct()),
             );
             rows.push(Row {
                 tick_rate: rate,
