@@ -328,6 +328,8 @@ struct ScopeBits {
     moved: Vec<u32>,
     /// The band's entities that entered or left the scope this tick ([`Band::update`]).
     crossed: Vec<(u32, bool)>,
+    /// The entities of the band a scan finds ([`Interest::scan`]), by index.
+    band: Vec<u64>,
 }
 
 thread_local! {
@@ -777,22 +779,14 @@ impl Band {
         len: usize,
         slack: impl FnOnce() -> f32,
     ) {
-        let skin = c.skin_m();
-        let (r, outer) = (c.radius_m, c.outer_radius_m());
-        let enter2 = (r + skin) * (r + skin);
-        // With a scope narrower than its skin, every entity in it is in the band.
-        let stay2 = if outer > skin {
-            (outer - skin) * (outer - skin)
-        } else {
-            -1.0
-        };
+        let (stay2, enter2) = band_edges(c);
         let mut bits = SCOPE_BITS.take();
         let inside = &mut bits.previous;
         set_bits(inside, len.div_ceil(64), picks);
         self.entries.clear();
         // Every entity in scope is within the outer radius (but the owned one, which stays
         // in), so this finds all that may leave and all that may enter.
-        interest.grid.near(view, outer.max(r + skin), |cell| {
+        interest.grid.near(view, band_reach(c), |cell| {
             for e in cell {
                 let d2 = e.position.distance_squared(view);
                 let was = bit(inside, e.index) != 0;
@@ -809,6 +803,18 @@ impl Band {
         });
         SCOPE_BITS.set(bits);
         self.entries.sort_unstable_by_key(|&(i, _)| i);
+        self.settle(interest, view, owned, slack);
+    }
+
+    /// The band's entities were just found (by [`Self::build`], or by the scan that found
+    /// the scope, see [`Interest::scan`]): it holds from now on.
+    fn settle(
+        &mut self,
+        interest: &Interest,
+        view: Vec2,
+        owned: Option<u32>,
+        slack: impl FnOnce() -> f32,
+    ) {
         self.valid = true;
         self.found = self.entries.len();
         let motion = interest.motion();
@@ -821,6 +827,27 @@ impl Band {
             self.slack = slack();
         }
     }
+}
+
+/// How far from the view point a [`Band`]'s entities are looked for: every entity in scope
+/// is within the outer radius (but the owned one, which stays in), and one that may enter
+/// is within the radius and a skin.
+fn band_reach(c: &InterestConfig) -> f32 {
+    c.outer_radius_m().max(c.radius_m + c.skin_m())
+}
+
+/// The squared distances that put an entity in a [`Band`]: one in scope from the first on
+/// (it may leave), one out of it up to the second (it may enter).
+fn band_edges(c: &InterestConfig) -> (f32, f32) {
+    let skin = c.skin_m();
+    let (r, outer) = (c.radius_m, c.outer_radius_m());
+    // With a scope narrower than its skin, every entity in it is in the band.
+    let stay2 = if outer > skin {
+        (outer - skin) * (outer - skin)
+    } else {
+        -1.0
+    };
+    (stay2, (r + skin) * (r + skin))
 }
 
 /// Rooms, the area of interest, and the per-tick index of positions.
@@ -1076,14 +1103,18 @@ impl Interest {
                 SCOPE_BITS.set(bits);
             }
             _ => {
-                self.scan(tick_world, owned_index, view, same_layout, scope, spare);
+                let found = self.scan(tick_world, owned_index, view, same_layout, scope, spare);
                 scanned = true;
                 match banded {
                     Some((c, v)) => {
                         let slack = || self.band_slack(&c);
-                        let picks = scope.picks.clone();
                         let band = &mut scope.band;
-                        band.build(self, &c, v, owned_at, &picks, entities.len(), slack);
+                        if found {
+                            band.settle(self, v, owned_at, slack);
+                        } else {
+                            let picks = scope.picks.clone();
+                            band.build(self, &c, v, owned_at, &picks, entities.len(), slack);
+                        }
                     }
                     None => scope.band.valid = false,
                 }
@@ -1112,7 +1143,10 @@ impl Interest {
 
     /// Work out `scope` anew from every entity near its view point (and with rooms, from
     /// the rooms): its picks are last tick's list when the scope did not change, or else
-    /// written in `spare()`.
+    /// written in `spare()`. The usual scan (see below) of a scope that has a band (one of
+    /// positions alone, from a view point) also finds the band, in the same walk of the
+    /// grid: then it returns true, and the band's entries are written, for
+    /// [`Band::settle`].
     fn scan(
         &self,
         tick_world: &TickWorld,
@@ -1121,7 +1155,7 @@ impl Interest {
         same_layout: bool,
         scope: &mut Scope,
         spare: impl FnOnce() -> Arc<Vec<u32>>,
-    ) {
+    ) -> bool {
         let entities = tick_world.world.entities();
         let rooms_in_use = !self.entity_rooms.is_empty();
         let shares_room = |id: EntityId| {
@@ -1133,7 +1167,10 @@ impl Interest {
         };
         let mut bits = SCOPE_BITS.take();
         let ScopeBits {
-            previous, order, ..
+            previous,
+            order,
+            band,
+            ..
         } = &mut bits;
         let words = entities.len().div_ceil(64);
         let previous_bits = (self.config.is_some()
@@ -1148,6 +1185,16 @@ impl Interest {
         // end, rather than listing the indices to set them afterwards (see [`sort_dedup`]).
         // A scope that bits pay for last tick is about as large this tick.
         let gathered = previous_bits.filter(|_| !rooms_in_use);
+        // The band's entities are found as bits too, in the same walk: a second walk of the
+        // cells for them, and the sort of what it found, made a scan a third to a half
+        // longer (docs/BENCHMARKS.md, "The band found in the scan's walk").
+        // (As `scope` decides whether the scope has a band.)
+        let find_band = self.config.is_some() && view.is_some_and(|v| v.is_finite());
+        let band_bits = gathered.is_some() && find_band;
+        if band_bits {
+            band.clear();
+            band.resize(words, 0);
+        }
         if gathered.is_some() {
             order.clear();
             order.resize(words, 0);
@@ -1181,7 +1228,13 @@ impl Interest {
                             .binary_search_by_key(&id_of(e), |&i| previous_ids[i as usize])
                             .is_ok(),
                     };
-                    self.grid.near(view, outer, |cell| {
+                    // The band reaches a little beyond the outer radius: an entity there is
+                    // out of scope either way.
+                    let reach = if band_bits { band_reach(&c) } else { outer };
+                    let (stay2, enter2) = band_edges(&c);
+                    // (No entity has this index: a world holds fewer than u32::MAX.)
+                    let owned = owned_index.map_or(u32::MAX, |i| i as u32);
+                    self.grid.near(view, reach, |cell| {
                         // Whether an entity is in scope is as good as random (one at the
                         // edge is as likely in as out), and mispredicted branches dominated
                         // this loop: so the usual entity (well inside or outside, no rooms)
@@ -1194,6 +1247,13 @@ impl Interest {
                                 let was = bit(was_bits, e.index) != 0;
                                 let keep = (d2 <= r2) | ((d2 <= outer2) & was);
                                 set_bit(order, e.index, keep);
+                                if band_bits {
+                                    // As `Band::build` decides, the owned entity in scope.
+                                    let inside = keep | (e.index == owned);
+                                    let edge = (inside & ((d2 >= stay2) | d2.is_nan()))
+                                        | (!inside & (d2 <= enter2));
+                                    set_bit(band, e.index, edge);
+                                }
                             }
                             return;
                         }
@@ -1240,6 +1300,19 @@ impl Interest {
                 let set = order.iter().map(|w| w.count_ones() as usize).sum();
                 read_bits(order, writable(buf.insert(take_spare()), set));
             }
+            if band_bits {
+                let entries = &mut scope.band.entries;
+                entries.clear();
+                for (w, (&word, &inside)) in band.iter().zip(order.iter()).enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let at = word.trailing_zeros();
+                        // Indices of a world of u32 ids.
+                        entries.push(((w * 64) as u32 + at, (inside >> at) & 1 != 0));
+                        word &= word - 1;
+                    }
+                }
+            }
         } else {
             list.extend(owned_index);
             sort_dedup(list, order, entities.len());
@@ -1248,6 +1321,7 @@ impl Interest {
         if let Some(picks) = buf {
             scope.picks = picks;
         }
+        band_bits
     }
 }
 
@@ -1737,7 +1811,7 @@ mod tests {
         // the rule itself, and most of them must have come from the band, not a scan.
         let config = InterestConfig::radius(40.0);
         let (r2, outer) = (config.radius_m * config.radius_m, config.outer_radius_m());
-        let (mut calls, mut scans, mut jumps) = (0u64, 0u64, 0u64);
+        let (mut calls, mut scans, mut jumps, mut banded_scans) = (0u64, 0u64, 0u64, 0u64);
         for seed in 0..4 {
             let mut rng = ChaCha8Rng::seed_from_u64(100 + seed);
             let mut interest = Interest::new(Some(config));
@@ -1854,12 +1928,26 @@ mod tests {
                         continue;
                     }
                     let owned = viewer.owned.map(EntityId);
-                    let found = interest.scope(&tw, owned, &mut viewer.scope, Arc::default);
+                    let scanned = interest
+                        .scope(&tw, owned, &mut viewer.scope, Arc::default)
+                        .scanned;
                     // A band that missed a tick missed its leapers.
                     let back = c == last && tick % 9 == 5 && tick > 5;
-                    assert!(found.scanned || !back, "seed {seed}, tick {tick}");
-                    scans += u64::from(found.scanned);
+                    assert!(scanned || !back, "seed {seed}, tick {tick}");
+                    scans += u64::from(scanned);
                     calls += 1;
+                    // A band a scan found in its own walk of the grid (the usual scan) is
+                    // the one a walk for the band alone finds.
+                    let band = &viewer.scope.band;
+                    if scanned && band.valid {
+                        let mut alone = band.clone();
+                        let (view, owned) = (band.view, band.owned);
+                        let picks = viewer.scope.picks.clone();
+                        let len = tw.world.len();
+                        alone.build(&interest, &config, view, owned, &picks, len, || 1.0);
+                        assert_eq!(alone.entries, band.entries, "seed {seed}, tick {tick}");
+                        banded_scans += 1;
+                    }
                     let view = match viewer.scope.view_point {
                         Some(v) => ground(v),
                         None => points[&viewer.owned.expect("owned")].0,
@@ -1889,6 +1977,10 @@ mod tests {
         assert!(
             scans > jumps / 2 && scans * 4 < calls,
             "{scans} scans of {calls} scopes"
+        );
+        assert!(
+            banded_scans * 2 > scans,
+            "{banded_scans} of {scans} scans found a band"
         );
     }
 
