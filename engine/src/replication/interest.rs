@@ -403,17 +403,22 @@ fn set_bits(bits: &mut Vec<u64>, words: usize, indices: &[u32]) {
     }
 }
 
-/// Replace `indices` with the index of every bit set in `bits`, in increasing order.
-fn read_bits(bits: &[u64], indices: &mut Vec<u32>) {
-    indices.clear();
+/// `each(i)` for the index `i` of every bit set in `bits`, in increasing order.
+fn each_bit(bits: &[u64], mut each: impl FnMut(u32)) {
     for (w, &word) in bits.iter().enumerate() {
         let mut word = word;
         while word != 0 {
             // A bitmap of a world is as long as its entities, which fit a u32 (ids are u32).
-            indices.push((w * 64) as u32 + word.trailing_zeros());
+            each((w * 64) as u32 + word.trailing_zeros());
             word &= word - 1;
         }
     }
+}
+
+/// Replace `indices` with the index of every bit set in `bits`, in increasing order.
+fn read_bits(bits: &[u64], indices: &mut Vec<u32>) {
+    indices.clear();
+    each_bit(bits, |i| indices.push(i));
 }
 
 /// Put `indices` (each below `len`) in increasing order without duplicates.
@@ -1303,15 +1308,7 @@ impl Interest {
             if band_bits {
                 let entries = &mut scope.band.entries;
                 entries.clear();
-                for (w, (&word, &inside)) in band.iter().zip(order.iter()).enumerate() {
-                    let mut word = word;
-                    while word != 0 {
-                        let at = word.trailing_zeros();
-                        // Indices of a world of u32 ids.
-                        entries.push(((w * 64) as u32 + at, (inside >> at) & 1 != 0));
-                        word &= word - 1;
-                    }
-                }
+                each_bit(band, |i| entries.push((i, bit(order, i) != 0)));
             }
         } else {
             list.extend(owned_index);
