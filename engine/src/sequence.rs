@@ -114,6 +114,13 @@ impl<T> SequenceBuffer<T> {
         }
     }
 
+    /// Ask for the slot of `seq` to be brought into the caches (see [`crate::prefetch`]).
+    pub(crate) fn prefetch(&self, seq: Sequence) {
+        if let Some(slot) = self.slots.get(self.index(seq)) {
+            crate::prefetch::value(slot);
+        }
+    }
+
     /// Store `value` at `seq`. Returns `false` (and stores nothing) when `seq` is too old to
     /// fit in the ring behind the newest entry.
     pub fn insert(&mut self, seq: Sequence, value: T) -> bool {

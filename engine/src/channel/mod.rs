@@ -217,6 +217,12 @@ pub struct Channels {
 }
 
 impl Channels {
+    /// Ask for every channel's state to be brought into the caches (see
+    /// [`crate::prefetch`]): a packet's write asks each of them for what it has to send.
+    pub(crate) fn prefetch(&self) {
+        crate::prefetch::slice(&self.channels);
+    }
+
     /// Channels as configured.
     ///
     /// # Panics

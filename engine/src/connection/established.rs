@@ -250,6 +250,18 @@ impl Established {
         .min()
     }
 
+    /// Ask for the state a send reads first to be brought into the caches (see
+    /// [`crate::prefetch`]).
+    pub(crate) fn prefetch_send(&self) {
+        crate::prefetch::value(self);
+        crate::prefetch::value(&self.acks);
+        crate::prefetch::value(&self.channels);
+        crate::prefetch::value(&self.stats);
+        crate::prefetch::value(&self.last_sent);
+        self.acks.prefetch_send();
+        self.channels.prefetch();
+    }
+
     /// Build one packet now carrying `datagram` plus whatever channel messages fit, appended
     /// to `out` (the owner's [`Outbox`](super::outbox::Outbox)). The packet counts as sent
     /// now: its owner writes it out with the rest of the tick's, and drops it if the

@@ -683,6 +683,15 @@ impl Server {
         self.clients.next_timeout().into_iter().chain(netcode).min()
     }
 
+    /// Ask for what a send to `client` reads first to be brought into the caches, so that a
+    /// server sending to many clients in turn overlaps the next one's misses with this
+    /// one's work (see [`crate::prefetch`]).
+    pub(crate) fn prefetch_send(&self, client: ClientId) {
+        if let Some(c) = self.clients.get(&client) {
+            c.conn.prefetch_send();
+        }
+    }
+
     /// Send an unreliable datagram (e.g. a snapshot part) to `client` now, in its own packet,
     /// with channel messages filling the rest. Returns the packet's sequence; an
     /// [`Event::Delivery`] with it reports whether the packet was acked or lost.

@@ -256,6 +256,18 @@ impl AckTracker {
         seq
     }
 
+    /// Ask for what the next send reads and writes to be brought into the caches: the sent
+    /// ring's slot for the next sequence and the one that send evicts, and the bit windows.
+    pub(crate) fn prefetch_send(&self) {
+        let seq = self.next_sequence;
+        self.sent.records.prefetch(seq);
+        self.sent
+            .records
+            .prefetch(seq.minus(SENT_WINDOW_PACKETS as u16));
+        crate::prefetch::slice(&self.sent.occupied.0);
+        crate::prefetch::slice(&self.received.bits.0);
+    }
+
     /// The sequence the next [`on_send`](Self::on_send) will return.
     pub fn peek_next_sequence(&self) -> Sequence {
         self.next_sequence

@@ -678,7 +678,19 @@ impl Server {
             .collect();
         let mut in_view = 0;
         // Send one client's snapshot.
-        let mut send = |(id, peer, snapshot): (ClientId, &mut Peer, Snapshot)| {
+        let mut send = |(id, peer, snapshot): (ClientId, &mut Peer, Snapshot),
+                        next: Option<(ClientId, &Snapshot)>| {
+            // The next client's connection and parts are asked for now, so that their
+            // misses overlap this send (docs/BENCHMARKS.md, "The next client's send asked
+            // for ahead").
+            if let Some((next, snapshot)) = next {
+                self.conn.prefetch_send(next);
+                if let Ok(parts) = &snapshot.parts {
+                    for part in parts.parts() {
+                        crate::prefetch::slice(part);
+                    }
+                }
+            }
             let Snapshot {
                 parts,
                 in_scope,
@@ -732,7 +744,8 @@ impl Server {
                 pool,
                 jobs,
                 &|chunk| ahead(chunk, &build).collect(),
-                &mut send,
+                // (Sent as each is built: there is no next one to ask for yet.)
+                &mut |built| send(built, None),
             );
         } else {
             // On one thread, every snapshot is built before the first is sent: sent between
@@ -746,7 +759,11 @@ impl Server {
             } else {
                 build_shared(jobs, tick, world, &mut self.stats.shared_snapshots)
             };
-            built.into_iter().for_each(&mut send);
+            let mut built = built.into_iter().peekable();
+            while let Some(snapshot) = built.next() {
+                let next = built.peek().map(|(id, _, s)| (*id, s));
+                send(snapshot, next);
+            }
         }
         if scoped {
             self.viewers_per_entity = in_view as f64 / world.len().max(1) as f64;
