@@ -308,6 +308,16 @@ impl Scope {
         crate::prefetch::slice(&self.band.entries);
     }
 
+    /// Ask for the scope's own fields to be brought into the caches (its lists are asked
+    /// for by [`Self::prefetch`], which reads these fields to find them).
+    pub(super) fn prefetch_fields(&self) {
+        crate::prefetch::value(&self.rooms);
+        crate::prefetch::value(&self.view_point);
+        crate::prefetch::value(&self.picks);
+        crate::prefetch::value(&self.band);
+        crate::prefetch::value(&self.band.entries);
+    }
+
     /// The entities in scope, by increasing id.
     pub(super) fn visible(&self) -> impl ExactSizeIterator<Item = EntityId> + '_ {
         self.picks.iter().map(|&i| self.ids[i as usize])

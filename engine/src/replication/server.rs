@@ -120,20 +120,39 @@ impl Peer {
         self.scope.prefetch();
         self.sender.prefetch();
     }
+
+    /// Ask for this client's own fields to be brought into the caches, a client before
+    /// [`Self::prefetch`] reads them to find its lists.
+    fn prefetch_fields(&self) {
+        crate::prefetch::value(self);
+        crate::prefetch::value(&self.owned);
+        crate::prefetch::value(&self.phase);
+        self.scope.prefetch_fields();
+        self.sender.prefetch_fields();
+    }
 }
 
 /// `build` each client in turn, asking for the next one's memory ahead: a client's own
 /// state is cold by its turn (a thousand others were built since), and its misses then
-/// overlap the work on the client before it. Each client comes back with what was built.
+/// overlap the work on the client before it. The one after the next has its own fields
+/// asked for, so that asking for the next one's lists does not wait on reading them
+/// (docs/BENCHMARKS.md, "Two clients ahead"). Each client comes back with what was built.
 fn ahead<T>(
     jobs: Vec<(ClientId, &mut Peer)>,
     mut build: impl FnMut(&mut Peer) -> T,
 ) -> impl Iterator<Item = (ClientId, &mut Peer, T)> {
-    let mut jobs = jobs.into_iter().peekable();
+    let mut jobs = jobs.into_iter();
+    // The next client, whose lists are asked for, and the one after, whose own fields are
+    // (the lists are found through them).
+    let mut next = jobs.next();
     std::iter::from_fn(move || {
-        let (id, peer) = jobs.next()?;
-        if let Some((_, next)) = jobs.peek_mut() {
-            next.prefetch();
+        let (id, peer) = next.take()?;
+        next = jobs.next();
+        if let Some((_, after)) = jobs.as_slice().first() {
+            after.prefetch_fields();
+        }
+        if let Some((_, soon)) = next.as_mut() {
+            soon.prefetch();
         }
         let built = build(peer);
         Some((id, peer, built))

@@ -807,6 +807,20 @@ impl SnapshotSender {
         }
     }
 
+    /// Ask for the sender's own fields to be brought into the caches (its lists are asked
+    /// for by [`Self::prefetch`], which reads these fields to find them).
+    pub(crate) fn prefetch_fields(&self) {
+        prefetch::value(&self.config);
+        prefetch::value(&self.limits);
+        prefetch::value(&self.ring);
+        prefetch::value(&self.part_of_seq);
+        prefetch::value(&self.acked);
+        prefetch::value(&self.priority);
+        prefetch::value(&self.stats);
+        prefetch::value(&self.spare_parts);
+        prefetch::value(&self.spare);
+    }
+
     /// An empty buffer for this client's next scope picks (see [`WorldView`]), held by no
     /// one else: one this sender no longer needs when there is one, so a scoped client
     /// costs no allocation for its scope per tick.
