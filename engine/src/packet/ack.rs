@@ -257,13 +257,10 @@ impl AckTracker {
     }
 
     /// Ask for what the next send reads and writes to be brought into the caches: the sent
-    /// ring's slot for the next sequence and the one that send evicts, and the bit windows.
+    /// ring's slot for the next sequence (the packet that send evicts, a lap of the ring
+    /// older, is in the same slot) and the bit windows.
     pub(crate) fn prefetch_send(&self) {
-        let seq = self.next_sequence;
-        self.sent.records.prefetch(seq);
-        self.sent
-            .records
-            .prefetch(seq.minus(SENT_WINDOW_PACKETS as u16));
+        self.sent.records.prefetch(self.next_sequence);
         crate::prefetch::slice(&self.sent.occupied.0);
         crate::prefetch::slice(&self.received.bits.0);
     }

@@ -702,9 +702,9 @@ impl Server {
             // The next client's connection and parts are asked for now, so that their
             // misses overlap this send (docs/BENCHMARKS.md, "The next client's send asked
             // for ahead").
-            if let Some((next, snapshot)) = next {
-                self.conn.prefetch_send(next);
-                if let Ok(parts) = &snapshot.parts {
+            if let Some((next_id, next_snapshot)) = next {
+                self.conn.prefetch_send(next_id);
+                if let Ok(parts) = &next_snapshot.parts {
                     for part in parts.parts() {
                         crate::prefetch::slice(part);
                     }
