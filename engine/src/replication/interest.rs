@@ -631,6 +631,17 @@ struct Remap {
     to_new: Vec<u32>,
 }
 
+/// How last tick's picks of a scope index this tick's world ([`Interest::scan`]).
+#[derive(Clone, Copy)]
+enum LastPicks<'a> {
+    /// As they are: the world holds the same entities.
+    Same,
+    /// Moved along with their entities by the remap.
+    Moved(&'a Remap),
+    /// Not at all: each is found by its id.
+    ById,
+}
+
 /// In [`Remap::to_new`]: the entity left the world.
 const GONE: u32 = u32::MAX;
 
@@ -641,19 +652,19 @@ impl Remap {
     }
 
     /// `indices` (increasing) in the new world, those gone left out: still increasing,
-    /// since both worlds are in id order.
+    /// since both worlds are in id order. Every index is looked up, and the few gone are
+    /// taken out after, when there are any (each scope runs this on every tick entities
+    /// come or go).
     fn apply(&self, indices: &[u32], out: &mut Vec<u32>) {
-        // Every index written, and the next one written over it when it is gone: no branch
-        // on which entities left (each scope runs this on every tick entities come or go).
         out.clear();
-        out.resize(indices.len(), GONE);
-        let mut kept = 0;
-        for &i in indices {
-            let n = self.to_new.get(i as usize).copied().unwrap_or(GONE);
-            out[kept] = n;
-            kept += usize::from(n != GONE);
+        out.extend(
+            indices
+                .iter()
+                .map(|&i| self.to_new.get(i as usize).copied().unwrap_or(GONE)),
+        );
+        if out.contains(&GONE) {
+            out.retain(|&n| n != GONE);
         }
-        out.truncate(kept);
     }
 }
 
@@ -881,6 +892,10 @@ pub(super) struct Interest {
     phase: usize,
     /// Hands each scope's band the share of the skin it may use ([`Band::slack`]).
     bands_started: AtomicU32,
+    /// Where each entity of a tick's world was at the last send tick, and which entities
+    /// are new, when entities came or went: kept for their memory.
+    spare_before: Vec<Vec2>,
+    spare_came: Vec<u32>,
 }
 
 /// Phases of the send interval the scopes' [`Band`]s are kept for (the server gives clients
@@ -996,16 +1011,21 @@ impl Interest {
         self.phase = phase;
         let ph = &mut self.phases[phase];
         let from = std::mem::replace(&mut ph.layout, ids.clone());
-        ph.remap = None;
+        // (Its buffers are reused for the next one.)
+        let last_remap = ph.remap.take();
         if Arc::ptr_eq(&from, ids) || from.is_empty() {
             ph.motion.advance(&ph.positions, &now, c.skin_m());
         } else {
             // Entities came or went. The ones that stayed are measured as on any tick, by
             // their positions then and now side by side; the ones that came are leapers from
             // nowhere, which each scope measures if they are near it.
-            let mut to_new = vec![GONE; from.len()];
-            let mut before = Vec::with_capacity(now.len());
-            let mut came = Vec::new();
+            let mut to_new = last_remap.map(|r| r.to_new).unwrap_or_default();
+            to_new.clear();
+            to_new.resize(from.len(), GONE);
+            let mut before = std::mem::take(&mut self.spare_before);
+            let mut came = std::mem::take(&mut self.spare_came);
+            before.clear();
+            came.clear();
             let mut old = from.iter().enumerate().peekable();
             for (n, id) in ids.iter().enumerate() {
                 while old.next_if(|(_, o)| *o < id).is_some() {}
@@ -1027,6 +1047,7 @@ impl Interest {
             if ph.motion.epoch == epoch {
                 ph.motion.arrive(&came, &now);
             }
+            (self.spare_before, self.spare_came) = (before, came);
             ph.remap = Some(Remap { from, to_new });
         }
         // The phase's positions are now the tick's; its old ones are the next tick's buffer.
@@ -1056,8 +1077,25 @@ impl Interest {
     ) -> ScopedWorld<'a> {
         let world = &tick_world.world;
         let entities = world.entities();
+        // Last tick's picks index this tick's world too while the world holds the same
+        // entities: its scope is then a bit test by index instead of a search by id.
+        let same_layout = Arc::ptr_eq(&scope.ids, &tick_world.ids);
+        // Entities came or went since the last send tick: a scope and band kept in that
+        // world's indices follow their entities into this one's.
+        let remap = self
+            .phases
+            .get(self.phase)
+            .and_then(|p| p.remap.as_ref())
+            .filter(|r| !same_layout && Arc::ptr_eq(&scope.ids, &r.from));
         let owned_index = owned.and_then(|id| {
-            let at = scope.owned_at;
+            // Where the owned entity was last tick, in this tick's world.
+            let at = match remap {
+                Some(r) => u32::try_from(scope.owned_at)
+                    .ok()
+                    .and_then(|i| r.to(i))
+                    .map_or(usize::MAX, |n| n as usize),
+                None => scope.owned_at,
+            };
             let same = entities.get(at).is_some_and(|(e, _)| *e == id);
             if same { Some(at) } else { world.index_of(id) }
         });
@@ -1069,9 +1107,6 @@ impl Interest {
             .map(ground)
             .or_else(|| owned_index.and_then(|i| self.positions().get(i).copied()));
         let rooms_in_use = !self.entity_rooms.is_empty();
-        // Last tick's picks index this tick's world too while the world holds the same
-        // entities: its scope is then a bit test by index instead of a search by id.
-        let same_layout = Arc::ptr_eq(&scope.ids, &tick_world.ids);
         // A world index fits a u32 (ids are u32).
         let owned_at = owned_index.map(|i| i as u32);
         // The band stands for the scan while nothing near the edge can have crossed it
@@ -1080,13 +1115,6 @@ impl Interest {
             (Some(c), Some(v)) if !rooms_in_use && v.is_finite() => Some((c, v)),
             _ => None,
         };
-        // Entities came or went since the last send tick: a scope and band kept in that
-        // world's indices follow their entities into this one's.
-        let remap = self
-            .phases
-            .get(self.phase)
-            .and_then(|p| p.remap.as_ref())
-            .filter(|r| !same_layout && Arc::ptr_eq(&scope.ids, &r.from));
         if let Some(r) = remap {
             scope.band.follow(r);
         }
@@ -1118,7 +1146,12 @@ impl Interest {
                 SCOPE_BITS.set(bits);
             }
             _ => {
-                let found = self.scan(tick_world, owned_index, view, same_layout, scope, spare);
+                let last = match remap {
+                    Some(r) => LastPicks::Moved(r),
+                    None if same_layout => LastPicks::Same,
+                    None => LastPicks::ById,
+                };
+                let found = self.scan(tick_world, owned_index, view, last, scope, spare);
                 scanned = true;
                 match banded {
                     Some((c, v)) => {
@@ -1167,7 +1200,7 @@ impl Interest {
         tick_world: &TickWorld,
         owned_index: Option<usize>,
         view: Option<Vec2>,
-        same_layout: bool,
+        last: LastPicks<'_>,
         scope: &mut Scope,
         spare: impl FnOnce() -> Arc<Vec<u32>>,
     ) -> bool {
@@ -1185,16 +1218,30 @@ impl Interest {
             previous,
             order,
             band,
+            moved,
             ..
         } = &mut bits;
         let words = entities.len().div_ceil(64);
-        let previous_bits = (self.config.is_some()
-            && same_layout
-            && bitmap_pays(words, scope.picks.len()))
-        .then(|| {
-            set_bits(previous, words, &scope.picks);
-            previous.as_slice()
-        });
+        // Last tick's scope in the indices of this tick's world: its picks while the world
+        // holds the same entities, or moved along with them when some came or went (else it
+        // is searched by id below). Moved, a tick of entities coming and going scans as
+        // fast as any other: by bits, finding the band in the same walk (docs/BENCHMARKS.md,
+        // "Scans by index when entities come and go").
+        let remapped = matches!(last, LastPicks::Moved(_));
+        let last: Option<&[u32]> = match last {
+            LastPicks::Same => Some(&scope.picks),
+            LastPicks::Moved(r) => {
+                r.apply(&scope.picks, moved);
+                Some(moved)
+            }
+            LastPicks::ById => None,
+        };
+        let previous_bits = last
+            .filter(|l| self.config.is_some() && bitmap_pays(words, l.len()))
+            .map(|l| {
+                set_bits(previous, words, l);
+                previous.as_slice()
+            });
         // The usual case (last tick's scope as bits, no rooms): the scan sets the bit of
         // each entity it keeps straight in a bitmap of the world, read back in order at the
         // end, rather than listing the indices to set them afterwards (see [`sort_dedup`]).
@@ -1236,10 +1283,11 @@ impl Interest {
                     let previous = &scope.picks;
                     let previous_ids = &scope.ids;
                     let id_of = |e: &GridEntity| tick_world.ids[e.index as usize];
-                    let was_visible = |e: &GridEntity| match previous_bits {
-                        Some(bits) => bit(bits, e.index) != 0,
+                    let was_visible = |e: &GridEntity| match (previous_bits, last) {
+                        (Some(bits), _) => bit(bits, e.index) != 0,
+                        (None, Some(last)) => last.binary_search(&e.index).is_ok(),
                         // Picks increase, and so do their ids.
-                        None => previous
+                        (None, None) => previous
                             .binary_search_by_key(&id_of(e), |&i| previous_ids[i as usize])
                             .is_ok(),
                     };
@@ -1311,7 +1359,8 @@ impl Interest {
             // Most ticks most clients' scopes stay as they were (entities cross the edge of
             // a scope now and then): then the client is sent last tick's list again,
             // neither written nor read anew.
-            if *order != *previous {
+            // (Moved picks are a new list even when the same entities are in scope.)
+            if remapped || *order != *previous {
                 let set = order.iter().map(|w| w.count_ones() as usize).sum();
                 read_bits(order, writable(buf.insert(take_spare()), set));
             }
@@ -1989,6 +2038,42 @@ mod tests {
             banded_scans * 2 > scans,
             "{banded_scans} of {scans} scans found a band"
         );
+    }
+
+    #[test]
+    fn a_list_of_indices_moves_as_each_index_would_alone() {
+        // Worlds of random ids, one after the other: the indices of any list of the first
+        // world's entities, moved together, are each one's own place in the second, those
+        // that left left out.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut moved = vec![7];
+        for round in 0..300 {
+            let len = |rng: &mut ChaCha8Rng| rng.random_range(0..200);
+            let world = |rng: &mut ChaCha8Rng, n: usize| -> Vec<EntityId> {
+                let ids: BTreeSet<u32> = (0..n).map(|_| rng.random_range(0..300)).collect();
+                ids.into_iter().map(EntityId).collect()
+            };
+            let (n, m) = (len(&mut rng), len(&mut rng));
+            let (from, to) = (world(&mut rng, n), world(&mut rng, m));
+            let to_new: Vec<u32> = from
+                .iter()
+                .map(|id| to.binary_search(id).map_or(GONE, |n| n as u32))
+                .collect();
+            let remap = Remap {
+                from: Arc::new(from.clone()),
+                to_new,
+            };
+            let picks: Vec<u32> = (0..from.len() as u32)
+                .filter(|_| rng.random_bool(0.3))
+                .collect();
+            remap.apply(&picks, &mut moved);
+            let want: Vec<u32> = picks
+                .iter()
+                .filter_map(|&i| to.binary_search(&from[i as usize]).ok())
+                .map(|n| n as u32)
+                .collect();
+            assert_eq!(moved, want, "round {round}");
+        }
     }
 
     #[test]
