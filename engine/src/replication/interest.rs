@@ -1569,9 +1569,9 @@ mod tests {
     #[test]
     fn the_hysteresis_follows_each_entity_whether_or_not_the_world_s_entities_change() {
         // A crowd drifting around the view point, some ticks with entities coming and going
-        // (indices then mean other entities) and some without (last tick's scope is read by
-        // index), checked against the rule itself: in within the radius, out beyond the
-        // outer radius, otherwise as before.
+        // (indices then mean other entities: last tick's scope is moved into the new ones)
+        // and some without (it is read as it is), checked against the rule itself: in
+        // within the radius, out beyond the outer radius, otherwise as before.
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let config = InterestConfig::radius(20.0);
         let mut interest = Interest::new(Some(config));
@@ -1586,7 +1586,7 @@ mod tests {
             })
             .collect();
         let mut want: BTreeSet<u32> = BTreeSet::new();
-        let (mut by_bits, mut by_search) = (0, 0);
+        let (mut as_is, mut moved) = (0, 0);
         let mut previous: Option<TickWorld> = None;
         for tick in 0..200 {
             if tick % 3 == 0 {
@@ -1605,9 +1605,9 @@ mod tests {
             interest.index(positions(&world), &tw.ids, 0);
             let same_layout = Arc::ptr_eq(&scope.ids, &tw.ids);
             if same_layout {
-                by_bits += 1;
+                as_is += 1;
             } else {
-                by_search += 1;
+                moved += 1;
             }
             let (before, before_ids) = (scope.picks.clone(), ids(&scope));
             interest.scope(&tw, None, &mut scope, Arc::default);
@@ -1632,7 +1632,7 @@ mod tests {
             );
             previous = Some(tw);
         }
-        assert!(by_bits > 50 && by_search > 50, "{by_bits} / {by_search}");
+        assert!(as_is > 50 && moved > 50, "{as_is} / {moved}");
     }
 
     impl Motion {
