@@ -146,6 +146,7 @@ fn tshark_decodes_a_demo_capture_and_flags_truncated_packets() {
             "snapsync.snap.despawn.index",
             "snapsync.snap.spawn_count",
             "snapsync.snap.spawn.id",
+            "snapsync.malformed",
         ],
     );
     let kinds: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
@@ -180,7 +181,10 @@ fn tshark_decodes_a_demo_capture_and_flags_truncated_packets() {
         .filter(|r| r[0] != addr.port().to_string() && !r[5].is_empty())
         .count();
     assert!(inputs > 30, "input frames decoded: {inputs}");
-    let flagged: Vec<&Vec<String>> = rows.iter().filter(|r| !r[6].is_empty()).collect();
+    // Flagged by the dissector itself: other dissectors add notes of their own to the
+    // expert messages (UDP notes a possible traceroute when either port is one of
+    // traceroute's, 33434 and up, which the system may pick for the demo's sockets).
+    let flagged: Vec<&Vec<String>> = rows.iter().filter(|r| !r[13].is_empty()).collect();
     assert!(flagged.is_empty(), "real traffic flagged: {flagged:?}");
     // Every snapshot part decodes to its end (the spawn count comes last), with as many
     // indices and ids as its counts say.
