@@ -1088,16 +1088,17 @@ impl Interest {
             .and_then(|p| p.remap.as_ref())
             .filter(|r| !same_layout && Arc::ptr_eq(&scope.ids, &r.from));
         let owned_index = owned.and_then(|id| {
-            // Where the owned entity was last tick, in this tick's world.
+            // Where the owned entity was last tick, in this tick's world (none if it left);
+            // searched for by id when another entity is there now.
             let at = match remap {
                 Some(r) => u32::try_from(scope.owned_at)
                     .ok()
                     .and_then(|i| r.to(i))
-                    .map_or(usize::MAX, |n| n as usize),
-                None => scope.owned_at,
+                    .map(|n| n as usize),
+                None => Some(scope.owned_at),
             };
-            let same = entities.get(at).is_some_and(|(e, _)| *e == id);
-            if same { Some(at) } else { world.index_of(id) }
+            at.filter(|&at| entities.get(at).is_some_and(|(e, _)| *e == id))
+                .or_else(|| world.index_of(id))
         });
         if let Some(i) = owned_index {
             scope.owned_at = i;
