@@ -185,6 +185,17 @@ impl<'w> Entries<'w> for &'w [(EntityId, QuantizedEntity)] {
     }
 }
 
+/// Ask for the two states of each pair (index in `base`, index in `cur`). Out of line and
+/// cold: it runs for a few clients a tick, and leaves the merge's loop as it was.
+#[inline(never)]
+#[cold]
+fn prefetch_states<'w>(base: &impl Entries<'w>, cur: &impl Entries<'w>, pairs: &[(u32, u32)]) {
+    for &(bi, wi) in pairs {
+        crate::prefetch::value(base.state(bi as usize));
+        crate::prefetch::value(cur.state(wi as usize));
+    }
+}
+
 /// A [`WorldView`]'s entities.
 #[derive(Clone, Copy)]
 struct Picked<'a> {
@@ -565,6 +576,13 @@ impl<'w> Diff<'_> {
                             .iter()
                             .map(|&(_, wi)| cur.global(wi as usize)),
                     );
+                    // A section no one filled up front is one few clients read (a baseline
+                    // older than most: two packets or acks lost in a row). Its lookups mostly
+                    // encode, each from two states in worlds the tick has not read yet: they
+                    // are asked for here too, so that those misses overlap as well.
+                    if !section.filled_up_front() {
+                        prefetch_states(&base, &cur, &pairs[..changed]);
+                    }
                 }
                 // (The list keeps its length, the most this merge could note, so that
                 // `Scratch::shrink` sizes it by that.)

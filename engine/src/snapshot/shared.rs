@@ -17,7 +17,7 @@
 //! bytes go out.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::bits::BitString;
 use super::part::{self, EncodeScratch, EntityCode, EntityDelta};
@@ -168,12 +168,21 @@ pub(crate) struct SharedSection {
     pub(crate) ticks: u32,
     pub(crate) code: EntityCode,
     slots: Slots,
+    /// Its deltas are encoded up front this tick ([`SharedDeltas::fill`]): nearly every
+    /// lookup finds its slot filled, and reads no state.
+    up_front: AtomicBool,
 }
 
 impl SharedSection {
     /// The delta of the entity at `index` of the tick's world against its state in the
     /// world of the section's baseline tick (or against the spawn base, for spawns),
     /// encoding it from `states` (base, new) when no client did yet.
+    ///
+    /// Every client looks up each changed entity of its scope here, a hundred and more a
+    /// tick: when an unrelated change made the compiler call it out of line, every client's
+    /// build took about a fifth longer (docs/BENCHMARKS.md, "States asked for ahead for the
+    /// clients behind").
+    #[inline(always)]
     pub(crate) fn delta<'a>(
         &self,
         index: usize,
@@ -209,6 +218,12 @@ impl SharedSection {
                 crate::prefetch::value(slot);
             }
         }
+    }
+
+    /// Whether its deltas were encoded up front this tick: otherwise a lookup's first
+    /// client encodes, from the two states it reads then.
+    pub(crate) fn filled_up_front(&self) -> bool {
+        self.up_front.load(Ordering::Relaxed)
     }
 
     fn encode(&self, base: &QuantizedEntity, cur: &QuantizedEntity, lim: &Limits) -> SharedDelta {
@@ -367,6 +382,7 @@ impl SharedDeltas {
                 ticks: k,
                 code,
                 slots,
+                up_front: AtomicBool::new(false),
             });
         }
         old.clear();
@@ -397,6 +413,7 @@ impl SharedDeltas {
         let Some(then) = history.iter().find(|h| h.tick.0 + ticks == now.tick.0) else {
             return 0;
         };
+        section.up_front.store(true, Ordering::Relaxed);
         let (before, cur) = (then.world.entities(), now.world.entities());
         let end = range.end.min(cur.len()).min(now.changed.len());
         let start = range.start.min(end);
@@ -624,6 +641,10 @@ mod tests {
         assert_eq!(filled.fill(&now_tick, &history, 0, &lim, ALL), 0);
         assert_eq!(filled.fill(&now_tick, &history, 5, &lim, ALL), 0);
         assert_eq!(filled.fill(&now_tick, &[], 2, &lim, ALL), 0);
+        // Only a fill that encodes marks its section: the clients of the others ask ahead
+        // for the states their lookups will encode from.
+        let marked = |d: &SharedDeltas| d.section(Tick(3), 2).expect("section").filled_up_front();
+        assert!(!marked(&filled));
         let moved: Vec<usize> = (0..now_tick.changed.len())
             .filter(|&g| changed_within(now_tick.changed[g], 2))
             .collect();
@@ -633,6 +654,7 @@ mod tests {
             moved.len()
         );
         assert_eq!(filled.fill(&now_tick, &history, 2, &lim, ALL), moved.len());
+        assert!(marked(&filled) && !marked(&lazy));
         // A second fill finds every slot filled.
         assert_eq!(filled.fill(&now_tick, &history, 2, &lim, ALL), 0);
         let (f, l) = (
@@ -650,6 +672,9 @@ mod tests {
             };
             assert_eq!(up_front, first, "entity {g}");
         }
+        // The next tick's sections start unfilled, though they reuse these slots.
+        filled.prepare(&now_tick, &history, &[0, 2], &lim, &mut scratch);
+        assert!(!marked(&filled));
     }
 
     /// Fill the deltas of `now` against `then` (two ticks older) up front, once whole and
