@@ -324,10 +324,13 @@ fn section_code<'s, 'w>(
     lim: &Limits,
 ) -> Option<&'s part::EntityCode> {
     let code = &section?.code;
-    let covered = list
-        .iter()
-        .filter_map(|c| own.get(c.own as usize))
-        .all(|d| part::code_covers(code, d));
+    // Without own deltas (the usual case: every lookup found its bits shared) there is
+    // nothing to check, and the walk over the list would still read every candidate.
+    let covered = own.is_empty()
+        || list
+            .iter()
+            .filter_map(|c| own.get(c.own as usize))
+            .all(|d| part::code_covers(code, d));
     if covered {
         return Some(code);
     }
@@ -1263,12 +1266,22 @@ impl SnapshotSender {
                 self.priority.reset(EntityId(c.key));
             }
         }
-        let payload_bits: usize = sent_updates
-            .iter()
-            .chain(sent_spawns)
-            .map(|c| c.payload_bits as usize)
-            .sum();
         let entities_sent = sent[0] + sent[2];
+        let sent_payload_bits = || -> usize {
+            sent_updates
+                .iter()
+                .chain(sent_spawns)
+                .map(|c| c.payload_bits as usize)
+                .sum()
+        };
+        // When every candidate went out, the merge's total is the sum: another pass over
+        // the candidates would only repeat it.
+        let payload_bits = if send_all && entities_sent == candidates {
+            debug_assert_eq!(all_payload_bits, sent_payload_bits());
+            all_payload_bits
+        } else {
+            sent_payload_bits()
+        };
         self.stats.entities_sent += entities_sent as u64;
         self.stats.despawns_sent += sent[1] as u64;
         self.stats.entities_deferred += (candidates - entities_sent) as u64;
