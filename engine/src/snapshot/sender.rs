@@ -292,6 +292,9 @@ struct Candidate {
 /// [`Candidate::own`] of an entity written with its section's shared code.
 const SHARED: u32 = u32::MAX;
 
+/// How many entities the merge compares at once, where both lists are keyed by index.
+const MERGE_RUN: usize = 8;
+
 /// How the merge measured a candidate: by this client, or with its section's shared code.
 enum Measured {
     Own(EntityDelta),
@@ -607,8 +610,29 @@ impl<'w> Diff<'_> {
         mut both: impl FnMut(&mut Self, usize, usize),
     ) {
         let (nb, nc) = (base.count(), cur.count());
+        // Both keyed by index, the lists are a scope then and now: it changes at its edge
+        // alone, so they are long runs of the same indices at a fixed offset, compared a
+        // run at a time. The test per entity below, mispredicted where an entity crossed,
+        // is left for the runs that differ (docs/BENCHMARKS.md, "Runs of a scope compared
+        // whole").
+        let keys = base.index_keys().zip(cur.index_keys());
         let (mut bi, mut wi) = (0, 0);
         while bi < nb && wi < nc {
+            if let Some((b, c)) = keys {
+                while let (Some(x), Some(y)) =
+                    (b.get(bi..bi + MERGE_RUN), c.get(wi..wi + MERGE_RUN))
+                    && x == y
+                {
+                    for j in 0..MERGE_RUN {
+                        both(self, bi + j, wi + j);
+                    }
+                    bi += MERGE_RUN;
+                    wi += MERGE_RUN;
+                }
+                if bi >= nb || wi >= nc {
+                    break;
+                }
+            }
             let (bk, wk) = (base.key(bi), cur.key(wi));
             if bk == wk {
                 both(self, bi, wi);
