@@ -676,6 +676,7 @@ impl Server {
                 peer.sender.spare_picks()
             });
             let in_scope = world.len();
+            peer.sender.stock_spare_picks(in_scope);
             let built = peer.sender.build_weighted(
                 tick,
                 world,

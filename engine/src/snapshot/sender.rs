@@ -295,6 +295,16 @@ const SHARED: u32 = u32::MAX;
 /// How many entities the merge compares at once, where both lists are keyed by index.
 const MERGE_RUN: usize = 8;
 
+/// Spare scope lists a sender keeps (see [`SnapshotSender::spare_picks`]): enough for the
+/// lists that come back at once when one ack releases several ticks. A client that sends
+/// nothing of its own (a spectator) acknowledges with its keep-alive, every 100 ms by
+/// default (six ticks at 60 Hz), and with two spares it allocated a list on about half its
+/// ticks (`engine/tests/tick_allocation.rs`).
+const SPARE_PICKS: usize = 8;
+
+/// The longest scope list kept as a spare.
+const MAX_SPARE_PICKS_LEN: usize = 4096;
+
 /// How the merge measured a candidate: by this client, or with its section's shared code.
 enum Measured {
     Own(EntityDelta),
@@ -449,6 +459,8 @@ pub struct SnapshotSender {
     /// Scope picks this sender was given and no longer holds, to build the next ones in
     /// (see [`Self::spare_picks`]).
     spare: Vec<Arc<Vec<u32>>>,
+    /// Whether [`Self::stock_spare_picks`] made the spares.
+    stocked: bool,
     /// Tests: always take the ranked path, to check the shortcut against it.
     #[cfg(test)]
     always_rank: bool,
@@ -725,6 +737,7 @@ impl SnapshotSender {
             spare_parts: Vec::new(),
             spare_list: Vec::new(),
             spare: Vec::new(),
+            stocked: false,
             #[cfg(test)]
             always_rank: false,
         })
@@ -873,6 +886,24 @@ impl SnapshotSender {
         self.spare.pop().unwrap_or_default()
     }
 
+    /// Once, on the first scope of `scope_len` entities: make the spare lists the client's
+    /// snapshots in flight will hold (room for scopes up to the next power of two), so that
+    /// they are allocated now, not one by one on later ticks whenever loss holds one more
+    /// list in flight than the client had. Each such allocation may land in memory the
+    /// allocator gave back to the system, and then faults in the middle of a tick: with
+    /// 1,000 clients, a few a tick for the first seconds (docs/BENCHMARKS.md, "Page faults
+    /// in the tick").
+    pub(crate) fn stock_spare_picks(&mut self, scope_len: usize) {
+        if self.stocked || scope_len == 0 {
+            return;
+        }
+        self.stocked = true;
+        let room = scope_len.next_power_of_two().min(MAX_SPARE_PICKS_LEN);
+        while self.spare.len() < SPARE_PICKS {
+            self.spare.push(Arc::new(Vec::with_capacity(room)));
+        }
+    }
+
     /// Give back the parts of a snapshot [`Self::build`] returned, once sent: the next
     /// snapshots are written in their buffers instead of new ones.
     pub fn recycle_parts(&mut self, mut parts: Vec<Vec<u8>>) {
@@ -896,19 +927,13 @@ impl SnapshotSender {
     /// Keep the picks of `world` as a spare if it is a view and no one else holds them (a
     /// few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
-        // Enough for the lists that come back at once when one ack releases several ticks:
-        // a client that sends nothing of its own (a spectator) acknowledges with its
-        // keep-alive, every 100 ms by default (six ticks at 60 Hz), and with two spares it
-        // allocated a list on about half its ticks (`engine/tests/tick_allocation.rs`).
-        const SPARES: usize = 8;
-        const MAX_ENTITIES: usize = 4096;
-        if self.spare.len() >= SPARES {
+        if self.spare.len() >= SPARE_PICKS {
             return;
         }
         if let ClientWorld::View(v) = world {
             let mut picks = v.picks;
             if let Some(p) = Arc::get_mut(&mut picks)
-                && p.capacity() <= MAX_ENTITIES
+                && p.capacity() <= MAX_SPARE_PICKS_LEN
             {
                 p.clear();
                 self.spare.push(picks);
