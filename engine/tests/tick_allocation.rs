@@ -45,7 +45,7 @@ fn position(id: u32, tick: u32) -> Vec3 {
 /// Allocations counted during `measured` send ticks (after `warm_up` ticks) of a
 /// server with `clients` clients, each sending an input every tick when `play`s (else only
 /// acknowledging what it receives, as a spectator), on perfect links or, with `loss_pct`,
-/// links that lose that share of the datagrams each way, 20 ms long.
+/// links that lose that share of the datagrams each way, with 20 ms of latency each way.
 fn allocations(
     clients: usize,
     play: bool,
@@ -146,8 +146,8 @@ fn a_warm_server_ticks_without_allocating_per_client() {
         let many: u64 = allocations(40, play, churn, 0.0, 180, TICKS);
         eprintln!("allocations in {TICKS} ticks: {few} with 8 {who}, {many} with 40");
         // The tick's world costs a few allocations whatever the clients; 32 more clients
-        // add none, or nearly (players: the two counts are equal today; spectators: a few
-        // in all). The bound leaves room for a rare one, such as a scope's list when every
+        // add none, or nearly (the two counts are equal today, spectators' too since their
+        // spare lists are made with their first scope). The bound leaves room for a rare one, such as a scope's list when every
         // spare list is still held by snapshots in flight; an allocation per snapshot, or a
         // timer index that allocates as it is updated (one every few packets), is far
         // beyond it.
