@@ -199,12 +199,36 @@ pub struct QuantizeCache {
     /// came or went builds its entries here instead of in a fresh allocation of 10,000
     /// entries (a game with projectiles or respawns takes that path every tick).
     spare: Vec<CachedEntity>,
+    /// Whether [`QuantizeCache::stock_spares`] made the spare worlds.
+    stocked: bool,
 }
 
 /// In [`QuantizeCache::carried`]: an entity that was not in the world before.
 const CAME: u32 = u32::MAX;
 
 impl QuantizeCache {
+    /// Make [`FREE_WORLDS_KEPT`] spare worlds with room for `len` entities and more (the
+    /// next power of two), their memory written once, oldest in the list so that the
+    /// worlds let go are built in first.
+    ///
+    /// A server's first ticks add the worlds one by one as its history fills, and leave
+    /// none spare: from then on each tick builds in the world the history let go. On the
+    /// first tick a client's late baseline still held that one, the world was built in
+    /// memory new to the process, 5–7 ms at 10,000 entities where it takes 0.3 ms in
+    /// memory used before (page faults; a world built while clients joined is also too
+    /// small for the world after: docs/BENCHMARKS.md, "A world held one tick longer").
+    /// So the first tick that takes the last free world makes the spares, once.
+    fn stock_spares(&mut self, len: usize) {
+        self.stocked = true;
+        let room = len.next_power_of_two();
+        for _ in 0..FREE_WORLDS_KEPT {
+            let mut spare = Vec::with_capacity(room);
+            spare.resize_with(room, Default::default);
+            spare.truncate(len);
+            self.built.push_front(Arc::new(spare));
+        }
+    }
+
     /// The float transform of each entity of the world last quantized, in id order: a
     /// `Vec` read where the world itself is a `BTreeMap`, tens of instructions an entity
     /// dearer to walk.
@@ -231,8 +255,10 @@ impl QuantizeCache {
     }
 }
 
-/// Worlds no one else holds that a [`QuantizeCache`] keeps for their memory: a server
-/// frees about one a tick (the oldest it kept for shared codes) and needs one.
+/// Worlds no one else holds that a [`QuantizeCache`] keeps for their memory, counted once
+/// the tick's world took its own: a server frees about one a tick (the oldest it kept for
+/// shared codes) and takes it again the next, so these are spares for a tick on which a
+/// client's late baseline still holds that one (see [`QuantizeCache::stock_spares`]).
 const FREE_WORLDS_KEPT: usize = 2;
 
 /// At most this many worlds are tracked, held elsewhere or not: more than a server keeps for
@@ -347,6 +373,12 @@ impl QuantizedWorld {
             .and_then(|i| cache.built.remove(i))
             .and_then(|w| Arc::try_unwrap(w).ok())
             .unwrap_or_default();
+        if !cache.stocked
+            && free.is_some()
+            && !cache.built.iter().any(|w| Arc::strong_count(w) == 1)
+        {
+            cache.stock_spares(world.len());
+        }
         // The usual tick: the same entities as before, updated in place and written to the
         // new world in one walk (a walk of a `BTreeMap` costs tens of instructions an
         // entity, so the ids are not checked in a walk of their own first). Should an id
@@ -397,6 +429,8 @@ impl QuantizedWorld {
             drop(old);
             cache.spare = std::mem::replace(&mut cache.entries, entries);
             entities.clear();
+            // (With room to the next power of two, as in `refresh_in_place`.)
+            entities.reserve(cache.entries.len().next_power_of_two());
             entities.extend(cache.entries.iter().map(|e| (e.id, e.quantized.clone())));
         }
         let entities = Arc::new(entities);
@@ -727,6 +761,9 @@ where
     let n = cache.entries.len();
     if entities.len() != n {
         entities.clear();
+        // Room to the next power of two: a world a few entities larger (a player who
+        // joined) is then still built in this memory, not in a new allocation.
+        entities.reserve(n.next_power_of_two());
         entities.resize_with(n, Default::default);
     }
     let threads = pool.map_or(1, |p| p.current_num_threads() + 1);
@@ -933,6 +970,56 @@ mod tests {
             history.push_back(w);
         }
         assert!(cache.built.len() <= 24 + 1 + FREE_WORLDS_KEPT);
+    }
+
+    /// A holder keeps the last 8 worlds and lets go of the oldest each tick, but now and
+    /// then keeps one, or two at once, a few ticks longer (a client's baseline whose acks
+    /// were lost), and the world grows by a few entities (players joining). Once the cache
+    /// has made its spares, every world is built in memory it already had, with room
+    /// enough: none in memory new to the process.
+    #[test]
+    fn a_cache_builds_in_its_own_memory_when_worlds_are_held_longer() {
+        let config = QuantizeConfig::default();
+        let mut cache = QuantizeCache::default();
+        let mut world = World::new();
+        let mut history: VecDeque<QuantizedWorld> = VecDeque::new();
+        // Worlds held beyond the history, each with the tick it is let go at.
+        let mut late: Vec<(u32, QuantizedWorld)> = Vec::new();
+        let mut fresh = Vec::new();
+        let mut held_longer = 0;
+        for t in 0..400u32 {
+            move_all(&mut world, t);
+            // Ten players join at tick 200, one at a time.
+            for id in 100..(100 + t.saturating_sub(199).min(10)) {
+                world.insert(EntityId(id), EntityState::default());
+            }
+            let memory: Vec<(*const (EntityId, QuantizedEntity), usize)> = cache
+                .built
+                .iter()
+                .map(|b| (b.as_ptr(), b.capacity()))
+                .collect();
+            let stocked = cache.stocked;
+            let w = QuantizedWorld::from_world_cached(&world, &config, &mut cache);
+            let mine = (w.entities.as_ptr(), w.entities.capacity());
+            if stocked && !memory.contains(&mine) {
+                fresh.push(t);
+            }
+            history.push_back(w);
+            late.retain(|(until, _)| *until > t);
+            if history.len() > 8
+                && let Some(oldest) = history.pop_front()
+            {
+                // One world held three ticks longer every 50 ticks, and two at once
+                // (let go of on ticks in a row, each held four more) every 50 after 25.
+                if t % 50 == 20 || t % 50 == 45 || t % 50 == 46 {
+                    held_longer += 1;
+                    late.push((t + 3 + u32::from(t % 50 != 20), oldest));
+                }
+            }
+        }
+        assert!(cache.stocked, "spares made");
+        assert_eq!(held_longer, 24);
+        assert_eq!(fresh, Vec::<u32>::new(), "ticks that built in new memory");
     }
 
     #[test]
