@@ -214,7 +214,7 @@ impl QuantizeCache {
     /// A server's first ticks add the worlds one by one as its history fills, and leave
     /// none spare: from then on each tick builds in the world the history let go. On the
     /// first tick a client's late baseline still held that one, the world was built in
-    /// memory new to the process, 5–7 ms at 10,000 entities where it takes 0.3 ms in
+    /// memory new to the process, 5–8 ms at 10,000 entities where it takes 0.3 ms in
     /// memory used before (page faults; a world built while clients joined is also too
     /// small for the world after: docs/BENCHMARKS.md, "A world held one tick longer").
     /// So the first tick that takes the last free world makes the spares, once.
@@ -1009,8 +1009,8 @@ mod tests {
             if history.len() > 8
                 && let Some(oldest) = history.pop_front()
             {
-                // One world held three ticks longer every 50 ticks, and two at once
-                // (let go of on ticks in a row, each held four more) every 50 after 25.
+                // Every 50 ticks, one world held three ticks longer (tick 20 of the 50),
+                // and two at once (ticks 45 and 46, each held four ticks longer).
                 if t % 50 == 20 || t % 50 == 45 || t % 50 == 46 {
                     held_longer += 1;
                     late.push((t + 3 + u32::from(t % 50 != 20), oldest));
