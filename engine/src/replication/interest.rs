@@ -14,7 +14,11 @@
 //! 3. with an [`InterestConfig`], a client sees a public or shared entity once it is within
 //!    `radius_m` of the client's view point, measured on the ground plane (x and z), and
 //!    keeps seeing it until it is beyond `radius_m + hysteresis_m`, so an entity on the edge
-//!    does not flicker in and out. A client with no view point sees nothing by distance.
+//!    does not flicker in and out. A client with no view point sees nothing by distance;
+//! 4. an entity the game marks always visible
+//!    ([`Server::set_always_visible`](super::Server::set_always_visible): a scoreboard, a
+//!    flag, a boss on the map) skips rule 3: every client rule 2 lets see it sees it,
+//!    wherever it and the client are.
 //!
 //! The view point is the position of the client's owned entity unless the game sets one
 //! ([`Server::set_view_point`](super::Server::set_view_point)). Positions are indexed once
@@ -404,6 +408,13 @@ fn set_bit(bits: &mut [u64], i: u32, on: bool) {
     }
 }
 
+/// Clear bit `i` of `bits`; beyond the bitmap, nothing.
+fn clear_bit(bits: &mut [u64], i: u32) {
+    if let Some(word) = bits.get_mut(i as usize / 64) {
+        *word &= !(1 << (i % 64));
+    }
+}
+
 /// Make `bits` a bitmap of `words` words with the bit of each of `indices` set.
 fn set_bits(bits: &mut Vec<u64>, words: usize, indices: &[u32]) {
     bits.clear();
@@ -701,6 +712,9 @@ struct Band {
     /// The view point and the owned entity's index then.
     view: Vec2,
     owned: Option<u32>,
+    /// [`Interest::always_changes`] then: a band found before the game marked or unmarked
+    /// an entity always visible does not hold (the entity may be far from every band).
+    always: u64,
     /// How far, taken together, things may move before the band is found again: a share
     /// of the skin that differs from scope to scope (see [`Interest::band_slack`]), so that
     /// clients' scans fall on different ticks instead of all on one.
@@ -712,9 +726,10 @@ struct Band {
 
 impl Band {
     /// Whether the band still holds every entity that may cross the scope's edge.
-    fn holds(&self, motion: &Motion, view: Vec2, owned: Option<u32>) -> bool {
+    fn holds(&self, motion: &Motion, view: Vec2, owned: Option<u32>, always: u64) -> bool {
         let moved = || (motion.travel - self.travel) as f32 + view.distance(self.view);
         self.valid
+            && self.always == always
             && self.epoch == motion.epoch
             && self.seen + 1 == motion.ticks
             && self.owned == owned
@@ -768,13 +783,14 @@ impl Band {
 
     /// Apply the scope's rule to the band's entities (as a scan does, see
     /// [`Interest::scan`]): those that entered (`true`) or left (`false`) the scope go to
-    /// `crossed`, by increasing index.
+    /// `crossed`, by increasing index. `always` lists the entities always visible, by
+    /// increasing index: they stay in scope wherever they go.
     fn update(
         &mut self,
         positions: &[Vec2],
         view: Vec2,
         c: &InterestConfig,
-        owned: Option<u32>,
+        (owned, always): (Option<u32>, &[u32]),
         crossed: &mut Vec<(u32, bool)>,
     ) {
         let outer = c.outer_radius_m();
@@ -783,7 +799,9 @@ impl Band {
         for (index, was) in &mut self.entries {
             let at = positions.get(*index as usize);
             let d2 = at.map_or(f32::NAN, |p| p.distance_squared(view));
-            let keep = (d2 <= r2) | ((d2 <= outer2) & *was) | (Some(*index) == owned);
+            let pinned = (Some(*index) == owned)
+                || (!always.is_empty() && always.binary_search(index).is_ok());
+            let keep = (d2 <= r2) | ((d2 <= outer2) & *was) | pinned;
             // A few of a band's entities cross a tick: the push is rarely taken.
             if keep != *was {
                 crossed.push((*index, keep));
@@ -828,6 +846,13 @@ impl Band {
             }
         });
         SCOPE_BITS.set(bits);
+        // An entity always visible cannot leave, and is in scope: it needs no band. (One
+        // that leaps near the band later joins it, and `update` keeps it in.)
+        let always = &interest.always_at;
+        if !always.is_empty() {
+            self.entries
+                .retain(|(i, _)| always.binary_search(i).is_err());
+        }
         self.entries.sort_unstable_by_key(|&(i, _)| i);
         self.settle(interest, view, owned, slack);
     }
@@ -849,6 +874,7 @@ impl Band {
         self.seen = motion.ticks;
         self.view = view;
         self.owned = owned;
+        self.always = interest.always_changes;
         if self.slack == 0.0 {
             self.slack = slack();
         }
@@ -896,6 +922,13 @@ pub(super) struct Interest {
     /// are new, when entities came or went: kept for their memory.
     spare_before: Vec<Vec2>,
     spare_came: Vec<u32>,
+    /// The entities the game marked always visible (rule 4 of the [module docs](self)).
+    always: BTreeSet<EntityId>,
+    /// Their indices in the tick's world, increasing (those it holds).
+    always_at: Vec<u32>,
+    /// Counts the changes to `always`, so that the scopes kept by their bands are scanned
+    /// once after each.
+    always_changes: u64,
 }
 
 /// Phases of the send interval the scopes' [`Band`]s are kept for (the server gives clients
@@ -988,6 +1021,19 @@ impl Interest {
         self.entity_rooms.get(&entity).map_or(&[], Vec::as_slice)
     }
 
+    pub(super) fn set_always_visible(&mut self, entity: EntityId, always: bool) {
+        let changed = if always {
+            self.always.insert(entity)
+        } else {
+            self.always.remove(&entity)
+        };
+        self.always_changes += u64::from(changed);
+    }
+
+    pub(super) fn is_always_visible(&self, entity: EntityId) -> bool {
+        self.always.contains(&entity)
+    }
+
     /// Index the positions of this send tick's world, each entity's in id order: the world
     /// its [`TickWorld`] holds, as the grid's entries are indices there (a scope reads their
     /// ids from it). The scopes updated next are of `phase` (below [`MAX_PHASES`]): motion
@@ -1053,6 +1099,14 @@ impl Interest {
         // The phase's positions are now the tick's; its old ones are the next tick's buffer.
         self.spare = std::mem::replace(&mut ph.positions, now);
         self.grid.rebuild(c.outer_radius_m(), &ph.positions);
+        // (Both lists increase, and so do the indices found.)
+        self.always_at.clear();
+        for id in &self.always {
+            if let Ok(i) = ids.binary_search(id) {
+                // Indices of worlds of u32 ids.
+                self.always_at.push(i as u32);
+            }
+        }
     }
 
     /// The motion this tick's scopes are measured against.
@@ -1123,7 +1177,9 @@ impl Interest {
         match banded {
             Some((c, v))
                 if (same_layout || remap.is_some())
-                    && scope.band.holds(self.motion(), v, owned_at) =>
+                    && scope
+                        .band
+                        .holds(self.motion(), v, owned_at, self.always_changes) =>
             {
                 let mut bits = SCOPE_BITS.take();
                 let ScopeBits { moved, crossed, .. } = &mut bits;
@@ -1132,9 +1188,26 @@ impl Interest {
                 }
                 let kept: &[u32] = if remap.is_some() { moved } else { &scope.picks };
                 scope.band.admit(self.motion(), kept, &c, owned_at);
+                let always = self.always_at.as_slice();
                 scope
                     .band
-                    .update(self.positions(), v, &c, owned_at, crossed);
+                    .update(self.positions(), v, &c, (owned_at, always), crossed);
+                // An entity always visible that came to the world this tick far from the
+                // band is in no band: it enters here. (Every other one is in scope, and in
+                // the band only if near its edge, where it is kept.)
+                let banded = crossed.len();
+                for &a in always {
+                    if kept.binary_search(&a).is_err()
+                        && crossed[..banded]
+                            .binary_search_by_key(&a, |&(i, _)| i)
+                            .is_err()
+                    {
+                        crossed.push((a, true));
+                    }
+                }
+                if crossed.len() > banded {
+                    crossed.sort_unstable_by_key(|&(i, _)| i);
+                }
                 if !crossed.is_empty() || remap.is_some() {
                     let mut picks = spare();
                     cross(
@@ -1354,7 +1427,8 @@ impl Interest {
         // A world holds fewer than u32::MAX entities (ids are u32).
         let owned_index = owned_index.map(|i| i as u32);
         if gathered.is_some() {
-            if let Some(i) = owned_index {
+            // (No rooms in use: every entity always visible is in scope.)
+            for &i in owned_index.iter().chain(&self.always_at) {
                 set_bit(order, i, true);
             }
             // Most ticks most clients' scopes stay as they were (entities cross the edge of
@@ -1366,12 +1440,22 @@ impl Interest {
                 read_bits(order, writable(buf.insert(take_spare()), set));
             }
             if band_bits {
+                // An entity always visible cannot leave: it is in no band (as in
+                // `Band::build`).
+                for &i in &self.always_at {
+                    clear_bit(band, i);
+                }
                 let entries = &mut scope.band.entries;
                 entries.clear();
                 each_bit(band, |i| entries.push((i, bit(order, i) != 0)));
             }
         } else {
             list.extend(owned_index);
+            list.extend(
+                self.always_at
+                    .iter()
+                    .filter(|&&i| shares_room(tick_world.ids[i as usize])),
+            );
             sort_dedup(list, order, entities.len());
         }
         SCOPE_BITS.set(bits);
@@ -1869,8 +1953,9 @@ mod tests {
     fn a_scope_kept_by_its_band_is_the_scope_the_rule_gives() {
         // Clients in a walking crowd, and now and then: an entity jumps far, one goes to a
         // position that is not finite and comes back, entities come and go, a view point
-        // jumps, a client takes another entity. Each tick every scope is checked against
-        // the rule itself, and most of them must have come from the band, not a scan.
+        // jumps, a client takes another entity, the game marks or unmarks an entity always
+        // visible. Each tick every scope is checked against the rule itself, and most of
+        // them must have come from the band, not a scan.
         let config = InterestConfig::radius(40.0);
         let (r2, outer) = (config.radius_m * config.radius_m, config.outer_radius_m());
         let (mut calls, mut scans, mut jumps, mut banded_scans) = (0u64, 0u64, 0u64, 0u64);
@@ -1892,6 +1977,11 @@ mod tests {
                 })
                 .collect();
             let mut next_id = 1500;
+            // Always visible: two of the crowd, and two that have yet to come (they arrive
+            // wherever newcomers do, most often far from a client's band).
+            for id in [20, 21, 1501, 1503] {
+                interest.set_always_visible(EntityId(id), true);
+            }
             let mut viewers: Vec<Viewer> = (0..6)
                 .map(|c| Viewer {
                     scope: Scope {
@@ -1935,6 +2025,19 @@ mod tests {
                     points.remove(&crowd);
                     points.insert(next_id, (spot(&mut rng), Vec2::ZERO));
                     next_id += 1;
+                }
+                // The game marks another entity, or unmarks one of those it marked (most
+                // far from a given client, which must then see it leave).
+                if rng.random_bool(0.04) {
+                    let marked: Vec<u32> = (10..next_id)
+                        .filter(|&i| interest.is_always_visible(EntityId(i)))
+                        .collect();
+                    let id = match rng.random_bool(0.5) {
+                        true if !marked.is_empty() => marked[rng.random_range(0..marked.len())],
+                        _ => rng.random_range(10..next_id),
+                    };
+                    let id = EntityId(id);
+                    interest.set_always_visible(id, !interest.is_always_visible(id));
                 }
                 let c = rng.random_range(0..viewers.len());
                 if rng.random_bool(0.02) {
@@ -2023,6 +2126,12 @@ mod tests {
                         })
                         .map(|(&i, _)| i)
                         .chain(viewer.owned)
+                        .chain(
+                            points
+                                .keys()
+                                .copied()
+                                .filter(|&i| interest.is_always_visible(EntityId(i))),
+                        )
                         .collect();
                     assert_eq!(
                         ids(&viewer.scope),

@@ -76,6 +76,8 @@ struct ScopeGame {
     /// Compare complete snapshots with the scope (false when a tight budget makes entities
     /// wait: then a snapshot holds only part of its scope's changes).
     check_scopes: bool,
+    /// Entities the game marked always visible: a client may hold them at any distance.
+    always: BTreeSet<EntityId>,
     next_tick_at: Instant,
 }
 
@@ -128,6 +130,7 @@ impl ScopeGame {
             positions: BTreeMap::new(),
             verified: vec![BTreeSet::new(); n],
             check_scopes: true,
+            always: BTreeSet::new(),
             next_tick_at,
         };
         g.place(0);
@@ -203,7 +206,7 @@ impl ScopeGame {
                     "client {i} at tick {t}: a complete snapshot is the scope of its tick"
                 );
                 let view = Vec2::new(self.views[i].x, self.views[i].z);
-                for id in &held {
+                for id in held.iter().filter(|id| !self.always.contains(id)) {
                     let p = self.positions[&t][id];
                     let d = Vec2::new(p.x, p.z).distance(view);
                     assert!(d <= outer + 0.01, "client {i} tick {t}: {id:?} at {d} m");
@@ -466,6 +469,101 @@ fn rooms_decide_who_sees_an_entity_and_a_room_message_reaches_exactly_its_member
     assert_eq!(
         g.sim.server.room_members(red).collect::<Vec<_>>(),
         vec![ids[0]]
+    );
+}
+
+#[test]
+fn an_entity_always_visible_reaches_every_client_wherever_it_is_until_unmarked() {
+    // Entity 900 walks far beyond every client's scope; the game marks it always visible.
+    // Under 20 % loss every complete snapshot is still exactly its tick's scope, and the
+    // views end equal to the scopes: with it while marked (also after it left the world and
+    // came back under its id), without it once unmarked.
+    let far = EntityId(900);
+    let at = |tick: u32| Vec3::new(200.0 + tick as f32 * 0.05, 0.0, -150.0);
+    for seed in [21, 22, 23] {
+        let mut g = ScopeGame::new(Some(interest()), 60, views(), seed, 20.0);
+        g.sim.server.set_always_visible(far, true);
+        g.always.insert(far);
+        assert!(g.sim.server.is_always_visible(far));
+        let mut tick = 0;
+        // (It walks while the movers do, and stands still with them.)
+        let mut step = |g: &mut ScopeGame, ticks: u32, present: bool| {
+            for _ in 0..ticks {
+                tick += u32::from(g.moving);
+                if present {
+                    let state = EntityState::new(Transform {
+                        position: at(tick),
+                        ..Transform::default()
+                    });
+                    g.world.insert(far, state);
+                } else {
+                    g.world.remove(far);
+                }
+                g.run(TICK);
+            }
+        };
+        let sees = |g: &ScopeGame| -> Vec<bool> {
+            (0..g.views.len())
+                .map(|i| {
+                    let id = client_id(&g.sim, i).expect("connected");
+                    let mut v = g.sim.server.visible_entities(id).expect("scoped");
+                    v.any(|e| e == far)
+                })
+                .collect()
+        };
+        step(&mut g, 240, true);
+        assert_eq!(sees(&g), [true; 3], "seed {seed}: seen from everywhere");
+        // It leaves the world, and comes back under the same id, still marked.
+        step(&mut g, 30, false);
+        assert_eq!(sees(&g), [false; 3], "seed {seed}: gone");
+        step(&mut g, 30, true);
+        g.moving = false;
+        step(&mut g, 180, true);
+        assert_eq!(sees(&g), [true; 3], "seed {seed}: back");
+        g.assert_views_are_the_scopes(seed);
+        // Unmarked, it is as any other entity: far from every client, so in no scope.
+        // (It stays exempt from `verify`'s distance check, which still compares ticks from
+        // before: each complete snapshot must still be its tick's scope.)
+        g.sim.server.set_always_visible(far, false);
+        step(&mut g, 180, true);
+        assert_eq!(sees(&g), [false; 3], "seed {seed}: unmarked");
+        g.assert_views_are_the_scopes(seed);
+        g.assert_verified_share(seed, 4);
+    }
+}
+
+#[test]
+fn an_entity_always_visible_in_a_room_reaches_the_room_s_members_alone() {
+    // With rooms in use every scope is scanned: the rule holds on that path too.
+    let far = EntityId(900);
+    let mut g = ScopeGame::new(Some(interest()), 30, views(), 24, 5.0);
+    g.world.insert(
+        far,
+        EntityState::new(Transform {
+            position: Vec3::new(-300.0, 0.0, 300.0),
+            ..Transform::default()
+        }),
+    );
+    g.sim.server.set_always_visible(far, true);
+    g.always.insert(far);
+    g.run(Duration::from_millis(500));
+    let ids: Vec<ClientId> = (0..3)
+        .map(|i| client_id(&g.sim, i).expect("connected"))
+        .collect();
+    let red = RoomId(7);
+    assert!(g.sim.server.join_room(ids[1], red));
+    g.sim.server.add_entity_to_room(far, red);
+    g.run(Duration::from_secs(2));
+    g.moving = false;
+    g.run(Duration::from_secs(2));
+    g.assert_views_are_the_scopes(24);
+    let held = |g: &ScopeGame, i: usize| -> bool {
+        let r = g.sim.clients[i].client.receiver().expect("welcomed");
+        r.live_world().get(far).is_some()
+    };
+    assert_eq!(
+        [held(&g, 0), held(&g, 1), held(&g, 2)],
+        [false, true, false]
     );
 }
 

@@ -977,6 +977,20 @@ impl Server {
         self.interest.entity_rooms(entity)
     }
 
+    /// Let every client see `entity` wherever it is, or (`false`) put it back under the
+    /// area of interest's distance: for what the whole map must know of, such as a
+    /// scoreboard, a flag or a boss. Its rooms still decide who may see it. Takes effect on
+    /// the next send; the mark is the game's to keep, as room memberships are (an entity
+    /// that leaves the world and comes back under the same id is still marked).
+    pub fn set_always_visible(&mut self, entity: EntityId, always: bool) {
+        self.interest.set_always_visible(entity, always);
+    }
+
+    /// Whether `entity` is marked always visible ([`Self::set_always_visible`]).
+    pub fn is_always_visible(&self, entity: EntityId) -> bool {
+        self.interest.is_always_visible(entity)
+    }
+
     /// Queue a message on game channel `channel` for every client in `room`; returns how
     /// many took it.
     pub fn send_to_room(&mut self, now: Instant, room: RoomId, channel: u8, bytes: &[u8]) -> usize {
