@@ -926,6 +926,8 @@ pub(super) struct Interest {
     always: BTreeSet<EntityId>,
     /// Their indices in the tick's world, increasing (those it holds).
     always_at: Vec<u32>,
+    /// Those of them that came to the world since the phase's last send tick.
+    always_came: Vec<u32>,
     /// Counts the changes to `always`, so that the scopes kept by their bands are scanned
     /// once after each.
     always_changes: u64,
@@ -1059,7 +1061,8 @@ impl Interest {
         let from = std::mem::replace(&mut ph.layout, ids.clone());
         // (Its buffers are reused for the next one.)
         let last_remap = ph.remap.take();
-        if Arc::ptr_eq(&from, ids) || from.is_empty() {
+        let same_entities = Arc::ptr_eq(&from, ids) || from.is_empty();
+        if same_entities {
             ph.motion.advance(&ph.positions, &now, c.skin_m());
         } else {
             // Entities came or went. The ones that stayed are measured as on any tick, by
@@ -1106,6 +1109,15 @@ impl Interest {
                 // Indices of worlds of u32 ids.
                 self.always_at.push(i as u32);
             }
+        }
+        self.always_came.clear();
+        if !same_entities {
+            let came = &self.spare_came;
+            self.always_came.extend(
+                self.always_at
+                    .iter()
+                    .filter(|a| came.binary_search(a).is_ok()),
+            );
         }
     }
 
@@ -1193,10 +1205,17 @@ impl Interest {
                     .band
                     .update(self.positions(), v, &c, (owned_at, always), crossed);
                 // An entity always visible that came to the world this tick far from the
-                // band is in no band: it enters here. (Every other one is in scope, and in
-                // the band only if near its edge, where it is kept.)
+                // band is in no band: it enters here. (Every other one is in scope since
+                // the scan after it was marked, and in the band only if near its edge, where
+                // it is kept; the scope's world is the phase's last one, which the tick's
+                // remap and its newcomers are measured from.)
                 let banded = crossed.len();
-                for &a in always {
+                let came: &[u32] = if remap.is_some() {
+                    &self.always_came
+                } else {
+                    &[]
+                };
+                for &a in came {
                     if kept.binary_search(&a).is_err()
                         && crossed[..banded]
                             .binary_search_by_key(&a, |&(i, _)| i)
