@@ -981,7 +981,9 @@ impl Server {
     /// area of interest's distance: for what the whole map must know of, such as a
     /// scoreboard, a flag or a boss. Its rooms still decide who may see it. Takes effect on
     /// the next send; the mark is the game's to keep, as room memberships are (an entity
-    /// that leaves the world and comes back under the same id is still marked).
+    /// that leaves the world and comes back under the same id is still marked). Each mark
+    /// costs every send tick one lookup in the world, so unmark what the game removes for
+    /// good.
     pub fn set_always_visible(&mut self, entity: EntityId, always: bool) {
         self.interest.set_always_visible(entity, always);
     }
