@@ -828,8 +828,9 @@ impl Band {
         let inside = &mut bits.previous;
         set_bits(inside, len.div_ceil(64), picks);
         self.entries.clear();
-        // Every entity in scope is within the outer radius (but the owned one, which stays
-        // in), so this finds all that may leave and all that may enter.
+        // Every entity in scope is within the outer radius (but the owned one and those
+        // always visible, which stay in), so this finds all that may leave and all that may
+        // enter.
         interest.grid.near(view, band_reach(c), |cell| {
             for e in cell {
                 let d2 = e.position.distance_squared(view);
@@ -882,8 +883,8 @@ impl Band {
 }
 
 /// How far from the view point a [`Band`]'s entities are looked for: every entity in scope
-/// is within the outer radius (but the owned one, which stays in), and one that may enter
-/// is within the radius and a skin.
+/// is within the outer radius (but the owned one and those always visible, which stay in),
+/// and one that may enter is within the radius and a skin.
 fn band_reach(c: &InterestConfig) -> f32 {
     c.outer_radius_m().max(c.radius_m + c.skin_m())
 }
