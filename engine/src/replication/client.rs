@@ -133,6 +133,47 @@ pub struct View {
     pub owned_input: Option<InputTick>,
     /// The (fractional) server tick being drawn.
     pub render_tick: Option<f64>,
+    /// The entities of this view that the view written before into the same `View` did not
+    /// hold (all of them in a new `View`), by id: the ones to start drawing (an entity that
+    /// entered the client's scope, or came to the world, once the render time reaches it).
+    pub entered: Vec<EntityId>,
+    /// The entities the view written before into the same `View` held that this one does
+    /// not, by id: the ones to stop drawing.
+    pub left: Vec<EntityId>,
+}
+
+/// `entered`: the ids of `now` not in `before`; `left`: those of `before` not in `now`
+/// (both lists by increasing id, as a [`View`]'s are).
+fn entered_and_left(
+    before: &[(EntityId, Transform)],
+    now: &[(EntityId, Transform)],
+    entered: &mut Vec<EntityId>,
+    left: &mut Vec<EntityId>,
+) {
+    entered.clear();
+    left.clear();
+    let (mut b, mut n) = (before.iter().peekable(), now.iter().peekable());
+    loop {
+        match (b.peek(), n.peek()) {
+            (Some(&&(x, _)), Some(&&(y, _))) if x == y => {
+                b.next();
+                n.next();
+            }
+            (Some(&&(x, _)), Some(&&(y, _))) if x < y => {
+                left.push(x);
+                b.next();
+            }
+            (_, Some(&&(y, _))) => {
+                entered.push(y);
+                n.next();
+            }
+            (Some(&&(x, _)), None) => {
+                left.push(x);
+                b.next();
+            }
+            (None, None) => break,
+        }
+    }
 }
 
 /// Why an input was not sent.
@@ -199,6 +240,9 @@ pub struct Client<I> {
     /// When the last input packet went out.
     last_frame_at: Option<Instant>,
     closed: Option<CloseReason>,
+    /// A view's entity list, kept between frames: the next view is written here while the
+    /// last one stays in its `View` to be compared with, and the two lists swap.
+    view_spare: Vec<(EntityId, Transform)>,
 }
 
 impl<I> std::fmt::Debug for Client<I> {
@@ -241,6 +285,7 @@ impl<I: Serialize> Client<I> {
             resync_at: None,
             last_frame_at: None,
             closed: None,
+            view_spare: Vec::new(),
         })
     }
 
@@ -447,19 +492,34 @@ impl<I: Serialize> Client<I> {
     /// What to draw at `now`: interpolated entities, the owned one predicted.
     pub fn view(&mut self, now: Instant) -> View {
         let mut view = View::default();
-        self.view_into(now, &mut view);
+        // (Written straight into the new list: `view_into`'s spare list stays with a frame
+        // loop that keeps its `View`.)
+        (view.owned, view.owned_input, view.render_tick) = self.sample(now, &mut view.entities);
+        view.entered = view.entities.iter().map(|(id, _)| *id).collect();
         view
     }
 
     /// [`Self::view`] written into `view`, whose entity list a frame loop keeps from one
     /// frame to the next: once it has grown to the scope's size, a frame allocates nothing.
+    /// Its `entered` and `left` compare it with the view written into it before.
     pub fn view_into(&mut self, now: Instant, view: &mut View) {
-        let entities = &mut view.entities;
+        let mut entities = std::mem::take(&mut self.view_spare);
         entities.clear();
-        (view.owned, view.owned_input, view.render_tick) = (None, None, None);
+        (view.owned, view.owned_input, view.render_tick) = self.sample(now, &mut entities);
+        entered_and_left(&view.entities, &entities, &mut view.entered, &mut view.left);
+        self.view_spare = std::mem::replace(&mut view.entities, entities);
+    }
+
+    /// Write the entities to draw at `now` into `entities`; the owned entity, the newest
+    /// input it reflects and the render tick.
+    fn sample(
+        &mut self,
+        now: Instant,
+        entities: &mut Vec<(EntityId, Transform)>,
+    ) -> (Option<EntityId>, Option<InputTick>, Option<f64>) {
         let predicting = self.predicting();
         let Some(s) = self.session.as_mut() else {
-            return;
+            return (None, None, None);
         };
         s.interp.sample_into(now, entities);
         let render_tick = s.interp.render_tick(now);
@@ -484,7 +544,7 @@ impl<I: Serialize> Client<I> {
                 }
             }
         }
-        (view.owned, view.owned_input, view.render_tick) = (owned, owned_input, render_tick);
+        (owned, owned_input, render_tick)
     }
 
     fn pump(&mut self, now: Instant) {

@@ -891,3 +891,47 @@ fn with_a_send_interval_scope_changes_under_20_pct_loss_end_with_the_view_equal_
         g.assert_views_are_the_scopes(seed);
     }
 }
+
+#[test]
+fn a_view_names_the_entities_that_entered_and_left_it_since_the_view_before() {
+    // Movers cross the clients' scopes under 20 % loss while each client draws a frame a
+    // tick into the same `View`: applying each frame's `entered` and `left` to the set drawn
+    // so far gives the frame's entities, an entity enters only when not drawn and leaves
+    // only when drawn, and crossings do happen both ways.
+    for seed in [31, 32] {
+        let mut g = ScopeGame::new(Some(interest()), 60, views(), seed, 20.0);
+        let n = g.views.len();
+        let mut frames = vec![View::default(); n];
+        let mut drawn = vec![BTreeSet::new(); n];
+        let (mut entered, mut left) = (0, 0);
+        for _ in 0..360 {
+            g.run(TICK);
+            let now = g.sim.now;
+            for (i, view) in frames.iter_mut().enumerate() {
+                g.sim.clients[i].client.view_into(now, view);
+                for id in &view.left {
+                    assert!(
+                        drawn[i].remove(id),
+                        "seed {seed} client {i}: {id:?} not drawn"
+                    );
+                }
+                for id in &view.entered {
+                    assert!(drawn[i].insert(*id), "seed {seed} client {i}: {id:?} drawn");
+                }
+                let ids: BTreeSet<EntityId> = view.entities.iter().map(|(id, _)| *id).collect();
+                assert_eq!(drawn[i], ids, "seed {seed} client {i}");
+                entered += view.entered.len();
+                left += view.left.len();
+            }
+        }
+        assert!(
+            left > 10 && entered > left,
+            "seed {seed}: {entered} in, {left} out"
+        );
+        // A new `View` has every entity entered.
+        let fresh = g.sim.clients[0].client.view(g.sim.now);
+        let all: Vec<EntityId> = fresh.entities.iter().map(|(id, _)| *id).collect();
+        assert!(!all.is_empty());
+        assert_eq!((fresh.entered, fresh.left), (all, vec![]), "seed {seed}");
+    }
+}
