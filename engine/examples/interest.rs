@@ -5,6 +5,7 @@
 //! within 100 m of their view point: players 0 and 1 side by side, players 2 and 3 far off. A
 //! scoreboard at the map's centre is marked always visible; a chest between players 0 and 1
 //! is in room "red", which player 1 alone has joined. Every link loses 5 % of its packets.
+//! Each player draws a frame a tick and counts what its views say entered and left them.
 //! After ten seconds at 30 Hz the example prints what each player holds and what it cost,
 //! then the same game with the whole world sent to everyone. Run it with
 //! `cargo run --release -p snapsync --example interest`.
@@ -14,7 +15,7 @@ use std::time::Duration;
 use snapsync::conditioner::ConditionerConfig;
 use snapsync::glam::Vec3;
 use snapsync::replication::{
-    Client, ClientConfig, ConfigError, InterestConfig, RoomId, Server, ServerConfig,
+    Client, ClientConfig, ConfigError, InterestConfig, RoomId, Server, ServerConfig, View,
 };
 use snapsync::sim::Sim;
 use snapsync::snapshot::{EntityId, EntityState, QuantizeConfig, Transform, World};
@@ -62,6 +63,9 @@ struct Row {
     scoreboard: bool,
     chest: bool,
     kbit_s: f64,
+    /// Entities that entered and left the player's view after its first second.
+    entered: usize,
+    left: usize,
 }
 
 fn play(interest: Option<InterestConfig>) -> Result<Vec<Row>, ConfigError> {
@@ -90,6 +94,8 @@ fn play(interest: Option<InterestConfig>) -> Result<Vec<Row>, ConfigError> {
     world.insert(SCOREBOARD, at(Vec3::ZERO));
     world.insert(CHEST, at(Vec3::new(-290.0, 0.0, -295.0)));
     let mut in_red = false;
+    let mut views = vec![View::default(); VIEWS.len()];
+    let mut crossings = vec![(0, 0); VIEWS.len()];
     for tick in 0..SECONDS * 30 {
         let t = tick as f32 * TICK.as_secs_f32();
         for id in 0..WALKERS {
@@ -107,12 +113,24 @@ fn play(interest: Option<InterestConfig>) -> Result<Vec<Row>, ConfigError> {
         let now = sim.now;
         sim.server.tick(now, &world);
         sim.run_for(TICK);
+        // A frame a tick. Counted from the second second on: in the first the whole scope
+        // (or world) arrives, a snapshot's budget at a time.
+        for ((c, view), (entered, left)) in
+            sim.clients.iter_mut().zip(&mut views).zip(&mut crossings)
+        {
+            c.client.view_into(sim.now, view);
+            if tick >= 30 {
+                *entered += view.entered.len();
+                *left += view.left.len();
+            }
+        }
     }
 
     let rows = sim
         .clients
         .iter()
-        .map(|c| {
+        .zip(crossings)
+        .map(|(c, (entered, left))| {
             let held = c.client.receiver().map(|r| r.live_world());
             let bytes = c
                 .client
@@ -124,6 +142,8 @@ fn play(interest: Option<InterestConfig>) -> Result<Vec<Row>, ConfigError> {
                 scoreboard: held.as_ref().is_some_and(|w| w.get(SCOREBOARD).is_some()),
                 chest: held.as_ref().is_some_and(|w| w.get(CHEST).is_some()),
                 kbit_s: bytes as f64 * 8.0 / f64::from(SECONDS) / 1000.0,
+                entered,
+                left,
             }
         })
         .collect();
@@ -132,14 +152,16 @@ fn play(interest: Option<InterestConfig>) -> Result<Vec<Row>, ConfigError> {
 
 fn print(rows: &[Row]) {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("player  view point     held  scoreboard  chest  kbit/s down");
+    println!("player  view point     held  scoreboard  chest  kbit/s down  entered  left");
     for (i, (r, (x, z))) in rows.iter().zip(VIEWS).enumerate() {
         println!(
-            "{i:>6}  ({x:>4}, {z:>4})  {:>5}  {:<10}  {:<5}  {:>11.1}",
+            "{i:>6}  ({x:>4}, {z:>4})  {:>5}  {:<10}  {:<5}  {:>11.1}  {:>7}  {:>4}",
             r.held,
             yes(r.scoreboard),
             yes(r.chest),
-            r.kbit_s
+            r.kbit_s,
+            r.entered,
+            r.left
         );
     }
 }
