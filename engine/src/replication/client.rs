@@ -495,7 +495,7 @@ impl<I: Serialize> Client<I> {
         // (Written straight into the new list: `view_into`'s spare list stays with a frame
         // loop that keeps its `View`.)
         (view.owned, view.owned_input, view.render_tick) = self.sample(now, &mut view.entities);
-        view.entered = view.entities.iter().map(|(id, _)| *id).collect();
+        entered_and_left(&[], &view.entities, &mut view.entered, &mut view.left);
         view
     }
 
