@@ -935,3 +935,55 @@ fn a_view_names_the_entities_that_entered_and_left_it_since_the_view_before() {
         assert_eq!((fresh.entered, fresh.left), (all, vec![]), "seed {seed}");
     }
 }
+
+#[test]
+fn a_world_larger_than_a_snapshot_arrives_without_an_entity_leaving_a_view() {
+    // 600 entities standing still and a budget of about forty spawns a snapshot: the world
+    // reaches each client over many snapshots, each coded against a baseline several ticks
+    // old. Nothing leaves the world, so nothing may leave a view: an entity drawn once stays
+    // drawn while the rest arrive, also under loss.
+    for (seed, loss) in [(41, 0.0), (42, 5.0), (43, 20.0)] {
+        let mut c = config(None);
+        c.budget_bytes = 600;
+        let mut g = ScopeGame::with_config(c, 0, views(), seed, loss);
+        for id in 0..600u32 {
+            let position = Vec3::new((id % 25) as f32 * 4.0, 0.0, (id / 25) as f32 * 4.0);
+            g.world.insert(
+                EntityId(id),
+                EntityState::new(Transform {
+                    position,
+                    ..Transform::default()
+                }),
+            );
+        }
+        let n = g.views.len();
+        let mut frames = vec![View::default(); n];
+        let mut grew = vec![0usize; n];
+        for _ in 0..300 {
+            g.run(TICK);
+            let now = g.sim.now;
+            for (i, view) in frames.iter_mut().enumerate() {
+                g.sim.clients[i].client.view_into(now, view);
+                assert_eq!(
+                    view.left,
+                    vec![],
+                    "seed {seed} client {i}: left with {} drawn",
+                    view.entities.len()
+                );
+                grew[i] += usize::from(!view.entered.is_empty());
+            }
+        }
+        for (i, view) in frames.iter().enumerate() {
+            assert_eq!(
+                view.entities.len(),
+                600,
+                "seed {seed} client {i}: all arrived"
+            );
+            assert!(
+                grew[i] > 5,
+                "seed {seed} client {i}: over {} frames",
+                grew[i]
+            );
+        }
+    }
+}

@@ -104,6 +104,21 @@ enum Holds {
     Whole(ClientWorld),
 }
 
+impl Holds {
+    /// Whether the client will hold entity `id` once every part of the tick arrives.
+    fn contains(&self, id: EntityId) -> bool {
+        match self {
+            Holds::Whole(w) => w.contains(id),
+            Holds::Patched { baseline, changes } => {
+                match changes.binary_search_by_key(&id, |c| c.0) {
+                    Ok(i) => changes[i].1.is_some(),
+                    Err(_) => baseline.contains(id),
+                }
+            }
+        }
+    }
+}
+
 /// The world one client is sent at a tick, or holds: a world of its own, or a view of the
 /// server's world of that tick (the client's scope).
 #[derive(Debug, Clone)]
@@ -138,6 +153,19 @@ impl ClientWorld {
         match self {
             ClientWorld::Own(w) => &w.entities()[i].1,
             ClientWorld::View(v) => &v.of.world.entities()[v.picks[i] as usize].1,
+        }
+    }
+
+    /// Whether entity `id` is in this world.
+    fn contains(&self, id: EntityId) -> bool {
+        match self {
+            ClientWorld::Own(w) => w.index_of(id).is_some(),
+            // A view's picks are indices into its tick's world, in increasing order.
+            ClientWorld::View(v) => {
+                v.of.world
+                    .index_of(id)
+                    .is_some_and(|g| v.picks.binary_search(&(g as u32)).is_ok())
+            }
         }
     }
 
@@ -1154,7 +1182,26 @@ impl SnapshotSender {
                         .map(|c| (EntityId(c.key), spawn_boost * weight(c))),
                 )
                 .collect();
-            let priorities = self.priority.accumulate(&boosts);
+            let mut priorities = self.priority.accumulate(&boosts);
+            // A spawn that a snapshot sent since the baseline holds goes first, whatever it
+            // waited: each snapshot is coded against the baseline, so one that left it out
+            // would take the entity away from the client again until it came back. While a
+            // world larger than the budget arrives, every entity drawn stays drawn, and
+            // what a client holds grows by a snapshot's worth a round trip.
+            let in_flight: Vec<&SentTick> = self
+                .ring
+                .iter()
+                .rev()
+                .take_while(|s| baseline_tick.is_none_or(|b| s.tick > b))
+                .collect();
+            if !in_flight.is_empty() {
+                for (p, c) in priorities[updates.len()..].iter_mut().zip(spawns.iter()) {
+                    let id = EntityId(c.key);
+                    if in_flight.iter().any(|s| s.holds.contains(id)) {
+                        *p = f32::INFINITY;
+                    }
+                }
+            }
             let mut used = 0usize;
             let mut chosen_despawns = 0;
             for _ in despawns.iter() {
