@@ -2528,12 +2528,12 @@ mod tests {
             crc.update(p);
         }
         let bytes: usize = parts.iter().map(Vec::len).sum();
-        // Pinned from the encoder before its speed work, and again when a spawn in flight
-        // came to go first (a change of what waits for budget, not of how anything is
-        // written): any other change to these is a change of the wire format.
+        // Pinned from the encoder before its speed work, and again when what a snapshot in
+        // flight carried came to go first (a change of what waits for budget, not of how
+        // anything is written): any other change to these is a change of the wire format.
         assert_eq!(
             (parts.len(), bytes, crc.finalize()),
-            (285, 92085, 1874426753)
+            (285, 92165, 1756397604)
         );
     }
 

@@ -987,3 +987,72 @@ fn a_world_larger_than_a_snapshot_arrives_without_an_entity_leaving_a_view() {
         }
     }
 }
+
+#[test]
+fn under_a_tight_budget_no_entity_is_drawn_a_step_back() {
+    // Forty movers going round circles, near the client and near the edge of its area,
+    // under a budget of a few entities a snapshot: most of each tick's changes wait. An
+    // entity a snapshot moved must not be drawn back where the baseline had it when the next
+    // snapshot leaves it out; every drawn position is at or ahead of the one drawn before.
+    // Once they stop, every client holds the server's world.
+    let quantize = config(None).quantize;
+    for (seed, loss) in [(51, 0.0), (52, 5.0), (53, 20.0)] {
+        for distance_priority in [true, false] {
+            let mut interest = InterestConfig::radius(100.0);
+            interest.distance_priority = distance_priority;
+            let mut c = config(Some(interest));
+            c.budget_bytes = 80;
+            let mut g = ScopeGame::with_config(c, 0, vec![Vec3::ZERO], seed, loss);
+            g.check_scopes = false;
+            let place = |g: &mut ScopeGame, t: f32| {
+                for i in 0..40u32 {
+                    let r = if i < 20 { 5.0 } else { 85.0 };
+                    let a = i as f32 * 0.3 + t;
+                    let position = Vec3::new(r * a.cos(), 0.0, r * a.sin());
+                    let state = EntityState::new(Transform {
+                        position,
+                        ..Transform::default()
+                    });
+                    g.world.insert(EntityId(i), state);
+                }
+            };
+            place(&mut g, 0.0);
+            g.run(Duration::from_secs(1));
+            let mut drawn: BTreeMap<EntityId, f32> = BTreeMap::new();
+            let mut ahead = 0;
+            for k in 0..240 {
+                place(&mut g, k as f32 * 0.01);
+                g.run(TICK);
+                let live = g.sim.clients[0]
+                    .client
+                    .receiver()
+                    .expect("welcomed")
+                    .live_world();
+                for (id, e) in live.iter() {
+                    let p = quantize.dequantize(&e.transform).position;
+                    let a = p.z.atan2(p.x);
+                    if let Some(before) = drawn.insert(id, a) {
+                        // Angles advance 0.01 rad a tick; the difference, wrapped to ±π.
+                        let d = (a - before + std::f32::consts::PI)
+                            .rem_euclid(std::f32::consts::TAU)
+                            - std::f32::consts::PI;
+                        assert!(
+                            d > -0.002,
+                            "seed {seed} distance {distance_priority} tick {k}: {id:?} back {d} rad"
+                        );
+                        ahead += usize::from(d > 0.002);
+                    }
+                }
+            }
+            assert!(ahead > 200, "seed {seed}: {ahead} moves drawn");
+            g.run(Duration::from_secs(2));
+            let server = QuantizedWorld::from_world(&g.world, &quantize);
+            let live = g.sim.clients[0]
+                .client
+                .receiver()
+                .expect("welcomed")
+                .live_world();
+            assert_eq!(live, server, "seed {seed} distance {distance_priority}");
+        }
+    }
+}

@@ -70,6 +70,10 @@ pub struct SenderStats {
     pub resets: u64,
     /// Entities that differed from the baseline but waited for budget (summed over ticks).
     pub entities_deferred: u64,
+    /// Updates sent again at the state a snapshot still in flight gave them, in place of
+    /// the newer one that waits for budget (counted in `entities_sent` too): left out, the
+    /// client would draw them back at the baseline's older state.
+    pub entities_repeated: u64,
     /// Entities too large to fit in any part (never sent).
     pub entities_oversized: u64,
     /// Entities whose encoding another client's snapshot of the same tick had already made
@@ -105,14 +109,14 @@ enum Holds {
 }
 
 impl Holds {
-    /// Whether the client will hold entity `id` once every part of the tick arrives.
-    fn contains(&self, id: EntityId) -> bool {
+    /// The state of entity `id` the client will hold once every part of the tick arrives.
+    fn state_of(&self, id: EntityId) -> Option<&QuantizedEntity> {
         match self {
-            Holds::Whole(w) => w.contains(id),
+            Holds::Whole(w) => w.state_of(id),
             Holds::Patched { baseline, changes } => {
                 match changes.binary_search_by_key(&id, |c| c.0) {
-                    Ok(i) => changes[i].1.is_some(),
-                    Err(_) => baseline.contains(id),
+                    Ok(i) => changes[i].1.as_ref(),
+                    Err(_) => baseline.state_of(id),
                 }
             }
         }
@@ -156,15 +160,15 @@ impl ClientWorld {
         }
     }
 
-    /// Whether entity `id` is in this world.
-    fn contains(&self, id: EntityId) -> bool {
+    /// The state of entity `id`, if this world holds it.
+    fn state_of(&self, id: EntityId) -> Option<&QuantizedEntity> {
         match self {
-            ClientWorld::Own(w) => w.index_of(id).is_some(),
+            ClientWorld::Own(w) => w.get(id),
             // A view's picks are indices into its tick's world, in increasing order.
             ClientWorld::View(v) => {
-                v.of.world
-                    .index_of(id)
-                    .is_some_and(|g| v.picks.binary_search(&(g as u32)).is_ok())
+                let g = v.of.world.index_of(id)?;
+                v.picks.binary_search(&(g as u32)).ok()?;
+                Some(&v.of.world.entities()[g].1)
             }
         }
     }
@@ -339,13 +343,35 @@ enum Measured {
     Shared(BitString),
 }
 
-/// What a part writes candidate `c` from: its delta in `own` and its state in `cur`, the
-/// world sent, or its shared string.
-fn written<'a>(c: &'a Candidate, own: &'a [EntityDelta], cur: &'a ClientWorld) -> part::Coded<'a> {
+/// The state candidate `c` is sent at: its state in `cur`, the world sent, or for an update
+/// repeated at the state a snapshot in flight gave it, that state (`repeated`: by the index
+/// of the candidate's delta in the snapshot's own deltas, increasing).
+fn sent_state<'a>(
+    c: &Candidate,
+    cur: &'a ClientWorld,
+    repeated: &'a [(u32, QuantizedEntity)],
+) -> &'a QuantizedEntity {
+    // Nothing is repeated on most ticks: no search.
+    if !repeated.is_empty()
+        && let Ok(i) = repeated.binary_search_by_key(&c.own, |r| r.0)
+    {
+        return &repeated[i].1;
+    }
+    cur.state(c.world_index as usize)
+}
+
+/// What a part writes candidate `c` from: its delta in `own` and the state it is sent at,
+/// or its shared string.
+fn written<'a>(
+    c: &'a Candidate,
+    own: &'a [EntityDelta],
+    cur: &'a ClientWorld,
+    repeated: &'a [(u32, QuantizedEntity)],
+) -> part::Coded<'a> {
     match own.get(c.own as usize) {
         Some(delta) => part::Coded::Own {
             delta,
-            cur: cur.state(c.world_index as usize),
+            cur: sent_state(c, cur, repeated),
         },
         None => part::Coded::Shared(&c.bits),
     }
@@ -433,6 +459,9 @@ struct Scratch {
     pairs: Vec<(u32, u32)>,
     parts: Vec<PartRanges>,
     encode: EncodeScratch,
+    /// The states of the updates repeated at the state a snapshot in flight gave them, by
+    /// the index of their delta in `own` (see [`sent_state`]).
+    repeated: Vec<(u32, QuantizedEntity)>,
 }
 
 thread_local! {
@@ -1077,11 +1106,13 @@ impl SnapshotSender {
             pairs,
             parts,
             encode,
+            repeated,
         } = scratch;
         updates.clear();
         spawns.clear();
         own.clear();
         despawns.clear();
+        repeated.clear();
 
         // Sections whose code is shared this tick.
         let update_section = shared
@@ -1182,23 +1213,59 @@ impl SnapshotSender {
                         .map(|c| (EntityId(c.key), spawn_boost * weight(c))),
                 )
                 .collect();
-            let mut priorities = self.priority.accumulate(&boosts);
-            // A spawn that a snapshot sent since the baseline holds goes first, whatever it
-            // waited: each snapshot is coded against the baseline, so one that left it out
-            // would take the entity away from the client again until it came back. While a
-            // world larger than the budget arrives, every entity drawn stays drawn, and
-            // what a client holds grows by a snapshot's worth a round trip.
+            let priorities = self.priority.accumulate(&boosts);
+            // Each snapshot is coded against the baseline, so one that leaves out what the
+            // snapshot before it carried gives the client the baseline's state of it again.
+            // What a snapshot sent since the baseline carried is therefore committed, and
+            // goes out whatever it waited:
+            // - a spawn such a snapshot holds (left out, the entity would leave the client's
+            //   view until it came back): while a world larger than the budget arrives,
+            //   every entity drawn stays drawn, and what a client holds grows by a
+            //   snapshot's worth a round trip;
+            // - an update the newest snapshot in flight holds at another state than the
+            //   baseline's (left out, the entity would be drawn back where the baseline had
+            //   it). It goes at its new state where its rank earns that, else again at the
+            //   state in flight, a repeat that ends once a snapshot holding that state is
+            //   acknowledged: so no update is committed for longer than a round trip unless
+            //   it keeps earning its place.
+            // (By the same rule, the newest snapshot in flight holds every update the ones
+            // before it committed.)
             let in_flight: Vec<&SentTick> = self
                 .ring
                 .iter()
                 .rev()
                 .take_while(|s| baseline_tick.is_none_or(|b| s.tick > b))
                 .collect();
-            if !in_flight.is_empty() {
-                for (p, c) in priorities[updates.len()..].iter_mut().zip(spawns.iter()) {
+            // Per candidate, when committed: the payload bits it costs if it does not earn
+            // its new state, and the state in flight it then repeats (`None`: the new
+            // state is the one in flight, or it is a spawn).
+            let mut committed: Vec<Option<(usize, Option<&QuantizedEntity>)>> =
+                vec![None; candidates];
+            if let Some(newest) = in_flight.first() {
+                let code = update_section.map(|s| &s.code);
+                for (i, c) in updates.iter().enumerate() {
+                    let Some(held) = newest.holds.state_of(update_id(c)) else {
+                        continue;
+                    };
+                    let base = baseline.state(c.key as usize);
+                    if held == base {
+                        continue;
+                    }
+                    let now = cur.state(c.world_index as usize);
+                    committed[i] = Some(if held == now {
+                        (c.payload_bits as usize, None)
+                    } else {
+                        let delta = EntityDelta::new(base, held, ticks, &lim);
+                        (
+                            part::charged_bits(&delta, held, ticks, &lim, code),
+                            Some(held),
+                        )
+                    });
+                }
+                for (s, c) in spawns.iter().enumerate() {
                     let id = EntityId(c.key);
-                    if in_flight.iter().any(|s| s.holds.contains(id)) {
-                        *p = f32::INFINITY;
+                    if in_flight.iter().any(|s| s.holds.state_of(id).is_some()) {
+                        committed[updates.len() + s] = Some((c.payload_bits as usize, None));
                     }
                 }
             }
@@ -1211,6 +1278,12 @@ impl SnapshotSender {
                 used += index_bits;
                 chosen_despawns += 1;
             }
+            // The committed go first: their cost is held back from the rest.
+            let mut reserved: usize = committed
+                .iter()
+                .flatten()
+                .map(|&(bits, _)| bits + index_bits)
+                .sum();
             let mut ranked: Vec<usize> = (0..candidates).collect();
             // Ids differ, so this order is total: the same whatever the sort.
             ranked.sort_unstable_by(|&a, &b| {
@@ -1220,21 +1293,72 @@ impl SnapshotSender {
             });
             let mut chosen = vec![false; candidates];
             let mut any = false;
-            for i in ranked {
+            // Once a candidate waits for budget, none ranked below it goes at its new state
+            // in place of a repeat (that would keep it committed past its turn).
+            let mut refused = false;
+            // Once a candidate waits only for the committed, none ranked below it goes at
+            // all: the committed are let go, and the budget they held goes to it. (Else the
+            // smaller deltas of entities sent lately would take what the committed leave,
+            // tick after tick, and a larger one could wait for ever.)
+            let mut blocked = false;
+            for &i in &ranked {
                 let c = match i.checked_sub(updates.len()) {
                     None => &updates[i],
                     Some(s) => &spawns[s],
                 };
                 let payload_bits = c.payload_bits as usize;
+                if let Some((held_bits, _)) = committed[i] {
+                    let rest = reserved - (held_bits + index_bits);
+                    if !refused
+                        && fits_a_part(payload_bits)
+                        && fits(used + rest + payload_bits + index_bits)
+                    {
+                        used += payload_bits + index_bits;
+                        reserved = rest;
+                        chosen[i] = true;
+                        committed[i] = None;
+                        any = true;
+                    }
+                    continue;
+                }
                 if !fits_a_part(payload_bits) {
                     self.stats.entities_oversized += 1;
                     continue;
                 }
                 let cost = payload_bits + index_bits;
-                if fits(used + cost) || (!any && chosen_despawns == 0) {
+                // The first candidate goes even when it alone passes the budget.
+                let alone = !any && chosen_despawns == 0 && !fits(used + cost);
+                if !blocked && (fits(used + reserved + cost) || alone) {
                     used += cost;
                     chosen[i] = true;
                     any = true;
+                } else {
+                    refused = true;
+                    blocked |= fits(used + cost);
+                }
+            }
+            // The committed that did not earn their new state: at the state in flight, in
+            // rank order while they fit (more than a budget's worth would be a budget
+            // shrunk since, or a part limit: the rest are drawn back).
+            for &i in &ranked {
+                let Some((held_bits, held)) = committed[i] else {
+                    continue;
+                };
+                if !fits(used + held_bits + index_bits) || !fits_a_part(held_bits) {
+                    continue;
+                }
+                used += held_bits + index_bits;
+                chosen[i] = true;
+                if let Some(held) = held {
+                    // An update (spawns repeat nothing): written from a delta to the state
+                    // in flight, kept with the snapshot's own deltas.
+                    let c = &mut updates[i];
+                    let delta = EntityDelta::new(baseline.state(c.key as usize), held, ticks, &lim);
+                    own.push(delta);
+                    // As in `Diff::push`: far below `SHARED`.
+                    c.own = (own.len() - 1) as u32;
+                    c.payload_bits = held_bits as u32;
+                    repeated.push((c.own, held.clone()));
                 }
             }
             // The chosen in the merge's order, which is already the wire's.
@@ -1338,9 +1462,9 @@ impl SnapshotSender {
             part::encode_part(
                 &mut w,
                 &header,
-                part_updates.iter().map(|c| written(c, own, cur)),
+                part_updates.iter().map(|c| written(c, own, cur, repeated)),
                 &despawns[p.despawns.clone()],
-                part_spawns.iter().map(|c| written(c, own, cur)),
+                part_spawns.iter().map(|c| written(c, own, cur, repeated)),
                 [&*part_updates, &*part_spawns].map(|l| l.iter().map(|c| c.key as usize)),
                 &lim,
                 encode,
@@ -1353,9 +1477,18 @@ impl SnapshotSender {
         }
 
         let (sent_updates, sent_spawns) = (&updates[..sent[0]], &spawns[..sent[2]]);
+        // A repeat is not the update its entity waits for: it keeps its priority.
+        let is_repeat = |c: &Candidate| {
+            !repeated.is_empty() && repeated.binary_search_by_key(&c.own, |r| r.0).is_ok()
+        };
+        let repeats = if repeated.is_empty() {
+            0
+        } else {
+            sent_updates.iter().filter(|c| is_repeat(c)).count()
+        };
         if !send_all {
             // (Sending everything cleared every priority above.)
-            for c in sent_updates {
+            for c in sent_updates.iter().filter(|c| !is_repeat(c)) {
                 self.priority.reset(update_id(c));
             }
             for c in sent_spawns {
@@ -1380,7 +1513,8 @@ impl SnapshotSender {
         };
         self.stats.entities_sent += entities_sent as u64;
         self.stats.despawns_sent += sent[1] as u64;
-        self.stats.entities_deferred += (candidates - entities_sent) as u64;
+        self.stats.entities_deferred += (candidates - (entities_sent - repeats)) as u64;
+        self.stats.entities_repeated += repeats as u64;
         self.stats.entity_payload_bits += payload_bits as u64;
         self.stats.snapshots += 1;
         self.stats.entities_shared += shared_hits as u64;
@@ -1389,18 +1523,17 @@ impl SnapshotSender {
             self.stats.full_snapshots += 1;
         }
 
-        // Every difference went out (no deferral, nothing oversized, no part limit hit): the
-        // client will hold exactly this tick's world. Otherwise what it will hold is the
-        // baseline with what was sent.
-        let whole = entities_sent + sent[1] == candidates + despawns.len();
+        // Every difference went out at its new state (no deferral, no repeat, nothing
+        // oversized, no part limit hit): the client will hold exactly this tick's world.
+        // Otherwise what it will hold is the baseline with what was sent.
+        let whole = entities_sent + sent[1] == candidates + despawns.len() && repeats == 0;
         let changes = (!whole).then(|| {
             let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
-            changes.extend(sent_updates.iter().map(|c| {
-                (
-                    update_id(c),
-                    Some(cur.state(c.world_index as usize).clone()),
-                )
-            }));
+            changes.extend(
+                sent_updates
+                    .iter()
+                    .map(|c| (update_id(c), Some(sent_state(c, cur, repeated).clone()))),
+            );
             changes.extend(sent_spawns.iter().map(|c| {
                 let state = cur.state(c.world_index as usize).clone();
                 (EntityId(c.key), Some(state))
@@ -1523,6 +1656,7 @@ pub(crate) fn add_stats(total: &mut SenderStats, s: &SenderStats) {
     total.entity_payload_bits += s.entity_payload_bits;
     total.resets += s.resets;
     total.entities_deferred += s.entities_deferred;
+    total.entities_repeated += s.entities_repeated;
     total.entities_oversized += s.entities_oversized;
     total.entities_shared += s.entities_shared;
 }
@@ -1539,6 +1673,7 @@ fn stats_since(before: &SenderStats, after: &SenderStats) -> SenderStats {
         entity_payload_bits: after.entity_payload_bits - before.entity_payload_bits,
         resets: after.resets - before.resets,
         entities_deferred: after.entities_deferred - before.entities_deferred,
+        entities_repeated: after.entities_repeated - before.entities_repeated,
         entities_oversized: after.entities_oversized - before.entities_oversized,
         entities_shared: after.entities_shared - before.entities_shared,
     }

@@ -790,6 +790,94 @@ fn tiny_budget_starves_no_entity() {
     assert!(rx.live().all(|(id, _)| id.0 < n / 2));
 }
 
+/// Movers under a budget of a few entities a snapshot, acks a round trip late, a tenth of
+/// the parts lost and the rest reordered: every snapshot is coded against a baseline several
+/// ticks old, and most changes wait. No entity the client drew is drawn behind where it was
+/// (an update left out would show the baseline's older state), none waits for ever, and
+/// every acked baseline is the world the receiver holds for it.
+#[test]
+fn under_a_tight_budget_an_entity_is_never_drawn_behind_where_it_was() {
+    let cfg = QuantizeConfig::default();
+    for seed in [7, 8, 9] {
+        let mut r = rng(seed);
+        let mut s = sender(1100);
+        let mut rx = receiver();
+        let mut seq = Sequence(0);
+        let n = 30u32;
+        let mut in_flight: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut notices: VecDeque<(u32, Sequence, bool)> = VecDeque::new();
+        let mut drawn = vec![f32::MIN; n as usize];
+        let mut moved_at = vec![0u32; n as usize];
+        let mut longest_wait = 0;
+        for t in 1..=400u32 {
+            let mut w = World::new();
+            for i in 0..n {
+                // Every entity moves every tick; x grows with the tick.
+                let tr = Transform {
+                    position: Vec3::new(t as f32 * 0.25, i as f32, 0.0),
+                    ..Transform::default()
+                };
+                w.insert(EntityId(i), EntityState::new(tr));
+            }
+            let q = QuantizedWorld::from_world(&w, &cfg);
+            for (i, p) in s.build(Tick(t), &q, 60).unwrap().into_iter().enumerate() {
+                s.on_part_sent(Tick(t), i, seq);
+                let delivered = !r.random_bool(0.1);
+                if delivered {
+                    in_flight.push((t + r.random_range(1..4), p));
+                }
+                notices.push_back((t + 5, seq, delivered));
+                seq = seq.next();
+            }
+            in_flight.shuffle(&mut r);
+            let mut still = Vec::new();
+            for (at, p) in in_flight.drain(..) {
+                if at > t {
+                    still.push((at, p));
+                } else {
+                    rx.read_part(Instant::now(), &p).unwrap();
+                }
+            }
+            in_flight = still;
+            while notices.front().is_some_and(|n| n.0 <= t) {
+                let (_, sq, acked) = notices.pop_front().unwrap();
+                s.on_delivery(sq, acked);
+            }
+            if let Some((bt, bw)) = s.acked_baseline() {
+                let c = rx.composite(bt).expect("receiver lacks the acked baseline");
+                assert_eq!(c, &bw, "seed {seed}: baselines disagree at {bt:?}");
+            }
+            for (id, e) in rx.live() {
+                let i = id.0 as usize;
+                let x = cfg.dequantize(&e.transform).position.x;
+                assert!(
+                    x >= drawn[i],
+                    "seed {seed} tick {t}: {id:?} drawn at x {x} after {}",
+                    drawn[i]
+                );
+                if x > drawn[i] {
+                    drawn[i] = x;
+                    moved_at[i] = t;
+                }
+            }
+            if t > 100 {
+                let waited = moved_at.iter().map(|&m| t - m).max().unwrap();
+                longest_wait = longest_wait.max(waited);
+            }
+        }
+        let st = s.stats();
+        assert!(
+            st.entities_deferred > 1000,
+            "seed {seed}: the budget must bind"
+        );
+        assert!(st.entities_repeated > 100, "seed {seed}: {st:?}");
+        assert!(
+            longest_wait < 120,
+            "seed {seed}: an entity waited {longest_wait} ticks"
+        );
+    }
+}
+
 #[test]
 fn heavier_weight_is_sent_more_often() {
     let cfg = QuantizeConfig::default();
