@@ -601,42 +601,62 @@ fn too_many_snapshot_threads_are_refused_when_the_server_is_built() {
     assert!(Server::new(c, Instant::now()).is_err());
 }
 
-/// Updates the client saw per entity over 3 s: 20 movers beside it (ids 0..20) and 20 near
-/// the edge of its 100 m radius (ids 20..40), all moving every tick, under a budget of a few
-/// entities per snapshot.
-fn updates_near_and_far(distance_priority: bool) -> [u32; 40] {
-    let mut interest = InterestConfig::radius(100.0);
-    interest.distance_priority = distance_priority;
-    let mut c = config(Some(interest));
-    c.budget_bytes = 80;
-    let mut g = ScopeGame::with_config(c, 0, vec![Vec3::ZERO], 31, 0.0);
-    g.check_scopes = false;
-    let place = |g: &mut ScopeGame, t: f32| {
+/// One client at the origin with a 100 m area and forty movers going round it: ids 0..20
+/// at 5 m, ids 20..40 at 85 m, near the edge of the area; under a budget of a few entities
+/// per snapshot. After a second of play, so that all of them arrived.
+struct NearAndFar {
+    g: ScopeGame,
+    tick: u32,
+}
+
+impl NearAndFar {
+    fn new(distance_priority: bool, seed: u64, loss: f64) -> Self {
+        let mut interest = InterestConfig::radius(100.0);
+        interest.distance_priority = distance_priority;
+        let mut c = config(Some(interest));
+        c.budget_bytes = 80;
+        let mut g = ScopeGame::with_config(c, 0, vec![Vec3::ZERO], seed, loss);
+        g.check_scopes = false;
+        let mut s = Self { g, tick: 0 };
+        s.place();
+        s.g.run(Duration::from_secs(1));
+        s
+    }
+
+    /// Each mover 0.01 rad further on for each tick played.
+    fn place(&mut self) {
         for i in 0..40u32 {
             let r = if i < 20 { 5.0 } else { 85.0 };
-            let a = i as f32 * 0.3 + t;
-            g.world.insert(
-                EntityId(i),
-                EntityState::new(Transform {
-                    position: Vec3::new(r * a.cos(), 0.0, r * a.sin()),
-                    ..Transform::default()
-                }),
-            );
+            let a = i as f32 * 0.3 + self.tick as f32 * 0.01;
+            let position = Vec3::new(r * a.cos(), 0.0, r * a.sin());
+            let state = EntityState::new(Transform {
+                position,
+                ..Transform::default()
+            });
+            self.g.world.insert(EntityId(i), state);
         }
-    };
-    place(&mut g, 0.0);
-    g.run(Duration::from_secs(1));
-    let mut last: BTreeMap<EntityId, crate::snapshot::QuantizedEntity> = BTreeMap::new();
-    let mut updates = [0u32; 40];
-    for k in 0..180 {
-        place(&mut g, k as f32 * 0.01);
-        g.run(TICK);
-        let live = g.sim.clients[0]
+    }
+
+    /// One tick with the movers moved on: what the client holds after it.
+    fn step(&mut self) -> QuantizedWorld {
+        self.place();
+        self.tick += 1;
+        self.g.run(TICK);
+        self.g.sim.clients[0]
             .client
             .receiver()
             .expect("welcomed")
-            .live_world();
-        for (id, e) in live.iter() {
+            .live_world()
+    }
+}
+
+/// Updates the client saw per entity over 3 s of [`NearAndFar`].
+fn updates_near_and_far(distance_priority: bool) -> [u32; 40] {
+    let mut game = NearAndFar::new(distance_priority, 31, 0.0);
+    let mut last: BTreeMap<EntityId, crate::snapshot::QuantizedEntity> = BTreeMap::new();
+    let mut updates = [0u32; 40];
+    for _ in 0..180 {
+        for (id, e) in game.step().iter() {
             if last.get(&id) != Some(e) {
                 updates[id.0 as usize] += 1;
                 last.insert(id, e.clone());
@@ -990,45 +1010,18 @@ fn a_world_larger_than_a_snapshot_arrives_without_an_entity_leaving_a_view() {
 
 #[test]
 fn under_a_tight_budget_no_entity_is_drawn_a_step_back() {
-    // Forty movers going round circles, near the client and near the edge of its area,
-    // under a budget of a few entities a snapshot: most of each tick's changes wait. An
-    // entity a snapshot moved must not be drawn back where the baseline had it when the next
-    // snapshot leaves it out; every drawn position is at or ahead of the one drawn before.
-    // Once they stop, every client holds the server's world.
+    // The movers of `NearAndFar` under its budget of a few entities a snapshot: most of each
+    // tick's changes wait. An entity a snapshot moved must not be drawn back where the
+    // baseline had it when the next snapshot leaves it out; every drawn position is at or
+    // ahead of the one drawn before. Once they stop, the client holds the server's world.
     let quantize = config(None).quantize;
     for (seed, loss) in [(51, 0.0), (52, 5.0), (53, 20.0)] {
         for distance_priority in [true, false] {
-            let mut interest = InterestConfig::radius(100.0);
-            interest.distance_priority = distance_priority;
-            let mut c = config(Some(interest));
-            c.budget_bytes = 80;
-            let mut g = ScopeGame::with_config(c, 0, vec![Vec3::ZERO], seed, loss);
-            g.check_scopes = false;
-            let place = |g: &mut ScopeGame, t: f32| {
-                for i in 0..40u32 {
-                    let r = if i < 20 { 5.0 } else { 85.0 };
-                    let a = i as f32 * 0.3 + t;
-                    let position = Vec3::new(r * a.cos(), 0.0, r * a.sin());
-                    let state = EntityState::new(Transform {
-                        position,
-                        ..Transform::default()
-                    });
-                    g.world.insert(EntityId(i), state);
-                }
-            };
-            place(&mut g, 0.0);
-            g.run(Duration::from_secs(1));
+            let mut game = NearAndFar::new(distance_priority, seed, loss);
             let mut drawn: BTreeMap<EntityId, f32> = BTreeMap::new();
             let mut ahead = 0;
             for k in 0..240 {
-                place(&mut g, k as f32 * 0.01);
-                g.run(TICK);
-                let live = g.sim.clients[0]
-                    .client
-                    .receiver()
-                    .expect("welcomed")
-                    .live_world();
-                for (id, e) in live.iter() {
+                for (id, e) in game.step().iter() {
                     let p = quantize.dequantize(&e.transform).position;
                     let a = p.z.atan2(p.x);
                     if let Some(before) = drawn.insert(id, a) {
@@ -1045,6 +1038,7 @@ fn under_a_tight_budget_no_entity_is_drawn_a_step_back() {
                 }
             }
             assert!(ahead > 200, "seed {seed}: {ahead} moves drawn");
+            let g = &mut game.g;
             g.run(Duration::from_secs(2));
             let server = QuantizedWorld::from_world(&g.world, &quantize);
             let live = g.sim.clients[0]

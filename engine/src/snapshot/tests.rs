@@ -655,6 +655,76 @@ fn every_truncation_of_a_valid_part_is_an_error() {
     assert_eq!(rx.live_world(), q1);
 }
 
+/// The link between a sender and its receiver in the tests below: a tenth of the parts
+/// lost, the rest delivered 1–3 ticks after they went (so parts of different ticks overtake
+/// each other), and the sender told of each part `notice_ticks` after it went.
+struct LossyLink {
+    seq: Sequence,
+    notice_ticks: u32,
+    /// (deliver at tick, bytes) and (report at tick, seq, delivered).
+    in_flight: Vec<(u32, Vec<u8>)>,
+    notices: VecDeque<(u32, Sequence, bool)>,
+    sent: usize,
+    lost: usize,
+}
+
+impl LossyLink {
+    fn new(notice_ticks: u32) -> Self {
+        Self {
+            seq: Sequence(0),
+            notice_ticks,
+            in_flight: Vec::new(),
+            notices: VecDeque::new(),
+            sent: 0,
+            lost: 0,
+        }
+    }
+
+    /// Send the parts of tick `t`.
+    fn send(&mut self, r: &mut ChaCha8Rng, s: &mut SnapshotSender, t: u32, parts: Vec<Vec<u8>>) {
+        for (i, p) in parts.into_iter().enumerate() {
+            s.on_part_sent(Tick(t), i, self.seq);
+            self.sent += 1;
+            let delivered = !r.random_bool(0.1);
+            if delivered {
+                self.in_flight.push((t + r.random_range(1..4), p));
+            } else {
+                self.lost += 1;
+            }
+            self.notices
+                .push_back((t + self.notice_ticks, self.seq, delivered));
+            self.seq = self.seq.next();
+        }
+    }
+
+    /// Hand `rx` the parts due at tick `t`, in any order (`read`: what each gave), then
+    /// give the sender the notices due.
+    fn deliver(
+        &mut self,
+        r: &mut ChaCha8Rng,
+        s: &mut SnapshotSender,
+        rx: &mut SnapshotReceiver,
+        t: u32,
+        now: Instant,
+        mut read: impl FnMut(PartInfo),
+    ) {
+        self.in_flight.shuffle(r);
+        let mut still = Vec::new();
+        for (at, p) in self.in_flight.drain(..) {
+            if at > t {
+                still.push((at, p));
+            } else {
+                read(rx.read_part(now, &p).unwrap());
+            }
+        }
+        self.in_flight = still;
+        while self.notices.front().is_some_and(|n| n.0 <= t) {
+            let (_, seq, delivered) = self.notices.pop_front().unwrap();
+            s.on_delivery(seq, delivered);
+        }
+    }
+}
+
 /// Sender and receiver over a lossy, reordering link with delayed acks.
 #[test]
 fn replication_converges_under_loss_and_delayed_acks() {
@@ -665,13 +735,8 @@ fn replication_converges_under_loss_and_delayed_acks() {
     let mut s = sender(300);
     let mut rx = receiver();
     let mut world = random_world(&mut r, 120);
-    let mut seq = Sequence(0);
-    // (deliver at tick, bytes) and (report at tick, seq, acked).
-    let mut in_flight: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut notices: VecDeque<(u32, Sequence, bool)> = VecDeque::new();
+    let mut link = LossyLink::new(4);
     let mut newest_applied: Option<Tick> = None;
-    let mut lost = 0;
-    let mut parts_sent = 0;
     let mut converged_at = None;
     let mut max_total = 0;
     for t in 1..=400u32 {
@@ -685,27 +750,8 @@ fn replication_converges_under_loss_and_delayed_acks() {
         let total: usize = parts.iter().map(Vec::len).sum();
         max_total = max_total.max(total);
         assert!(total <= 600 + 60, "{total} bytes for a 600-byte budget");
-        for (i, p) in parts.into_iter().enumerate() {
-            s.on_part_sent(Tick(t), i, seq);
-            parts_sent += 1;
-            let delivered = !r.random_bool(0.1);
-            if delivered {
-                // 1-3 ticks of latency: parts of different ticks overtake each other.
-                in_flight.push((t + r.random_range(1..4), p));
-            } else {
-                lost += 1;
-            }
-            notices.push_back((t + 4, seq, delivered));
-            seq = seq.next();
-        }
-        in_flight.shuffle(&mut r);
-        let mut still = Vec::new();
-        for (at, p) in in_flight.drain(..) {
-            if at > t {
-                still.push((at, p));
-                continue;
-            }
-            let info = rx.read_part(now, &p).unwrap();
+        link.send(&mut r, &mut s, t, parts);
+        link.deliver(&mut r, &mut s, &mut rx, t, now, |info| {
             if info.applied {
                 assert!(
                     newest_applied.is_none_or(|n| info.tick >= n),
@@ -715,12 +761,7 @@ fn replication_converges_under_loss_and_delayed_acks() {
             } else {
                 assert!(info.tick < newest_applied.unwrap());
             }
-        }
-        in_flight = still;
-        while notices.front().is_some_and(|n| n.0 <= t) {
-            let (_, sq, acked) = notices.pop_front().unwrap();
-            s.on_delivery(sq, acked);
-        }
+        });
         // Whatever the sender uses as a baseline, the receiver holds the same world for it.
         // Acks only follow delivery here, so the receiver must hold every acked baseline.
         if let Some((bt, bw)) = s.acked_baseline() {
@@ -734,7 +775,10 @@ fn replication_converges_under_loss_and_delayed_acks() {
     let st = rx.stats();
     // The budget is used, not just respected.
     assert!(max_total > 500, "{max_total}");
-    assert!(lost > parts_sent / 20, "the link must actually lose parts");
+    assert!(
+        link.lost > link.sent / 20,
+        "the link must actually lose parts"
+    );
     assert_eq!(st.missing_baseline_dropped, 0);
     assert_eq!(st.invalid, 0);
     assert!(s.stats().entities_deferred > 0, "the budget must bind");
@@ -742,6 +786,19 @@ fn replication_converges_under_loss_and_delayed_acks() {
     assert!(converged_at <= 280, "converged only at tick {converged_at}");
     let final_world = QuantizedWorld::from_world(&world, &cfg);
     assert_eq!(rx.live_world(), final_world);
+}
+
+/// `n` entities at tick `t`, each moving on every tick: entity `i` at x = t / 4, y = i.
+fn movers_at(n: u32, t: u32) -> QuantizedWorld {
+    let mut w = World::new();
+    for i in 0..n {
+        let tr = Transform {
+            position: Vec3::new(t as f32 * 0.25, i as f32, 0.0),
+            ..Transform::default()
+        };
+        w.insert(EntityId(i), EntityState::new(tr));
+    }
+    QuantizedWorld::from_world(&w, &QuantizeConfig::default())
 }
 
 #[test]
@@ -755,16 +812,7 @@ fn tiny_budget_starves_no_entity() {
     for t in 1..=440u32 {
         // After tick 400 half the entities are despawned; despawns must get through too.
         let alive = if t > 400 { n / 2 } else { n };
-        let mut w = World::new();
-        for i in 0..alive {
-            // Every entity moves every tick; x encodes the tick.
-            let t = Transform {
-                position: Vec3::new(t as f32 * 0.25, i as f32, 0.0),
-                ..Transform::default()
-            };
-            w.insert(EntityId(i), EntityState::new(t));
-        }
-        let q = QuantizedWorld::from_world(&w, &cfg);
+        let q = movers_at(alive, t);
         // One byte: only the top-priority entity goes out each tick.
         let parts = s.build(Tick(t), &q, 1).unwrap();
         for (i, p) in parts.iter().enumerate() {
@@ -802,47 +850,16 @@ fn under_a_tight_budget_an_entity_is_never_drawn_behind_where_it_was() {
         let mut r = rng(seed);
         let mut s = sender(1100);
         let mut rx = receiver();
-        let mut seq = Sequence(0);
         let n = 30u32;
-        let mut in_flight: Vec<(u32, Vec<u8>)> = Vec::new();
-        let mut notices: VecDeque<(u32, Sequence, bool)> = VecDeque::new();
+        let mut link = LossyLink::new(5);
         let mut drawn = vec![f32::MIN; n as usize];
         let mut moved_at = vec![0u32; n as usize];
         let mut longest_wait = 0;
         for t in 1..=400u32 {
-            let mut w = World::new();
-            for i in 0..n {
-                // Every entity moves every tick; x grows with the tick.
-                let tr = Transform {
-                    position: Vec3::new(t as f32 * 0.25, i as f32, 0.0),
-                    ..Transform::default()
-                };
-                w.insert(EntityId(i), EntityState::new(tr));
-            }
-            let q = QuantizedWorld::from_world(&w, &cfg);
-            for (i, p) in s.build(Tick(t), &q, 60).unwrap().into_iter().enumerate() {
-                s.on_part_sent(Tick(t), i, seq);
-                let delivered = !r.random_bool(0.1);
-                if delivered {
-                    in_flight.push((t + r.random_range(1..4), p));
-                }
-                notices.push_back((t + 5, seq, delivered));
-                seq = seq.next();
-            }
-            in_flight.shuffle(&mut r);
-            let mut still = Vec::new();
-            for (at, p) in in_flight.drain(..) {
-                if at > t {
-                    still.push((at, p));
-                } else {
-                    rx.read_part(Instant::now(), &p).unwrap();
-                }
-            }
-            in_flight = still;
-            while notices.front().is_some_and(|n| n.0 <= t) {
-                let (_, sq, acked) = notices.pop_front().unwrap();
-                s.on_delivery(sq, acked);
-            }
+            let q = movers_at(n, t);
+            let parts = s.build(Tick(t), &q, 60).unwrap();
+            link.send(&mut r, &mut s, t, parts);
+            link.deliver(&mut r, &mut s, &mut rx, t, Instant::now(), |_| {});
             if let Some((bt, bw)) = s.acked_baseline() {
                 let c = rx.composite(bt).expect("receiver lacks the acked baseline");
                 assert_eq!(c, &bw, "seed {seed}: baselines disagree at {bt:?}");
