@@ -489,6 +489,8 @@ impl Scratch {
         shrink(&mut self.despawns, despawns);
         let pairs = self.pairs.len();
         shrink(&mut self.pairs, pairs);
+        let repeated = self.repeated.len();
+        shrink(&mut self.repeated, repeated);
     }
 }
 
