@@ -1035,9 +1035,11 @@ impl SnapshotSender {
     ///
     /// Returns the parts (at least one, each ≤ `max_part_bytes`), to be sent one per
     /// datagram; report each with [`Self::on_part_sent`]. Index costs are estimated before
-    /// packing, so the total may miss the budget by a few bits per entity. The entity with the highest
-    /// priority is always included even when it alone exceeds the budget, so a tiny budget
-    /// slows replication down but never stops it.
+    /// packing, so the total may miss the budget by a few bits per entity. What the snapshots
+    /// still in flight carried goes first, so that no entity the client drew leaves its view
+    /// or is drawn back (`docs/PROTOCOL.md`, "Budget and priority"). The entity with the
+    /// highest priority is always included even when it alone exceeds the budget, so a tiny
+    /// budget slows replication down but never stops it.
     pub fn build(
         &mut self,
         tick: Tick,
