@@ -1241,10 +1241,10 @@ impl SnapshotSender {
                 .take_while(|s| baseline_tick.is_none_or(|b| s.tick > b))
                 .collect();
             // Per candidate, when committed: the payload bits it costs if it does not earn
-            // its new state, and the state in flight it then repeats (`None`: the new
-            // state is the one in flight, or it is a spawn).
-            let mut committed: Vec<Option<(usize, Option<&QuantizedEntity>)>> =
-                vec![None; candidates];
+            // its new state, and the state in flight it then repeats with its delta from the
+            // baseline (`None`: the new state is the one in flight, or it is a spawn).
+            type Repeat<'h> = Option<(&'h QuantizedEntity, EntityDelta)>;
+            let mut committed: Vec<Option<(usize, Repeat)>> = vec![None; candidates];
             if let Some(newest) = in_flight.first() {
                 let code = update_section.map(|s| &s.code);
                 for (i, c) in updates.iter().enumerate() {
@@ -1260,10 +1260,8 @@ impl SnapshotSender {
                         (c.payload_bits as usize, None)
                     } else {
                         let delta = EntityDelta::new(base, held, ticks, &lim);
-                        (
-                            part::charged_bits(&delta, held, ticks, &lim, code),
-                            Some(held),
-                        )
+                        let bits = part::charged_bits(&delta, held, ticks, &lim, code);
+                        (bits, Some((held, delta)))
                     });
                 }
                 for (s, c) in spawns.iter().enumerate() {
@@ -1353,11 +1351,10 @@ impl SnapshotSender {
                 }
                 used += held_bits + index_bits;
                 chosen[i] = true;
-                if let Some(held) = held {
-                    // An update (spawns repeat nothing): written from a delta to the state
+                if let Some((held, delta)) = held {
+                    // An update (spawns repeat nothing): written from its delta to the state
                     // in flight, kept with the snapshot's own deltas.
                     let c = &mut updates[i];
-                    let delta = EntityDelta::new(baseline.state(c.key as usize), held, ticks, &lim);
                     own.push(delta);
                     // As in `Diff::push`: far below `SHARED`.
                     c.own = (own.len() - 1) as u32;
