@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::established::Established;
+use super::established::{Established, Spares, keep_spare};
 use super::outbox::Outbox;
 use super::{
     ClientId, ConfigError, ConnectionConfig, ConnectionStats, DisconnectReason, Event,
@@ -110,6 +110,8 @@ pub struct Client {
     /// Room to build the connection's other packets in (acks, keep-alives, messages).
     scratch: Vec<u8>,
     events: VecDeque<Event>,
+    /// Payload buffers handed back, for the next datagrams received.
+    spares: Spares,
     invalid_packets: u64,
 }
 
@@ -151,6 +153,7 @@ impl Client {
             outbox: Outbox::default(),
             scratch: Vec::new(),
             events: VecDeque::new(),
+            spares: Spares::new(),
             invalid_packets: 0,
         })
     }
@@ -280,7 +283,7 @@ impl Client {
             (
                 Phase::Connected { conn, .. },
                 p @ (Packet::Payload { .. } | Packet::Disconnect { .. }),
-            ) => conn.handle_packet(now, &p, datagram.len()),
+            ) => conn.handle_packet(now, &p, datagram.len(), &mut self.spares),
             (Phase::Done(_), _) => Ok(()),
             _ => Err(InvalidPacket::UnexpectedKind),
         }
@@ -316,7 +319,7 @@ impl Client {
                     };
                     let result = match Packet::decode(&payload) {
                         Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => {
-                            conn.handle_packet(now, &packet, payload.len())
+                            conn.handle_packet(now, &packet, payload.len(), &mut self.spares)
                         }
                         Ok(_) => Err(InvalidPacket::UnexpectedKind),
                         Err(e) => Err(InvalidPacket::Malformed(e)),
@@ -461,6 +464,13 @@ impl Client {
     /// Next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Hand back the payload of an [`Event::Datagram`] once read: the next datagram
+    /// received is written into its memory instead of a new buffer. Optional; a caller
+    /// that keeps its payloads loses nothing but the reuse.
+    pub fn recycle_payload(&mut self, payload: Vec<u8>) {
+        keep_spare(&mut self.spares, payload);
     }
 
     /// When `handle_timeout` should next be called (or a transmit is ready to poll).

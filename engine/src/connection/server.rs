@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::cookie::{CookieCheck, CookieJar};
-use super::established::Established;
+use super::established::{Established, Spares, keep_spare};
 use super::outbox::Outbox;
 use super::table::{Client, ClientTable};
 use super::{
@@ -152,6 +152,8 @@ pub struct Server {
     /// Room to build a connection's other packets in (acks, keep-alives, messages).
     scratch: Vec<u8>,
     events: VecDeque<(ClientId, Event)>,
+    /// Payload buffers handed back, for the next datagrams received.
+    spares: Spares,
     stats: ServerStats,
     /// The netcode server underneath, in secure mode.
     secure: Option<SecureServer>,
@@ -220,6 +222,7 @@ impl Server {
             outbox: Outbox::default(),
             scratch: Vec::new(),
             events: VecDeque::new(),
+            spares: Spares::new(),
             stats: ServerStats::default(),
         })
     }
@@ -327,7 +330,10 @@ impl Server {
                     .ok_or(InvalidPacket::UnknownPeer)?;
                 // A refused channel section is reported after the rest of the packet was
                 // applied: hand its events on either way.
-                let result = client.conn.handle_packet(now, &packet, datagram.len());
+                let result =
+                    client
+                        .conn
+                        .handle_packet(now, &packet, datagram.len(), &mut self.spares);
                 Self::move_events(id, &mut client.conn, &mut self.events);
                 result
             }
@@ -403,9 +409,9 @@ impl Server {
                     };
                     touched.push(id);
                     let result = match Packet::decode(&payload) {
-                        Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => {
-                            c.conn.handle_packet(now, &packet, payload.len())
-                        }
+                        Ok(packet @ (Packet::Payload { .. } | Packet::Disconnect { .. })) => c
+                            .conn
+                            .handle_packet(now, &packet, payload.len(), &mut self.spares),
                         Ok(_) => Err(InvalidPacket::UnexpectedKind),
                         Err(e) => Err(InvalidPacket::Malformed(e)),
                     };
@@ -672,6 +678,13 @@ impl Server {
     /// Next event, oldest first.
     pub fn poll_event(&mut self) -> Option<(ClientId, Event)> {
         self.events.pop_front()
+    }
+
+    /// Hand back the payload of an [`Event::Datagram`] once read: the next datagram
+    /// received, from any client, is written into its memory instead of a new buffer.
+    /// Optional; a caller that keeps its payloads loses nothing but the reuse.
+    pub fn recycle_payload(&mut self, payload: Vec<u8>) {
+        keep_spare(&mut self.spares, payload);
     }
 
     /// When `handle_timeout` should next be called (or a transmit is ready to poll).

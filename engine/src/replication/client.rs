@@ -1,6 +1,6 @@
 //! The replication client: welcome, snapshots, interpolation, inputs and prediction.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use super::wire::{
 use super::{CloseReason, InputTick, REPLICATION_VERSION};
 use crate::codec::{self, CodecError};
 use crate::connection::{self, ClientId, Event, MAX_DATAGRAM_BYTES, SendError};
+use crate::snapshot::tick_map::TickMap;
 use crate::snapshot::{
     EntityId, EntityState, InterpolationBuffer, InterpolationConfig, QuantizeConfig,
     ReceiverConfig, SnapshotError, SnapshotReceiver, Tick, Transform,
@@ -197,7 +198,7 @@ pub(super) struct Session {
     pub(super) receiver: SnapshotReceiver,
     interp: InterpolationBuffer,
     /// The server's input acknowledgement carried by each received tick.
-    acks: BTreeMap<Tick, Option<InputTick>>,
+    acks: TickMap<Option<InputTick>>,
     pub(super) ring_ticks: u32,
     newest: Option<Tick>,
     reconciled: Option<Tick>,
@@ -539,7 +540,7 @@ impl<I: Serialize> Client<I> {
                     // toward the next: it reflects the inputs of that tick.
                     if let Some(rt) = render_tick {
                         let at = Tick(rt.max(0.0).floor() as u32);
-                        owned_input = s.acks.range(..=at).next_back().and_then(|(_, a)| *a);
+                        owned_input = s.acks.at_or_before(at).and_then(|(_, a)| *a);
                     }
                 }
             }
@@ -572,10 +573,15 @@ impl<I: Serialize> Client<I> {
                     payload,
                     received_at,
                     ..
-                } => match read_part_prefix(&payload) {
-                    Some((code, part)) => self.on_part(received_at, AckCode::Prefix(code), part),
-                    None => self.stats.parts_rejected += 1,
-                },
+                } => {
+                    match read_part_prefix(&payload) {
+                        Some((code, part)) => {
+                            self.on_part(received_at, AckCode::Prefix(code), part)
+                        }
+                        None => self.stats.parts_rejected += 1,
+                    }
+                    self.conn.recycle_payload(payload);
+                }
                 // Inputs are acknowledged by the snapshots, not per packet.
                 Event::Delivery { .. } => {}
             }
@@ -690,7 +696,7 @@ impl<I: Serialize> Client<I> {
             welcome,
             receiver,
             interp,
-            acks: BTreeMap::new(),
+            acks: TickMap::default(),
             ring_ticks: w.ring_ticks,
             newest: None,
             reconciled: None,
@@ -727,8 +733,8 @@ impl<I: Serialize> Client<I> {
         s.acks.insert(info.tick, ack);
         while s
             .acks
-            .first_key_value()
-            .is_some_and(|(t, _)| info.tick.0.saturating_sub(t.0) >= s.ring_ticks)
+            .first_tick()
+            .is_some_and(|t| info.tick.0.saturating_sub(t.0) >= s.ring_ticks)
         {
             s.acks.pop_first();
         }
@@ -788,7 +794,7 @@ impl<I: Serialize> Client<I> {
             transform: s.welcome.quantize.dequantize(&entity.transform),
             component: entity.component.as_ref().map(|c| c.to_vec()),
         };
-        let server_input = s.acks.get(&tick).copied().flatten();
+        let server_input = s.acks.get(tick).copied().flatten();
         while self
             .pending
             .front()

@@ -1144,7 +1144,10 @@ impl Server {
                         .push_back(ServerEvent::ClientLeft { client: id, reason });
                 }
             }
-            Event::Datagram { payload, .. } => self.on_input_frame(id, &payload),
+            Event::Datagram { payload, .. } => {
+                self.on_input_frame(id, &payload);
+                self.conn.recycle_payload(payload);
+            }
             Event::Message {
                 channel, payload, ..
             } if channel == self.control => match codec::decode::<ClientControl>(&payload) {

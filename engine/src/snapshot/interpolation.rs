@@ -80,7 +80,14 @@ pub struct InterpolationBuffer {
     render_tick: f64,
     in_underrun: bool,
     stats: InterpolationStats,
+    /// Lists of entries let go, to hold the next ticks' states: a client pushes 30 to 60
+    /// ticks a second for the whole session, and a list a tick would be as many
+    /// allocations.
+    spare: Vec<Vec<(EntityId, Transform)>>,
 }
+
+/// Spare lists kept: as many as a push and a sample let go at once, with room.
+const SPARE_LISTS: usize = 4;
 
 /// Gaps between arriving ticks the send-interval estimate looks at.
 const SEND_GAP_WINDOW: usize = 15;
@@ -102,6 +109,7 @@ impl InterpolationBuffer {
             render_tick: f64::NEG_INFINITY,
             in_underrun: false,
             stats: InterpolationStats::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -136,6 +144,9 @@ impl InterpolationBuffer {
 
     /// Add the states of `tick`, received at `now`. Pushing a tick again replaces its
     /// states (more parts arrived). Returns false when render time already passed it.
+    ///
+    /// The states are copied into a list of the buffer's own, the memory of one it let go
+    /// once it holds enough ticks: a warm buffer allocates nothing here.
     pub fn push(
         &mut self,
         now: Instant,
@@ -146,8 +157,14 @@ impl InterpolationBuffer {
             self.stats.late_dropped += 1;
             return false;
         }
-        let mut states: Vec<_> = states.into_iter().collect();
-        states.sort_by_key(|(id, _)| *id);
+        let mut list = self.spare.pop().unwrap_or_default();
+        list.clear();
+        list.extend(states);
+        if !list.is_sorted_by_key(|(id, _)| *id) {
+            // Only a caller's own unsorted list pays for the sort's memory.
+            list.sort_by_key(|(id, _)| *id);
+        }
+        let states = list;
         let origin = *self.origin.get_or_insert(now);
         let newest = self.entries.back().map(|e| e.tick);
         if newest.is_none_or(|n| tick > n) {
@@ -165,21 +182,36 @@ impl InterpolationBuffer {
                         self.gaps_s.pop_front();
                     }
                     self.gaps_s.push_back(gap);
-                    let mut sorted: Vec<f64> = self.gaps_s.iter().copied().collect();
-                    sorted.sort_by(f64::total_cmp);
+                    let mut sorted = [0.0; SEND_GAP_WINDOW];
+                    let n = self.gaps_s.len();
+                    for (s, g) in sorted.iter_mut().zip(&self.gaps_s) {
+                        *s = *g;
+                    }
+                    sorted[..n].sort_unstable_by(f64::total_cmp);
                     // Non-empty: a gap was pushed just above.
-                    self.send_interval_s = sorted[sorted.len() / 2];
+                    self.send_interval_s = sorted[n / 2];
                 }
             }
         }
         match self.entries.binary_search_by_key(&tick, |e| e.tick) {
-            Ok(i) => self.entries[i].states = states,
+            Ok(i) => {
+                let old = std::mem::replace(&mut self.entries[i].states, states);
+                self.keep(old);
+            }
             Err(i) => self.entries.insert(i, Entry { tick, states }),
         }
         while self.entries.len() > self.config.capacity.max(2) {
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.keep(e.states);
+            }
         }
         true
+    }
+
+    fn keep(&mut self, states: Vec<(EntityId, Transform)>) {
+        if self.spare.len() < SPARE_LISTS {
+            self.spare.push(states);
+        }
     }
 
     /// The tick being rendered at `now` (fractional); `None` before the first push.
@@ -209,7 +241,9 @@ impl InterpolationBuffer {
         self.stats.samples += 1;
         // Keep one state at or before render time; older ones are no longer needed.
         while self.entries.len() >= 2 && f64::from(self.entries[1].tick.0) <= rt {
-            self.entries.pop_front();
+            if let Some(e) = self.entries.pop_front() {
+                self.keep(e.states);
+            }
         }
         let (Some(first), Some(last)) = (self.entries.front(), self.entries.back()) else {
             return;

@@ -56,6 +56,7 @@ mod quantize;
 mod receiver;
 mod sender;
 pub(crate) mod shared;
+pub(crate) mod tick_map;
 mod world;
 
 #[cfg(test)]

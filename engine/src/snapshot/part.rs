@@ -1133,9 +1133,11 @@ fn read_index_list(
     n: usize,
     len: usize,
     k: u32,
-) -> Result<Vec<usize>, SnapshotError> {
+    out: &mut Vec<usize>,
+) -> Result<(), SnapshotError> {
     // n was checked against the baseline size and the bits left.
-    let mut out = Vec::with_capacity(n);
+    out.clear();
+    out.reserve(n);
     let mut next = 0u64;
     for _ in 0..n {
         let i = next + r.read_exp_golomb(k)?;
@@ -1146,13 +1148,19 @@ fn read_index_list(
         out.push(i as usize);
         next = i + 1;
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Decode the body of a part (after [`read_header`]) against `baseline`, adding where its
-/// bits went to `tally` (only once the whole part decoded).
-///
-/// Returns the changes sorted by id. On error nothing outside the return value was touched.
+/// Lists [`decode_body_into`] reads indices into, kept by a receiver from part to part so
+/// that a warm receiver allocates nothing to decode one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DecodeScratch {
+    updates: Vec<usize>,
+    despawns: Vec<usize>,
+}
+
+/// [`decode_body_into`] with lists of its own (tests).
+#[cfg(test)]
 pub(crate) fn decode_body(
     r: &mut BitReader<'_>,
     header: &PartHeader,
@@ -1160,9 +1168,37 @@ pub(crate) fn decode_body(
     lim: &Limits,
     tally: &mut FieldBits,
 ) -> Result<Vec<Change>, SnapshotError> {
+    let mut changes = Vec::new();
+    decode_body_into(
+        r,
+        header,
+        baseline,
+        lim,
+        tally,
+        &mut DecodeScratch::default(),
+        &mut changes,
+    )?;
+    Ok(changes)
+}
+
+/// Decode the body of a part (after [`read_header`]) against `baseline` into `changes`
+/// (cleared first), adding where its bits went to `tally` (only once the whole part
+/// decoded).
+///
+/// The changes come sorted by id, each id once. On error `changes` holds no meaning, and
+/// nothing else outside `scratch` was touched.
+pub(crate) fn decode_body_into(
+    r: &mut BitReader<'_>,
+    header: &PartHeader,
+    baseline: &QuantizedWorld,
+    lim: &Limits,
+    tally: &mut FieldBits,
+    scratch: &mut DecodeScratch,
+    changes: &mut Vec<Change>,
+) -> Result<(), SnapshotError> {
     let base = baseline.entities();
     let ticks = header.ticks_since_baseline();
-    let mut changes: Vec<Change> = Vec::new();
+    changes.clear();
     let mut t = FieldBits {
         parts: 1,
         part_headers: (r.bit_len() - r.remaining_bits()) as u64,
@@ -1171,35 +1207,32 @@ pub(crate) fn decode_body(
     let mut m = Meter::new(r);
 
     let n = read_count(r, base.len())?;
-    let mut updates = Vec::new();
     if n > 0 {
         let k = r.read_bits(K_BITS)?;
         let code = read_code(r, ticks)?;
         t.part_headers += m.take(r);
-        let indices = read_index_list(r, n, base.len(), k)?;
+        read_index_list(r, n, base.len(), k, &mut scratch.updates)?;
         t.index_gaps += m.take(r);
-        updates.reserve(n);
-        for i in indices {
+        changes.reserve(n);
+        for &i in &scratch.updates {
             // i < base.len(), checked while reading the indices.
             let (id, b) = &base[i];
-            updates.push((*id, Some(read_entity(r, b, ticks, lim, &code, &mut t)?)));
+            changes.push((*id, Some(read_entity(r, b, ticks, lim, &code, &mut t)?)));
         }
         m = Meter::new(r);
     }
+    let updates = changes.len();
 
     let n = read_count(r, base.len())?;
-    let despawns = if n > 0 {
+    scratch.despawns.clear();
+    if n > 0 {
         let k = r.read_bits(K_BITS)?;
         t.part_headers += m.take(r);
-        let despawns = read_index_list(r, n, base.len(), k)?;
+        read_index_list(r, n, base.len(), k, &mut scratch.despawns)?;
         t.index_gaps += m.take(r);
-        despawns
-    } else {
-        Vec::new()
-    };
+    }
 
     let n = read_count(r, usize::MAX)?;
-    let mut spawns = Vec::with_capacity(n);
     if n > 0 {
         let k = r.read_bits(K_BITS)?;
         let code = read_code(r, 0)?;
@@ -1214,7 +1247,7 @@ pub(crate) fn decode_body(
             if baseline.index_of(id).is_some() {
                 return Err(SnapshotError::SpawnExists);
             }
-            spawns.push((
+            changes.push((
                 id,
                 Some(read_entity(r, &spawn_base, 0, lim, &code, &mut t)?),
             ));
@@ -1230,8 +1263,8 @@ pub(crate) fn decode_body(
     t.part_headers += r.remaining_bits() as u64;
 
     // Updates and despawns are both increasing baseline indices: merge to find overlap.
-    let mut d = despawns.iter().peekable();
-    for (id, _) in &updates {
+    let mut d = scratch.despawns.iter().peekable();
+    for (id, _) in &changes[..updates] {
         while d.peek().is_some_and(|&&i| base[i].0 < *id) {
             d.next();
         }
@@ -1240,14 +1273,15 @@ pub(crate) fn decode_body(
         }
     }
 
-    changes.reserve(updates.len() + despawns.len() + spawns.len());
-    changes.extend(updates);
     // Despawn indices are below base.len(), checked while reading.
-    changes.extend(despawns.iter().map(|&i| (base[i].0, None)));
-    changes.extend(spawns);
-    super::world::normalize_changes(&mut changes);
+    changes.extend(scratch.despawns.iter().map(|&i| (base[i].0, None)));
+    // Each id is there once: updates and despawns are increasing indices into the
+    // baseline and share none (checked just above), spawns are increasing ids none of
+    // which the baseline holds. So an unstable sort, which needs no memory of its own,
+    // gives the one order there is.
+    changes.sort_unstable_by_key(|(id, _)| *id);
     tally.add(&t);
-    Ok(changes)
+    Ok(())
 }
 
 #[cfg(test)]

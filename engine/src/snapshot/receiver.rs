@@ -1,14 +1,14 @@
 //! Client side: decode parts against held baselines, complete composites, keep the live view.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::SnapshotError;
 use super::bits::BitReader;
-use super::part::{self, FieldBits};
+use super::part::{self, DecodeScratch, FieldBits};
 use super::quantize::{Limits, QuantizeConfig};
+use super::tick_map::TickMap;
 use super::world::{
-    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, normalize_changes,
+    Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, Transform, merge_changes,
 };
 
 /// Receiver settings.
@@ -121,12 +121,60 @@ pub struct PartInfo {
     pub completed: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct PendingTick {
     baseline: Option<Tick>,
     received: Vec<bool>,
     received_count: usize,
+    /// The changes of the parts received, sorted by id, each id once (a later part's
+    /// change of an id replaces an earlier one's).
     changes: Vec<Change>,
+}
+
+/// Spare worlds and incomplete ticks kept. A part takes one and the ring gives back the
+/// one it lets go, but not in step: under loss the snapshots held swing by a few either
+/// way (a lost part leaves its tick incomplete, a late one completes an older tick), and
+/// a pool that ran dry at one end of the swing and was full at the other would allocate
+/// at every swing.
+const SPARES: usize = 16;
+
+/// Memory a receiver keeps from part to part, so that once warm it allocates nothing to
+/// take in a snapshot: a game's client takes in 30 to 60 a second for the whole session.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    decode: DecodeScratch,
+    /// The part being read's changes.
+    changes: Vec<Change>,
+    /// Where changes are merged.
+    merged: Vec<Change>,
+    /// Worlds no one else holds, to complete the next snapshots in.
+    worlds: Vec<QuantizedWorld>,
+    /// Incomplete ticks let go, to hold the next ones.
+    ticks: Vec<PendingTick>,
+}
+
+impl Scratch {
+    fn keep_world(&mut self, mut world: QuantizedWorld) {
+        if self.worlds.len() < SPARES && world.is_unique() {
+            self.worlds.push(world);
+        }
+    }
+
+    fn keep_tick(&mut self, tick: PendingTick) {
+        if self.ticks.len() < SPARES {
+            self.ticks.push(tick);
+        }
+    }
+
+    fn tick(&mut self, baseline: Option<Tick>, parts: u16) -> PendingTick {
+        let mut t = self.ticks.pop().unwrap_or_default();
+        t.baseline = baseline;
+        t.received.clear();
+        t.received.resize(usize::from(parts), false);
+        t.received_count = 0;
+        t.changes.clear();
+        t
+    }
 }
 
 /// Decodes one server's snapshot parts; see the module docs of [`crate::snapshot`].
@@ -134,18 +182,20 @@ struct PendingTick {
 pub struct SnapshotReceiver {
     config: ReceiverConfig,
     limits: Limits,
-    composites: BTreeMap<Tick, QuantizedWorld>,
-    pending: BTreeMap<Tick, PendingTick>,
+    composites: TickMap<QuantizedWorld>,
+    pending: TickMap<PendingTick>,
     /// The live view is `live_base` with `live_overlay` on top: completing the newest tick
     /// swaps in its composite (one `Arc` clone) instead of copying every entity.
     live_base: QuantizedWorld,
-    /// Changes from parts of ticks newer than `live_base`: `None` = despawned.
-    live_overlay: BTreeMap<EntityId, Option<QuantizedEntity>>,
+    /// Changes from parts of ticks newer than `live_base`, sorted by id, each id once:
+    /// `None` = despawned.
+    live_overlay: Vec<Change>,
     /// Entities in the live view (`live_base` with `live_overlay` on top).
     live_len: usize,
     newest: Option<(Tick, Instant)>,
     stats: ReceiverStats,
     field_bits: FieldBits,
+    scratch: Scratch,
 }
 
 impl SnapshotReceiver {
@@ -159,14 +209,15 @@ impl SnapshotReceiver {
         Ok(Self {
             limits: config.quantize.limits(),
             config,
-            composites: BTreeMap::new(),
-            pending: BTreeMap::new(),
+            composites: TickMap::default(),
+            pending: TickMap::default(),
             live_base: QuantizedWorld::default(),
-            live_overlay: BTreeMap::new(),
+            live_overlay: Vec::new(),
             live_len: 0,
             newest: None,
             stats: ReceiverStats::default(),
             field_bits: FieldBits::default(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -222,22 +273,29 @@ impl SnapshotReceiver {
 
     /// One entity of the live view.
     pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
-        match self.live_overlay.get(&id) {
+        match self.overlay_get(id) {
             Some(change) => change.as_ref(),
             None => self.live_base.get(id),
         }
     }
 
-    /// The live view dequantized, by id (what an [`super::InterpolationBuffer`] takes).
-    pub fn transforms(&self) -> Vec<(EntityId, Transform)> {
+    /// The overlay's change of `id`, if it has one.
+    fn overlay_get(&self, id: EntityId) -> Option<&Option<QuantizedEntity>> {
+        self.live_overlay
+            .binary_search_by_key(&id, |(i, _)| *i)
+            .ok()
+            .map(|i| &self.live_overlay[i].1)
+    }
+
+    /// The live view dequantized, by id (what [`super::InterpolationBuffer::push`] takes).
+    pub fn transforms(&self) -> impl Iterator<Item = (EntityId, Transform)> {
         self.live()
             .map(|(id, e)| (id, self.config.quantize.dequantize(&e.transform)))
-            .collect()
     }
 
     /// The completed snapshot held for `tick`, if any (a possible baseline).
     pub fn composite(&self, tick: Tick) -> Option<&QuantizedWorld> {
-        self.composites.get(&tick)
+        self.composites.get(tick)
     }
 
     /// Estimate of the server's current tick: the newest tick received plus the time since
@@ -272,6 +330,19 @@ impl SnapshotReceiver {
     }
 
     fn read_part_inner(&mut self, now: Instant, bytes: &[u8]) -> Result<PartInfo, SnapshotError> {
+        // Taken out for the part, so that the rest of the receiver can change beside it.
+        let mut changes = std::mem::take(&mut self.scratch.changes);
+        let result = self.read_part_into(now, bytes, &mut changes);
+        self.scratch.changes = changes;
+        result
+    }
+
+    fn read_part_into(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Result<PartInfo, SnapshotError> {
         let mut r = BitReader::new(bytes);
         let h = part::read_header(&mut r)?;
         let ring = self.config.ring_ticks;
@@ -280,10 +351,10 @@ impl SnapshotReceiver {
         {
             return Err(SnapshotError::TooOld(h.tick.0));
         }
-        if self.composites.contains_key(&h.tick) {
+        if self.composites.contains(h.tick) {
             return Err(SnapshotError::Duplicate);
         }
-        if let Some(p) = self.pending.get(&h.tick) {
+        if let Some(p) = self.pending.get(h.tick) {
             if p.baseline != h.baseline || p.received.len() != usize::from(h.count) {
                 return Err(SnapshotError::Inconsistent);
             }
@@ -296,31 +367,46 @@ impl SnapshotReceiver {
             None => QuantizedWorld::default(),
             Some(b) => self
                 .composites
-                .get(&b)
+                .get(b)
                 .cloned()
                 .ok_or(SnapshotError::MissingBaseline(b.0))?,
         };
-        // Decoded into a fresh vector: nothing is touched until it succeeded.
-        let changes = part::decode_body(&mut r, &h, &base, &self.limits, &mut self.field_bits)?;
+        // Decoded into the part's own list: nothing else is touched until it succeeded.
+        part::decode_body_into(
+            &mut r,
+            &h,
+            &base,
+            &self.limits,
+            &mut self.field_bits,
+            &mut self.scratch.decode,
+            changes,
+        )?;
 
         let completed = self
             .pending
-            .get(&h.tick)
+            .get(h.tick)
             .map_or(h.count == 1, |p| p.received_count + 1 == p.received.len());
         let newest = self.newest.is_none_or(|(n, _)| h.tick >= n);
         let max = self.config.max_entities;
         let composite = if completed {
-            // The tick's world may not pass the limit. Its waiting changes are moved, not
-            // copied: a tick whose world would pass it is forgotten whole (it can never
-            // complete within the limit).
-            let mut all = self
-                .pending
-                .remove(&h.tick)
-                .map_or_else(Vec::new, |p| p.changes);
-            all.extend(changes.iter().cloned());
-            normalize_changes(&mut all);
-            let c = base.apply(&all);
+            // The tick's world may not pass the limit: a tick whose world would pass it is
+            // forgotten whole (it can never complete within the limit).
+            let spare = self.scratch.worlds.pop();
+            let c = match self.pending.remove(h.tick) {
+                Some(waiting) => {
+                    merge_changes(
+                        &waiting.changes,
+                        changes,
+                        &mut self.scratch.merged,
+                        |_, _| {},
+                    );
+                    self.scratch.keep_tick(waiting);
+                    base.apply_into(&self.scratch.merged, spare)
+                }
+                None => base.apply_into(changes, spare),
+            };
             if c.len() > max || !self.make_room(c.len(), [h.tick, h.tick]) {
+                self.scratch.keep_world(c);
                 return Err(SnapshotError::TooManyEntities);
             }
             self.composites.insert(h.tick, c.clone());
@@ -329,29 +415,28 @@ impl SnapshotReceiver {
         } else {
             // Nor may the changes a tick waits with: a tick between worlds within the
             // limit changes at most every entity of both.
-            let waiting = self.pending.get(&h.tick).map_or(0, |p| p.changes.len());
+            let waiting = self.pending.get(h.tick).map_or(0, |p| p.changes.len());
             let baseline = h.baseline.unwrap_or(h.tick);
             if waiting + changes.len() > 2 * max
                 || !self.make_room(changes.len(), [h.tick, baseline])
             {
                 return Err(SnapshotError::TooManyEntities);
             }
-            let pending = self.pending.entry(h.tick).or_insert_with(|| PendingTick {
-                baseline: h.baseline,
-                received: vec![false; usize::from(h.count)],
-                received_count: 0,
-                changes: Vec::new(),
-            });
-            // Same bounds as the check above (the entry has h.count slots).
-            pending.received[usize::from(h.index)] = true;
-            pending.received_count += 1;
-            pending.changes.extend(changes.iter().cloned());
+            if !self.pending.contains(h.tick) {
+                let fresh = self.scratch.tick(h.baseline, h.count);
+                self.pending.insert(h.tick, fresh);
+            }
+            if let Some(pending) = self.pending.get_mut(h.tick) {
+                // Same bounds as the check above (the entry has h.count slots).
+                pending.received[usize::from(h.index)] = true;
+                pending.received_count += 1;
+                let merged = &mut self.scratch.merged;
+                merge_changes(&pending.changes, changes, merged, |_, _| {});
+                std::mem::swap(&mut pending.changes, merged);
+            }
             None
         };
 
-        // Shown unless late, or unless the part of an incomplete tick would take the live
-        // view past the limit: then it waits for its tick (refused, it would keep the tick
-        // from ever completing).
         let shown = newest
             && match &composite {
                 // The newest tick is complete: it is the whole world at that tick.
@@ -361,7 +446,7 @@ impl SnapshotReceiver {
                     self.live_len = c.len();
                     true
                 }
-                None => self.show(&changes),
+                None => self.show(changes),
             };
         if shown {
             if self.newest.is_none_or(|(n, _)| h.tick > n) {
@@ -385,31 +470,39 @@ impl SnapshotReceiver {
         })
     }
 
-    /// Put one part's `changes` (ids unique within a part) on the live view, unless that
+    /// Put one part's `changes` (sorted by id, each id once) on the live view, unless that
     /// would take it past the limit: whether it did.
     fn show(&mut self, changes: &[Change]) -> bool {
-        let held =
-            |overlay: Option<&Option<QuantizedEntity>>, base: &QuantizedWorld, id| match overlay {
+        let held = |replaced: Option<&Option<QuantizedEntity>>, base: &QuantizedWorld, id| {
+            match replaced {
                 Some(c) => c.is_some(),
                 None => base.get(id).is_some(),
-            };
+            }
+        };
         // Each change moves the count by one at most: far enough from the limit, the
-        // count is kept as the changes go on (one search each), else it is checked first.
+        // count is kept as the changes go on, else it is checked first.
         if changes.len() > self.config.max_entities.saturating_sub(self.live_len) {
             let after = changes.iter().fold(self.live_len, |n, (id, change)| {
-                let was = held(self.live_overlay.get(id), &self.live_base, *id);
+                let was = held(self.overlay_get(*id), &self.live_base, *id);
                 (n + usize::from(change.is_some())).saturating_sub(usize::from(was))
             });
             if after > self.config.max_entities {
                 return false;
             }
         }
-        for (id, change) in changes {
-            let before = self.live_overlay.insert(*id, change.clone());
-            let was = held(before.as_ref(), &self.live_base, *id);
-            self.live_len =
-                (self.live_len + usize::from(change.is_some())).saturating_sub(usize::from(was));
-        }
+        let (base, mut len) = (&self.live_base, self.live_len);
+        let merged = &mut self.scratch.merged;
+        merge_changes(
+            &self.live_overlay,
+            changes,
+            merged,
+            |(id, change), replaced| {
+                let was = held(replaced.map(|(_, c)| c), base, *id);
+                len = (len + usize::from(change.is_some())).saturating_sub(usize::from(was));
+            },
+        );
+        std::mem::swap(&mut self.live_overlay, merged);
+        self.live_len = len;
         true
     }
 
@@ -423,18 +516,18 @@ impl SnapshotReceiver {
         if held + more <= max {
             return true;
         }
-        let newest = self.composites.keys().next_back().copied();
-        let spare = |t: &&Tick| Some(**t) != newest && !keep.contains(t);
+        let newest = self.composites.last_tick();
+        let spare = |t: Tick| Some(t) != newest && !keep.contains(&t);
         let kept = self
             .composites
             .iter()
-            .filter(|(t, _)| !spare(t))
+            .filter(|(t, _)| !spare(*t))
             .map(|(_, w)| w.len())
             .sum::<usize>()
             + self
                 .pending
                 .iter()
-                .filter(|(t, _)| !spare(t))
+                .filter(|(t, _)| !spare(*t))
                 .map(|(_, p)| p.changes.len())
                 .sum::<usize>();
         if kept + more > max {
@@ -442,12 +535,12 @@ impl SnapshotReceiver {
         }
         while held + more > max {
             // Oldest first, snapshots and incomplete ticks alike (a tick is never both).
-            let snapshot = self.composites.keys().find(spare).copied();
-            let waiting = self.pending.keys().find(spare).copied();
+            let snapshot = self.composites.iter().map(|(t, _)| t).find(|t| spare(*t));
+            let waiting = self.pending.iter().map(|(t, _)| t).find(|t| spare(*t));
             let freed = match (snapshot, waiting) {
-                (Some(s), Some(w)) if w < s => self.pending.remove(&w).map(|p| p.changes.len()),
-                (Some(s), _) => self.composites.remove(&s).map(|w| w.len()),
-                (None, Some(w)) => self.pending.remove(&w).map(|p| p.changes.len()),
+                (Some(s), Some(w)) if w < s => self.pending.remove(w).map(|p| p.changes.len()),
+                (Some(s), _) => self.composites.remove(s).map(|w| w.len()),
+                (None, Some(w)) => self.pending.remove(w).map(|p| p.changes.len()),
                 // Not reached: what is kept fits, so something spare is left while over.
                 (None, None) => None,
             };
@@ -465,9 +558,10 @@ impl SnapshotReceiver {
             return;
         };
         let ring = self.config.ring_ticks;
-        let keep = |t: &Tick| newest.0.saturating_sub(t.0) < ring;
-        self.composites.retain(|t, _| keep(t));
-        self.pending.retain(|t, _| keep(t));
+        let keep = |t: Tick| newest.0.saturating_sub(t.0) < ring;
+        let scratch = &mut self.scratch;
+        self.composites.retain(keep, |w| scratch.keep_world(w));
+        self.pending.retain(keep, |p| scratch.keep_tick(p));
     }
 }
 
@@ -475,7 +569,7 @@ impl SnapshotReceiver {
 struct LiveIter<'a, B, O>
 where
     B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
-    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+    O: Iterator<Item = &'a Change>,
 {
     base: std::iter::Peekable<B>,
     overlay: std::iter::Peekable<O>,
@@ -484,14 +578,14 @@ where
 impl<'a, B, O> Iterator for LiveIter<'a, B, O>
 where
     B: Iterator<Item = &'a (EntityId, QuantizedEntity)>,
-    O: Iterator<Item = (&'a EntityId, &'a Option<QuantizedEntity>)>,
+    O: Iterator<Item = &'a Change>,
 {
     type Item = (EntityId, &'a QuantizedEntity);
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let next_base = self.base.peek().map(|(id, _)| *id);
-            let next_over = self.overlay.peek().map(|(id, _)| **id);
+            let next_over = self.overlay.peek().map(|(id, _)| *id);
             match (next_base, next_over) {
                 (None, None) => return None,
                 (Some(b), o) if o.is_none_or(|o| b < o) => {

@@ -516,28 +516,49 @@ impl QuantizedWorld {
 
     /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
     pub(crate) fn apply(&self, changes: &[Change]) -> QuantizedWorld {
-        let mut out = Vec::with_capacity(self.entities.len() + changes.len());
-        let mut base = self.entities.iter().peekable();
-        for (id, change) in changes {
-            while let Some((bid, _)) = base.peek() {
-                if bid < id {
-                    // Peeked just above, so next() yields it.
-                    out.extend(base.next().cloned());
-                } else {
-                    break;
+        self.apply_into(changes, None)
+    }
+
+    /// [`Self::apply`], written in the memory of `spare` when no one else holds it: a
+    /// receiver gives each snapshot it completes the memory of one it let go.
+    pub(crate) fn apply_into(
+        &self,
+        changes: &[Change],
+        spare: Option<QuantizedWorld>,
+    ) -> QuantizedWorld {
+        let mut entities = match spare.map(|w| w.entities) {
+            // Counted, not borrowed, in the guard: no one else holds it.
+            Some(e) if Arc::strong_count(&e) == 1 && Arc::weak_count(&e) == 0 => e,
+            _ => Arc::new(Vec::with_capacity(self.entities.len() + changes.len())),
+        };
+        // Just made, or checked above to be held by no one else.
+        if let Some(out) = Arc::get_mut(&mut entities) {
+            out.clear();
+            let mut base = self.entities.iter().peekable();
+            for (id, change) in changes {
+                while let Some((bid, _)) = base.peek() {
+                    if bid < id {
+                        // Peeked just above, so next() yields it.
+                        out.extend(base.next().cloned());
+                    } else {
+                        break;
+                    }
+                }
+                if base.peek().is_some_and(|(bid, _)| bid == id) {
+                    base.next();
+                }
+                if let Some(e) = change {
+                    out.push((*id, e.clone()));
                 }
             }
-            if base.peek().is_some_and(|(bid, _)| bid == id) {
-                base.next();
-            }
-            if let Some(e) = change {
-                out.push((*id, e.clone()));
-            }
+            out.extend(base.cloned());
         }
-        out.extend(base.cloned());
-        QuantizedWorld {
-            entities: Arc::new(out),
-        }
+        QuantizedWorld { entities }
+    }
+
+    /// Whether no one else holds this world's memory (so it could be written again).
+    pub(crate) fn is_unique(&mut self) -> bool {
+        Arc::get_mut(&mut self.entities).is_some()
     }
 }
 
@@ -864,6 +885,29 @@ pub(crate) fn normalize_changes(changes: &mut Vec<Change>) {
         }
     }
     *changes = out;
+}
+
+/// Merges `older` and `newer`, each sorted by id with each id once, into `out` (cleared
+/// first), in the same order: where both change an id, `newer`'s change stands. `each` is
+/// shown every change of `newer` with the change of `older` it replaces, if any.
+pub(crate) fn merge_changes(
+    older: &[Change],
+    newer: &[Change],
+    out: &mut Vec<Change>,
+    mut each: impl FnMut(&Change, Option<&Change>),
+) {
+    out.clear();
+    out.reserve(older.len() + newer.len());
+    let mut old = older.iter().peekable();
+    for c in newer {
+        while let Some(o) = old.next_if(|o| o.0 < c.0) {
+            out.push(o.clone());
+        }
+        let replaced = old.next_if(|o| o.0 == c.0);
+        each(c, replaced);
+        out.push(c.clone());
+    }
+    out.extend(old.cloned());
 }
 
 #[cfg(test)]
