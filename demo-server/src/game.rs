@@ -204,6 +204,7 @@ impl GameServer {
                     Ok(input) => self.scene.apply_input(client.0, &input, self.dt),
                     Err(_) => self.invalid_inputs += 1,
                 }
+                server.recycle_input(bytes);
                 None
             }
             // The demo's clients send no messages of their own.

@@ -41,11 +41,12 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
-/// Serialize `value`, appending to `out`.
+/// Serialize `value`, appending to `out`: written straight into its memory, so a caller
+/// that keeps `out` from one value to the next allocates nothing once it is large enough.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let bytes = encode(value)?;
-    out.extend_from_slice(&bytes);
-    Ok(())
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Deserialize exactly one value that fills all of `bytes`.

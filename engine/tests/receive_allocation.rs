@@ -1,12 +1,15 @@
-//! What a client's receipt of snapshots costs the allocator once it is warm: nothing per
-//! snapshot. A game's client takes in 30 to 60 snapshots a second for the whole session, and
-//! a process that simulates many clients (a bot fleet, the tick-rate bench) tens of
-//! thousands; a new world per snapshot, a new list of transforms for the playout buffer and
-//! the buffers they pass through would be a steady churn of the allocator and, when it gives
-//! memory back to the system and takes it again, of freshly zeroed pages.
+//! What snapshots and inputs cost the allocator once client and server are warm: nothing
+//! per snapshot a client takes in, nothing per input it sends, nothing per input the server
+//! takes in (the server's tick is `tick_allocation.rs`'s). A game's client takes in 30 to 60
+//! snapshots a second and sends an input a tick for the whole session, a server takes an
+//! input a tick from every player, and a process that simulates many clients (a bot fleet,
+//! the tick-rate bench) does it tens of thousands of times a second; a new world per
+//! snapshot, a new list of transforms for the playout buffer, a new buffer per datagram and
+//! per input would be a steady churn of the allocator and, when it gives memory back to the
+//! system and takes it again, of freshly zeroed pages.
 //!
-//! The network is driven by hand here, so that only the clients' own calls are counted:
-//! datagrams in flight, the server and the lossy link are the harness's. Measured with a
+//! The network is driven by hand here, so that only the endpoints' own calls are counted:
+//! datagrams in flight and the lossy link are the harness's, and so is the server's tick. Measured with a
 //! counting global allocator, which serves the whole test binary, hence a file of its own
 //! and one test function.
 
@@ -18,7 +21,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
 
 use snapsync::glam::Vec3;
-use snapsync::replication::{Client, ClientConfig, Server, ServerConfig, View};
+use snapsync::replication::{Client, ClientConfig, Server, ServerConfig, ServerEvent, View};
 use snapsync::snapshot::{EntityId, EntityState, QuantizeConfig, Transform, World};
 
 #[global_allocator]
@@ -42,6 +45,11 @@ struct Count {
     all: u64,
     /// Snapshots received.
     snapshots: u64,
+    /// In the server's receipt of the clients' datagrams and in handing their inputs to the
+    /// game (which gives each input's buffer back).
+    server: u64,
+    /// Inputs the server handed to the game.
+    inputs: u64,
 }
 
 /// What `clients` clients (players that send an input each tick when `play`, else
@@ -92,12 +100,14 @@ fn allocations(clients: usize, play: bool, loss_pct: u64, warm_up: u32, measured
         receipt: 0,
         all: 0,
         snapshots: 0,
+        server: 0,
+        inputs: 0,
     };
     let mut now = start;
     for n in 0..warm_up + measured {
         let measuring = n >= warm_up;
         let before: u64 = players.iter().map(|c| c.stats().snapshots_received).sum();
-        let (mut receipt, mut all) = (0u64, 0u64);
+        let (mut receipt, mut all, mut by_server, mut inputs) = (0u64, 0u64, 0u64, 0u64);
         let tick_end = now + TICK;
         while now < tick_end {
             now = (now + STEP).min(tick_end);
@@ -107,7 +117,12 @@ fn allocations(clients: usize, play: bool, loss_pct: u64, warm_up: u32, measured
                     break;
                 };
                 match to {
-                    None => server.handle_datagram(now, from, &bytes),
+                    None => {
+                        let region = Region::new(GLOBAL);
+                        server.handle_datagram(now, from, &bytes);
+                        let c = region.change();
+                        by_server += (c.allocations + c.reallocations) as u64;
+                    }
                     Some(i) => {
                         let region = Region::new(GLOBAL);
                         players[i].handle_datagram(now, from, &bytes);
@@ -174,27 +189,38 @@ fn allocations(clients: usize, play: bool, loss_pct: u64, warm_up: u32, measured
                 }),
             );
         }
+        let region = Region::new(GLOBAL);
+        while let Some(e) = server.poll_event() {
+            if let ServerEvent::Input { bytes, .. } = e {
+                inputs += 1;
+                server.recycle_input(bytes);
+            }
+        }
+        let c = region.change();
+        by_server += (c.allocations + c.reallocations) as u64;
         server.tick(now, &world);
-        while server.poll_event().is_some() {}
         let after: u64 = players.iter().map(|c| c.stats().snapshots_received).sum();
         if measuring {
             count.receipt += receipt;
             count.all += receipt + all;
             count.snapshots += after - before;
+            count.server += by_server;
+            count.inputs += inputs;
         }
     }
     count
 }
 
 #[test]
-fn a_warm_client_takes_in_snapshots_without_allocating() {
+fn warm_clients_and_server_exchange_snapshots_and_inputs_without_allocating() {
     const TICKS: u32 = 1_000;
     for (play, loss_pct) in [(false, 0), (false, 5), (true, 0), (true, 5)] {
         let c = allocations(4, play, loss_pct, 240, TICKS);
         let who = if play { "players" } else { "spectators" };
         eprintln!(
-            "{who}, {loss_pct} % loss: {} snapshots received, {} allocations in their receipt, {} in all",
-            c.snapshots, c.receipt, c.all
+            "{who}, {loss_pct} % loss: {} snapshots received, {} allocations in their \
+             receipt, {} in all the clients' calls; {} inputs, {} allocations by the server",
+            c.snapshots, c.receipt, c.all, c.inputs, c.server
         );
         // Nearly every tick's snapshot arrived (a tick counts once any part did).
         assert!(
@@ -212,12 +238,24 @@ fn a_warm_client_takes_in_snapshots_without_allocating() {
             per_snapshot < 0.05,
             "{who}, {loss_pct} % loss: {per_snapshot:.4} allocations a snapshot received"
         );
-        if !play {
-            // A spectator's whole session, acks, frames and events included, is as lean.
-            let per_snapshot = c.all as f64 / c.snapshots as f64;
+        // And everything else the clients do: acks and keep-alives, inputs when they play
+        // (before, nine allocations an input: its bytes, the packet's list of the inputs
+        // not yet acknowledged and the encoding growing into a new vector), frames drawn
+        // and events read.
+        let per_snapshot = c.all as f64 / c.snapshots as f64;
+        assert!(
+            per_snapshot < 0.05,
+            "{who}, {loss_pct} % loss: {per_snapshot:.4} allocations a snapshot in all"
+        );
+        if play {
+            // The server takes an input from every player every tick: before, three
+            // allocations each (the datagram's buffer, the frame's list of inputs, the
+            // input's own bytes).
+            assert!(c.inputs >= u64::from(TICKS) * 4 * 9 / 10, "{}", c.inputs);
+            let per_input = c.server as f64 / c.inputs as f64;
             assert!(
-                per_snapshot < 0.05,
-                "{who}, {loss_pct} % loss: {per_snapshot:.4} allocations a snapshot in all"
+                per_input < 0.05,
+                "{loss_pct} % loss: {per_input:.4} allocations an input taken in"
             );
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::config::{ClientConfig, ConfigError, MAX_RING_TICKS, MAX_SEND_INTERVAL_TICKS};
 use super::predict::{Prediction, StepFn};
 use super::wire::{
-    ClientControl, ControlMsg, InputFrame, MAX_INPUTS_PER_FRAME, WelcomeWire, input_ack,
+    ClientControl, ControlMsg, InputFrameOut, MAX_INPUTS_PER_FRAME, WelcomeWire, input_ack,
     read_part_prefix,
 };
 use super::{CloseReason, InputTick, REPLICATION_VERSION};
@@ -244,6 +244,50 @@ pub struct Client<I> {
     /// A view's entity list, kept between frames: the next view is written here while the
     /// last one stays in its `View` to be compared with, and the two lists swap.
     view_spare: Vec<(EntityId, Transform)>,
+    /// The bytes of inputs the server applied, to encode the next inputs in: a player sends
+    /// one a tick for the whole session.
+    spare_inputs: Vec<Vec<u8>>,
+    /// Where input packets are encoded, kept from packet to packet.
+    frame: Vec<u8>,
+}
+
+/// Inputs `pending[inputs]`, written as the sequence of byte strings an input frame holds.
+struct Unacked<'a, I> {
+    pending: &'a VecDeque<Pending<I>>,
+    inputs: std::ops::Range<usize>,
+}
+
+impl<I> Serialize for Unacked<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.pending
+                .range(self.inputs.clone())
+                .map(|p| p.bytes.as_slice()),
+        )
+    }
+}
+
+/// Spare input buffers kept: as many as a snapshot's acknowledgement lets go at once, with
+/// room.
+const SPARE_INPUTS: usize = 16;
+
+/// Forget the pending inputs at or before `acked` (the server applied them), keeping their
+/// buffers for the next inputs.
+fn forget_inputs<I>(
+    pending: &mut VecDeque<Pending<I>>,
+    spare: &mut Vec<Vec<u8>>,
+    acked: Option<InputTick>,
+) {
+    while pending
+        .front()
+        .is_some_and(|p| acked.is_some_and(|a| p.tick <= a))
+    {
+        if let Some(p) = pending.pop_front()
+            && spare.len() < SPARE_INPUTS
+        {
+            spare.push(p.bytes);
+        }
+    }
 }
 
 impl<I> std::fmt::Debug for Client<I> {
@@ -285,6 +329,8 @@ impl<I: Serialize> Client<I> {
             want_resync: false,
             resync_at: None,
             last_frame_at: None,
+            spare_inputs: Vec::new(),
+            frame: Vec::new(),
             closed: None,
             view_spare: Vec::new(),
         })
@@ -456,7 +502,9 @@ impl<I: Serialize> Client<I> {
         if self.closed.is_some() {
             return Err(InputError::NotWelcomed);
         }
-        let bytes = codec::encode(&input)?;
+        let mut bytes = self.spare_inputs.pop().unwrap_or_default();
+        bytes.clear();
+        codec::encode_into(&input, &mut bytes)?;
         if bytes.len() > self.config.max_input_bytes {
             return Err(InputError::TooLarge(bytes.len()));
         }
@@ -480,7 +528,11 @@ impl<I: Serialize> Client<I> {
         }
         self.pending.push_back(Pending { tick, input, bytes });
         while self.pending.len() > self.config.max_pending_inputs {
-            self.pending.pop_front();
+            if let Some(p) = self.pending.pop_front()
+                && self.spare_inputs.len() < SPARE_INPUTS
+            {
+                self.spare_inputs.push(p.bytes);
+            }
         }
         if let Some(c) = self.clock.as_mut() {
             c.1 += 1;
@@ -762,14 +814,7 @@ impl<I: Serialize> Client<I> {
         }
         if !self.predicting() {
             // Nothing to replay: what the server applied can go.
-            let acked = self.acked_input;
-            while self
-                .pending
-                .front()
-                .is_some_and(|p| acked.is_some_and(|a| p.tick <= a))
-            {
-                self.pending.pop_front();
-            }
+            forget_inputs(&mut self.pending, &mut self.spare_inputs, self.acked_input);
         }
     }
 
@@ -795,13 +840,7 @@ impl<I: Serialize> Client<I> {
             component: entity.component.as_ref().map(|c| c.to_vec()),
         };
         let server_input = s.acks.get(tick).copied().flatten();
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| server_input.is_some_and(|a| p.tick <= a))
-        {
-            self.pending.pop_front();
-        }
+        forget_inputs(&mut self.pending, &mut self.spare_inputs, server_input);
         let dt = s.welcome.tick_interval.as_secs_f32();
         let replay = self.pending.iter().map(|p| (p.tick, &p.input));
         if let Some(distance_m) = self.prediction.reconcile(
@@ -823,35 +862,37 @@ impl<I: Serialize> Client<I> {
     /// Send every unacknowledged input (up to the per-packet limit) and a pending resync
     /// request in one datagram.
     fn send_frame(&mut self, now: Instant) {
+        // The inputs are kept oldest first, so those not acknowledged are the newest.
         let acked = self.acked_input;
-        let unacked: Vec<&Pending<I>> = self
+        let from = self
             .pending
-            .iter()
-            .filter(|p| acked.is_none_or(|a| p.tick > a))
-            .collect();
+            .partition_point(|p| acked.is_some_and(|a| p.tick <= a));
         // Oldest first: the server takes inputs only in order, so a newer one is no use to
         // it before the older ones. Normally far fewer than the limit are unacknowledged.
         let limit = self.config.max_inputs_per_packet.min(MAX_INPUTS_PER_FRAME);
-        let mut take = unacked.len().min(limit);
+        let mut take = (self.pending.len() - from).min(limit);
         let resync = self.want_resync;
-        let bytes = loop {
-            let chosen = &unacked[..take];
-            let frame = InputFrame {
+        loop {
+            let frame = InputFrameOut {
                 resync,
-                first_tick: chosen.first().map_or(0, |p| p.tick),
-                inputs: chosen.iter().map(|p| p.bytes.as_slice()).collect(),
+                first_tick: if take > 0 { self.pending[from].tick } else { 0 },
+                inputs: Unacked {
+                    pending: &self.pending,
+                    inputs: from..from + take,
+                },
             };
-            match codec::encode(&frame) {
-                Ok(b) if b.len() <= MAX_DATAGRAM_BYTES || take == 0 => break b,
+            self.frame.clear();
+            match codec::encode_into(&frame, &mut self.frame) {
+                Ok(()) if self.frame.len() <= MAX_DATAGRAM_BYTES || take == 0 => break,
                 // Too big for one datagram: carry fewer of the older inputs.
-                Ok(_) => take /= 2,
+                Ok(()) => take /= 2,
                 Err(_) => return,
             }
-        };
-        if bytes.len() > MAX_DATAGRAM_BYTES {
+        }
+        if self.frame.len() > MAX_DATAGRAM_BYTES {
             return;
         }
-        if self.conn.send_datagram(now, &bytes).is_ok() {
+        if self.conn.send_datagram(now, &self.frame).is_ok() {
             self.last_frame_at = Some(now);
             self.stats.input_packets_sent += 1;
             if resync {

@@ -52,7 +52,8 @@ pub enum ServerEvent {
         client: ClientId,
         /// The tick the client produced it for.
         tick: InputTick,
-        /// The input as the client encoded it.
+        /// The input as the client encoded it. [`Server::recycle_input`] takes the buffer
+        /// back once read.
         bytes: Vec<u8>,
     },
     /// A message on one of the game's channels.
@@ -333,6 +334,8 @@ pub struct Server {
     tick: Tick,
     peers: BTreeMap<ClientId, Peer>,
     events: VecDeque<ServerEvent>,
+    /// Input buffers the game handed back ([`Self::recycle_input`]), for the next inputs.
+    spare_inputs: Vec<Vec<u8>>,
     departed: SenderStats,
     stats: ReplicationStats,
     /// The previous world sent, to measure how much changes per send and to find each
@@ -511,6 +514,7 @@ impl Server {
             tick: Tick(0),
             peers: BTreeMap::new(),
             events: VecDeque::new(),
+            spare_inputs: Vec::new(),
             departed: SenderStats::default(),
             stats: ReplicationStats::default(),
             previous_world: None,
@@ -574,6 +578,18 @@ impl Server {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conn.poll_timeout()
+    }
+
+    /// Hand back an [`ServerEvent::Input`]'s bytes once read: a later input is copied into
+    /// their memory instead of a new buffer. A server takes an input a tick from every
+    /// player. Optional; a game that keeps the bytes loses nothing but the reuse.
+    pub fn recycle_input(&mut self, bytes: Vec<u8>) {
+        // Enough for every player's input of a few ticks; a buffer larger than an input may
+        // be is not one this server made.
+        let most = (4 * self.config.server.max_clients).max(64);
+        if self.spare_inputs.len() < most && bytes.capacity() <= self.config.max_input_bytes {
+            self.spare_inputs.push(bytes);
+        }
     }
 
     /// Next event, oldest first. Taking an [`ServerEvent::Input`] marks it applied.
@@ -1197,7 +1213,7 @@ impl Server {
             peer.sender.reset_baseline();
             peer.resyncs += 1;
         }
-        for (i, bytes) in frame.inputs.into_iter().enumerate() {
+        for (i, bytes) in frame.inputs.iter().enumerate() {
             // i < MAX_INPUTS_PER_FRAME; a frame that would run past u32::MAX is cut there.
             let Some(tick) = frame.first_tick.checked_add(i as u32) else {
                 break;
@@ -1209,7 +1225,10 @@ impl Server {
                 // Not taken: the client keeps sending it until it is acknowledged.
                 break;
             }
-            peer.queue.push_back((tick, bytes.to_vec()));
+            let mut owned = self.spare_inputs.pop().unwrap_or_default();
+            owned.clear();
+            owned.extend_from_slice(bytes);
+            peer.queue.push_back((tick, owned));
             peer.newest_taken = Some(tick);
             peer.inputs_received += 1;
         }

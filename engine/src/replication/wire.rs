@@ -58,7 +58,107 @@ pub(crate) struct InputFrame<'a> {
     pub(crate) resync: bool,
     pub(crate) first_tick: InputTick,
     #[serde(borrow)]
-    pub(crate) inputs: Vec<&'a [u8]>,
+    pub(crate) inputs: InputList<'a>,
+}
+
+/// An input frame's inputs as read: at most [`MAX_INPUTS_PER_FRAME`] slices of the
+/// datagram, held in place. A server reads an input frame from every player every tick; a
+/// list on the heap for each would be as many allocations. On the wire a sequence of byte
+/// strings, as a `Vec<&[u8]>` is; a frame that claims more inputs is refused as it is read.
+#[derive(Clone, Copy)]
+pub(crate) struct InputList<'a> {
+    inputs: [&'a [u8]; MAX_INPUTS_PER_FRAME],
+    len: usize,
+}
+
+impl<'a> InputList<'a> {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.inputs[..self.len].iter().copied()
+    }
+}
+
+impl std::fmt::Debug for InputList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for InputList<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for InputList<'_> {}
+
+impl Serialize for InputList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for InputList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Inputs;
+        impl<'de> serde::de::Visitor<'de> for Inputs {
+            type Value = InputList<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_INPUTS_PER_FRAME} byte strings")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut list = InputList {
+                    inputs: [&[]; MAX_INPUTS_PER_FRAME],
+                    len: 0,
+                };
+                while let Some(input) = seq.next_element::<&'de [u8]>()? {
+                    let Some(slot) = list.inputs.get_mut(list.len) else {
+                        return Err(serde::de::Error::invalid_length(list.len + 1, &self));
+                    };
+                    *slot = input;
+                    list.len += 1;
+                }
+                Ok(list)
+            }
+        }
+        d.deserialize_seq(Inputs)
+    }
+}
+
+#[cfg(test)]
+impl<'a> FromIterator<&'a [u8]> for InputList<'a> {
+    /// # Panics
+    /// Past [`MAX_INPUTS_PER_FRAME`] inputs (a test's mistake).
+    fn from_iter<T: IntoIterator<Item = &'a [u8]>>(iter: T) -> Self {
+        let mut list = InputList {
+            inputs: [&[]; MAX_INPUTS_PER_FRAME],
+            len: 0,
+        };
+        for input in iter {
+            list.inputs[list.len] = input;
+            list.len += 1;
+        }
+        list
+    }
+}
+
+/// An [`InputFrame`] as a client writes it, the same bytes: its inputs, a sequence of byte
+/// strings, are read from wherever the client keeps them instead of from a list made for
+/// each packet.
+#[derive(Debug, Serialize)]
+#[serde(rename = "InputFrame")]
+pub(crate) struct InputFrameOut<S> {
+    pub(crate) resync: bool,
+    pub(crate) first_tick: InputTick,
+    pub(crate) inputs: S,
 }
 
 /// The welcome as it travels.
@@ -170,6 +270,7 @@ pub(crate) fn input_ack(code: u64, tick: u32) -> Result<Option<InputTick>, ()> {
 mod tests {
     use super::*;
     use crate::codec::{self, CodecError, MAX_DECODE_BYTES};
+    use std::collections::VecDeque;
 
     /// The frame as it was laid out when each input was its own vector: the bytes on the
     /// wire must not change with the borrowing.
@@ -195,6 +296,12 @@ mod tests {
         };
         let bytes = codec::encode(&frame).unwrap();
         assert_eq!(bytes, codec::encode(&owned).unwrap());
+        let written = InputFrameOut {
+            resync: true,
+            first_tick: 41,
+            inputs: inputs.iter().map(Vec::as_slice).collect::<VecDeque<_>>(),
+        };
+        assert_eq!(bytes, codec::encode(&written).unwrap());
         let read: InputFrame<'_> = codec::decode_borrowed(&bytes).unwrap();
         assert_eq!(read, frame);
         // Each input points into the datagram: nothing was copied.
@@ -226,6 +333,27 @@ mod tests {
             codec::decode_borrowed::<InputFrame<'_>>(&bytes),
             Err(CodecError::TooLarge)
         ));
+        // The most inputs a frame may carry are read in place; one more is refused as it is
+        // read, before any list could grow past them.
+        for n in [MAX_INPUTS_PER_FRAME, MAX_INPUTS_PER_FRAME + 1, 1_000] {
+            let many = OwnedFrame {
+                resync: false,
+                first_tick: 7,
+                inputs: (0..n).map(|i| vec![i as u8; i % 3]).collect(),
+            };
+            let bytes = codec::encode(&many).unwrap();
+            match codec::decode_borrowed::<InputFrame<'_>>(&bytes) {
+                Ok(read) => {
+                    assert_eq!(n, MAX_INPUTS_PER_FRAME);
+                    assert_eq!(read.inputs.len(), n);
+                    assert!(read.inputs.iter().eq(many.inputs.iter().map(Vec::as_slice)));
+                }
+                Err(e) => {
+                    assert!(n > MAX_INPUTS_PER_FRAME, "{n}: {e}");
+                    assert!(matches!(e, CodecError::Decode(_)), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
