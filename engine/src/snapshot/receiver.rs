@@ -437,6 +437,9 @@ impl SnapshotReceiver {
             None
         };
 
+        // Shown unless late, or unless the part of an incomplete tick would take the live
+        // view past the limit: then it waits for its tick (refused, it would keep the tick
+        // from ever completing).
         let shown = newest
             && match &composite {
                 // The newest tick is complete: it is the whole world at that tick.
