@@ -9,6 +9,10 @@ use super::world::EntityId;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PriorityAccumulator {
     priority: HashMap<EntityId, f32>,
+    /// The map the next tick's priorities are written into, then swapped with `priority`:
+    /// a sender whose budget binds accumulates every tick, and a new map each time would
+    /// be an allocation per client and tick.
+    next: HashMap<EntityId, f32>,
     weights: HashMap<EntityId, f32>,
 }
 
@@ -29,19 +33,26 @@ impl PriorityAccumulator {
         self.weights.remove(&id);
     }
 
-    /// Add one tick of priority to every candidate (times `boost`) and return the new
-    /// priorities in the same order. Entities that are no longer candidates are forgotten,
-    /// so memory follows the number of pending entities.
-    pub(crate) fn accumulate(&mut self, candidates: &[(EntityId, f32)]) -> Vec<f32> {
-        let mut next = HashMap::with_capacity(candidates.len());
-        let mut out = Vec::with_capacity(candidates.len());
+    /// Add one tick of priority to every candidate (times `boost`) and write the new
+    /// priorities into `out` (cleared first), in the same order. Entities that are no
+    /// longer candidates are forgotten, so memory follows the number of pending entities.
+    pub(crate) fn accumulate_into(&mut self, candidates: &[(EntityId, f32)], out: &mut Vec<f32>) {
+        self.next.clear();
+        out.clear();
         for (id, boost) in candidates {
             let w = self.weights.get(id).copied().unwrap_or(1.0);
             let p = self.priority.get(id).copied().unwrap_or(0.0) + w * boost;
-            next.insert(*id, p);
+            self.next.insert(*id, p);
             out.push(p);
         }
-        self.priority = next;
+        std::mem::swap(&mut self.priority, &mut self.next);
+    }
+
+    /// [`Self::accumulate_into`] a new list (tests).
+    #[cfg(test)]
+    fn accumulate(&mut self, candidates: &[(EntityId, f32)]) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.accumulate_into(candidates, &mut out);
         out
     }
 

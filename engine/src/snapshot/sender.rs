@@ -17,7 +17,6 @@ use super::quantize::{Limits, QuantizeConfig};
 use super::shared::{SharedDelta, SharedDeltas, SharedLookup, SharedSection};
 use super::world::{
     Change, EntityId, QuantizedEntity, QuantizedWorld, Tick, WorldView, changed_within,
-    normalize_changes,
 };
 use crate::Sequence;
 use crate::prefetch;
@@ -102,6 +101,11 @@ enum Holds {
     Patched {
         baseline: ClientWorld,
         changes: Vec<Change>,
+        /// The world the snapshot was cut from, kept only to be let go with it: its scope
+        /// list, which the client's scope holds until its next one, then goes back to the
+        /// spares (a sender whose budget binds sends such a snapshot every time, and would
+        /// need a new list each time).
+        cut_from: ClientWorld,
     },
     /// Exactly the world of that tick: every difference was sent. Such a baseline is the
     /// same for every client that holds it, so a snapshot against it can be shared.
@@ -113,12 +117,12 @@ impl Holds {
     fn state_of(&self, id: EntityId) -> Option<&QuantizedEntity> {
         match self {
             Holds::Whole(w) => w.state_of(id),
-            Holds::Patched { baseline, changes } => {
-                match changes.binary_search_by_key(&id, |c| c.0) {
-                    Ok(i) => changes[i].1.as_ref(),
-                    Err(_) => baseline.state_of(id),
-                }
-            }
+            Holds::Patched {
+                baseline, changes, ..
+            } => match changes.binary_search_by_key(&id, |c| c.0) {
+                Ok(i) => changes[i].1.as_ref(),
+                Err(_) => baseline.state_of(id),
+            },
         }
     }
 }
@@ -334,6 +338,11 @@ const MERGE_RUN: usize = 8;
 /// ticks (`engine/tests/tick_allocation.rs`).
 const SPARE_PICKS: usize = 8;
 
+/// Spare worlds of a client's own, and spare lists of changes, a sender keeps: a partial
+/// snapshot holds one list until it leaves the ring, and an acknowledged one becomes the
+/// baseline, letting the one before go.
+const SPARE_WORLDS: usize = 4;
+
 /// The longest scope list kept as a spare.
 const MAX_SPARE_PICKS_LEN: usize = 4096;
 
@@ -462,6 +471,18 @@ struct Scratch {
     /// The states of the updates repeated at the state a snapshot in flight gave them, by
     /// the index of their delta in `own` (see [`sent_state`]).
     repeated: Vec<(u32, QuantizedEntity)>,
+    /// The ranked path's lists (only when the budget binds), by candidate: its id and how
+    /// fast it gains priority, its priority, and, when committed, the payload bits it costs
+    /// if it does not earn its new state with its delta to the state in flight (`None`:
+    /// that is its new state, or it is a spawn); whether it was chosen; then the
+    /// candidates by rank, and the snapshots in flight by their place in the ring, newest
+    /// first.
+    boosts: Vec<(EntityId, f32)>,
+    priorities: Vec<f32>,
+    committed: Vec<Option<(usize, Option<EntityDelta>)>>,
+    chosen: Vec<bool>,
+    ranked: Vec<usize>,
+    in_flight: Vec<usize>,
 }
 
 thread_local! {
@@ -514,6 +535,10 @@ pub struct SnapshotSender {
     /// Buffers of parts sent and given back ([`Self::recycle_parts`]), for the next
     /// snapshot's parts and its list of them.
     spare_parts: Vec<Vec<u8>>,
+    /// Worlds of the client's own let go, and lists of changes of partial snapshots let go,
+    /// for the next ones: a client whose budget binds has a partial snapshot every send.
+    spare_worlds: Vec<QuantizedWorld>,
+    spare_changes: Vec<Vec<Change>>,
     spare_list: Vec<Vec<u8>>,
     /// Scope picks this sender was given and no longer holds, to build the next ones in
     /// (see [`Self::spare_picks`]).
@@ -794,6 +819,8 @@ impl SnapshotSender {
             priority: PriorityAccumulator::default(),
             stats: SenderStats::default(),
             spare_parts: Vec::new(),
+            spare_worlds: Vec::new(),
+            spare_changes: Vec::new(),
             spare_list: Vec::new(),
             spare: Vec::new(),
             stocked: false,
@@ -986,6 +1013,14 @@ impl SnapshotSender {
     /// Keep the picks of `world` as a spare if it is a view and no one else holds them (a
     /// few, and only scope-sized ones).
     fn recycle(&mut self, world: ClientWorld) {
+        if let ClientWorld::Own(mut w) = world {
+            // A world of the client's own (a snapshot some differences of which waited):
+            // the next one is made in its memory.
+            if self.spare_worlds.len() < SPARE_WORLDS && w.is_unique() {
+                self.spare_worlds.push(w);
+            }
+            return;
+        }
         if self.spare.len() >= SPARE_PICKS {
             return;
         }
@@ -1004,7 +1039,17 @@ impl SnapshotSender {
     fn recycle_tick(&mut self, sent: SentTick) {
         match sent.holds {
             Holds::Whole(world) => self.recycle(world),
-            Holds::Patched { baseline, .. } => self.recycle(baseline),
+            Holds::Patched {
+                baseline,
+                changes,
+                cut_from,
+            } => {
+                self.recycle(baseline);
+                self.recycle(cut_from);
+                if self.spare_changes.len() < SPARE_WORLDS {
+                    self.spare_changes.push(changes);
+                }
+            }
         }
     }
 
@@ -1111,6 +1156,12 @@ impl SnapshotSender {
             parts,
             encode,
             repeated,
+            boosts,
+            priorities,
+            committed,
+            chosen,
+            ranked,
+            in_flight,
         } = scratch;
         updates.clear();
         spawns.clear();
@@ -1208,16 +1259,15 @@ impl SnapshotSender {
             // Every candidate, updates then spawns: its id and how fast it gains priority.
             let weight = |c: &Candidate| weights.map_or(1.0, |w| w.weight(c.world_index as usize));
             let spawn_boost = self.config.spawn_boost;
-            let boosts: Vec<(EntityId, f32)> = updates
-                .iter()
-                .map(|c| (update_id(c), weight(c)))
-                .chain(
+            boosts.clear();
+            boosts.extend(
+                updates.iter().map(|c| (update_id(c), weight(c))).chain(
                     spawns
                         .iter()
                         .map(|c| (EntityId(c.key), spawn_boost * weight(c))),
-                )
-                .collect();
-            let priorities = self.priority.accumulate(&boosts);
+                ),
+            );
+            self.priority.accumulate_into(boosts, priorities);
             // Each snapshot is coded against the baseline, so one that leaves out what the
             // snapshot before it carried gives the client the baseline's state of it again.
             // What a snapshot sent since the baseline carried is therefore committed, and
@@ -1234,18 +1284,17 @@ impl SnapshotSender {
             //   it keeps earning its place.
             // (By the same rule, the newest snapshot in flight holds every update the ones
             // before it committed.)
-            let in_flight: Vec<&SentTick> = self
-                .ring
-                .iter()
-                .rev()
-                .take_while(|s| baseline_tick.is_none_or(|b| s.tick > b))
-                .collect();
-            // Per candidate, when committed: the payload bits it costs if it does not earn
-            // its new state, and the state in flight it then repeats with its delta from the
-            // baseline (`None`: the new state is the one in flight, or it is a spawn).
-            type Repeat<'h> = Option<(&'h QuantizedEntity, EntityDelta)>;
-            let mut committed: Vec<Option<(usize, Repeat)>> = vec![None; candidates];
-            if let Some(newest) = in_flight.first() {
+            let ring = &self.ring;
+            in_flight.clear();
+            in_flight.extend(
+                (0..ring.len())
+                    .rev()
+                    .take_while(|&i| baseline_tick.is_none_or(|b| ring[i].tick > b)),
+            );
+            let newest = in_flight.first().map(|&i| &ring[i]);
+            committed.clear();
+            committed.resize(candidates, None);
+            if let Some(newest) = newest {
                 let code = update_section.map(|s| &s.code);
                 for (i, c) in updates.iter().enumerate() {
                     let Some(held) = newest.holds.state_of(update_id(c)) else {
@@ -1261,12 +1310,15 @@ impl SnapshotSender {
                     } else {
                         let delta = EntityDelta::new(base, held, ticks, &lim);
                         let bits = part::charged_bits(&delta, held, ticks, &lim, code);
-                        (bits, Some((held, delta)))
+                        (bits, Some(delta))
                     });
                 }
                 for (s, c) in spawns.iter().enumerate() {
                     let id = EntityId(c.key);
-                    if in_flight.iter().any(|s| s.holds.state_of(id).is_some()) {
+                    if in_flight
+                        .iter()
+                        .any(|&t| ring[t].holds.state_of(id).is_some())
+                    {
                         committed[updates.len() + s] = Some((c.payload_bits as usize, None));
                     }
                 }
@@ -1286,14 +1338,16 @@ impl SnapshotSender {
                 .flatten()
                 .map(|&(bits, _)| bits + index_bits)
                 .sum();
-            let mut ranked: Vec<usize> = (0..candidates).collect();
+            ranked.clear();
+            ranked.extend(0..candidates);
             // Ids differ, so this order is total: the same whatever the sort.
             ranked.sort_unstable_by(|&a, &b| {
                 priorities[b]
                     .total_cmp(&priorities[a])
                     .then(boosts[a].0.cmp(&boosts[b].0))
             });
-            let mut chosen = vec![false; candidates];
+            chosen.clear();
+            chosen.resize(candidates, false);
             let mut any = false;
             // Once a candidate waits for budget, none ranked below it goes at its new state
             // in place of a repeat (that would keep it committed past its turn).
@@ -1303,7 +1357,7 @@ impl SnapshotSender {
             // smaller deltas of entities sent lately would take what the committed leave,
             // tick after tick, and a larger one could wait for ever.)
             let mut blocked = false;
-            for &i in &ranked {
+            for &i in ranked.iter() {
                 let c = match i.checked_sub(updates.len()) {
                     None => &updates[i],
                     Some(s) => &spawns[s],
@@ -1342,7 +1396,7 @@ impl SnapshotSender {
             // The committed that did not earn their new state: at the state in flight, in
             // rank order while they fit (more than a budget's worth would be a budget
             // shrunk since, or a part limit: the rest are drawn back).
-            for &i in &ranked {
+            for &i in ranked.iter() {
                 let Some((held_bits, held)) = committed[i] else {
                     continue;
                 };
@@ -1351,9 +1405,13 @@ impl SnapshotSender {
                 }
                 used += held_bits + index_bits;
                 chosen[i] = true;
-                if let Some((held, delta)) = held {
-                    // An update (spawns repeat nothing): written from its delta to the state
-                    // in flight, kept with the snapshot's own deltas.
+                // An update (spawns repeat nothing): written from its delta to the state in
+                // flight, kept with the snapshot's own deltas. (Committed only when a
+                // snapshot in flight holds that state.)
+                if let Some(delta) = held
+                    && let Some(held) =
+                        newest.and_then(|n| n.holds.state_of(update_id(&updates[i])))
+                {
                     let c = &mut updates[i];
                     own.push(delta);
                     // As in `Diff::push`: far below `SHARED`.
@@ -1529,7 +1587,8 @@ impl SnapshotSender {
         // Otherwise what it will hold is the baseline with what was sent.
         let whole = entities_sent + sent[1] == candidates + despawns.len() && repeats == 0;
         let changes = (!whole).then(|| {
-            let mut changes: Vec<Change> = Vec::with_capacity(entities_sent + sent[1]);
+            let mut changes = self.spare_changes.pop().unwrap_or_default();
+            changes.clear();
             changes.extend(
                 sent_updates
                     .iter()
@@ -1540,7 +1599,10 @@ impl SnapshotSender {
                 (EntityId(c.key), Some(state))
             }));
             changes.extend(despawns[..sent[1]].iter().map(|&d| (baseline.id(d), None)));
-            normalize_changes(&mut changes);
+            // Each id is there once (updates and despawns are entities of the baseline, the
+            // first in the new world and the others not; spawns are not in the baseline),
+            // so an unstable sort, which needs no memory of its own, gives the one order.
+            changes.sort_unstable_by_key(|(id, _)| *id);
             changes
         });
         scratch.shrink(found);
@@ -1549,6 +1611,7 @@ impl SnapshotSender {
             Some(changes) => Holds::Patched {
                 baseline: baseline.clone(),
                 changes,
+                cut_from: world,
             },
         };
         self.acked = acked;
@@ -1613,11 +1676,14 @@ impl SnapshotSender {
         }
         let acked = match &sent.holds {
             Holds::Whole(world) => (tick, world.clone(), true),
-            Holds::Patched { baseline, changes } => (
-                tick,
-                ClientWorld::Own(baseline.to_world().apply(changes)),
-                false,
-            ),
+            Holds::Patched {
+                baseline, changes, ..
+            } => {
+                let entries = (0..baseline.len()).map(|i| (baseline.id(i), baseline.state(i)));
+                let spare = self.spare_worlds.pop();
+                let world = QuantizedWorld::patched(entries, changes, spare);
+                (tick, ClientWorld::Own(world), false)
+            }
         };
         if let Some((_, old, _)) = self.acked.replace(acked) {
             self.recycle(old);

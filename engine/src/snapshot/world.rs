@@ -514,44 +514,43 @@ impl QuantizedWorld {
         Arc::as_ptr(&self.entities) as usize
     }
 
-    /// A new world: this one with `changes` (sorted by id, no duplicates) applied.
-    pub(crate) fn apply(&self, changes: &[Change]) -> QuantizedWorld {
-        self.apply_into(changes, None)
-    }
-
-    /// [`Self::apply`], written in the memory of `spare` when no one else holds it: a
-    /// receiver gives each snapshot it completes the memory of one it let go.
+    /// This world with `changes` (sorted by id, each id once) applied, written in the memory
+    /// of `spare` when no one else holds it (else in new memory): a receiver gives each
+    /// snapshot it completes the memory of one it let go.
     pub(crate) fn apply_into(
         &self,
+        changes: &[Change],
+        spare: Option<QuantizedWorld>,
+    ) -> QuantizedWorld {
+        Self::patched(self.entities.iter().map(|(id, e)| (*id, e)), changes, spare)
+    }
+
+    /// The world `base` (sorted by id, each id once) with `changes` (the same) applied,
+    /// written in the memory of `spare` when no one else holds it.
+    pub(crate) fn patched<'a>(
+        base: impl ExactSizeIterator<Item = (EntityId, &'a QuantizedEntity)>,
         changes: &[Change],
         spare: Option<QuantizedWorld>,
     ) -> QuantizedWorld {
         let mut entities = match spare.map(|w| w.entities) {
             // Counted, not borrowed, in the guard: no one else holds it.
             Some(e) if Arc::strong_count(&e) == 1 && Arc::weak_count(&e) == 0 => e,
-            _ => Arc::new(Vec::with_capacity(self.entities.len() + changes.len())),
+            _ => Arc::new(Vec::with_capacity(base.len() + changes.len())),
         };
         // Just made, or checked above to be held by no one else.
         if let Some(out) = Arc::get_mut(&mut entities) {
             out.clear();
-            let mut base = self.entities.iter().peekable();
+            let mut base = base.peekable();
             for (id, change) in changes {
-                while let Some((bid, _)) = base.peek() {
-                    if bid < id {
-                        // Peeked just above, so next() yields it.
-                        out.extend(base.next().cloned());
-                    } else {
-                        break;
-                    }
+                while let Some((bid, e)) = base.next_if(|(bid, _)| bid < id) {
+                    out.push((bid, e.clone()));
                 }
-                if base.peek().is_some_and(|(bid, _)| bid == id) {
-                    base.next();
-                }
+                base.next_if(|(bid, _)| bid == id);
                 if let Some(e) = change {
                     out.push((*id, e.clone()));
                 }
             }
-            out.extend(base.cloned());
+            out.extend(base.map(|(id, e)| (id, e.clone())));
         }
         QuantizedWorld { entities }
     }
@@ -872,21 +871,6 @@ pub(crate) fn next_with_id<I: Iterator>(
     walk.next_if(|item| id_of(item) == id)
 }
 
-/// Sort changes by id and keep only the last change per id, so [`QuantizedWorld::apply`]
-/// can merge them.
-pub(crate) fn normalize_changes(changes: &mut Vec<Change>) {
-    // Stable sort keeps arrival order within one id; keep the last of each run.
-    changes.sort_by_key(|(id, _)| *id);
-    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
-    for c in changes.drain(..) {
-        match out.last_mut() {
-            Some(last) if last.0 == c.0 => *last = c,
-            _ => out.push(c),
-        }
-    }
-    *changes = out;
-}
-
 /// Merges `older` and `newer`, each sorted by id with each id once, into `out` (cleared
 /// first), in the same order: where both change an id, `newer`'s change stands. `each` is
 /// shown every change of `newer` with the change of `older` it replaces, if any.
@@ -1128,15 +1112,22 @@ mod tests {
     #[test]
     fn apply_merges_updates_spawns_and_despawns() {
         let w = QuantizedWorld::from_entities([(EntityId(1), q(1)), (EntityId(3), q(3))]);
-        let mut changes = vec![
-            (EntityId(5), Some(q(5))),
+        // Two parts' changes: the later one's change of an id stands.
+        let older = [
             (EntityId(1), None),
             (EntityId(3), Some(q(30))),
-            (EntityId(0), Some(q(0))),
-            (EntityId(5), Some(q(50))),
+            (EntityId(5), Some(q(5))),
         ];
-        normalize_changes(&mut changes);
-        let out = w.apply(&changes);
+        let newer = [(EntityId(0), Some(q(0))), (EntityId(5), Some(q(50)))];
+        let (mut changes, mut replaced) = (Vec::new(), Vec::new());
+        merge_changes(&older, &newer, &mut changes, |c, r| {
+            replaced.push((c.0, r.map(|r| r.0)));
+        });
+        assert_eq!(
+            replaced,
+            [(EntityId(0), None), (EntityId(5), Some(EntityId(5)))]
+        );
+        let out = w.apply_into(&changes, None);
         let want = QuantizedWorld::from_entities([
             (EntityId(0), q(0)),
             (EntityId(3), q(30)),
@@ -1145,6 +1136,17 @@ mod tests {
         assert_eq!(out, want);
         // The original is untouched.
         assert_eq!(w.len(), 2);
+
+        // A spare no one else holds is written over; one still held is left alone.
+        let mut spare = w.apply_into(&[], None);
+        assert!(spare.is_unique());
+        let at = spare.identity();
+        let again = w.apply_into(&changes, Some(spare));
+        assert_eq!((again.identity(), &again), (at, &want));
+        let held = again.clone();
+        let fresh = w.apply_into(&[], Some(again));
+        assert_ne!(fresh.identity(), at);
+        assert_eq!((&fresh, &held), (&w, &want));
     }
 
     /// The tick world after `previous` of the world `cache` just quantized (`cached`), built
