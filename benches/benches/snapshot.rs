@@ -1,5 +1,6 @@
 //! Snapshot codec costs at 100 / 1k / 10k entities with ~10 % changed per tick:
-//! quantizing a world, delta-encoding it for one client, and decoding the parts.
+//! quantizing a world, delta-encoding it for one client (with every change sent, and under
+//! a budget that holds most of them back, so that they are ranked), and decoding the parts.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use snapsync::snapshot::{
 const SIZES: [u32; 3] = [100, 1_000, 10_000];
 /// Far above any part total, so every changed entity is encoded.
 const UNLIMITED_BUDGET_BYTES: usize = 1 << 30;
+/// A budget most of the changes do not fit: about a twentieth of the 1k world's changes.
+const TIGHT_BUDGET_BYTES: usize = 100;
 
 /// A world of `n` bodies scattered over the default box.
 fn world(n: u32, rng: &mut ChaCha8Rng) -> World {
@@ -137,6 +140,37 @@ fn bench_snapshot(c: &mut Criterion) {
                 |mut s| s.build(Tick(2), black_box(&f.q1), UNLIMITED_BUDGET_BYTES),
                 BatchSize::SmallInput,
             );
+        });
+    }
+    g.finish();
+
+    // Under a budget that binds, every candidate is ranked by priority and what waits
+    // gains priority: the path a client takes whenever the world changes more than its
+    // budget carries.
+    let mut g = c.benchmark_group("snapshot_encode_ranked");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for (n, f) in &fixtures {
+        g.throughput(Throughput::Elements(u64::from(*n)));
+        g.bench_with_input(BenchmarkId::from_parameter(n), f, |b, f| {
+            // One sender over many ticks, as a server keeps it: the world alternates
+            // between the fixture's two, and every part is acknowledged at once, so each
+            // tick's baseline is the one before with what was sent.
+            let mut s = f.sender.clone();
+            let (mut tick, mut seq) = (2u32, Sequence(1_000));
+            b.iter(|| {
+                let w = if tick % 2 == 0 { &f.q1 } else { &f.q0 };
+                let parts = s
+                    .build(Tick(tick), black_box(w), TIGHT_BUDGET_BYTES)
+                    .expect("a tick after the last");
+                for i in 0..parts.len() {
+                    s.on_part_sent(Tick(tick), i, seq);
+                    s.on_delivery(seq, true);
+                    seq = Sequence(seq.0.wrapping_add(1));
+                }
+                s.recycle_parts(parts);
+                tick += 1;
+            });
         });
     }
     g.finish();

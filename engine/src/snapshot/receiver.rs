@@ -126,9 +126,129 @@ struct PendingTick {
     baseline: Option<Tick>,
     received: Vec<bool>,
     received_count: usize,
-    /// The changes of the parts received, sorted by id, each id once (a later part's
-    /// change of an id replaces an earlier one's).
-    changes: Vec<Change>,
+    /// The changes of the parts received (a later part's change of an id replaces an
+    /// earlier one's).
+    changes: Runs,
+}
+
+/// Most runs a [`Runs`] holds: its runs at least halve in length from oldest to newest, so
+/// a list of a million changes has about twenty.
+const MAX_RUNS: usize = 40;
+
+/// Changes kept as runs sorted by id, each id once in a run, oldest run first: a later
+/// run's change of an id replaces an earlier one's. A new run is merged with the one before
+/// while it is at least half as long (as a binary counter carries), so that the k parts of
+/// a tick cost O(n log k) copies instead of the O(n k) of merging each part into one list,
+/// and no memory beyond what the lists already hold.
+#[derive(Debug, Clone, Default)]
+struct Runs {
+    list: Vec<Change>,
+    /// Where each run ends in `list`.
+    ends: Vec<usize>,
+}
+
+impl Runs {
+    /// Changes held (an id changed by several runs counts once for each).
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.list.clear();
+        self.ends.clear();
+    }
+
+    /// Add `run` (sorted by id, each id once) as the newest; `spare` is room to merge in.
+    fn push(&mut self, run: &[Change], spare: &mut Vec<Change>) {
+        if run.is_empty() {
+            return;
+        }
+        self.list.extend_from_slice(run);
+        self.ends.push(self.list.len());
+        while let [.., b, c] = self.ends[..] {
+            let a = self.ends.len().checked_sub(3).map_or(0, |i| self.ends[i]);
+            if (c - b) * 2 < b - a && self.ends.len() <= MAX_RUNS {
+                break;
+            }
+            self.merge_last(a, b, c, spare);
+        }
+    }
+
+    /// Merge the last two runs, `a..b` and `b..c`, into one.
+    fn merge_last(&mut self, a: usize, b: usize, c: usize, spare: &mut Vec<Change>) {
+        merge_changes(&self.list[a..b], &self.list[b..c], spare, |_, _| {});
+        self.list.truncate(a);
+        self.list.extend_from_slice(spare);
+        self.ends.pop();
+        if let Some(end) = self.ends.last_mut() {
+            *end = self.list.len();
+        }
+    }
+
+    /// Into one run, sorted by id, each id once: what it holds.
+    fn merged_in_place(&mut self, spare: &mut Vec<Change>) -> &[Change] {
+        while let [.., b, c] = self.ends[..] {
+            let a = self.ends.len().checked_sub(3).map_or(0, |i| self.ends[i]);
+            self.merge_last(a, b, c, spare);
+        }
+        &self.list
+    }
+
+    /// The change of `id`, if any run has one: the newest.
+    fn get(&self, id: EntityId) -> Option<&Option<QuantizedEntity>> {
+        (0..self.ends.len()).rev().find_map(|r| {
+            let start = if r == 0 { 0 } else { self.ends[r - 1] };
+            let run = &self.list[start..self.ends[r]];
+            run.binary_search_by_key(&id, |(i, _)| *i)
+                .ok()
+                .map(|i| &run[i].1)
+        })
+    }
+
+    /// The changes by id, each id once: the newest run's change of it.
+    fn iter(&self) -> RunsIter<'_> {
+        let mut at = [0; MAX_RUNS + 1];
+        for (r, start) in at.iter_mut().enumerate().skip(1).take(self.ends.len()) {
+            *start = self.ends[r - 1];
+        }
+        RunsIter { runs: self, at }
+    }
+}
+
+/// [`Runs::iter`]: one cursor a run, the least id next.
+struct RunsIter<'a> {
+    runs: &'a Runs,
+    at: [usize; MAX_RUNS + 1],
+}
+
+impl<'a> Iterator for RunsIter<'a> {
+    type Item = &'a Change;
+
+    fn next(&mut self) -> Option<&'a Change> {
+        let Runs { list, ends } = self.runs;
+        let mut next: Option<(EntityId, usize)> = None;
+        for (r, &end) in ends.iter().enumerate() {
+            if self.at[r] < end {
+                let id = list[self.at[r]].0;
+                // A later run's change of the same id stands.
+                if next.is_none_or(|(n, _)| id <= n) {
+                    next = Some((id, r));
+                }
+            }
+        }
+        let (id, r) = next?;
+        let item = &list[self.at[r]];
+        for (r, &end) in ends.iter().enumerate() {
+            if self.at[r] < end && list[self.at[r]].0 == id {
+                self.at[r] += 1;
+            }
+        }
+        Some(item)
+    }
 }
 
 /// Spare worlds and incomplete ticks kept. A part takes one and the ring gives back the
@@ -140,7 +260,9 @@ const SPARES: usize = 16;
 
 /// Memory a receiver keeps from part to part, so that once warm it allocates nothing to
 /// take in a snapshot: a game's client takes in 30 to 60 a second for the whole session.
-#[derive(Debug, Clone, Default)]
+/// Nothing in it outlives a part but spare memory, so a clone of the receiver starts
+/// without it.
+#[derive(Debug, Default)]
 struct Scratch {
     decode: DecodeScratch,
     /// The part being read's changes.
@@ -151,6 +273,12 @@ struct Scratch {
     worlds: Vec<QuantizedWorld>,
     /// Incomplete ticks let go, to hold the next ones.
     ticks: Vec<PendingTick>,
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl Scratch {
@@ -187,9 +315,8 @@ pub struct SnapshotReceiver {
     /// The live view is `live_base` with `live_overlay` on top: completing the newest tick
     /// swaps in its composite (one `Arc` clone) instead of copying every entity.
     live_base: QuantizedWorld,
-    /// Changes from parts of ticks newer than `live_base`, sorted by id, each id once:
-    /// `None` = despawned.
-    live_overlay: Vec<Change>,
+    /// Changes from parts of ticks newer than `live_base`: `None` = despawned.
+    live_overlay: Runs,
     /// Entities in the live view (`live_base` with `live_overlay` on top).
     live_len: usize,
     newest: Option<(Tick, Instant)>,
@@ -212,7 +339,7 @@ impl SnapshotReceiver {
             composites: TickMap::default(),
             pending: TickMap::default(),
             live_base: QuantizedWorld::default(),
-            live_overlay: Vec::new(),
+            live_overlay: Runs::default(),
             live_len: 0,
             newest: None,
             stats: ReceiverStats::default(),
@@ -273,18 +400,10 @@ impl SnapshotReceiver {
 
     /// One entity of the live view.
     pub fn get(&self, id: EntityId) -> Option<&QuantizedEntity> {
-        match self.overlay_get(id) {
+        match self.live_overlay.get(id) {
             Some(change) => change.as_ref(),
             None => self.live_base.get(id),
         }
-    }
-
-    /// The overlay's change of `id`, if it has one.
-    fn overlay_get(&self, id: EntityId) -> Option<&Option<QuantizedEntity>> {
-        self.live_overlay
-            .binary_search_by_key(&id, |(i, _)| *i)
-            .ok()
-            .map(|i| &self.live_overlay[i].1)
     }
 
     /// The live view dequantized, by id (what [`super::InterpolationBuffer::push`] takes).
@@ -393,15 +512,12 @@ impl SnapshotReceiver {
             // forgotten whole (it can never complete within the limit).
             let spare = self.scratch.worlds.pop();
             let c = match self.pending.remove(h.tick) {
-                Some(waiting) => {
-                    merge_changes(
-                        &waiting.changes,
-                        changes,
-                        &mut self.scratch.merged,
-                        |_, _| {},
-                    );
+                Some(mut waiting) => {
+                    let merged = &mut self.scratch.merged;
+                    waiting.changes.push(changes, merged);
+                    let c = base.apply_into(waiting.changes.merged_in_place(merged), spare);
                     self.scratch.keep_tick(waiting);
-                    base.apply_into(&self.scratch.merged, spare)
+                    c
                 }
                 None => base.apply_into(changes, spare),
             };
@@ -430,9 +546,7 @@ impl SnapshotReceiver {
                 // Same bounds as the check above (the entry has h.count slots).
                 pending.received[usize::from(h.index)] = true;
                 pending.received_count += 1;
-                let merged = &mut self.scratch.merged;
-                merge_changes(&pending.changes, changes, merged, |_, _| {});
-                std::mem::swap(&mut pending.changes, merged);
+                pending.changes.push(changes, &mut self.scratch.merged);
             }
             None
         };
@@ -486,26 +600,19 @@ impl SnapshotReceiver {
         // count is kept as the changes go on, else it is checked first.
         if changes.len() > self.config.max_entities.saturating_sub(self.live_len) {
             let after = changes.iter().fold(self.live_len, |n, (id, change)| {
-                let was = held(self.overlay_get(*id), &self.live_base, *id);
+                let was = held(self.live_overlay.get(*id), &self.live_base, *id);
                 (n + usize::from(change.is_some())).saturating_sub(usize::from(was))
             });
             if after > self.config.max_entities {
                 return false;
             }
         }
-        let (base, mut len) = (&self.live_base, self.live_len);
-        let merged = &mut self.scratch.merged;
-        merge_changes(
-            &self.live_overlay,
-            changes,
-            merged,
-            |(id, change), replaced| {
-                let was = held(replaced.map(|(_, c)| c), base, *id);
-                len = (len + usize::from(change.is_some())).saturating_sub(usize::from(was));
-            },
-        );
-        std::mem::swap(&mut self.live_overlay, merged);
-        self.live_len = len;
+        for (id, change) in changes {
+            let was = held(self.live_overlay.get(*id), &self.live_base, *id);
+            self.live_len =
+                (self.live_len + usize::from(change.is_some())).saturating_sub(usize::from(was));
+        }
+        self.live_overlay.push(changes, &mut self.scratch.merged);
         true
     }
 
@@ -606,6 +713,54 @@ where
                 // (Some, None) is covered by the first arm.
                 (Some(_), None) => return self.base.next().map(|(id, e)| (*id, e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod runs_tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn state(x: u32) -> QuantizedEntity {
+        let mut e = QuantizedEntity::default();
+        e.transform.position = [x, 0, 0];
+        e
+    }
+
+    proptest! {
+        /// Runs pushed one after another read as a map into which each run's changes were
+        /// inserted in turn, whatever the runs' lengths; merged into one, the same.
+        #[test]
+        fn runs_read_as_the_changes_inserted_in_turn(
+            runs in proptest::collection::vec(
+                proptest::collection::btree_map(0u32..300, proptest::option::of(0u32..9), 0..80),
+                0..60,
+            ),
+        ) {
+            let mut held = Runs::default();
+            let mut spare = Vec::new();
+            let mut model: BTreeMap<EntityId, Option<QuantizedEntity>> = BTreeMap::new();
+            for run in &runs {
+                let run: Vec<Change> = run
+                    .iter()
+                    .map(|(&id, x)| (EntityId(id), x.map(state)))
+                    .collect();
+                held.push(&run, &mut spare);
+                model.extend(run.iter().cloned());
+                prop_assert!(held.ends.len() <= MAX_RUNS);
+                let listed: Vec<Change> = held.iter().cloned().collect();
+                let expected: Vec<Change> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+                prop_assert_eq!(&listed, &expected);
+                for id in (0..300).step_by(7) {
+                    prop_assert_eq!(held.get(EntityId(id)), model.get(&EntityId(id)));
+                }
+            }
+            let expected: Vec<Change> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+            prop_assert_eq!(held.merged_in_place(&mut spare), &expected[..]);
         }
     }
 }
