@@ -195,6 +195,44 @@ fn bench_snapshot(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // A receiver as a client keeps it, over many ticks: each tick's parts built by a
+    // sender (untimed) from worlds that alternate between the fixture's two, then read
+    // (timed), then acknowledged. The group above reads one tick into a fresh copy of a
+    // receiver each time; this one reads with the memory a receiver keeps from tick to tick.
+    let mut g = c.benchmark_group("snapshot_decode_steady");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for (n, f) in &fixtures {
+        g.throughput(Throughput::Elements(u64::from(*n)));
+        g.bench_with_input(BenchmarkId::from_parameter(n), f, |b, f| {
+            let (mut tx, mut rx) = (f.sender.clone(), f.receiver.clone());
+            let (mut tick, mut seq) = (2u32, Sequence(1_000));
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let w = if tick % 2 == 0 { &f.q1 } else { &f.q0 };
+                    let parts = tx
+                        .build(Tick(tick), w, UNLIMITED_BUDGET_BYTES)
+                        .expect("a tick after the last");
+                    let start = Instant::now();
+                    for p in &parts {
+                        let _ = black_box(rx.read_part(start, black_box(p)));
+                    }
+                    spent += start.elapsed();
+                    for i in 0..parts.len() {
+                        tx.on_part_sent(Tick(tick), i, seq);
+                        tx.on_delivery(seq, true);
+                        seq = Sequence(seq.0.wrapping_add(1));
+                    }
+                    tx.recycle_parts(parts);
+                    tick += 1;
+                }
+                spent
+            });
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench_snapshot);
