@@ -102,6 +102,17 @@ fn fixture(n: u32) -> Fixture {
     }
 }
 
+/// Send `parts` of `tick` on the packet sequences from `seq` on, and have each
+/// acknowledged at once.
+fn acknowledge(sender: &mut SnapshotSender, tick: Tick, parts: Vec<Vec<u8>>, seq: &mut Sequence) {
+    for i in 0..parts.len() {
+        sender.on_part_sent(tick, i, *seq);
+        sender.on_delivery(*seq, true);
+        *seq = Sequence(seq.0.wrapping_add(1));
+    }
+    sender.recycle_parts(parts);
+}
+
 fn bench_snapshot(c: &mut Criterion) {
     let cfg = QuantizeConfig::default();
     let fixtures: Vec<(u32, Fixture)> = SIZES.iter().map(|&n| (n, fixture(n))).collect();
@@ -163,12 +174,7 @@ fn bench_snapshot(c: &mut Criterion) {
                 let parts = s
                     .build(Tick(tick), black_box(w), TIGHT_BUDGET_BYTES)
                     .expect("a tick after the last");
-                for i in 0..parts.len() {
-                    s.on_part_sent(Tick(tick), i, seq);
-                    s.on_delivery(seq, true);
-                    seq = Sequence(seq.0.wrapping_add(1));
-                }
-                s.recycle_parts(parts);
+                acknowledge(&mut s, Tick(tick), parts, &mut seq);
                 tick += 1;
             });
         });
@@ -220,12 +226,7 @@ fn bench_snapshot(c: &mut Criterion) {
                         let _ = black_box(rx.read_part(start, black_box(p)));
                     }
                     spent += start.elapsed();
-                    for i in 0..parts.len() {
-                        tx.on_part_sent(Tick(tick), i, seq);
-                        tx.on_delivery(seq, true);
-                        seq = Sequence(seq.0.wrapping_add(1));
-                    }
-                    tx.recycle_parts(parts);
+                    acknowledge(&mut tx, Tick(tick), parts, &mut seq);
                     tick += 1;
                 }
                 spent

@@ -151,6 +151,28 @@ fn allocations(
     counted
 }
 
+/// The allocations of `ticks` ticks (after `warm_up`) with 8 clients, after asserting that
+/// 32 more clients add under one per 100 client-ticks. The bound leaves room for a rare one,
+/// such as a scope's list when every spare list is still held by snapshots in flight; an
+/// allocation per snapshot, or a timer index that allocates as it is updated (one every few
+/// packets), is far beyond it.
+fn none_per_client(
+    who: &str,
+    (play, churn, loss_pct, budget_bytes): (bool, bool, f64, Option<usize>),
+    warm_up: u32,
+    ticks: u32,
+) -> u64 {
+    let few = allocations(8, play, churn, loss_pct, budget_bytes, warm_up, ticks);
+    let many = allocations(40, play, churn, loss_pct, budget_bytes, warm_up, ticks);
+    eprintln!("{who}: {few} allocations in {ticks} ticks with 8 clients, {many} with 40");
+    let per_client_tick = many.saturating_sub(few) as f64 / (32.0 * f64::from(ticks));
+    assert!(
+        per_client_tick < 0.01,
+        "{who}: {per_client_tick:.4} allocations per client per tick ({few} with 8, {many} with 40)"
+    );
+    few
+}
+
 #[test]
 fn a_warm_server_ticks_without_allocating_per_client() {
     const TICKS: u32 = 150;
@@ -160,20 +182,10 @@ fn a_warm_server_ticks_without_allocating_per_client() {
             (false, false) => "spectators",
             _ => "players, with an entity coming and one leaving each tick",
         };
-        let few: u64 = allocations(8, play, churn, 0.0, None, 180, TICKS);
-        let many: u64 = allocations(40, play, churn, 0.0, None, 180, TICKS);
-        eprintln!("allocations in {TICKS} ticks: {few} with 8 {who}, {many} with 40");
         // The tick's world costs a few allocations whatever the clients; 32 more clients
         // add none, or nearly (the two counts are equal today, spectators' too since their
-        // spare lists are made with their first scope). The bound leaves room for a rare one, such as a scope's list when every
-        // spare list is still held by snapshots in flight; an allocation per snapshot, or a
-        // timer index that allocates as it is updated (one every few packets), is far
-        // beyond it.
-        let per_client_tick = many.saturating_sub(few) as f64 / (32.0 * f64::from(TICKS));
-        assert!(
-            per_client_tick < 0.01,
-            "{who}: {per_client_tick:.4} allocations per client per tick ({few} with 8, {many} with 40)"
-        );
+        // spare lists are made with their first scope).
+        let few = none_per_client(who, (play, churn, 0.0, None), 180, TICKS);
         // And the world's own few: a handful per tick, not hundreds (one per entity would
         // be 600). A world whose entities came or went needs a new list of ids, and its
         // quantize cache and index follow the entities by id: a few more (13 a tick today,
@@ -189,17 +201,7 @@ fn a_warm_server_ticks_without_allocating_per_client() {
     // ran out allocated them over its first seconds, one every 40 ticks or so (0.024 a
     // client and tick here), each allocation able to fault in fresh memory mid-tick. The
     // lists are made with the client's first scope, outside this window.
-    const LOSSY_TICKS: u32 = 120;
-    let few: u64 = allocations(8, true, false, 5.0, None, 30, LOSSY_TICKS);
-    let many: u64 = allocations(40, true, false, 5.0, None, 30, LOSSY_TICKS);
-    eprintln!(
-        "allocations in {LOSSY_TICKS} ticks at 5 % loss: {few} with 8 players, {many} with 40"
-    );
-    let per_client_tick = many.saturating_sub(few) as f64 / (32.0 * f64::from(LOSSY_TICKS));
-    assert!(
-        per_client_tick < 0.01,
-        "5 % loss: {per_client_tick:.4} allocations per client per tick ({few} with 8, {many} with 40)"
-    );
+    none_per_client("players, 5 % loss", (true, false, 5.0, None), 30, 120);
     // Under a budget that binds (300 bytes a snapshot, against the 600 entities moving in
     // a 30 m circle), every snapshot is ranked: the candidates' priorities, their order,
     // what a snapshot in flight commits, the record of a partial snapshot and, once it is
@@ -207,15 +209,7 @@ fn a_warm_server_ticks_without_allocating_per_client() {
     // every client and tick (10.1 allocations a client and tick), now memory the sender
     // keeps, at 5 % loss too.
     for loss_pct in [0.0, 5.0] {
-        let few: u64 = allocations(8, true, false, loss_pct, Some(300), 180, TICKS);
-        let many: u64 = allocations(40, true, false, loss_pct, Some(300), 180, TICKS);
-        eprintln!(
-            "allocations in {TICKS} ticks under a 300-byte budget, {loss_pct} % loss: {few} with 8 players, {many} with 40"
-        );
-        let per_client_tick = many.saturating_sub(few) as f64 / (32.0 * f64::from(TICKS));
-        assert!(
-            per_client_tick < 0.01,
-            "300-byte budget, {loss_pct} % loss: {per_client_tick:.4} allocations per client per tick ({few} with 8, {many} with 40)"
-        );
+        let who = format!("players under a 300-byte budget, {loss_pct} % loss");
+        none_per_client(&who, (true, false, loss_pct, Some(300)), 180, TICKS);
     }
 }
