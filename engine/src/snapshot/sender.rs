@@ -512,6 +512,13 @@ impl Scratch {
         shrink(&mut self.pairs, pairs);
         let repeated = self.repeated.len();
         shrink(&mut self.repeated, repeated);
+        // The ranked path's lists hold one entry a candidate.
+        let candidates = used[0] + used[1];
+        shrink(&mut self.boosts, candidates);
+        shrink(&mut self.priorities, candidates);
+        shrink(&mut self.committed, candidates);
+        shrink(&mut self.chosen, candidates);
+        shrink(&mut self.ranked, candidates);
     }
 }
 
@@ -1010,8 +1017,8 @@ impl SnapshotSender {
         }
     }
 
-    /// Keep the picks of `world` as a spare if it is a view and no one else holds them (a
-    /// few, and only scope-sized ones).
+    /// Keep what `world` holds as a spare when no one else holds it: a view's picks (a
+    /// few, and only scope-sized ones), or a world of the client's own (a few).
     fn recycle(&mut self, world: ClientWorld) {
         if let ClientWorld::Own(mut w) = world {
             // A world of the client's own (a snapshot some differences of which waited):
