@@ -585,9 +585,10 @@ impl Server {
     /// player. Optional; a game that keeps the bytes loses nothing but the reuse.
     pub fn recycle_input(&mut self, bytes: Vec<u8>) {
         // Enough for every player's input of a few ticks; a buffer larger than an input may
-        // be is not one this server made.
+        // be (or than the least room a vector of bytes is given) is not one this server made.
         let most = (4 * self.config.server.max_clients).max(64);
-        if self.spare_inputs.len() < most && bytes.capacity() <= self.config.max_input_bytes {
+        let largest = self.config.max_input_bytes.max(64);
+        if self.spare_inputs.len() < most && bytes.capacity() <= largest {
             self.spare_inputs.push(bytes);
         }
     }
