@@ -169,13 +169,23 @@ impl Runs {
         }
         self.list.extend_from_slice(run);
         self.ends.push(self.list.len());
-        while let [.., b, c] = self.ends[..] {
-            let a = self.ends.len().checked_sub(3).map_or(0, |i| self.ends[i]);
+        while let Some((a, b, c)) = self.last_two() {
             if (c - b) * 2 < b - a && self.ends.len() <= MAX_RUNS {
                 break;
             }
             self.merge_last(a, b, c, spare);
         }
+    }
+
+    /// Where run `r` starts in `list`.
+    fn start(&self, r: usize) -> usize {
+        r.checked_sub(1).map_or(0, |p| self.ends[p])
+    }
+
+    /// Where the last two runs lie, `a..b` and `b..c`, if there are two.
+    fn last_two(&self) -> Option<(usize, usize, usize)> {
+        let n = self.ends.len();
+        (n >= 2).then(|| (self.start(n - 2), self.ends[n - 2], self.ends[n - 1]))
     }
 
     /// Merge the last two runs, `a..b` and `b..c`, into one.
@@ -191,8 +201,7 @@ impl Runs {
 
     /// Into one run, sorted by id, each id once: what it holds.
     fn merged_in_place(&mut self, spare: &mut Vec<Change>) -> &[Change] {
-        while let [.., b, c] = self.ends[..] {
-            let a = self.ends.len().checked_sub(3).map_or(0, |i| self.ends[i]);
+        while let Some((a, b, c)) = self.last_two() {
             self.merge_last(a, b, c, spare);
         }
         &self.list
@@ -201,8 +210,7 @@ impl Runs {
     /// The change of `id`, if any run has one: the newest.
     fn get(&self, id: EntityId) -> Option<&Option<QuantizedEntity>> {
         (0..self.ends.len()).rev().find_map(|r| {
-            let start = if r == 0 { 0 } else { self.ends[r - 1] };
-            let run = &self.list[start..self.ends[r]];
+            let run = &self.list[self.start(r)..self.ends[r]];
             run.binary_search_by_key(&id, |(i, _)| *i)
                 .ok()
                 .map(|i| &run[i].1)
@@ -212,8 +220,8 @@ impl Runs {
     /// The changes by id, each id once: the newest run's change of it.
     fn iter(&self) -> RunsIter<'_> {
         let mut at = [0; MAX_RUNS + 1];
-        for (r, start) in at.iter_mut().enumerate().skip(1).take(self.ends.len()) {
-            *start = self.ends[r - 1];
+        for (r, start) in at.iter_mut().enumerate().take(self.ends.len()) {
+            *start = self.start(r);
         }
         RunsIter { runs: self, at }
     }

@@ -532,11 +532,9 @@ impl QuantizedWorld {
         changes: &[Change],
         spare: Option<QuantizedWorld>,
     ) -> QuantizedWorld {
-        let mut entities = match spare.map(|w| w.entities) {
-            // Counted, not borrowed, in the guard: no one else holds it.
-            Some(e) if Arc::strong_count(&e) == 1 && Arc::weak_count(&e) == 0 => e,
-            _ => Arc::new(Vec::with_capacity(base.len() + changes.len())),
-        };
+        let mut entities = spare
+            .and_then(|mut w| w.is_unique().then_some(w.entities))
+            .unwrap_or_else(|| Arc::new(Vec::with_capacity(base.len() + changes.len())));
         // Just made, or checked above to be held by no one else.
         if let Some(out) = Arc::get_mut(&mut entities) {
             out.clear();
