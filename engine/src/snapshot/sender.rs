@@ -443,6 +443,106 @@ fn next_part(parts: &mut Vec<PartRanges>, part: &mut PartRanges, bits: &mut usiz
     *bits = PART_OVERHEAD_BITS;
 }
 
+/// Pack the chosen `updates`, `despawns` and `spawns` into `parts` of at most
+/// `part_capacity_bits` each, in wire order, weighing every entry's gap as it comes; stops when a
+/// snapshot has [`MAX_PARTS_PER_SNAPSHOT`] parts (what is left waits).
+fn pack(
+    parts: &mut Vec<PartRanges>,
+    updates: &[Candidate],
+    despawns: &[usize],
+    spawns: &[Candidate],
+    part_capacity_bits: usize,
+) {
+    let mut part = PartRanges::default();
+    let mut bits = PART_OVERHEAD_BITS;
+    let mut full = false;
+    for (n, c) in updates.iter().enumerate() {
+        let bi = c.key as usize;
+        let prev = (!part.updates.is_empty()).then(|| updates[n - 1].key as usize);
+        let mut cost = list_gap_bits(prev, bi) + c.payload_bits as usize;
+        if bits + cost > part_capacity_bits {
+            if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                full = true;
+                break;
+            }
+            next_part(parts, &mut part, &mut bits, [n, 0, 0]);
+            cost = list_gap_bits(None, bi) + c.payload_bits as usize;
+        }
+        bits += cost;
+        part.updates.end = n + 1;
+    }
+    if !full {
+        let at_updates = part.updates.end;
+        for (n, &d) in despawns.iter().enumerate() {
+            let prev = (!part.despawns.is_empty()).then(|| despawns[n - 1]);
+            let mut cost = list_gap_bits(prev, d);
+            if bits + cost > part_capacity_bits {
+                if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                    full = true;
+                    break;
+                }
+                next_part(parts, &mut part, &mut bits, [at_updates, n, 0]);
+                cost = list_gap_bits(None, d);
+            }
+            bits += cost;
+            part.despawns.end = n + 1;
+        }
+    }
+    if !full {
+        let at = [part.updates.end, part.despawns.end];
+        for (n, c) in spawns.iter().enumerate() {
+            let id = EntityId(c.key);
+            let prev = (!part.spawns.is_empty()).then(|| EntityId(spawns[n - 1].key));
+            let mut cost = spawn_gap_bits(prev, id) + c.payload_bits as usize;
+            if bits + cost > part_capacity_bits {
+                if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
+                    break;
+                }
+                next_part(parts, &mut part, &mut bits, [at[0], at[1], n]);
+                cost = spawn_gap_bits(None, id) + c.payload_bits as usize;
+            }
+            bits += cost;
+            part.spawns.end = n + 1;
+        }
+    }
+    part.bits = bits;
+    parts.push(part);
+}
+
+/// At most the bits one part of the chosen `updates`, `despawns` and `spawns` (their
+/// payloads `payload_bits` in all) would be charged by [`pack`].
+fn one_part_bound(
+    payload_bits: usize,
+    updates: &[Candidate],
+    despawns: &[usize],
+    spawns: &[Candidate],
+) -> usize {
+    let key = |c: &Candidate| c.key as usize;
+    PART_OVERHEAD_BITS
+        + payload_bits
+        + gaps_bound(updates.len(), updates.last().map(key), part::index_gap_bits)
+        + gaps_bound(despawns.len(), despawns.last().copied(), part::index_gap_bits)
+        // Spawn keys are u32 ids: so is their mean gap.
+        + gaps_bound(spawns.len(), spawns.last().map(key), |g| {
+            part::id_gap_bits(g as u32)
+        })
+}
+
+/// At most the bits [`list_gap_bits`] or [`spawn_gap_bits`] (`gap_bits`: an order-k
+/// Exp-Golomb code's length) charges a list of `n` increasing keys ending at `last`, its
+/// section code included. The gaps sum to `last + 1 − n`. A gap's code takes
+/// `2·⌊log2(gap + 2^k)⌋ + 1 − k` bits, under `2·log2(gap + 2^k) + 1 − k`, which is concave
+/// in the gap: the `n` gaps take at most `n` times that of their mean (Jensen), and the
+/// mean rounded up, with the logarithm's floor, at most two bits more each.
+fn gaps_bound(n: usize, last: Option<usize>, gap_bits: impl Fn(usize) -> usize) -> usize {
+    let Some(last) = last else {
+        return 0;
+    };
+    // Distinct increasing keys: `last ≥ n − 1` (the merge and the ranking keep them so).
+    let mean = (last + 1).saturating_sub(n).div_ceil(n);
+    part::SECTION_CODE_BITS + n * (gap_bits(mean) + 2)
+}
+
 /// The lists one snapshot is built in, kept from tick to tick: once grown to a tick's
 /// size, building allocates only the parts themselves.
 ///
@@ -1439,63 +1539,38 @@ impl SnapshotSender {
         debug_assert!(spawns.is_sorted_by_key(|c| c.key));
 
         // Pack in wire order (updates by baseline index, despawns, spawns by id): each part
-        // is a run of each list; `part` is the one being filled.
+        // is a run of each list.
         parts.clear();
-        let mut part = PartRanges::default();
-        let mut bits = PART_OVERHEAD_BITS;
-        let mut full = false;
-        for (n, c) in updates.iter().enumerate() {
-            let bi = c.key as usize;
-            let prev = (!part.updates.is_empty()).then(|| updates[n - 1].key as usize);
-            let mut cost = list_gap_bits(prev, bi) + c.payload_bits as usize;
-            if bits + cost > part_capacity_bits {
-                if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
-                    full = true;
-                    break;
-                }
-                next_part(parts, &mut part, &mut bits, [n, 0, 0]);
-                cost = list_gap_bits(None, bi) + c.payload_bits as usize;
-            }
-            bits += cost;
-            part.updates.end = n + 1;
+        let despawns_chosen = &despawns[..chosen_despawns];
+        // Most snapshots fit one part, which a bound on the packing's estimate shows without
+        // weighing each gap (`pack` weighs them one by one: about a fifth of `build_in`'s
+        // own time in a scoped client's build, docs/BENCHMARKS.md, "One part seen at
+        // once"). Where the bound fits, so does every sum `pack` would take: it would make
+        // the same one part.
+        let payload_bits_chosen = if send_all {
+            all_payload_bits
+        } else {
+            updates
+                .iter()
+                .chain(spawns.iter())
+                .map(|c| c.payload_bits as usize)
+                .sum()
+        };
+        let one_part_bits = one_part_bound(payload_bits_chosen, updates, despawns_chosen, spawns);
+        if one_part_bits <= part_capacity_bits {
+            parts.push(PartRanges {
+                updates: 0..updates.len(),
+                despawns: 0..chosen_despawns,
+                spawns: 0..spawns.len(),
+                bits: one_part_bits,
+            });
+        } else {
+            pack(parts, updates, despawns_chosen, spawns, part_capacity_bits);
         }
-        if !full {
-            let at_updates = part.updates.end;
-            for (n, &d) in despawns[..chosen_despawns].iter().enumerate() {
-                let prev = (!part.despawns.is_empty()).then(|| despawns[n - 1]);
-                let mut cost = list_gap_bits(prev, d);
-                if bits + cost > part_capacity_bits {
-                    if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
-                        full = true;
-                        break;
-                    }
-                    next_part(parts, &mut part, &mut bits, [at_updates, n, 0]);
-                    cost = list_gap_bits(None, d);
-                }
-                bits += cost;
-                part.despawns.end = n + 1;
-            }
-        }
-        if !full {
-            let at = [part.updates.end, part.despawns.end];
-            for (n, c) in spawns.iter().enumerate() {
-                let id = EntityId(c.key);
-                let prev = (!part.spawns.is_empty()).then(|| EntityId(spawns[n - 1].key));
-                let mut cost = spawn_gap_bits(prev, id) + c.payload_bits as usize;
-                if bits + cost > part_capacity_bits {
-                    if parts.len() + 1 >= MAX_PARTS_PER_SNAPSHOT {
-                        break;
-                    }
-                    next_part(parts, &mut part, &mut bits, [at[0], at[1], n]);
-                    cost = spawn_gap_bits(None, id) + c.payload_bits as usize;
-                }
-                bits += cost;
-                part.spawns.end = n + 1;
-            }
-        }
-        part.bits = bits;
-        let sent = [part.updates.end, part.despawns.end, part.spawns.end];
-        parts.push(part);
+        // The last part ends where packing stopped.
+        let sent = parts
+            .last()
+            .map_or([0; 3], |p| [p.updates.end, p.despawns.end, p.spawns.end]);
 
         let count = parts.len();
         let mut out = std::mem::take(&mut self.spare_list);
@@ -2053,5 +2128,88 @@ mod reset_tests {
             "the next snapshot is full"
         );
         assert_eq!(s.stats().resets, 1);
+    }
+}
+
+#[cfg(test)]
+mod packing_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Candidates at `keys` (increasing), each of `payload_bits`.
+    fn candidates(keys: &[u32], payload_bits: u32) -> Vec<Candidate> {
+        keys.iter()
+            .map(|&key| Candidate {
+                key,
+                world_index: key,
+                payload_bits,
+                own: SHARED,
+                bits: BitString::default(),
+            })
+            .collect()
+    }
+
+    /// Distinct increasing keys below `span` from the raw draws.
+    fn keys(mut raw: Vec<u32>, span: u32) -> Vec<u32> {
+        for k in &mut raw {
+            *k %= span;
+        }
+        raw.sort_unstable();
+        raw.dedup();
+        raw
+    }
+
+    proptest! {
+        /// The bound is never below what the packing charges a list, whatever its gaps.
+        #[test]
+        fn the_gaps_bound_holds_what_packing_charges(
+            raw in proptest::collection::vec(any::<u32>(), 1..400),
+            span in 1u32..20_000,
+        ) {
+            let keys = keys(raw, span);
+            let last = *keys.last().unwrap() as usize;
+            let updates: usize = keys
+                .iter()
+                .enumerate()
+                .map(|(n, &k)| list_gap_bits(n.checked_sub(1).map(|p| keys[p] as usize), k as usize))
+                .sum();
+            let spawns: usize = keys
+                .iter()
+                .enumerate()
+                .map(|(n, &k)| spawn_gap_bits(n.checked_sub(1).map(|p| EntityId(keys[p])), EntityId(k)))
+                .sum();
+            prop_assert!(gaps_bound(keys.len(), Some(last), part::index_gap_bits) >= updates);
+            let id_bits = |g: usize| part::id_gap_bits(g as u32);
+            prop_assert!(gaps_bound(keys.len(), Some(last), id_bits) >= spawns);
+        }
+
+        /// Where the one-part bound fits, weighing every gap makes that same one part, its
+        /// estimate within the bound.
+        #[test]
+        fn a_snapshot_the_bound_fits_is_the_one_part_packing_makes(
+            raw_updates in proptest::collection::vec(any::<u32>(), 0..300),
+            raw_despawns in proptest::collection::vec(any::<u32>(), 0..20),
+            raw_spawns in proptest::collection::vec(any::<u32>(), 0..40),
+            payload_bits in 1u32..40,
+            span in 1u32..5_000,
+        ) {
+            let updates = candidates(&keys(raw_updates, span), payload_bits);
+            let despawns: Vec<usize> =
+                keys(raw_despawns, span).into_iter().map(|d| d as usize).collect();
+            let spawns = candidates(&keys(raw_spawns, 4 * span), payload_bits);
+            let capacity = 1100 * 8;
+            let payload = (updates.len() + spawns.len()) * payload_bits as usize;
+            let bound = one_part_bound(payload, &updates, &despawns, &spawns);
+            let mut parts = Vec::new();
+            pack(&mut parts, &updates, &despawns, &spawns, capacity);
+            if bound <= capacity {
+                prop_assert_eq!(parts.len(), 1);
+                let p = &parts[0];
+                prop_assert_eq!(p.updates.clone(), 0..updates.len());
+                prop_assert_eq!(p.despawns.clone(), 0..despawns.len());
+                prop_assert_eq!(p.spawns.clone(), 0..spawns.len());
+                prop_assert!(p.bits <= bound);
+            }
+        }
     }
 }
