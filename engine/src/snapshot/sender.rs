@@ -444,8 +444,8 @@ fn next_part(parts: &mut Vec<PartRanges>, part: &mut PartRanges, bits: &mut usiz
 }
 
 /// Pack the chosen `updates`, `despawns` and `spawns` into `parts` of at most
-/// `part_capacity_bits` each, in wire order, weighing every entry's gap as it comes; stops when a
-/// snapshot has [`MAX_PARTS_PER_SNAPSHOT`] parts (what is left waits).
+/// `part_capacity_bits` each, in wire order, weighing every entry's gap as it comes. Stops
+/// when a snapshot has [`MAX_PARTS_PER_SNAPSHOT`] parts (what is left waits).
 fn pack(
     parts: &mut Vec<PartRanges>,
     updates: &[Candidate],
@@ -2171,12 +2171,18 @@ mod packing_tests {
             let updates: usize = keys
                 .iter()
                 .enumerate()
-                .map(|(n, &k)| list_gap_bits(n.checked_sub(1).map(|p| keys[p] as usize), k as usize))
+                .map(|(n, &k)| {
+                    let prev = n.checked_sub(1).map(|p| keys[p] as usize);
+                    list_gap_bits(prev, k as usize)
+                })
                 .sum();
             let spawns: usize = keys
                 .iter()
                 .enumerate()
-                .map(|(n, &k)| spawn_gap_bits(n.checked_sub(1).map(|p| EntityId(keys[p])), EntityId(k)))
+                .map(|(n, &k)| {
+                    let prev = n.checked_sub(1).map(|p| EntityId(keys[p]));
+                    spawn_gap_bits(prev, EntityId(k))
+                })
                 .sum();
             prop_assert!(gaps_bound(keys.len(), Some(last), part::index_gap_bits) >= updates);
             let id_bits = |g: usize| part::id_gap_bits(g as u32);
