@@ -1644,11 +1644,11 @@ impl SnapshotSender {
                 .map(|c| c.payload_bits as usize)
                 .sum()
         };
-        // When every candidate went out, the merge's total is the sum: another pass over
-        // the candidates would only repeat it.
-        let payload_bits = if send_all && entities_sent == candidates {
-            debug_assert_eq!(all_payload_bits, sent_payload_bits());
-            all_payload_bits
+        // When everything chosen went out (no part limit cut it short), the total taken
+        // before packing is the sum: another pass over the candidates would only repeat it.
+        let payload_bits = if entities_sent == updates.len() + spawns.len() {
+            debug_assert_eq!(payload_bits_chosen, sent_payload_bits());
+            payload_bits_chosen
         } else {
             sent_payload_bits()
         };
